@@ -1,0 +1,24 @@
+"""MaskedLM: encoder-only (BERT), predicting masked tokens from both sides."""
+
+from __future__ import annotations
+
+from llm_modules.models.base import LanguageModel
+from llm_modules.nn.lm import EncoderLM
+
+
+class MaskedLM(LanguageModel):
+    """Encoder-only LM. ``lm(input_ids, attention_mask=None, token_type_ids=None) -> logits``.
+
+    Batch: ``input_ids`` (with mask tokens already placed), ``labels`` (the original token where a
+    loss is taken, IGNORE_INDEX elsewhere), optional ``attention_mask`` and ``token_type_ids``.
+    """
+
+    def build_model(self, config):
+        return EncoderLM(config)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        return self.model(input_ids, attention_mask, token_type_ids)
+
+    def logits_and_targets(self, batch):
+        logits = self(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"))
+        return logits, batch["labels"]

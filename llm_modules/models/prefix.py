@@ -1,0 +1,34 @@
+"""PrefixLM: a decoder whose prefix attends bidirectionally; loss only on the tokens after it."""
+
+from __future__ import annotations
+
+import torch
+
+from llm_modules.models.base import IGNORE_INDEX, LanguageModel, shift_targets
+from llm_modules.nn.lm import DecoderLM
+
+
+class PrefixLM(LanguageModel):
+    """Prefix decoder (UniLM, GLM, U-PaLM). ``lm(input_ids, attention_mask=None, prefix_lengths=None)``.
+
+    ``prefix_lengths`` (B,) counts the leading tokens of each row that see each other in both
+    directions; later tokens see only the past. Without it the model is a plain causal decoder.
+    Loss is taken only on tokens after the prefix (predicting token t needs t >= prefix length).
+    """
+
+    def build_model(self, config):
+        return DecoderLM(config, prefix=True)
+
+    def forward(self, input_ids, attention_mask=None, prefix_lengths=None):
+        return self.model(input_ids, attention_mask, prefix_lengths)
+
+    def logits_and_targets(self, batch):
+        ids, mask, prefix = batch["input_ids"], batch.get("attention_mask"), batch.get("prefix_lengths")
+        targets = batch.get("labels")
+        if targets is None:
+            targets = shift_targets(ids, mask)
+            if prefix is not None:
+                # Logit t predicts token t+1; that token is inside the prefix when t+1 < prefix.
+                predicted = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0) + 1
+                targets = targets.masked_fill(predicted < prefix.unsqueeze(1), IGNORE_INDEX)
+        return self(ids, mask, prefix), targets

@@ -1,0 +1,64 @@
+"""Multi-head attention with grouped/multi-query keys and values, over any registered backend."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from llm_modules.nn.attention_backends import AttentionBackend, default_scale
+from llm_modules.nn.masks import AttentionMask
+from llm_modules.nn.positions import PositionEncoding
+
+
+class Attention(nn.Module):
+    """Projections around an attention backend.
+
+    ``n_kv_heads`` < ``n_heads`` shares each key/value head among a group of query heads
+    (GQA; 1 = MQA). A cross-attention module takes keys and values from ``memory``.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        n_kv_heads: int,
+        head_dim: int,
+        bias: bool,
+        backend: AttentionBackend,
+        scale: float | None = None,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
+        self.q = nn.Linear(d_model, n_heads * head_dim, bias=bias)
+        self.k = nn.Linear(d_model, n_kv_heads * head_dim, bias=bias)
+        self.v = nn.Linear(d_model, n_kv_heads * head_dim, bias=bias)
+        self.o = nn.Linear(n_heads * head_dim, d_model, bias=bias)
+        self.backend = backend
+        self.scale = default_scale(head_dim) if scale is None else scale
+        self.dropout = dropout
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: AttentionMask,
+        *,
+        position: PositionEncoding | None = None,
+        positions: torch.Tensor | None = None,
+        bias: torch.Tensor | None = None,
+        memory: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        source = x if memory is None else memory
+        q = self._heads(self.q(x), self.n_heads)
+        k = self._heads(self.k(source), self.n_kv_heads)
+        v = self._heads(self.v(source), self.n_kv_heads)
+        if position is not None and positions is not None:
+            q, k = position.rotate(q, k, positions, positions)
+        out = self.backend(q, k, v, mask, bias, self.scale, self.dropout if self.training else 0.0)
+        return self.o(out.transpose(1, 2).flatten(2))
+
+    def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        return x.unflatten(-1, (n, self.head_dim)).transpose(1, 2)
+
+    def extra_repr(self) -> str:
+        return f"heads={self.n_heads}, kv_heads={self.n_kv_heads}, head_dim={self.head_dim}, backend={self.backend!r}"

@@ -1,0 +1,138 @@
+"""The torch models behind the four LM kinds, usable without Lightning (export, inference)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from llm_modules.nn.embedding import LMHead, TokenEmbedding
+from llm_modules.nn.init import init_weights
+from llm_modules.nn.masks import AttentionMask
+from llm_modules.nn.residual import deepnorm_constants
+from llm_modules.nn.transformer import Stack, build_norm
+
+
+def positions_from(attention_mask: torch.Tensor | None, batch: int, length: int, device) -> torch.Tensor:
+    """Position of each token among the real tokens of its row, so left padding does not shift them."""
+    if attention_mask is None:
+        return torch.arange(length, device=device).unsqueeze(0).expand(batch, length)
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+def padding_of(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    return None if attention_mask is None else attention_mask.bool()
+
+
+def aux_loss(model: nn.Module) -> torch.Tensor | None:
+    """Sum of the auxiliary losses (MoE load balancing) left by the last forward, or None."""
+    losses = [m.aux_loss for m in model.modules() if isinstance(getattr(m, "aux_loss", None), torch.Tensor)]
+    return torch.stack([l.float() for l in losses]).sum() if losses else None
+
+
+class _SingleStackLM(nn.Module):
+    """Embedding -> one stack -> head; subclasses choose the mask."""
+
+    causal: bool
+
+    def __init__(self, cfg, *, bidirectional_positions: bool):
+        super().__init__()
+        self.config = cfg
+        self.embed = TokenEmbedding(cfg.vocab_size, cfg.d_model, cfg.type_vocab_size, cfg.embedding_grad_scale)
+        layers = deepnorm_constants(0 if self.causal else cfg.n_layers, cfg.n_layers if self.causal else 0)
+        self.stack = Stack(
+            cfg, cfg.n_layers, cross=False, bidirectional=bidirectional_positions,
+            deepnorm=layers["decoder" if self.causal else "encoder"],
+        )
+        self.head = LMHead(
+            cfg.d_model, cfg.vocab_size, bias=cfg.lm_head_bias,
+            transform_norm=build_norm(cfg) if cfg.head_transform else None,
+            tied_to=self.embed.tokens if cfg.tie_embeddings else None, scale=cfg.output_scale,
+        )
+        init_weights(self, cfg.init_std, cfg.n_layers)
+
+    def hidden(self, input_ids, attention_mask=None, prefix_lengths=None, token_type_ids=None) -> torch.Tensor:
+        cfg = self.config
+        batch, length = input_ids.shape
+        mask = AttentionMask(
+            length, length, causal=self.causal, prefix_lengths=prefix_lengths,
+            key_padding=padding_of(attention_mask), window=cfg.sliding_window, stride=cfg.sparse_stride,
+        )
+        positions = positions_from(attention_mask, batch, length, input_ids.device)
+        return self.stack(self.embed(input_ids, token_type_ids), mask, positions)
+
+
+class DecoderLM(_SingleStackLM):
+    """Decoder-only LM (GPT, LLaMA). With ``prefix_lengths`` the first tokens of each row attend to
+    each other bidirectionally (prefix decoder: UniLM, GLM, U-PaLM)."""
+
+    causal = True
+
+    def __init__(self, cfg, *, prefix: bool = False):
+        super().__init__(cfg, bidirectional_positions=prefix)
+
+    def forward(self, input_ids, attention_mask=None, prefix_lengths=None) -> torch.Tensor:
+        return self.head(self.hidden(input_ids, attention_mask, prefix_lengths))
+
+
+class EncoderLM(_SingleStackLM):
+    """Encoder-only LM (BERT): bidirectional attention, optional token types."""
+
+    causal = False
+
+    def __init__(self, cfg):
+        super().__init__(cfg, bidirectional_positions=True)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+        return self.head(self.hidden(input_ids, attention_mask, token_type_ids=token_type_ids))
+
+
+class EncoderDecoderLM(nn.Module):
+    """Encoder-decoder LM (T5, BART): bidirectional encoder, causal decoder with cross-attention.
+
+    The token embedding is shared by both stacks (and by the head when embeddings are tied).
+    """
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.config = cfg
+        self.embed = TokenEmbedding(cfg.vocab_size, cfg.d_model, cfg.type_vocab_size, cfg.embedding_grad_scale)
+        constants = deepnorm_constants(cfg.encoder_layers, cfg.n_layers)
+        self.encoder = Stack(cfg, cfg.encoder_layers, cross=False, bidirectional=True, deepnorm=constants["encoder"])
+        self.decoder = Stack(cfg, cfg.n_layers, cross=True, bidirectional=False, deepnorm=constants["decoder"])
+        self.head = LMHead(
+            cfg.d_model, cfg.vocab_size, bias=cfg.lm_head_bias,
+            tied_to=self.embed.tokens if cfg.tie_embeddings else None, scale=cfg.output_scale,
+        )
+        init_weights(self, cfg.init_std, cfg.encoder_layers + cfg.n_layers)
+
+    def encode(self, input_ids, attention_mask=None) -> torch.Tensor:
+        cfg = self.config
+        batch, length = input_ids.shape
+        mask = AttentionMask(
+            length, length, key_padding=padding_of(attention_mask), window=cfg.sliding_window, stride=cfg.sparse_stride
+        )
+        positions = positions_from(attention_mask, batch, length, input_ids.device)
+        return self.encoder(self.embed(input_ids), mask, positions)
+
+    def decode(self, decoder_input_ids, memory, attention_mask=None, decoder_attention_mask=None) -> torch.Tensor:
+        cfg = self.config
+        batch, length = decoder_input_ids.shape
+        mask = AttentionMask(
+            length, length, causal=True, key_padding=padding_of(decoder_attention_mask),
+            window=cfg.sliding_window, stride=cfg.sparse_stride,
+        )
+        memory_mask = AttentionMask(length, memory.shape[1], key_padding=padding_of(attention_mask))
+        positions = positions_from(decoder_attention_mask, batch, length, decoder_input_ids.device)
+        hidden = self.decoder(self.embed(decoder_input_ids), mask, positions, memory, memory_mask)
+        return self.head(hidden)
+
+    def forward(self, input_ids, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None):
+        if decoder_input_ids is None:
+            raise ValueError("Seq2SeqLM needs decoder_input_ids (the shifted-right targets)")
+        memory = self.encode(input_ids, attention_mask)
+        return self.decode(decoder_input_ids, memory, attention_mask, decoder_attention_mask)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Distinct parameters (a tied embedding/head counts once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

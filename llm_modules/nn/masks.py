@@ -1,0 +1,98 @@
+"""Attention masks described by their structure rather than as dense tensors.
+
+The same description renders as a dense boolean tensor (eager, sdpa) or as a FlexAttention
+``mask_mod`` (flex), because both come from one elementwise predicate, ``allows(b, q, k)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class AttentionMask:
+    """Which keys each query may attend to.
+
+    - ``causal``: key k is visible to query q when k <= q (positions counted from ``q_offset`` for q).
+    - ``prefix_lengths`` (B,): with ``causal``, keys inside the first prefix_lengths[b] positions are
+      visible to every query, so the prefix is bidirectional (PrefixLM).
+    - ``key_padding`` (B, Tk) bool, True for real tokens: padding keys are never visible.
+    - ``window``: only the last ``window`` positions (|q - k| < window when not causal).
+    - ``stride``: the Sparse Transformer "fixed" pattern: keys in the query's own block of
+      ``stride`` positions, plus the last position of every block (the summary column).
+    """
+
+    q_len: int
+    k_len: int
+    causal: bool = False
+    prefix_lengths: torch.Tensor | None = None
+    key_padding: torch.Tensor | None = None
+    window: int | None = None
+    stride: int | None = None
+    q_offset: int = 0
+
+    @property
+    def batch_size(self) -> int:
+        for t in (self.prefix_lengths, self.key_padding):
+            if t is not None:
+                return t.shape[0]
+        return 1
+
+    @property
+    def is_plain_causal(self) -> bool:
+        """A square causal mask and nothing else: backends may use their fused causal path."""
+        return (
+            self.causal
+            and self.prefix_lengths is None
+            and self.key_padding is None
+            and self.window is None
+            and self.stride is None
+            and self.q_offset == 0
+            and self.q_len == self.k_len
+        )
+
+    @property
+    def is_empty(self) -> bool:
+        """Nothing is masked: every query sees every key."""
+        return not self.causal and self.key_padding is None and self.window is None and self.stride is None
+
+    def allows(self, b: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """True where query q of example b may see key k. Works on broadcastable index tensors."""
+        q = q + self.q_offset
+        ok = torch.ones_like(q == k)
+        if self.causal:
+            seen = k <= q
+            if self.prefix_lengths is not None:
+                seen = seen | (k < self.prefix_lengths[b])
+            ok = ok & seen
+        if self.window is not None:
+            distance = (q - k) if self.causal else (q - k).abs()
+            ok = ok & (distance < self.window)
+        if self.stride is not None:
+            same_block = torch.div(q, self.stride, rounding_mode="floor") == torch.div(
+                k, self.stride, rounding_mode="floor"
+            )
+            summary = (k % self.stride) == (self.stride - 1)
+            ok = ok & (same_block | summary)
+        if self.key_padding is not None:
+            ok = ok & self.key_padding[b, k]
+        return ok
+
+    def dense(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """The mask as a (B or 1, 1, Tq, Tk) bool tensor, True = visible.
+
+        A query row with no visible key (a padding query in a left-padded causal batch) is opened
+        to every key instead, so softmax stays finite; such rows are padding and never read.
+        """
+        if device is None:
+            for t in (self.prefix_lengths, self.key_padding):
+                if t is not None:
+                    device = t.device
+        b = torch.arange(self.batch_size, device=device).view(-1, 1, 1, 1)
+        q = torch.arange(self.q_len, device=device).view(1, 1, -1, 1)
+        k = torch.arange(self.k_len, device=device).view(1, 1, 1, -1)
+        mask = self.allows(b, q, k)
+        mask = mask.expand(self.batch_size, 1, self.q_len, self.k_len)
+        return mask | ~mask.any(dim=-1, keepdim=True)

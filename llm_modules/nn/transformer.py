@@ -1,0 +1,99 @@
+"""Blocks and stacks: attention (+ cross-attention) + feed-forward, wired by a residual layout."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from llm_modules.nn.attention import Attention
+from llm_modules.nn.masks import AttentionMask
+from llm_modules.registry import ACTIVATIONS, ATTENTIONS, NORMS, POSITIONS, RESIDUALS
+
+
+def build_norm(cfg: Any) -> nn.Module:
+    return NORMS.build(cfg.norm, dim=cfg.d_model, eps=cfg.norm_eps)
+
+
+class Block(nn.Module):
+    """One transformer layer: self-attention, optional cross-attention, feed-forward."""
+
+    def __init__(self, cfg: Any, *, cross: bool, alpha: float, beta: float):
+        super().__init__()
+        backend = ATTENTIONS.build(cfg.attention)
+
+        def attention() -> Attention:
+            return Attention(
+                cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.dim_per_head, cfg.bias, backend,
+                cfg.attention_scale, cfg.attention_dropout,
+            )
+
+        self.attn = attention()
+        self.cross_attn = attention() if cross else None
+        self.ffn = ACTIVATIONS.build(
+            cfg.activation, d_model=cfg.d_model, d_ff=cfg.d_ff, bias=cfg.bias, dropout=cfg.dropout
+        )
+        self.residual = RESIDUALS.build(
+            cfg.residual, make_norm=lambda: build_norm(cfg), n_sublayers=3 if cross else 2, alpha=alpha, beta=beta
+        )
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: AttentionMask,
+        position: nn.Module,
+        positions: torch.Tensor,
+        bias: torch.Tensor | None,
+        memory: torch.Tensor | None = None,
+        memory_mask: AttentionMask | None = None,
+    ) -> torch.Tensor:
+        sublayers = [
+            lambda h: self.dropout(self.attn(h, mask, position=position, positions=positions, bias=bias))
+        ]
+        if self.cross_attn is not None:
+            sublayers.append(lambda h: self.dropout(self.cross_attn(h, memory_mask, memory=memory)))
+        sublayers.append(lambda h: self.dropout(self.ffn(h)))
+        return self.residual(x, sublayers)
+
+
+class Stack(nn.Module):
+    """Embedded tokens -> hidden states: positions, optional embedding norm, blocks, final norm.
+
+    ``bidirectional`` tells relative encodings (T5 buckets) whether keys to the right exist.
+    """
+
+    def __init__(self, cfg: Any, n_layers: int, *, cross: bool, bidirectional: bool, deepnorm: tuple[float, float]):
+        super().__init__()
+        self.position = POSITIONS.build(
+            cfg.position, d_model=cfg.d_model, n_heads=cfg.n_heads, head_dim=cfg.dim_per_head,
+            max_seq_len=cfg.max_seq_len, bidirectional=bidirectional,
+        )
+        self.embedding_norm = build_norm(cfg) if cfg.embedding_norm else None
+        self.dropout = nn.Dropout(cfg.dropout)
+        alpha, beta = deepnorm
+        self.layers = nn.ModuleList(Block(cfg, cross=cross, alpha=alpha, beta=beta) for _ in range(n_layers))
+        needs_final = self.layers[0].residual.needs_final_norm if n_layers else False
+        self.final_norm = build_norm(cfg) if needs_final else nn.Identity()
+        backend = ATTENTIONS.build(cfg.attention)
+        probe = self.position.bias(1, 1)
+        backend.check(needs_bias=probe is not None, dropout=cfg.attention_dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: AttentionMask,
+        positions: torch.Tensor,
+        memory: torch.Tensor | None = None,
+        memory_mask: AttentionMask | None = None,
+    ) -> torch.Tensor:
+        x = self.position.embed(x, positions)
+        if self.embedding_norm is not None:
+            x = self.embedding_norm(x)
+        x = self.dropout(x)
+        self.position.check_length(mask.q_len + mask.q_offset)
+        bias = self.position.bias(mask.q_len, mask.k_len, mask.q_offset)
+        for layer in self.layers:
+            x = layer(x, mask, self.position, positions, bias, memory, memory_mask)
+        return self.final_norm(x)
