@@ -1,0 +1,1 @@
+"""Data: tokenizers, text sources, datamodules and the objectives' collators."""

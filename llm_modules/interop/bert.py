@@ -1,0 +1,1 @@
+"""Hugging Face bert family: config and weight mapping (being written)."""

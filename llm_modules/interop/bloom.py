@@ -1,0 +1,1 @@
+"""Hugging Face bloom family: config and weight mapping (being written)."""

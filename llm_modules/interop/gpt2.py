@@ -1,0 +1,1 @@
+"""Hugging Face gpt2 family: config and weight mapping (being written)."""

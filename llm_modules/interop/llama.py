@@ -1,0 +1,1 @@
+"""Hugging Face llama family: config and weight mapping (being written)."""

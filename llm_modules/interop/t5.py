@@ -1,0 +1,1 @@
+"""Hugging Face t5 family: config and weight mapping (being written)."""
