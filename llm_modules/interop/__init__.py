@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llm_modules.interop.family import HF_FAMILIES, HFFamily
-from llm_modules.interop.hf_io import read_hf_config, read_hf_weights, write_hf_checkpoint
-from llm_modules.models import LanguageModel
-from llm_modules.registry import ConfigError
-
 # Importing the family modules registers them.
 from llm_modules.interop import bert, bloom, gpt2, llama, t5  # noqa: E402,F401
+from llm_modules.interop.family import HF_FAMILIES, HFFamily
+from llm_modules.interop.hf_io import (
+    read_hf_config,
+    read_hf_weights,
+    write_hf_checkpoint,
+)
+from llm_modules.models import LanguageModel
+from llm_modules.registry import ConfigError
 
 
 def from_hf(path: str | Path) -> LanguageModel:
@@ -29,9 +32,10 @@ def from_hf(path: str | Path) -> LanguageModel:
             f"supported: {', '.join(HF_FAMILIES.names())}"
         )
     family: HFFamily = HF_FAMILIES.get(model_type).factory()
-    config = family.config_from_hf(hf_config)
+    weights = read_hf_weights(path)
+    config = family.refine_config(family.config_from_hf(hf_config), weights)
     module = family.kind(config)
-    state = family.weights_from_hf(read_hf_weights(path), config)
+    state = family.weights_from_hf(weights, config)
     missing, unexpected = module.model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ConfigError(

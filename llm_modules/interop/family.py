@@ -26,6 +26,14 @@ class HFFamily(abc.ABC):
     def config_from_hf(self, hf: dict[str, Any]) -> ModelConfig:
         """ModelConfig equivalent to an HF config.json dict."""
 
+    def refine_config(self, config: ModelConfig, weights: StateDict) -> ModelConfig:
+        """The config corrected by what only the checkpoint's tensors tell; unchanged by default.
+
+        Transformers 5 decides some structure from the weights rather than config.json: it ties a
+        head to the embedding unless the checkpoint holds a different head tensor (T5, BERT).
+        """
+        return config
+
     @abc.abstractmethod
     def weights_from_hf(self, weights: StateDict, config: ModelConfig) -> StateDict:
         """HF tensors -> the state dict of our torch model (``module.model``)."""
