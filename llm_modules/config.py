@@ -64,9 +64,11 @@ class ModelConfig:
     # ---- checks -------------------------------------------------------------------------------------------
 
     def __post_init__(self) -> None:
+        # Plugins load as soon as a config names them, so their component names resolve. The
+        # full check (validate) runs when a model is built, as the design says, so that a CLI
+        # reports a bad value once, cleanly, instead of from inside the argument parser.
         if self.plugins:
             load_plugins(self.plugins)
-        self.validate()
 
     def validate(self) -> None:
         """Check numbers and component names; raise ConfigError naming the field and the fix."""

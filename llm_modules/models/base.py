@@ -7,7 +7,9 @@ targets (``logits_and_targets``); everything else lives here once.
 from __future__ import annotations
 
 import abc
-
+import dataclasses
+import math
+import time
 from typing import Any
 
 import lightning as L
@@ -16,36 +18,41 @@ import torch.nn.functional as F
 from torch import nn
 
 from llm_modules.config import ModelConfig
-from llm_modules.nn.lm import aux_loss
+from llm_modules.nn.lm import aux_loss, count_parameters
+from llm_modules.nn.positions import PositionEncoding
+from llm_modules.registry import ConfigError
+from llm_modules.training.optim import OptimConfig, build_optimizer, build_scheduler
 
 IGNORE_INDEX = -100
 
 
 def as_config(config: ModelConfig | dict | str) -> ModelConfig:
-    """Accept a ModelConfig, its dict form, or the name of a preset."""
-    if isinstance(config, ModelConfig):
-        return config
+    """Accept a ModelConfig, its dict form, or the name of a preset; checked before use."""
     if isinstance(config, str):
-        return ModelConfig.from_preset(config)
-    return ModelConfig.from_dict(dict(config))
+        config = ModelConfig.from_preset(config)
+    elif not isinstance(config, ModelConfig):
+        config = ModelConfig.from_dict(dict(config))
+    config.validate()
+    return config
 
 
 class LanguageModel(L.LightningModule, abc.ABC):
-    """Base of CausalLM, PrefixLM, Seq2SeqLM and MaskedLM."""
+    """Base of CausalLM, PrefixLM, Seq2SeqLM and MaskedLM.
 
-    def __init__(
-        self,
-        config: ModelConfig | dict | str,
-        learning_rate: float = 3e-4,
-        weight_decay: float = 0.1,
-        betas: tuple[float, float] = (0.9, 0.95),
-    ):
+    ``config`` is the architecture (plain data); ``optim`` the optimizer and schedule. Checkpoints
+    carry both as plain data, plus the tokenizer when the data module has one, so a checkpoint is
+    enough to rebuild the model and read its outputs.
+    """
+
+    def __init__(self, config: ModelConfig, optim: OptimConfig | None = None):
         super().__init__()
         self.config = as_config(config)
-        self.learning_rate, self.weight_decay, self.betas = learning_rate, weight_decay, tuple(betas)
-        self.save_hyperparameters({"config": self.config.to_dict(), "learning_rate": learning_rate,
-                                   "weight_decay": weight_decay, "betas": list(betas)})
+        self.optim = optim if isinstance(optim, OptimConfig) else OptimConfig(**(optim or {}))
+        self.save_hyperparameters({"config": self.config.to_dict(), "optim": dataclasses.asdict(self.optim)})
         self.model = self.build_model(self.config)
+        self.tokens_seen = 0
+        self.tokenizer_bytes: bytes | None = None
+        self._last_step_time: float | None = None
 
     # ---- what a subclass provides ---------------------------------------------------------------------------
 
@@ -57,7 +64,7 @@ class LanguageModel(L.LightningModule, abc.ABC):
     def logits_and_targets(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (B, T, V) and targets (B, T) with IGNORE_INDEX where no loss is taken."""
 
-    # ---- shared ---------------------------------------------------------------------------------------------
+    # ---- loss ---------------------------------------------------------------------------------------------
 
     @property
     def kind(self) -> str:
@@ -66,45 +73,129 @@ class LanguageModel(L.LightningModule, abc.ABC):
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Mean token cross-entropy over the targets, plus any auxiliary (MoE) loss."""
         logits, targets = self.logits_and_targets(batch)
-        lm_loss = F.cross_entropy(
-            logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX
-        )
+        lm_loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
         extra = aux_loss(self.model)
         total = lm_loss if extra is None else lm_loss + extra
         return {"loss": total, "lm_loss": lm_loss, "tokens": (targets != IGNORE_INDEX).sum()}
 
+    # ---- steps and metrics --------------------------------------------------------------------------------
+
     def training_step(self, batch, batch_idx):
         out = self.compute_loss(batch)
         self.log("train/loss", out["lm_loss"], prog_bar=True)
+        self.log("train/ppl", torch.exp(out["lm_loss"].detach().clamp(max=50)))
         return out["loss"]
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        """Tokens seen (all devices) and throughput, from the wall time between steps."""
+        tokens = int(batch["input_ids"].numel()) * max(1, self.trainer.world_size)
+        self.tokens_seen += tokens
+        now = time.perf_counter()
+        if self._last_step_time is not None:
+            self.log("train/tokens_per_s", tokens / max(now - self._last_step_time, 1e-9), prog_bar=True)
+        self._last_step_time = now
+        self.log("train/tokens_seen", float(self.tokens_seen))
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"])
 
     def validation_step(self, batch, batch_idx):
-        out = self.compute_loss(batch)
-        self.log("val/loss", out["lm_loss"], prog_bar=True, sync_dist=True)
-        self.log("val/ppl", torch.exp(out["lm_loss"].clamp(max=50)), sync_dist=True)
-        return out["loss"]
+        loss, tokens = self._evaluate(batch, "val")
+        if self.trainer.sanity_checking:
+            self._baseline += torch.stack([loss.detach().float() * tokens, torch.tensor(float(tokens), device=loss.device)])
+
+    def on_validation_epoch_start(self) -> None:
+        self._baseline = torch.zeros(2, device=self.device)
+
+    def on_validation_epoch_end(self) -> None:
+        """Log the sanity-check validation as the step-0 baseline.
+
+        Lightning runs a validation pass before training (``num_sanity_val_steps``; -1 = the whole
+        validation set) but does not log it; the loss of the untrained model is the figure that
+        the final validation is compared against, so it is written to the loggers at step 0.
+        """
+        if not self.trainer.sanity_checking or self.global_step != 0 or not self.trainer.loggers:
+            return
+        total = self.trainer.strategy.reduce(self._baseline, reduce_op="sum")
+        if float(total[1]) == 0:
+            return
+        loss = float(total[0] / total[1])
+        metrics = {"val/loss": loss, "val/ppl": math.exp(min(loss, 50))}
+        bytes_per_token = self._bytes_per_token()
+        if bytes_per_token:
+            metrics["val/bits_per_byte"] = loss / math.log(2) / bytes_per_token
+        for logger in self.trainer.loggers:
+            logger.log_metrics(metrics, step=0)
 
     def test_step(self, batch, batch_idx):
+        self._evaluate(batch, "test")
+
+    def predict_step(self, batch, batch_idx):
+        """Greedy next-token (or masked-token) predictions with the per-token loss of the batch."""
+        logits, targets = self.logits_and_targets(batch)
+        return {"predictions": logits.argmax(-1), "targets": targets}
+
+    def _evaluate(self, batch, split: str) -> tuple[torch.Tensor, int]:
         out = self.compute_loss(batch)
-        self.log("test/loss", out["lm_loss"], sync_dist=True)
-        return out["loss"]
+        tokens = max(int(out["tokens"]), 1)
+        loss = out["lm_loss"]
+        self.log(f"{split}/loss", loss, prog_bar=True, sync_dist=True, batch_size=tokens)
+        self.log(f"{split}/ppl", torch.exp(loss.clamp(max=50)), sync_dist=True, batch_size=tokens)
+        bytes_per_token = self._bytes_per_token()
+        if bytes_per_token:
+            bpb = loss / math.log(2) / bytes_per_token
+            self.log(f"{split}/bits_per_byte", bpb, prog_bar=split == "val", sync_dist=True, batch_size=tokens)
+        return loss, tokens
+
+    def _bytes_per_token(self) -> float | None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        value = getattr(datamodule, "bytes_per_token", None)
+        return float(value) if value else None
+
+    # ---- optimization -------------------------------------------------------------------------------------
 
     def configure_optimizers(self):
-        """AdamW with no weight decay on norms, biases and embeddings (the usual LLM recipe)."""
-        decay, no_decay = [], []
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if p.ndim < 2 or "embed" in name or "position" in name else decay).append(p)
-        groups = [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=self.learning_rate, betas=self.betas, eps=1e-8)
+        optimizer = build_optimizer(self.named_parameters(), self.optim)
+        total = self.optim.max_steps or int(self.trainer.estimated_stepping_batches)
+        scheduler = build_scheduler(optimizer, self.optim, total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- checks against the data --------------------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        """Refuse data the model cannot read: a tokenizer larger than the vocabulary, blocks longer
+        than the position encoding allows. (The data module is set up before the model.)"""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        tokenizer = getattr(datamodule, "tokenizer", None)
+        if tokenizer is not None and tokenizer.vocab_size > self.config.vocab_size:
+            raise ConfigError(
+                f"model.config.vocab_size={self.config.vocab_size} is smaller than the tokenizer's "
+                f"vocabulary ({tokenizer.vocab_size}); set model.config.vocab_size to at least {tokenizer.vocab_size}"
+            )
+        seq_len = getattr(datamodule, "seq_len", None)
+        if seq_len:
+            for module in self.model.modules():
+                if isinstance(module, PositionEncoding) and module.max_len is not None and seq_len > module.max_len:
+                    raise ConfigError(
+                        f"data.seq_len={seq_len} is beyond what position {type(module).__name__} allows "
+                        f"(model.config.max_seq_len={module.max_len}); raise max_seq_len or lower seq_len"
+                    )
+        if tokenizer is not None and self.tokenizer_bytes is None:
+            self.tokenizer_bytes = tokenizer.to_bytes()
+
+    # ---- checkpoints --------------------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["model_config"] = self.config.to_dict()
         checkpoint["model_kind"] = self.kind
+        checkpoint["tokens_seen"] = self.tokens_seen
+        if self.tokenizer_bytes is not None:
+            checkpoint["tokenizer"] = self.tokenizer_bytes
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.tokens_seen = int(checkpoint.get("tokens_seen", 0))
+        self.tokenizer_bytes = checkpoint.get("tokenizer", self.tokenizer_bytes)
 
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in {id(p): p for p in self.model.parameters()}.values())
+        return count_parameters(self.model)
 
 
 def shift_targets(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:

@@ -19,8 +19,23 @@ def positions_from(attention_mask: torch.Tensor | None, batch: int, length: int,
     return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
+def mask_positions(attention_mask: torch.Tensor | None, positions: torch.Tensor) -> torch.Tensor | None:
+    """Positions for the mask's structure (prefix, window, stride) when padding could shift them.
+
+    Without an attention mask, index = position and the mask stays plain (fused causal kernels).
+    """
+    return None if attention_mask is None else positions
+
+
 def padding_of(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     return None if attention_mask is None else attention_mask.bool()
+
+
+def check_config(cfg) -> None:
+    """Run the config's own checks (ModelConfig.validate) before building anything from it."""
+    validate = getattr(cfg, "validate", None)
+    if callable(validate):
+        validate()
 
 
 def aux_loss(model: nn.Module) -> torch.Tensor | None:
@@ -36,6 +51,7 @@ class _SingleStackLM(nn.Module):
 
     def __init__(self, cfg, *, bidirectional_positions: bool):
         super().__init__()
+        check_config(cfg)
         self.config = cfg
         self.embed = TokenEmbedding(cfg.vocab_size, cfg.d_model, cfg.type_vocab_size, cfg.embedding_grad_scale)
         layers = deepnorm_constants(0 if self.causal else cfg.n_layers, cfg.n_layers if self.causal else 0)
@@ -53,11 +69,12 @@ class _SingleStackLM(nn.Module):
     def hidden(self, input_ids, attention_mask=None, prefix_lengths=None, token_type_ids=None) -> torch.Tensor:
         cfg = self.config
         batch, length = input_ids.shape
+        positions = positions_from(attention_mask, batch, length, input_ids.device)
         mask = AttentionMask(
             length, length, causal=self.causal, prefix_lengths=prefix_lengths,
             key_padding=padding_of(attention_mask), window=cfg.sliding_window, stride=cfg.sparse_stride,
+            positions=mask_positions(attention_mask, positions),
         )
-        positions = positions_from(attention_mask, batch, length, input_ids.device)
         return self.stack(self.embed(input_ids, token_type_ids), mask, positions)
 
 
@@ -94,6 +111,7 @@ class EncoderDecoderLM(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
+        check_config(cfg)
         self.config = cfg
         self.embed = TokenEmbedding(cfg.vocab_size, cfg.d_model, cfg.type_vocab_size, cfg.embedding_grad_scale)
         constants = deepnorm_constants(cfg.encoder_layers, cfg.n_layers)
@@ -108,21 +126,23 @@ class EncoderDecoderLM(nn.Module):
     def encode(self, input_ids, attention_mask=None) -> torch.Tensor:
         cfg = self.config
         batch, length = input_ids.shape
-        mask = AttentionMask(
-            length, length, key_padding=padding_of(attention_mask), window=cfg.sliding_window, stride=cfg.sparse_stride
-        )
         positions = positions_from(attention_mask, batch, length, input_ids.device)
+        mask = AttentionMask(
+            length, length, key_padding=padding_of(attention_mask), window=cfg.sliding_window, stride=cfg.sparse_stride,
+            positions=mask_positions(attention_mask, positions),
+        )
         return self.encoder(self.embed(input_ids), mask, positions)
 
     def decode(self, decoder_input_ids, memory, attention_mask=None, decoder_attention_mask=None) -> torch.Tensor:
         cfg = self.config
         batch, length = decoder_input_ids.shape
+        positions = positions_from(decoder_attention_mask, batch, length, decoder_input_ids.device)
         mask = AttentionMask(
             length, length, causal=True, key_padding=padding_of(decoder_attention_mask),
             window=cfg.sliding_window, stride=cfg.sparse_stride,
+            positions=mask_positions(decoder_attention_mask, positions),
         )
         memory_mask = AttentionMask(length, memory.shape[1], key_padding=padding_of(attention_mask))
-        positions = positions_from(decoder_attention_mask, batch, length, decoder_input_ids.device)
         hidden = self.decoder(self.embed(decoder_input_ids), mask, positions, memory, memory_mask)
         return self.head(hidden)
 
