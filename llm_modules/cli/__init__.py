@@ -1,10 +1,121 @@
-"""Command line entry point ``llm-modules``: dispatches to the subcommands."""
+"""Command line entry point ``llm-modules`` (also ``python -m llm_modules``): dispatches to the subcommands.
+
+``fit | validate | test | predict`` are LightningCLI commands (``llm_modules.cli.train``);
+``registry`` and ``convert`` are small argparse commands. Every command's ``run`` returns an exit
+code; a configuration or file error ends with one line on stderr and exit code 2, no traceback.
+"""
 
 from __future__ import annotations
 
+import difflib
+import importlib
+import os
 import sys
+from typing import Callable
+
+TRAIN_COMMANDS = ("fit", "validate", "test", "predict")
+
+COMMANDS = {
+    "fit": "train a model (LightningCLI: --config, --print_config, dotted overrides)",
+    "validate": "evaluate a checkpoint on the validation data",
+    "test": "evaluate a checkpoint on the test data",
+    "predict": "run a checkpoint on the prediction data",
+    "registry": "list every registered component: slot, name, one-line doc, providing plugin",
+    "convert": "convert between Hugging Face model folders and llm-modules checkpoints",
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [
+        "usage: llm-modules <command> [options]",
+        "",
+        "A registry-driven Lightning trainer for transformer language models.",
+        "",
+        "commands:",
+        *(f"  {name:<{width}}  {text}" for name, text in COMMANDS.items()),
+        "",
+        "Run 'llm-modules <command> --help' for the options of a command.",
+    ]
+    return "\n".join(lines)
+
+
+def fail(command: str, message: object) -> int:
+    """Report an error as one line on stderr; return the exit code for usage/config errors."""
+    text = " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+    prog = f"llm-modules {command}" if command else "llm-modules"
+    print(f"{prog}: error: {text}", file=sys.stderr)
+    return 2
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail on the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout replaced (tests) or already closed
+        pass
+
+
+def _train_runner(command: str) -> Callable[[list[str]], int] | None:
+    try:
+        module = importlib.import_module("llm_modules.cli.train")
+    except ModuleNotFoundError as err:
+        if err.name != "llm_modules.cli.train":
+            raise
+        return None
+    return module.run
+
+
+def _dispatch(command: str, rest: list[str]) -> int:
+    if command in TRAIN_COMMANDS:
+        run = _train_runner(command)
+        if run is None:
+            return fail(command, "the training commands are not part of this installation yet "
+                                 "(llm_modules/cli/train.py is missing)")
+        return run([command, *rest])  # LightningCLI expects the subcommand first
+    if command == "registry":
+        from llm_modules.cli.registry_cmd import run
+    else:
+        from llm_modules.cli.convert_cmd import run
+    return run(rest)
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("llm-modules: subcommands are being added", file=sys.stderr)
-    return 2
+    """Run ``llm-modules`` with ``argv`` (default: the process arguments) and return its exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        print(usage(), file=sys.stderr)
+        return 2
+    command, rest = argv[0], argv[1:]
+    if command in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    if command == "--version":
+        from llm_modules import __version__
+
+        print(f"llm-modules {__version__}")
+        return 0
+    if command not in COMMANDS:
+        close = difflib.get_close_matches(command, COMMANDS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return fail("", f"unknown command {command!r}{hint}; commands: {', '.join(COMMANDS)}")
+
+    from llm_modules.registry import ConfigError
+
+    try:
+        return _dispatch(command, rest)
+    except ConfigError as err:
+        return fail(command, err)
+    except BrokenPipeError:  # the reader went away (``| head``): not an error of this command
+        _silence_stdout()
+        return 0
+    except OSError as err:  # missing or unreadable files named on the command line
+        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+        return fail(command, f"{where}{err.strerror or err}")
+    except SystemExit as exit_:  # argparse / LightningCLI: --help, bad flags
+        code = exit_.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    except KeyboardInterrupt:
+        print(f"llm-modules {command}: interrupted", file=sys.stderr)
+        return 130

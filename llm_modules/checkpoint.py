@@ -1,0 +1,102 @@
+"""Checkpoint files outside the Trainer, in Lightning's own format.
+
+``save_checkpoint`` writes what ``Trainer.save_checkpoint`` would put there for the model alone
+(``state_dict``, ``hyper_parameters``, the Lightning version, and whatever the module's
+``on_save_checkpoint`` adds: ``model_config`` as plain data and ``model_kind``), so
+``CausalLM.load_from_checkpoint`` reads it. ``load_checkpoint`` reads those files and real
+Trainer checkpoints alike, without unpickling code (``weights_only=True``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import lightning
+import torch
+
+from llm_modules.config import ModelConfig
+from llm_modules.models import KINDS, LanguageModel
+from llm_modules.registry import ConfigError
+
+
+def checkpoint_dict(module: LanguageModel) -> dict[str, Any]:
+    """The checkpoint of a module as a dict of plain data and tensors."""
+    checkpoint: dict[str, Any] = {
+        "state_dict": module.state_dict(),
+        "hyper_parameters": dict(module.hparams),
+        "pytorch-lightning_version": lightning.__version__,
+    }
+    # The module's own hook adds model_config / model_kind (and later additions such as the
+    # tokenizer), so this file carries exactly what a Trainer checkpoint would.
+    module.on_save_checkpoint(checkpoint)
+    checkpoint.setdefault("model_config", module.config.to_dict())
+    checkpoint.setdefault("model_kind", type(module).__name__)
+    return checkpoint
+
+
+def save_checkpoint(module: LanguageModel, path: str | os.PathLike) -> Path:
+    """Write ``module``'s checkpoint to ``path`` atomically: a temporary file in the same folder is
+    renamed over ``path`` only once complete, so a failed save leaves any older file intact."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint = checkpoint_dict(module)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return target
+
+
+def _read(path: Path, map_location: str | torch.device) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"checkpoint {str(path)!r} does not exist; give the path of a .ckpt file")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises several types for "not a checkpoint" / "holds code"
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ConfigError(
+            f"checkpoint {str(path)!r} cannot be read as plain data and tensors ({first}); "
+            "it must be a Lightning or llm-modules checkpoint"
+        ) from err
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise ConfigError(f"checkpoint {str(path)!r} has no state_dict; it is not a Lightning checkpoint")
+    return checkpoint
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> LanguageModel:
+    """Rebuild the LightningModule saved in ``path`` (by ``save_checkpoint`` or a Trainer), in eval mode."""
+    path = Path(path)
+    checkpoint = _read(path, map_location)
+    hparams = dict(checkpoint.get("hyper_parameters") or {})
+    config = checkpoint.get("model_config") or hparams.get("config")
+    kind = checkpoint.get("model_kind")
+    if config is None or kind is None:
+        raise ConfigError(
+            f"checkpoint {str(path)!r} lacks model_config/model_kind; it was not written by an llm-modules model"
+        )
+    if kind not in KINDS:
+        raise ConfigError(f"checkpoint {str(path)!r}: model_kind {kind!r} is not one of {', '.join(KINDS)}")
+    cls = KINDS[kind]
+    accepted = inspect.signature(cls.__init__).parameters
+    # Other hyper-parameters (optimizer settings, ...) go back to the constructor when it takes them.
+    extra = {k: v for k, v in hparams.items() if k != "config" and k in accepted}
+    module = cls(ModelConfig.from_dict(dict(config)), **extra)
+    missing, unexpected = module.load_state_dict(checkpoint["state_dict"], strict=False)
+    if missing or unexpected:
+        raise ConfigError(
+            f"checkpoint {str(path)!r} does not match its own model_config "
+            f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
+        )
+    module.on_load_checkpoint(checkpoint)
+    return module.eval()

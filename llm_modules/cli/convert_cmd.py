@@ -1,0 +1,68 @@
+"""``llm-modules convert``: Hugging Face model folders <-> llm-modules (Lightning) checkpoints.
+
+    llm-modules convert from-hf HF_DIR OUT.ckpt
+    llm-modules convert to-hf CKPT OUT_DIR [--family NAME]
+
+Weights are read through safetensors or ``torch.load(weights_only=True)``; outputs are written
+to a temporary name first, so a failed conversion leaves existing files as they were.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from llm_modules.registry import ConfigError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llm-modules convert",
+        description="Convert between Hugging Face model folders and llm-modules checkpoints.",
+    )
+    directions = parser.add_subparsers(dest="direction", metavar="{from-hf,to-hf}", required=True)
+    source = directions.add_parser(
+        "from-hf", help="HF folder (config.json + weights) -> .ckpt",
+        description="Load a Hugging Face model folder (LLaMA, GPT-2, BLOOM, T5, BERT) and save it as a checkpoint.",
+    )
+    source.add_argument("hf_dir", metavar="HF_DIR", help="folder with config.json and *.safetensors or pytorch_model.bin")
+    source.add_argument("out", metavar="OUT.ckpt", help="checkpoint file to write")
+    target = directions.add_parser(
+        "to-hf", help=".ckpt -> HF folder (config.json + model.safetensors)",
+        description="Export a checkpoint as config.json + model.safetensors that transformers' Auto classes load.",
+    )
+    target.add_argument("ckpt", metavar="CKPT", help="checkpoint written by llm-modules or a Lightning Trainer")
+    target.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (created if missing)")
+    target.add_argument("--family", default=None, metavar="NAME",
+                        help="force a Hugging Face model_type (llama, gpt2, bloom, t5, bert); "
+                             "default: the family that represents the model exactly")
+    return parser
+
+
+def from_hf_command(hf_dir: str, out: str) -> int:
+    from llm_modules import from_hf
+    from llm_modules.checkpoint import save_checkpoint
+
+    if not Path(hf_dir).is_dir():
+        raise ConfigError(f"HF_DIR {hf_dir!r} is not a folder; give a Hugging Face model folder with config.json")
+    module = from_hf(hf_dir)
+    path = save_checkpoint(module, out)
+    print(f"wrote {path} ({module.kind}, {module.num_parameters():,} parameters) from {hf_dir}")
+    return 0
+
+
+def to_hf_command(ckpt: str, out_dir: str, family: str | None) -> int:
+    from llm_modules import to_hf
+    from llm_modules.checkpoint import load_checkpoint
+
+    module = load_checkpoint(ckpt)
+    path = to_hf(module, out_dir, family=family)
+    print(f"wrote {path}/config.json and {path}/model.safetensors ({module.kind}) from {ckpt}")
+    return 0
+
+
+def run(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if args.direction == "from-hf":
+        return from_hf_command(args.hf_dir, args.out)
+    return to_hf_command(args.ckpt, args.out_dir, args.family)
