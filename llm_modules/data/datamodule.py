@@ -1,0 +1,723 @@
+"""TextDataModule: paths in, fixed-length token blocks out, resumable and mixable.
+
+What happens, in order (``prepare_data`` does the first two once per node, ``setup`` all of it):
+
+1. **Tokenizer**: load ``tokenizer`` (a ``.model`` path) or, with ``train_tokenizer``, train one on the
+   training documents and keep it under ``cache_dir/tokenizers`` (keyed by inputs and settings, so a
+   rerun reuses it).
+2. **Token cache**: each source is tokenized once into a memmapped token file (see ``token_cache``).
+3. **Split by document**: a document goes to validation when a hash of ``(seed, source_id)`` falls
+   below ``val_fraction``. Whole documents, so no text is in both splits; by id, so the split stays put
+   when files are added or the cache is rebuilt.
+4. **Packing**: the training documents (in a seeded order) are laid end to end with EOS after each
+   and cut into blocks of ``seq_len`` tokens; the remainder is dropped, so every block is full and no
+   padding is needed. A block holds exactly ``seq_len`` tokens because the models shift targets
+   themselves (``shift_targets``: position t predicts t+1).
+5. **Sampling**: each epoch is a seeded permutation of the blocks (a function of ``seed`` and the
+   epoch number alone). With several sources, an epoch draws from each source in proportion to its
+   weight, repeating a small source's blocks as needed; :meth:`effective_epochs` says how many passes
+   over each source a training run amounts to, and setup logs it.
+6. **Resume**: the sampler's position (epoch, samples consumed) is this module's ``state_dict``, which
+   Lightning stores in the checkpoint; after ``load_state_dict`` the next epoch iteration skips what was
+   already consumed, so a resumed run sees exactly the batches the uninterrupted run would have.
+
+Batches are ``{"input_ids": LongTensor (batch_size, seq_len)}``. Other objectives pass ``collate_fn``:
+any callable that turns a list of 1-D LongTensor blocks into a batch dict. Collators need token ids
+(pad, EOS, mask, sentinels) that are only known once the tokenizer is: a collator *class* with a
+``from_tokenizer(tokenizer)`` classmethod is built through it, and an instance with a
+``bind_tokenizer(tokenizer)`` method has it called (a non-None return value replaces the instance).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib
+import logging
+import math
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
+
+from llm_modules.data.sources import (
+    SourceFile,
+    inputs_fingerprint,
+    iter_documents,
+    resolve_paths,
+)
+from llm_modules.data.token_cache import TokenCache, build_token_cache
+from llm_modules.data.tokenizer import Tokenizer
+from llm_modules.registry import ConfigError
+
+log = logging.getLogger(__name__)
+
+MIXTURE_KEYS = ("paths", "weight", "name", "pattern", "text_field")
+
+
+def default_cache_dir() -> Path:
+    """``$LLM_MODULES_CACHE``, else ``$XDG_CACHE_HOME/llm-modules``, else ``~/.cache/llm-modules``."""
+    if os.environ.get("LLM_MODULES_CACHE"):
+        return Path(os.environ["LLM_MODULES_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "llm-modules"
+
+
+# ---- splitting ------------------------------------------------------------------------------------------
+
+
+def _unit_hash(seed: int, source_id: str) -> float:
+    digest = hashlib.sha256(f"{seed}\0{source_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def is_validation(source_id: str, val_fraction: float, seed: int) -> bool:
+    """The split rule on its own (used to keep validation text out of tokenizer training)."""
+    return _unit_hash(seed, source_id) < val_fraction
+
+
+def split_documents(
+    source_ids: Sequence[str], val_fraction: float, seed: int, field: str = "data.val_fraction"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of training and validation documents.
+
+    Hash rule per document; when that leaves a side empty on a small corpus, the document with the
+    lowest (highest) hash moves over, so both splits exist whenever ``val_fraction > 0``.
+    """
+    n = len(source_ids)
+    if val_fraction <= 0:
+        return np.arange(n), np.arange(0)
+    if n < 2:
+        raise ConfigError(
+            f"{field}={val_fraction}: the data holds only {n} document and the split is by document; "
+            "give more documents or set val_fraction: 0"
+        )
+    u = np.array([_unit_hash(seed, s) for s in source_ids])
+    val = u < val_fraction
+    if not val.any():
+        val[np.argmin(u)] = True
+    if val.all():
+        val[np.argmax(u)] = False
+    return np.flatnonzero(~val), np.flatnonzero(val)
+
+
+# ---- packing --------------------------------------------------------------------------------------------
+
+
+class PackedBlocks(Dataset):
+    """Blocks of ``seq_len`` tokens cut from documents laid end to end, EOS after each document.
+
+    Nothing is materialised: block k is gathered from the memmap on demand (binary search for the
+    document it starts in). The memmap is reopened lazily in each DataLoader worker rather than
+    pickled, since pickling a memmap copies the whole array.
+    """
+
+    def __init__(self, cache: TokenCache, doc_order: np.ndarray, seq_len: int, eos_id: int):
+        self.path, self.dtype = cache.token_path, cache.tokens.dtype
+        self.total_tokens = cache.num_tokens
+        self.doc_order = doc_order = np.asarray(doc_order, dtype=np.int64)  # indices into the cache
+        self.starts = cache.offsets[doc_order]
+        self.lengths = cache.offsets[doc_order + 1] - self.starts
+        self.cum = np.concatenate([[0], np.cumsum(self.lengths + 1)])  # +1: the EOS after each document
+        self.seq_len, self.eos_id = seq_len, eos_id
+        self.num_documents = len(doc_order)
+        self.num_bytes = int(cache.doc_bytes[doc_order].sum())
+        self._tokens = cache.tokens
+
+    @property
+    def stream_tokens(self) -> int:
+        """Tokens in the packed stream: document tokens plus one EOS each."""
+        return int(self.cum[-1])
+
+    def __len__(self) -> int:
+        return self.stream_tokens // self.seq_len
+
+    def __getitem__(self, k: int) -> torch.Tensor:
+        if not 0 <= k < len(self):
+            raise IndexError(k)
+        tokens = self._open()
+        out = np.empty(self.seq_len, dtype=np.int64)
+        pos, filled = k * self.seq_len, 0
+        j = int(np.searchsorted(self.cum, pos, side="right")) - 1
+        while filled < self.seq_len:
+            inside = pos - self.cum[j]
+            if inside < self.lengths[j]:
+                n = int(min(self.lengths[j] - inside, self.seq_len - filled))
+                start = self.starts[j] + inside
+                out[filled:filled + n] = tokens[start:start + n]
+                filled += n
+                pos += n
+            else:  # the EOS that closes document j
+                out[filled] = self.eos_id
+                filled += 1
+                pos += 1
+                j += 1
+        return torch.from_numpy(out)
+
+    def _open(self) -> np.ndarray:
+        if self._tokens is None:
+            self._tokens = np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.total_tokens,))
+        return self._tokens
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_tokens"] = None
+        return state
+
+
+def stack_blocks(blocks: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The causal-LM batch: ``{"input_ids": (B, seq_len)}``; the model derives targets by shifting."""
+    return {"input_ids": torch.stack([torch.as_tensor(b, dtype=torch.long) for b in blocks])}
+
+
+# ---- sampling -------------------------------------------------------------------------------------------
+
+
+def largest_remainder(weights: Sequence[float], total: int) -> np.ndarray:
+    """Integer counts summing to ``total`` in proportion to ``weights``."""
+    w = np.asarray(weights, dtype=np.float64)
+    exact = w / w.sum() * total
+    counts = np.floor(exact).astype(np.int64)
+    short = total - counts.sum()
+    counts[np.argsort(-(exact - counts), kind="stable")[:short]] += 1
+    return counts
+
+
+def mixture_order(block_counts: Sequence[int], weights: Sequence[float], total: int, seed: int,
+                  epoch: int) -> np.ndarray:
+    """The global block indices of one epoch: a function of (seed, epoch) alone.
+
+    Source c gets ``total * weight_c`` draws (exactly, by largest remainder); its draws walk through
+    fresh permutations of its blocks, so a block repeats only after all others of that source have
+    been seen. The sources are interleaved by a seeded permutation of the labels.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    draws = largest_remainder(weights, total)
+    labels = np.repeat(np.arange(len(block_counts)), draws)
+    rng.shuffle(labels)
+    base = np.concatenate([[0], np.cumsum(block_counts)])
+    order = np.empty(total, dtype=np.int64)
+    for c, need in enumerate(draws):
+        if need == 0:
+            continue
+        reps = -(-int(need) // int(block_counts[c]))
+        picks = np.concatenate([rng.permutation(block_counts[c]) for _ in range(reps)])[:need]
+        order[labels == c] = base[c] + picks
+    return order
+
+
+class ResumableSampler(DistributedSampler):
+    """Per-epoch seeded order with a resumable position; also splits the order across ranks.
+
+    It is a DistributedSampler so that Lightning does not wrap it in another one (which would reshuffle
+    and lose the resume position); with one process it is simply the whole order.
+    ``samples_consumed`` counts *global* samples (all ranks) of the current epoch; the data module
+    advances it as training batches reach the model.
+    """
+
+    def __init__(self, order_fn: Callable[[int], np.ndarray], num_samples: int,
+                 num_replicas: int = 1, rank: int = 0):
+        super().__init__(range(num_samples), num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=True)
+        self.order_fn, self.total = order_fn, num_samples
+        self.epoch = 0
+        self.active_epoch = 0
+        self.samples_consumed = 0
+        self._resume: tuple[int, int] | None = None
+
+    def __len__(self) -> int:
+        return self.total // self.num_replicas
+
+    def __iter__(self):
+        epoch = self.epoch
+        self.epoch += 1  # without Lightning's set_epoch, consecutive iterations are consecutive epochs
+        start = 0
+        if self._resume is not None and self._resume[0] == epoch:
+            start = self._resume[1]
+        self._resume = None if self._resume is None or self._resume[0] <= epoch else self._resume
+        self.active_epoch, self.samples_consumed = epoch, start
+        remaining = self.order_fn(epoch)[start:]
+        per_rank = len(remaining) // self.num_replicas
+        mine = remaining[self.rank::self.num_replicas][:per_rank]
+        return iter(mine.tolist())
+
+    def resume(self, epoch: int, samples_consumed: int) -> None:
+        """Continue at ``epoch`` after skipping ``samples_consumed`` (global) samples of it."""
+        self.epoch = self.active_epoch = epoch
+        self.samples_consumed = samples_consumed
+        self._resume = (epoch, samples_consumed)
+
+    def position(self) -> tuple[int, int]:
+        """(epoch, samples consumed), with a finished epoch reported as the start of the next."""
+        if self.samples_consumed >= len(self) * self.num_replicas:
+            return self.active_epoch + 1, 0
+        return self.active_epoch, self.samples_consumed
+
+
+# ---- the data module ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Source:
+    """One mixture component: its files, weight, token cache and packed splits."""
+
+    name: str
+    weight: float
+    files: list[SourceFile]
+    field: str
+    text_field: str
+    cache: TokenCache | None = None
+    train: PackedBlocks | None = None
+    val: PackedBlocks | None = None
+
+
+class TextDataModule(L.LightningDataModule):
+    """Token blocks from files, directories, globs, JSONL or ``python-stdlib``, with mixtures and resume.
+
+    Args:
+        paths: data entries (files, directories, globs, ``.jsonl`` files, ``python-stdlib``); each is one
+            source when ``weights`` is given, else together they form one source.
+        tokenizer: path to a SentencePiece ``.model``. When it does not exist (or is None) and
+            ``train_tokenizer`` is true, one is trained from the training documents (and saved there,
+            or under ``cache_dir/tokenizers``).
+        seq_len: tokens per block.
+        batch_size: blocks per batch (per process).
+        val_fraction: share of documents held out for validation (0 disables validation).
+        seed: fixes the split, the document order and every epoch's shuffle.
+        cache_dir: where tokenizers and token caches live (default :func:`default_cache_dir`).
+        num_workers: DataLoader worker processes.
+        pattern: file-name globs used inside directories (default ``*.py, *.txt, *.md, *.rst, *.jsonl``).
+        text_field: the JSONL key that holds the text.
+        weights: sampling weights, one per ``paths`` entry (turns each entry into its own source).
+        mixture: list of sources ``{paths: [...], weight: 0.7, name: ..., pattern: ..., text_field: ...}``;
+            instead of ``paths``.
+        samples_per_epoch: blocks per training epoch (default: all training blocks of all sources).
+        train_tokenizer / vocab_size / tokenizer_type / num_sentinels / tokenizer_max_sentences:
+            how a missing tokenizer is trained (``tokenizer_type``: bpe or unigram).
+        collate_fn: turns a list of 1-D LongTensor blocks into a batch dict (default: causal LM stack);
+            a callable, or the import path of one (``llm_modules.data.collators.MaskingCollator``), which
+            is how YAML names a collator class whose token ids come from the tokenizer.
+        collate_args: keyword arguments for a collator class named by ``collate_fn`` (e.g.
+            ``{mlm_probability: 0.15}``).
+        val_batch_size: batch size for validation (default ``batch_size``).
+    """
+
+    def __init__(
+        self,
+        paths: list[str] | str | None = None,
+        tokenizer: str | None = None,
+        seq_len: int = 256,
+        batch_size: int = 16,
+        val_fraction: float = 0.05,
+        seed: int = 1234,
+        cache_dir: str | None = None,
+        num_workers: int = 0,
+        pattern: list[str] | str | None = None,
+        text_field: str = "text",
+        weights: list[float] | None = None,
+        mixture: list[dict[str, Any]] | None = None,
+        samples_per_epoch: int | None = None,
+        train_tokenizer: bool = True,
+        vocab_size: int = 8192,
+        tokenizer_type: str = "bpe",
+        num_sentinels: int = 100,
+        tokenizer_max_sentences: int = 100_000,
+        collate_fn: str | Callable[[list], dict] | None = None,
+        collate_args: dict[str, Any] | None = None,
+        val_batch_size: int | None = None,
+    ):
+        super().__init__()
+        _positive("data.seq_len", seq_len)
+        _positive("data.batch_size", batch_size)
+        if val_batch_size is not None:
+            _positive("data.val_batch_size", val_batch_size)
+        if samples_per_epoch is not None:
+            _positive("data.samples_per_epoch", samples_per_epoch)
+        if not 0 <= val_fraction < 1:
+            raise ConfigError(f"data.val_fraction={val_fraction} must be in [0, 1); e.g. 0.05 holds out 5% "
+                              "of the documents")
+        if num_workers < 0:
+            raise ConfigError(f"data.num_workers={num_workers} must be 0 or more")
+        if tokenizer_type not in ("bpe", "unigram"):
+            raise ConfigError(f"data.tokenizer_type {tokenizer_type!r} is not supported; choices: bpe, unigram")
+        self.paths = [paths] if isinstance(paths, str) else (list(paths) if paths else None)
+        self.tokenizer_path = tokenizer
+        self.seq_len, self.batch_size = seq_len, batch_size
+        self.val_batch_size = val_batch_size or batch_size
+        self.val_fraction, self.seed = val_fraction, seed
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        self.num_workers = num_workers
+        self.pattern, self.text_field = pattern, text_field
+        self.weights, self.mixture = weights, mixture
+        self.samples_per_epoch = samples_per_epoch
+        self.train_tokenizer, self.vocab_size_setting = train_tokenizer, vocab_size
+        self.tokenizer_type, self.num_sentinels = tokenizer_type, num_sentinels
+        self.tokenizer_max_sentences = tokenizer_max_sentences
+        self.collate_fn, self.collate_args = collate_fn, dict(collate_args or {})
+        self._spec = _unique_names(self._source_spec())  # checks paths / weights / mixture now, not at setup
+        self._tokenizer: Tokenizer | None = None
+        self._sources: list[_Source] | None = None
+        self._sampler: ResumableSampler | None = None
+        self._pending_state: dict | None = None
+        self._bound_collate: Callable | None = None
+
+    # ---- public figures ---------------------------------------------------------------------------------
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The tokenizer; loaded, or trained and cached, on first access (usable before ``setup``)."""
+        if self._tokenizer is None:
+            self._tokenizer = self._load_or_train_tokenizer()
+        return self._tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        """The tokenizer's vocabulary size (what the model's ``vocab_size`` must match)."""
+        return self.tokenizer.vocab_size
+
+    @property
+    def source_names(self) -> list[str]:
+        return [s["name"] for s in self._spec]
+
+    @property
+    def bytes_per_token(self) -> float | None:
+        """UTF-8 bytes per packed token of the validation split (training split without one).
+
+        Bits per byte = loss (nats/token) / ln 2 / bytes_per_token. EOS tokens count as tokens, since
+        the loss is averaged over them too.
+        """
+        if self._sources is None:
+            return None
+        splits = [s.val for s in self._sources if s.val is not None] or [s.train for s in self._sources]
+        tokens = sum(p.stream_tokens for p in splits)
+        return sum(p.num_bytes for p in splits) / tokens if tokens else None
+
+    @property
+    def token_caches(self) -> list[TokenCache]:
+        """One token cache per source (after ``setup``)."""
+        self._require_setup()
+        return [s.cache for s in self._sources]
+
+    @property
+    def num_train_samples(self) -> int:
+        """Blocks per training epoch."""
+        self._require_setup()
+        return self.samples_per_epoch or sum(len(s.train) for s in self._sources)
+
+    @property
+    def train_tokens_per_epoch(self) -> int:
+        return self.num_train_samples * self.seq_len
+
+    def effective_epochs(self, train_tokens: int | None = None) -> dict[str, float]:
+        """Passes over each source's training split that ``train_tokens`` training tokens amount to.
+
+        Default ``train_tokens``: the trainer's plan (max_steps, else max_epochs) when attached, else
+        one epoch.
+        """
+        self._require_setup()
+        if train_tokens is None:
+            train_tokens = self._planned_train_tokens()
+        weights = self._weights()
+        return {s.name: train_tokens * w / (len(s.train) * self.seq_len)
+                for s, w in zip(self._sources, weights)}
+
+    # ---- Lightning hooks --------------------------------------------------------------------------------
+
+    def prepare_data(self) -> None:
+        """Train/load the tokenizer and fill the token caches (once per node; ``setup`` reuses them)."""
+        tok = self.tokenizer
+        for src in self._resolve_sources():
+            build_token_cache(src.files, tok, self.cache_dir, settings={"text_field": src.text_field},
+                              field=src.field)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._sources is not None:
+            return
+        tok = self.tokenizer
+        if tok.eos_id < 0:
+            raise ConfigError(f"data.tokenizer: {tok.source!r} has no end-of-sequence piece; packing puts EOS "
+                              "between documents, so use a tokenizer with one")
+        sources = self._resolve_sources()
+        for src in sources:
+            src.cache = build_token_cache(src.files, tok, self.cache_dir,
+                                          settings={"text_field": src.text_field}, field=src.field)
+            train_idx, val_idx = split_documents(src.cache.source_ids, self.val_fraction, self.seed)
+            order = np.random.default_rng([self.seed, 0x5EED]).permutation(train_idx)
+            src.train = PackedBlocks(src.cache, order, self.seq_len, tok.eos_id)
+            src.val = PackedBlocks(src.cache, val_idx, self.seq_len, tok.eos_id) if len(val_idx) else None
+            if len(src.train) == 0:
+                raise ConfigError(
+                    f"data.seq_len={self.seq_len} is longer than the training split of {src.name!r} "
+                    f"({src.train.stream_tokens} tokens); lower seq_len or add data"
+                )
+            if src.val is not None and len(src.val) == 0:
+                raise ConfigError(
+                    f"data.val_fraction={self.val_fraction}: the validation split of {src.name!r} holds "
+                    f"{src.val.stream_tokens} tokens, fewer than data.seq_len={self.seq_len}; raise "
+                    "val_fraction or lower seq_len"
+                )
+        self._sources = sources
+        self._log_summary()
+
+    def train_dataloader(self) -> DataLoader:
+        self._require_setup()
+        trainer = self._trainer_or_none()
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        total = self.num_train_samples
+        counts = [len(s.train) for s in self._sources]
+        weights, seed = self._weights(), self.seed
+        self._sampler = ResumableSampler(
+            lambda epoch: mixture_order(counts, weights, total, seed, epoch), total, world, rank
+        )
+        if self._pending_state is not None:
+            self._apply_state(self._pending_state)
+        return self._loader(ConcatDataset([s.train for s in self._sources]), self.batch_size,
+                            sampler=self._sampler, drop_last=True)
+
+    def val_dataloader(self):
+        self._require_setup()
+        vals = [s.val for s in self._sources if s.val is not None]
+        if not vals:
+            return []
+        return self._loader(ConcatDataset(vals), self.val_batch_size, shuffle=False)
+
+    def test_dataloader(self):
+        """The held-out documents again: there is no separate test split."""
+        return self.val_dataloader()
+
+    def predict_dataloader(self):
+        """Predictions run over the held-out documents, like ``test``."""
+        return self.val_dataloader()
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Count training batches as they reach the model (not as workers prefetch them)."""
+        trainer = self._trainer_or_none()
+        if self._sampler is not None and trainer is not None and trainer.training:
+            self._sampler.samples_consumed += self.batch_size * self._sampler.num_replicas
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where training stands in the data: saved in every checkpoint by Lightning."""
+        if self._sampler is not None:
+            epoch, consumed = self._sampler.position()
+        elif self._pending_state is not None:
+            epoch, consumed = self._pending_state["epoch"], self._pending_state["samples_consumed"]
+        else:
+            epoch, consumed = 0, 0
+        return {
+            "epoch": int(epoch),
+            "samples_consumed": int(consumed),
+            "seed": int(self.seed),
+            "tokenizer_fingerprint": self._tokenizer.fingerprint if self._tokenizer is not None else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume: the next training epoch iteration continues where ``state`` stopped."""
+        if state.get("seed", self.seed) != self.seed:
+            log.warning("data: resuming with seed %s but the checkpoint used %s; the sample order differs",
+                        self.seed, state["seed"])
+        fp = state.get("tokenizer_fingerprint")
+        if fp and self._tokenizer is not None and fp != self._tokenizer.fingerprint:
+            log.warning("data: the checkpoint was trained with a different tokenizer (fingerprint %s)", fp[:12])
+        # Lightning warns that a mid-epoch resume is unreliable unless the DataLoader itself is stateful;
+        # here the position travels in this module's state instead, so the warning does not apply.
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
+        self._pending_state = {"epoch": int(state.get("epoch", 0)),
+                               "samples_consumed": int(state.get("samples_consumed", 0))}
+        if self._sampler is not None:
+            self._apply_state(self._pending_state)
+
+    # ---- internals --------------------------------------------------------------------------------------
+
+    def _apply_state(self, state: dict) -> None:
+        self._sampler.resume(state["epoch"], state["samples_consumed"])
+        self._pending_state = None
+
+    def _loader(self, dataset, batch_size: int, **kwargs) -> DataLoader:
+        return DataLoader(dataset, batch_size=batch_size, collate_fn=self._collate(),
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0, **kwargs)
+
+    def _collate(self) -> Callable:
+        if self.collate_fn is None:
+            return stack_blocks
+        if self._bound_collate is None:
+            fn = _import(self.collate_fn) if isinstance(self.collate_fn, str) else self.collate_fn
+            if isinstance(fn, type):  # a collator class: built here, its token ids from the tokenizer
+                try:
+                    fn = (fn.from_tokenizer(self.tokenizer, **self.collate_args) if hasattr(fn, "from_tokenizer")
+                          else fn(**self.collate_args))
+                except (TypeError, ValueError) as err:
+                    raise ConfigError(f"data.collate_fn: cannot build {fn.__name__} ({err}); check "
+                                      "data.collate_args") from err
+            elif self.collate_args:
+                raise ConfigError("data.collate_args only applies when data.collate_fn names a class")
+            else:
+                bind = getattr(fn, "bind_tokenizer", None)
+                if callable(bind):
+                    fn = bind(self.tokenizer) or fn
+            self._bound_collate = fn
+        return self._bound_collate
+
+    def _trainer_or_none(self):
+        return getattr(self, "trainer", None)
+
+    def _require_setup(self) -> None:
+        if self._sources is None:
+            raise RuntimeError("TextDataModule.setup() has not run yet; call dm.setup('fit') first")
+
+    def _weights(self) -> list[float]:
+        total = sum(s["weight"] for s in self._spec)
+        return [s["weight"] / total for s in self._spec]
+
+    def _planned_train_tokens(self) -> int:
+        trainer = self._trainer_or_none()
+        per_epoch = self.train_tokens_per_epoch
+        if trainer is None:
+            return per_epoch
+        world = trainer.world_size
+        if trainer.max_steps and trainer.max_steps > 0:
+            return trainer.max_steps * trainer.accumulate_grad_batches * self.batch_size * self.seq_len * world
+        if trainer.max_epochs and trainer.max_epochs > 0:
+            return trainer.max_epochs * per_epoch
+        return per_epoch
+
+    def _source_spec(self) -> list[dict[str, Any]]:
+        """Validate ``paths`` / ``weights`` / ``mixture`` into a list of source specs (no disk access)."""
+        if self.paths and self.mixture:
+            raise ConfigError("data: give either data.paths or data.mixture, not both")
+        if self.mixture:
+            if self.weights:
+                raise ConfigError("data.weights goes with data.paths; in data.mixture give each entry a weight")
+            specs = []
+            for i, entry in enumerate(self.mixture):
+                where = f"data.mixture[{i}]"
+                if not isinstance(entry, dict) or "paths" not in entry:
+                    raise ConfigError(f"{where}: expected a mapping like {{paths: [...], weight: 0.5}}; got {entry!r}")
+                for key in entry:
+                    if key not in MIXTURE_KEYS:
+                        close = difflib.get_close_matches(key, MIXTURE_KEYS, n=1)
+                        hint = f" (did you mean {close[0]!r}?)" if close else ""
+                        raise ConfigError(f"{where}: unknown key {key!r}{hint}; keys: {', '.join(MIXTURE_KEYS)}")
+                paths = entry["paths"]
+                paths = [paths] if isinstance(paths, str) else list(paths or [])
+                weight = _weight(f"{where}.weight", entry.get("weight", 1.0))
+                specs.append({"paths": paths, "weight": weight, "field": f"{where}.paths",
+                              "name": str(entry.get("name") or ",".join(map(str, paths))),
+                              "pattern": entry.get("pattern", self.pattern),
+                              "text_field": entry.get("text_field", self.text_field)})
+            return specs
+        if not self.paths:
+            raise ConfigError("data.paths: no data given; list files, directories, globs, JSONL files or "
+                              "'python-stdlib' (or use data.mixture)")
+        if self.weights is None:
+            return [{"paths": self.paths, "weight": 1.0, "field": "data.paths", "name": ",".join(self.paths),
+                     "pattern": self.pattern, "text_field": self.text_field}]
+        if len(self.weights) != len(self.paths):
+            raise ConfigError(f"data.weights has {len(self.weights)} entries for {len(self.paths)} data.paths; "
+                              "give one weight per path")
+        return [{"paths": [p], "weight": _weight(f"data.weights[{i}]", w), "field": "data.paths", "name": p,
+                 "pattern": self.pattern, "text_field": self.text_field, "index": i}
+                for i, (p, w) in enumerate(zip(self.paths, self.weights))]
+
+    def _resolve_sources(self) -> list[_Source]:
+        out = []
+        for spec in self._spec:
+            files = resolve_paths(spec["paths"], pattern=spec["pattern"], text_field=spec["text_field"],
+                                  field=spec["field"], first_index=spec.get("index", 0))
+            out.append(_Source(spec["name"], spec["weight"], files, spec["field"], spec["text_field"]))
+        return out
+
+    def _load_or_train_tokenizer(self) -> Tokenizer:
+        path = Path(self.tokenizer_path).expanduser() if self.tokenizer_path else None
+        if path is not None and not path.exists() and path.suffix != ".model":
+            path = path.with_name(path.name + ".model")  # Tokenizer.train saves under this name
+        if path is not None and path.exists():
+            return Tokenizer.load(path, field="data.tokenizer")
+        if not self.train_tokenizer:
+            if path is None:
+                raise ConfigError("data.tokenizer: no tokenizer given; give the path to a SentencePiece .model "
+                                  "or set data.train_tokenizer: true to train one on the data")
+            raise ConfigError(f"data.tokenizer: {self.tokenizer_path!r} does not exist; fix the path or set "
+                              "data.train_tokenizer: true to train one there")
+        sources = self._resolve_sources()
+        settings = {"vocab_size": self.vocab_size_setting, "model_type": self.tokenizer_type,
+                    "num_sentinels": self.num_sentinels, "max_sentences": self.tokenizer_max_sentences,
+                    "val_fraction": self.val_fraction, "seed": self.seed}
+        if path is None:
+            key = inputs_fingerprint([f for s in sources for f in s.files], **settings)[:32]
+            path = self.cache_dir / "tokenizers" / f"{key}.model"
+            if path.exists():
+                log.info("data: reusing tokenizer %s", path)
+                return Tokenizer.load(path, field="data.tokenizer")
+        log.info("data: training a %s tokenizer (vocab %d) on the training documents", self.tokenizer_type,
+                 self.vocab_size_setting)
+        texts = (d.text for s in sources for d in iter_documents(s.files)
+                 if not is_validation(d.source_id, self.val_fraction, self.seed))
+        tok = Tokenizer.train(texts, path, vocab_size=self.vocab_size_setting, model_type=self.tokenizer_type,
+                              num_sentinels=self.num_sentinels, max_sentences=self.tokenizer_max_sentences,
+                              seed=self.seed, field="data.vocab_size")
+        tok.source = str(path)
+        log.info("data: tokenizer saved to %s", path)
+        return tok
+
+    def _log_summary(self) -> None:
+        planned = self._planned_train_tokens()
+        epochs = self.effective_epochs(planned)
+        for src, w in zip(self._sources, self._weights()):
+            val_docs = src.val.num_documents if src.val is not None else 0
+            log.info(
+                "data source %r: weight %.2f, %d documents (%d held out), %s training tokens in %d blocks; "
+                "%.2f epochs over %s planned training tokens",
+                src.name, w, src.cache.num_documents, val_docs, f"{src.train.stream_tokens:,}", len(src.train),
+                epochs[src.name], f"{planned:,}",
+            )
+        bpt = self.bytes_per_token
+        if bpt:
+            log.info("data: %.3f bytes per token (for bits per byte)", bpt)
+
+
+def _import(path: str) -> Any:
+    """``package.module.Name`` -> the object, with a ConfigError that names the field."""
+    module_name, _, attr = path.strip().rpartition(".")
+    if not module_name:
+        raise ConfigError(f"data.collate_fn {path!r}: give an import path like llm_modules.data.collators.MaskingCollator")
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"data.collate_fn {path!r} cannot be imported ({err}); check the spelling") from None
+    if not callable(obj):
+        raise ConfigError(f"data.collate_fn {path!r} is not callable")
+    return obj
+
+
+def _unique_names(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    seen: dict[str, int] = {}
+    for spec in specs:
+        name = spec["name"]
+        if name in seen:
+            seen[name] += 1
+            spec["name"] = f"{name}#{seen[name]}"
+        else:
+            seen[name] = 0
+    return specs
+
+
+def _positive(field: str, value: int) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{field}={value!r} must be a positive integer")
+
+
+def _weight(field: str, value: Any) -> float:
+    try:
+        w = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{field}={value!r} must be a positive number") from None
+    if not math.isfinite(w) or w <= 0:
+        raise ConfigError(f"{field}={value!r} must be a positive number")
+    return w
