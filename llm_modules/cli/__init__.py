@@ -22,6 +22,7 @@ COMMANDS = {
     "predict": "run a checkpoint on the prediction data",
     "registry": "list every registered component: slot, name, one-line doc, providing plugin",
     "convert": "convert between Hugging Face model folders and llm-modules checkpoints",
+    "tokenizer": "train a SentencePiece tokenizer (tokenizer train PATHS --out FILE)",
 }
 
 
@@ -76,6 +77,8 @@ def _dispatch(command: str, rest: list[str]) -> int:
         return run([command, *rest])  # LightningCLI expects the subcommand first
     if command == "registry":
         from llm_modules.cli.registry_cmd import run
+    elif command == "tokenizer":
+        from llm_modules.cli.tokenizer_cmd import run
     else:
         from llm_modules.cli.convert_cmd import run
     return run(rest)

@@ -48,7 +48,13 @@ class LanguageModel(L.LightningModule, abc.ABC):
         super().__init__()
         self.config = as_config(config)
         self.optim = optim if isinstance(optim, OptimConfig) else OptimConfig(**(optim or {}))
-        self.save_hyperparameters({"config": self.config.to_dict(), "optim": dataclasses.asdict(self.optim)})
+        # Plain data only, plus the class path that LightningCLI reads back from a checkpoint
+        # (``--ckpt_path``) to rebuild this exact LM kind.
+        self.save_hyperparameters({
+            "_class_path": f"{type(self).__module__}.{type(self).__qualname__}",
+            "config": self.config.to_dict(),
+            "optim": dataclasses.asdict(self.optim),
+        })
         self.model = self.build_model(self.config)
         self.tokens_seen = 0
         self.tokenizer_bytes: bytes | None = None
@@ -203,8 +209,10 @@ def shift_targets(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) 
     targets = torch.full_like(input_ids, IGNORE_INDEX)
     targets[:, :-1] = input_ids[:, 1:]
     if attention_mask is not None:
+        # Both ends must be real: in a left-padded row the last pad would otherwise "predict" the
+        # first real token from nothing, a loss term that depends on the padding.
         real_next = torch.zeros_like(attention_mask, dtype=torch.bool)
-        real_next[:, :-1] = attention_mask[:, 1:].bool()
+        real_next[:, :-1] = attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()
         targets = targets.masked_fill(~real_next, IGNORE_INDEX)
     return targets
 

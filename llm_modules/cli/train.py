@@ -1,0 +1,196 @@
+"""``llm-modules fit | validate | test | predict``: LightningCLI with this project's defaults.
+
+Before LightningCLI parses anything, plugins are imported (entry points, ``--plugins`` modules,
+and a config file's ``plugins:`` list), so component names from plugins are valid in configs, and
+a preset name given to ``--model.config`` is swapped for the preset's YAML file.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from lightning import LightningDataModule
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
+from lightning.pytorch.cli import LightningCLI
+
+from llm_modules.config import preset_dir, preset_names
+from llm_modules.models import LanguageModel
+from llm_modules.registry import ConfigError, load_plugins
+
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+class LLMCLI(LightningCLI):
+    """LightningCLI whose defaults are the LLM recipe's: clipping at 1.0, TensorBoard + CSV logs,
+    a rich progress bar, ``last.ckpt`` plus the best checkpoints by validation loss."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--checkpoint.save_top_k", type=int, default=2, help="best checkpoints kept by val/loss")
+        parser.add_argument("--checkpoint.every_n_train_steps", type=int | None, default=None,
+                            help="also save every N steps (default: at each validation)")
+
+    def instantiate_classes(self) -> None:
+        """Surface a configuration error of ours as itself, not wrapped in the parser's type errors."""
+        try:
+            super().instantiate_classes()
+        except ValueError as err:
+            cause = _config_error_in(err)
+            if cause is None:
+                raise
+            raise cause from None
+
+    def instantiate_trainer(self, **kwargs: Any):
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        checkpoint = config.get("checkpoint", {}) or {}
+        extra = kwargs.setdefault("callbacks", [])
+        if config["trainer"].get("enable_progress_bar") is not False and not any(
+            isinstance(c, ProgressBar) for c in extra
+        ):
+            extra.append(RichProgressBar())
+        if not any(isinstance(c, ModelCheckpoint) for c in extra):
+            extra.append(
+                ModelCheckpoint(
+                    monitor="val/loss", mode="min", save_last=True,
+                    save_top_k=checkpoint.get("save_top_k", 2),
+                    every_n_train_steps=checkpoint.get("every_n_train_steps"),
+                    filename="step{step}-val{val/loss:.3f}", auto_insert_metric_name=False,
+                )
+            )
+        trainer = super().instantiate_trainer(**kwargs)
+        share_run_folder(trainer.loggers)
+        return trainer
+
+
+def share_run_folder(loggers: list) -> None:
+    """Put every logger that writes under the same ``save_dir/name`` into one version folder.
+
+    Each Lightning logger picks its own next free version; with TensorBoard and CSV side by side
+    the second would land in the next folder. One run, one folder: metrics.csv, event files,
+    config.yaml and checkpoints together.
+    """
+    if not loggers:
+        return
+    first = loggers[0]
+    for other in loggers[1:]:
+        same_root = getattr(other, "root_dir", None) == getattr(first, "root_dir", None)
+        if same_root and hasattr(other, "_version") and getattr(other, "_version") is None:
+            other._version = first.version
+
+
+def _config_error_in(err: BaseException) -> ConfigError | None:
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, ConfigError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def trainer_defaults() -> dict[str, Any]:
+    return {
+        "gradient_clip_val": 1.0,
+        "logger": [
+            {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "runs", "name": "llm"}},
+            {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs", "name": "llm"}},
+        ],
+    }
+
+
+def _take_plugins(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Remove ``--plugins a.b c.d`` / ``--plugins=a.b,c.d`` from argv; return (argv, modules)."""
+    rest, modules, i = [], [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--plugins":
+            i += 1
+            while i < len(argv) and not argv[i].startswith("-"):
+                modules.extend(m for m in argv[i].split(",") if m)
+                i += 1
+            continue
+        if arg.startswith("--plugins="):
+            modules.extend(m for m in arg.split("=", 1)[1].split(",") if m)
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, modules
+
+
+def _config_files(argv: list[str]) -> list[dict]:
+    """Read every ``--config`` file up front, so an unreadable one is one clear error (not a usage dump)."""
+    paths = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+    paths += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    configs = []
+    for path in paths:
+        try:
+            data = yaml.safe_load(Path(path).read_text())
+        except OSError as err:
+            raise ConfigError(f"--config {path}: cannot read it ({err.strerror}); check the path") from None
+        except yaml.YAMLError as err:
+            where = getattr(err, "problem_mark", None)
+            at = f" at line {where.line + 1}" if where is not None else ""
+            raise ConfigError(f"--config {path}: not valid YAML{at}; fix the file") from None
+        if data is not None and not isinstance(data, dict):
+            raise ConfigError(f"--config {path}: expected a mapping of sections (trainer, model, data)")
+        configs.append(data or {})
+    return configs
+
+
+def _config_plugins(configs: list[dict]) -> list[str]:
+    """The ``plugins:`` lists of the model configs inside the ``--config`` files."""
+    modules: list[str] = []
+    for data in configs:
+        model = data.get("model") or {}
+        args = model.get("init_args", model) if isinstance(model, dict) else {}
+        config = args.get("config") if isinstance(args, dict) else None
+        if isinstance(config, dict):
+            modules.extend(config.get("plugins") or [])
+    return modules
+
+
+def _resolve_presets(argv: list[str]) -> list[str]:
+    """``--model.config llama-tiny`` -> the preset's YAML path (which works from an installed wheel)."""
+    names = set(preset_names())
+    keys = ("--model.config", "--model.init_args.config")
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg in keys and i + 1 < len(out) and out[i + 1] in names:
+            out[i + 1] = str(preset_dir().joinpath(f"{out[i + 1]}.yaml"))
+        elif "=" in arg and arg.split("=", 1)[0] in keys and arg.split("=", 1)[1] in names:
+            key, name = arg.split("=", 1)
+            out[i] = f"{key}={preset_dir().joinpath(f'{name}.yaml')}"
+    return out
+
+
+def _show_progress_logs() -> None:
+    """Let the data module's progress lines (tokenizer training, caching, mixture summary) reach the user."""
+    logger = logging.getLogger("llm_modules")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+def run(argv: list[str]) -> int:
+    """Run one LightningCLI subcommand. A ConfigError propagates to ``llm_modules.cli.main``, which
+    prints it as one line and exits with code 2."""
+    argv, modules = _take_plugins(list(argv))
+    _show_progress_logs()
+    load_plugins(modules + _config_plugins(_config_files(argv)))
+    LLMCLI(
+        LanguageModel,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=_resolve_presets(argv),
+        trainer_defaults=trainer_defaults(),
+        seed_everything_default=1234,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+    )
+    return 0
