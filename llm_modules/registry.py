@@ -194,7 +194,9 @@ def load_plugins(extra: list[str] | tuple[str, ...] = ()) -> dict[str, str]:
                 _loaded_modules.add(ep.value)
             except Exception as err:  # a broken plugin must not break the rest
                 plugin_errors[ep.name] = f"{type(err).__name__}: {err}"
-                log.warning("llm-modules plugin %r (%s) failed to load: %s", ep.name, ep.value, err)
+                # One line on stderr; the log record is debug-level so an unconfigured logging
+                # module (whose last-resort handler prints warnings) does not print it twice.
+                log.debug("llm-modules plugin %r (%s) failed to load: %s", ep.name, ep.value, err)
                 print(f"warning: llm-modules plugin {ep.name!r} failed to load: {err}", file=sys.stderr)
     for module in extra:
         if module in _loaded_modules:

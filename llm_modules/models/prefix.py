@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import torch
-
 from llm_modules.models.base import IGNORE_INDEX, LanguageModel, shift_targets
-from llm_modules.nn.lm import DecoderLM
+from llm_modules.nn.lm import DecoderLM, positions_from
 
 
 class PrefixLM(LanguageModel):
     """Prefix decoder (UniLM, GLM, U-PaLM). ``lm(input_ids, attention_mask=None, prefix_lengths=None)``.
 
-    ``prefix_lengths`` (B,) counts the leading tokens of each row that see each other in both
-    directions; later tokens see only the past. Without it the model is a plain causal decoder.
+    ``prefix_lengths`` (B,) counts the leading real tokens of each row (left padding is not
+    counted) that see each other in both directions; later tokens see only the past. Without it
+    the model is a plain causal decoder.
     Loss is taken only on tokens after the prefix (predicting token t needs t >= prefix length).
     """
 
@@ -28,7 +27,9 @@ class PrefixLM(LanguageModel):
         if targets is None:
             targets = shift_targets(ids, mask)
             if prefix is not None:
-                # Logit t predicts token t+1; that token is inside the prefix when t+1 < prefix.
-                predicted = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0) + 1
-                targets = targets.masked_fill(predicted < prefix.unsqueeze(1), IGNORE_INDEX)
+                # Logit t predicts the next token; it is inside the prefix when its position < prefix.
+                # Positions count real tokens (as the attention mask does), so left padding does not
+                # move the prefix boundary.
+                position = positions_from(mask, ids.shape[0], ids.shape[1], ids.device)
+                targets = targets.masked_fill(position + 1 < prefix.unsqueeze(1), IGNORE_INDEX)
         return self(ids, mask, prefix), targets

@@ -26,11 +26,24 @@ class AttentionBackend(abc.ABC):
     supports_dropout = True  # dropout on attention probabilities
     supports_masks = True  # arbitrary structured masks (padding, prefix, window, stride)
 
-    def check(self, *, needs_bias: bool, dropout: float, needs_masks: bool = True) -> None:
-        """Raise ConfigError if this backend cannot compute what the model asks for."""
+    def check(
+        self,
+        *,
+        needs_bias: bool,
+        dropout: float,
+        needs_masks: bool = True,
+        position: str | None = None,
+        masks: str | None = None,
+    ) -> None:
+        """Raise ConfigError if this backend cannot compute what the model asks for.
+
+        ``position`` and ``masks`` name what asks for a bias / a structured mask, so the message
+        names the whole combination (e.g. attention 'x' + position 't5').
+        """
         if needs_bias and not self.supports_bias:
+            what = f"position {position!r}" if position else "this position encoding"
             raise ConfigError(
-                f"attention {self.name!r} cannot add a position bias, which this position encoding needs; "
+                f"attention {self.name!r} cannot add the additive attention bias that {what} needs; "
                 "use attention 'sdpa' or 'eager', or a position encoding without bias (rope, learned)"
             )
         if dropout and not self.supports_dropout:
@@ -38,7 +51,11 @@ class AttentionBackend(abc.ABC):
                 f"attention {self.name!r} has no attention dropout; set attention_dropout: 0.0 or use 'sdpa'"
             )
         if needs_masks and not self.supports_masks:
-            raise ConfigError(f"attention {self.name!r} supports only causal masks; use 'sdpa' or 'eager'")
+            what = f" ({masks})" if masks else ""
+            raise ConfigError(
+                f"attention {self.name!r} supports only plain causal masks, and this model needs more{what}; "
+                "use attention 'sdpa' or 'eager'"
+            )
 
     @abc.abstractmethod
     def __call__(

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llm_modules.registry import ACTIVATIONS
+from llm_modules.registry import ACTIVATIONS, ConfigError
 
 Activation = Callable[[torch.Tensor], torch.Tensor]
 
@@ -30,7 +30,7 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
 
 def _gelu(approximate: str) -> Activation:
     if approximate not in ("none", "tanh"):
-        raise ValueError(f"gelu approximate must be 'none' (exact erf) or 'tanh'; got {approximate!r}")
+        raise ConfigError(f"activation gelu: approximate must be 'none' (exact erf) or 'tanh'; got {approximate!r}")
     return functools.partial(F.gelu, approximate=approximate)
 
 

@@ -22,6 +22,10 @@ class AttentionMask:
     - ``window``: only the last ``window`` positions (|q - k| < window when not causal).
     - ``stride``: the Sparse Transformer "fixed" pattern: keys in the query's own block of
       ``stride`` positions, plus the last position of every block (the summary column).
+    - ``positions`` (B, Tk): each key's position among the real tokens of its row (query i sits at
+      key index ``i + q_offset``). When given, causal order, prefix length, window and stride blocks
+      are measured in these positions rather than in raw indices, so left padding does not move a
+      prefix boundary or a stride block; without it, index = position.
     """
 
     q_len: int
@@ -32,10 +36,11 @@ class AttentionMask:
     window: int | None = None
     stride: int | None = None
     q_offset: int = 0
+    positions: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
-        for t in (self.prefix_lengths, self.key_padding):
+        for t in (self.prefix_lengths, self.key_padding, self.positions):
             if t is not None:
                 return t.shape[0]
         return 1
@@ -49,6 +54,7 @@ class AttentionMask:
             and self.key_padding is None
             and self.window is None
             and self.stride is None
+            and self.positions is None
             and self.q_offset == 0
             and self.q_len == self.k_len
         )
@@ -62,6 +68,9 @@ class AttentionMask:
         """True where query q of example b may see key k. Works on broadcastable index tensors."""
         q = q + self.q_offset
         ok = torch.ones_like(q == k)
+        key_index = k
+        if self.positions is not None:
+            q, k = self.positions[b, q], self.positions[b, k]
         if self.causal:
             seen = k <= q
             if self.prefix_lengths is not None:
@@ -77,7 +86,7 @@ class AttentionMask:
             summary = (k % self.stride) == (self.stride - 1)
             ok = ok & (same_block | summary)
         if self.key_padding is not None:
-            ok = ok & self.key_padding[b, k]
+            ok = ok & self.key_padding[b, key_index]
         return ok
 
     def dense(self, device: torch.device | str | None = None) -> torch.Tensor:
@@ -87,7 +96,7 @@ class AttentionMask:
         to every key instead, so softmax stays finite; such rows are padding and never read.
         """
         if device is None:
-            for t in (self.prefix_lengths, self.key_padding):
+            for t in (self.prefix_lengths, self.key_padding, self.positions):
                 if t is not None:
                     device = t.device
         b = torch.arange(self.batch_size, device=device).view(-1, 1, 1, 1)

@@ -157,10 +157,10 @@ class RoPE(PositionEncoding):
     def __init__(self, head_dim: int, theta: float = 10000.0, fraction: float = 1.0, interleaved: bool = False):
         super().__init__()
         rot = int(head_dim * fraction)
-        if rot <= 0 or rot % 2:
+        if not 0.0 < fraction <= 1.0 or rot <= 0 or rot % 2:
             raise ConfigError(
-                f"position rope: rotary dims = head_dim*fraction = {head_dim}*{fraction} must be a positive "
-                "even number; change fraction or head_dim"
+                f"position rope: fraction must be in (0, 1] and rotary dims = head_dim*fraction = "
+                f"{head_dim}*{fraction} a positive even number; change fraction or head_dim"
             )
         self.rot_dim, self.interleaved, self.theta = rot, interleaved, theta
         inv_freq = 1.0 / (theta ** (torch.arange(0, rot, 2, dtype=torch.float32) / rot))

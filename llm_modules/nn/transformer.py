@@ -9,7 +9,7 @@ from torch import nn
 
 from llm_modules.nn.attention import Attention
 from llm_modules.nn.masks import AttentionMask
-from llm_modules.registry import ACTIVATIONS, ATTENTIONS, NORMS, POSITIONS, RESIDUALS
+from llm_modules.registry import ACTIVATIONS, ATTENTIONS, NORMS, POSITIONS, RESIDUALS, split_spec
 
 
 def build_norm(cfg: Any) -> nn.Module:
@@ -78,7 +78,22 @@ class Stack(nn.Module):
         self.final_norm = build_norm(cfg) if needs_final else nn.Identity()
         backend = ATTENTIONS.build(cfg.attention)
         probe = self.position.bias(1, 1)
-        backend.check(needs_bias=probe is not None, dropout=cfg.attention_dropout)
+        # What needs more than a plain causal mask (padding is only known at run time, where the
+        # backend itself must refuse a mask it cannot serve).
+        masks = [
+            reason
+            for reason, needed in (
+                ("bidirectional attention", bidirectional),
+                ("cross-attention", cross),
+                ("sliding_window", cfg.sliding_window),
+                ("sparse_stride", cfg.sparse_stride),
+            )
+            if needed
+        ]
+        backend.check(
+            needs_bias=probe is not None, dropout=cfg.attention_dropout, needs_masks=bool(masks),
+            position=split_spec(cfg.position, "position")[0], masks=", ".join(masks),
+        )
 
     def forward(
         self,
