@@ -54,7 +54,7 @@ def test_help_lists_every_subcommand(capsys):
     assert code == 0
     for name in ("fit", "validate", "test", "predict", "registry", "convert"):
         assert f"  {name} " in out
-    assert set(COMMANDS) == {"fit", "validate", "test", "predict", "registry", "convert"}
+    assert set(COMMANDS) == {"fit", "validate", "test", "predict", "registry", "convert", "tokenizer"}
 
 
 def test_no_command_and_unknown_command_exit_2(capsys):
@@ -254,3 +254,22 @@ def test_python_dash_m_reaches_main(tmp_path):
     assert bad.returncode == 2
     assert_one_line_error(bad.stderr, "llm-modules convert: error:", "missing.ckpt")
     assert not (tmp_path / "out").exists()
+
+
+def test_tokenizer_train_writes_a_model_that_loads(tmp_path, capsys):
+    from llm_modules.data import Tokenizer
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(5):
+        (corpus / f"m{i}.py").write_text(f"def f{i}(x):\n    return x * {i} + 12345\n" * 20)
+    out = tmp_path / "tok.model"
+    assert main(["tokenizer", "train", str(corpus), "--out", str(out), "--vocab-size", "300",
+                 "--num-sentinels", "4"]) == 0
+    assert "300 pieces" in capsys.readouterr().out
+    tok = Tokenizer.load(out)
+    assert tok.vocab_size == 300 and len(tok.sentinel_ids) == 4
+    text = "def f3(x):\n    return x * 3 + 12345\n"
+    assert tok.decode(tok.encode(text)) == text
+    assert main(["tokenizer", "train", str(tmp_path / "missing"), "--out", str(out)]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -178,3 +178,19 @@ def test_bad_inputs_end_with_one_clear_line_and_damage_nothing(corpus, cache, tm
     for before, folder in ((before_cache, cache), (before_runs, runs)):
         after = digest(folder)  # failed runs may add files; none that existed may change or vanish
         assert {k: v for k, v in after.items() if k in before} == before
+
+
+def test_a_preset_can_be_named_on_the_command_line_and_overridden(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from llm_modules.config import preset_dir
+
+    monkeypatch.chdir(tmp_path)
+    preset = yaml.safe_load(preset_dir().joinpath("llama-tiny.yaml").read_text())
+    args = ["fit", "--config", str(CONFIGS / "quickstart.yaml"), "--model.config", "llama-tiny",
+            "--model.config.position", "alibi", "--print_config"]
+    assert main(args) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    config = printed["model"]["init_args"]["config"]
+    assert config["d_model"] == preset["d_model"] and config["n_layers"] == preset["n_layers"]
+    assert config["position"] == "alibi"
