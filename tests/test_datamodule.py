@@ -13,14 +13,9 @@ import pytest
 import torch
 
 from llm_modules.data import token_cache as token_cache_module
-from llm_modules.data.datamodule import (
-    PackedBlocks,
-    ResumableSampler,
-    TextDataModule,
-    largest_remainder,
-    mixture_order,
-    split_documents,
-)
+from llm_modules.data.datamodule import TextDataModule
+from llm_modules.data.packing import PackedBlocks, split_documents
+from llm_modules.data.sampling import ResumableSampler, largest_remainder, mixture_order
 from llm_modules.data.sources import resolve_paths, stdlib_root
 from llm_modules.data.token_cache import (
     build_token_cache,

@@ -8,7 +8,6 @@ a preset name given to ``--model.config`` is swapped for the preset's YAML file.
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -94,9 +93,11 @@ def _config_error_in(err: BaseException) -> ConfigError | None:
 def trainer_defaults() -> dict[str, Any]:
     return {
         "gradient_clip_val": 1.0,
+        # CSV first: it creates the run folder that TensorBoard then shares (share_run_folder);
+        # the other way round CSV warns that it will overwrite a folder it finds non-empty.
         "logger": [
-            {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "runs", "name": "llm"}},
             {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs", "name": "llm"}},
+            {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "runs", "name": "llm"}},
         ],
     }
 

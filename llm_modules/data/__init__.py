@@ -7,15 +7,9 @@ from llm_modules.data.collators import (
     Seq2SeqCollator,
     SpanCorruptionCollator,
 )
-from llm_modules.data.datamodule import (
-    PackedBlocks,
-    ResumableSampler,
-    TextDataModule,
-    default_cache_dir,
-    mixture_order,
-    split_documents,
-    stack_blocks,
-)
+from llm_modules.data.datamodule import TextDataModule, default_cache_dir
+from llm_modules.data.packing import PackedBlocks, split_documents, stack_blocks
+from llm_modules.data.sampling import ResumableSampler, mixture_order
 from llm_modules.data.sources import (
     STDLIB,
     Document,

@@ -31,22 +31,30 @@ any callable that turns a list of 1-D LongTensor blocks into a batch dict. Colla
 from __future__ import annotations
 
 import difflib
-import hashlib
 import importlib
 import logging
 import math
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
-import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
+from torch.utils.data import ConcatDataset, DataLoader
 
+from llm_modules.data.packing import (
+    PackedBlocks,
+    is_validation,
+    split_documents,
+    stack_blocks,
+)
+from llm_modules.data.sampling import (
+    ResumableSampler,
+    mixture_order,
+)
 from llm_modules.data.sources import (
     SourceFile,
     inputs_fingerprint,
@@ -71,193 +79,6 @@ def default_cache_dir() -> Path:
 
 
 # ---- splitting ------------------------------------------------------------------------------------------
-
-
-def _unit_hash(seed: int, source_id: str) -> float:
-    digest = hashlib.sha256(f"{seed}\0{source_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0**64
-
-
-def is_validation(source_id: str, val_fraction: float, seed: int) -> bool:
-    """The split rule on its own (used to keep validation text out of tokenizer training)."""
-    return _unit_hash(seed, source_id) < val_fraction
-
-
-def split_documents(
-    source_ids: Sequence[str], val_fraction: float, seed: int, field: str = "data.val_fraction"
-) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of training and validation documents.
-
-    Hash rule per document; when that leaves a side empty on a small corpus, the document with the
-    lowest (highest) hash moves over, so both splits exist whenever ``val_fraction > 0``.
-    """
-    n = len(source_ids)
-    if val_fraction <= 0:
-        return np.arange(n), np.arange(0)
-    if n < 2:
-        raise ConfigError(
-            f"{field}={val_fraction}: the data holds only {n} document and the split is by document; "
-            "give more documents or set val_fraction: 0"
-        )
-    u = np.array([_unit_hash(seed, s) for s in source_ids])
-    val = u < val_fraction
-    if not val.any():
-        val[np.argmin(u)] = True
-    if val.all():
-        val[np.argmax(u)] = False
-    return np.flatnonzero(~val), np.flatnonzero(val)
-
-
-# ---- packing --------------------------------------------------------------------------------------------
-
-
-class PackedBlocks(Dataset):
-    """Blocks of ``seq_len`` tokens cut from documents laid end to end, EOS after each document.
-
-    Nothing is materialised: block k is gathered from the memmap on demand (binary search for the
-    document it starts in). The memmap is reopened lazily in each DataLoader worker rather than
-    pickled, since pickling a memmap copies the whole array.
-    """
-
-    def __init__(self, cache: TokenCache, doc_order: np.ndarray, seq_len: int, eos_id: int):
-        self.path, self.dtype = cache.token_path, cache.tokens.dtype
-        self.total_tokens = cache.num_tokens
-        self.doc_order = doc_order = np.asarray(doc_order, dtype=np.int64)  # indices into the cache
-        self.starts = cache.offsets[doc_order]
-        self.lengths = cache.offsets[doc_order + 1] - self.starts
-        self.cum = np.concatenate([[0], np.cumsum(self.lengths + 1)])  # +1: the EOS after each document
-        self.seq_len, self.eos_id = seq_len, eos_id
-        self.num_documents = len(doc_order)
-        self.num_bytes = int(cache.doc_bytes[doc_order].sum())
-        self._tokens = cache.tokens
-
-    @property
-    def stream_tokens(self) -> int:
-        """Tokens in the packed stream: document tokens plus one EOS each."""
-        return int(self.cum[-1])
-
-    def __len__(self) -> int:
-        return self.stream_tokens // self.seq_len
-
-    def __getitem__(self, k: int) -> torch.Tensor:
-        if not 0 <= k < len(self):
-            raise IndexError(k)
-        tokens = self._open()
-        out = np.empty(self.seq_len, dtype=np.int64)
-        pos, filled = k * self.seq_len, 0
-        j = int(np.searchsorted(self.cum, pos, side="right")) - 1
-        while filled < self.seq_len:
-            inside = pos - self.cum[j]
-            if inside < self.lengths[j]:
-                n = int(min(self.lengths[j] - inside, self.seq_len - filled))
-                start = self.starts[j] + inside
-                out[filled:filled + n] = tokens[start:start + n]
-                filled += n
-                pos += n
-            else:  # the EOS that closes document j
-                out[filled] = self.eos_id
-                filled += 1
-                pos += 1
-                j += 1
-        return torch.from_numpy(out)
-
-    def _open(self) -> np.ndarray:
-        if self._tokens is None:
-            self._tokens = np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.total_tokens,))
-        return self._tokens
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_tokens"] = None
-        return state
-
-
-def stack_blocks(blocks: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The causal-LM batch: ``{"input_ids": (B, seq_len)}``; the model derives targets by shifting."""
-    return {"input_ids": torch.stack([torch.as_tensor(b, dtype=torch.long) for b in blocks])}
-
-
-# ---- sampling -------------------------------------------------------------------------------------------
-
-
-def largest_remainder(weights: Sequence[float], total: int) -> np.ndarray:
-    """Integer counts summing to ``total`` in proportion to ``weights``."""
-    w = np.asarray(weights, dtype=np.float64)
-    exact = w / w.sum() * total
-    counts = np.floor(exact).astype(np.int64)
-    short = total - counts.sum()
-    counts[np.argsort(-(exact - counts), kind="stable")[:short]] += 1
-    return counts
-
-
-def mixture_order(block_counts: Sequence[int], weights: Sequence[float], total: int, seed: int,
-                  epoch: int) -> np.ndarray:
-    """The global block indices of one epoch: a function of (seed, epoch) alone.
-
-    Source c gets ``total * weight_c`` draws (exactly, by largest remainder); its draws walk through
-    fresh permutations of its blocks, so a block repeats only after all others of that source have
-    been seen. The sources are interleaved by a seeded permutation of the labels.
-    """
-    rng = np.random.default_rng([seed, epoch])
-    draws = largest_remainder(weights, total)
-    labels = np.repeat(np.arange(len(block_counts)), draws)
-    rng.shuffle(labels)
-    base = np.concatenate([[0], np.cumsum(block_counts)])
-    order = np.empty(total, dtype=np.int64)
-    for c, need in enumerate(draws):
-        if need == 0:
-            continue
-        reps = -(-int(need) // int(block_counts[c]))
-        picks = np.concatenate([rng.permutation(block_counts[c]) for _ in range(reps)])[:need]
-        order[labels == c] = base[c] + picks
-    return order
-
-
-class ResumableSampler(DistributedSampler):
-    """Per-epoch seeded order with a resumable position; also splits the order across ranks.
-
-    It is a DistributedSampler so that Lightning does not wrap it in another one (which would reshuffle
-    and lose the resume position); with one process it is simply the whole order.
-    ``samples_consumed`` counts *global* samples (all ranks) of the current epoch; the data module
-    advances it as training batches reach the model.
-    """
-
-    def __init__(self, order_fn: Callable[[int], np.ndarray], num_samples: int,
-                 num_replicas: int = 1, rank: int = 0):
-        super().__init__(range(num_samples), num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=True)
-        self.order_fn, self.total = order_fn, num_samples
-        self.epoch = 0
-        self.active_epoch = 0
-        self.samples_consumed = 0
-        self._resume: tuple[int, int] | None = None
-
-    def __len__(self) -> int:
-        return self.total // self.num_replicas
-
-    def __iter__(self):
-        epoch = self.epoch
-        self.epoch += 1  # without Lightning's set_epoch, consecutive iterations are consecutive epochs
-        start = 0
-        if self._resume is not None and self._resume[0] == epoch:
-            start = self._resume[1]
-        self._resume = None if self._resume is None or self._resume[0] <= epoch else self._resume
-        self.active_epoch, self.samples_consumed = epoch, start
-        remaining = self.order_fn(epoch)[start:]
-        per_rank = len(remaining) // self.num_replicas
-        mine = remaining[self.rank::self.num_replicas][:per_rank]
-        return iter(mine.tolist())
-
-    def resume(self, epoch: int, samples_consumed: int) -> None:
-        """Continue at ``epoch`` after skipping ``samples_consumed`` (global) samples of it."""
-        self.epoch = self.active_epoch = epoch
-        self.samples_consumed = samples_consumed
-        self._resume = (epoch, samples_consumed)
-
-    def position(self) -> tuple[int, int]:
-        """(epoch, samples consumed), with a finished epoch reported as the start of the next."""
-        if self.samples_consumed >= len(self) * self.num_replicas:
-            return self.active_epoch + 1, 0
-        return self.active_epoch, self.samples_consumed
 
 
 # ---- the data module ------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from llm_modules.config import ModelConfig
 from llm_modules.interop.common import (
     HFTensors,
     component,
+    decoder_hf_fields,
     decoder_mismatches,
     default_attention_scale,
     ffn_hidden,
@@ -116,11 +117,7 @@ class BloomFamily(HFFamily):
             "attention_dropout": config.attention_dropout,
             # Not read by transformers; kept so a round trip remembers the length the model was meant for.
             "seq_length": config.max_seq_len,
-            "initializer_range": config.init_std,
-            "tie_word_embeddings": config.tie_embeddings,
-            "pad_token_id": config.pad_token_id,
-            "bos_token_id": None,
-            "eos_token_id": None,
+            **decoder_hf_fields(config),
         }
 
     def weights_to_hf(self, state: StateDict, config: ModelConfig) -> StateDict:

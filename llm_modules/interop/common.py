@@ -202,3 +202,15 @@ def untie_if_head_differs(
 # ---- LLaMA -------------------------------------------------------------------------------------------------
 
 #: HF ``hidden_act`` -> our gated feed-forward, and back (the first HF name wins on export)
+
+
+def decoder_hf_fields(config: ModelConfig) -> dict[str, Any]:
+    """config.json fields every HF causal decoder shares. BOS/EOS are left unset: they belong to a
+    tokenizer, which a ModelConfig does not know."""
+    return {
+        "initializer_range": config.init_std,
+        "tie_word_embeddings": config.tie_embeddings,
+        "pad_token_id": config.pad_token_id,
+        "bos_token_id": None,
+        "eos_token_id": None,
+    }

@@ -17,6 +17,7 @@ from llm_modules.interop.common import (
     activation_from_hf,
     activation_to_hf,
     component,
+    decoder_hf_fields,
     decoder_mismatches,
     default_attention_scale,
     ffn_hidden,
@@ -144,11 +145,7 @@ class GPT2Family(HFFamily):
             "embd_pdrop": config.dropout,
             "attn_pdrop": config.attention_dropout,
             "scale_attn_weights": default_attention_scale(config),
-            "initializer_range": config.init_std,
-            "tie_word_embeddings": config.tie_embeddings,
-            "pad_token_id": config.pad_token_id,
-            "bos_token_id": None,
-            "eos_token_id": None,
+            **decoder_hf_fields(config),
         }
 
     def weights_to_hf(self, state: StateDict, config: ModelConfig) -> StateDict:

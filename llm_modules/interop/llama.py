@@ -14,6 +14,7 @@ from llm_modules.interop.common import (
     activation_from_hf,
     activation_to_hf,
     component,
+    decoder_hf_fields,
     decoder_mismatches,
     default_attention_scale,
     ffn_hidden,
@@ -139,11 +140,7 @@ class LlamaFamily(HFFamily):
             "attention_bias": config.bias,
             "mlp_bias": bool(component(config, "activation")[1]["bias"]),
             "attention_dropout": config.attention_dropout,
-            "initializer_range": config.init_std,
-            "tie_word_embeddings": config.tie_embeddings,
-            "pad_token_id": config.pad_token_id,
-            "bos_token_id": None,
-            "eos_token_id": None,
+            **decoder_hf_fields(config),
         }
 
     def weights_to_hf(self, state: StateDict, config: ModelConfig) -> StateDict:
