@@ -8,6 +8,7 @@ a preset name given to ``--model.config`` is swapped for the preset's YAML file.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +183,9 @@ def run(argv: list[str]) -> int:
     prints it as one line and exits with code 2."""
     argv, modules = _take_plugins(list(argv))
     _show_progress_logs()
+    # We hand LightningCLI the arguments ourselves (plugins taken out, presets resolved), which it
+    # warns about whenever the process also has command-line arguments, that is, always.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     load_plugins(modules + _config_plugins(_config_files(argv)))
     LLMCLI(
         LanguageModel,
