@@ -194,3 +194,24 @@ def test_a_preset_can_be_named_on_the_command_line_and_overridden(tmp_path, monk
     config = printed["model"]["init_args"]["config"]
     assert config["d_model"] == preset["d_model"] and config["n_layers"] == preset["n_layers"]
     assert config["position"] == "alibi"
+
+
+def test_fit_plugins_flag_imports_a_local_module_from_the_working_directory(corpus, cache, tmp_path, monkeypatch):
+    """``--plugins mod`` finds ./mod.py for training commands, as it does for ``registry``."""
+    from llm_modules.registry import NORMS
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "halfnorm_plugin.py").write_text(
+        "import torch\nfrom torch import nn\nfrom llm_modules.registry import NORMS\n\n"
+        "@NORMS.register('halfnorm')\nclass HalfNorm(nn.LayerNorm):\n"
+        "    '''LayerNorm whose output is halved (a test component).'''\n"
+        "    def __init__(self, dim: int, eps: float = 1e-5):\n        super().__init__(dim, eps=eps)\n\n"
+        "    def forward(self, x):\n        return 0.5 * super().forward(x)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))  # pytest's own sys.path may lack the cwd
+    try:
+        args = tiny(CONFIGS / "quickstart.yaml", corpus, cache, "--model.init_args.config.norm", "halfnorm", steps=2)
+        assert main(["fit", *args, "--plugins", "halfnorm_plugin"]) == 0
+        assert "halfnorm" in NORMS
+    finally:
+        NORMS.unregister("halfnorm")

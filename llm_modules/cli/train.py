@@ -19,6 +19,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from llm_modules.config import preset_dir, preset_names
 from llm_modules.models import LanguageModel
+from llm_modules.cli.registry_cmd import import_local_plugins
 from llm_modules.registry import ConfigError, load_plugins
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -186,7 +187,8 @@ def run(argv: list[str]) -> int:
     # We hand LightningCLI the arguments ourselves (plugins taken out, presets resolved), which it
     # warns about whenever the process also has command-line arguments, that is, always.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-    load_plugins(modules + _config_plugins(_config_files(argv)))
+    load_plugins()  # entry points, even when no module is named
+    import_local_plugins(modules + _config_plugins(_config_files(argv)))
     LLMCLI(
         LanguageModel,
         LightningDataModule,
