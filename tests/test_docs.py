@@ -32,7 +32,6 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -91,7 +91,7 @@ def test_llama_7b_has_its_published_size():
 
 def _hf_reference(name: str) -> int:
     """transformers' own count for the published HF config of ``name`` (an independent oracle)."""
-    transformers = pytest.importorskip("transformers")
+    import transformers
     t = transformers
     # The published config.json values of gpt2, bigscience/bloom-560m, google/t5-v1_1-base,
     # bert-base-uncased and the 7B LLaMA, written out by hand.
