@@ -64,11 +64,12 @@ class ModelConfig:
     # ---- checks -------------------------------------------------------------------------------------------
 
     def __post_init__(self) -> None:
-        # Plugins load as soon as a config names them, so their component names resolve. The
-        # full check (validate) runs when a model is built, as the design says, so that a CLI
-        # reports a bad value once, cleanly, instead of from inside the argument parser.
+        # Plugins load first, so the component names they register resolve; then the whole config
+        # is checked, so a typo fails where it is made. Models check again when built (configs
+        # can be mutated in place).
         if self.plugins:
             load_plugins(self.plugins)
+        self.validate()
 
     def validate(self) -> None:
         """Check numbers and component names; raise ConfigError naming the field and the fix."""

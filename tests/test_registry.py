@@ -182,11 +182,12 @@ def test_every_builtin_is_listed_with_a_doc():
     ],
 )
 def test_model_config_errors_name_the_field(fields, message):
-    cfg = tiny_config(**fields)
-    with pytest.raises(ConfigError, match=message):
-        cfg.validate()
-    with pytest.raises(ConfigError, match=message):  # building checks the config too
-        CausalLM(cfg)
+    with pytest.raises(ConfigError, match=message):  # a config is checked as it is made
+        tiny_config(**fields)
+    with pytest.raises(ConfigError, match=message):  # and when changed
+        tiny_config().replace(**fields)
+    with pytest.raises(ConfigError, match=message):  # and when a model is built from its plain data
+        CausalLM({**tiny_config().to_dict(), **fields})
 
 
 def test_explicit_head_dim_lifts_the_divisibility_rule():
