@@ -159,6 +159,7 @@ def test_bad_inputs_end_with_one_clear_line_and_damage_nothing(corpus, cache, tm
         "data.paths": ["--data.init_args.paths", f"[{tmp_path / 'missing-folder'}]"],
         "data.paths[0]": ["--data.init_args.paths", f"[{empty}]"],
         "vocab_size": ["--data.init_args.tokenizer", str(big_tok), "--data.init_args.train_tokenizer", "false"],
+        "model.config.vocab_size": ["--model.init_args.config.vocab_size", "400"],  # tokenizer 320 < model
         "max_seq_len": ["--model.init_args.config.position", "learned", "--model.init_args.config.max_seq_len", "16"],
         "n_heads": ["--model.init_args.config.n_heads", "5", "--model.init_args.config.n_kv_heads", "5"],
     }

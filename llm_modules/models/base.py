@@ -171,10 +171,13 @@ class LanguageModel(L.LightningModule, abc.ABC):
         than the position encoding allows. (The data module is set up before the model.)"""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         tokenizer = getattr(datamodule, "tokenizer", None)
-        if tokenizer is not None and tokenizer.vocab_size > self.config.vocab_size:
+        if tokenizer is not None and tokenizer.vocab_size != self.config.vocab_size:
+            # Larger than the tokenizer would only waste rows that no id reaches; smaller would
+            # index past the table. Either way the two configs disagree, so say which to change.
             raise ConfigError(
-                f"model.config.vocab_size={self.config.vocab_size} is smaller than the tokenizer's "
-                f"vocabulary ({tokenizer.vocab_size}); set model.config.vocab_size to at least {tokenizer.vocab_size}"
+                f"model.config.vocab_size={self.config.vocab_size} does not match the tokenizer's vocabulary "
+                f"({tokenizer.vocab_size}); set model.config.vocab_size: {tokenizer.vocab_size} (or, when the "
+                "data module trains the tokenizer, data.vocab_size to the model's)"
             )
         seq_len = getattr(datamodule, "seq_len", None)
         if seq_len:
