@@ -147,6 +147,8 @@ def test_bad_inputs_end_with_one_clear_line_and_damage_nothing(corpus, cache, tm
 
     empty = tmp_path / "empty"
     empty.mkdir()
+    empty_file = tmp_path / "empty.py"
+    empty_file.write_text("")
     broken = tmp_path / "broken.yaml"
     broken.write_text("model: [unclosed\n")
     big_tok = tmp_path / "big.model"
@@ -158,6 +160,8 @@ def test_bad_inputs_end_with_one_clear_line_and_damage_nothing(corpus, cache, tm
         "norm": ["--model.init_args.config.norm", "rmsnrom"],
         "data.paths": ["--data.init_args.paths", f"[{tmp_path / 'missing-folder'}]"],
         "data.paths[0]": ["--data.init_args.paths", f"[{empty}]"],
+        "data.paths: no text": ["--data.init_args.paths", f"[{empty_file}]", "--data.init_args.cache_dir",
+                                str(tmp_path / "other-cache")],
         "vocab_size": ["--data.init_args.tokenizer", str(big_tok), "--data.init_args.train_tokenizer", "false"],
         "model.config.vocab_size": ["--model.init_args.config.vocab_size", "400"],  # tokenizer 320 < model
         "max_seq_len": ["--model.init_args.config.position", "learned", "--model.init_args.config.max_seq_len", "16"],

@@ -39,6 +39,7 @@ def run(argv: list[str]) -> int:
         byte_fallback=not args.no_byte_fallback,
         seed=args.seed,
         field="--vocab-size",
+        inputs_field="paths",
     )
     out = args.out if args.out.endswith(".model") else f"{args.out}.model"
     print(f"wrote {out} ({tokenizer.vocab_size} pieces, trained on {len(files)} files)")

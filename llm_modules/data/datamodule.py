@@ -482,7 +482,7 @@ class TextDataModule(L.LightningDataModule):
                  if not is_validation(d.source_id, self.val_fraction, self.seed))
         tok = Tokenizer.train(texts, path, vocab_size=self.vocab_size_setting, model_type=self.tokenizer_type,
                               num_sentinels=self.num_sentinels, max_sentences=self.tokenizer_max_sentences,
-                              seed=self.seed, field="data.vocab_size")
+                              seed=self.seed, field="data.vocab_size", inputs_field="data.paths")
         tok.source = str(path)
         log.info("data: tokenizer saved to %s", path)
         return tok

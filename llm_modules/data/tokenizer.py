@@ -75,6 +75,7 @@ class Tokenizer:
         seed: int = 0,
         num_threads: int | None = None,
         field: str = "vocab_size",
+        inputs_field: str = "inputs",
         **options,
     ) -> Tokenizer:
         """Train a tokenizer and, when ``out_path`` is given, save it there (``.model`` is appended if absent).
@@ -85,7 +86,8 @@ class Tokenizer:
         ``max_sentences`` of them, a seeded random sample is kept: training cost grows with the
         sample, not with the corpus, and the same inputs and seed give the same tokenizer.
 
-        ``field`` names the config key that holds ``vocab_size`` so errors point at it.
+        ``field`` and ``inputs_field`` name the config keys that hold ``vocab_size`` and the inputs, so
+        errors point at them.
         Extra ``options`` go to ``SentencePieceTrainer`` unchanged (e.g. ``max_sentencepiece_length=8``).
         """
         if model_type not in MODEL_TYPES:
@@ -104,7 +106,10 @@ class Tokenizer:
             )
         sentences = _sample_lines(_texts(inputs), max_sentences, seed)
         if not sentences:
-            raise ConfigError("tokenizer training got no text: the inputs are empty or whitespace only")
+            raise ConfigError(
+                f"{inputs_field}: no text to train a tokenizer on (the inputs are empty or whitespace only); "
+                "give files that hold text"
+            )
         model = io.BytesIO()
         try:
             spm.SentencePieceTrainer.train(
