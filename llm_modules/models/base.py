@@ -27,12 +27,11 @@ IGNORE_INDEX = -100
 
 
 def as_config(config: ModelConfig | dict | str) -> ModelConfig:
-    """Accept a ModelConfig, its dict form, or the name of a preset; checked before use."""
+    """Accept a ModelConfig, its dict form, or the name of a preset (the torch model checks it)."""
     if isinstance(config, str):
         config = ModelConfig.from_preset(config)
     elif not isinstance(config, ModelConfig):
         config = ModelConfig.from_dict(dict(config))
-    config.validate()
     return config
 
 
@@ -151,9 +150,12 @@ class LanguageModel(L.LightningModule, abc.ABC):
             self.log(f"{split}/bits_per_byte", bpb, prog_bar=split == "val", sync_dist=True, batch_size=tokens)
         return loss, tokens
 
+    def _datamodule(self):
+        """The trainer's data module, or None (no trainer attached, or dataloaders given directly)."""
+        return getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+
     def _bytes_per_token(self) -> float | None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        value = getattr(datamodule, "bytes_per_token", None)
+        value = getattr(self._datamodule(), "bytes_per_token", None)
         return float(value) if value else None
 
     # ---- optimization -------------------------------------------------------------------------------------
@@ -169,7 +171,7 @@ class LanguageModel(L.LightningModule, abc.ABC):
     def setup(self, stage: str) -> None:
         """Refuse data the model cannot read: a tokenizer larger than the vocabulary, blocks longer
         than the position encoding allows. (The data module is set up before the model.)"""
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        datamodule = self._datamodule()
         tokenizer = getattr(datamodule, "tokenizer", None)
         if tokenizer is not None and tokenizer.vocab_size != self.config.vocab_size:
             # Larger than the tokenizer would only waste rows that no id reaches; smaller would

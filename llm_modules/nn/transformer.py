@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from llm_modules.nn.attention import Attention
+from llm_modules.nn.attention_backends import AttentionBackend
 from llm_modules.nn.masks import AttentionMask
 from llm_modules.registry import ACTIVATIONS, ATTENTIONS, NORMS, POSITIONS, RESIDUALS, split_spec
 
@@ -19,9 +20,8 @@ def build_norm(cfg: Any) -> nn.Module:
 class Block(nn.Module):
     """One transformer layer: self-attention, optional cross-attention, feed-forward."""
 
-    def __init__(self, cfg: Any, *, cross: bool, alpha: float, beta: float):
+    def __init__(self, cfg: Any, backend: AttentionBackend, *, cross: bool, alpha: float, beta: float):
         super().__init__()
-        backend = ATTENTIONS.build(cfg.attention)
 
         def attention() -> Attention:
             return Attention(
@@ -70,14 +70,9 @@ class Stack(nn.Module):
             cfg.position, d_model=cfg.d_model, n_heads=cfg.n_heads, head_dim=cfg.dim_per_head,
             max_seq_len=cfg.max_seq_len, bidirectional=bidirectional,
         )
-        self.embedding_norm = build_norm(cfg) if cfg.embedding_norm else None
-        self.dropout = nn.Dropout(cfg.dropout)
-        alpha, beta = deepnorm
-        self.layers = nn.ModuleList(Block(cfg, cross=cross, alpha=alpha, beta=beta) for _ in range(n_layers))
-        needs_final = self.layers[0].residual.needs_final_norm if n_layers else False
-        self.final_norm = build_norm(cfg) if needs_final else nn.Identity()
+        # One backend for the whole stack, checked before any layer is built: a combination it
+        # cannot serve fails here, naming the combination.
         backend = ATTENTIONS.build(cfg.attention)
-        probe = self.position.bias(1, 1)
         # What needs more than a plain causal mask (padding is only known at run time, where the
         # backend itself must refuse a mask it cannot serve).
         masks = [
@@ -91,9 +86,17 @@ class Stack(nn.Module):
             if needed
         ]
         backend.check(
-            needs_bias=probe is not None, dropout=cfg.attention_dropout, needs_masks=bool(masks),
-            position=split_spec(cfg.position, "position")[0], masks=", ".join(masks),
+            needs_bias=self.position.bias(1, 1) is not None, dropout=cfg.attention_dropout,
+            needs_masks=bool(masks), position=split_spec(cfg.position, "position")[0], masks=", ".join(masks),
         )
+        self.embedding_norm = build_norm(cfg) if cfg.embedding_norm else None
+        self.dropout = nn.Dropout(cfg.dropout)
+        alpha, beta = deepnorm
+        self.layers = nn.ModuleList(
+            Block(cfg, backend, cross=cross, alpha=alpha, beta=beta) for _ in range(n_layers)
+        )
+        needs_final = self.layers[0].residual.needs_final_norm if n_layers else False
+        self.final_norm = build_norm(cfg) if needs_final else nn.Identity()
 
     def forward(
         self,
