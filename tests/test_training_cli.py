@@ -16,66 +16,20 @@ import torch
 from llm_modules.checkpoint import load_checkpoint
 from llm_modules.cli import main
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+from _fit_helpers import CONFIGS, tiny, val_losses, write_corpus
+
 TRAINING_YAMLS = sorted(p for p in CONFIGS.glob("*.yaml"))
 KIND_OF = {"quickstart": "CausalLM", "prefix-lm": "PrefixLM", "t5-span": "Seq2SeqLM", "bert-mlm": "MaskedLM"}
-
-SNIPPETS = [
-    "def add(a, b):\n    return a + b\n",
-    "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y = y\n",
-    "for i in range(10):\n    print(i * i)\n",
-    "import os\nprint(os.path.join('a', 'b'))\n",
-]
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    """A small folder of Python-like files: enough documents for a train/validation split."""
-    root = tmp_path_factory.mktemp("corpus")
-    for i in range(40):
-        body = "".join(SNIPPETS[(i + j) % len(SNIPPETS)] for j in range(6))
-        (root / f"mod{i:02d}.py").write_text(f"# module {i}\n{body}")
-    return root
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
-
-
-def tiny(config: Path, corpus: Path, cache: Path, *extra: str, steps: int = 30) -> list[str]:
-    """Overrides that shrink a shipped YAML to seconds: tiny model, tiny corpus, a few steps."""
-    args = [
-        "--config", str(config),
-        "--data.init_args.paths", f"[{corpus}]",
-        "--data.init_args.cache_dir", str(cache),
-        "--data.init_args.vocab_size", "320",
-        "--data.init_args.num_sentinels", "8",
-        "--data.init_args.seq_len", "32",
-        "--data.init_args.batch_size", "8",
-        "--data.init_args.val_fraction", "0.2",
-        "--model.init_args.config.vocab_size", "320",
-        "--model.init_args.config.d_model", "32",
-        "--model.init_args.config.n_heads", "4",
-        "--model.init_args.config.max_seq_len", "64",
-        "--model.init_args.optim.lr", "3e-3",
-        "--model.init_args.optim.warmup_steps", "5",
-        "--trainer.max_steps", str(steps),
-        "--trainer.val_check_interval", str(steps),
-        "--trainer.limit_val_batches", "2",
-        "--trainer.num_sanity_val_steps", "2",
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false",
-    ]
-    if "n_kv_heads" in config.read_text():
-        args += ["--model.init_args.config.n_kv_heads", "4"]
-    return args + list(extra)
-
-
-def val_losses(run_dir: Path) -> list[tuple[int, float]]:
-    with open(run_dir / "metrics.csv") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("val/loss")]
-    return [(int(r["step"]), float(r["val/loss"])) for r in rows]
 
 
 @pytest.mark.parametrize("config", TRAINING_YAMLS, ids=lambda p: p.stem)

@@ -21,7 +21,10 @@ from llm_modules.config import ModelConfig
 from llm_modules.nn.lm import aux_loss, count_parameters
 from llm_modules.nn.positions import PositionEncoding
 from llm_modules.registry import ConfigError
+from llm_modules.training.memory import MemoryConfig, apply_memory_savers
 from llm_modules.training.optim import OptimConfig, build_optimizer, build_scheduler
+from llm_modules.training.parallel import parallelize
+from llm_modules.training.stability import StabilityConfig
 
 IGNORE_INDEX = -100
 
@@ -38,21 +41,32 @@ def as_config(config: ModelConfig | dict | str) -> ModelConfig:
 class LanguageModel(L.LightningModule, abc.ABC):
     """Base of CausalLM, PrefixLM, Seq2SeqLM and MaskedLM.
 
-    ``config`` is the architecture (plain data); ``optim`` the optimizer and schedule. Checkpoints
-    carry both as plain data, plus the tokenizer when the data module has one, so a checkpoint is
+    ``config`` is the architecture (plain data); ``optim`` the optimizer and schedule; ``memory`` the
+    memory savers (freezing, activation checkpointing, compile); ``stability`` the loss-spike and
+    non-finite guards. Checkpoints carry all of them as plain data, plus the tokenizer when the data module has one, so a checkpoint is
     enough to rebuild the model and read its outputs.
     """
 
-    def __init__(self, config: ModelConfig, optim: OptimConfig | None = None):
+    def __init__(
+        self,
+        config: ModelConfig,
+        optim: OptimConfig | None = None,
+        memory: MemoryConfig | None = None,
+        stability: StabilityConfig | None = None,
+    ):
         super().__init__()
         self.config = as_config(config)
-        self.optim = optim if isinstance(optim, OptimConfig) else OptimConfig(**(optim or {}))
+        self.optim = _as_dataclass(OptimConfig, optim)
+        self.memory = _as_dataclass(MemoryConfig, memory)
+        self.stability = _as_dataclass(StabilityConfig, stability)
         # Plain data only, plus the class path that LightningCLI reads back from a checkpoint
         # (``--ckpt_path``) to rebuild this exact LM kind.
         self.save_hyperparameters({
             "_class_path": f"{type(self).__module__}.{type(self).__qualname__}",
             "config": self.config.to_dict(),
             "optim": dataclasses.asdict(self.optim),
+            "memory": dataclasses.asdict(self.memory),
+            "stability": dataclasses.asdict(self.stability),
         })
         self.model = self.build_model(self.config)
         self.tokens_seen = 0
@@ -87,7 +101,9 @@ class LanguageModel(L.LightningModule, abc.ABC):
 
     def training_step(self, batch, batch_idx):
         out = self.compute_loss(batch)
-        self.log("train/loss", out["lm_loss"], prog_bar=True)
+        # Averaged over processes when there are several, so the logged curve is the global batch's
+        # loss whatever the process count (one all-reduce of a scalar per step).
+        self.log("train/loss", out["lm_loss"], prog_bar=True, sync_dist=self.trainer.world_size > 1)
         self.log("train/ppl", torch.exp(out["lm_loss"].detach().clamp(max=50)))
         return out["loss"]
 
@@ -158,6 +174,21 @@ class LanguageModel(L.LightningModule, abc.ABC):
         value = getattr(self._datamodule(), "bytes_per_token", None)
         return float(value) if value else None
 
+    # ---- model set-up under the strategy ------------------------------------------------------------------
+
+    def configure_model(self) -> None:
+        """Memory savers, then parallelism, then compilation, in that order.
+
+        Lightning calls this once the strategy is set up (under its init context, e.g. DeepSpeed
+        ZeRO-3's partitioning), on every process, and may call it more than once; the torch model
+        itself never knows about any of this.
+        """
+        if getattr(self, "_model_configured", False):
+            return
+        self._model_configured = True
+        apply_memory_savers(self.model, self.memory)
+        parallelize(self)
+
     # ---- optimization -------------------------------------------------------------------------------------
 
     def configure_optimizers(self):
@@ -207,6 +238,11 @@ class LanguageModel(L.LightningModule, abc.ABC):
 
     def num_parameters(self) -> int:
         return count_parameters(self.model)
+
+
+def _as_dataclass(cls, value):
+    """A config dataclass from itself, its dict form, or None (the defaults)."""
+    return value if isinstance(value, cls) else cls(**(value or {}))
 
 
 def shift_targets(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:

@@ -1,0 +1,95 @@
+"""Shared by the end-to-end training tests: a tiny corpus, overrides that shrink a shipped YAML to
+seconds, and a launcher for runs that need their own process (DDP and friends re-execute the
+command line, so they cannot run inside pytest's process)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "configs"
+
+SNIPPETS = [
+    "def add(a, b):\n    return a + b\n",
+    "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y = y\n",
+    "for i in range(10):\n    print(i * i)\n",
+    "import os\nprint(os.path.join('a', 'b'))\n",
+]
+
+
+def write_corpus(root: Path, files: int = 40) -> Path:
+    """A folder of small Python-like files: enough documents for a train/validation split."""
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(files):
+        body = "".join(SNIPPETS[(i + j) % len(SNIPPETS)] for j in range(6))
+        (root / f"mod{i:02d}.py").write_text(f"# module {i}\n{body}")
+    return root
+
+
+def tiny(config: Path, corpus: Path, cache: Path, *extra: str, steps: int = 30) -> list[str]:
+    """Overrides that shrink a shipped YAML to seconds: tiny model, tiny corpus, a few steps."""
+    args = [
+        "--config", str(config),
+        "--data.init_args.paths", f"[{corpus}]",
+        "--data.init_args.cache_dir", str(cache),
+        "--data.init_args.vocab_size", "320",
+        "--data.init_args.num_sentinels", "8",
+        "--data.init_args.seq_len", "32",
+        "--data.init_args.batch_size", "8",
+        "--data.init_args.val_fraction", "0.2",
+        "--model.init_args.config.vocab_size", "320",
+        "--model.init_args.config.d_model", "32",
+        "--model.init_args.config.n_heads", "4",
+        "--model.init_args.config.max_seq_len", "64",
+        "--model.init_args.optim.lr", "3e-3",
+        "--model.init_args.optim.warmup_steps", "5",
+        "--trainer.max_steps", str(steps),
+        "--trainer.val_check_interval", str(steps),
+        "--trainer.limit_val_batches", "2",
+        "--trainer.num_sanity_val_steps", "2",
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false",
+    ]
+    if "n_kv_heads" in config.read_text():
+        args += ["--model.init_args.config.n_kv_heads", "4"]
+    return args + list(extra)
+
+
+def metric_rows(run_dir: Path, key: str) -> list[tuple[int, float]]:
+    """(step, value) of every row of the run's metrics.csv that has ``key``."""
+    with open(run_dir / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get(key)]
+    return [(int(r["step"]), float(r[key])) for r in rows]
+
+
+def val_losses(run_dir: Path) -> list[tuple[int, float]]:
+    return metric_rows(run_dir, "val/loss")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(args: list[str], cwd: Path, env: dict[str, str] | None = None, wait: bool = True,
+           timeout: float = 300):
+    """``python -m llm_modules ARGS`` in ``cwd``, one thread per process, with ``env`` added.
+
+    With ``wait`` (default) returns the CompletedProcess and fails the test with the output on a
+    non-zero exit; otherwise returns the Popen (the caller waits).
+    """
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+    cmd = [sys.executable, "-m", "llm_modules", *args]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+    done = subprocess.run(cmd, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=timeout)
+    assert done.returncode == 0, f"exit {done.returncode}:\n{done.stdout[-6000:]}"
+    return done
