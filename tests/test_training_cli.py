@@ -6,7 +6,6 @@ the files users copy are the files that are tested.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import torch
 from llm_modules.checkpoint import load_checkpoint
 from llm_modules.cli import main
 
-from _fit_helpers import CONFIGS, tiny, val_losses, write_corpus
+from _fit_helpers import CONFIGS, SNIPPETS, tiny, val_losses, write_corpus
 
 TRAINING_YAMLS = sorted(p for p in CONFIGS.glob("*.yaml"))
 KIND_OF = {"quickstart": "CausalLM", "prefix-lm": "PrefixLM", "t5-span": "Seq2SeqLM", "bert-mlm": "MaskedLM"}
