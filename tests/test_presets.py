@@ -151,7 +151,12 @@ def test_presets_load_from_an_installed_wheel(tmp_path):
     subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(src)],
                    check=True, cwd=src, capture_output=True, timeout=120)
     (wheel,) = (tmp_path / "dist").glob("llm_modules-*.whl")
-    assert "llm_modules/configs/models/llama-7b.yaml" in zipfile.ZipFile(wheel).namelist()
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    assert "llm_modules/configs/models/llama-7b.yaml" in shipped
+    # every YAML under configs/ (strategy presets, training configs) travels too
+    missing = {f"llm_modules/configs/{p.relative_to(ROOT / 'configs').as_posix()}"
+               for p in (ROOT / "configs").rglob("*.yaml")} - shipped
+    assert not missing, f"not in the wheel (list the folder under [tool.setuptools] packages): {sorted(missing)}"
 
     site = tmp_path / "site"
     subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)],

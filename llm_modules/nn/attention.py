@@ -49,16 +49,17 @@ class Attention(nn.Module):
         memory: torch.Tensor | None = None,
     ) -> torch.Tensor:
         source = x if memory is None else memory
-        q = self._heads(self.q(x), self.n_heads)
-        k = self._heads(self.k(source), self.n_kv_heads)
-        v = self._heads(self.v(source), self.n_kv_heads)
+        q, k, v = self._heads(self.q(x)), self._heads(self.k(source)), self._heads(self.v(source))
         if position is not None and positions is not None:
             q, k = position.rotate(q, k, positions, positions)
         out = self.backend(q, k, v, mask, bias, self.scale, self.dropout if self.training else 0.0)
         return self.o(out.transpose(1, 2).flatten(2))
 
-    def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
-        return x.unflatten(-1, (n, self.head_dim)).transpose(1, 2)
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, heads * head_dim) -> (B, heads, T, head_dim). The head count is read from the
+        tensor, not from ``n_heads``: a projection split across tensor-parallel ranks yields only
+        this rank's heads, and the same code then serves the shard."""
+        return x.unflatten(-1, (-1, self.head_dim)).transpose(1, 2)
 
     def extra_repr(self) -> str:
         return f"heads={self.n_heads}, kv_heads={self.n_kv_heads}, head_dim={self.head_dim}, backend={self.backend!r}"

@@ -51,7 +51,9 @@ def is_decayed(name: str, param: nn.Parameter) -> bool:
     """Weight decay applies to weight matrices only: not to norms, biases or embedding tables."""
     leaf = name.rsplit(".", 1)[-1]
     in_embedding = ".embed." in f".{name}" or name.startswith("embed.") or ".position." in name
-    return param.ndim >= 2 and leaf == "weight" and not in_embedding
+    # FSDP flattens parameters into 1-D shards; training.parallel.remember_shapes kept the real shape.
+    ndim = len(getattr(param, "original_shape", param.shape))
+    return ndim >= 2 and leaf == "weight" and not in_embedding
 
 
 def parameter_groups(named: Iterable[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict]:
