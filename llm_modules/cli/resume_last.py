@@ -1,0 +1,111 @@
+"""``--ckpt_path last``: resume the newest run, in its own run folder.
+
+Lightning reads ``ckpt_path="last"`` as "the last checkpoint in the checkpoint callback's folder";
+with versioned run folders a new ``fit`` gets a fresh, empty ``version_{N+1}/checkpoints``, so
+Lightning finds nothing, warns, and silently trains from scratch. Here ``last`` means what a user
+means: ``runs/llm/version_N/checkpoints/last.ckpt`` of the highest N that has one.
+
+``fit`` then keeps writing into ``version_N`` rather than opening a new folder: one run, one folder
+(metrics.csv continues, TensorBoard adds an event file next to the first, and the checkpoint callback
+finds its own folder again, so it keeps managing the best-k files it wrote before the interruption;
+resumed twice, ``last`` finds the same folder again). Lightning's CSV writer deletes a metrics.csv it
+finds in its folder; the writer below appends instead. The resumed run's config is saved next to the
+original as ``config.resumed-K.yaml`` rather than over it. ``validate``/``test``/``predict`` with
+``last`` read the same checkpoint and log into a new folder, as they always do.
+
+When there is nothing to resume this is a ConfigError naming ``--ckpt_path``, not a fresh start.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+from llm_modules.registry import ConfigError
+
+log = logging.getLogger(__name__)
+
+LAST = "last.ckpt"
+
+
+def resolve_last(trainer, subcommand: str) -> Path:
+    """The checkpoint ``--ckpt_path last`` names for ``trainer``; for ``fit``, also point the loggers at
+    its run folder. Raises ConfigError when there is none."""
+    explicit = [cb.dirpath for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.dirpath]
+    if explicit:  # a checkpoint folder fixed by the user: Lightning's meaning of "last" is already right
+        return _existing(Path(explicit[0]) / LAST, f"the checkpoint folder {explicit[0]}")
+    if not trainer.loggers:
+        return _existing(Path(trainer.default_root_dir) / "checkpoints" / LAST,
+                         f"{trainer.default_root_dir}/checkpoints")
+    first = trainer.loggers[0]
+    root = Path(first.save_dir or trainer.default_root_dir) / str(first.name)
+    if getattr(first, "_version", None) is not None:  # a version given by the user: that folder
+        version = first.version if isinstance(first.version, str) else f"version_{first.version}"
+        return _existing(root / version / "checkpoints" / LAST, str(root / version / "checkpoints"))
+    runs = sorted(((int(m.group(1)), p) for p in (root.iterdir() if root.is_dir() else [])
+                   if (m := re.fullmatch(r"version_(\d+)", p.name)) and (p / "checkpoints" / LAST).is_file()),
+                  key=lambda item: item[0])
+    if not runs:
+        raise ConfigError(f"--ckpt_path last: no run under {root} has checkpoints/{LAST} to resume; start "
+                          "without --ckpt_path, or give the path of a .ckpt file")
+    number, folder = runs[-1]
+    if subcommand == "fit":
+        continue_in(trainer, root, number)
+    return folder / "checkpoints" / LAST
+
+
+def continue_in(trainer, root: Path, number: int) -> None:
+    """Make every auto-versioned logger under ``root`` write into ``version_{number}`` again."""
+    for logger in trainer.loggers:
+        same_root = Path(logger.save_dir or trainer.default_root_dir) / str(logger.name) == root
+        if same_root and getattr(logger, "_version", None) is None:
+            logger._version = number
+            if isinstance(logger, CSVLogger) and trainer.is_global_zero:
+                logger._experiment = ContinuingCSVWriter(logger.log_dir)
+    folder = root / f"version_{number}"
+    for callback in trainer.callbacks:
+        if isinstance(callback, SaveConfigCallback):
+            k = 1
+            while (folder / f"config.resumed-{k}.yaml").exists():
+                k += 1
+            callback.config_filename = f"config.resumed-{k}.yaml"
+
+
+class ContinuingCSVWriter(ExperimentWriter):
+    """Lightning's CSV writer, but it appends to the metrics.csv it finds instead of deleting it, and
+    rewrites the file (when new columns appear) through a temporary file, so a kill keeps the old one."""
+
+    def __init__(self, log_dir: str) -> None:
+        super().__init__(log_dir)
+        if os.path.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as f:
+                self.metrics_keys = list(next(csv.reader(f), []))
+
+    def _check_log_dir_exists(self) -> None:
+        """Nothing to refuse or delete: the folder is the run being resumed."""
+
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        with open(self.metrics_file_path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        fd, tmp = tempfile.mkstemp(dir=self.log_dir, prefix=".metrics.csv.", suffix=".tmp")
+        with os.fdopen(fd, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fieldnames)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.metrics_file_path)
+
+
+def _existing(path: Path, where: str) -> Path:
+    if not path.is_file():
+        raise ConfigError(f"--ckpt_path last: there is no {LAST} in {where} to resume; start without "
+                          "--ckpt_path, or give the path of a .ckpt file")
+    return path
