@@ -1,0 +1,56 @@
+"""The total gradient norm, right for replicated and for sharded parameters (``train/grad_norm``)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+
+
+def grad_norm(lm) -> torch.Tensor | None:
+    """Total 2-norm of the gradients (fp32 scalar), correct for replicated and sharded parameters.
+
+    Plain tensors (single process, DDP: gradients already averaged) are local and whole. DTensor
+    gradients (FSDP2 / tensor parallel under ModelParallelStrategy) are norm-reduced over their mesh
+    with ``full_tensor()``, one collective per mesh, in parameter order so every rank issues the same
+    ones. FSDP1 (FSDPStrategy) holds local shards of flat parameters in plain tensors, so a local
+    norm would be silently wrong: its root module's ``clip_grad_norm_`` with an infinite bound gives
+    the global norm and scales by 1. None when no parameter has a gradient. Plain gradients are
+    normed in fp32 (``_foreach_norm(dtype=float32)``, what ``get_total_norm`` runs minus the dtype).
+    """
+    from lightning.pytorch.strategies import FSDPStrategy
+    from torch.distributed.tensor import DTensor
+
+    strategy = lm.trainer.strategy
+    if isinstance(strategy, FSDPStrategy):
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        if isinstance(strategy.model, FullyShardedDataParallel):
+            return strategy.model.clip_grad_norm_(math.inf).float()
+        warnings.warn("train/grad_norm is not computed: FSDPStrategy without a root FSDP module (the model was "
+                      "wrapped by hand) leaves no way to reduce the sharded norm; non-finite gradients go unchecked")
+        return None
+    plain: list[torch.Tensor] = []
+    meshes: dict[int, list[torch.Tensor]] = {}
+    for p in lm.parameters():
+        if p.grad is None:
+            continue
+        if isinstance(p.grad, DTensor):
+            meshes.setdefault(id(p.grad.device_mesh), []).append(p.grad)
+        else:
+            plain.append(p.grad)
+    squares = []
+    devices: dict[torch.device, list[torch.Tensor]] = {}
+    for grad in plain:
+        devices.setdefault(grad.device, []).append(grad)
+    for grads in devices.values():
+        # in fp32 whatever the gradients' dtype: an fp16 norm overflows at 65504 with every entry finite
+        squares.append(torch.stack(torch._foreach_norm(grads, 2.0, dtype=torch.float32)).square().sum())
+    for grads in meshes.values():
+        norm = torch.nn.utils.get_total_norm(grads)
+        norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
+        squares.append(norm.float().square())
+    if not squares:
+        return None
+    return torch.stack([s.to(squares[0].device) for s in squares]).sum().sqrt()
