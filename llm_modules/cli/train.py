@@ -8,6 +8,7 @@ a preset name given to ``--model.config`` is swapped for the preset's YAML file.
 from __future__ import annotations
 
 import logging
+from importlib import resources
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,14 +21,22 @@ from lightning.pytorch.cli import LightningCLI
 from llm_modules.config import preset_dir, preset_names
 from llm_modules.models import LanguageModel
 from llm_modules.cli.registry_cmd import import_local_plugins
+from llm_modules.cli.resume_last import resolve_last
 from llm_modules.registry import ConfigError, load_plugins
+from llm_modules.training.checkpoint_io import use_atomic_checkpoints
+from llm_modules.training.precision import announce
+from llm_modules.training.resume import ExactResume
+from llm_modules.training.strategies import register_strategy_names
+from llm_modules.training.throughput import ThroughputMonitor
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
 class LLMCLI(LightningCLI):
     """LightningCLI whose defaults are the LLM recipe's: clipping at 1.0, TensorBoard + CSV logs,
-    a rich progress bar, ``last.ckpt`` plus the best checkpoints by validation loss."""
+    a rich progress bar, ``last.ckpt`` plus the best checkpoints by validation loss, written
+    atomically and carrying the random state (exact resume); ``--ckpt_path last`` continues the
+    newest run in its own folder (``resume_last``)."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--checkpoint.save_top_k", type=int, default=2, help="best checkpoints kept by val/loss")
@@ -47,7 +56,16 @@ class LLMCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any):
         config = self.config[self.subcommand] if self.subcommand else self.config
         checkpoint = config.get("checkpoint", {}) or {}
-        extra = kwargs.setdefault("callbacks", [])
+        announce(config["trainer"].get("precision"), config["trainer"].get("accelerator"))
+        # Callbacks passed here replace ``trainer.callbacks`` in LightningCLI, so start from the
+        # user's: each default below is added only when the user gave none of its kind.
+        init = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        given = init["trainer"].get("callbacks") or []
+        extra = kwargs.setdefault("callbacks", list(given) if isinstance(given, list) else [given])
+        if not any(isinstance(c, ThroughputMonitor) for c in extra):
+            extra.append(ThroughputMonitor())
+        if not any(isinstance(c, ExactResume) for c in extra):
+            extra.append(ExactResume())  # random state in every checkpoint, restored on resume
         if config["trainer"].get("enable_progress_bar") is not False and not any(
             isinstance(c, ProgressBar) for c in extra
         ):
@@ -57,11 +75,20 @@ class LLMCLI(LightningCLI):
                 ModelCheckpoint(
                     monitor="val/loss", mode="min", save_last=True,
                     save_top_k=checkpoint.get("save_top_k", 2),
-                    every_n_train_steps=checkpoint.get("every_n_train_steps"),
                     filename="step{step}-val{val/loss:.3f}", auto_insert_metric_name=False,
+                    enable_version_counter=False,  # one last.ckpt, whichever saver wrote it last
                 )
             )
+            if checkpoint.get("every_n_train_steps"):
+                # A second, unmonitored saver for last.ckpt: one that monitors val/loss defers its
+                # step-interval saves to the next validation whenever val/loss is missing or the step
+                # ends an epoch (Lightning >= 2.5), so "every N steps" would not hold.
+                extra.append(ModelCheckpoint(monitor=None, save_top_k=0, save_last=True, enable_version_counter=False,
+                                             every_n_train_steps=checkpoint["every_n_train_steps"]))
         trainer = super().instantiate_trainer(**kwargs)
+        use_atomic_checkpoints(trainer)  # write, fsync, rename: a kill mid-save keeps the previous file
+        if init.get("ckpt_path") == "last":  # the newest run's last.ckpt, continued in its folder (fit)
+            init["ckpt_path"] = str(resolve_last(trainer, self.subcommand))
         share_run_folder(trainer.loggers)
         return trainer
 
@@ -155,6 +182,36 @@ def _config_plugins(configs: list[dict]) -> list[str]:
     return modules
 
 
+def shipped_configs():
+    """The shipped YAML folder: ``llm_modules/configs`` in an installed wheel, ``configs/`` in a checkout."""
+    packaged = resources.files("llm_modules").joinpath("configs")
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "configs"
+
+
+def _resolve_config_paths(argv: list[str]) -> list[str]:
+    """``--config X`` where X is not a file but names a shipped YAML -> that file.
+
+    So ``--config strategies/fsdp`` works anywhere, and ``--config configs/strategies/fsdp.yaml``
+    (the form the docs show) works from an installed wheel too, not only in a checkout. A path
+    that exists always wins; one that names nothing is left for ``_config_files`` to report.
+    """
+    def shipped(value: str) -> str:
+        if Path(value).exists():
+            return value
+        name = value.removeprefix("./").removeprefix("configs/")
+        name = name if name.endswith((".yaml", ".yml")) else f"{name}.yaml"
+        candidate = shipped_configs().joinpath(*name.split("/"))
+        return str(candidate) if candidate.is_file() else value
+
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--config" and i + 1 < len(out):
+            out[i + 1] = shipped(out[i + 1])
+        elif arg.startswith("--config="):
+            out[i] = "--config=" + shipped(arg.split("=", 1)[1])
+    return out
+
+
 def _resolve_presets(argv: list[str]) -> list[str]:
     """``--model.config llama-tiny`` -> the preset's YAML path (which works from an installed wheel)."""
     names = set(preset_names())
@@ -183,6 +240,8 @@ def run(argv: list[str]) -> int:
     """Run one LightningCLI subcommand. A ConfigError propagates to ``llm_modules.cli.main``, which
     prints it as one line and exits with code 2."""
     argv, modules = _take_plugins(list(argv))
+    argv = _resolve_config_paths(argv)  # shipped YAML by name, e.g. --config strategies/fsdp
+    register_strategy_names()  # --trainer.strategy fsdp = FSDP with one unit per block
     _show_progress_logs()
     # We hand LightningCLI the arguments ourselves (plugins taken out, presets resolved), which it
     # warns about whenever the process also has command-line arguments, that is, always.

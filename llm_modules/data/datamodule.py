@@ -17,9 +17,15 @@ What happens, in order (``prepare_data`` does the first two once per node, ``set
    epoch number alone). With several sources, an epoch draws from each source in proportion to its
    weight, repeating a small source's blocks as needed; :meth:`effective_epochs` says how many passes
    over each source a training run amounts to, and setup logs it.
-6. **Resume**: the sampler's position (epoch, samples consumed) is this module's ``state_dict``, which
-   Lightning stores in the checkpoint; after ``load_state_dict`` the next epoch iteration skips what was
-   already consumed, so a resumed run sees exactly the batches the uninterrupted run would have.
+6. **Resume**: the sampler's position (epoch, samples consumed), the batch-size ramp's position and
+   the collator's random state (see ``collate_rng``) are this module's ``state_dict``, which Lightning
+   stores in the checkpoint; after ``load_state_dict`` the next epoch iteration skips what was already
+   consumed, so a resumed run sees exactly the batches the uninterrupted run would have. Every loader
+   has its own ``torch.Generator``, so starting an epoch or a validation pass never draws from the
+   global RNG (dropout's stream does not depend on where epochs begin or how often validation runs),
+   and validation collates with a copy of the collator, so it never advances training's masks.
+7. **Batch-size ramp** (``batch_ramp``, see ``batch_ramp``): batches grow from ``start`` to
+   ``batch_size`` over the first optimizer steps.
 
 Batches are ``{"input_ids": LongTensor (batch_size, seq_len)}``. Other objectives pass ``collate_fn``:
 any callable that turns a list of 1-D LongTensor blocks into a batch dict. Collators need token ids
@@ -30,6 +36,7 @@ any callable that turns a list of 1-D LongTensor blocks into a batch dict. Colla
 
 from __future__ import annotations
 
+import copy
 import difflib
 import importlib
 import logging
@@ -43,8 +50,11 @@ from typing import Any
 
 import lightning as L
 import numpy as np
+import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
+from llm_modules.data.batch_ramp import BatchRamp, RampBatchSampler, Rows
+from llm_modules.data.collate_rng import CollatorRNG, has_rng_state
 from llm_modules.data.packing import (
     PackedBlocks,
     is_validation,
@@ -64,6 +74,7 @@ from llm_modules.data.sources import (
 from llm_modules.data.token_cache import TokenCache, build_token_cache
 from llm_modules.data.tokenizer import Tokenizer
 from llm_modules.registry import ConfigError
+from llm_modules.training.parallel import data_parallel_split
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +138,10 @@ class TextDataModule(L.LightningDataModule):
         collate_args: keyword arguments for a collator class named by ``collate_fn`` (e.g.
             ``{mlm_probability: 0.15}``).
         val_batch_size: batch size for validation (default ``batch_size``).
+        batch_ramp: GPT-3-style ramp-up ``{start: 2, steps: 100, increment: 1}``: the per-process batch
+            starts at ``start`` blocks and grows by ``increment`` in equal stages over the first ``steps``
+            optimizer steps to ``batch_size`` (see ``llm_modules.data.batch_ramp``). Needs
+            ``trainer.max_steps``.
     """
 
     def __init__(
@@ -152,6 +167,7 @@ class TextDataModule(L.LightningDataModule):
         collate_fn: str | Callable[[list], dict] | None = None,
         collate_args: dict[str, Any] | None = None,
         val_batch_size: int | None = None,
+        batch_ramp: dict[str, Any] | None = None,
     ):
         super().__init__()
         _positive("data.seq_len", seq_len)
@@ -181,12 +197,14 @@ class TextDataModule(L.LightningDataModule):
         self.tokenizer_type, self.num_sentinels = tokenizer_type, num_sentinels
         self.tokenizer_max_sentences = tokenizer_max_sentences
         self.collate_fn, self.collate_args = collate_fn, dict(collate_args or {})
+        self.ramp = BatchRamp.parse(batch_ramp, batch_size)
         self._spec = _unique_names(self._source_spec())  # checks paths / weights / mixture now, not at setup
         self._tokenizer: Tokenizer | None = None
         self._sources: list[_Source] | None = None
         self._sampler: ResumableSampler | None = None
         self._pending_state: dict | None = None
         self._bound_collate: Callable | None = None
+        self._collate_rng = CollatorRNG()
 
     # ---- public figures ---------------------------------------------------------------------------------
 
@@ -289,24 +307,34 @@ class TextDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self._require_setup()
         trainer = self._trainer_or_none()
-        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        world, rank = data_parallel_split(trainer)  # tensor-parallel ranks share their batch
         total = self.num_train_samples
         counts = [len(s.train) for s in self._sources]
         weights, seed = self._weights(), self.seed
-        self._sampler = ResumableSampler(
-            lambda epoch: mixture_order(counts, weights, total, seed, epoch), total, world, rank
-        )
+        order = lambda epoch: mixture_order(counts, weights, total, seed, epoch)
+        dataset = ConcatDataset([s.train for s in self._sources])
+        collate = self._collate_rng.attach(self._collate())
+        if self.ramp is None:
+            self._sampler = ResumableSampler(order, total, world, rank)
+            loader = self._loader(dataset, self.batch_size, collate, sampler=self._sampler, drop_last=True)
+        else:
+            self._check_ramp_plan(trainer)
+            accumulate = trainer.accumulate_grad_batches if trainer is not None else 1
+            self._sampler = RampBatchSampler(order, total, self.ramp, accumulate, world, rank)
+            loader = self._loader(Rows(dataset), None, collate, sampler=self._sampler)  # it yields batches
         if self._pending_state is not None:
             self._apply_state(self._pending_state)
-        return self._loader(ConcatDataset([s.train for s in self._sources]), self.batch_size,
-                            sampler=self._sampler, drop_last=True)
+        return loader
 
     def val_dataloader(self):
         self._require_setup()
         vals = [s.val for s in self._sources if s.val is not None]
         if not vals:
             return []
-        return self._loader(ConcatDataset(vals), self.val_batch_size, shuffle=False)
+        collate = self._collate()
+        if has_rng_state(collate):  # its own copy: evaluating never advances training's random stream
+            collate = copy.deepcopy(collate)
+        return self._loader(ConcatDataset(vals), self.val_batch_size, collate, shuffle=False)
 
     def test_dataloader(self):
         """The held-out documents again: there is no separate test split."""
@@ -320,23 +348,37 @@ class TextDataModule(L.LightningDataModule):
         """Count training batches as they reach the model (not as workers prefetch them)."""
         trainer = self._trainer_or_none()
         if self._sampler is not None and trainer is not None and trainer.training:
-            self._sampler.samples_consumed += self.batch_size * self._sampler.num_replicas
+            if isinstance(self._sampler, RampBatchSampler):
+                self._sampler.consume_batch()
+            else:
+                self._sampler.samples_consumed += self.batch_size * self._sampler.num_replicas
         return batch
 
     def state_dict(self) -> dict[str, Any]:
         """Where training stands in the data: saved in every checkpoint by Lightning."""
+        ramp = None
         if self._sampler is not None:
             epoch, consumed = self._sampler.position()
+            if isinstance(self._sampler, RampBatchSampler):
+                start = self._sampler.epoch_start_batch if consumed else self._sampler.batches_consumed
+                ramp = {"batches_consumed": self._sampler.batches_consumed, "epoch_start_batch": start}
         elif self._pending_state is not None:
             epoch, consumed = self._pending_state["epoch"], self._pending_state["samples_consumed"]
+            ramp = self._pending_state.get("batch_ramp")
         else:
             epoch, consumed = 0, 0
-        return {
+        state = {
             "epoch": int(epoch),
             "samples_consumed": int(consumed),
             "seed": int(self.seed),
             "tokenizer_fingerprint": self._tokenizer.fingerprint if self._tokenizer is not None else None,
         }
+        if ramp is not None:
+            state["batch_ramp"] = {k: int(v) for k, v in ramp.items()}
+        collate_state = self._collate_rng.state()
+        if collate_state is not None:
+            state["collate_state"] = collate_state
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume: the next training epoch iteration continues where ``state`` stopped."""
@@ -350,7 +392,9 @@ class TextDataModule(L.LightningDataModule):
         # here the position travels in this module's state instead, so the warning does not apply.
         warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
         self._pending_state = {"epoch": int(state.get("epoch", 0)),
-                               "samples_consumed": int(state.get("samples_consumed", 0))}
+                               "samples_consumed": int(state.get("samples_consumed", 0)),
+                               "batch_ramp": state.get("batch_ramp")}
+        self._collate_rng.load(state.get("collate_state"), self.num_workers)
         if self._sampler is not None:
             self._apply_state(self._pending_state)
 
@@ -358,11 +402,45 @@ class TextDataModule(L.LightningDataModule):
 
     def _apply_state(self, state: dict) -> None:
         self._sampler.resume(state["epoch"], state["samples_consumed"])
+        if isinstance(self._sampler, RampBatchSampler):
+            self._sampler.resume_ramp(*self._ramp_position(state))
         self._pending_state = None
 
-    def _loader(self, dataset, batch_size: int, **kwargs) -> DataLoader:
-        return DataLoader(dataset, batch_size=batch_size, collate_fn=self._collate(),
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0, **kwargs)
+    def _ramp_position(self, state: dict) -> tuple[int, int]:
+        """(batches consumed, batches consumed when the epoch began) from a checkpoint's data state.
+
+        A checkpoint of a run without the ramp has no such entry; it trained at the constant
+        ``batch_size``, so the position follows from the trainer's step and the epoch's samples.
+        """
+        if state.get("batch_ramp"):
+            return int(state["batch_ramp"]["batches_consumed"]), int(state["batch_ramp"]["epoch_start_batch"])
+        trainer = self._trainer_or_none()
+        done = trainer.global_step * trainer.accumulate_grad_batches if trainer is not None else 0
+        in_epoch = state["samples_consumed"] // (self.batch_size * self._sampler.num_replicas)
+        return done, max(0, done - in_epoch)
+
+    def _check_ramp_plan(self, trainer) -> None:
+        """The ramp changes how many batches an epoch holds while it lasts; refuse the plans that
+        Lightning would then get wrong (it measures the epoch length once, at the start)."""
+        if trainer is None:
+            return
+        if trainer.max_steps is None or trainer.max_steps < 0:
+            raise ConfigError("data.batch_ramp is counted in optimizer steps and makes the first epochs longer in "
+                              "batches than the rest; set trainer.max_steps (the total the learning-rate schedule "
+                              "and the ramp are planned against)")
+        by_fraction = isinstance(trainer.val_check_interval, float)
+        if (trainer.check_val_every_n_epoch is not None and by_fraction and self.val_fraction > 0
+                and getattr(trainer, "_val_check_time_interval", None) is None and trainer.limit_val_batches != 0):
+            raise ConfigError("data.batch_ramp: validation every fraction of an epoch "
+                              f"(trainer.val_check_interval={trainer.val_check_interval}) would use the first "
+                              "epoch's length for all; set trainer.check_val_every_n_epoch: null and "
+                              "trainer.val_check_interval to a number of steps")
+
+    def _loader(self, dataset, batch_size: int | None, collate: Callable, **kwargs) -> DataLoader:
+        # Its own generator: a new iterator draws its worker base seed from here, not from the global RNG.
+        return DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0,
+                          generator=torch.Generator().manual_seed(self.seed), **kwargs)
 
     def _collate(self) -> Callable:
         if self.collate_fn is None:
@@ -401,9 +479,10 @@ class TextDataModule(L.LightningDataModule):
         per_epoch = self.train_tokens_per_epoch
         if trainer is None:
             return per_epoch
-        world = trainer.world_size
+        world = data_parallel_split(trainer)[0]
         if trainer.max_steps and trainer.max_steps > 0:
-            return trainer.max_steps * trainer.accumulate_grad_batches * self.batch_size * self.seq_len * world
+            per_slot = self.ramp.samples_in_steps(trainer.max_steps) if self.ramp else trainer.max_steps * self.batch_size
+            return per_slot * trainer.accumulate_grad_batches * self.seq_len * world
         if trainer.max_epochs and trainer.max_epochs > 0:
             return trainer.max_epochs * per_epoch
         return per_epoch

@@ -9,7 +9,6 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
-import time
 from typing import Any
 
 import lightning as L
@@ -21,10 +20,10 @@ from llm_modules.config import ModelConfig
 from llm_modules.nn.lm import aux_loss, count_parameters
 from llm_modules.nn.positions import PositionEncoding
 from llm_modules.registry import ConfigError
-from llm_modules.training.memory import MemoryConfig, apply_memory_savers
+from llm_modules.training.memory import MemoryConfig, apply_memory_savers, compile_model
 from llm_modules.training.optim import OptimConfig, build_optimizer, build_scheduler
-from llm_modules.training.parallel import parallelize
-from llm_modules.training.stability import StabilityConfig
+from llm_modules.training.parallel import clip_sharded_gradients, data_parallel_split, parallelize
+from llm_modules.training.stability import STATE_KEY, StabilityConfig, global_losses, guard_of
 
 IGNORE_INDEX = -100
 
@@ -71,7 +70,6 @@ class LanguageModel(L.LightningModule, abc.ABC):
         self.model = self.build_model(self.config)
         self.tokens_seen = 0
         self.tokenizer_bytes: bytes | None = None
-        self._last_step_time: float | None = None
 
     # ---- what a subclass provides ---------------------------------------------------------------------------
 
@@ -100,23 +98,33 @@ class LanguageModel(L.LightningModule, abc.ABC):
     # ---- steps and metrics --------------------------------------------------------------------------------
 
     def training_step(self, batch, batch_idx):
+        """The loss, unless the stability guard refuses the batch (llm_modules.training.stability).
+
+        The logged loss is averaged over processes when there are several, so the curve is the global
+        batch's whatever the process count; the guard judges that same number, so all ranks agree
+        (one all-reduce of two scalars per step). A refused batch's loss is still logged: a spike
+        should show in the curve.
+        """
+        guard = guard_of(self)
+        if not guard.before_batch(self):
+            return guard.refused(self, batch)
         out = self.compute_loss(batch)
-        # Averaged over processes when there are several, so the logged curve is the global batch's
-        # loss whatever the process count (one all-reduce of a scalar per step).
-        self.log("train/loss", out["lm_loss"], prog_bar=True, sync_dist=self.trainer.world_size > 1)
-        self.log("train/ppl", torch.exp(out["lm_loss"].detach().clamp(max=50)))
+        lm_loss, loss = global_losses(self, out)
+        self.log("train/loss", lm_loss, prog_bar=True)
+        self.log("train/ppl", torch.exp(lm_loss.clamp(max=50)))
+        if not guard.admit(self, loss):
+            return guard.refused(self, batch, out["loss"])
         return out["loss"]
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        """Tokens seen (all devices) and throughput, from the wall time between steps."""
-        tokens = int(batch["input_ids"].numel()) * max(1, self.trainer.world_size)
+        """Tokens seen (all data-parallel replicas). Throughput (tokens/s, MFU) is the
+        ThroughputMonitor callback's (llm_modules.training.throughput), which the CLI adds."""
+        tokens = int(batch["input_ids"].numel()) * data_parallel_split(self.trainer)[0]
         self.tokens_seen += tokens
-        now = time.perf_counter()
-        if self._last_step_time is not None:
-            self.log("train/tokens_per_s", tokens / max(now - self._last_step_time, 1e-9), prog_bar=True)
-        self._last_step_time = now
         self.log("train/tokens_seen", float(self.tokens_seen))
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])
+        # blocks per process in this micro-batch: follows data.batch_ramp while it lasts
+        self.log("train/batch_size", float(batch["input_ids"].shape[0]))
 
     def validation_step(self, batch, batch_idx):
         loss, tokens = self._evaluate(batch, "val")
@@ -188,14 +196,33 @@ class LanguageModel(L.LightningModule, abc.ABC):
         self._model_configured = True
         apply_memory_savers(self.model, self.memory)
         parallelize(self)
+        compile_model(self.model, self.memory)
 
     # ---- optimization -------------------------------------------------------------------------------------
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        """Runs the closure, then steps only if the guard lets it (StabilityGuard.optimizer_step)."""
+        guard_of(self).optimizer_step(self, optimizer, optimizer_closure)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Logs ``train/grad_norm``: after fp16 unscaling, before clipping."""
+        guard_of(self).on_before_optimizer_step(self)
+
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        """The schedule follows the updates applied: a step the guard skipped does not advance it."""
+        if not guard_of(self).step_skipped:
+            super().lr_scheduler_step(scheduler, metric)
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.named_parameters(), self.optim)
         total = self.optim.max_steps or int(self.trainer.estimated_stepping_batches)
         scheduler = build_scheduler(optimizer, self.optim, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Norm clipping under FSDP goes through its root module (Lightning's FSDP plugin refuses it)."""
+        if not clip_sharded_gradients(self.trainer, gradient_clip_val, gradient_clip_algorithm):
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # ---- checks against the data --------------------------------------------------------------------------
 
@@ -229,11 +256,13 @@ class LanguageModel(L.LightningModule, abc.ABC):
         checkpoint["model_config"] = self.config.to_dict()
         checkpoint["model_kind"] = self.kind
         checkpoint["tokens_seen"] = self.tokens_seen
+        checkpoint[STATE_KEY] = guard_of(self).state_dict()
         if self.tokenizer_bytes is not None:
             checkpoint["tokenizer"] = self.tokenizer_bytes
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.tokens_seen = int(checkpoint.get("tokens_seen", 0))
+        guard_of(self).load_state_dict(checkpoint.get(STATE_KEY))
         self.tokenizer_bytes = checkpoint.get("tokenizer", self.tokenizer_bytes)
 
     def num_parameters(self) -> int:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from llm_modules.nn.attention import Attention
 from llm_modules.nn.attention_backends import AttentionBackend
@@ -62,6 +64,8 @@ class Stack(nn.Module):
     """Embedded tokens -> hidden states: positions, optional embedding norm, blocks, final norm.
 
     ``bidirectional`` tells relative encodings (T5 buckets) whether keys to the right exist.
+    ``checkpointed`` holds the indices of the blocks whose activations are recomputed in the
+    backward pass instead of kept (set with ``checkpoint_blocks``; empty by default).
     """
 
     def __init__(self, cfg: Any, n_layers: int, *, cross: bool, bidirectional: bool, deepnorm: tuple[float, float]):
@@ -97,6 +101,19 @@ class Stack(nn.Module):
         )
         needs_final = self.layers[0].residual.needs_final_norm if n_layers else False
         self.final_norm = build_norm(cfg) if needs_final else nn.Identity()
+        self.checkpointed: frozenset[int] = frozenset()
+
+    def checkpoint_blocks(self, indices: Iterable[int]) -> None:
+        """Recompute these blocks in the backward pass: each keeps only its input alive instead of
+        every intermediate (attention scores, feed-forward hidden), at the cost of one more forward
+        of the block. Non-reentrant checkpointing, so blocks whose inputs need no gradient (frozen
+        first layers) and keyword-free arguments such as the mask object work; dropout replays the
+        same random numbers."""
+        indices = frozenset(int(i) for i in indices)
+        outside = sorted(i for i in indices if not 0 <= i < len(self.layers))
+        if outside:
+            raise IndexError(f"block indices {outside} are outside this stack's {len(self.layers)} blocks")
+        self.checkpointed = indices
 
     def forward(
         self,
@@ -112,6 +129,10 @@ class Stack(nn.Module):
         x = self.dropout(x)
         self.position.check_length(mask.q_len + mask.q_offset)
         bias = self.position.bias(mask.q_len, mask.k_len, mask.q_offset)
-        for layer in self.layers:
-            x = layer(x, mask, self.position, positions, bias, memory, memory_mask)
+        recompute = self.checkpointed and torch.is_grad_enabled()
+        for i, layer in enumerate(self.layers):
+            if recompute and i in self.checkpointed:
+                x = checkpoint(layer, x, mask, self.position, positions, bias, memory, memory_mask, use_reentrant=False)
+            else:
+                x = layer(x, mask, self.position, positions, bias, memory, memory_mask)
         return self.final_norm(x)
