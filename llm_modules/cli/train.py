@@ -8,6 +8,7 @@ a preset name given to ``--model.config`` is swapped for the preset's YAML file.
 from __future__ import annotations
 
 import logging
+import sys
 from importlib import resources
 import warnings
 from pathlib import Path
@@ -226,11 +227,28 @@ def _resolve_presets(argv: list[str]) -> list[str]:
     return out
 
 
+class _CurrentStderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is now, not the one that existed when the handler was made
+    (``main`` may run several times in one process, e.g. under pytest's capture or in a notebook,
+    and a handler bound to a closed stream prints a logging traceback instead of the message)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _show_progress_logs() -> None:
     """Let the data module's progress lines (tokenizer training, caching, mixture summary) reach the user."""
     logger = logging.getLogger("llm_modules")
     if not logger.handlers:
-        handler = logging.StreamHandler()
+        handler = _CurrentStderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
