@@ -224,3 +224,22 @@ def test_compile_settings_are_checked():
         MemoryConfig(compile={"backend": "inductr"})
     with pytest.raises(ConfigError, match=r"model\.memory\.compile takes false, true, or a mapping"):
         MemoryConfig(compile="fast")
+
+
+def test_activation_checkpointing_twice_with_the_fsdp_strategy_is_refused():
+    """The block-wrapped FSDP strategy checkpoints blocks itself; the model option on top would
+    recompute every block twice, so the pair is refused naming both settings."""
+    from types import SimpleNamespace
+
+    from llm_modules import CausalLM, ModelConfig
+    from llm_modules.registry import ConfigError
+    from llm_modules.training.strategies import BlockFSDPStrategy
+
+    lm = CausalLM(ModelConfig.from_preset("llama-tiny"), memory={"activation_checkpointing": True})
+    lm._trainer = SimpleNamespace(strategy=BlockFSDPStrategy(activation_checkpointing=True))
+    with pytest.raises(ConfigError, match="trainer.strategy.init_args.activation_checkpointing"):
+        lm.configure_model()
+    lm = CausalLM(ModelConfig.from_preset("llama-tiny"), memory={"activation_checkpointing": True})
+    lm._trainer = SimpleNamespace(strategy=BlockFSDPStrategy(activation_checkpointing=False))
+    lm.configure_model()
+    assert [len(s.checkpointed) for s in stacks_of(lm.model)] == [lm.config.n_layers]

@@ -194,6 +194,13 @@ class LanguageModel(L.LightningModule, abc.ABC):
         if getattr(self, "_model_configured", False):
             return
         self._model_configured = True
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if self.memory.activation_checkpointing and getattr(strategy, "_activation_checkpointing_kwargs", None):
+            # FSDP's own policy would wrap blocks that already recompute: each block twice.
+            raise ConfigError(
+                "model.memory.activation_checkpointing is set and the FSDP strategy checkpoints blocks too; "
+                "use one: drop the model option, or set trainer.strategy.init_args.activation_checkpointing: false"
+            )
         apply_memory_savers(self.model, self.memory)
         parallelize(self)
         compile_model(self.model, self.memory)
