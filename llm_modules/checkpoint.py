@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import torch
 from llm_modules.config import ModelConfig
 from llm_modules.models import KINDS, LanguageModel
 from llm_modules.registry import ConfigError
+from llm_modules.training.checkpoint_io import atomic_torch_save
 
 
 def checkpoint_dict(module: LanguageModel) -> dict[str, Any]:
@@ -41,21 +41,7 @@ def checkpoint_dict(module: LanguageModel) -> dict[str, Any]:
 def save_checkpoint(module: LanguageModel, path: str | os.PathLike) -> Path:
     """Write ``module``'s checkpoint to ``path`` atomically: a temporary file in the same folder is
     renamed over ``path`` only once complete, so a failed save leaves any older file intact."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    checkpoint = checkpoint_dict(module)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return target
+    return atomic_torch_save(checkpoint_dict(module), path)
 
 
 def _read(path: Path, map_location: str | torch.device) -> dict[str, Any]:

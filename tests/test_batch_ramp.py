@@ -15,19 +15,9 @@ from llm_modules.data.batch_ramp import BatchRamp, RampBatchSampler
 from llm_modules.data.datamodule import TextDataModule
 from llm_modules.registry import ConfigError
 
-from _fit_helpers import CONFIGS, metric_rows, tiny, write_corpus
+from _fit_helpers import CONFIGS, metric_rows, tiny
 
 RAMP = {"start": 2, "steps": 6, "increment": 2}  # with batch_size 8: 2, 2, 4, 4, 6, 6, then 8
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    return write_corpus(tmp_path_factory.mktemp("corpus"))
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
 
 
 def make_dm(corpus, cache, **kw) -> TextDataModule:

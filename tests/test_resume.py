@@ -24,7 +24,7 @@ from llm_modules.cli import main
 from llm_modules.training.checkpoint_io import AtomicCheckpointIO, atomic_torch_save
 from llm_modules.training.resume import ExactResume, apply_rng_state, collect_rng_state
 
-from _fit_helpers import CONFIGS, launch, metric_rows, tiny, write_corpus
+from _fit_helpers import CONFIGS, launch, metric_rows, tiny
 
 KILLER = '''
 import os, signal
@@ -41,16 +41,6 @@ class KillAfterCheckpoint(Callback):
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
 '''
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    return write_corpus(tmp_path_factory.mktemp("corpus"))
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
 
 
 def resume_args(config: Path, corpus: Path, cache: Path, kill_at: int) -> list[str]:

@@ -15,20 +15,10 @@ import torch
 from llm_modules.checkpoint import load_checkpoint
 from llm_modules.cli import main
 
-from _fit_helpers import CONFIGS, SNIPPETS, tiny, val_losses, write_corpus
+from _fit_helpers import CONFIGS, SNIPPETS, tiny, val_losses
 
 TRAINING_YAMLS = sorted(p for p in CONFIGS.glob("*.yaml"))
 KIND_OF = {"quickstart": "CausalLM", "prefix-lm": "PrefixLM", "t5-span": "Seq2SeqLM", "bert-mlm": "MaskedLM"}
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    return write_corpus(tmp_path_factory.mktemp("corpus"))
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
 
 
 @pytest.mark.parametrize("config", TRAINING_YAMLS, ids=lambda p: p.stem)
