@@ -58,6 +58,10 @@ class ModelConfig:
     output_scale: float = 1.0
     init_std: float = 0.02
     pad_token_id: int = 0
+    # Where generation starts and stops by default (from the tokenizer when training, from the
+    # Hugging Face config on import); None: no such token.
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
 
     plugins: list[str] = field(default_factory=list)
 
@@ -100,6 +104,10 @@ class ModelConfig:
             raise ConfigError(f"embedding_grad_scale must be in (0, 1]; got {self.embedding_grad_scale}")
         if not 0 <= self.pad_token_id < self.vocab_size:
             raise ConfigError(f"pad_token_id={self.pad_token_id} must be a token id below vocab_size={self.vocab_size}")
+        for name in ("bos_token_id", "eos_token_id"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < self.vocab_size):
+                raise ConfigError(f"{name}={value!r} must be null or a token id below vocab_size={self.vocab_size}")
         for slot, registry in REGISTRIES.items():
             registry.validate(getattr(self, slot))
 

@@ -34,6 +34,7 @@ def from_hf(path: str | Path) -> LanguageModel:
     family: HFFamily = HF_FAMILIES.get(model_type).factory()
     weights = read_hf_weights(path)
     config = family.refine_config(family.config_from_hf(hf_config), weights)
+    config = config.replace(**special_tokens_from_hf(hf_config, config.vocab_size))
     module = family.kind(config)
     state = family.weights_from_hf(weights, config)
     missing, unexpected = module.model.load_state_dict(state, strict=False)
@@ -44,6 +45,18 @@ def from_hf(path: str | Path) -> LanguageModel:
         )
     module.eval()
     return module
+
+
+def special_tokens_from_hf(hf_config: dict, vocab_size: int) -> dict[str, int | None]:
+    """BOS/EOS ids from config.json, where generation starts and stops by default. A list of EOS
+    ids (LLaMA 3) keeps its first; ids outside the vocabulary are dropped."""
+    found = {}
+    for name in ("bos_token_id", "eos_token_id"):
+        value = hf_config.get(name)
+        if isinstance(value, list):
+            value = value[0] if value else None
+        found[name] = value if isinstance(value, int) and 0 <= value < vocab_size else None
+    return found
 
 
 def to_hf(module: LanguageModel, path: str | Path, family: str | None = None) -> Path:
@@ -69,6 +82,9 @@ def to_hf(module: LanguageModel, path: str | Path, family: str | None = None) ->
             )
         chosen = fits[0]
     hf_config = chosen.config_to_hf(config)
+    for name in ("bos_token_id", "eos_token_id"):
+        if getattr(config, name) is not None:
+            hf_config[name] = getattr(config, name)
     weights = chosen.weights_to_hf(module.model.state_dict(), config)
     return write_hf_checkpoint(path, hf_config, weights)
 

@@ -205,12 +205,12 @@ def untie_if_head_differs(
 
 
 def decoder_hf_fields(config: ModelConfig) -> dict[str, Any]:
-    """config.json fields every HF causal decoder shares. BOS/EOS are left unset: they belong to a
-    tokenizer, which a ModelConfig does not know."""
+    """config.json fields every HF causal decoder shares. BOS/EOS are the config's (None when it
+    has none: they belong to a tokenizer)."""
     return {
         "initializer_range": config.init_std,
         "tie_word_embeddings": config.tie_embeddings,
         "pad_token_id": config.pad_token_id,
-        "bos_token_id": None,
-        "eos_token_id": None,
+        "bos_token_id": config.bos_token_id,
+        "eos_token_id": config.eos_token_id,
     }

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from llm_modules.nn.attention_backends import AttentionBackend, default_scale
+from llm_modules.nn.kv_cache import CacheEntry
 from llm_modules.nn.masks import AttentionMask
 from llm_modules.nn.positions import PositionEncoding
 
@@ -47,11 +48,23 @@ class Attention(nn.Module):
         positions: torch.Tensor | None = None,
         bias: torch.Tensor | None = None,
         memory: torch.Tensor | None = None,
+        cache: CacheEntry | None = None,
     ) -> torch.Tensor:
-        source = x if memory is None else memory
-        q, k, v = self._heads(self.q(x)), self._heads(self.k(source)), self._heads(self.v(source))
-        if position is not None and positions is not None:
-            q, k = position.rotate(q, k, positions, positions)
+        """``cache`` (decoding): self-attention appends this call's keys/values to it and attends
+        over all of them; cross-attention projects ``memory`` once and reuses it afterwards."""
+        q = self._heads(self.q(x))
+        if memory is not None and cache is not None and not cache.is_empty:
+            k, v = cache.keys, cache.values
+        else:
+            source = x if memory is None else memory
+            k, v = self._heads(self.k(source)), self._heads(self.v(source))
+            if position is not None and positions is not None:
+                q, k = position.rotate(q, k, positions, positions)
+            if cache is not None:
+                if memory is None:
+                    k, v = cache.append(k, v)
+                else:
+                    cache.store(k, v)
         out = self.backend(q, k, v, mask, bias, self.scale, self.dropout if self.training else 0.0)
         return self.o(out.transpose(1, 2).flatten(2))
 

@@ -7,6 +7,7 @@ from torch import nn
 
 from llm_modules.nn.embedding import LMHead, TokenEmbedding
 from llm_modules.nn.init import init_weights
+from llm_modules.nn.kv_cache import KVCache
 from llm_modules.nn.masks import AttentionMask
 from llm_modules.nn.residual import deepnorm_constants
 from llm_modules.nn.transformer import Stack, build_norm
@@ -29,6 +30,32 @@ def mask_positions(attention_mask: torch.Tensor | None, positions: torch.Tensor)
 
 def padding_of(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     return None if attention_mask is None else attention_mask.bool()
+
+
+def self_attention_mask(
+    cfg, attention_mask: torch.Tensor | None, batch: int, new: int, device, *, causal: bool,
+    prefix_lengths: torch.Tensor | None = None, cache: KVCache | None = None,
+) -> tuple[AttentionMask, torch.Tensor]:
+    """The self-attention mask over ``new`` tokens, and their positions.
+
+    Without a cache the new tokens are the whole sequence. With one, ``attention_mask`` covers the
+    cached tokens and the new ones (B, past + new), the mask's keys span both and its queries start
+    at the cached length, and the positions returned are the new tokens' only.
+    """
+    past = cache.length if cache is not None else 0
+    total = past + new
+    if attention_mask is not None and attention_mask.shape[1] != total:
+        raise ValueError(
+            f"attention_mask covers {attention_mask.shape[1]} tokens; with {past} cached and {new} new "
+            f"it must cover {total}"
+        )
+    positions = positions_from(attention_mask, batch, total, device)
+    mask = AttentionMask(
+        new, total, causal=causal, prefix_lengths=prefix_lengths, key_padding=padding_of(attention_mask),
+        window=cfg.sliding_window, stride=cfg.sparse_stride, q_offset=past,
+        positions=mask_positions(attention_mask, positions),
+    )
+    return mask, positions[:, past:]
 
 
 def check_config(cfg) -> None:
@@ -66,16 +93,18 @@ class _SingleStackLM(nn.Module):
         )
         init_weights(self, cfg.init_std, cfg.n_layers)
 
-    def hidden(self, input_ids, attention_mask=None, prefix_lengths=None, token_type_ids=None) -> torch.Tensor:
-        cfg = self.config
+    def hidden(
+        self, input_ids, attention_mask=None, prefix_lengths=None, token_type_ids=None, cache: KVCache | None = None
+    ) -> torch.Tensor:
         batch, length = input_ids.shape
-        positions = positions_from(attention_mask, batch, length, input_ids.device)
-        mask = AttentionMask(
-            length, length, causal=self.causal, prefix_lengths=prefix_lengths,
-            key_padding=padding_of(attention_mask), window=cfg.sliding_window, stride=cfg.sparse_stride,
-            positions=mask_positions(attention_mask, positions),
+        mask, positions = self_attention_mask(
+            self.config, attention_mask, batch, length, input_ids.device, causal=self.causal,
+            prefix_lengths=prefix_lengths, cache=cache,
         )
-        return self.stack(self.embed(input_ids, token_type_ids), mask, positions)
+        hidden = self.stack(self.embed(input_ids, token_type_ids), mask, positions, cache=cache)
+        if cache is not None:
+            cache.length += length
+        return hidden
 
 
 class DecoderLM(_SingleStackLM):
@@ -86,9 +115,12 @@ class DecoderLM(_SingleStackLM):
 
     def __init__(self, cfg, *, prefix: bool = False):
         super().__init__(cfg, bidirectional_positions=prefix)
+        self.prefix = prefix
 
-    def forward(self, input_ids, attention_mask=None, prefix_lengths=None) -> torch.Tensor:
-        return self.head(self.hidden(input_ids, attention_mask, prefix_lengths))
+    def forward(self, input_ids, attention_mask=None, prefix_lengths=None, cache: KVCache | None = None) -> torch.Tensor:
+        """Logits (B, T, V). With a ``cache`` (decoding), ``input_ids`` are the tokens after the
+        cached ones and ``attention_mask`` covers cached and new tokens (see ``self_attention_mask``)."""
+        return self.head(self.hidden(input_ids, attention_mask, prefix_lengths, cache=cache))
 
 
 class EncoderLM(_SingleStackLM):
@@ -133,17 +165,20 @@ class EncoderDecoderLM(nn.Module):
         )
         return self.encoder(self.embed(input_ids), mask, positions)
 
-    def decode(self, decoder_input_ids, memory, attention_mask=None, decoder_attention_mask=None) -> torch.Tensor:
-        cfg = self.config
+    def decode(
+        self, decoder_input_ids, memory, attention_mask=None, decoder_attention_mask=None, cache: KVCache | None = None
+    ) -> torch.Tensor:
+        """Decoder logits over ``memory`` (the encoder output). With a ``cache``, as in
+        ``DecoderLM.forward``: new decoder tokens only, the decoder mask covering cached and new;
+        the cross-attention keys/values of ``memory`` are projected once and kept in the cache."""
         batch, length = decoder_input_ids.shape
-        positions = positions_from(decoder_attention_mask, batch, length, decoder_input_ids.device)
-        mask = AttentionMask(
-            length, length, causal=True, key_padding=padding_of(decoder_attention_mask),
-            window=cfg.sliding_window, stride=cfg.sparse_stride,
-            positions=mask_positions(decoder_attention_mask, positions),
+        mask, positions = self_attention_mask(
+            self.config, decoder_attention_mask, batch, length, decoder_input_ids.device, causal=True, cache=cache,
         )
         memory_mask = AttentionMask(length, memory.shape[1], key_padding=padding_of(attention_mask))
-        hidden = self.decoder(self.embed(decoder_input_ids), mask, positions, memory, memory_mask)
+        hidden = self.decoder(self.embed(decoder_input_ids), mask, positions, memory, memory_mask, cache=cache)
+        if cache is not None:
+            cache.length += length
         return self.head(hidden)
 
     def forward(self, input_ids, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None):

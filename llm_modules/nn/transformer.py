@@ -11,6 +11,7 @@ from torch.utils.checkpoint import checkpoint
 
 from llm_modules.nn.attention import Attention
 from llm_modules.nn.attention_backends import AttentionBackend
+from llm_modules.nn.kv_cache import KVCache, LayerCache
 from llm_modules.nn.masks import AttentionMask
 from llm_modules.registry import ACTIVATIONS, ATTENTIONS, NORMS, POSITIONS, RESIDUALS, split_spec
 
@@ -50,12 +51,19 @@ class Block(nn.Module):
         bias: torch.Tensor | None,
         memory: torch.Tensor | None = None,
         memory_mask: AttentionMask | None = None,
+        cache: LayerCache | None = None,
     ) -> torch.Tensor:
+        self_cache = cache.self_attn if cache is not None else None
+        cross_cache = cache.cross_attn if cache is not None else None
         sublayers = [
-            lambda h: self.dropout(self.attn(h, mask, position=position, positions=positions, bias=bias))
+            lambda h: self.dropout(
+                self.attn(h, mask, position=position, positions=positions, bias=bias, cache=self_cache)
+            )
         ]
         if self.cross_attn is not None:
-            sublayers.append(lambda h: self.dropout(self.cross_attn(h, memory_mask, memory=memory)))
+            sublayers.append(
+                lambda h: self.dropout(self.cross_attn(h, memory_mask, memory=memory, cache=cross_cache))
+            )
         sublayers.append(lambda h: self.dropout(self.ffn(h)))
         return self.residual(x, sublayers)
 
@@ -122,7 +130,10 @@ class Stack(nn.Module):
         positions: torch.Tensor,
         memory: torch.Tensor | None = None,
         memory_mask: AttentionMask | None = None,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
+        """``positions`` (B, T) are the positions of the tokens in ``x``; with a ``cache`` these are
+        the new tokens only, and ``mask`` spans the cached keys too (``q_offset`` = cached length)."""
         x = self.position.embed(x, positions)
         if self.embedding_norm is not None:
             x = self.embedding_norm(x)
@@ -131,8 +142,9 @@ class Stack(nn.Module):
         bias = self.position.bias(mask.q_len, mask.k_len, mask.q_offset)
         recompute = self.checkpointed and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
-            if recompute and i in self.checkpointed:
+            if recompute and cache is None and i in self.checkpointed:
                 x = checkpoint(layer, x, mask, self.position, positions, bias, memory, memory_mask, use_reentrant=False)
             else:
-                x = layer(x, mask, self.position, positions, bias, memory, memory_mask)
+                layer_cache = cache.layer(i) if cache is not None else None
+                x = layer(x, mask, self.position, positions, bias, memory, memory_mask, layer_cache)
         return self.final_norm(x)

@@ -1,0 +1,175 @@
+"""Decoding sessions: one object per batch of prompts that turns "append these tokens" into "the
+logits for the next one", for every LM kind that generates left to right.
+
+The search algorithms (greedy, sampling, beam search) only talk to a session, so they are written
+once for decoders and encoder-decoders alike. A session keeps the growing sequences, their padding
+mask and, with ``use_cache`` (the default), a ``KVCache``, so each step runs the model on the new
+token alone; ``use_cache=False`` reruns the whole sequence every step, the reference the cached
+path is tested against.
+
+Decoder prompts are left-padded (``attention_mask`` 0 on the left): every row's next token then
+sits in the same column, and positions count real tokens only, so padding changes no logit.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from llm_modules.nn.kv_cache import KVCache
+from llm_modules.nn.lm import DecoderLM, EncoderDecoderLM, EncoderLM
+from llm_modules.registry import ConfigError
+
+
+class DecoderSession:
+    """CausalLM and PrefixLM. For a prefix decoder the prompt is the prefix: its real tokens see
+    each other in both directions, every generated token sees only its past."""
+
+    def __init__(self, model: DecoderLM, input_ids, attention_mask=None, *, use_cache=True, prefix_lengths=None,
+                 max_new_tokens: int | None = None):
+        self.model = model
+        self.ids = self.prefix_ids = input_ids
+        self.mask = _padding(attention_mask, input_ids)
+        if model.prefix and prefix_lengths is None:
+            prefix_lengths = self.prefix_mask.sum(1)
+        self.prefix_lengths = prefix_lengths if model.prefix else None
+        self.cache = KVCache(_capacity(input_ids, max_new_tokens)) if use_cache else None
+
+    @property
+    def prefix_mask(self) -> torch.Tensor:
+        mask = self.mask if self.mask is not None else torch.ones_like(self.ids)
+        return mask[:, : self.prefix_ids.shape[1]]
+
+    @property
+    def batch_size(self) -> int:
+        return self.ids.shape[0]
+
+    @torch.no_grad()
+    def start(self) -> torch.Tensor:
+        return self.model(self.ids, self.mask, self.prefix_lengths, cache=self.cache)[:, -1].float()
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        new = tokens.view(-1, 1).to(self.ids)
+        self.ids = torch.cat((self.ids, new), dim=1)
+        if self.mask is not None:
+            self.mask = torch.cat((self.mask, torch.ones_like(new)), dim=1)
+        if self.cache is None:
+            return self.model(self.ids, self.mask, self.prefix_lengths)[:, -1].float()
+        return self.model(new, self.mask, self.prefix_lengths, cache=self.cache)[:, -1].float()
+
+    def reorder(self, index: torch.Tensor) -> None:
+        index = index.to(self.ids.device)
+        self.ids, self.prefix_ids = self.ids[index], self.prefix_ids[index]
+        if self.mask is not None:
+            self.mask = self.mask[index]
+        if self.prefix_lengths is not None:
+            self.prefix_lengths = self.prefix_lengths[index]
+        if self.cache is not None:
+            self.cache.reorder(index)
+
+
+class Seq2SeqSession:
+    """Seq2SeqLM: the prompt is the encoder input, encoded once; the decoder starts from the
+    decoder start token (``pad_token_id``, the T5 convention) and attends to the encoder output,
+    whose cross-attention keys/values the cache projects once."""
+
+    def __init__(self, model: EncoderDecoderLM, input_ids, attention_mask=None, *, use_cache=True,
+                 max_new_tokens: int | None = None):
+        self.model = model
+        self.encoder_mask = _padding(attention_mask, input_ids, left_only=False)
+        with torch.no_grad():
+            self.memory = model.encode(input_ids, self.encoder_mask)
+        start = torch.full((input_ids.shape[0], 1), model.config.pad_token_id, dtype=torch.long, device=input_ids.device)
+        self.ids = self.prefix_ids = start
+        self.cache = KVCache(_capacity(start, max_new_tokens)) if use_cache else None
+
+    @property
+    def prefix_mask(self) -> torch.Tensor:
+        return torch.ones_like(self.prefix_ids)
+
+    @property
+    def batch_size(self) -> int:
+        return self.ids.shape[0]
+
+    @torch.no_grad()
+    def start(self) -> torch.Tensor:
+        return self.model.decode(self.ids, self.memory, self.encoder_mask, cache=self.cache)[:, -1].float()
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        new = tokens.view(-1, 1).to(self.ids)
+        self.ids = torch.cat((self.ids, new), dim=1)
+        if self.cache is None:
+            return self.model.decode(self.ids, self.memory, self.encoder_mask)[:, -1].float()
+        return self.model.decode(new, self.memory, self.encoder_mask, cache=self.cache)[:, -1].float()
+
+    def reorder(self, index: torch.Tensor) -> None:
+        index = index.to(self.ids.device)
+        self.ids, self.prefix_ids, self.memory = self.ids[index], self.prefix_ids[index], self.memory[index]
+        if self.encoder_mask is not None:
+            self.encoder_mask = self.encoder_mask[index]
+        if self.cache is not None:
+            self.cache.reorder(index)
+
+
+Session = DecoderSession | Seq2SeqSession
+
+
+def open_session(
+    module: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    use_cache: bool = True,
+    prefix_lengths: torch.Tensor | None = None,
+    max_new_tokens: int | None = None,
+) -> Session:
+    """A session over a LanguageModel (or its torch model) and a batch of prompts (B, T).
+
+    ``max_new_tokens`` only sizes the cache up front; ``prefix_lengths`` overrides a prefix
+    decoder's default (the whole real prompt).
+    """
+    model = getattr(module, "model", module)
+    if input_ids.ndim != 2 or input_ids.dtype not in (torch.long, torch.int, torch.int64):
+        raise ValueError(f"input_ids must be a (batch, length) integer tensor; got {tuple(input_ids.shape)} {input_ids.dtype}")
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"attention_mask has shape {tuple(attention_mask.shape)}; it must match input_ids {tuple(input_ids.shape)}"
+        )
+    if isinstance(model, EncoderDecoderLM):
+        if prefix_lengths is not None:
+            raise ConfigError("prefix_lengths is for prefix decoders (PrefixLM); a Seq2SeqLM's prompt is its encoder input")
+        return Seq2SeqSession(model, input_ids, attention_mask, use_cache=use_cache, max_new_tokens=max_new_tokens)
+    if isinstance(model, DecoderLM):
+        if input_ids.shape[1] == 0:
+            raise ValueError("a decoder needs at least one prompt token (e.g. the BOS token) to continue from")
+        if prefix_lengths is not None and not model.prefix:
+            raise ConfigError("prefix_lengths is for prefix decoders (PrefixLM); this is a causal decoder")
+        return DecoderSession(
+            model, input_ids, attention_mask, use_cache=use_cache, prefix_lengths=prefix_lengths,
+            max_new_tokens=max_new_tokens,
+        )
+    if isinstance(model, EncoderLM):
+        raise ConfigError(
+            "a MaskedLM does not generate left to right; use fill_mask (llm_modules.generation.fill_mask) "
+            "to predict masked tokens"
+        )
+    raise ConfigError(f"cannot generate with {type(model).__name__}; expected a CausalLM, PrefixLM or Seq2SeqLM")
+
+
+def _padding(attention_mask: torch.Tensor | None, input_ids: torch.Tensor, left_only: bool = True) -> torch.Tensor | None:
+    """The padding mask as 0/1 longs, or None when nothing is padded (the fused kernels' fast path).
+    Decoder prompts must be left-padded; an encoder's input may be padded on either side."""
+    if attention_mask is None or bool(attention_mask.bool().all()):
+        return None
+    if left_only and bool((attention_mask[:, -1] == 0).any()):
+        raise ValueError(
+            "prompts must be left-padded for generation (attention_mask 0 only on the left): "
+            "the next token of every row must follow its last real token"
+        )
+    return attention_mask.long()
+
+
+def _capacity(ids: torch.Tensor, max_new_tokens: int | None) -> int | None:
+    return ids.shape[1] + max_new_tokens if max_new_tokens is not None else None
