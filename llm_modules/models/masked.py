@@ -22,3 +22,9 @@ class MaskedLM(LanguageModel):
     def logits_and_targets(self, batch):
         logits = self(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"))
         return logits, batch["labels"]
+
+    def fill_mask(self, input_ids, attention_mask=None, top_k: int = 5, **options):
+        """Top-k tokens and probabilities at each mask position (``llm_modules.generation.fill_mask``)."""
+        from llm_modules.generation import fill_mask
+
+        return fill_mask(self, input_ids, attention_mask, top_k=top_k, **options)
