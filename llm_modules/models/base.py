@@ -275,6 +275,28 @@ class LanguageModel(L.LightningModule, abc.ABC):
     def num_parameters(self) -> int:
         return count_parameters(self.model)
 
+    # ---- inference ----------------------------------------------------------------------------------------
+
+    @property
+    def tokenizer(self):
+        """The tokenizer this model was trained with (kept in its checkpoints), or None."""
+        if self.tokenizer_bytes is None:
+            return None
+        cached = getattr(self, "_tokenizer", None)
+        if cached is None or cached[0] is not self.tokenizer_bytes:
+            from llm_modules.data.tokenizer import Tokenizer
+
+            cached = (self.tokenizer_bytes, Tokenizer.from_bytes(self.tokenizer_bytes))
+            self._tokenizer = cached
+        return cached[1]
+
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **options) -> torch.Tensor:
+        """Token ids continuing ``input_ids``: greedy, sampling or beam search, with a KV cache
+        (options and defaults: ``llm_modules.generation.generate``)."""
+        from llm_modules.generation import generate
+
+        return generate(self, input_ids, attention_mask, **options)
+
 
 def _as_dataclass(cls, value):
     """A config dataclass from itself, its dict form, or None (the defaults)."""
