@@ -23,6 +23,7 @@ COMMANDS = {
     "registry": "list every registered component: slot, name, one-line doc, providing plugin",
     "convert": "convert between Hugging Face model folders and llm-modules checkpoints",
     "tokenizer": "train a SentencePiece tokenizer (tokenizer train PATHS --out FILE)",
+    "quantize": "quantize a checkpoint for CPU inference (quantize CKPT OUT --method NAME)",
 }
 
 
@@ -79,6 +80,8 @@ def _dispatch(command: str, rest: list[str]) -> int:
         from llm_modules.cli.registry_cmd import run
     elif command == "tokenizer":
         from llm_modules.cli.tokenizer_cmd import run
+    elif command == "quantize":
+        from llm_modules.cli.quantize_cmd import run
     else:
         from llm_modules.cli.convert_cmd import run
     return run(rest)
