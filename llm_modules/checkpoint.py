@@ -60,10 +60,9 @@ def _read(path: Path, map_location: str | torch.device) -> dict[str, Any]:
     return checkpoint
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> LanguageModel:
-    """Rebuild the LightningModule saved in ``path`` (by ``save_checkpoint`` or a Trainer), in eval mode."""
-    path = Path(path)
-    checkpoint = _read(path, map_location)
+def build_module(checkpoint: dict[str, Any], path: str | os.PathLike) -> LanguageModel:
+    """The LanguageModel a checkpoint describes (``model_kind``, ``model_config`` and the other
+    hyper-parameters its constructor takes), freshly initialized: the weights are not loaded."""
     hparams = dict(checkpoint.get("hyper_parameters") or {})
     config = checkpoint.get("model_config") or hparams.get("config")
     kind = checkpoint.get("model_kind")
@@ -77,7 +76,19 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     accepted = inspect.signature(cls.__init__).parameters
     # Other hyper-parameters (optimizer settings, ...) go back to the constructor when it takes them.
     extra = {k: v for k, v in hparams.items() if k != "config" and k in accepted}
-    module = cls(ModelConfig.from_dict(dict(config)), **extra)
+    return cls(ModelConfig.from_dict(dict(config)), **extra)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> LanguageModel:
+    """Rebuild the LightningModule saved in ``path`` (by ``save_checkpoint``, a Trainer, or
+    ``llm-modules quantize``: a quantized file comes back quantized), in eval mode."""
+    path = Path(path)
+    checkpoint = _read(path, map_location)
+    from llm_modules.quantization.io import is_quantized, module_from_checkpoint
+
+    if is_quantized(checkpoint):
+        return module_from_checkpoint(checkpoint, path)
+    module = build_module(checkpoint, path)
     missing, unexpected = module.load_state_dict(checkpoint["state_dict"], strict=False)
     if missing or unexpected:
         raise ConfigError(

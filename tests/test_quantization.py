@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from llm_modules import CausalLM, MaskedLM, ModelConfig, Seq2SeqLM
-from llm_modules.checkpoint import save_checkpoint
+from llm_modules.checkpoint import load_checkpoint, save_checkpoint
 from llm_modules.cli import main
 from llm_modules.data.sources import stdlib_root
 from llm_modules.quantization import (
@@ -148,8 +148,11 @@ def test_saved_file_loads_to_the_same_logits_and_generations(trained, tmp_path, 
     assert raw["quantization"]["method"] == method and raw["quantization"]["options"] == options
     loaded = load_quantized(path)
     assert type(loaded) is CausalLM and loaded.quantization == quantized.quantization
+    general = load_checkpoint(path)  # the one loader for every checkpoint reads it quantized too
+    assert general.quantization == quantized.quantization
     with torch.no_grad():
         assert torch.equal(loaded(blocks[:2]), quantized(blocks[:2]))
+        assert torch.equal(general(blocks[:2]), quantized(blocks[:2]))
     prompt = blocks[:1, :8]
     assert torch.equal(loaded.generate(prompt, max_new_tokens=6, eos_token_id=[]),
                        quantized.generate(prompt, max_new_tokens=6, eos_token_id=[]))

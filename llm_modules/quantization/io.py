@@ -13,7 +13,6 @@ the same logits as the quantized model that was saved.
 
 from __future__ import annotations
 
-import inspect
 import os
 from pathlib import Path
 from typing import Any
@@ -65,8 +64,10 @@ def module_from_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike):
     if version > FORMAT_VERSION:
         raise ConfigError(f"{where} uses quantized format version {version}; this llm-modules reads up to "
                           f"{FORMAT_VERSION}: upgrade llm-modules")
+    from llm_modules.checkpoint import build_module
+
     method = build_method(info["method"], **dict(info.get("options") or {}))
-    module = _float_module(checkpoint, where)
+    module = build_module(checkpoint, path)
     layers = list(info.get("layers") or [])
     replace_linears(module.model, layers, method.empty_linear)
     missing, unexpected = module.load_state_dict(checkpoint["state_dict"], strict=False)
@@ -78,23 +79,6 @@ def module_from_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike):
     module.on_load_checkpoint(checkpoint)
     module.quantization = {"method": method.name, "options": method.options(), "layers": layers}
     return module.eval()
-
-
-def _float_module(checkpoint: dict[str, Any], where: str):
-    """The LanguageModel that ``model_kind`` / ``model_config`` describe, freshly initialized."""
-    from llm_modules.config import ModelConfig
-    from llm_modules.models import KINDS
-
-    hparams = dict(checkpoint.get("hyper_parameters") or {})
-    config = checkpoint.get("model_config") or hparams.get("config")
-    kind = checkpoint.get("model_kind")
-    if config is None or kind not in KINDS:
-        raise ConfigError(f"{where} lacks a model_config or a known model_kind ({kind!r}); "
-                          "it was not written by llm-modules")
-    cls = KINDS[kind]
-    accepted = inspect.signature(cls.__init__).parameters
-    extra = {k: v for k, v in hparams.items() if k != "config" and k in accepted}
-    return cls(ModelConfig.from_dict(dict(config)), **extra)
 
 
 def linear_bytes(module) -> tuple[int, int]:
