@@ -20,6 +20,7 @@ COMMANDS = {
     "validate": "evaluate a checkpoint on the validation data",
     "test": "evaluate a checkpoint on the test data",
     "predict": "run a checkpoint on the prediction data",
+    "generate": "continue prompts with a checkpoint or a Hugging Face folder (streams to the terminal)",
     "registry": "list every registered component: slot, name, one-line doc, providing plugin",
     "convert": "convert between Hugging Face model folders and llm-modules checkpoints",
     "tokenizer": "train a SentencePiece tokenizer (tokenizer train PATHS --out FILE)",
@@ -80,6 +81,8 @@ def _dispatch(command: str, rest: list[str]) -> int:
         from llm_modules.cli.registry_cmd import run
     elif command == "tokenizer":
         from llm_modules.cli.tokenizer_cmd import run
+    elif command == "generate":
+        from llm_modules.cli.generate_cmd import run
     elif command == "quantize":
         from llm_modules.cli.quantize_cmd import run
     else:

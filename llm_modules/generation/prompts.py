@@ -1,0 +1,57 @@
+"""Prompts in, batches out: reading a prompts file and left-padding token rows.
+
+Shared by ``llm-modules generate``, the prediction data module and generation metrics, so every
+route encodes and pads prompts the same way. Decoder prompts are left-padded: the next token of
+every row then lands in the same column (see ``generation.session``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from llm_modules.registry import ConfigError
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``input_ids`` and ``attention_mask`` (B, longest row), real tokens at the right."""
+    if not rows:
+        raise ValueError("no prompts to pad")
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            ids[i, width - len(row):] = torch.tensor(list(row), dtype=torch.long)
+            mask[i, width - len(row):] = 1
+    return ids, mask
+
+
+def read_prompts(path: str | os.PathLike, field: str = "prompt") -> list[str]:
+    """Prompts from a file: one per line, or from ``.jsonl`` records' ``field``. Blank lines of a text
+    file are skipped; escapes such as ``\\n`` are not interpreted (use JSONL for multi-line prompts)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"prompts file {str(path)!r} does not exist; give a text file (one prompt per line) or JSONL")
+    text = p.read_text(encoding="utf-8")
+    if p.suffix != ".jsonl":
+        prompts = [line for line in text.splitlines() if line.strip()]
+    else:
+        prompts = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ConfigError(f"{path}:{number}: not a JSON record ({err.msg})") from None
+            if not isinstance(record, dict) or not isinstance(record.get(field), str):
+                raise ConfigError(f"{path}:{number}: the record has no text field {field!r}")
+            prompts.append(record[field])
+    if not prompts:
+        raise ConfigError(f"prompts file {str(path)!r} holds no prompts")
+    return prompts
