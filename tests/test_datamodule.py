@@ -484,7 +484,7 @@ def test_python_stdlib_source_in_datamodule(tmp_path, tok_path, monkeypatch):
     ({"mixture": [{"paths": ["x"], "wieght": 2}]}, r"data\.mixture\[0\]: unknown key 'wieght' \(did you mean 'weight'\?\)"),
     ({"mixture": [{"weight": 2}]}, r"data\.mixture\[0\]: expected a mapping like"),
     ({"paths": ["x"], "seq_len": 0}, r"data\.seq_len=0 must be a positive integer"),
-    ({"paths": ["x"], "val_fraction": 1.0}, r"data\.val_fraction=1\.0 must be in \[0, 1\)"),
+    ({"paths": ["x"], "val_fraction": 1.5}, r"data\.val_fraction=1\.5 must be in \[0, 1\]"),
     ({"paths": ["x"], "tokenizer_type": "wordpiece"}, r"data\.tokenizer_type 'wordpiece'"),
 ])
 def test_config_errors_at_construction(kwargs, message):

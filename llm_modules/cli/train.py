@@ -7,7 +7,9 @@ a preset name given to ``--model.config`` is swapped for the preset's YAML file.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import sys
 from importlib import resources
 import warnings
@@ -254,11 +256,110 @@ def _show_progress_logs() -> None:
         logger.setLevel(logging.INFO)
 
 
+TEXT_DATA = "llm_modules.data.TextDataModule"
+EVALUATING = ("validate", "test", "predict")
+
+
+def _given(argv: list[str], *keys: str) -> bool:
+    return any(a in keys or a.split("=", 1)[0] in keys for a in argv)
+
+
+def _evaluate_checkpoint(argv: list[str]) -> list[str]:
+    """``validate|test|predict --ckpt_path X`` with data that a checkpoint alone can complete.
+
+    The model (class and config) comes from the checkpoint's hyper-parameters (LightningCLI reads
+    them). Without a ``--config`` or a ``--data`` class, the data is a TextDataModule over the
+    ``--data.paths`` given, every document evaluated (``val_fraction`` 1.0) in blocks of the model's
+    ``max_seq_len``. Whenever the data is a TextDataModule and no ``--data.tokenizer`` is given, it
+    tokenizes with the checkpoint's own tokenizer (kept in every checkpoint), never a new one.
+    """
+    if not argv or argv[0] not in EVALUATING:
+        return argv
+    path = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--ckpt_path"), None)
+    path = path or next((a.split("=", 1)[1] for a in argv if a.startswith("--ckpt_path=")), None)
+    if not path or path == "last":
+        return argv
+    if not Path(path).is_file():
+        if Path(path).is_dir():
+            return argv  # a distributed checkpoint folder: the strategy reads it
+        raise ConfigError(f"--ckpt_path {path!r} does not exist; give a checkpoint file (e.g. runs/llm/version_0/"
+                          "checkpoints/last.ckpt) or 'last'")
+    out = list(argv)
+    configs = _config_files(argv)
+    if not any(isinstance(c.get("model"), dict) for c in configs) and not _given(argv, "--model"):
+        # LightningCLI fills the model from the checkpoint's hyper-parameters only after parsing,
+        # and parsing needs a model: name its class and config here.
+        checkpoint = _checkpoint_header(path)
+        hparams = checkpoint.get("hyper_parameters") or {}
+        config = checkpoint.get("model_config") or hparams.get("config")
+        if not hparams.get("_class_path") or not isinstance(config, dict):
+            raise ConfigError(f"--ckpt_path {path!r} does not say which model it holds (no model class or config); "
+                              "give the model with --config or --model")
+        out[1:1] = ["--model", hparams["_class_path"], "--model.config", json.dumps(config)]
+    data_class = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--data"), None)
+    for config in configs:
+        data = config.get("data")
+        if isinstance(data, dict) and data.get("class_path"):
+            data_class = data_class or data["class_path"]
+    if data_class is None and not configs:
+        if not _given(argv, "--data.paths", "--data.init_args.paths", "--data.mixture", "--data.init_args.mixture"):
+            raise ConfigError("give the data to evaluate on: --data.paths '[FILE, ...]' (text files, folders, "
+                              "globs or .jsonl), or a --config with a data section")
+        data_class = TEXT_DATA
+        out[1:1] = ["--data", TEXT_DATA]  # the class before its arguments, or they have nowhere to go
+        checkpoint = _checkpoint_header(path)
+        if not _given(argv, "--data.val_fraction", "--data.init_args.val_fraction"):
+            out += ["--data.val_fraction", "1.0"]
+        if not _given(argv, "--data.seq_len", "--data.init_args.seq_len"):
+            max_len = (checkpoint.get("model_config") or {}).get("max_seq_len")
+            if max_len:
+                out += ["--data.seq_len", str(max_len)]
+    if data_class in (TEXT_DATA, "TextDataModule") and not _given(
+        argv, "--data.tokenizer", "--data.init_args.tokenizer"
+    ):
+        tokenizer = _checkpoint_tokenizer(path)
+        if tokenizer is not None:
+            out += ["--data.tokenizer", str(tokenizer), "--data.train_tokenizer", "false"]
+    return out
+
+
+def _checkpoint_header(path: str) -> dict:
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ConfigError(f"--ckpt_path {path!r} cannot be read as a checkpoint ({first})") from None
+    if not isinstance(checkpoint, dict):
+        raise ConfigError(f"--ckpt_path {path!r} is not a Lightning checkpoint")
+    return checkpoint
+
+
+def _checkpoint_tokenizer(path: str) -> Path | None:
+    """The checkpoint's tokenizer as a ``.model`` file in the cache (named by its content), or None."""
+    import hashlib
+
+    from llm_modules.data.datamodule import default_cache_dir
+
+    data = _checkpoint_header(path).get("tokenizer")
+    if not isinstance(data, (bytes, bytearray)):
+        return None
+    target = default_cache_dir() / "tokenizers" / f"checkpoint-{hashlib.sha256(data).hexdigest()[:16]}.model"
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}")
+        tmp.write_bytes(bytes(data))
+        os.replace(tmp, target)
+    return target
+
+
 def run(argv: list[str]) -> int:
     """Run one LightningCLI subcommand. A ConfigError propagates to ``llm_modules.cli.main``, which
     prints it as one line and exits with code 2."""
     argv, modules = _take_plugins(list(argv))
     argv = _resolve_config_paths(argv)  # shipped YAML by name, e.g. --config strategies/fsdp
+    argv = _evaluate_checkpoint(argv)  # validate/test/predict: a checkpoint and a data file are enough
     register_strategy_names()  # --trainer.strategy fsdp = FSDP with one unit per block
     _show_progress_logs()
     # We hand LightningCLI the arguments ourselves (plugins taken out, presets resolved), which it

@@ -176,9 +176,9 @@ class TextDataModule(L.LightningDataModule):
             _positive("data.val_batch_size", val_batch_size)
         if samples_per_epoch is not None:
             _positive("data.samples_per_epoch", samples_per_epoch)
-        if not 0 <= val_fraction < 1:
-            raise ConfigError(f"data.val_fraction={val_fraction} must be in [0, 1); e.g. 0.05 holds out 5% "
-                              "of the documents")
+        if not 0 <= val_fraction <= 1:
+            raise ConfigError(f"data.val_fraction={val_fraction} must be in [0, 1]; e.g. 0.05 holds out 5% "
+                              "of the documents, 1.0 evaluates on all of them (validate/test only)")
         if num_workers < 0:
             raise ConfigError(f"data.num_workers={num_workers} must be 0 or more")
         if tokenizer_type not in ("bpe", "unigram"):
@@ -247,6 +247,9 @@ class TextDataModule(L.LightningDataModule):
     def num_train_samples(self) -> int:
         """Blocks per training epoch."""
         self._require_setup()
+        if self.val_fraction >= 1:
+            raise ConfigError("data.val_fraction=1.0 holds out every document, so there is nothing to train on; "
+                              "use it with validate/test, or lower it (e.g. 0.05) to fit")
         return self.samples_per_epoch or sum(len(s.train) for s in self._sources)
 
     @property
@@ -263,7 +266,7 @@ class TextDataModule(L.LightningDataModule):
         if train_tokens is None:
             train_tokens = self._planned_train_tokens()
         weights = self._weights()
-        return {s.name: train_tokens * w / (len(s.train) * self.seq_len)
+        return {s.name: train_tokens * w / (len(s.train) * self.seq_len) if len(s.train) else 0.0
                 for s, w in zip(self._sources, weights)}
 
     # ---- Lightning hooks --------------------------------------------------------------------------------
@@ -290,7 +293,7 @@ class TextDataModule(L.LightningDataModule):
             order = np.random.default_rng([self.seed, 0x5EED]).permutation(train_idx)
             src.train = PackedBlocks(src.cache, order, self.seq_len, tok.eos_id)
             src.val = PackedBlocks(src.cache, val_idx, self.seq_len, tok.eos_id) if len(val_idx) else None
-            if len(src.train) == 0:
+            if len(src.train) == 0 and self.val_fraction < 1:
                 raise ConfigError(
                     f"data.seq_len={self.seq_len} is longer than the training split of {src.name!r} "
                     f"({src.train.stream_tokens} tokens); lower seq_len or add data"
@@ -567,7 +570,7 @@ class TextDataModule(L.LightningDataModule):
         return tok
 
     def _log_summary(self) -> None:
-        planned = self._planned_train_tokens()
+        planned = self._planned_train_tokens() if self.val_fraction < 1 else 0
         epochs = self.effective_epochs(planned)
         for src, w in zip(self._sources, self._weights()):
             val_docs = src.val.num_documents if src.val is not None else 0

@@ -33,11 +33,14 @@ def split_documents(
     """Indices of training and validation documents.
 
     Hash rule per document; when that leaves a side empty on a small corpus, the document with the
-    lowest (highest) hash moves over, so both splits exist whenever ``val_fraction > 0``.
+    lowest (highest) hash moves over, so both splits exist whenever ``0 < val_fraction < 1``.
+    ``val_fraction`` 1 holds out everything (data given only to evaluate).
     """
     n = len(source_ids)
     if val_fraction <= 0:
         return np.arange(n), np.arange(0)
+    if val_fraction >= 1:  # evaluation data: every document is held out
+        return np.arange(0), np.arange(n)
     if n < 2:
         raise ConfigError(
             f"{field}={val_fraction}: the data holds only {n} document and the split is by document; "
