@@ -125,23 +125,6 @@ class TerminalStream:
             self.printed = text
 
 
-def new_tokens(module, row, prompt_width: int, pad_id: int, eos_ids: set[int]) -> list[int]:
-    """The generated ids of one returned row: after the prompt (decoders) or the start token
-    (encoder-decoders), without the padding that follows a row that stopped early."""
-    from llm_modules import Seq2SeqLM
-
-    start = 1 if isinstance(module, Seq2SeqLM) else prompt_width
-    ids = [int(t) for t in row[start:]]
-    end = len(ids)
-    for i, token in enumerate(ids):
-        if token in eos_ids:  # the stop token ends the row; what follows is padding
-            end = i + 1
-            break
-    while end and ids[end - 1] == pad_id and pad_id not in eos_ids:
-        end -= 1
-    return ids[:end]
-
-
 def _check_ids(ids: list[int], vocab_size: int, field: str) -> None:
     bad = [i for i in ids if not 0 <= i < vocab_size]
     if bad:
@@ -160,7 +143,7 @@ def _write_atomically(path: Path, text: str) -> None:
 
 def run(argv: list[str]) -> int:
     from llm_modules import MaskedLM
-    from llm_modules.generation.prompts import left_pad, read_prompts
+    from llm_modules.generation.prompts import left_pad, new_tokens, read_prompts
 
     args = build_parser().parse_args(argv)
     if args.output and Path(args.output).is_dir():
@@ -211,8 +194,7 @@ def run(argv: list[str]) -> int:
             out = module.generate(ids, attention_mask=mask, streamer=streamer, **options)
         except ConfigError as err:  # name the flag, not the Python option
             raise ConfigError(str(err).replace("do_sample: true", "--sample")) from None
-        for offset, row in enumerate(out.cpu()):
-            tokens = new_tokens(module, row, ids.shape[1], pad_id, eos_ids)
+        for offset, tokens in enumerate(new_tokens(module, out.cpu(), ids.shape[1], eos_ids, pad_id)):
             text = tokenizer.decode(tokens) if tokenizer is not None else " ".join(map(str, tokens))
             records.append({"prompt": texts[start + offset], "generation": text, "tokens": tokens})
         if stream:

@@ -9,6 +9,7 @@ from llm_modules.data.collators import (
 )
 from llm_modules.data.datamodule import TextDataModule, default_cache_dir
 from llm_modules.data.packing import PackedBlocks, split_documents, stack_blocks
+from llm_modules.data.pairs import PairsDataModule
 from llm_modules.data.sampling import ResumableSampler, mixture_order
 from llm_modules.data.sources import (
     STDLIB,
@@ -30,6 +31,7 @@ __all__ = [
     "STDLIB",
     "Document",
     "PackedBlocks",
+    "PairsDataModule",
     "ResumableSampler",
     "SourceFile",
     "TextDataModule",

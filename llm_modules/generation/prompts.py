@@ -31,6 +31,25 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
     return ids, mask
 
 
+def new_tokens(module, generated: torch.Tensor, prompt_width: int, eos_ids, pad_id: int) -> list[list[int]]:
+    """The new tokens of each row ``generate`` returned, through the first stop token.
+
+    ``generate`` returns what it started from (the left-padded prompt of width ``prompt_width`` for
+    decoders, the decoder start token for a Seq2SeqLM) followed by the new tokens, and fills rows
+    that stopped early with ``pad_id``; neither is part of the answer.
+    """
+    start = 1 if getattr(module, "kind", None) == "Seq2SeqLM" else prompt_width
+    stops = set(eos_ids)
+    rows = []
+    for row in generated[:, start:].tolist():
+        end = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
+        row = row[:end]
+        while row and row[-1] == pad_id and pad_id not in stops:
+            row.pop()
+        rows.append(row)
+    return rows
+
+
 def read_prompts(path: str | os.PathLike, field: str = "prompt") -> list[str]:
     """Prompts from a file: one per line, or from ``.jsonl`` records' ``field``. Blank lines of a text
     file are skipped; escapes such as ``\\n`` are not interpreted (use JSONL for multi-line prompts)."""

@@ -20,6 +20,7 @@ from llm_modules.config import ModelConfig
 from llm_modules.nn.lm import aux_loss, count_parameters
 from llm_modules.nn.positions import PositionEncoding
 from llm_modules.registry import ConfigError
+from llm_modules.training.evaluation import GenerationEvalConfig, GenerationMetrics
 from llm_modules.training.memory import MemoryConfig, apply_memory_savers, compile_model
 from llm_modules.training.optim import OptimConfig, build_optimizer, build_scheduler
 from llm_modules.training.parallel import clip_sharded_gradients, data_parallel_split, parallelize
@@ -42,7 +43,8 @@ class LanguageModel(L.LightningModule, abc.ABC):
 
     ``config`` is the architecture (plain data); ``optim`` the optimizer and schedule; ``memory`` the
     memory savers (freezing, activation checkpointing, compile); ``stability`` the loss-spike and
-    non-finite guards. Checkpoints carry all of them as plain data, plus the tokenizer when the data module has one, so a checkpoint is
+    non-finite guards; ``evaluation`` the generation metrics of validate/test (off unless it names
+    some). Checkpoints carry all of them as plain data, plus the tokenizer when the data module has one, so a checkpoint is
     enough to rebuild the model and read its outputs.
     """
 
@@ -52,12 +54,14 @@ class LanguageModel(L.LightningModule, abc.ABC):
         optim: OptimConfig | None = None,
         memory: MemoryConfig | None = None,
         stability: StabilityConfig | None = None,
+        evaluation: GenerationEvalConfig | None = None,
     ):
         super().__init__()
         self.config = as_config(config)
         self.optim = _as_dataclass(OptimConfig, optim)
         self.memory = _as_dataclass(MemoryConfig, memory)
         self.stability = _as_dataclass(StabilityConfig, stability)
+        self.evaluation = _as_dataclass(GenerationEvalConfig, evaluation)
         # Plain data only, plus the class path that LightningCLI reads back from a checkpoint
         # (``--ckpt_path``) to rebuild this exact LM kind.
         self.save_hyperparameters({
@@ -66,8 +70,11 @@ class LanguageModel(L.LightningModule, abc.ABC):
             "optim": dataclasses.asdict(self.optim),
             "memory": dataclasses.asdict(self.memory),
             "stability": dataclasses.asdict(self.stability),
+            "evaluation": dataclasses.asdict(self.evaluation),
         })
         self.model = self.build_model(self.config)
+        # Only when on: metric objects are submodules (moved and reduced with the model), none by default.
+        self.generation_metrics = GenerationMetrics(self.evaluation) if self.evaluation.enabled else None
         self.tokens_seen = 0
         self.tokenizer_bytes: bytes | None = None
 
@@ -128,6 +135,7 @@ class LanguageModel(L.LightningModule, abc.ABC):
 
     def validation_step(self, batch, batch_idx):
         loss, tokens = self._evaluate(batch, "val")
+        self._generation_metrics(batch, batch_idx, "val")
         if self.trainer.sanity_checking:
             self._baseline += torch.stack([loss.detach().float() * tokens, torch.tensor(float(tokens), device=loss.device)])
 
@@ -156,6 +164,12 @@ class LanguageModel(L.LightningModule, abc.ABC):
 
     def test_step(self, batch, batch_idx):
         self._evaluate(batch, "test")
+        self._generation_metrics(batch, batch_idx, "test")
+
+    def _generation_metrics(self, batch, batch_idx: int, split: str) -> None:
+        """BLEU / ROUGE / exact match of generations, for batches with references (training.evaluation)."""
+        if self.generation_metrics is not None:
+            self.generation_metrics.step(self, batch, batch_idx, split)
 
     def predict_step(self, batch, batch_idx):
         """Greedy next-token (or masked-token) predictions with the per-token loss of the batch."""
