@@ -22,6 +22,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgre
 from lightning.pytorch.cli import LightningCLI
 
 from llm_modules.config import preset_dir, preset_names
+from llm_modules.data.prompts import GenerationWriter
 from llm_modules.models import LanguageModel
 from llm_modules.cli.registry_cmd import import_local_plugins
 from llm_modules.cli.resume_last import resolve_last
@@ -65,6 +66,9 @@ class LLMCLI(LightningCLI):
         init = self.config_init[self.subcommand] if self.subcommand else self.config_init
         given = init["trainer"].get("callbacks") or []
         extra = kwargs.setdefault("callbacks", list(given) if isinstance(given, list) else [given])
+        output = getattr(self.datamodule, "output", None)
+        if self.subcommand == "predict" and output and not any(isinstance(c, GenerationWriter) for c in extra):
+            extra.append(GenerationWriter(output))  # a PromptDataModule's generations go to its output file
         if not any(isinstance(c, ThroughputMonitor) for c in extra):
             extra.append(ThroughputMonitor())
         if not any(isinstance(c, ExactResume) for c in extra):

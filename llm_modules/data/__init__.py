@@ -10,6 +10,7 @@ from llm_modules.data.collators import (
 from llm_modules.data.datamodule import TextDataModule, default_cache_dir
 from llm_modules.data.packing import PackedBlocks, split_documents, stack_blocks
 from llm_modules.data.pairs import PairsDataModule
+from llm_modules.data.prompts import GenerationWriter, PromptDataModule
 from llm_modules.data.sampling import ResumableSampler, mixture_order
 from llm_modules.data.sources import (
     STDLIB,
@@ -32,6 +33,8 @@ __all__ = [
     "Document",
     "PackedBlocks",
     "PairsDataModule",
+    "PromptDataModule",
+    "GenerationWriter",
     "ResumableSampler",
     "SourceFile",
     "TextDataModule",

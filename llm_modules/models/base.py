@@ -172,7 +172,12 @@ class LanguageModel(L.LightningModule, abc.ABC):
             self.generation_metrics.step(self, batch, batch_idx, split)
 
     def predict_step(self, batch, batch_idx):
-        """Greedy next-token (or masked-token) predictions with the per-token loss of the batch."""
+        """Generations for a PromptDataModule's prompts; for other batches, the greedy next-token (or
+        masked-token) predictions with their targets."""
+        if "prompt_ids" in batch and "prompts" in batch:
+            from llm_modules.data.prompts import generate_for_prompts
+
+            return generate_for_prompts(self, batch, getattr(self._datamodule(), "generation", {}))
         logits, targets = self.logits_and_targets(batch)
         return {"predictions": logits.argmax(-1), "targets": targets}
 
