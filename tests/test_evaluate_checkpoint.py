@@ -4,6 +4,7 @@ tokenizer, every document is evaluated, and the logged loss equals one computed 
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -92,3 +93,18 @@ def test_fit_refuses_evaluation_only_data(tok, tmp_path):
     with pytest.raises(ConfigError, match="nothing to train on"):
         data.setup("fit")
         data.train_dataloader()
+
+
+def test_generation_metrics_chosen_at_evaluation_time(checkpoint, tmp_path):
+    """A checkpoint trained without generation metrics gets them from the evaluating command line."""
+    _, path = checkpoint
+    records = [{"input": f"def f{i}(x):", "output": f"return x + {i}"} for i in range(6)]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    args = ["test", "--ckpt_path", str(path), "--data", "llm_modules.data.PairsDataModule",
+            "--data.val_paths", "[pairs.jsonl]", "--model.evaluation.metrics", "[exact_match, bleu]",
+            "--model.evaluation.max_new_tokens", "4", "--trainer.enable_progress_bar", "false"]
+    assert main(args) == 0
+    run = tmp_path / "runs" / "llm" / "version_0"
+    (exact,) = [v for _, v in metric_rows(run, "test/exact_match")]
+    assert exact == 0.0  # an untrained model does not write "return x + i"
+    assert metric_rows(run, "test/bleu") and metric_rows(run, "test/loss")

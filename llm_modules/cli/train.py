@@ -47,6 +47,18 @@ class LLMCLI(LightningCLI):
         parser.add_argument("--checkpoint.every_n_train_steps", type=int | None, default=None,
                             help="also save every N steps (default: at each validation)")
 
+    def _parse_ckpt_path(self) -> None:
+        """The checkpoint's hyper-parameters fill in the model, except ``evaluation`` when this run
+        names metrics: which generation metrics to compute is a choice of the evaluating run (say,
+        BLEU on a checkpoint trained without any), not a property of the weights."""
+        sub = self.config.get("subcommand")
+        init = self.config[sub].get("model", {}).get("init_args") if sub else None
+        chosen = init.get("evaluation") if init is not None else None
+        super()._parse_ckpt_path()
+        metrics = getattr(chosen, "metrics", None) if not isinstance(chosen, dict) else chosen.get("metrics")
+        if metrics:
+            self.config[sub]["model"]["init_args"]["evaluation"] = chosen
+
     def instantiate_classes(self) -> None:
         """Surface a configuration error of ours as itself, not wrapped in the parser's type errors."""
         try:
