@@ -39,6 +39,11 @@ COMMANDS: list[tuple[list[str], str, bool]] = [
     (["convert", "--help"], "Hugging Face model folders to and from llm-modules checkpoints.", False),
     (["convert", "from-hf", "--help"], "", False),
     (["convert", "to-hf", "--help"], "", False),
+    (["generate", "--help"], (
+        "Continue prompts with a checkpoint or a Hugging Face folder (see [Generate, evaluate and "
+        "quantize](../tutorials/generate-evaluate-quantize.md))."
+    ), False),
+    (["quantize", "--help"], "Quantize a checkpoint for CPU inference.", False),
     (["tokenizer", "train", "--help"], (
         "Train a SentencePiece tokenizer from files, folders, globs, JSONL or `python-stdlib`."
     ), False),
