@@ -48,20 +48,17 @@ def _check_paths(ckpt: str, out: str) -> None:
 
 
 def run(argv: list[str]) -> int:
-    from llm_modules.checkpoint import _read, load_checkpoint
-    from llm_modules.quantization import build_method, is_quantized, linear_bytes, quantize, save_quantized
+    from llm_modules.checkpoint import load_checkpoint
+    from llm_modules.quantization import build_method, linear_bytes, quantize, save_quantized
 
     args = build_parser().parse_args(argv)
     options = {} if args.group_size is None else {"group_size": args.group_size}
     method = build_method(args.method, **options)  # a bad name or option fails before any file is read
     _check_paths(args.ckpt, args.out)
-    # Read once to say "already quantized" rather than load_checkpoint's "does not match its config".
-    checkpoint = _read(Path(args.ckpt), "cpu")
-    if is_quantized(checkpoint):
-        raise ConfigError(f"checkpoint {args.ckpt!r} is already quantized ({checkpoint['quantization']['method']}); "
+    module = load_checkpoint(args.ckpt)  # a quantized file comes back quantized
+    if getattr(module, "quantization", None):
+        raise ConfigError(f"checkpoint {args.ckpt!r} is already quantized ({module.quantization['method']}); "
                           "quantize the float checkpoint it came from")
-    del checkpoint
-    module = load_checkpoint(args.ckpt)
     float_tensors = _tensor_bytes(module)
     quantize(module, method)
     path = save_quantized(module, args.out)

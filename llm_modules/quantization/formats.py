@@ -22,7 +22,6 @@ import torch
 
 INT8_MAX = 127
 INT4_LEVELS = 15
-GROUP_SIZES = (32, 64, 128, 256)
 
 
 def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
