@@ -75,6 +75,10 @@ def test_missing_inputs_are_one_line_errors(checkpoint, tmp_path, capsys):
         (["validate", "--ckpt_path", str(path)], "--data.paths"),
         (["validate", "--ckpt_path", str(path), "--data.paths", "[missing.txt]"], "missing.txt"),
     ]
+    # a checkpoint saved without a tokenizer: never train one on the evaluation file
+    bare = save_checkpoint(CausalLM(ModelConfig(vocab_size=VOCAB, d_model=32, n_layers=1, n_heads=4)),
+                           tmp_path / "bare.ckpt")
+    cases.append((["validate", "--ckpt_path", str(bare), "--data.paths", "[x.py]"], "holds no tokenizer"))
     for args, message in cases:
         assert main(args) == 2, args
         err = capsys.readouterr().err

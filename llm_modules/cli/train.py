@@ -285,9 +285,12 @@ def _evaluate_checkpoint(argv: list[str]) -> list[str]:
 
     The model (class and config) comes from the checkpoint's hyper-parameters (LightningCLI reads
     them). Without a ``--config`` or a ``--data`` class, the data is a TextDataModule over the
-    ``--data.paths`` given, every document evaluated (``val_fraction`` 1.0) in blocks of the model's
-    ``max_seq_len``. Whenever the data is a TextDataModule and no ``--data.tokenizer`` is given, it
-    tokenizes with the checkpoint's own tokenizer (kept in every checkpoint), never a new one.
+    ``--data.paths`` given, in blocks of the model's ``max_seq_len``. Data named on the command line
+    alone (a TextDataModule or a PairsDataModule, no data section in a ``--config``) is evaluation
+    data: every document or record is evaluated (``val_fraction`` 1.0). Whenever the data is a
+    TextDataModule and no ``--data.tokenizer`` is given, it tokenizes with the checkpoint's own
+    tokenizer, never a new one; a checkpoint without one is an error (give ``--data.tokenizer``).
+    A PairsDataModule takes the checkpoint's tokenizer from the restored model by itself.
     """
     if not argv or argv[0] not in EVALUATING:
         return argv
@@ -324,18 +327,24 @@ def _evaluate_checkpoint(argv: list[str]) -> list[str]:
         data_class = TEXT_DATA
         out[1:1] = ["--data", TEXT_DATA]  # the class before its arguments, or they have nowhere to go
         checkpoint = _checkpoint_header(path)
-        if not _given(argv, "--data.val_fraction", "--data.init_args.val_fraction"):
-            out += ["--data.val_fraction", "1.0"]
         if not _given(argv, "--data.seq_len", "--data.init_args.seq_len"):
             max_len = (checkpoint.get("model_config") or {}).get("max_seq_len")
             if max_len:
                 out += ["--data.seq_len", str(max_len)]
-    if data_class in (TEXT_DATA, "TextDataModule") and not _given(
-        argv, "--data.tokenizer", "--data.init_args.tokenizer"
+    kind = (data_class or "").rpartition(".")[2]
+    data_from_argv = not any(isinstance(c.get("data"), dict) for c in configs)
+    if data_from_argv and kind in ("TextDataModule", "PairsDataModule") and not _given(
+        argv, "--data.val_fraction", "--data.init_args.val_fraction"
     ):
+        out += ["--data.val_fraction", "1.0"]  # files named only to be evaluated: every document / record
+    if kind == "TextDataModule" and not _given(argv, "--data.tokenizer", "--data.init_args.tokenizer"):
         tokenizer = _checkpoint_tokenizer(path)
         if tokenizer is not None:
             out += ["--data.tokenizer", str(tokenizer), "--data.train_tokenizer", "false"]
+        elif data_from_argv:
+            # A tokenizer trained here on the evaluation file would give the ids other meanings.
+            raise ConfigError(f"--ckpt_path {path!r} holds no tokenizer; give the one the model was trained with: "
+                              "--data.tokenizer PATH.model")
     return out
 
 

@@ -1,6 +1,7 @@
 """PairsDataModule: JSONL records of a source and a reference text, batched for every generating LM kind.
 
-Each line of a ``.jsonl`` file is a record; ``record_to_pair`` turns it into a (prompt, reference)
+Each line of a ``.jsonl`` file is a record (a ``.json`` file holds a list of them);
+``record_to_pair`` turns it into a (prompt, reference)
 pair of texts (by default the ``input`` and ``output`` fields as they are; a template that builds
 prompts from instruction records replaces that one function). The pair becomes, per model kind:
 
@@ -114,7 +115,8 @@ class PairsDataModule(L.LightningDataModule):
     """Source/reference pairs from JSONL files, for fine-tuning and evaluating generating LMs.
 
     Args:
-        paths: JSONL files split into train/validation by ``val_fraction``.
+        paths: JSONL files (or ``.json`` files holding a list of records) split into train/validation
+            by ``val_fraction``.
         train_paths / val_paths: the splits as files instead of ``paths`` (either may be empty).
         tokenizer: SentencePiece ``.model`` path; default: the model's own tokenizer.
         source_field / reference_field: the record keys of the source (prompt) and the reference.
@@ -171,6 +173,7 @@ class PairsDataModule(L.LightningDataModule):
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
         self.val_fraction, self.seed, self.kind, self.num_workers = val_fraction, seed, kind, num_workers
         self._tokenizer: Tokenizer | None = None
+        self._bytes_per_token: float | None = None
         self.train: list[Pair] | None = None
         self.val: list[Pair] | None = None
 
@@ -190,10 +193,11 @@ class PairsDataModule(L.LightningDataModule):
         Bits per byte = loss / ln 2 / bytes_per_token; only the references are scored, so only their
         bytes count (the truncated text where a reference was cut).
         """
-        pairs = self.val or self.train
-        if not pairs:
-            return None
-        tok = self._tokenizer
+        return self._bytes_per_token
+
+    @staticmethod
+    def _count_bytes_per_token(pairs: list[Pair], tok: Tokenizer) -> float | None:
+        # Once per load: the model asks for this figure at every validation step.
         tokens = sum(len(p.target_ids) for p in pairs)
         text_bytes = sum(len(tok.decode(p.target_ids[:-1]).encode()) for p in pairs)
         return text_bytes / tokens if tokens else None
@@ -226,6 +230,7 @@ class PairsDataModule(L.LightningDataModule):
             self.train = [r for path in self.train_paths for r in self._read(path, fmt, "data.train_paths")]
             self.val = [r for path in self.val_paths for r in self._read(path, fmt, "data.val_paths")]
         self._check_lengths()
+        self._bytes_per_token = self._count_bytes_per_token(self.val or self.train, tok)
 
     def train_dataloader(self) -> DataLoader:
         self._load()
@@ -254,29 +259,19 @@ class PairsDataModule(L.LightningDataModule):
         if not file.is_file():
             raise ConfigError(f"{field}: {path!r} is not a file; give JSONL files of records")
         tok, pairs = self._tokenizer, []
-        with open(file, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{file.name}:{line_no}"
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ConfigError(f"data: {path} line {line_no} is not JSON ({err.msg}); one record per line")
-                if not isinstance(record, dict):
-                    raise ConfigError(f"data: {path} line {line_no} is not a JSON object; one record per line")
-                try:
-                    prompt, reference = fmt(record, self.source_field, self.reference_field)
-                except KeyError as err:
-                    field = err.args[0] if err.args else "?"
-                    raise ConfigError(f"data: {path} line {line_no} has no text field {field!r}; fix the record or "
-                                      "set data.source_field / data.reference_field to the record's keys") from None
-                source = tok.encode(prompt)[: self.max_source_len]
-                if not source:
-                    raise ConfigError(f"data: {path} line {line_no}: the prompt is empty; a model needs something to "
-                                      f"answer (field {self.source_field!r})")
-                target = tok.encode(reference)[: self.max_target_len - 1] + [tok.eos_id]
-                pairs.append(Pair(source, target, reference, where))
+        for where, record in _records(file):
+            try:
+                prompt, reference = fmt(record, self.source_field, self.reference_field)
+            except KeyError as err:
+                missing = err.args[0] if err.args else "?"
+                raise ConfigError(f"data: {path} {where} has no text field {missing!r}; fix the record or "
+                                  "set data.source_field / data.reference_field to the record's keys") from None
+            source = tok.encode(prompt)[: self.max_source_len]
+            if not source:
+                raise ConfigError(f"data: {path} {where}: the prompt is empty; a model needs something to "
+                                  f"answer (field {self.source_field!r})")
+            target = tok.encode(reference)[: self.max_target_len - 1] + [tok.eos_id]
+            pairs.append(Pair(source, target, reference, f"{file.name}:{where.split()[-1]}"))
         if not pairs:
             raise ConfigError(f"{field}: {path!r} holds no records")
         return pairs
@@ -313,6 +308,37 @@ class PairsDataModule(L.LightningDataModule):
         if longest > max_len:
             raise ConfigError(f"data.max_source_len={self.max_source_len} / data.max_target_len={self.max_target_len}: "
                               f"a sequence of {longest} tokens is beyond model.config.max_seq_len={max_len}; lower them")
+
+
+def _records(file: Path):
+    """(``"line N"`` or ``"record N"``, record) for each record of a JSONL file, or of a ``.json``
+    file holding one list of records; blank JSONL lines are skipped."""
+    if file.suffix == ".json":
+        try:
+            records = json.loads(file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"data: {file} is not JSON ({err.msg} at line {err.lineno}); a .json file holds "
+                              "one list of records (or use .jsonl, one record per line)") from None
+        if not isinstance(records, list):
+            raise ConfigError(f"data: {file} holds a JSON {type(records).__name__}, not a list of records; "
+                              "write [{...}, {...}] (or use .jsonl, one record per line)")
+        for number, record in enumerate(records, 1):
+            if not isinstance(record, dict):
+                raise ConfigError(f"data: {file} record {number} is not a JSON object")
+            yield f"record {number}", record
+        return
+    with open(file, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ConfigError(f"data: {file} line {line_no} is not JSON ({err.msg}); one record per line "
+                                  "(a .json file may hold a list of records instead)") from None
+            if not isinstance(record, dict):
+                raise ConfigError(f"data: {file} line {line_no} is not a JSON object; one record per line")
+            yield f"line {line_no}", record
 
 
 def _import(path: str) -> Callable:
