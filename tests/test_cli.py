@@ -52,9 +52,10 @@ IDS = torch.randint(1, 500, (2, 10), generator=torch.Generator().manual_seed(0))
 def test_help_lists_every_subcommand(capsys):
     code, out, _ = run_cli(capsys, "--help")
     assert code == 0
-    for name in ("fit", "validate", "test", "predict", "registry", "convert"):
+    for name in ("fit", "validate", "test", "predict", "generate", "registry", "convert", "quantize"):
         assert f"  {name} " in out
-    assert set(COMMANDS) == {"fit", "validate", "test", "predict", "registry", "convert", "tokenizer"}
+    assert set(COMMANDS) == {"fit", "validate", "test", "predict", "generate", "registry", "convert", "tokenizer",
+                             "quantize"}
 
 
 def test_no_command_and_unknown_command_exit_2(capsys):

@@ -61,3 +61,25 @@ def test_prompt_data_module_checks_its_options(tmp_path):
         PromptDataModule(str(tmp_path / "none.txt"))
     with pytest.raises(ConfigError, match="batch_size"):
         PromptDataModule(str(tmp_path / "p.txt"), batch_size=0)
+
+
+def test_predict_errors_are_one_line_and_leave_the_output_alone(tok, tmp_path, monkeypatch, capsys):
+    from llm_modules import MaskedLM
+
+    monkeypatch.chdir(tmp_path)
+    bert = MaskedLM(ModelConfig(vocab_size=VOCAB, d_model=32, n_layers=1, n_heads=4, max_seq_len=64,
+                                position="learned", norm="layernorm", attention="sdpa"))
+    bert.tokenizer_bytes = tok.to_bytes()
+    save_checkpoint(bert, tmp_path / "bert.ckpt")
+    (tmp_path / "prompts.txt").write_text("x = <mask>\n")
+    (tmp_path / "out.jsonl").write_text("old\n")
+    base = ["predict", "--data", "llm_modules.data.PromptDataModule", "--data.output", "out.jsonl", *QUIET]
+    cases = [
+        (["--ckpt_path", "bert.ckpt", "--data.prompts_file", "none.txt"], "does not exist"),
+        (["--ckpt_path", "bert.ckpt", "--data.prompts_file", "prompts.txt"], "--fill-mask"),
+    ]
+    for extra, message in cases:
+        assert main([*base, *extra]) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, (extra, err)
+    assert (tmp_path / "out.jsonl").read_text() == "old\n"

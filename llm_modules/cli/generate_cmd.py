@@ -3,12 +3,16 @@
     llm-modules generate MODEL --prompt "def main():" [--max-new-tokens N] [--sample --temperature T ...]
     llm-modules generate MODEL --prompts-file prompts.txt --output generations.jsonl
     llm-modules generate MODEL --prompt-ids "5 17 42"
+    llm-modules generate BERT --fill-mask --prompt "x = <mask>(y)" [--top-k 5]
 
 MODEL is an llm-modules checkpoint (float or quantized) or a Hugging Face model folder. One prompt
 with greedy or sampled decoding is streamed to the terminal as it is generated; beams and prompt
 files print whole results. A prompts file gives one JSON record per prompt, in input order:
 ``{"prompt", "generation", "tokens"}`` (``tokens``: the new token ids). The output file is written
 to a temporary name first, so a failed run leaves an existing file as it was.
+
+The tokenizer is the checkpoint's own, else ``--tokenizer`` (a SentencePiece ``.model`` or a Hugging
+Face ``tokenizer.json``), else the Hugging Face folder's ``tokenizer.model`` or ``tokenizer.json``.
 """
 
 from __future__ import annotations
@@ -22,8 +26,16 @@ from pathlib import Path
 from llm_modules.registry import ConfigError
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes (two prompt sources, a bad number) end in one line, like every other error of
+    this command, instead of argparse's usage block."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{message} (see llm-modules generate --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="llm-modules generate",
         description="Generate text from a checkpoint or a Hugging Face folder (greedy, sampling or beam search).",
     )
@@ -35,9 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="one prompt per line, or .jsonl records with a 'prompt' field")
     source.add_argument("--prompt-ids", metavar="IDS", help="token ids to continue, e.g. '5 17 42' (no tokenizer needed)")
     parser.add_argument("--max-new-tokens", type=int, default=64, metavar="N")
-    parser.add_argument("--sample", action="store_true", help="sample instead of taking the most likely token")
+    method = parser.add_mutually_exclusive_group()
+    method.add_argument("--greedy", action="store_true", help="take the most likely token (the default)")
+    method.add_argument("--sample", action="store_true", help="sample instead of taking the most likely token")
     parser.add_argument("--temperature", type=float, default=None, metavar="T", help="with --sample")
-    parser.add_argument("--top-k", type=int, default=None, metavar="K", help="with --sample")
+    parser.add_argument("--top-k", type=int, default=None, metavar="K",
+                        help="with --sample; with --fill-mask: guesses per mask (default 5)")
     parser.add_argument("--top-p", type=float, default=None, metavar="P", help="with --sample")
     parser.add_argument("--seed", type=int, default=None, help="makes --sample reproducible")
     parser.add_argument("--num-beams", type=int, default=1, metavar="N", help="beam search with N beams")
@@ -50,8 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", metavar="FILE", help="write JSONL here instead of printing")
     parser.add_argument("--no-stream", action="store_true", help="print the result at the end, not token by token")
     parser.add_argument("--tokenizer", metavar="PATH",
-                        help="a SentencePiece .model (default: the checkpoint's, or the HF folder's tokenizer.model)")
+                        help="a SentencePiece .model or a tokenizer.json (default: the checkpoint's, "
+                             "or the HF folder's tokenizer.model / tokenizer.json)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                        help="cast the weights (default: as saved)")
+    parser.add_argument("--fill-mask", action="store_true",
+                        help="MaskedLM (BERT): print the --top-k guesses for each <mask> of the prompt")
     return parser
 
 
@@ -70,24 +90,29 @@ def load_model(path: str):
 
 
 def find_tokenizer(module, model_path: str, explicit: str | None):
-    """``--tokenizer``, else the checkpoint's own, else a Hugging Face folder's ``tokenizer.model``."""
-    from llm_modules.data.tokenizer import Tokenizer
+    """``--tokenizer``, else the checkpoint's own, else a Hugging Face folder's tokenizer file."""
+    from llm_modules.data.hf_tokenizer import folder_tokenizer, load_tokenizer
 
     if explicit:
-        return Tokenizer.load(explicit, field="--tokenizer")
+        return load_tokenizer(explicit, field="--tokenizer")
     if module.tokenizer is not None:
         return module.tokenizer
-    candidate = Path(model_path) / "tokenizer.model"
-    if Path(model_path).is_dir() and candidate.is_file():
-        return Tokenizer.load(candidate)
-    return None
+    return folder_tokenizer(model_path) if Path(model_path).is_dir() else None
 
 
-def encode(tokenizer, module, text: str) -> list[int]:
-    """Prompt ids as the model saw text in training: with BOS only when the model has one (imported
-    models such as LLaMA); llm-modules' own training data has none."""
-    bos = module.config.bos_token_id is not None and tokenizer.bos_id >= 0
-    return tokenizer.encode(text, bos=bos)
+def place(module, device: str, dtype: str | None):
+    """The model cast to ``--dtype`` and moved to ``--device``; a bad device is a one-line error."""
+    import torch
+
+    if dtype is not None and dtype != "float32":
+        if getattr(module, "quantization", None):
+            raise ConfigError(f"--dtype {dtype}: a quantized checkpoint keeps the number formats it was saved "
+                              "with (its layers compute in their input's dtype); drop --dtype")
+        module = module.to(getattr(torch, dtype))
+    try:
+        return module.to(device)
+    except (RuntimeError, AssertionError) as err:  # unknown device string, or no CUDA in this build
+        raise ConfigError(f"--device {device!r}: {err}") from None
 
 
 def generation_options(args: argparse.Namespace) -> dict:
@@ -108,21 +133,37 @@ def generation_options(args: argparse.Namespace) -> dict:
 
 
 class TerminalStream:
-    """Prints a single row's text as tokens arrive: the decoded text so far minus what was already
-    printed, so pieces that only become characters together (bytes, leading spaces) print right."""
+    """Prints one row's continuation as its tokens arrive.
 
-    def __init__(self, tokenizer, out=sys.stdout):
-        self.tokenizer, self.out = tokenizer, out
+    Each step prints the continuation text so far (``continuation_text``: decoded with the prompt's
+    last tokens, so a leading space survives) minus what is already printed: pieces that only become
+    characters together (UTF-8 bytes, a space and a word) print right. Text ending in an incomplete
+    character (U+FFFD) waits for the next token; ``finish`` prints whatever the final text adds.
+    """
+
+    def __init__(self, tokenizer, prompt_ids, out=None):
+        self.tokenizer, self.prompt_ids, self.out = tokenizer, list(prompt_ids), out
         self.tokens: list[int] = []
         self.printed = ""
 
     def __call__(self, step_tokens) -> None:
+        from llm_modules.generation.prompts import continuation_text
+
         self.tokens.append(int(step_tokens[0]))
-        text = self.tokenizer.decode(self.tokens)
+        text = continuation_text(self.tokenizer, self.prompt_ids, self.tokens)
+        if not text.endswith("\ufffd"):
+            self.show(text)
+
+    def show(self, text: str) -> None:
         if text.startswith(self.printed) and len(text) > len(self.printed):
-            self.out.write(text[len(self.printed):])
-            self.out.flush()
+            out = self.out or sys.stdout
+            out.write(text[len(self.printed):])
+            out.flush()
             self.printed = text
+
+    def finish(self, text: str) -> None:
+        self.show(text)
+        (self.out or sys.stdout).write("\n")
 
 
 def _check_ids(ids: list[int], vocab_size: int, field: str) -> None:
@@ -143,85 +184,105 @@ def _write_atomically(path: Path, text: str) -> None:
 
 def run(argv: list[str]) -> int:
     from llm_modules import MaskedLM
-    from llm_modules.generation.prompts import left_pad, new_tokens, read_prompts
+    from llm_modules.cli import fill_mask
+    from llm_modules.generation.prompts import encode_prompt, read_prompts
 
     args = build_parser().parse_args(argv)
     if args.output and Path(args.output).is_dir():
         raise ConfigError(f"--output {args.output!r} is a folder; give a file name such as generations.jsonl")
+    if args.fill_mask:
+        fill_mask.check_flags(args)
     prompts = read_prompts(args.prompts_file) if args.prompts_file else None
     module = load_model(args.model)
-    if isinstance(module, MaskedLM):
-        raise ConfigError("a MaskedLM does not generate left to right; fill masks from Python with "
-                          "lm.fill_mask(input_ids) (see the 'generate, evaluate and quantize' tutorial)")
-    module = module.to(args.device)
+    masked = isinstance(module, MaskedLM)
+    if masked and not args.fill_mask:
+        raise ConfigError("a MaskedLM does not generate left to right; pass --fill-mask and mark the "
+                          "tokens to guess with <mask> in the prompt (from Python: lm.fill_mask(input_ids))")
+    if args.fill_mask and not masked:
+        raise ConfigError(f"--fill-mask needs a MaskedLM (encoder-only); {args.model} is a {type(module).__name__}, "
+                          "which continues text: drop --fill-mask")
+    module = place(module, args.device, args.dtype)
     tokenizer = find_tokenizer(module, args.model, args.tokenizer)
-    vocab = module.config.vocab_size
     if args.prompt_ids is not None:
         try:
             rows = [[int(t) for t in args.prompt_ids.replace(",", " ").split()]]
         except ValueError:
             raise ConfigError(f"--prompt-ids {args.prompt_ids!r}: give integers separated by spaces") from None
-        _check_ids(rows[0], vocab, "--prompt-ids")
-        texts = [tokenizer.decode(rows[0]) if tokenizer is not None else args.prompt_ids]
+        _check_ids(rows[0], module.config.vocab_size, "--prompt-ids")
+        texts = [tokenizer.decode(rows[0], skip_special=not masked) if tokenizer is not None else args.prompt_ids]
     else:
         if tokenizer is None:
-            raise ConfigError(f"{args.model}: no tokenizer found (the checkpoint holds none and there is no "
-                              "tokenizer.model); pass --tokenizer PATH.model, or token ids with --prompt-ids")
+            raise ConfigError(f"{args.model}: no tokenizer found (the checkpoint holds none, and there is no "
+                              "tokenizer.model or tokenizer.json); pass --tokenizer PATH, or token ids with --prompt-ids")
         texts = prompts if prompts is not None else [args.prompt]
-        rows = [encode(tokenizer, module, t) for t in texts]
-        _check_ids([i for r in rows for i in r], vocab, "the tokenizer's ids")
-    if any(not r for r in rows) and not _is_seq2seq(module):
+        encode = fill_mask.encode_masked if masked else (lambda tok, text: encode_prompt(tok, module, text))
+        rows = [encode(tokenizer, t) for t in texts]
+        _check_ids([i for r in rows for i in r], module.config.vocab_size, "the tokenizer's ids")
+
+    if masked:
+        masks = fill_mask.fill(module, rows, tokenizer, args.top_k or 5, args.batch_size, args.device)
+        records = [{"prompt": text, "masks": found} for text, found in zip(texts, masks)]
+        if args.output or prompts is not None:
+            return _write_records(records, args.output)
+        for record in records:
+            print(record["prompt"] + "\n" + fill_mask.format_masks(record["masks"]))
+        return 0
+
+    records = _generate(args, module, tokenizer, texts, rows)
+    if args.output or prompts is not None:
+        return _write_records(records, args.output)
+    return 0
+
+
+def _generate(args, module, tokenizer, texts: list[str], rows: list[list[int]]) -> list[dict]:
+    """Generate for every row in batches; stream a single greedy or sampled row to the terminal,
+    print whole results otherwise (unless they go to JSONL); one record per row."""
+    from llm_modules.generation.prompts import continuation_text, left_pad, new_tokens, stop_ids
+
+    seq2seq = getattr(module, "kind", None) == "Seq2SeqLM"
+    if any(not r for r in rows) and not seq2seq:
         raise ConfigError("a prompt encodes to no tokens; a decoder needs at least one token to continue from")
     options = generation_options(args)
     if tokenizer is not None:
         options["tokenizer"] = tokenizer
-    eos_ids = _eos_ids(module, tokenizer)
+    eos_ids = stop_ids(module, tokenizer)
+    options["eos_token_id"] = eos_ids
     pad_id = module.config.pad_token_id
-    stream = (not args.no_stream and args.output is None and prompts is None and args.num_beams == 1
-              and tokenizer is not None)
+    quiet = args.output is not None or args.prompts_file is not None
+    stream = not (args.no_stream or quiet) and len(rows) == 1 and args.num_beams == 1 and tokenizer is not None
 
     records = []
     for start in range(0, len(rows), args.batch_size):
-        batch_rows = rows[start : start + args.batch_size]
+        batch_rows = rows[start:start + args.batch_size]
         ids, mask = left_pad(batch_rows, pad_id)
-        ids, mask = ids.to(args.device), mask.to(args.device)
         streamer = None
         if stream:
             sys.stdout.write(texts[0])
             sys.stdout.flush()
-            streamer = TerminalStream(tokenizer)
+            streamer = TerminalStream(tokenizer, [] if seq2seq else batch_rows[0])
         try:
-            out = module.generate(ids, attention_mask=mask, streamer=streamer, **options)
+            out = module.generate(ids.to(args.device), attention_mask=mask.to(args.device), streamer=streamer, **options)
         except ConfigError as err:  # name the flag, not the Python option
             raise ConfigError(str(err).replace("do_sample: true", "--sample")) from None
         for offset, tokens in enumerate(new_tokens(module, out.cpu(), ids.shape[1], eos_ids, pad_id)):
-            text = tokenizer.decode(tokens) if tokenizer is not None else " ".join(map(str, tokens))
+            if tokenizer is not None:
+                text = continuation_text(tokenizer, [] if seq2seq else batch_rows[offset], tokens)
+            else:
+                text = " ".join(map(str, tokens))
             records.append({"prompt": texts[start + offset], "generation": text, "tokens": tokens})
-        if stream:
-            sys.stdout.write("\n")
+            if streamer is not None:
+                streamer.finish(text)
+            elif not quiet:
+                print(records[-1]["prompt"] + (text if tokenizer is not None else " -> " + text))
+    return records
 
-    if args.output:
-        _write_atomically(Path(args.output), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-        print(f"wrote {len(records)} generation(s) to {args.output}", file=sys.stderr)
-    elif prompts is not None:
-        for record in records:
-            print(json.dumps(record, ensure_ascii=False))
-    elif not stream:
-        for record in records:
-            print(record["prompt"] + (record["generation"] if tokenizer is not None else " -> " + record["generation"]))
+
+def _write_records(records: list[dict], output: str | None) -> int:
+    """JSONL, one record per prompt in input order: to ``output`` atomically, or to stdout."""
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    if output:
+        _write_atomically(Path(output), text)
+        print(f"wrote {len(records)} record(s) to {output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
     return 0
-
-
-def _is_seq2seq(module) -> bool:
-    from llm_modules import Seq2SeqLM
-
-    return isinstance(module, Seq2SeqLM)
-
-
-def _eos_ids(module, tokenizer) -> set[int]:
-    """The ids that end a row, as generate chooses them by default."""
-    if module.config.eos_token_id is not None:
-        return {module.config.eos_token_id}
-    if tokenizer is not None and tokenizer.eos_id >= 0:
-        return {tokenizer.eos_id}
-    return set()

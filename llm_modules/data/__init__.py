@@ -8,6 +8,7 @@ from llm_modules.data.collators import (
     SpanCorruptionCollator,
 )
 from llm_modules.data.datamodule import TextDataModule, default_cache_dir
+from llm_modules.data.hf_tokenizer import HFTokenizer, load_tokenizer
 from llm_modules.data.packing import PackedBlocks, split_documents, stack_blocks
 from llm_modules.data.pairs import PairsDataModule
 from llm_modules.data.prompts import GenerationWriter, PromptDataModule
@@ -34,6 +35,8 @@ __all__ = [
     "PackedBlocks",
     "PairsDataModule",
     "PromptDataModule",
+    "HFTokenizer",
+    "load_tokenizer",
     "GenerationWriter",
     "ResumableSampler",
     "SourceFile",

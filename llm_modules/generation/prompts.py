@@ -50,6 +50,45 @@ def new_tokens(module, generated: torch.Tensor, prompt_width: int, eos_ids, pad_
     return rows
 
 
+def encode_prompt(tokenizer, module, text: str) -> list[int]:
+    """A prompt's ids as the model saw text in training. A Hugging Face tokenizer adds what its own
+    post-processor adds (as transformers does: BOS for LLaMA, none for GPT-2); a SentencePiece one
+    adds BOS only when the model has one (imported models such as LLaMA): llm-modules' own training
+    data has none."""
+    if hasattr(tokenizer, "encode_prompt"):
+        return tokenizer.encode_prompt(text)
+    bos = module.config.bos_token_id is not None and tokenizer.bos_id >= 0
+    return tokenizer.encode(text, bos=bos)
+
+
+def stop_ids(module, tokenizer) -> list[int]:
+    """The ids that end a row by default: the model's EOS, else its tokenizer's (none if neither).
+    Passed to ``generate`` explicitly, so a tokenizer given from outside the checkpoint counts too."""
+    if module.config.eos_token_id is not None:
+        return [module.config.eos_token_id]
+    eos = getattr(tokenizer, "eos_id", -1) if tokenizer is not None else -1
+    return [eos] if eos is not None and 0 <= eos < module.config.vocab_size else []
+
+
+def continuation_text(tokenizer, prompt_ids: Sequence[int], new_ids: Sequence[int]) -> str:
+    """The text the new tokens add after the prompt.
+
+    Decoding the new tokens alone can lose what they mean after the prompt: SentencePiece models
+    with a dummy prefix (LLaMA, T5) drop the leading space of the first piece. So the text is
+    decode(prompt tail + new) minus decode(prompt tail), as transformers' text-generation pipeline
+    does; a few prompt tokens of context suffice. Pass no prompt ids for an encoder-decoder, whose
+    output does not continue its input.
+    """
+    tail = list(prompt_ids)[-_CONTEXT:]
+    if not tail:
+        return tokenizer.decode(new_ids)
+    before, whole = tokenizer.decode(tail), tokenizer.decode(tail + list(new_ids))
+    return whole[len(before):] if whole.startswith(before) else tokenizer.decode(new_ids)
+
+
+_CONTEXT = 8  # prompt tokens decoded with the new ones (continuation_text)
+
+
 def read_prompts(path: str | os.PathLike, field: str = "prompt") -> list[str]:
     """Prompts from a file: one per line, or from ``.jsonl`` records' ``field``. Blank lines of a text
     file are skipped; escapes such as ``\\n`` are not interpreted (use JSONL for multi-line prompts)."""

@@ -177,11 +177,30 @@ class LanguageModel(L.LightningModule, abc.ABC):
         if "prompt_ids" in batch and "prompts" in batch:
             from llm_modules.data.prompts import generate_for_prompts
 
-            return generate_for_prompts(self, batch, getattr(self._datamodule(), "generation", {}))
+            return generate_for_prompts(self, batch, self._datamodule())
         logits, targets = self.logits_and_targets(batch)
         return {"predictions": logits.argmax(-1), "targets": targets}
 
     def _evaluate(self, batch, split: str) -> tuple[torch.Tensor, int]:
+        """Log ``{split}/loss`` (nats per target token), ``ppl`` (its exp) and ``bits_per_byte``.
+
+        Bits per byte is the loss in bits divided by the data module's ``bytes_per_token``: the UTF-8
+        bytes behind an average token of the text the targets come from. What it measures depends on
+        what the targets are:
+
+        - CausalLM on text: the cost of writing the text left to right; comparable across tokenizers.
+        - PrefixLM on text: the same for the part after each prefix (the prefix is not predicted),
+          costed at the average bytes of a token of the whole text.
+        - Any generating kind on reference pairs (``PairsDataModule``): the cost of the references
+          given their prompts, per byte of reference text; comparable across tokenizers.
+        - MaskedLM: the cost of the masked tokens given the rest, each costed at the average bytes
+          of a token; a figure to compare masked LMs with each other, not with left-to-right ones.
+        - Seq2SeqLM with span corruption: the loss includes the sentinel tokens, which stand for no
+          text; as rough as the MaskedLM figure, and only comparable at the same noise settings.
+
+        Logged means are weighted by target tokens, so over a whole pass the figure is total bits over
+        total bytes where the targets cover the text (CausalLM, pairs).
+        """
         out = self.compute_loss(batch)
         tokens = max(int(out["tokens"]), 1)
         loss = out["lm_loss"]
