@@ -191,16 +191,16 @@ def report(results: dict) -> str:
         f"{results['threads']} threads, best of {results['repeats']} rounds; torch {results['torch']} "
         f"({results['quantized_engine']} engine)",
         "",
-        f"| {'method':<{width}} | file (MB)      | linear weights (MB) | perplexity | ppl change | scoring tok/s "
+        f"| {'method':<{width}} |      file (MB) | linear weights (MB) | perplexity | ppl change | scoring tok/s "
         "| generation tok/s | gen. vs float |",
         f"|{'-' * (width + 2)}|---------------:|--------------------:|-----------:|-----------:|--------------:"
         "|-----------------:|--------------:|",
     ]
     for r in results["rows"]:
+        file_cell = f"{r['size_mb']:.2f} ({r['size_ratio']:.1%})"
+        linear_cell = f"{r['linear_mb']:.2f} ({r['linear_ratio']:.1%})"
         lines.append(
-            f"| {r['method']:<{width}} | {r['size_mb']:6.2f} ({r['size_ratio']:5.1%}) | "
-            f"{r['linear_mb']:7.2f} ({r['linear_ratio']:6.1%}) | "
-            f"{r['ppl']:10.3f} | "
+            f"| {r['method']:<{width}} | {file_cell:>14} | {linear_cell:>19} | {r['ppl']:10.3f} | "
             f"{r['ppl_change_pct']:+9.2f}% | {r['scoring_tokens_per_s']:13.0f} | {r['tokens_per_s']:16.1f} | "
             f"{r['speed_ratio']:13.2f} |"
         )
