@@ -88,11 +88,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
     if is_quantized(checkpoint):
         return module_from_checkpoint(checkpoint, path)
-    module = build_module(checkpoint, path)
+    return restore(build_module(checkpoint, path), checkpoint, f"checkpoint {str(path)!r}", "model_config")
+
+
+def restore(module: LanguageModel, checkpoint: dict[str, Any], where: str, described_by: str) -> LanguageModel:
+    """Load a checkpoint's weights and extras into the module built from it, in eval mode; a
+    mismatch means the file contradicts ``described_by`` (its own config), and says which tensors."""
     missing, unexpected = module.load_state_dict(checkpoint["state_dict"], strict=False)
     if missing or unexpected:
         raise ConfigError(
-            f"checkpoint {str(path)!r} does not match its own model_config "
+            f"{where} does not match its own {described_by} "
             f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
         )
     module.on_load_checkpoint(checkpoint)

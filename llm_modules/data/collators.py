@@ -112,8 +112,11 @@ def as_pair(
     return None
 
 
-def pad_sequences(sequences: Sequence[Sequence[int]], pad_value: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad to the longest row: ``(ids (B, T) long, attention_mask (B, T) long, 1 = real token)``."""
+def pad_sequences(
+    sequences: Sequence[Sequence[int]], pad_value: int, left: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad to the longest row, on the right (training batches) or the ``left`` (prompts to generate
+    from): ``(ids (B, T) long, attention_mask (B, T) long, 1 = real token)``."""
     if not sequences:
         raise ValueError("cannot collate an empty batch")
     width = max(len(s) for s in sequences)
@@ -121,8 +124,9 @@ def pad_sequences(sequences: Sequence[Sequence[int]], pad_value: int) -> tuple[t
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for row, seq in enumerate(sequences):
         if len(seq):
-            ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
-            mask[row, : len(seq)] = 1
+            cols = slice(width - len(seq), width) if left else slice(0, len(seq))
+            ids[row, cols] = torch.as_tensor(seq, dtype=torch.long)
+            mask[row, cols] = 1
     return ids, mask
 
 

@@ -19,16 +19,11 @@ from llm_modules.registry import ConfigError
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``input_ids`` and ``attention_mask`` (B, longest row), real tokens at the right."""
+    from llm_modules.data.collators import pad_sequences
+
     if not rows:
         raise ValueError("no prompts to pad")
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        if row:
-            ids[i, width - len(row):] = torch.tensor(list(row), dtype=torch.long)
-            mask[i, width - len(row):] = 1
-    return ids, mask
+    return pad_sequences(rows, pad_id, left=True)
 
 
 def new_tokens(module, generated: torch.Tensor, prompt_width: int, eos_ids, pad_id: int) -> list[list[int]]:

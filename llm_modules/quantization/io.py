@@ -64,21 +64,15 @@ def module_from_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike):
     if version > FORMAT_VERSION:
         raise ConfigError(f"{where} uses quantized format version {version}; this llm-modules reads up to "
                           f"{FORMAT_VERSION}: upgrade llm-modules")
-    from llm_modules.checkpoint import build_module
+    from llm_modules.checkpoint import build_module, restore
 
     method = build_method(info["method"], **dict(info.get("options") or {}))
     module = build_module(checkpoint, path)
     layers = list(info.get("layers") or [])
     replace_linears(module.model, layers, method.empty_linear)
-    missing, unexpected = module.load_state_dict(checkpoint["state_dict"], strict=False)
-    if missing or unexpected:
-        raise ConfigError(
-            f"{where} does not match its own model_config and quantization "
-            f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
-        )
-    module.on_load_checkpoint(checkpoint)
+    restore(module, checkpoint, where, "model_config and quantization")
     module.quantization = {"method": method.name, "options": method.options(), "layers": layers}
-    return module.eval()
+    return module
 
 
 def linear_bytes(module) -> tuple[int, int]:

@@ -19,6 +19,7 @@ trained layer; the constructor alone makes an empty layer of the right shapes fo
 
 from __future__ import annotations
 
+import abc
 import warnings
 
 import torch
@@ -29,7 +30,7 @@ from llm_modules.quantization import formats
 from llm_modules.registry import ConfigError
 
 
-class _QuantizedLinear(nn.Module):
+class _QuantizedLinear(nn.Module, abc.ABC):
     """Shape bookkeeping shared by the quantized layers (what ``nn.Linear`` reports)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool):
@@ -41,9 +42,9 @@ class _QuantizedLinear(nn.Module):
         if self.bias is not None:
             self.bias.data.copy_(linear.bias.detach().float())
 
+    @abc.abstractmethod
     def dequantized_weight(self) -> torch.Tensor:
         """The float (out_features, in_features) weight this layer computes with."""
-        raise NotImplementedError
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

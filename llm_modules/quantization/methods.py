@@ -17,6 +17,7 @@ would save disk only; norms are a vector each.
 
 from __future__ import annotations
 
+import abc
 from typing import Any, Mapping
 
 from torch import nn
@@ -29,7 +30,7 @@ METHODS = Registry("quantization method", "post-training quantization of the lin
 SKIPPED_NAMES = ("router",)
 
 
-class Method:
+class Method(abc.ABC):
     """Base of the quantization methods: how an ``nn.Linear`` is replaced, and the options to store."""
 
     name = ""
@@ -38,12 +39,13 @@ class Method:
         """Keyword arguments that rebuild this method (plain data: they are stored in the file)."""
         return {}
 
+    @abc.abstractmethod
     def quantize_linear(self, linear: nn.Linear) -> nn.Module:
-        raise NotImplementedError
+        """The quantized layer replacing a trained ``linear``."""
 
+    @abc.abstractmethod
     def empty_linear(self, linear: nn.Linear) -> nn.Module:
         """A layer of ``linear``'s shapes, for ``load_state_dict`` to fill."""
-        raise NotImplementedError
 
 
 @METHODS.register("dynamic-int8")
