@@ -54,7 +54,8 @@ def split_spec(spec: Any, slot: str) -> tuple[str, dict[str, Any]]:
 
 def _provider_of(obj: Any) -> str:
     module = getattr(obj, "__module__", "") or ""
-    return "llm_modules" if module.startswith("llm_modules") else module.split(".")[0] or "unknown"
+    top = module.split(".")[0]  # a plugin named llm_modules_* is not llm_modules itself
+    return top or "unknown"
 
 
 class Registry:

@@ -27,7 +27,9 @@ What happens, in order (``prepare_data`` does the first two once per node, ``set
 7. **Batch-size ramp** (``batch_ramp``, see ``batch_ramp``): batches grow from ``start`` to
    ``batch_size`` over the first optimizer steps.
 
-Batches are ``{"input_ids": LongTensor (batch_size, seq_len)}``. Other objectives pass ``collate_fn``:
+Batches are ``{"input_ids": LongTensor (batch_size, seq_len)}``; with ``document_mask`` they also carry
+``document_ids`` (batch_size, seq_len), each token's document within its block, so that the model keeps
+attention (and next-token targets) inside each packed document. Other objectives pass ``collate_fn``:
 any callable that turns a list of 1-D LongTensor blocks into a batch dict. Collators need token ids
 (pad, EOS, mask, sentinels) that are only known once the tokenizer is: a collator *class* with a
 ``from_tokenizer(tokenizer)`` classmethod is built through it, and an instance with a
@@ -57,6 +59,7 @@ from llm_modules.data.batch_ramp import BatchRamp, RampBatchSampler, Rows
 from llm_modules.data.collate_rng import CollatorRNG, has_rng_state
 from llm_modules.data.packing import (
     PackedBlocks,
+    WithDocumentIds,
     is_validation,
     split_documents,
     stack_blocks,
@@ -142,6 +145,10 @@ class TextDataModule(L.LightningDataModule):
             starts at ``start`` blocks and grows by ``increment`` in equal stages over the first ``steps``
             optimizer steps to ``batch_size`` (see ``llm_modules.data.batch_ramp``). Needs
             ``trainer.max_steps``.
+        document_mask: packed documents do not attend to each other: batches carry ``document_ids``,
+            the model masks attention across documents and restarts positions at each one, and no
+            next-token target crosses a boundary (see ``llm_modules.nn.documents``). Off by default:
+            every token then sees the whole block, the usual GPT-style packing.
     """
 
     def __init__(
@@ -168,6 +175,7 @@ class TextDataModule(L.LightningDataModule):
         collate_args: dict[str, Any] | None = None,
         val_batch_size: int | None = None,
         batch_ramp: dict[str, Any] | None = None,
+        document_mask: bool = False,
     ):
         super().__init__()
         _positive("data.seq_len", seq_len)
@@ -198,6 +206,7 @@ class TextDataModule(L.LightningDataModule):
         self.tokenizer_max_sentences = tokenizer_max_sentences
         self.collate_fn, self.collate_args = collate_fn, dict(collate_args or {})
         self.ramp = BatchRamp.parse(batch_ramp, batch_size)
+        self.document_mask = bool(document_mask)
         self._spec = _unique_names(self._source_spec())  # checks paths / weights / mixture now, not at setup
         self._tokenizer: Tokenizer | None = None
         self._sources: list[_Source] | None = None
@@ -440,6 +449,8 @@ class TextDataModule(L.LightningDataModule):
                               "trainer.val_check_interval to a number of steps")
 
     def _loader(self, dataset, batch_size: int | None, collate: Callable, **kwargs) -> DataLoader:
+        if self.document_mask:
+            collate = WithDocumentIds(collate, self.tokenizer.eos_id)
         # Its own generator: a new iterator draws its worker base seed from here, not from the global RNG.
         return DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0,

@@ -122,3 +122,44 @@ class PackedBlocks(Dataset):
 def stack_blocks(blocks: list[torch.Tensor]) -> dict[str, torch.Tensor]:
     """The causal-LM batch: ``{"input_ids": (B, seq_len)}``; the model derives targets by shifting."""
     return {"input_ids": torch.stack([torch.as_tensor(b, dtype=torch.long) for b in blocks])}
+
+
+# ---- document boundaries --------------------------------------------------------------------------------
+
+
+def document_ids(blocks: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """(B, T) index of each token's document within its block: the number of EOS tokens before it.
+
+    Packing ends every document with EOS and the tokenizer never produces EOS from text, so the EOS
+    tokens are exactly the boundaries; an EOS belongs to the document it closes. A block's first
+    document may be the tail of one begun in the previous block: it is simply a shorter document.
+    """
+    eos = (blocks == eos_id).long()
+    return eos.cumsum(-1) - eos
+
+
+class WithDocumentIds:
+    """A collate function that adds ``document_ids`` (B, T) to the batch another one builds.
+
+    The boundaries come from the packed blocks themselves, before the collator rewrites anything
+    (a masking collator may replace tokens), so it works with any collator that keeps each block's
+    tokens in place: the default causal stack and the masked-LM collator. One that changes the
+    length (span corruption) or adds a per-row prefix is refused: their rows are not the packed
+    documents any more.
+    """
+
+    def __init__(self, collate, eos_id: int):
+        self.collate, self.eos_id = collate, int(eos_id)
+
+    def __call__(self, blocks: list) -> dict[str, torch.Tensor]:
+        batch = self.collate(blocks)
+        stacked = torch.stack([torch.as_tensor(b, dtype=torch.long) for b in blocks])
+        if "prefix_lengths" in batch or tuple(batch["input_ids"].shape) != tuple(stacked.shape):
+            name = getattr(self.collate, "__name__", type(self.collate).__name__)
+            raise ConfigError(
+                "data.document_mask needs a collator that keeps the packed blocks as they are (the causal "
+                f"default or MaskingCollator); {name} changes them. Set data.document_mask: false for this "
+                "objective"
+            )
+        batch["document_ids"] = document_ids(stacked, self.eos_id)
+        return batch

@@ -10,17 +10,19 @@ class MaskedLM(LanguageModel):
     """Encoder-only LM. ``lm(input_ids, attention_mask=None, token_type_ids=None) -> logits``.
 
     Batch: ``input_ids`` (with mask tokens already placed), ``labels`` (the original token where a
-    loss is taken, IGNORE_INDEX elsewhere), optional ``attention_mask`` and ``token_type_ids``.
+    loss is taken, IGNORE_INDEX elsewhere), optional ``attention_mask``, ``token_type_ids`` and
+    ``document_ids`` (packed documents that must not see each other, ``data.document_mask``).
     """
 
     def build_model(self, config):
         return EncoderLM(config)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
-        return self.model(input_ids, attention_mask, token_type_ids)
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, document_ids=None):
+        return self.model(input_ids, attention_mask, token_type_ids, document_ids=document_ids)
 
     def logits_and_targets(self, batch):
-        logits = self(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"))
+        logits = self(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"),
+                      batch.get("document_ids"))
         return logits, batch["labels"]
 
     def fill_mask(self, input_ids, attention_mask=None, top_k: int = 5, **options):

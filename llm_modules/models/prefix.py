@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from llm_modules.models.base import IGNORE_INDEX, LanguageModel, shift_targets
+from llm_modules.models.causal import within_documents
 from llm_modules.nn.lm import DecoderLM, positions_from
 
 
@@ -18,18 +19,20 @@ class PrefixLM(LanguageModel):
     def build_model(self, config):
         return DecoderLM(config, prefix=True)
 
-    def forward(self, input_ids, attention_mask=None, prefix_lengths=None):
-        return self.model(input_ids, attention_mask, prefix_lengths)
+    def forward(self, input_ids, attention_mask=None, prefix_lengths=None, document_ids=None):
+        """``document_ids`` (packed documents) only without ``prefix_lengths``: a prefix is per row."""
+        return self.model(input_ids, attention_mask, prefix_lengths, document_ids=document_ids)
 
     def logits_and_targets(self, batch):
         ids, mask, prefix = batch["input_ids"], batch.get("attention_mask"), batch.get("prefix_lengths")
+        documents = batch.get("document_ids")
         targets = batch.get("labels")
         if targets is None:
-            targets = shift_targets(ids, mask)
+            targets = within_documents(shift_targets(ids, mask), documents)
             if prefix is not None:
                 # Logit t predicts the next token; it is inside the prefix when its position < prefix.
                 # Positions count real tokens (as the attention mask does), so left padding does not
                 # move the prefix boundary.
                 position = positions_from(mask, ids.shape[0], ids.shape[1], ids.device)
                 targets = targets.masked_fill(position + 1 < prefix.unsqueeze(1), IGNORE_INDEX)
-        return self(ids, mask, prefix), targets
+        return self(ids, mask, prefix, documents), targets

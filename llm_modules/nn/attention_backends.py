@@ -34,11 +34,17 @@ class AttentionBackend(abc.ABC):
         needs_masks: bool = True,
         position: str | None = None,
         masks: str | None = None,
+        encoding: object | None = None,
+        features: frozenset[str] = frozenset(),
     ) -> None:
         """Raise ConfigError if this backend cannot compute what the model asks for.
 
         ``position`` and ``masks`` name what asks for a bias / a structured mask, so the message
-        names the whole combination (e.g. attention 'x' + position 't5').
+        names the whole combination (e.g. attention 'x' + position 't5'). ``encoding`` is the
+        position encoding itself and ``features`` the stack's mask structure as short keys
+        (``bidirectional``, ``prefix``, ``cross``, ``sliding_window``, ``sparse_stride``), for
+        backends that serve some structures or biases and not others (a plugin overrides this
+        method, calls it via ``super()`` and adds its own refusals).
         """
         if needs_bias and not self.supports_bias:
             what = f"position {position!r}" if position else "this position encoding"
@@ -56,6 +62,12 @@ class AttentionBackend(abc.ABC):
                 f"attention {self.name!r} supports only plain causal masks, and this model needs more{what}; "
                 "use attention 'sdpa' or 'eager'"
             )
+
+    def score_bias(self, encoding, q_len: int, k_len: int, q_offset: int = 0):
+        """What this backend receives as ``bias``: by default the encoding's dense additive bias
+        (B or 1, H, Tq, Tk) or None. A backend with a fused form of some bias (flash-attn's ALiBi
+        slopes) returns that instead, so the dense tensor is never built."""
+        return encoding.bias(q_len, k_len, q_offset)
 
     @abc.abstractmethod
     def __call__(

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from llm_modules.nn.embedding import LMHead, TokenEmbedding
+from llm_modules.nn.documents import check_document_ids, restart_positions
 from llm_modules.nn.init import init_weights
 from llm_modules.nn.kv_cache import KVCache
 from llm_modules.nn.masks import AttentionMask
@@ -35,12 +36,15 @@ def padding_of(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
 def self_attention_mask(
     cfg, attention_mask: torch.Tensor | None, batch: int, new: int, device, *, causal: bool,
     prefix_lengths: torch.Tensor | None = None, cache: KVCache | None = None,
+    document_ids: torch.Tensor | None = None,
 ) -> tuple[AttentionMask, torch.Tensor]:
     """The self-attention mask over ``new`` tokens, and their positions.
 
     Without a cache the new tokens are the whole sequence. With one, ``attention_mask`` covers the
     cached tokens and the new ones (B, past + new), the mask's keys span both and its queries start
     at the cached length, and the positions returned are the new tokens' only.
+    ``document_ids`` (B, T) marks packed documents (``nn.documents``): attention stays inside a
+    document and positions restart at each one. Training only: not with a cache or a prefix.
     """
     past = cache.length if cache is not None else 0
     total = past + new
@@ -50,10 +54,20 @@ def self_attention_mask(
             f"it must cover {total}"
         )
     positions = positions_from(attention_mask, batch, total, device)
+    structure = mask_positions(attention_mask, positions)
+    if document_ids is not None:
+        if cache is not None or prefix_lengths is not None:
+            raise ValueError(
+                "document_ids (packed documents) cannot be combined with "
+                + ("a KV cache: decode one document per row" if cache is not None
+                   else "prefix_lengths: a prefix belongs to a row, not to a document; drop data.document_mask")
+            )
+        check_document_ids(document_ids, batch, total)
+        positions = structure = restart_positions(positions, document_ids)
     mask = AttentionMask(
         new, total, causal=causal, prefix_lengths=prefix_lengths, key_padding=padding_of(attention_mask),
-        window=cfg.sliding_window, stride=cfg.sparse_stride, q_offset=past,
-        positions=mask_positions(attention_mask, positions),
+        window=cfg.sliding_window, stride=cfg.sparse_stride, q_offset=past, positions=structure,
+        documents=document_ids,
     )
     return mask, positions[:, past:]
 
@@ -84,7 +98,7 @@ class _SingleStackLM(nn.Module):
         layers = deepnorm_constants(0 if self.causal else cfg.n_layers, cfg.n_layers if self.causal else 0)
         self.stack = Stack(
             cfg, cfg.n_layers, cross=False, bidirectional=bidirectional_positions,
-            deepnorm=layers["decoder" if self.causal else "encoder"],
+            deepnorm=layers["decoder" if self.causal else "encoder"], prefix=self.causal and bidirectional_positions,
         )
         self.head = LMHead(
             cfg.d_model, cfg.vocab_size, bias=cfg.lm_head_bias,
@@ -94,12 +108,13 @@ class _SingleStackLM(nn.Module):
         init_weights(self, cfg.init_std, cfg.n_layers)
 
     def hidden(
-        self, input_ids, attention_mask=None, prefix_lengths=None, token_type_ids=None, cache: KVCache | None = None
+        self, input_ids, attention_mask=None, prefix_lengths=None, token_type_ids=None, cache: KVCache | None = None,
+        document_ids=None,
     ) -> torch.Tensor:
         batch, length = input_ids.shape
         mask, positions = self_attention_mask(
             self.config, attention_mask, batch, length, input_ids.device, causal=self.causal,
-            prefix_lengths=prefix_lengths, cache=cache,
+            prefix_lengths=prefix_lengths, cache=cache, document_ids=document_ids,
         )
         hidden = self.stack(self.embed(input_ids, token_type_ids), mask, positions, cache=cache)
         if cache is not None:
@@ -117,10 +132,13 @@ class DecoderLM(_SingleStackLM):
         super().__init__(cfg, bidirectional_positions=prefix)
         self.prefix = prefix
 
-    def forward(self, input_ids, attention_mask=None, prefix_lengths=None, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(
+        self, input_ids, attention_mask=None, prefix_lengths=None, cache: KVCache | None = None, document_ids=None,
+    ) -> torch.Tensor:
         """Logits (B, T, V). With a ``cache`` (decoding), ``input_ids`` are the tokens after the
-        cached ones and ``attention_mask`` covers cached and new tokens (see ``self_attention_mask``)."""
-        return self.head(self.hidden(input_ids, attention_mask, prefix_lengths, cache=cache))
+        cached ones and ``attention_mask`` covers cached and new tokens (see ``self_attention_mask``).
+        ``document_ids`` (B, T): packed documents that must not attend to each other."""
+        return self.head(self.hidden(input_ids, attention_mask, prefix_lengths, cache=cache, document_ids=document_ids))
 
 
 class EncoderLM(_SingleStackLM):
@@ -131,8 +149,10 @@ class EncoderLM(_SingleStackLM):
     def __init__(self, cfg):
         super().__init__(cfg, bidirectional_positions=True)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
-        return self.head(self.hidden(input_ids, attention_mask, token_type_ids=token_type_ids))
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, document_ids=None) -> torch.Tensor:
+        """Logits (B, T, V); ``document_ids`` (B, T) as in ``DecoderLM.forward``."""
+        hidden = self.hidden(input_ids, attention_mask, token_type_ids=token_type_ids, document_ids=document_ids)
+        return self.head(hidden)
 
 
 class EncoderDecoderLM(nn.Module):

@@ -2,6 +2,8 @@
 
 The same description renders as a dense boolean tensor (eager, sdpa) or as a FlexAttention
 ``mask_mod`` (flex), because both come from one elementwise predicate, ``allows(b, q, k)``.
+Kernels that take packed sequences instead of a mask (flash-attn, xformers) read the same
+description through ``nn.varlen``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ class AttentionMask:
       key index ``i + q_offset``). When given, causal order, prefix length, window and stride blocks
       are measured in these positions rather than in raw indices, so left padding does not move a
       prefix boundary or a stride block; without it, index = position.
+    - ``documents`` (B, Tk): the document each key belongs to, in contiguous runs (packed blocks:
+      several documents laid end to end in one row). A query sees only keys of its own document,
+      so each document is computed as if it were alone in the row (``positions`` then restart at
+      each document, see ``nn.documents``).
     """
 
     q_len: int
@@ -37,10 +43,11 @@ class AttentionMask:
     stride: int | None = None
     q_offset: int = 0
     positions: torch.Tensor | None = None
+    documents: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
-        for t in (self.prefix_lengths, self.key_padding, self.positions):
+        for t in (self.prefix_lengths, self.key_padding, self.positions, self.documents):
             if t is not None:
                 return t.shape[0]
         return 1
@@ -55,6 +62,7 @@ class AttentionMask:
             and self.window is None
             and self.stride is None
             and self.positions is None
+            and self.documents is None
             and self.q_offset == 0
             and self.q_len == self.k_len
         )
@@ -62,13 +70,16 @@ class AttentionMask:
     @property
     def is_empty(self) -> bool:
         """Nothing is masked: every query sees every key."""
-        return not self.causal and self.key_padding is None and self.window is None and self.stride is None
+        return (
+            not self.causal and self.key_padding is None and self.window is None and self.stride is None
+            and self.documents is None
+        )
 
     def allows(self, b: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """True where query q of example b may see key k. Works on broadcastable index tensors."""
         q = q + self.q_offset
         ok = torch.ones_like(q == k)
-        key_index = k
+        query_index, key_index = q, k
         if self.positions is not None:
             q, k = self.positions[b, q], self.positions[b, k]
         if self.causal:
@@ -87,6 +98,8 @@ class AttentionMask:
             ok = ok & (same_block | summary)
         if self.key_padding is not None:
             ok = ok & self.key_padding[b, key_index]
+        if self.documents is not None:
+            ok = ok & (self.documents[b, query_index] == self.documents[b, key_index])
         return ok
 
     def dense(self, device: torch.device | str | None = None) -> torch.Tensor:
@@ -96,7 +109,7 @@ class AttentionMask:
         to every key instead, so softmax stays finite; such rows are padding and never read.
         """
         if device is None:
-            for t in (self.prefix_lengths, self.key_padding, self.positions):
+            for t in (self.prefix_lengths, self.key_padding, self.positions, self.documents):
                 if t is not None:
                     device = t.device
         b = torch.arange(self.batch_size, device=device).view(-1, 1, 1, 1)

@@ -71,12 +71,17 @@ class Block(nn.Module):
 class Stack(nn.Module):
     """Embedded tokens -> hidden states: positions, optional embedding norm, blocks, final norm.
 
-    ``bidirectional`` tells relative encodings (T5 buckets) whether keys to the right exist.
+    ``bidirectional`` tells relative encodings (T5 buckets) whether keys to the right exist;
+    ``prefix`` that the self-attention is a prefix-LM mask (bidirectional over a prefix, causal
+    after), which some backends cannot compute.
     ``checkpointed`` holds the indices of the blocks whose activations are recomputed in the
     backward pass instead of kept (set with ``checkpoint_blocks``; empty by default).
     """
 
-    def __init__(self, cfg: Any, n_layers: int, *, cross: bool, bidirectional: bool, deepnorm: tuple[float, float]):
+    def __init__(
+        self, cfg: Any, n_layers: int, *, cross: bool, bidirectional: bool, deepnorm: tuple[float, float],
+        prefix: bool = False,
+    ):
         super().__init__()
         self.position = POSITIONS.build(
             cfg.position, d_model=cfg.d_model, n_heads=cfg.n_heads, head_dim=cfg.dim_per_head,
@@ -84,7 +89,7 @@ class Stack(nn.Module):
         )
         # One backend for the whole stack, checked before any layer is built: a combination it
         # cannot serve fails here, naming the combination.
-        backend = ATTENTIONS.build(cfg.attention)
+        backend = ATTENTIONS.build(cfg.attention, head_dim=cfg.dim_per_head)
         # What needs more than a plain causal mask (padding is only known at run time, where the
         # backend itself must refuse a mask it cannot serve).
         masks = [
@@ -97,10 +102,20 @@ class Stack(nn.Module):
             )
             if needed
         ]
+        features = {
+            key
+            for key, needed in (
+                ("bidirectional", bidirectional and not prefix), ("prefix", prefix), ("cross", cross),
+                ("sliding_window", cfg.sliding_window), ("sparse_stride", cfg.sparse_stride),
+            )
+            if needed
+        }
         backend.check(
             needs_bias=self.position.bias(1, 1) is not None, dropout=cfg.attention_dropout,
             needs_masks=bool(masks), position=split_spec(cfg.position, "position")[0], masks=", ".join(masks),
+            encoding=self.position, features=frozenset(features),
         )
+        self.backend = backend
         self.embedding_norm = build_norm(cfg) if cfg.embedding_norm else None
         self.dropout = nn.Dropout(cfg.dropout)
         alpha, beta = deepnorm
@@ -139,7 +154,7 @@ class Stack(nn.Module):
             x = self.embedding_norm(x)
         x = self.dropout(x)
         self.position.check_length(mask.q_len + mask.q_offset)
-        bias = self.position.bias(mask.q_len, mask.k_len, mask.q_offset)
+        bias = self.backend.score_bias(self.position, mask.q_len, mask.k_len, mask.q_offset)
         recompute = self.checkpointed and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
             if recompute and cache is None and i in self.checkpointed:
