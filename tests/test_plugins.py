@@ -147,3 +147,42 @@ def test_config_plugins_list_loads_a_module(local_plugin, tmp_path, monkeypatch)
     with torch.no_grad():
         assert torch.isfinite(lm(torch.randint(0, cfg.vocab_size, (1, 6)))).all()
     assert any(type(m).__name__ == "CenterNorm" for m in lm.modules())
+
+
+# ---- the repository's example plugin (plugins/example, installed with the dev install) ---------------------
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_example_plugin_is_discovered_listed_and_usable_by_name(capsys):
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution("llm-modules-example")
+    except metadata.PackageNotFoundError:
+        pytest.fail("plugins/example is not installed; pip install -e plugins/example -e plugins/flash_attn "
+                    "-e plugins/xformers (README's test command does)", pytrace=False)
+    assert [ep.value for ep in dist.entry_points if ep.group == registry.PLUGIN_GROUP] == ["llm_modules_example"]
+    registry.load_plugins()
+    assert "llm_modules_example" in registry._loaded_modules  # through the entry point, not an import here
+    assert main(["registry", "--format", "json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    providers = {(slot, e["name"]): e["provider"] for slot, entries in listing.items() for e in entries}
+    assert providers[("norm", "dyt")] == providers[("activation", "relu2")] == "llm_modules_example"
+    cfg = ModelConfig.from_preset("gpt2-tiny", norm={"name": "dyt", "alpha": 0.8}, activation="relu2")
+    lm = CausalLM(cfg).eval()
+    with torch.no_grad():
+        assert torch.isfinite(lm(torch.randint(0, cfg.vocab_size, (1, 6)))).all()
+    assert {"DynamicTanh", "SquaredReLU"} <= {type(m).__name__ for m in lm.modules()}
+    with pytest.raises(ConfigError, match=r"norm 'dyt' has no option 'eps'; its options: alpha, dim"):
+        CausalLM(ModelConfig.from_preset("gpt2-tiny", norm={"name": "dyt", "eps": 1e-5}))
+
+
+def test_the_plugin_tutorial_shows_the_example_plugin_as_it_is():
+    """The tutorial's file blocks are the plugin's files, so the page cannot drift from the code."""
+    from test_docs import parse
+
+    shown = {b.directives["file"]: b.text for b in parse(REPO / "docs/tutorials/plugin.md") if "file" in b.directives}
+    assert {"plugins/example/pyproject.toml", "plugins/example/llm_modules_example/dyt.py"} <= set(shown)
+    for path, text in shown.items():
+        assert (REPO / path).read_text() == text, f"docs/tutorials/plugin.md shows an outdated {path}"
