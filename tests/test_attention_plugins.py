@@ -153,24 +153,26 @@ def _alibi(mask):
     return -alibi_slopes(H).view(1, H, 1, 1) * (q - torch.arange(mask.k_len).view(1, -1)).abs().float()
 
 
+def _with_reference_kernels(monkeypatch, module, backend_class, kernels):
+    """The plugin's backend, runnable on CPU: reference kernels, no CUDA requirement."""
+    monkeypatch.setattr(module, "unavailable", lambda: None)
+    monkeypatch.setattr(backend_class, "kernels", staticmethod(kernels))
+    monkeypatch.setattr(backend_class, "require_tensors", staticmethod(lambda q: None))
+    return backend_class
+
+
 @pytest.fixture
 def flash(monkeypatch):
     from llm_modules_flash_attn import backend
 
-    monkeypatch.setattr(backend, "unavailable", lambda: None)
-    monkeypatch.setattr(backend.FlashAttention, "kernels", staticmethod(refs.flash_kernels))
-    monkeypatch.setattr(backend.FlashAttention, "require_tensors", staticmethod(lambda q: None))
-    return backend.FlashAttention
+    return _with_reference_kernels(monkeypatch, backend, backend.FlashAttention, refs.flash_kernels)
 
 
 @pytest.fixture
 def xformers(monkeypatch):
     from llm_modules_xformers import backend
 
-    monkeypatch.setattr(backend, "unavailable", lambda: None)
-    monkeypatch.setattr(backend.XFormersAttention, "kernels", staticmethod(refs.xformers_fmha))
-    monkeypatch.setattr(backend.XFormersAttention, "require_tensors", staticmethod(lambda q: None))
-    return backend.XFormersAttention
+    return _with_reference_kernels(monkeypatch, backend, backend.XFormersAttention, refs.xformers_fmha)
 
 
 @pytest.mark.parametrize("name, alibi", [(name, alibi) for name in sorted(MASKS) for alibi in (False, True)

@@ -176,5 +176,18 @@ class FlexAttention(AttentionBackend):
         return out
 
 
+def require_cuda(backend: str, q: torch.Tensor) -> None:
+    """Refuse non-CUDA tensors in a CUDA-only backend (the kernel plugins), saying what to do instead.
+
+    Model build already refuses such a backend on a machine without a GPU; this catches a model
+    built on a GPU machine and then run on CPU tensors, which the kernels would reject obscurely.
+    """
+    if q.device.type != "cuda":
+        raise RuntimeError(
+            f"attention {backend!r} runs on CUDA tensors and got {q.device.type} ones; move the model to the "
+            "GPU (trainer.accelerator: gpu) or build it with attention 'sdpa'"
+        )
+
+
 def default_scale(head_dim: int) -> float:
     return 1.0 / math.sqrt(head_dim)

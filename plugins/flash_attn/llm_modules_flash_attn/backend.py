@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from llm_modules.nn.attention_backends import AttentionBackend
+from llm_modules.nn.attention_backends import AttentionBackend, require_cuda
 from llm_modules.nn.masks import AttentionMask
 from llm_modules.nn.positions import ALiBi
 from llm_modules.nn.varlen import needs_segments, segments
@@ -130,11 +130,7 @@ class FlashAttention(AttentionBackend):
     @staticmethod
     def require_tensors(q: torch.Tensor) -> None:
         """Refuse inputs the kernels cannot take, rather than converting them (which changes the math)."""
-        if q.device.type != "cuda":
-            raise RuntimeError(
-                f"attention 'flash_attn' runs on CUDA tensors and got {q.device.type} ones; move the model to the "
-                "GPU (trainer.accelerator: gpu) or build it with attention 'sdpa'"
-            )
+        require_cuda("flash_attn", q)
         if q.dtype not in (torch.float16, torch.bfloat16):
             raise RuntimeError(
                 f"attention 'flash_attn' computes in float16/bfloat16 and got {q.dtype}; train with "

@@ -21,7 +21,7 @@ import functools
 
 import torch
 
-from llm_modules.nn.attention_backends import AttentionBackend, repeat_kv
+from llm_modules.nn.attention_backends import AttentionBackend, repeat_kv, require_cuda
 from llm_modules.nn.masks import AttentionMask
 from llm_modules.nn.varlen import needs_segments, segments
 from llm_modules.registry import ATTENTIONS, ConfigError
@@ -90,12 +90,7 @@ class XFormersAttention(AttentionBackend):
 
     @staticmethod
     def require_tensors(q: torch.Tensor) -> None:
-        if q.device.type != "cuda":
-            raise RuntimeError(
-                f"attention 'xformers' runs on CUDA tensors and got {q.device.type} ones; move the model to the "
-                "GPU (trainer.accelerator: gpu) or build it with attention 'sdpa'"
-            )
-
+        require_cuda("xformers", q)
 
 def additive_bias(
     mask: AttentionMask, bias: torch.Tensor | None, batch: int, heads: int, dtype, device
