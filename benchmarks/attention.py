@@ -115,7 +115,7 @@ def run_one(name: str, args, seq: int, batch: int) -> str:
     except (RuntimeError, NotImplementedError) as err:
         return f"skipped: {str(err).splitlines()[0]}"
     flops = 4 * args.head_dim * args.heads * visible_pairs(seq, causal, docs, batch) * 3.5
-    return f"{seconds * 1e3:9.2f} ms  {flops / seconds / 1e12:8.1f} TFLOP/s"
+    return f"{seconds * 1e3:9.2f} ms  {flops / seconds / 1e12:8.3g} TFLOP/s"
 
 
 def main(argv=None) -> None:
