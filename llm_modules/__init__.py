@@ -5,7 +5,9 @@ from llm_modules.models import CausalLM, LanguageModel, MaskedLM, PrefixLM, Seq2
 from llm_modules.registry import (
     ACTIVATIONS,
     ATTENTIONS,
+    MODEL_REGISTRIES,
     NORMS,
+    PEFT_METHODS,
     POSITIONS,
     REGISTRIES,
     RESIDUALS,
@@ -33,6 +35,7 @@ def to_hf(module, path, **kwargs):
 
 __all__ = [
     "ModelConfig", "CausalLM", "PrefixLM", "Seq2SeqLM", "MaskedLM", "LanguageModel", "from_hf", "to_hf",
-    "Registry", "NORMS", "RESIDUALS", "ACTIVATIONS", "POSITIONS", "ATTENTIONS", "REGISTRIES",
+    "Registry", "NORMS", "RESIDUALS", "ACTIVATIONS", "POSITIONS", "ATTENTIONS", "PEFT_METHODS",
+    "MODEL_REGISTRIES", "REGISTRIES",
     "ConfigError", "load_plugins", "__version__",
 ]

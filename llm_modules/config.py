@@ -11,7 +11,7 @@ from typing import Any, Union
 
 import yaml
 
-from llm_modules.registry import REGISTRIES, ConfigError, load_plugins
+from llm_modules.registry import MODEL_REGISTRIES, ConfigError, load_plugins
 
 #: a component slot: a registered name, or {name: ..., <the component's keyword arguments>}
 Component = Union[str, dict[str, Any]]
@@ -108,7 +108,7 @@ class ModelConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < self.vocab_size):
                 raise ConfigError(f"{name}={value!r} must be null or a token id below vocab_size={self.vocab_size}")
-        for slot, registry in REGISTRIES.items():
+        for slot, registry in MODEL_REGISTRIES.items():
             registry.validate(getattr(self, slot))
 
     # ---- derived ------------------------------------------------------------------------------------------

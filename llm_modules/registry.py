@@ -168,7 +168,11 @@ ACTIVATIONS = Registry("activation", "feed-forward blocks, named by their activa
 POSITIONS = Registry("position", "position encodings")
 ATTENTIONS = Registry("attention", "attention backends")
 
-REGISTRIES: dict[str, Registry] = {r.slot: r for r in (NORMS, RESIDUALS, ACTIVATIONS, POSITIONS, ATTENTIONS)}
+# The slots of a ModelConfig (each a field of the config, validated when the config is).
+MODEL_REGISTRIES: dict[str, Registry] = {r.slot: r for r in (NORMS, RESIDUALS, ACTIVATIONS, POSITIONS, ATTENTIONS)}
+# Fine-tuning methods: the ``peft`` option of a LanguageModel, not part of the architecture.
+PEFT_METHODS = Registry("peft", "parameter-efficient fine-tuning methods")
+REGISTRIES: dict[str, Registry] = {**MODEL_REGISTRIES, PEFT_METHODS.slot: PEFT_METHODS}
 
 _plugins_loaded = False
 _loaded_modules: set[str] = set()
@@ -177,6 +181,7 @@ plugin_errors: dict[str, str] = {}
 
 def _load_builtins() -> None:
     import llm_modules.nn  # noqa: F401  (registers the built-in components)
+    import llm_modules.peft  # noqa: F401  (and the built-in fine-tuning methods)
 
 
 def load_plugins(extra: list[str] | tuple[str, ...] = ()) -> dict[str, str]:

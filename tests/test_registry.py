@@ -15,7 +15,7 @@ from torch import nn
 from _core_helpers import build, tiny_config
 from llm_modules import ACTIVATIONS, ATTENTIONS, NORMS, POSITIONS, RESIDUALS, CausalLM, ConfigError, ModelConfig
 from llm_modules.nn.norms import LayerNorm, RMSNorm, ScaleNorm
-from llm_modules.registry import REGISTRIES, Registry, catalogue, split_spec
+from llm_modules.registry import MODEL_REGISTRIES, REGISTRIES, Registry, catalogue, split_spec
 
 
 # ---- registration ------------------------------------------------------------------------------------------
@@ -149,9 +149,12 @@ def test_every_builtin_is_listed_with_a_doc():
         "activation": {"relu", "gelu", "swish", "glu", "bilinear", "reglu", "geglu", "swiglu", "moe"},
         "position": {"none", "sinusoidal", "learned", "t5", "alibi", "rope"},
         "attention": {"eager", "sdpa", "flex"},
+        "peft": {"lora", "qlora", "adapter"},
     }
     cat = catalogue()
-    assert set(REGISTRIES) == set(expected) == {"norm", "residual", "activation", "position", "attention"}
+    assert set(REGISTRIES) == set(expected) == {"norm", "residual", "activation", "position", "attention", "peft"}
+    # the model's architecture slots (fields of ModelConfig); fine-tuning methods are not one of them
+    assert set(MODEL_REGISTRIES) == {"norm", "residual", "activation", "position", "attention"}
     for slot, names in expected.items():
         entries = {e["name"]: e for e in cat[slot]}
         assert names <= set(entries), slot

@@ -5,13 +5,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from llm_modules.nn.embedding import LMHead, TokenEmbedding
 from llm_modules.nn.documents import check_document_ids, restart_positions
+from llm_modules.nn.embedding import LMHead, TokenEmbedding
 from llm_modules.nn.init import init_weights
 from llm_modules.nn.kv_cache import KVCache
 from llm_modules.nn.masks import AttentionMask
 from llm_modules.nn.residual import deepnorm_constants
 from llm_modules.nn.transformer import Stack, build_norm
+from llm_modules.nn.virtual_tokens import (
+    VirtualTokens,
+    memory_padding,
+    place_virtual_tokens,
+)
 
 
 def positions_from(attention_mask: torch.Tensor | None, batch: int, length: int, device) -> torch.Tensor:
@@ -36,17 +41,19 @@ def padding_of(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
 def self_attention_mask(
     cfg, attention_mask: torch.Tensor | None, batch: int, new: int, device, *, causal: bool,
     prefix_lengths: torch.Tensor | None = None, cache: KVCache | None = None,
-    document_ids: torch.Tensor | None = None,
+    document_ids: torch.Tensor | None = None, virtual_keys: int = 0,
 ) -> tuple[AttentionMask, torch.Tensor]:
     """The self-attention mask over ``new`` tokens, and their positions.
 
     Without a cache the new tokens are the whole sequence. With one, ``attention_mask`` covers the
     cached tokens and the new ones (B, past + new), the mask's keys span both and its queries start
     at the cached length, and the positions returned are the new tokens' only.
+    ``virtual_keys`` more keys come before the new tokens without being cached yet (prefix tuning's
+    key/value prefixes, ``nn.virtual_tokens``): they count as past, and the mask covers them too.
     ``document_ids`` (B, T) marks packed documents (``nn.documents``): attention stays inside a
     document and positions restart at each one. Training only: not with a cache or a prefix.
     """
-    past = cache.length if cache is not None else 0
+    past = (cache.length if cache is not None else 0) + virtual_keys
     total = past + new
     if attention_mask is not None and attention_mask.shape[1] != total:
         raise ValueError(
@@ -86,9 +93,15 @@ def aux_loss(model: nn.Module) -> torch.Tensor | None:
 
 
 class _SingleStackLM(nn.Module):
-    """Embedding -> one stack -> head; subclasses choose the mask."""
+    """Embedding -> one stack -> head; subclasses choose the mask.
+
+    ``virtual_tokens`` (None: none) adds learned tokens in front of the real ones: soft prompts or
+    key/value prefixes (``nn.virtual_tokens``, set by PEFT methods); logits stay one per real token.
+    """
 
     causal: bool
+    #: the stacks by attribute name, the one that reads ``input_ids`` first (``nn.virtual_tokens``)
+    stack_names = ("stack",)
 
     def __init__(self, cfg, *, bidirectional_positions: bool):
         super().__init__()
@@ -106,20 +119,26 @@ class _SingleStackLM(nn.Module):
             tied_to=self.embed.tokens if cfg.tie_embeddings else None, scale=cfg.output_scale,
         )
         init_weights(self, cfg.init_std, cfg.n_layers)
+        self.virtual_tokens: VirtualTokens | None = None
 
     def hidden(
         self, input_ids, attention_mask=None, prefix_lengths=None, token_type_ids=None, cache: KVCache | None = None,
         document_ids=None,
     ) -> torch.Tensor:
-        batch, length = input_ids.shape
-        mask, positions = self_attention_mask(
-            self.config, attention_mask, batch, length, input_ids.device, causal=self.causal,
-            prefix_lengths=prefix_lengths, cache=cache, document_ids=document_ids,
+        call = place_virtual_tokens(
+            self.virtual_tokens, "stack", self.stack, self.embed(input_ids, token_type_ids), attention_mask, cache,
+            document_ids,
         )
-        hidden = self.stack(self.embed(input_ids, token_type_ids), mask, positions, cache=cache)
-        if cache is not None:
-            cache.length += length
-        return hidden
+        batch, length = call.x.shape[:2]
+        mask, positions = self_attention_mask(
+            self.config, call.attention_mask, batch, length, input_ids.device, causal=self.causal,
+            prefix_lengths=call.shift(prefix_lengths), cache=call.cache, document_ids=document_ids,
+            virtual_keys=call.virtual_keys,
+        )
+        hidden = self.stack(call.x, mask, positions, cache=call.cache)
+        if call.cache is not None:
+            call.cache.length += length + call.virtual_keys
+        return call.output(hidden)
 
 
 class DecoderLM(_SingleStackLM):
@@ -159,7 +178,11 @@ class EncoderDecoderLM(nn.Module):
     """Encoder-decoder LM (T5, BART): bidirectional encoder, causal decoder with cross-attention.
 
     The token embedding is shared by both stacks (and by the head when embeddings are tied).
+    ``virtual_tokens`` as in ``DecoderLM``: soft prompts lead the encoder's input and stay in its
+    output (the decoder cross-attends to them); prefixes may serve both self-attention stacks.
     """
+
+    stack_names = ("encoder", "decoder")
 
     def __init__(self, cfg):
         super().__init__()
@@ -174,16 +197,18 @@ class EncoderDecoderLM(nn.Module):
             tied_to=self.embed.tokens if cfg.tie_embeddings else None, scale=cfg.output_scale,
         )
         init_weights(self, cfg.init_std, cfg.encoder_layers + cfg.n_layers)
+        self.virtual_tokens: VirtualTokens | None = None
 
     def encode(self, input_ids, attention_mask=None) -> torch.Tensor:
-        cfg = self.config
-        batch, length = input_ids.shape
-        positions = positions_from(attention_mask, batch, length, input_ids.device)
-        mask = AttentionMask(
-            length, length, key_padding=padding_of(attention_mask), window=cfg.sliding_window, stride=cfg.sparse_stride,
-            positions=mask_positions(attention_mask, positions),
+        """The encoder output (B, T, D); with soft prompts (B, P + T, D), the virtual tokens where
+        ``nn.virtual_tokens`` places them (``decode`` extends the same ``attention_mask`` to match)."""
+        call = place_virtual_tokens(self.virtual_tokens, "encoder", self.encoder, self.embed(input_ids), attention_mask, None)
+        batch, length = call.x.shape[:2]
+        mask, positions = self_attention_mask(
+            self.config, call.attention_mask, batch, length, input_ids.device, causal=False, cache=call.cache,
+            virtual_keys=call.virtual_keys,
         )
-        return self.encoder(self.embed(input_ids), mask, positions)
+        return self.encoder(call.x, mask, positions, cache=call.cache)
 
     def decode(
         self, decoder_input_ids, memory, attention_mask=None, decoder_attention_mask=None, cache: KVCache | None = None
@@ -191,15 +216,20 @@ class EncoderDecoderLM(nn.Module):
         """Decoder logits over ``memory`` (the encoder output). With a ``cache``, as in
         ``DecoderLM.forward``: new decoder tokens only, the decoder mask covering cached and new;
         the cross-attention keys/values of ``memory`` are projected once and kept in the cache."""
-        batch, length = decoder_input_ids.shape
-        mask, positions = self_attention_mask(
-            self.config, decoder_attention_mask, batch, length, decoder_input_ids.device, causal=True, cache=cache,
+        call = place_virtual_tokens(
+            self.virtual_tokens, "decoder", self.decoder, self.embed(decoder_input_ids), decoder_attention_mask, cache
         )
-        memory_mask = AttentionMask(length, memory.shape[1], key_padding=padding_of(attention_mask))
-        hidden = self.decoder(self.embed(decoder_input_ids), mask, positions, memory, memory_mask, cache=cache)
-        if cache is not None:
-            cache.length += length
-        return self.head(hidden)
+        batch, length = call.x.shape[:2]
+        mask, positions = self_attention_mask(
+            self.config, call.attention_mask, batch, length, decoder_input_ids.device, causal=True, cache=call.cache,
+            virtual_keys=call.virtual_keys,
+        )
+        memory_padding_mask = memory_padding(self.virtual_tokens, memory, attention_mask)
+        memory_mask = AttentionMask(length, memory.shape[1], key_padding=padding_of(memory_padding_mask))
+        hidden = self.decoder(call.x, mask, positions, memory, memory_mask, cache=call.cache)
+        if call.cache is not None:
+            call.cache.length += length + call.virtual_keys
+        return self.head(call.output(hidden))
 
     def forward(self, input_ids, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None):
         if decoder_input_ids is None:

@@ -1,0 +1,39 @@
+"""Parameter-efficient fine-tuning methods (``peft`` option of a LanguageModel); see ``peft.base``.
+
+Importing this package registers the built-in methods in ``registry.PEFT_METHODS``:
+``lora``, ``qlora`` (needs CUDA + bitsandbytes at inject time only), ``adapter``, and the
+soft-prompt family. ``peft.io`` saves and loads adapter-only files.
+"""
+
+from llm_modules.peft.adapter import BottleneckAdapter
+from llm_modules.peft.base import (
+    PeftMethod,
+    applied_peft,
+    apply_peft,
+    build_peft,
+    forget_peft,
+    peft_state_dict,
+)
+from llm_modules.peft.io import load_adapter, read_adapter, save_adapter
+from llm_modules.peft.lora import LoRA, LoRALinear
+from llm_modules.peft.qlora import QLoRA
+
+# ---- soft-prompt methods (prompt, prefix, P-tuning) register below ------------------------------------------
+import llm_modules.peft.prefix  # noqa: F401  (registers prefix)
+import llm_modules.peft.prompt  # noqa: F401  (registers prompt, ptuning)
+
+__all__ = [
+    "BottleneckAdapter",
+    "LoRA",
+    "LoRALinear",
+    "PeftMethod",
+    "QLoRA",
+    "applied_peft",
+    "apply_peft",
+    "build_peft",
+    "forget_peft",
+    "load_adapter",
+    "peft_state_dict",
+    "read_adapter",
+    "save_adapter",
+]
