@@ -9,6 +9,7 @@ from llm_modules.data.collators import (
 )
 from llm_modules.data.datamodule import TextDataModule, default_cache_dir
 from llm_modules.data.hf_tokenizer import HFTokenizer, load_tokenizer
+from llm_modules.data.instructions import InstructionDataModule
 from llm_modules.data.packing import PackedBlocks, split_documents, stack_blocks
 from llm_modules.data.pairs import PairsDataModule
 from llm_modules.data.prompts import GenerationWriter, PromptDataModule
@@ -32,6 +33,7 @@ __all__ = [
     "SpanCorruptionCollator",
     "STDLIB",
     "Document",
+    "InstructionDataModule",
     "PackedBlocks",
     "PairsDataModule",
     "PromptDataModule",

@@ -74,12 +74,32 @@ def _text(record: dict[str, Any], field: str) -> str:
 
 @dataclass
 class Pair:
-    """One tokenized record: what the collator needs and where it came from."""
+    """One tokenized record: what the collator needs and where it came from.
+
+    ``scored`` lists ``[start, end)`` spans of ``source_ids`` that are trained on as well (decoder
+    kinds only): the earlier assistant turns of a chat when every assistant turn is a response.
+    """
 
     source_ids: list[int]
     target_ids: list[int]  # ends with EOS
     reference: str
     where: str  # "file:line", for messages
+    scored: tuple[tuple[int, int], ...] = ()
+
+
+def decoder_labels(pair: Pair) -> list[int]:
+    """Labels for the decoder row ``source + target``, aligned with the logits (position t predicts t+1).
+
+    Set only where the next token is a target token (reference + EOS) or inside a ``scored`` span of
+    the source; IGNORE_INDEX elsewhere, so the prompt is read but never trained on.
+    """
+    tokens = pair.source_ids + pair.target_ids
+    labels = [IGNORE_INDEX] * len(tokens)
+    start = len(pair.source_ids)
+    labels[start - 1 : len(tokens) - 1] = pair.target_ids
+    for begin, end in pair.scored:  # begin >= 1: the first token of a row has no logit before it
+        labels[begin - 1 : end - 1] = pair.source_ids[begin:end]
+    return labels
 
 
 class PairCollator:
@@ -96,11 +116,7 @@ class PairCollator:
             prompts = (input_ids, attention_mask)
         else:
             input_ids, attention_mask = pad_sequences([p.source_ids + p.target_ids for p in pairs], self.pad_id)
-            labels = torch.full_like(input_ids, IGNORE_INDEX)
-            for row, p in enumerate(pairs):
-                start, end = len(p.source_ids), len(p.source_ids) + len(p.target_ids)
-                # logit t predicts token t+1: the reference+EOS tokens at [start, end) are predicted at [start-1, end-1)
-                labels[row, start - 1 : end - 1] = torch.as_tensor(p.target_ids)
+            labels, _ = pad_sequences([decoder_labels(p) for p in pairs], IGNORE_INDEX)
             batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
             if self.kind == "PrefixLM":
                 batch["prefix_lengths"] = torch.tensor([len(p.source_ids) for p in pairs])
@@ -237,9 +253,13 @@ class PairsDataModule(L.LightningDataModule):
         if not self.train:
             raise ConfigError("data: no training records (data.val_fraction=1.0 or no data.train_paths); lower "
                               "val_fraction or give train_paths to fit")
-        return DataLoader(self.train, batch_size=self.batch_size, shuffle=True, drop_last=False,
-                          collate_fn=PairCollator(self.kind, self._tokenizer.pad_id),
+        items, collate = self._training_items()
+        return DataLoader(items, batch_size=self.batch_size, shuffle=True, drop_last=False, collate_fn=collate,
                           generator=torch.Generator().manual_seed(self.seed), num_workers=self.num_workers)
+
+    def _training_items(self) -> tuple[Sequence, Callable]:
+        """What the training loader draws from and how it batches it (a subclass may pack here)."""
+        return self.train, PairCollator(self.kind, self._tokenizer.pad_id)
 
     def val_dataloader(self):
         self._load()
@@ -258,23 +278,32 @@ class PairsDataModule(L.LightningDataModule):
         file = Path(path)
         if not file.is_file():
             raise ConfigError(f"{field}: {path!r} is not a file; give JSONL files of records")
-        tok, pairs = self._tokenizer, []
+        pairs, seen = [], 0
         for where, record in _records(file):
-            try:
-                prompt, reference = fmt(record, self.source_field, self.reference_field)
-            except KeyError as err:
-                missing = err.args[0] if err.args else "?"
-                raise ConfigError(f"data: {path} {where} has no text field {missing!r}; fix the record or "
-                                  "set data.source_field / data.reference_field to the record's keys") from None
-            source = tok.encode(prompt)[: self.max_source_len]
-            if not source:
-                raise ConfigError(f"data: {path} {where}: the prompt is empty; a model needs something to "
-                                  f"answer (field {self.source_field!r})")
-            target = tok.encode(reference)[: self.max_target_len - 1] + [tok.eos_id]
-            pairs.append(Pair(source, target, reference, f"{file.name}:{where.split()[-1]}"))
-        if not pairs:
+            seen += 1
+            pair = self._pair(record, fmt, path, where, f"{file.name}:{where.split()[-1]}")
+            if pair is not None:
+                pairs.append(pair)
+        if not seen:
             raise ConfigError(f"{field}: {path!r} holds no records")
         return pairs
+
+    def _pair(self, record: dict[str, Any], fmt: Callable, path: str, where: str, key: str) -> Pair | None:
+        """One record as a tokenized Pair (``key`` fixes its split); the step a subclass replaces, and
+        where it may leave a record out (None)."""
+        tok = self._tokenizer
+        try:
+            prompt, reference = fmt(record, self.source_field, self.reference_field)
+        except KeyError as err:
+            missing = err.args[0] if err.args else "?"
+            raise ConfigError(f"data: {path} {where} has no text field {missing!r}; fix the record or "
+                              "set data.source_field / data.reference_field to the record's keys") from None
+        source = tok.encode(prompt)[: self.max_source_len]
+        if not source:
+            raise ConfigError(f"data: {path} {where}: the prompt is empty; a model needs something to "
+                              f"answer (field {self.source_field!r})")
+        target = tok.encode(reference)[: self.max_target_len - 1] + [tok.eos_id]
+        return Pair(source, target, reference, key)
 
     def _find_tokenizer(self) -> Tokenizer | None:
         return self.tokenizer or getattr(self._model(), "tokenizer", None)
@@ -306,8 +335,12 @@ class PairsDataModule(L.LightningDataModule):
         else:
             longest = max((len(p.source_ids) + len(p.target_ids) for p in pairs), default=0)
         if longest > max_len:
-            raise ConfigError(f"data.max_source_len={self.max_source_len} / data.max_target_len={self.max_target_len}: "
-                              f"a sequence of {longest} tokens is beyond model.config.max_seq_len={max_len}; lower them")
+            raise ConfigError(f"{self._length_options()}: a sequence of {longest} tokens is beyond "
+                              f"model.config.max_seq_len={max_len}; lower them")
+
+    def _length_options(self) -> str:
+        """The data options that bound a sequence's length, for messages."""
+        return f"data.max_source_len={self.max_source_len} / data.max_target_len={self.max_target_len}"
 
 
 def _records(file: Path):
