@@ -82,6 +82,24 @@ class BlockFSDPStrategy(FSDPStrategy):
                 self.kwargs["auto_wrap_policy"] = policy
 
 
+    def lightning_module_state_dict(self):
+        """One-file (``full``) checkpoints on CPU processes: gather without offloading to the CPU.
+
+        Lightning gathers the full state dict with ``offload_to_cpu=True``; when the parameters
+        already live on the CPU, FSDP then clones tensors whose memory it has just released and the
+        process dies of a segmentation fault while saving (torch 2.13). On a CPU the offload is a
+        no-op anyway, so gathering without it writes the same file.
+        """
+        if self.root_device.type != "cpu" or self._state_dict_type != "full":
+            return super().lightning_module_state_dict()
+        from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        config = FullStateDictConfig(offload_to_cpu=False, rank0_only=True)
+        with FullyShardedDataParallel.state_dict_type(self.model, StateDictType.FULL_STATE_DICT, config):
+            return self.model.state_dict()
+
+
 def register_strategy_names() -> None:
     """Make ``--trainer.strategy fsdp`` (and ``fsdp_cpu_offload``) mean block-wrapped FSDP.
 
