@@ -5,6 +5,10 @@
 ``on_save_checkpoint`` adds: ``model_config`` as plain data and ``model_kind``), so
 ``CausalLM.load_from_checkpoint`` reads it. ``load_checkpoint`` reads those files and real
 Trainer checkpoints alike, without unpickling code (``weights_only=True``).
+
+A fine-tuned model's checkpoint may be adapter-only (``llm_modules.training.finetune``): it holds the
+PEFT method's tensors, and its hyper-parameters name the base (``init_from``), which loading reads
+first; ``load_checkpoint(..., init_from=PATH)`` points at the base where it has moved since.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import torch
 from llm_modules.config import ModelConfig
 from llm_modules.models import KINDS, LanguageModel
 from llm_modules.registry import ConfigError
+from llm_modules.training import finetune
 from llm_modules.training.checkpoint_io import atomic_torch_save
 
 
@@ -60,9 +65,11 @@ def _read(path: Path, map_location: str | torch.device) -> dict[str, Any]:
     return checkpoint
 
 
-def build_module(checkpoint: dict[str, Any], path: str | os.PathLike) -> LanguageModel:
+def build_module(checkpoint: dict[str, Any], path: str | os.PathLike, init_from: str | None = None) -> LanguageModel:
     """The LanguageModel a checkpoint describes (``model_kind``, ``model_config`` and the other
-    hyper-parameters its constructor takes), freshly initialized: the weights are not loaded."""
+    hyper-parameters its constructor takes), freshly initialized: the weights are not loaded,
+    except the base weights of an adapter-only checkpoint (from ``init_from``, by default the one
+    its hyper-parameters name)."""
     hparams = dict(checkpoint.get("hyper_parameters") or {})
     config = checkpoint.get("model_config") or hparams.get("config")
     kind = checkpoint.get("model_kind")
@@ -76,25 +83,33 @@ def build_module(checkpoint: dict[str, Any], path: str | os.PathLike) -> Languag
     accepted = inspect.signature(cls.__init__).parameters
     # Other hyper-parameters (optimizer settings, ...) go back to the constructor when it takes them.
     extra = {k: v for k, v in hparams.items() if k != "config" and k in accepted}
+    if init_from is not None and extra.get("init_from"):
+        extra["init_from"] = str(init_from)
+    finetune.check_base_exists(checkpoint, extra.get("init_from"), f"checkpoint {str(path)!r}")
     return cls(ModelConfig.from_dict(dict(config)), **extra)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> LanguageModel:
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                    init_from: str | os.PathLike | None = None) -> LanguageModel:
     """Rebuild the LightningModule saved in ``path`` (by ``save_checkpoint``, a Trainer, or
-    ``llm-modules quantize``: a quantized file comes back quantized), in eval mode."""
+    ``llm-modules quantize``: a quantized file comes back quantized), in eval mode. An adapter-only
+    checkpoint loads onto its base: the ``init_from`` it was trained from, or the one given here."""
     path = Path(path)
     checkpoint = _read(path, map_location)
     from llm_modules.quantization.io import is_quantized, module_from_checkpoint
 
     if is_quantized(checkpoint):
         return module_from_checkpoint(checkpoint, path)
-    return restore(build_module(checkpoint, path), checkpoint, f"checkpoint {str(path)!r}", "model_config")
+    return restore(build_module(checkpoint, path, init_from), checkpoint, f"checkpoint {str(path)!r}", "model_config")
 
 
 def restore(module: LanguageModel, checkpoint: dict[str, Any], where: str, described_by: str) -> LanguageModel:
     """Load a checkpoint's weights and extras into the module built from it, in eval mode; a
-    mismatch means the file contradicts ``described_by`` (its own config), and says which tensors."""
+    mismatch means the file contradicts ``described_by`` (its own config), and says which tensors.
+    An adapter-only checkpoint leaves out the base weights, which the module holds already."""
+    finetune.on_load_checkpoint(module, checkpoint, where)
     missing, unexpected = module.load_state_dict(checkpoint["state_dict"], strict=False)
+    missing = sorted(set(missing) - finetune.not_in_checkpoint(module, checkpoint))
     if missing or unexpected:
         raise ConfigError(
             f"{where} does not match its own {described_by} "

@@ -39,6 +39,10 @@ COMMANDS: list[tuple[list[str], str, bool]] = [
     (["convert", "--help"], "Hugging Face model folders to and from llm-modules checkpoints.", False),
     (["convert", "from-hf", "--help"], "", False),
     (["convert", "to-hf", "--help"], "", False),
+    (["export", "--help"], (
+        "Export a checkpoint, fine-tuned ones included: merged into a Hugging Face folder, as a checkpoint, or "
+        "the PEFT method's tensors alone (see [Fine-tune with LoRA and friends](../tutorials/finetune.md))."
+    ), False),
     (["generate", "--help"], (
         "Continue prompts with a checkpoint or a Hugging Face folder (see [Generate, evaluate and "
         "quantize](../tutorials/generate-evaluate-quantize.md))."

@@ -52,10 +52,10 @@ IDS = torch.randint(1, 500, (2, 10), generator=torch.Generator().manual_seed(0))
 def test_help_lists_every_subcommand(capsys):
     code, out, _ = run_cli(capsys, "--help")
     assert code == 0
-    for name in ("fit", "validate", "test", "predict", "generate", "registry", "convert", "quantize"):
+    for name in ("fit", "validate", "test", "predict", "generate", "registry", "convert", "export", "quantize"):
         assert f"  {name} " in out
-    assert set(COMMANDS) == {"fit", "validate", "test", "predict", "generate", "registry", "convert", "tokenizer",
-                             "quantize"}
+    assert set(COMMANDS) == {"fit", "validate", "test", "predict", "generate", "registry", "convert", "export",
+                             "tokenizer", "quantize"}
 
 
 def test_no_command_and_unknown_command_exit_2(capsys):
@@ -107,7 +107,8 @@ def test_registry_json_is_the_catalogue(capsys):
     code, out, _ = run_cli(capsys, "registry", "--format", "json")
     assert code == 0
     listing = json.loads(out)
-    assert set(listing) == set(REGISTRIES) >= {"norm", "residual", "activation", "position", "attention"}
+    assert set(listing) == set(REGISTRIES) >= {"norm", "residual", "activation", "position", "attention", "peft"}
+    assert {"lora", "qlora", "adapter"} <= {e["name"] for e in listing["peft"]}
     assert listing == catalogue()
     for entries in listing.values():
         for entry in entries:

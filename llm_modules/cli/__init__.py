@@ -1,8 +1,9 @@
 """Command line entry point ``llm-modules`` (also ``python -m llm_modules``): dispatches to the subcommands.
 
 ``fit | validate | test | predict`` are LightningCLI commands (``llm_modules.cli.train``);
-``registry`` and ``convert`` are small argparse commands. Every command's ``run`` returns an exit
-code; a configuration or file error ends with one line on stderr and exit code 2, no traceback.
+``registry``, ``convert``, ``export`` and the others are small argparse commands. Every command's
+``run`` returns an exit code; a configuration or file error ends with one line on stderr and exit
+code 2, no traceback.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ COMMANDS = {
     "generate": "continue prompts with a checkpoint or a Hugging Face folder (streams to the terminal)",
     "registry": "list every registered component: slot, name, one-line doc, providing plugin",
     "convert": "convert between Hugging Face model folders and llm-modules checkpoints",
+    "export": "export a (fine-tuned) checkpoint: merged to Hugging Face, a checkpoint, or the adapter alone",
     "tokenizer": "train a SentencePiece tokenizer (tokenizer train PATHS --out FILE)",
     "quantize": "quantize a checkpoint for CPU inference (quantize CKPT OUT --method NAME)",
 }
@@ -85,6 +87,8 @@ def _dispatch(command: str, rest: list[str]) -> int:
         from llm_modules.cli.generate_cmd import run
     elif command == "quantize":
         from llm_modules.cli.quantize_cmd import run
+    elif command == "export":
+        from llm_modules.cli.export_cmd import run
     else:
         from llm_modules.cli.convert_cmd import run
     return run(rest)

@@ -54,8 +54,9 @@ def from_hf_command(hf_dir: str, out: str) -> int:
 def to_hf_command(ckpt: str, out_dir: str, family: str | None) -> int:
     from llm_modules import to_hf
     from llm_modules.checkpoint import load_checkpoint
+    from llm_modules.training.finetune import fold
 
-    module = load_checkpoint(ckpt)
+    module = fold(load_checkpoint(ckpt))  # a LoRA fine-tune exports merged (llm-modules export has the options)
     path = to_hf(module, out_dir, family=family)
     print(f"wrote {path}/config.json and {path}/model.safetensors ({module.kind}) from {ckpt}")
     return 0

@@ -59,6 +59,12 @@ def run(argv: list[str]) -> int:
     if getattr(module, "quantization", None):
         raise ConfigError(f"checkpoint {args.ckpt!r} is already quantized ({module.quantization['method']}); "
                           "quantize the float checkpoint it came from")
+    if module.peft_method is not None:  # a fine-tuned checkpoint: quantize what it computes, base + method
+        from llm_modules.training.finetune import fold
+
+        name = module.peft_method.name
+        fold(module)
+        print(f"merged peft method {name!r} into the weights before quantizing")
     float_tensors = _tensor_bytes(module)
     quantize(module, method)
     path = save_quantized(module, args.out)

@@ -50,14 +50,19 @@ class LLMCLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         """The checkpoint's hyper-parameters fill in the model, except ``evaluation`` when this run
         names metrics: which generation metrics to compute is a choice of the evaluating run (say,
-        BLEU on a checkpoint trained without any), not a property of the weights."""
+        BLEU on a checkpoint trained without any), not a property of the weights. Likewise an
+        ``init_from`` given here says where an adapter-only checkpoint's base is now (it may have
+        moved since training; loading checks that it is the same base)."""
         sub = self.config.get("subcommand")
         init = self.config[sub].get("model", {}).get("init_args") if sub else None
         chosen = init.get("evaluation") if init is not None else None
+        base = init.get("init_from") if init is not None else None
         super()._parse_ckpt_path()
         metrics = getattr(chosen, "metrics", None) if not isinstance(chosen, dict) else chosen.get("metrics")
         if metrics:
             self.config[sub]["model"]["init_args"]["evaluation"] = chosen
+        if base and sub and self.config[sub]["model"]["init_args"].get("init_from"):
+            self.config[sub]["model"]["init_args"]["init_from"] = base
 
     def instantiate_classes(self) -> None:
         """Surface a configuration error of ours as itself, not wrapped in the parser's type errors."""
@@ -286,11 +291,11 @@ def _evaluate_checkpoint(argv: list[str]) -> list[str]:
     The model (class and config) comes from the checkpoint's hyper-parameters (LightningCLI reads
     them). Without a ``--config`` or a ``--data`` class, the data is a TextDataModule over the
     ``--data.paths`` given, in blocks of the model's ``max_seq_len``. Data named on the command line
-    alone (a TextDataModule or a PairsDataModule, no data section in a ``--config``) is evaluation
+    alone (a TextDataModule, PairsDataModule or InstructionDataModule, no data section in a ``--config``) is evaluation
     data: every document or record is evaluated (``val_fraction`` 1.0). Whenever the data is a
     TextDataModule and no ``--data.tokenizer`` is given, it tokenizes with the checkpoint's own
     tokenizer, never a new one; a checkpoint without one is an error (give ``--data.tokenizer``).
-    A PairsDataModule takes the checkpoint's tokenizer from the restored model by itself.
+    The pair modules take the checkpoint's tokenizer from the restored model by themselves.
     """
     if not argv or argv[0] not in EVALUATING:
         return argv
@@ -333,7 +338,7 @@ def _evaluate_checkpoint(argv: list[str]) -> list[str]:
                 out += ["--data.seq_len", str(max_len)]
     kind = (data_class or "").rpartition(".")[2]
     data_from_argv = not any(isinstance(c.get("data"), dict) for c in configs)
-    if data_from_argv and kind in ("TextDataModule", "PairsDataModule") and not _given(
+    if data_from_argv and kind in ("TextDataModule", "PairsDataModule", "InstructionDataModule") and not _given(
         argv, "--data.val_fraction", "--data.init_args.val_fraction"
     ):
         out += ["--data.val_fraction", "1.0"]  # files named only to be evaluated: every document / record

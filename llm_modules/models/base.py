@@ -9,6 +9,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -20,6 +21,7 @@ from llm_modules.config import ModelConfig
 from llm_modules.nn.lm import aux_loss, count_parameters
 from llm_modules.nn.positions import PositionEncoding
 from llm_modules.registry import ConfigError
+from llm_modules.training import finetune
 from llm_modules.training.evaluation import GenerationEvalConfig, GenerationMetrics
 from llm_modules.training.memory import MemoryConfig, apply_memory_savers, compile_model
 from llm_modules.training.optim import OptimConfig, build_optimizer, build_scheduler
@@ -46,18 +48,31 @@ class LanguageModel(L.LightningModule, abc.ABC):
     non-finite guards; ``evaluation`` the generation metrics of validate/test (off unless it names
     some). Checkpoints carry all of them as plain data, plus the tokenizer when the data module has one, so a checkpoint is
     enough to rebuild the model and read its outputs.
+
+    Fine-tuning (``llm_modules.training.finetune``): ``init_from`` starts from the weights (and
+    tokenizer) of a checkpoint or a Hugging Face folder, whose config is the model's when ``config``
+    is left out; ``peft`` names a parameter-efficient method (``lora``, ``adapter``, ...; ``null``:
+    every parameter trains), whose checkpoints then hold only the method's tensors
+    (``peft_checkpoint: adapter``) or every tensor (``full``).
     """
 
     def __init__(
         self,
-        config: ModelConfig,
+        config: ModelConfig | None = None,
         optim: OptimConfig | None = None,
         memory: MemoryConfig | None = None,
         stability: StabilityConfig | None = None,
         evaluation: GenerationEvalConfig | None = None,
+        init_from: str | None = None,
+        peft: dict | str | None = None,
+        peft_checkpoint: str = "adapter",
     ):
         super().__init__()
-        self.config = as_config(config)
+        base = finetune.read_base(init_from, self.kind) if init_from else None
+        self.config = finetune.resolve_config(None if config is None else as_config(config), base)
+        self.init_from = str(Path(init_from).resolve()) if init_from else None
+        peft = finetune.peft_spec(peft)
+        self.peft_checkpoint = finetune.checkpoint_mode(peft_checkpoint)
         self.optim = _as_dataclass(OptimConfig, optim)
         self.memory = _as_dataclass(MemoryConfig, memory)
         self.stability = _as_dataclass(StabilityConfig, stability)
@@ -71,12 +86,17 @@ class LanguageModel(L.LightningModule, abc.ABC):
             "memory": dataclasses.asdict(self.memory),
             "stability": dataclasses.asdict(self.stability),
             "evaluation": dataclasses.asdict(self.evaluation),
+            "init_from": self.init_from,
+            "peft": peft,
+            "peft_checkpoint": peft_checkpoint,
         })
         self.model = self.build_model(self.config)
+        self._base_fingerprint = finetune.load_base(self.model, base) if base is not None else None
+        self.peft_method = finetune.apply(self, peft)
         # Only when on: metric objects are submodules (moved and reduced with the model), none by default.
         self.generation_metrics = GenerationMetrics(self.evaluation) if self.evaluation.enabled else None
         self.tokens_seen = 0
-        self.tokenizer_bytes: bytes | None = None
+        self.tokenizer_bytes: bytes | None = base.tokenizer if base is not None else None
 
     # ---- what a subclass provides ---------------------------------------------------------------------------
 
@@ -227,7 +247,9 @@ class LanguageModel(L.LightningModule, abc.ABC):
 
         Lightning calls this once the strategy is set up (under its init context, e.g. DeepSpeed
         ZeRO-3's partitioning), on every process, and may call it more than once; the torch model
-        itself never knows about any of this.
+        itself never knows about any of this. A PEFT method was applied at construction, so the
+        savers may freeze more of an adapted model (never less), and the trainable parameters are
+        counted here, before sharding.
         """
         if getattr(self, "_model_configured", False):
             return
@@ -240,8 +262,14 @@ class LanguageModel(L.LightningModule, abc.ABC):
                 "use one: drop the model option, or set trainer.strategy.init_args.activation_checkpointing: false"
             )
         apply_memory_savers(self.model, self.memory)
+        finetune.note_trainable(self)
+        finetune.check_strategy(self)
         parallelize(self)
         compile_model(self.model, self.memory)
+
+    def on_train_start(self) -> None:
+        """Fine-tuning: how many parameters train, counted in ``configure_model`` (training.finetune)."""
+        finetune.log_trainable(self)
 
     # ---- optimization -------------------------------------------------------------------------------------
 
@@ -292,12 +320,14 @@ class LanguageModel(L.LightningModule, abc.ABC):
                         f"data.seq_len={seq_len} is beyond what position {type(module).__name__} allows "
                         f"(model.config.max_seq_len={module.max_len}); raise max_seq_len or lower seq_len"
                     )
+        finetune.check_tokenizer(self, tokenizer)
         if tokenizer is not None and self.tokenizer_bytes is None:
             self.tokenizer_bytes = tokenizer.to_bytes()
 
     # ---- checkpoints --------------------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        finetune.on_save_checkpoint(self, checkpoint)
         checkpoint["model_config"] = self.config.to_dict()
         checkpoint["model_kind"] = self.kind
         checkpoint["tokens_seen"] = self.tokens_seen
@@ -306,6 +336,7 @@ class LanguageModel(L.LightningModule, abc.ABC):
             checkpoint["tokenizer"] = self.tokenizer_bytes
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        finetune.on_load_checkpoint(self, checkpoint)
         self.tokens_seen = int(checkpoint.get("tokens_seen", 0))
         guard_of(self).load_state_dict(checkpoint.get(STATE_KEY))
         self.tokenizer_bytes = checkpoint.get("tokenizer", self.tokenizer_bytes)

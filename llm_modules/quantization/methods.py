@@ -22,6 +22,7 @@ from typing import Any, Mapping
 
 from torch import nn
 
+from llm_modules.peft.base import applied_peft
 from llm_modules.quantization.linear import DynamicInt8Linear, Int4WeightLinear, Int8WeightLinear
 from llm_modules.registry import ConfigError, Registry
 
@@ -143,6 +144,14 @@ def quantize(module, method: str | Mapping[str, Any] | Method = "int8-weight", *
     if getattr(module, "quantization", None):
         raise ConfigError(f"the model is already quantized ({module.quantization['method']}); "
                           "quantize the float model instead")
+    applied = applied_peft(module.model)
+    if applied:
+        # Quantizing would replace LoRA layers by plain quantized ones and silently drop the update.
+        raise ConfigError(
+            f"the model carries peft method {applied[-1].name!r}; merge it into the weights first "
+            "(llm_modules.training.finetune.fold(module), or: llm-modules export CKPT OUT --format ckpt --merge), "
+            "then quantize the merged model"
+        )
     chosen = build_method(method, **options)
     names = quantizable_linears(module.model)
     if not names:

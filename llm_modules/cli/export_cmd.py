@@ -1,0 +1,114 @@
+"""``llm-modules export``: a (fine-tuned) checkpoint -> a Hugging Face folder, a checkpoint, or an adapter file.
+
+    llm-modules export CKPT OUT_DIR                        # --format hf: the method merged, transformers loads it
+    llm-modules export CKPT OUT.ckpt --format ckpt --merge # a plain checkpoint (another run's init_from)
+    llm-modules export CKPT OUT.ckpt --format ckpt         # self-contained: base and method's tensors, no base needed
+    llm-modules export CKPT OUT.safetensors --format adapter   # the method's tensors alone (peft.io)
+
+CKPT is any llm-modules checkpoint, adapter-only ones included (their base is read from the
+``init_from`` they were trained from, or ``--init-from``). Merging folds a method into the base
+weights (LoRA; a full fine-tune has nothing to fold); methods that add computation of their own
+(adapters, soft prompts, prefixes) cannot be merged and export as ``ckpt`` or ``adapter``. Outputs
+are written to a temporary name and moved into place when complete, so a failed export leaves any
+existing file as it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from llm_modules.registry import ConfigError
+
+FORMATS = ("hf", "ckpt", "adapter")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llm-modules export",
+        description="Export a checkpoint (fine-tuned ones included) as a Hugging Face folder, a checkpoint or an "
+                    "adapter file.",
+    )
+    parser.add_argument("ckpt", metavar="CKPT", help="checkpoint written by llm-modules or a Lightning Trainer "
+                                                     "(adapter-only fine-tunes included)")
+    parser.add_argument("out", metavar="OUT", help="hf: a folder; ckpt: a .ckpt file; adapter: a .safetensors file "
+                                                   "(or a folder to hold adapter.safetensors)")
+    parser.add_argument("--format", choices=FORMATS, default="hf",
+                        help="hf (default): config.json + model.safetensors with the method merged; ckpt: an "
+                             "llm-modules checkpoint; adapter: the PEFT method's tensors only")
+    parser.add_argument("--merge", action="store_true",
+                        help="ckpt: fold the method into the base weights (a plain model); hf always merges")
+    parser.add_argument("--family", default=None, metavar="NAME",
+                        help="hf: force a Hugging Face model_type (default: the family that represents the model "
+                             "exactly)")
+    parser.add_argument("--init-from", default=None, metavar="BASE",
+                        help="where an adapter-only checkpoint's base is now, if it has moved since training")
+    return parser
+
+
+def export_hf(module, out: str, family: str | None) -> str:
+    from llm_modules import to_hf
+    from llm_modules.training.finetune import fold
+
+    path = to_hf(fold(module), out, family=family)
+    if module.tokenizer_bytes is not None:  # so that `llm-modules generate OUT_DIR` finds it
+        _atomic_write(Path(path) / "tokenizer.model", module.tokenizer_bytes)
+    return f"{path}/config.json and {path}/model.safetensors"
+
+
+def export_ckpt(module, out: str, merge: bool) -> str:
+    from llm_modules.checkpoint import save_checkpoint
+    from llm_modules.training.finetune import fold, self_contained
+
+    if Path(out).is_dir():
+        raise ConfigError(f"OUT {out!r} is a folder; --format ckpt writes one file, e.g. {out.rstrip('/')}/model.ckpt")
+    module = fold(module) if merge else self_contained(module)
+    return str(save_checkpoint(module, out))
+
+
+def export_adapter(module, out: str) -> str:
+    from llm_modules.peft import save_adapter
+
+    if module.peft_method is None:
+        raise ConfigError("--format adapter: the checkpoint has no peft method (every parameter was trained); "
+                          "export it with --format hf or --format ckpt")
+    return str(save_adapter(out, module.model, module.peft_method, module.config))
+
+
+def run(argv: list[str]) -> int:
+    from llm_modules.checkpoint import load_checkpoint
+
+    args = build_parser().parse_args(argv)
+    source, target = Path(args.ckpt), Path(args.out)
+    if not source.is_file():
+        raise ConfigError(f"CKPT {args.ckpt!r} does not exist; give a .ckpt file")
+    if target.exists() and source.resolve() == target.resolve():
+        raise ConfigError(f"OUT {args.out!r} is CKPT itself; export to another path so the checkpoint stays")
+    if args.merge and args.format != "ckpt":
+        raise ConfigError("--merge is for --format ckpt (--format hf always merges, --format adapter never does)")
+    if args.family and args.format != "hf":
+        raise ConfigError("--family is for --format hf")
+    module = load_checkpoint(source, init_from=args.init_from)
+    method = module.peft_method.name if module.peft_method is not None else None
+    if args.format == "hf":
+        written = export_hf(module, args.out, args.family)
+    elif args.format == "ckpt":
+        written = export_ckpt(module, args.out, args.merge)
+    else:
+        written = export_adapter(module, args.out)
+    if method is None:
+        what = "no peft method"
+    else:
+        what = f"peft {method}" + (" merged" if args.format == "hf" or args.merge else "")
+    print(f"wrote {written} ({module.kind}, {what}) from {args.ckpt}")
+    return 0
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
