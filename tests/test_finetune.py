@@ -156,6 +156,17 @@ def test_adapter_only_checkpoint_is_small_and_loads_back_onto_its_base(base, oth
         load_checkpoint(tmp_path / "truncated.ckpt")
 
 
+def test_a_method_on_a_model_without_init_from_keeps_every_tensor(base, tmp_path):
+    """No init_from: the base is this run's random initialization, which no file holds, so the
+    checkpoint must keep it; loading gives back the same model."""
+    lm = CausalLM(base.config, peft="adapter")
+    saved = save_checkpoint(lm, tmp_path / "adapter-on-scratch.ckpt")
+    header = torch.load(saved, map_location="cpu", weights_only=True)
+    assert not header["finetune"]["adapter_only"] and set(header["state_dict"]) == set(lm.state_dict())
+    ids = torch.randint(4, 384, (2, 12), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(load_checkpoint(saved).eval()(ids), lm.eval()(ids))
+
+
 def test_merged_lora_gives_the_logits_of_the_unmerged_model(base):
     lm = CausalLM(init_from=str(base.checkpoint), peft={"name": "lora", "r": 4, "targets": ["*.q", "*.v", "*.ffn.*"]})
     with torch.no_grad():

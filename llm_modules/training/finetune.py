@@ -260,15 +260,16 @@ def log_trainable(lm: LanguageModel) -> None:
 
 
 def on_save_checkpoint(lm: LanguageModel, checkpoint: dict[str, Any]) -> None:
-    """Record the base, and with a method keep only its tensors (unless ``peft_checkpoint: full`` or
-    the checkpoint is sharded). A checkpoint that keeps every tensor needs no base to load, so its
+    """Record the base, and with a method keep only its tensors (unless ``peft_checkpoint: full``, the
+    checkpoint is sharded, or there is no ``init_from`` to rebuild the base from). A checkpoint that keeps every tensor needs no base to load, so its
     hyper-parameters no longer name one: rebuilding it does not read ``init_from`` again."""
     if lm.init_from is None and lm.peft_method is None:
         return
     method = lm.peft_method
     state = checkpoint.get("state_dict")
-    adapter_only = (method is not None and lm.peft_checkpoint == "adapter" and isinstance(state, dict)
-                    and not _sharded(state))
+    # Without init_from the base is this run's own initialization, which nothing could rebuild: keep it.
+    adapter_only = (method is not None and lm.init_from is not None and lm.peft_checkpoint == "adapter"
+                    and isinstance(state, dict) and not _sharded(state))
     if adapter_only:
         keep = {PREFIX + k for k in method.added_keys}
         checkpoint["state_dict"] = {k: v for k, v in state.items() if k in keep}
