@@ -49,8 +49,11 @@ class VirtualTokens(nn.Module):
     attribute (``"stack"`` for decoder- and encoder-only models, ``"encoder"``/``"decoder"``).
 
     A subclass answers ``num_virtual_tokens`` for every stack and, for stacks where that is not
-    zero, either ``embeddings`` or ``key_values``.
+    zero, either ``embeddings`` or ``key_values``. ``enabled = False`` leaves them out of every
+    stack while they stay in the model (the base function, for a reference model).
     """
+
+    enabled: bool = True
 
     def num_virtual_tokens(self, stack: str) -> int:
         """P for this stack (0: none)."""
@@ -175,7 +178,7 @@ def place_virtual_tokens(
     attention_mask: torch.Tensor | None, cache: KVCache | None, document_ids: torch.Tensor | None = None,
 ) -> StackCall:
     """Prepare one forward of stack ``name`` over embedded tokens ``x`` (B, T, D)."""
-    count = virtual.num_virtual_tokens(name) if virtual is not None else 0
+    count = virtual.num_virtual_tokens(name) if virtual is not None and virtual.enabled else 0
     if not count:
         return StackCall(x, attention_mask, cache)
     if document_ids is not None:

@@ -2,12 +2,14 @@
 
 Importing this package registers the built-in methods in ``registry.PEFT_METHODS``:
 ``lora``, ``qlora`` (needs CUDA + bitsandbytes at inject time only), ``adapter``, and the
-soft-prompt family. ``peft.io`` saves and loads adapter-only files.
+soft-prompt family. ``peft.io`` saves and loads adapter-only files; ``adapters_disabled(model)``
+runs the model as its base for a ``with`` block (the reference of alignment methods).
 """
 
 from llm_modules.peft.adapter import BottleneckAdapter
 from llm_modules.peft.base import (
     PeftMethod,
+    adapters_disabled,
     applied_peft,
     apply_peft,
     build_peft,
@@ -28,6 +30,7 @@ __all__ = [
     "LoRALinear",
     "PeftMethod",
     "QLoRA",
+    "adapters_disabled",
     "applied_peft",
     "apply_peft",
     "build_peft",

@@ -11,19 +11,21 @@ as a child of the sublayer (``stack.layers.0.attn.adapter.down.weight``) and run
 hook, so no base module is replaced or renamed and the base state-dict keys stay as they are.
 The hook holds no reference to the adapter (it looks it up on the module it is called for), so a
 deep-copied model (a frozen reference policy, an EMA copy) runs its own adapters. Adapters add
-a non-linearity, so they cannot be merged into the weights.
+a non-linearity, so they cannot be merged into the weights. ``disabled`` (``peft.adapters_disabled``)
+clears each adapter's ``enabled`` flag, and the hook then passes the sublayer's output through.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llm_modules.peft.base import PeftMethod
+from llm_modules.peft.base import PeftMethod, switched_off
 from llm_modules.registry import PEFT_METHODS, ConfigError
 
 ACTIVATIONS = {
@@ -50,6 +52,7 @@ class Adapter(nn.Module):
         nn.init.zeros_(self.up.weight)
         nn.init.zeros_(self.up.bias)
         self.activation = activation
+        self.enabled = True  # False: the hook passes the sublayer's output through (peft.adapters_disabled)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.up(ACTIVATIONS[self.activation](self.down(h.to(self.down.weight.dtype)))).to(h.dtype)
@@ -66,6 +69,8 @@ class AdapterHook:
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
         adapter = getattr(module, ATTRIBUTE)
+        if not adapter.enabled:
+            return output
         source = output if self.placement == "serial" else args[0]
         return output + adapter(source)
 
@@ -133,3 +138,7 @@ class BottleneckAdapter(PeftMethod):
             adapter = Adapter(width, self.bottleneck, self.activation, device=like.device, dtype=like.dtype)
             sub.add_module(ATTRIBUTE, adapter)
             sub.register_forward_hook(AdapterHook(self.placement))
+
+    def disabled(self, model: nn.Module) -> AbstractContextManager[None]:
+        """Every adapter passes its sublayer's output through for the block."""
+        return switched_off(m for m in model.modules() if isinstance(m, Adapter))

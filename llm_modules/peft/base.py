@@ -14,11 +14,16 @@ It works on the torch model of any LM kind (``nn.lm``), in place, without Lightn
   ``unload`` merges for good and removes the method's modules, leaving the base layout (export).
 - The model remembers what was applied to it (``applied_peft``), so an adapter file can tell
   whether to add its method or to load into the one already there (``peft.io``).
+- ``adapters_disabled(model)`` switches every applied method off for a ``with`` block, so the same
+  model computes the base function. Alignment needs the base as its frozen reference (DPO, the KL
+  penalty of PPO); switching the method off gives it without a second copy of the weights.
 """
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Any
 
 from torch import nn
@@ -58,6 +63,15 @@ class PeftMethod(abc.ABC):
         """Whether the method's delta currently lives in the base weights (loading new method
         tensors then would leave the old delta behind)."""
         return False
+
+    def disabled(self, model: nn.Module) -> AbstractContextManager[None]:
+        """A context in which ``model`` computes exactly the base function: the method's modules
+        stay in place (no copies, nothing changes in the state dict) but contribute nothing.
+        Methods that cannot be switched off say so."""
+        raise ConfigError(
+            f"peft method {self.name!r} cannot be switched off (no disabled() hook); keep a frozen copy of the "
+            "base model as the reference instead"
+        )
 
     def describe(self) -> dict[str, Any]:
         """The options as plain data, as they would be written in a config."""
@@ -109,3 +123,44 @@ def forget_peft(model: nn.Module, method: PeftMethod) -> None:
 def peft_state_dict(model: nn.Module, method: PeftMethod) -> dict[str, Any]:
     """The method's tensors only (what an adapter-only checkpoint holds)."""
     return {k: v for k, v in model.state_dict().items() if k in method.added_keys}
+
+
+@contextmanager
+def switched_off(parts: Iterable[Any]) -> Iterator[None]:
+    """Set ``enabled = False`` on each of ``parts`` (modules that check that flag in their forward)
+    for the block, then put back what each had, so nested and failing blocks restore correctly."""
+    parts = list(parts)
+    before = [part.enabled for part in parts]
+    try:
+        for part in parts:
+            part.enabled = False
+        yield
+    finally:
+        for part, was in zip(parts, before):
+            part.enabled = was
+
+
+def _peft_host(model: nn.Module) -> nn.Module:
+    """The torch model the methods were applied to: ``model``, or the one a LanguageModel holds."""
+    inner = getattr(model, "model", None)
+    if not applied_peft(model) and isinstance(inner, nn.Module):
+        return inner
+    return model
+
+
+@contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block, ``model`` (a torch LM or a LanguageModel) computes its base function:
+    every method ``apply_peft`` added is switched off (LoRA adds no delta, adapters pass through,
+    prompts and prefixes are left out) and comes back on when the block ends, also on error.
+
+    This is how alignment gets its frozen reference without a second copy of the weights. A model
+    with no method applied is its own base, so the block changes nothing. A merged LoRA is refused:
+    its delta lives in the weights and cannot be taken out exactly; unmerge it first. Gradients are
+    the caller's business (reference passes run under ``torch.no_grad()``).
+    """
+    host = _peft_host(model)
+    with ExitStack() as stack:
+        for method in reversed(applied_peft(host)):
+            stack.enter_context(method.disabled(host))
+        yield model

@@ -5,19 +5,22 @@ Parameter objects, so base names (``stack.layers.0.attn.q.weight``) and a base c
 fit, and adds ``lora_a`` (r x in) and ``lora_b`` (out x r). B starts at zero, so the adapted model
 starts as exactly the base model. ``merge`` adds the update into the weight (inference at base
 cost), ``unload`` also swaps the layer back to a plain ``nn.Linear`` so the state dict is the base
-layout again (export with ``interop.to_hf``).
+layout again (export with ``interop.to_hf``). ``disabled`` (``peft.adapters_disabled``) clears each
+layer's ``enabled`` flag so it computes the base layer alone; a merged update cannot be taken
+out of the weights exactly, so that is refused.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from contextlib import AbstractContextManager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llm_modules.peft.base import PeftMethod, forget_peft
+from llm_modules.peft.base import PeftMethod, forget_peft, switched_off
 from llm_modules.peft.targets import (
     as_patterns,
     match_modules,
@@ -47,13 +50,14 @@ class LoRALinear(nn.Linear):
             nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
+        self.enabled = True  # False: the base layer alone (peft.adapters_disabled)
 
     def base_forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_forward(x)
-        if self.merged:
+        if self.merged or not self.enabled:
             return out
         h = self.lora_dropout(x).to(self.lora_a.dtype)
         delta = F.linear(F.linear(h, self.lora_a), self.lora_b)
@@ -149,6 +153,16 @@ class LoRA(PeftMethod):
 
     def is_merged(self, model: nn.Module) -> bool:
         return any(layer.merged for _, layer in self.layers(model))
+
+    def disabled(self, model: nn.Module) -> AbstractContextManager[None]:
+        """Every LoRA layer computes its base layer alone for the block."""
+        if self.is_merged(model):
+            raise ConfigError(
+                f"peft {self.name or 'lora'}: the update is merged into the weights, so the base function "
+                "cannot be computed exactly with it switched off; call unmerge() first (or use a frozen copy "
+                "of the base as the reference)"
+            )
+        return switched_off(layer for _, layer in self.layers(model))
 
     def unload(self, model: nn.Module) -> None:
         """Merge and put plain ``nn.Linear`` layers back (same Parameters): the base state-dict layout."""

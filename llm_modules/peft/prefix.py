@@ -21,13 +21,14 @@ one-way. Without ``reparameterize`` the prefixes are the parameters and merge do
 from __future__ import annotations
 
 import math
+from contextlib import AbstractContextManager
 
 import torch
 from torch import nn
 
 from llm_modules.nn.virtual_tokens import VirtualTokens, virtual_token_host
 from llm_modules.peft.base import PeftMethod
-from llm_modules.peft.prompt import check_count, install, track_added_keys
+from llm_modules.peft.prompt import check_count, install, track_added_keys, virtual_tokens_disabled
 from llm_modules.registry import PEFT_METHODS, ConfigError
 
 
@@ -163,6 +164,10 @@ class PrefixTuning(PeftMethod):
     def is_merged(self, model: nn.Module) -> bool:
         """Folded: the state is the MLP's output, not what was trained (adapter files refuse it)."""
         return self.reparameterize and any(s.folded for s in self._stacks(model).values())
+
+    def disabled(self, model: nn.Module) -> AbstractContextManager[None]:
+        """No prefix in any self-attention for the block (merged or not: the base has none)."""
+        return virtual_tokens_disabled(model)
 
     def _stacks(self, model: nn.Module) -> dict[str, StackPrefix]:
         prefix = virtual_token_host(model).virtual_tokens

@@ -10,17 +10,21 @@ encoder, whose output keeps them so the decoder cross-attends to them.
   encoder (an MLP, or a bidirectional LSTM then an MLP) over P learned inputs, which the paper
   found trains more stably than free embeddings. ``merge`` runs the encoder once and keeps its
   output as a plain soft prompt, so inference skips it; ``unmerge`` puts the encoder back.
+
+``disabled`` (``peft.adapters_disabled``, shared with prefix tuning) switches the model's virtual
+tokens off, so it reads the real tokens alone: the base function.
 """
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
 from torch import nn
 
 from llm_modules.nn.virtual_tokens import VirtualTokens, virtual_token_host
-from llm_modules.peft.base import PeftMethod
+from llm_modules.peft.base import PeftMethod, switched_off
 from llm_modules.registry import PEFT_METHODS, ConfigError
 
 ENCODERS = ("mlp", "lstm")
@@ -122,6 +126,11 @@ def install(model: nn.Module, method: str, virtual: VirtualTokens) -> None:
     host.virtual_tokens = virtual
 
 
+def virtual_tokens_disabled(model: nn.Module) -> AbstractContextManager[None]:
+    """The model reads its real tokens alone for the block (the base function)."""
+    return switched_off([virtual_token_host(model).virtual_tokens])
+
+
 def input_stack(host: nn.Module) -> str:
     return host.stack_names[0]
 
@@ -158,6 +167,9 @@ class PromptTuning(PeftMethod):
     def inject(self, model: nn.Module) -> None:
         host = virtual_token_host(model)
         install(model, self.name or "prompt", SoftPrompt(input_stack(host), self.initial_prompt(host)))
+
+    def disabled(self, model: nn.Module) -> AbstractContextManager[None]:
+        return virtual_tokens_disabled(model)
 
     def initial_prompt(self, host: nn.Module) -> torch.Tensor:
         """(P, d_model) starting embeddings, on the embedding table's device and dtype."""
@@ -216,6 +228,9 @@ class PTuning(PeftMethod):
     def is_merged(self, model: nn.Module) -> bool:
         """Folded: the state is the encoder's output, not what was trained (adapter files refuse it)."""
         return self._prompt(model).weight is not None
+
+    def disabled(self, model: nn.Module) -> AbstractContextManager[None]:
+        return virtual_tokens_disabled(model)
 
     def _prompt(self, model: nn.Module) -> PromptEncoder:
         prompt = virtual_token_host(model).virtual_tokens
