@@ -18,6 +18,18 @@ from llm_modules.registry import (
 
 __version__ = "0.1.0"
 
+#: alignment modules reachable as ``llm_modules.NAME`` (and as ``class_path: llm_modules.NAME``),
+#: imported on first use: ``import llm_modules`` stays as light as before
+_ALIGNMENT = ("RewardModel", "DPO")
+
+
+def __getattr__(name):
+    if name in _ALIGNMENT:
+        from llm_modules import alignment
+
+        return getattr(alignment, name)
+    raise AttributeError(f"module 'llm_modules' has no attribute {name!r}")
+
 
 def from_hf(path, **kwargs):
     """Load a Hugging Face checkpoint directory as the matching LightningModule (see llm_modules.interop)."""
@@ -35,6 +47,7 @@ def to_hf(module, path, **kwargs):
 
 __all__ = [
     "ModelConfig", "CausalLM", "PrefixLM", "Seq2SeqLM", "MaskedLM", "LanguageModel", "from_hf", "to_hf",
+    "RewardModel", "DPO",
     "Registry", "NORMS", "RESIDUALS", "ACTIVATIONS", "POSITIONS", "ATTENTIONS", "PEFT_METHODS",
     "MODEL_REGISTRIES", "REGISTRIES",
     "ConfigError", "load_plugins", "__version__",

@@ -13,6 +13,7 @@ first; ``load_checkpoint(..., init_from=PATH)`` points at the base where it has 
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import os
 from pathlib import Path
@@ -77,9 +78,10 @@ def build_module(checkpoint: dict[str, Any], path: str | os.PathLike, init_from:
         raise ConfigError(
             f"checkpoint {str(path)!r} lacks model_config/model_kind; it was not written by an llm-modules model"
         )
-    if kind not in KINDS:
-        raise ConfigError(f"checkpoint {str(path)!r}: model_kind {kind!r} is not one of {', '.join(KINDS)}")
-    cls = KINDS[kind]
+    cls = KINDS.get(kind) or _library_class(hparams.get("_class_path"), kind)
+    if cls is None:
+        raise ConfigError(f"checkpoint {str(path)!r}: model_kind {kind!r} is not one of {', '.join(KINDS)}, "
+                          "nor a LanguageModel of this library named by its hyper-parameters (_class_path)")
     accepted = inspect.signature(cls.__init__).parameters
     # Other hyper-parameters (optimizer settings, ...) go back to the constructor when it takes them.
     extra = {k: v for k, v in hparams.items() if k != "config" and k in accepted}
@@ -87,6 +89,21 @@ def build_module(checkpoint: dict[str, Any], path: str | os.PathLike, init_from:
         extra["init_from"] = str(init_from)
     finetune.check_base_exists(checkpoint, extra.get("init_from"), f"checkpoint {str(path)!r}")
     return cls(ModelConfig.from_dict(dict(config)), **extra)
+
+
+def _library_class(class_path: Any, kind: str) -> type[LanguageModel] | None:
+    """The LanguageModel class a checkpoint's ``_class_path`` names, when it is one of this library's
+    (alignment modules: ``llm_modules.alignment.RewardModel``) and its name is the ``model_kind``.
+    Only ``llm_modules`` modules are imported: a file must not choose arbitrary code to run."""
+    if not isinstance(class_path, str) or not class_path.startswith("llm_modules."):
+        return None
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return None
+    ok = isinstance(cls, type) and issubclass(cls, LanguageModel) and name == kind
+    return cls if ok else None
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",

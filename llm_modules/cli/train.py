@@ -291,7 +291,7 @@ def _evaluate_checkpoint(argv: list[str]) -> list[str]:
     The model (class and config) comes from the checkpoint's hyper-parameters (LightningCLI reads
     them). Without a ``--config`` or a ``--data`` class, the data is a TextDataModule over the
     ``--data.paths`` given, in blocks of the model's ``max_seq_len``. Data named on the command line
-    alone (a TextDataModule, PairsDataModule or InstructionDataModule, no data section in a ``--config``) is evaluation
+    alone (a TextDataModule or one of the pair modules, no data section in a ``--config``) is evaluation
     data: every document or record is evaluated (``val_fraction`` 1.0). Whenever the data is a
     TextDataModule and no ``--data.tokenizer`` is given, it tokenizes with the checkpoint's own
     tokenizer, never a new one; a checkpoint without one is an error (give ``--data.tokenizer``).
@@ -338,7 +338,8 @@ def _evaluate_checkpoint(argv: list[str]) -> list[str]:
                 out += ["--data.seq_len", str(max_len)]
     kind = (data_class or "").rpartition(".")[2]
     data_from_argv = not any(isinstance(c.get("data"), dict) for c in configs)
-    if data_from_argv and kind in ("TextDataModule", "PairsDataModule", "InstructionDataModule") and not _given(
+    if data_from_argv and kind in ("TextDataModule", "PairsDataModule", "InstructionDataModule",
+                                   "PreferenceDataModule") and not _given(
         argv, "--data.val_fraction", "--data.init_args.val_fraction"
     ):
         out += ["--data.val_fraction", "1.0"]  # files named only to be evaluated: every document / record

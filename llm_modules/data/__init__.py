@@ -12,6 +12,7 @@ from llm_modules.data.hf_tokenizer import HFTokenizer, load_tokenizer
 from llm_modules.data.instructions import InstructionDataModule
 from llm_modules.data.packing import PackedBlocks, split_documents, stack_blocks
 from llm_modules.data.pairs import PairsDataModule
+from llm_modules.data.preferences import PreferenceDataModule
 from llm_modules.data.prompts import GenerationWriter, PromptDataModule
 from llm_modules.data.sampling import ResumableSampler, mixture_order
 from llm_modules.data.sources import (
@@ -36,6 +37,7 @@ __all__ = [
     "InstructionDataModule",
     "PackedBlocks",
     "PairsDataModule",
+    "PreferenceDataModule",
     "PromptDataModule",
     "HFTokenizer",
     "load_tokenizer",

@@ -68,7 +68,7 @@ class LanguageModel(L.LightningModule, abc.ABC):
         peft_checkpoint: str = "adapter",
     ):
         super().__init__()
-        base = finetune.read_base(init_from, self.kind) if init_from else None
+        base = finetune.read_base(init_from, self.base_kind, self.base_kind_fix) if init_from else None
         self.config = finetune.resolve_config(None if config is None else as_config(config), base)
         self.init_from = str(Path(init_from).resolve()) if init_from else None
         peft = finetune.peft_spec(peft)
@@ -112,7 +112,21 @@ class LanguageModel(L.LightningModule, abc.ABC):
 
     @property
     def kind(self) -> str:
+        """What checkpoints record as ``model_kind``: the class that ``load_checkpoint`` rebuilds."""
         return type(self).__name__
+
+    @property
+    def base_kind(self) -> str:
+        """The LM kind of ``self.model``, which ``init_from`` checkpoints must hold: the module's own
+        kind, except for modules built around another kind's torch model (a reward model on a
+        CausalLM's decoder)."""
+        return self.kind
+
+    #: how to fix an ``init_from`` of another kind (``{kind}``: the checkpoint's), for the message
+    base_kind_fix = "set model.class_path: llm_modules.{kind}"
+    #: submodules beside ``self.model`` that train with a PEFT method and that adapter-only
+    #: checkpoints keep with the method's tensors (a reward model's value head); ``training.finetune``
+    trained_beside_peft: tuple[str, ...] = ()
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Mean token cross-entropy over the targets, plus any auxiliary (MoE) loss."""
@@ -137,21 +151,32 @@ class LanguageModel(L.LightningModule, abc.ABC):
             return guard.refused(self, batch)
         out = self.compute_loss(batch)
         lm_loss, loss = global_losses(self, out)
-        self.log("train/loss", lm_loss, prog_bar=True)
-        self.log("train/ppl", torch.exp(lm_loss.clamp(max=50)))
+        self.log_training(out, lm_loss)
         if not guard.admit(self, loss):
             return guard.refused(self, batch, out["loss"])
         return out["loss"]
 
+    def log_training(self, out: dict[str, torch.Tensor], loss: torch.Tensor) -> None:
+        """What a training step logs: the loss averaged over processes, and its perplexity.
+        (Objectives whose loss is no token cross-entropy, such as alignment's, log their own figures.)"""
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/ppl", torch.exp(loss.clamp(max=50)))
+
+    def batch_rows(self, batch) -> torch.Tensor:
+        """The token rows (B, T) a training batch feeds the model: what tokens seen and the logged
+        batch size count (a preference batch feeds its chosen and its rejected rows)."""
+        return batch["input_ids"]
+
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         """Tokens seen (all data-parallel replicas). Throughput (tokens/s, MFU) is the
         ThroughputMonitor callback's (llm_modules.training.throughput), which the CLI adds."""
-        tokens = int(batch["input_ids"].numel()) * data_parallel_split(self.trainer)[0]
+        rows = self.batch_rows(batch)
+        tokens = int(rows.numel()) * data_parallel_split(self.trainer)[0]
         self.tokens_seen += tokens
         self.log("train/tokens_seen", float(self.tokens_seen))
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])
-        # blocks per process in this micro-batch: follows data.batch_ramp while it lasts
-        self.log("train/batch_size", float(batch["input_ids"].shape[0]))
+        # rows per process in this micro-batch: follows data.batch_ramp while it lasts
+        self.log("train/batch_size", float(rows.shape[0]))
 
     def validation_step(self, batch, batch_idx):
         loss, tokens = self._evaluate(batch, "val")

@@ -14,12 +14,13 @@ trains (``peft``), and checkpoints that hold only what training changed.
   ``llm_modules.peft``) freezes the base and adds the method's parameters, right after the base
   weights load and before ``configure_model`` (memory savers may freeze more; nothing unfreezes).
 - **Adapter-only checkpoints.** With a method, a checkpoint keeps only the method's tensors (its
-  ``added_keys``) plus optimizer state, which covers only trainable parameters anyway; the
-  ``finetune`` entry records the base (``init_from``) and a fingerprint of its weights, so
-  loading one rebuilds the base from ``init_from``, checks it is the same base, and loads the
-  adapter on top. ``peft_checkpoint: full`` keeps every tensor instead (a self-contained file).
-  Sharded checkpoint folders (FSDP ``state_dict_type: sharded``, ModelParallelStrategy) always keep
-  every tensor: their loader expects each one back.
+  ``added_keys``) and those of the submodules the LightningModule trains beside it
+  (``trained_beside_peft``: a reward model's value head), plus optimizer state, which covers only
+  trainable parameters anyway; the ``finetune`` entry records the base (``init_from``) and a
+  fingerprint of its weights, so loading one rebuilds the base from ``init_from``, checks it is
+  the same base, and loads the adapter on top. ``peft_checkpoint: full`` keeps every tensor
+  instead (a self-contained file). Sharded checkpoint folders (FSDP ``state_dict_type: sharded``,
+  ModelParallelStrategy) always keep every tensor: their loader expects each one back.
 """
 
 from __future__ import annotations
@@ -67,16 +68,16 @@ class Base:
     tokenizer: bytes | None = None
 
 
-def read_base(path: str | Path, kind: str) -> Base:
+def read_base(path: str | Path, kind: str, fix: str = "set model.class_path: llm_modules.{kind}") -> Base:
     """The base that ``model.init_from`` names (a checkpoint file or a Hugging Face folder), which
-    must hold a model of ``kind``."""
+    must hold a model of ``kind``; ``fix`` says what to change otherwise (``{kind}``: the file's)."""
     p = Path(path)
     if p.is_dir() or p.is_file():
         base = _read_hf_folder(p) if p.is_dir() else _read_checkpoint(p)
         if base.kind != kind:
             raise ConfigError(
                 f"model.init_from: {base.source!r} holds a {base.kind}, and the model is a {kind}; "
-                f"set model.class_path: llm_modules.{base.kind}"
+                + fix.format(kind=base.kind)
             )
         return base
     raise ConfigError(
@@ -271,7 +272,7 @@ def on_save_checkpoint(lm: LanguageModel, checkpoint: dict[str, Any]) -> None:
     adapter_only = (method is not None and lm.init_from is not None and lm.peft_checkpoint == "adapter"
                     and isinstance(state, dict) and not _sharded(state))
     if adapter_only:
-        keep = {PREFIX + k for k in method.added_keys}
+        keep = adapter_keys(lm, state)
         checkpoint["state_dict"] = {k: v for k, v in state.items() if k in keep}
     elif isinstance(checkpoint.get("hyper_parameters"), dict):
         checkpoint["hyper_parameters"]["init_from"] = None
@@ -288,6 +289,16 @@ def _sharded(state: dict[str, Any]) -> bool:
     from torch.distributed.tensor import DTensor
 
     return any(isinstance(v, DTensor) or type(v).__name__ == "ShardedTensor" for v in state.values())
+
+
+def adapter_keys(lm: LanguageModel, state: dict[str, Any] | None = None) -> set[str]:
+    """The keys an adapter-only checkpoint holds: the method's tensors, plus those of the submodules
+    the LightningModule trains beside the method (``trained_beside_peft``, e.g. a value head)."""
+    keys = {PREFIX + k for k in lm.peft_method.added_keys}
+    beside = tuple(f"{name}." for name in lm.trained_beside_peft)
+    if beside:
+        keys |= {k for k in (lm.state_dict() if state is None else state) if k.startswith(beside)}
+    return keys
 
 
 def is_adapter_only(checkpoint: dict[str, Any]) -> bool:
@@ -310,7 +321,7 @@ def not_in_checkpoint(lm: LanguageModel, checkpoint: dict[str, Any]) -> set[str]
     """State-dict keys of ``lm`` that the checkpoint leaves out by design (the base, when adapter-only)."""
     if not is_adapter_only(checkpoint) or lm.peft_method is None:
         return set()
-    keep = {PREFIX + k for k in lm.peft_method.added_keys}
+    keep = adapter_keys(lm)
     return {k for k in lm.state_dict() if k not in keep}
 
 
@@ -325,7 +336,7 @@ def on_load_checkpoint(lm: LanguageModel, checkpoint: dict[str, Any], where: str
     state = checkpoint.get("state_dict")
     if lm.peft_method is None or not isinstance(state, dict):  # strict as usual; or FSDP loaded the weights
         return
-    expected = {PREFIX + k for k in lm.peft_method.added_keys} if adapter_only else set(lm.state_dict())
+    expected = adapter_keys(lm) if adapter_only else set(lm.state_dict())
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
         raise ConfigError(f"{where} does not match the model with peft method {lm.peft_method.name!r} "

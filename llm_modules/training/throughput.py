@@ -293,9 +293,10 @@ class ThroughputMonitor(Callback):
 
     # ---- counting -----------------------------------------------------------------------------------------
 
-    def batch_work(self, config, batch: dict[str, Any]) -> tuple[int, float]:
-        """(tokens, model FLOPs) of one micro-batch on this process."""
-        ids = batch["input_ids"]
+    def batch_work(self, config, batch: dict[str, Any], ids: torch.Tensor | None = None) -> tuple[int, float]:
+        """(tokens, model FLOPs) of one micro-batch on this process; ``ids``: the rows the model
+        reads when they are not ``batch["input_ids"]`` (``LanguageModel.batch_rows``)."""
+        ids = batch["input_ids"] if ids is None else ids
         rows, length = ids.shape
         decoder_len = None
         if self._encoder_decoder:
@@ -317,7 +318,8 @@ class ThroughputMonitor(Callback):
             self._pause_start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        tokens, flops = self.batch_work(pl_module.config, batch)
+        rows = pl_module.batch_rows(batch) if hasattr(pl_module, "batch_rows") else None
+        tokens, flops = self.batch_work(pl_module.config, batch, rows)
         self._tokens += tokens
         self._flops += flops
         if trainer.global_step == self._last_step:
