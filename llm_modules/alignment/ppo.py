@@ -60,9 +60,11 @@ policy generates as a CausalLM does) with the value head (or critic) and the KL 
 With a PEFT method, adapter-only checkpoints keep the value head (or the whole separate critic)
 beside the method's tensors (``trained_beside_peft``).
 
-Tested on one process. Under data parallelism every process takes the same number of updates
-(the early-stop KL is averaged over processes) but several backward passes run per DDP forward,
-which this code does not arrange for.
+Data parallelism (DDP): every process takes the same number of updates (the early-stop KL is
+averaged over processes), and Lightning synchronizes the gradients of each ``manual_backward``
+under manual optimization, so the several backward passes of one rollout stay in step. Checked by
+hand on two CPU processes (``--trainer.devices 2 --trainer.strategy ddp``: after 24 updates on
+different prompts the trainable weights were identical on both); the suite tests one process.
 """
 
 from __future__ import annotations
