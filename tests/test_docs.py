@@ -41,6 +41,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 PAGES = sorted(DOCS.rglob("*.md")) if DOCS.is_dir() else []
+# The tutorials, the longest pages, run from tests/test_docs_tutorials.py: a file of their own, so
+# that pytest-xdist (--dist loadfile) gives them a worker of their own beside the other pages.
+TUTORIALS = [page for page in PAGES if page.parent.name == "tutorials"]
 
 PYTHON = {"python", "py", "python3"}
 BASH = {"bash"}
@@ -253,8 +256,13 @@ def write_file(block: Block, cwd: Path) -> None:
     target.write_text(block.text)
 
 
-@pytest.mark.parametrize("page", PAGES, ids=rel)
+@pytest.mark.parametrize("page", [page for page in PAGES if page not in TUTORIALS], ids=rel)
 def test_page_runs(page, page_dir, isolated_registries):
+    run_page(page, page_dir)
+
+
+def run_page(page: Path, page_dir: Path) -> None:
+    """Every block of ``page`` in order: Python in one namespace, bash in ``page_dir``, files written."""
     try:
         blocks = parse(page)
     except ValueError as err:
