@@ -7,6 +7,7 @@ import torch
 
 from llm_modules import CausalLM, MaskedLM, ModelConfig, PrefixLM, Seq2SeqLM
 from llm_modules.generation.session import open_session
+from llm_modules.peft import peft_state_dict
 
 KINDS = {"llama-tiny": CausalLM, "gpt2-tiny": CausalLM, "bloom-tiny": CausalLM, "glm-tiny": PrefixLM,
          "t5-v1_1-tiny": Seq2SeqLM, "bert-tiny": MaskedLM}
@@ -51,3 +52,21 @@ def max_step_difference(net, tokens, mask, steps=4):
         new = torch.randint(3, 500, (cached.batch_size,), generator=generator)
         worst = max(worst, (cached.step(new) - plain.step(new)).abs().max().item())
     return worst
+
+
+def train_a_few_steps_and_check(net, method, base: dict) -> None:
+    """Three AdamW steps of next-token loss: every parameter of ``method`` moves, and the base
+    weights (``base``: the state dict before the method was applied) stay bitwise equal."""
+    before = {k: v.clone() for k, v in peft_state_dict(net, method).items()}
+    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-2)
+    tokens = ids(4, 8)
+    for _ in range(3):
+        out = net(tokens)
+        loss = torch.nn.functional.cross_entropy(out[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = peft_state_dict(net, method)
+    assert all(not torch.equal(before[k], after[k]) for k in before), f"every {method.name} parameter trains"
+    state = net.state_dict()
+    assert all(torch.equal(base[k], state[k]) for k in base), "base weights stay bitwise equal"

@@ -14,7 +14,7 @@ from llm_modules.peft import apply_peft, peft_state_dict
 from llm_modules.peft.prompt import LSTMEncoder, MLPEncoder, PromptEncoder, SoftPrompt
 from llm_modules.registry import ConfigError
 
-from _virtual_token_helpers import base_model, ids, left_padded, logits, max_step_difference
+from _virtual_token_helpers import base_model, ids, left_padded, logits, max_step_difference, train_a_few_steps_and_check
 
 P = 4
 
@@ -112,19 +112,7 @@ def test_only_the_prompt_trains(spec):
     trainable = {n for n, p in net.named_parameters() if p.requires_grad}
     assert trainable == set(method.added_keys) and all(k.startswith("virtual_tokens.") for k in trainable)
     assert set(peft_state_dict(net, method)) == trainable
-    before = {k: v.clone() for k, v in peft_state_dict(net, method).items()}
-    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-2)
-    tokens = ids(4, 8)
-    for _ in range(3):
-        out = net(tokens)
-        loss = torch.nn.functional.cross_entropy(out[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    after = peft_state_dict(net, method)
-    assert all(not torch.equal(before[k], after[k]) for k in before), "every prompt parameter trains"
-    state = net.state_dict()
-    assert all(torch.equal(base[k], state[k]) for k in base), "base weights stay bitwise equal"
+    train_a_few_steps_and_check(net, method, base)
 
 
 # ---- P-tuning's encoder ------------------------------------------------------------------------------------------
