@@ -266,7 +266,11 @@ class PairsDataModule(L.LightningDataModule):
         if not self.val:
             return []
         return DataLoader(self.val, batch_size=self.val_batch_size, shuffle=False, num_workers=self.num_workers,
-                          collate_fn=PairCollator(self.kind, self._tokenizer.pad_id, with_prompts=True))
+                          collate_fn=self._validation_collator())
+
+    def _validation_collator(self) -> Callable:
+        """How validation batches are laid out: with the prompts and references generation metrics read."""
+        return PairCollator(self.kind, self._tokenizer.pad_id, with_prompts=True)
 
     def test_dataloader(self):
         """The validation records again: there is no separate test split."""

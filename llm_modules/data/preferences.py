@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
 from llm_modules.data.instruction_format import resolve_template
 from llm_modules.data.instructions import InstructionDataModule, fit_decoder
@@ -184,12 +183,8 @@ class PreferenceDataModule(InstructionDataModule):
     def _training_items(self) -> tuple[Sequence, Callable]:
         return self.train, PreferenceCollator(self.kind, self._tokenizer.pad_id)
 
-    def val_dataloader(self):
-        self._load()
-        if not self.val:
-            return []
-        return DataLoader(self.val, batch_size=self.val_batch_size, shuffle=False, num_workers=self.num_workers,
-                          collate_fn=PreferenceCollator(self.kind, self._tokenizer.pad_id))
+    def _validation_collator(self) -> Callable:
+        return PreferenceCollator(self.kind, self._tokenizer.pad_id)
 
     # ---- checks and report ------------------------------------------------------------------------------
 
