@@ -48,6 +48,10 @@ COMMANDS: list[tuple[list[str], str, bool]] = [
         "quantize](../tutorials/generate-evaluate-quantize.md))."
     ), False),
     (["quantize", "--help"], "Quantize a checkpoint for CPU inference.", False),
+    (["estimate", "--help"], (
+        "Plan a run: parameters, FLOPs, memory per device, scaling laws and wall time (see [Plan a "
+        "run](../tutorials/plan-a-run.md))."
+    ), False),
     (["tokenizer", "train", "--help"], (
         "Train a SentencePiece tokenizer from files, folders, globs, JSONL or `python-stdlib`."
     ), False),

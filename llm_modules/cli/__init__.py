@@ -27,6 +27,7 @@ COMMANDS = {
     "export": "export a (fine-tuned) checkpoint: merged to Hugging Face, a checkpoint, or the adapter alone",
     "tokenizer": "train a SentencePiece tokenizer (tokenizer train PATHS --out FILE)",
     "quantize": "quantize a checkpoint for CPU inference (quantize CKPT OUT --method NAME)",
+    "estimate": "plan a run: parameters, FLOPs, memory per device, scaling laws, wall time",
 }
 
 
@@ -89,6 +90,8 @@ def _dispatch(command: str, rest: list[str]) -> int:
         from llm_modules.cli.quantize_cmd import run
     elif command == "export":
         from llm_modules.cli.export_cmd import run
+    elif command == "estimate":
+        from llm_modules.cli.estimate_cmd import run
     else:
         from llm_modules.cli.convert_cmd import run
     return run(rest)

@@ -1,0 +1,90 @@
+"""The whole plan for one config and run, as plain data (what ``llm-modules estimate`` prints).
+
+``plan(...)`` returns a JSON-ready dict: parameters, FLOPs, memory per device for the chosen
+setup plus the peak under every strategy and precision, scaling-law figures and wall time.
+Bytes, FLOPs, tokens and seconds are plain numbers (no units baked in).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+
+from llm_modules.estimate.activations import Training
+from llm_modules.estimate.flops import estimate_flops
+from llm_modules.estimate.lora import DEFAULT_TARGETS, plan_lora
+from llm_modules.estimate.memory import PRECISIONS, STRATEGIES, Setup, estimate_memory
+from llm_modules.estimate.params import count
+from llm_modules.estimate.scaling import (
+    CHINCHILLA_TOKENS_PER_PARAMETER,
+    chinchilla_fit_optimal,
+    chinchilla_loss,
+    chinchilla_optimal,
+    kaplan_loss,
+    kaplan_optimal,
+)
+from llm_modules.estimate.walltime import wall_time
+from llm_modules.registry import ConfigError
+
+
+def plan(cfg, *, kind: str = "causal", setup: Setup | None = None, tokens: float | None = None,
+         lora_rank: int = 0, lora_targets=DEFAULT_TARGETS, gpu: str = "h100-sxm", mfu: float = 0.4,
+         flop_budget: float | None = None, source: str = "") -> dict:
+    """Everything ``llm-modules estimate`` reports for ``cfg`` trained as ``setup`` on ``tokens``
+    tokens (default: the Chinchilla-optimal 20 per parameter)."""
+    setup = (setup or Setup()).check()
+    if setup.seq_len > cfg.max_seq_len and kind != "seq2seq":
+        raise ConfigError(f"--seq-len {setup.seq_len} exceeds the model's max_seq_len {cfg.max_seq_len}; "
+                          "use a shorter --seq-len or raise max_seq_len in the config")
+    if tokens is not None and not tokens > 0:
+        raise ConfigError(f"--tokens must be positive; got {tokens}")
+    if flop_budget is not None and not flop_budget > 0:
+        raise ConfigError(f"--flop-budget must be positive; got {flop_budget}")
+    if isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or lora_rank < 0:
+        raise ConfigError(f"--lora-rank must be a positive integer; got {lora_rank!r}")
+
+    params = count(cfg, kind)
+    training, lora = Training(), None
+    if lora_rank:
+        lora = plan_lora(cfg, kind, lora_rank, lora_targets)
+        training = Training(lora_rank, lora.names)
+    lora_parameters = lora.parameters if lora else 0
+
+    run_tokens = float(tokens) if tokens is not None else CHINCHILLA_TOKENS_PER_PARAMETER * params.total
+    flops = estimate_flops(cfg, params.total, run_tokens, setup.seq_len,
+                           (setup.decoder_len or setup.seq_len) if kind == "seq2seq" else None)
+
+    memory = estimate_memory(cfg, kind, params, setup, lora_parameters=lora_parameters, training=training)
+    matrix = {
+        strategy: {
+            precision: estimate_memory(cfg, kind, params, replace(setup, strategy=strategy, precision=precision),
+                                       lora_parameters=lora_parameters, training=training).peak
+            for precision in PRECISIONS
+        }
+        for strategy in STRATEGIES
+    }
+
+    budget = float(flop_budget) if flop_budget is not None else flops.total
+    scaling = {
+        "flop_budget": budget,
+        "chinchilla_rule": asdict(chinchilla_optimal(budget)),
+        "chinchilla_fit": asdict(chinchilla_fit_optimal(budget)),
+        "kaplan": asdict(kaplan_optimal(budget)),
+        "loss": {
+            "parameters": params.total, "non_embedding_parameters": params.non_embedding, "tokens": run_tokens,
+            "chinchilla": chinchilla_loss(params.total, run_tokens),
+            "kaplan": kaplan_loss(params.non_embedding, run_tokens),
+            "kaplan_data_unlimited": kaplan_loss(params.non_embedding),
+        },
+    }
+    time = wall_time(flops.total, gpu, setup.precision, mfu, setup.devices)
+    return {
+        "model": {"source": source, "kind": kind, "config": cfg.to_dict()},
+        "setup": {**asdict(setup), "tokens": run_tokens, "tokens_default": tokens is None,
+                  "lora_rank": lora_rank, "lora_targets": sorted(lora.names) if lora else []},
+        "parameters": {**params.as_dict(), "trainable": lora_parameters or params.total, "lora": lora_parameters},
+        "flops": {**flops.as_dict(), "hardware_total": flops.hardware_total(setup.activation_checkpointing)},
+        "memory": memory.as_dict(),
+        "memory_peak_by_strategy": matrix,
+        "scaling": scaling,
+        "time": time.as_dict(),
+    }
