@@ -415,12 +415,12 @@ def test_parallel_weights_form(tmp_path, tok_path):
 
 
 def test_tokenizer_trained_into_cache_and_reused(corpus, tmp_path):
-    kw = {"paths": [str(corpus)], "cache_dir": str(tmp_path / "cache"), "seq_len": SEQ, "vocab_size": 400,
+    kw = {"paths": [str(corpus)], "cache_dir": str(tmp_path / "cache"), "seq_len": SEQ, "vocab_size": 480,
           "num_sentinels": 4, "val_fraction": 0.2}
     dm = TextDataModule(**kw)
     dm.setup("fit")
     models = list((tmp_path / "cache" / "tokenizers").glob("*.model"))
-    assert len(models) == 1 and dm.tokenizer.vocab_size == 400
+    assert len(models) == 1 and dm.tokenizer.vocab_size == 480
     mtime = models[0].stat().st_mtime_ns
     again = TextDataModule(**kw)
     assert again.tokenizer.fingerprint == dm.tokenizer.fingerprint
