@@ -29,3 +29,29 @@ def corpus(tmp_path_factory):
 def cache(tmp_path_factory):
     """Tokenizer and token-cache folder shared by a module's fits."""
     return tmp_path_factory.mktemp("cache")
+
+
+# The files that take longest, longest first. With ``--dist loadfile`` a file runs on one worker, and
+# pytest-xdist by default hands out files with the most tests first, which puts these (few tests, each
+# a multi-process or multi-command run) last: the suite then ends with one worker busy on a tutorial
+# while the other idles. Starting them first lets the short files fill in around them.
+LONGEST_FIRST = (
+    "test_docs_tutorials.py",
+    "test_strategies.py",
+    "test_finetune_strategies.py",
+    "test_resume.py",
+    "test_docs.py",
+    "test_plugins.py",
+    "test_finetune_cli.py",
+    "test_finetune.py",
+)
+
+
+def pytest_configure(config):
+    if hasattr(config.option, "loadscopereorder"):  # keep our file order (pytest-xdist >= 3.6 sorts by size)
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
