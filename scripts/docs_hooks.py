@@ -52,6 +52,10 @@ COMMANDS: list[tuple[list[str], str, bool]] = [
         "Plan a run: parameters, FLOPs, memory per device, scaling laws and wall time (see [Plan a "
         "run](../tutorials/plan-a-run.md))."
     ), False),
+    (["data", "prepare", "--help"], (
+        "Clean a corpus: filters, deduplication, PII scrubbing and decontamination (see [Prepare "
+        "data](../tutorials/prepare-data.md))."
+    ), False),
     (["tokenizer", "train", "--help"], (
         "Train a SentencePiece tokenizer from files, folders, globs, JSONL or `python-stdlib`."
     ), False),

@@ -28,6 +28,7 @@ COMMANDS = {
     "tokenizer": "train a SentencePiece tokenizer (tokenizer train PATHS --out FILE)",
     "quantize": "quantize a checkpoint for CPU inference (quantize CKPT OUT --method NAME)",
     "estimate": "plan a run: parameters, FLOPs, memory per device, scaling laws, wall time",
+    "data": "clean a corpus: filters, dedup, PII scrubbing, decontamination (data prepare)",
 }
 
 
@@ -92,6 +93,8 @@ def _dispatch(command: str, rest: list[str]) -> int:
         from llm_modules.cli.export_cmd import run
     elif command == "estimate":
         from llm_modules.cli.estimate_cmd import run
+    elif command == "data":
+        from llm_modules.cli.data_cmd import run
     else:
         from llm_modules.cli.convert_cmd import run
     return run(rest)

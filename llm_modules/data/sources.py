@@ -9,6 +9,12 @@ Every document has a stable ``source_id`` (the entry as written plus the path be
 ``#line`` for JSONL). The train/validation split is a function of that id, so it does not move when
 the cache is rebuilt, the machine changes, or the interpreter lives somewhere else.
 
+A directory written by ``llm-modules data prepare`` (it holds ``prepare-manifest.json``) stands for
+exactly its output shards, in order (never its report or checkpoint files), read as JSONL with the
+``text`` field whatever ``text_field`` says; one whose preparation has not finished is refused with
+a message to rerun the preparation. This holds for an entry naming the directory, a glob matching
+it, and a directory found inside another one.
+
 Resolving only lists files and reads their size and mtime (cheap): that is what keys the token
 cache. Text is read lazily, document by document, when the cache is built.
 """
@@ -36,6 +42,7 @@ STDLIB_EXCLUDED_DIRS = frozenset({
 })
 _SKIPPED_DIRS = frozenset({"__pycache__", "node_modules"})
 _GLOB_CHARS = "*?["
+_PREPARE_MANIFEST = "prepare-manifest.json"  # = llm_modules.data.prepare.manifest.MANIFEST
 
 
 @dataclass(frozen=True)
@@ -191,7 +198,7 @@ def _resolve_entry(entry: str, patterns: tuple[str, ...], text_field: str, where
         for m in matches:
             p = Path(m)
             if p.is_dir():
-                out.extend(_directory(p, m, patterns, text_field, where, required=False))
+                out.extend(_prepared(p, m, where) or _directory(p, m, patterns, text_field, where, required=False))
             elif p.is_file():
                 out.append(SourceFile(p.resolve(), Path(m).as_posix(), _kind(p), where, text_field))
         if not out:
@@ -205,32 +212,55 @@ def _resolve_entry(entry: str, patterns: tuple[str, ...], text_field: str, where
             f"file, directory or glob, or {STDLIB!r} for the built-in corpus"
         )
     if p.is_dir():
-        return _directory(p, entry, patterns, text_field, where, required=True)
+        return _prepared(p, entry, where) or _directory(p, entry, patterns, text_field, where, required=True)
     return [SourceFile(p.resolve(), Path(entry).as_posix(), _kind(p), where, text_field)]
+
+
+def _prepared(root: Path, shown: str, where: str) -> list[SourceFile] | None:
+    """The shards of a directory written by ``llm-modules data prepare``; None for any other directory."""
+    if not (root / _PREPARE_MANIFEST).is_file():
+        return None
+    from llm_modules.data.prepare.manifest import prepared_shards
+
+    shards = prepared_shards(root, where)
+    if shards is None:
+        return None
+    prefix = Path(shown).as_posix().rstrip("/")
+    return [SourceFile(path.resolve(), f"{prefix}/{path.name}", "jsonl", where, "text") for path in shards]
 
 
 def _directory(root: Path, shown: str, patterns, text_field: str, where: str, required: bool) -> list[SourceFile]:
     out = []
     prefix = Path(shown).as_posix().rstrip("/")
-    for path in _walk(root, patterns):
+    prepared: list[Path] = []
+    for path in _walk(root, patterns, prepared=prepared):
         rel = path.relative_to(root).as_posix()
         out.append(SourceFile(path.resolve(), f"{prefix}/{rel}", _kind(path), where, text_field))
+    for sub in prepared:  # prepared directories found inside: their shards, after the plain files
+        out.extend(_prepared(sub, f"{prefix}/{sub.relative_to(root).as_posix()}", where) or [])
     if required and not out:
         raise ConfigError(f"{where}: directory {shown!r} has no files matching {', '.join(patterns)}; "
                           "set data.pattern (e.g. '*.txt') or point at another directory")
     return out
 
 
-def _walk(root: Path, patterns: Sequence[str], excluded: frozenset[str] = frozenset()) -> Iterator[Path]:
+def _walk(root: Path, patterns: Sequence[str], excluded: frozenset[str] = frozenset(),
+          prepared: list[Path] | None = None) -> Iterator[Path]:
     """Files under ``root`` matching any pattern, in sorted order; hidden and cache folders skipped.
 
     A pattern with a ``/`` is matched against the path relative to ``root``; otherwise against the name.
+    With ``prepared`` (a list), folders written by ``llm-modules data prepare`` are not walked but
+    appended to it.
     """
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(
             d for d in dirnames if not d.startswith(".") and d not in _SKIPPED_DIRS and d not in excluded
         )
         base = Path(dirpath)
+        if prepared is not None:
+            for d in [d for d in dirnames if (base / d / _PREPARE_MANIFEST).is_file()]:
+                dirnames.remove(d)
+                prepared.append(base / d)
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
