@@ -1,7 +1,6 @@
 """llm-modules: a registry-driven Lightning trainer for transformer language models."""
 
 from llm_modules.config import ModelConfig
-from llm_modules.models import CausalLM, LanguageModel, MaskedLM, PrefixLM, Seq2SeqLM
 from llm_modules.registry import (
     ACTIVATIONS,
     ATTENTIONS,
@@ -18,16 +17,20 @@ from llm_modules.registry import (
 
 __version__ = "0.1.0"
 
-#: alignment modules reachable as ``llm_modules.NAME`` (and as ``class_path: llm_modules.NAME``),
-#: imported on first use: ``import llm_modules`` stays as light as before
-_ALIGNMENT = ("RewardModel", "DPO")
+#: names reachable as ``llm_modules.NAME`` (and as ``class_path: llm_modules.NAME``) and the module
+#: that defines each, imported on first use: the LightningModules pull in Lightning (seconds of
+#: import), which commands such as ``data prepare`` and ``estimate`` never need
+_LAZY = {
+    **dict.fromkeys(("LanguageModel", "CausalLM", "PrefixLM", "Seq2SeqLM", "MaskedLM"), "llm_modules.models"),
+    **dict.fromkeys(("RewardModel", "DPO"), "llm_modules.alignment"),
+}
 
 
 def __getattr__(name):
-    if name in _ALIGNMENT:
-        from llm_modules import alignment
+    if name in _LAZY:
+        import importlib
 
-        return getattr(alignment, name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'llm_modules' has no attribute {name!r}")
 
 
