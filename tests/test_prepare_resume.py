@@ -8,6 +8,10 @@ import json
 import os
 import random
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -128,7 +132,7 @@ def test_other_settings_or_inputs_are_refused_and_overwrite_starts_over(corpus, 
     with pytest.raises(KeyboardInterrupt):
         prepare(from_dict(config), progress=False, stop_after=5)
     changed = {**config, "filters": {"length": {"min_words": 10}}}
-    with pytest.raises(ConfigError, match=r"holds a unfinished preparation made with other settings "
+    with pytest.raises(ConfigError, match=r"holds an unfinished preparation made with other settings "
                                           r"\(filters\.length\.min_words differ\).*--overwrite"):
         prepare(from_dict(changed), progress=False)
     report = prepare(from_dict(changed), overwrite=True, progress=False)
@@ -265,3 +269,36 @@ def test_cli_missing_input_and_help(tmp_path, capsys, monkeypatch):
     assert "--overwrite" in text and "--eval" in text and "--min-words" in text
     assert main(["data"]) == 2
     assert not os.path.exists(tmp_path / "o")
+
+
+def test_a_killed_process_resumes_to_the_same_output(tmp_path):
+    """SIGKILL (no Python cleanup, unlike the interrupt hook above) in the middle of a real run; the
+    same command run again finishes it, and the shards are byte for byte those of an unbroken run."""
+    rng = random.Random(5)
+    texts = [prose(rng, 60) for _ in range(3000)]
+    texts += [texts[i] for i in range(0, 3000, 7)]  # exact duplicates, so the logs carry state
+    write_jsonl(tmp_path / "in.jsonl", texts)
+    args = lambda out: ["data", "prepare", str(tmp_path / "in.jsonl"), "--out", str(tmp_path / out),
+                        "--checkpoint-every", "200", "--shard-docs", "500", "--no-progress"]
+    assert main(args("whole")) == 0
+    proc = subprocess.Popen([sys.executable, "-m", "llm_modules", *args("killed")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = tmp_path / "killed" / ".prepare-state" / "state.json"
+    deadline = time.monotonic() + 60
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:  # wait for a checkpoint past a shard
+            try:
+                if json.loads(state.read_text())["position"][1] >= 800:
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert json.loads((tmp_path / "killed" / "prepare-manifest.json").read_text())["complete"] is False
+    assert main(args("killed")) == 0
+    assert outputs(tmp_path / "killed") == outputs(tmp_path / "whole")
+    assert counts(json.loads((tmp_path / "killed" / "report.json").read_text())) == \
+        counts(json.loads((tmp_path / "whole" / "report.json").read_text()))

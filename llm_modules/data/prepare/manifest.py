@@ -149,9 +149,9 @@ def open_output(out: Path, settings: dict[str, Any], fingerprint: str, overwrite
     if changed or manifest.get("inputs_fingerprint") != fingerprint:
         what = (f"other settings ({', '.join(changed[:4])}{', ...' if len(changed) > 4 else ''} differ)" if changed
                 else "other inputs (files were added, removed or modified since)")
-        state = "complete" if manifest.get("complete") else "unfinished"
+        state = "a complete" if manifest.get("complete") else "an unfinished"
         raise ConfigError(
-            f"--out {str(out)!r} holds a {state} preparation made with {what}; rerun with the same settings and "
+            f"--out {str(out)!r} holds {state} preparation made with {what}; rerun with the same settings and "
             "inputs to reuse it, pass --overwrite to start over, or choose another --out"
         )
     return "complete" if manifest.get("complete") else "resume"
