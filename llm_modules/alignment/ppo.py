@@ -360,7 +360,7 @@ class PPO(FrozenReference, CausalLM):
     def configure_optimizers(self):
         """The optimizer over every trainable parameter (policy, value head, critic), and the
         schedule over the planned updates (module docstring)."""
-        optimizer = build_optimizer(self.named_parameters(), self.optim)
+        optimizer = build_optimizer(self.named_parameters(), self.optim, trainer=self.trainer)
         scheduler = build_scheduler(optimizer, self.optim, self._planned_updates())
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

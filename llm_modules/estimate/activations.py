@@ -15,14 +15,17 @@ an input that requires one):
   q, k and v each keep a copy of the normalized hidden state. LoRA's A saves the input too and its
   B the r-wide product.
 - our RMSNorm computes in fp32: it saves the fp32 input (a copy when the stream is half precision)
-  and a per-token scale, and the normalized tensor when its weight trains; LayerNorm saves its input.
-- rotary embeddings save their fp32 cos/sin tables; fused attention (``sdpa`` and the kernel
+  and a per-token scale, and the normalized tensor when its weight trains; with fp32 input and weight
+  (its hand-written backward) the normalized tensor and the scale only. LayerNorm saves its input.
+- rotary embeddings save their fp32 cos/sin tables, one (1, T, rotated dims) pair per stack that
+  every layer shares; fused attention (``sdpa`` and the kernel
   plugins) saves q, k, v, the output and a log-sum-exp per head, ``eager`` the (heads x keys)
   probabilities instead of a log-sum-exp. An additive bias (ALiBi, T5) merged with the mask is a
   (heads x T x T) tensor per layer; a structured mask (prefix, padding) a (T x T) bool per row.
 - gated feed-forwards keep gate, up, activation and product (4 x d_ff), GELU MLPs 2 x d_ff, ReLU 1.
 - dropout keeps a bool mask on CUDA, its scaled noise (input dtype) on the CPU.
-- the loss: ``cross_entropy`` of fp32 logits keeps fp32 log-probabilities (4 bytes x vocab per token).
+- the loss (``nn.loss.cross_entropy``) keeps the logits themselves and a log-sum-exp per token; its
+  fp32 work happens in chunks of rows, so no full-size fp32 copy or log-softmax exists.
 
 Not modelled: mixture-of-experts routing (a token's top-k experts are counted as if each saw it)
 and components from plugins (counted as the nearest built-in); ``Activations.approximate`` says so.
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from llm_modules.nn.loss import CHUNK_ELEMENTS
 from llm_modules.registry import split_spec
 
 FP32, INDEX, MASK = 4, 8, 1
@@ -128,6 +132,7 @@ class Ops:
         #: and an attention bias (1, heads, T, T) that no causal mask is merged into
         self.memory = Tensor(cfg.d_model * memory_ratio, mode.stream, memory_grad)
         self.bias = Tensor(cfg.n_heads * seq_len / batch_size, FP32, False)
+        self.rope_tables = Tensor(0, FP32, False)
         self.causal = causal
         self.approximate = False
 
@@ -151,6 +156,10 @@ class Ops:
     def norm(self, x: Tensor) -> Tensor:
         name, _ = split_spec(self.cfg.norm, "norm")
         trains, d = self.training.full, x.elements
+        if name == "rmsnorm" and x.bytes == FP32 and self.mode.stream == FP32:
+            # fp32 input and weight: the hand-written backward keeps the normalized tensor and the scale
+            self.save_for(x.grad or trains, Tensor(d, FP32), Tensor(1, FP32))
+            return Tensor(d, x.bytes, x.grad or trains)
         if name in ("rmsnorm", "scalenorm"):
             h = x if x.bytes == FP32 else Tensor(d, FP32, x.grad)  # statistics in fp32
             self.save_for(x.grad, h, Tensor(1, FP32))  # and a per-token scale
@@ -183,8 +192,10 @@ class Ops:
         fraction = options.get("fraction", 1.0) if position == "rope" else 1.0
         if position == "rope" and not cross:
             rotated = int(cfg.dim_per_head * fraction)
-            for t in (q, k):  # rot * cos + turned * sin keeps cos and sin
-                self.save_for(t.grad, Tensor(rotated, FP32), Tensor(rotated, FP32))
+            # x * cos + swap(x) * signed_sin keeps the two tables: (1, T, rotated) fp32 each, made
+            # once per stack and shared by every layer's queries and keys (nn.positions.RoPE.tables)
+            self.rope_tables.elements = 2 * rotated / self.batch_size
+            self.save_for(q.grad or k.grad, self.rope_tables)
             q, k = self.new(q.elements, q.grad), self.new(k.elements, k.grad)
         backend, _ = split_spec(cfg.attention, "attention")
         keys = self.seq_len * (self.memory_ratio if cross else 1)
@@ -310,9 +321,9 @@ class Activations:
     blocks: float  # everything all blocks save
     block: float  # the most one block saves: what recomputing a checkpointed block rebuilds
     block_inputs: float  # what activation checkpointing keeps of the blocks instead
-    outside: float  # embeddings, final norm, head and loss (the log-probabilities)
-    forward_transient: float  # the logits (and their fp32 copy) while the loss is computed
-    backward_transient: float  # the loss's two fp32 gradients over the vocabulary
+    outside: float  # embeddings, final norm, head and loss (the logits it keeps)
+    forward_transient: float  # the loss's fp32 workspace (a chunk of rows) while it is computed
+    backward_transient: float  # the loss's gradient over the vocabulary
     approximate: bool = False
 
     def saved(self, checkpointing: bool) -> float:
@@ -372,7 +383,7 @@ def _stack(cfg, mode: Mode, training: Training, batch_size: int, seq_len: int, n
         tape = Tape()
         block = ops(tape)
         out = block.block(x, cross)
-        shared = sum(t.size for t in tape.saved if t is block.memory or t is block.bias)
+        shared = sum(t.size for t in tape.saved if t is block.memory or t is block.bias or t is block.rope_tables)
         return (tape.bytes - shared) * tokens, shared * tokens, out, block.approximate
 
     blocks = largest = memory = 0.0
@@ -409,7 +420,8 @@ def _head(cfg, mode: Mode, training: Training, tokens: int, kind: str, device: s
     if cfg.output_scale != 1.0:
         h = Tensor(h.elements, h.bytes, h.grad)
     head.linear(h, cfg.vocab_size, "head.proj")
-    tape.save(Tensor(cfg.vocab_size, FP32))  # log-softmax output
+    # the loss (nn.loss.cross_entropy) keeps the logits, a log-sum-exp, the targets and their mask
+    tape.save(Tensor(cfg.vocab_size, mode.compute), Tensor(1, FP32), Tensor(1, INDEX), Tensor(1, MASK))
     ids = INDEX if save_ids else 0
     return (tape.bytes + ids) * tokens, head.approximate
 
@@ -441,11 +453,17 @@ def estimate_activations(cfg, *, kind: str, precision: str, params_half: bool, b
         encoder_ids = 0
     head, head_approx = _head(cfg, mode, training, batch_size * loss_len, kind, device)
     vocab = cfg.vocab_size * batch_size * loss_len
-    forward = vocab * (mode.compute + (FP32 if mode.compute != FP32 else 0))
+    # the loss reads the logits in fp32 chunks: one chunk of log-sum-exp workspace (and its fp32
+    # copy from half precision) in the forward; the backward writes one gradient of the logits'
+    # dtype (through an fp32 chunk from half precision)
+    chunk = FP32 * min(vocab, max(cfg.vocab_size, CHUNK_ELEMENTS // cfg.vocab_size * cfg.vocab_size))
+    half = mode.compute != FP32
+    forward = chunk * (2 if half else 1)
+    backward = vocab * mode.compute + (chunk if half else 0)
     return Activations(
         blocks=sum(s.blocks for s in stacks), block=max(s.block for s in stacks),
         block_inputs=sum(s.inputs for s in stacks),
         outside=sum(s.around + s.memory for s in stacks) + head + encoder_ids,
-        forward_transient=forward, backward_transient=2 * FP32 * vocab,
+        forward_transient=forward, backward_transient=backward,
         approximate=head_approx or any(s.approximate for s in stacks),
     )

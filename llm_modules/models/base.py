@@ -14,11 +14,11 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from llm_modules.config import ModelConfig
 from llm_modules.nn.lm import aux_loss, count_parameters
+from llm_modules.nn.loss import cross_entropy
 from llm_modules.nn.positions import PositionEncoding
 from llm_modules.registry import ConfigError
 from llm_modules.training import finetune
@@ -131,7 +131,8 @@ class LanguageModel(L.LightningModule, abc.ABC):
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Mean token cross-entropy over the targets, plus any auxiliary (MoE) loss."""
         logits, targets = self.logits_and_targets(batch)
-        lm_loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+        # fp32 cross-entropy in row chunks: no full-size fp32 copy or log-softmax (nn.loss)
+        lm_loss = cross_entropy(logits, targets, ignore_index=IGNORE_INDEX)
         extra = aux_loss(self.model)
         total = lm_loss if extra is None else lm_loss + extra
         return {"loss": total, "lm_loss": lm_loss, "tokens": (targets != IGNORE_INDEX).sum()}
@@ -312,7 +313,7 @@ class LanguageModel(L.LightningModule, abc.ABC):
             super().lr_scheduler_step(scheduler, metric)
 
     def configure_optimizers(self):
-        optimizer = build_optimizer(self.named_parameters(), self.optim)
+        optimizer = build_optimizer(self.named_parameters(), self.optim, trainer=self.trainer)
         total = self.optim.max_steps or int(self.trainer.estimated_stepping_batches)
         scheduler = build_scheduler(optimizer, self.optim, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -22,8 +22,10 @@ class TokenEmbedding(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         vocab = self.tokens.num_embeddings
-        # Checked on CPU only: on a GPU the check would cost a device sync every step.
-        if input_ids.device.type == "cpu" and input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab):
+        # Checked on CPU only: on a GPU the check would cost a device sync every step; and not while
+        # torch.compile traces (reading the values would split the graph; the lookup still fails).
+        if (input_ids.device.type == "cpu" and input_ids.numel() and not torch.compiler.is_compiling()
+                and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab)):
             raise ValueError(
                 f"input_ids hold ids outside [0, {vocab}); the tokenizer and the model's vocab_size disagree"
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from llm_modules.nn.fast import plain_tensors
 from llm_modules.registry import NORMS
 
 
@@ -26,6 +27,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32 and plain_tensors(x, self.weight):
+            return _RMSNormFP32.apply(x, self.weight, self.eps)
         # Statistics in fp32 so bf16/fp16 activations do not lose the small-variance tail.
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -33,6 +36,35 @@ class RMSNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+class _RMSNormFP32(torch.autograd.Function):
+    """``weight * x * rsqrt(mean(x^2) + eps)`` in fp32 with a hand-written backward: the reference
+    formula's autograd graph runs about a dozen full-size passes backward (the pow, mean, rsqrt and
+    two products each differentiated on their own); this runs five, and saves the normalized
+    tensor and the per-token scale only (not the input as well). Same math up to float rounding
+    (``tests/test_fast_paths.py``)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        scale = torch.rsqrt(x.pow(2).mean(-1, keepdim=True).add_(eps))
+        normalized = x * scale
+        ctx.save_for_backward(normalized, scale, weight)
+        return normalized * weight
+
+    @staticmethod
+    def backward(ctx, grad):
+        normalized, scale, weight = ctx.saved_tensors
+        grad_x = grad_weight = None
+        if ctx.needs_input_grad[1]:
+            grad_weight = (grad * normalized).flatten(0, -2).sum(0)
+        if ctx.needs_input_grad[0]:
+            # d/dx of x * s(x) with s = rsqrt(mean(x^2) + eps), g = grad * weight:
+            # s * (g - normalized * mean(g * normalized))
+            g = grad * weight
+            mean = torch.linalg.vecdot(g, normalized).unsqueeze(-1).div_(normalized.shape[-1])
+            grad_x = torch.addcmul(g, normalized, mean, value=-1).mul_(scale)
+        return grad_x, grad_weight, None
 
 
 @NORMS.register("scalenorm")

@@ -9,10 +9,12 @@ Positions are per example (B, T), counted over real tokens, so left padding does
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 from torch import nn
 
+from llm_modules.nn.fast import plain_tensors
 from llm_modules.registry import POSITIONS, ConfigError
 
 
@@ -167,22 +169,80 @@ class RoPE(PositionEncoding):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def rotate(self, q, k, q_pos, k_pos):
-        return self._rotate_one(q, q_pos), self._rotate_one(k, k_pos)
+        q_tables = self.tables(q_pos)
+        k_tables = q_tables if k_pos is q_pos else self.tables(k_pos)
+        return self._rotate_one(q, *q_tables), self._rotate_one(k, *k_tables)
 
-    def _rotate_one(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        # x: (B, H, T, D); positions: (B, T)
-        angles = positions.float().unsqueeze(-1) * self.inv_freq  # (B, T, rot/2)
+    def tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, signed sin) for ``positions`` (B, T), shaped (B or 1, 1, T, rot_dim) to broadcast
+        over the heads of (B, H, T, D) queries and keys. The signed sine carries the minus of the
+        rotation (``-sin`` on the features that take the negated partner), so a rotation is
+        ``x * cos + swap(x) * signed_sin`` with ``swap`` a plain permutation.
+
+        Positions that are one row expanded over the batch (no padding: ``positions_from``'s
+        ``arange().expand()``, stride 0 over rows) give one row of tables, broadcast over the batch.
+        Every layer of a stack rotates with the same positions tensor, so the tables of the latest
+        positions are kept and reused until another tensor (or an in-place change) comes: they are
+        computed once per forward, not once per layer, query and key.
+        """
+        # (inference tensors keep no version counter: no caching for them, nor while compiling)
+        cacheable = not (torch.compiler.is_compiling() or positions.is_inference() or self.inv_freq.is_inference())
+        cached = self._tables
+        if cacheable and cached is not None and cached[0]() is positions and cached[1] is self.inv_freq \
+                and cached[2] == (positions._version, self.inv_freq._version):
+            return cached[3]
+        rows = positions[:1] if positions.dim() == 2 and positions.stride(0) == 0 else positions
+        angles = rows.float().unsqueeze(-1) * self.inv_freq  # (B or 1, T, rot/2)
+        cos, sin = angles.cos(), angles.sin()
         if self.interleaved:
-            angles = angles.repeat_interleave(2, dim=-1)
+            cos = cos.repeat_interleave(2, dim=-1)
+            signed_sin = torch.stack((-sin, sin), dim=-1).flatten(-2)
         else:
-            angles = torch.cat((angles, angles), dim=-1)
-        cos, sin = angles.cos().unsqueeze(1), angles.sin().unsqueeze(1)
+            cos = torch.cat((cos, cos), dim=-1)
+            signed_sin = torch.cat((-sin, sin), dim=-1)
+        tables = (cos.unsqueeze(1), signed_sin.unsqueeze(1))
+        if cacheable:
+            self._tables = (weakref.ref(positions), self.inv_freq, (positions._version, self.inv_freq._version), tables)
+        return tables
+
+    _tables = None  # (weakref to the positions, the inv_freq used, both versions, the tables)
+
+    def __getstate__(self):
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        state = dict(state)
+        state.pop("_tables", None)  # a weakref does not pickle; the tables are remade on demand
+        return state
+
+    def _swap(self, x: torch.Tensor) -> torch.Tensor:
+        """The partner of each feature: the other half (LLaMA), or the other of its pair (GPT-J)."""
+        if self.interleaved:
+            return x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+        half = x.shape[-1] // 2
+        return torch.cat((x[..., half:], x[..., :half]), dim=-1)
+
+    def _rotate_one(self, x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+        # x: (B, H, T, D); cos, signed_sin: (B or 1, 1, T, rot)
         rot, rest = x[..., : self.rot_dim], x[..., self.rot_dim :]
-        if self.interleaved:
-            pairs = rot.float().unflatten(-1, (-1, 2))
-            turned = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
-        else:
-            first, second = rot.float().chunk(2, dim=-1)
-            turned = torch.cat((-second, first), dim=-1)
-        rotated = (rot.float() * cos + turned * sin).to(x.dtype)
+        if x.dtype == torch.float32 and not rest.shape[-1] and plain_tensors(x):
+            return _Rotate.apply(x, cos, signed_sin, self._swap)
+        rot = rot.float()
+        rotated = torch.addcmul(rot * cos, self._swap(rot), signed_sin).to(x.dtype)
         return torch.cat((rotated, rest), dim=-1) if rest.shape[-1] else rotated
+
+
+class _Rotate(torch.autograd.Function):
+    """``x * cos + swap(x) * signed_sin`` with the rotation's own backward: a rotation is
+    orthogonal, so the gradient is the gradient rotated back, ``g * cos + swap(g * signed_sin)``
+    (``swap`` is its own inverse). Autograd's version of the same formula differentiates the slices,
+    the concatenation and the negation one by one (zero-filled full-size buffers and copies)."""
+
+    @staticmethod
+    def forward(ctx, x, cos, signed_sin, swap):
+        ctx.save_for_backward(cos, signed_sin)
+        ctx.swap = swap
+        return torch.addcmul(x * cos, swap(x), signed_sin)
+
+    @staticmethod
+    def backward(ctx, grad):
+        cos, signed_sin = ctx.saved_tensors
+        return torch.add(grad * cos, ctx.swap(grad * signed_sin)), None, None, None
