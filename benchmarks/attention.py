@@ -3,6 +3,7 @@
     python benchmarks/attention.py                                 # seq 2048 and 8192, causal, bf16
     python benchmarks/attention.py --documents 4                   # packed blocks of 4 documents each
     python benchmarks/attention.py --seq-lens 256 --batch 1 --heads 2 --device cpu   # a CPU smoke run
+    python benchmarks/attention.py --json attention.json            # also write the figures as JSON
 
 Each backend is the registered one (``ATTENTIONS.build(name)``), called exactly as a model calls it,
 on random bf16 q/k/v of shape (batch, heads, seq, head_dim) with ``--kv-heads`` key/value heads.
@@ -18,8 +19,10 @@ forward, and 2.5 times that for the backward, the usual FlashAttention accountin
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
+from pathlib import Path
 
 import torch
 
@@ -45,6 +48,7 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     return parser.parse_args(argv)
 
 
@@ -82,7 +86,8 @@ def timed(fn, warmup: int, iters: int, device) -> float:
     return (time.perf_counter() - start) / iters
 
 
-def run_one(name: str, args, seq: int, batch: int) -> str:
+def run_one(name: str, args, seq: int, batch: int) -> dict:
+    """{"ms", "tflops"} of one backend at one size, or {"skipped": why}."""
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     kv_heads = args.kv_heads or args.heads
     causal = not args.bidirectional
@@ -91,7 +96,7 @@ def run_one(name: str, args, seq: int, batch: int) -> str:
         backend.check(needs_bias=False, dropout=0.0, needs_masks=not causal,
                       features=frozenset() if causal else frozenset({"bidirectional"}))
     except ConfigError as err:
-        return f"skipped: {err}"
+        return {"skipped": str(err)}
     docs = document_ids(batch, seq, args.documents, device)
     mask = AttentionMask(seq, seq, causal=causal, documents=docs)
     g = torch.Generator(device=device).manual_seed(0)
@@ -113,9 +118,15 @@ def run_one(name: str, args, seq: int, batch: int) -> str:
     try:
         seconds = timed(step, args.warmup, args.iters, device)
     except (RuntimeError, NotImplementedError) as err:
-        return f"skipped: {str(err).splitlines()[0]}"
+        return {"skipped": str(err).splitlines()[0]}
     flops = 4 * args.head_dim * args.heads * visible_pairs(seq, causal, docs, batch) * 3.5
-    return f"{seconds * 1e3:9.2f} ms  {flops / seconds / 1e12:8.3g} TFLOP/s"
+    return {"ms": seconds * 1e3, "tflops": flops / seconds / 1e12, "flops": flops}
+
+
+def describe(result: dict) -> str:
+    if "skipped" in result:
+        return f"skipped: {result['skipped']}"
+    return f"{result['ms']:9.2f} ms  {result['tflops']:8.3g} TFLOP/s"
 
 
 def main(argv=None) -> None:
@@ -125,10 +136,16 @@ def main(argv=None) -> None:
     mask = "bidirectional" if args.bidirectional else "causal"
     print(f"attention forward+backward on {where}, {args.dtype}, {args.heads} heads "
           f"({args.kv_heads or args.heads} kv) x {args.head_dim}, {mask}, {args.documents} document(s) per row")
+    rows = []
     for seq in args.seq_lens:
         batch = args.batch or max(1, args.tokens // seq)
         for name in args.backends:
-            print(f"  seq {seq:6d}  batch {batch:3d}  {name:<11} {run_one(name, args, seq, batch)}", flush=True)
+            result = run_one(name, args, seq, batch)
+            rows.append({"backend": name, "seq_len": seq, "batch": batch, **result})
+            print(f"  seq {seq:6d}  batch {batch:3d}  {name:<11} {describe(result)}", flush=True)
+    if args.json:
+        setup = {k: v for k, v in vars(args).items() if k != "json"}
+        args.json.write_text(json.dumps({"device": where, "args": setup, "results": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
