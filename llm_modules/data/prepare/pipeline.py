@@ -205,8 +205,9 @@ class _Run:
             self._checkpoint()
         pool = None
         if self.config.workers > 1:
-            methods = multiprocessing.get_all_start_methods()
-            ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+            # spawn, never fork: a fork of a process whose other threads hold locks (torch's thread
+            # pools, a test runner's) can leave the child waiting forever on a lock nobody releases
+            ctx = multiprocessing.get_context("spawn")
             pool = ctx.Pool(self.config.workers, initializer=init_worker, initargs=(self.config, table))
         bar = _progress_bar(progress, self.files, self.counts.input_bytes)
         try:
