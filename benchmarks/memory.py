@@ -80,24 +80,6 @@ def fit(args, precision: str, checkpointing: bool) -> None:
         trainer.fit(lm, torch.utils.data.DataLoader(rows, batch_size=args.batch_size))
 
 
-def allocator_peak(fn) -> int:
-    """Peak live CPU tensor bytes while ``fn`` runs (torch.profiler's allocation records)."""
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        event = stack.pop()
-        if event.typed[0] == _EventType.Allocation and event.typed[1].device.type == "cpu":
-            events.append((event.start_time_ns, event.typed[1]))
-        stack.extend(event.children)
-    events.sort(key=lambda e: e[0])
-    start = events[0][1].total_allocated - events[0][1].alloc_size
-    return max(e.total_allocated for _, e in events) - start
-
-
 def child(args) -> dict:
     """One measurement in this (fresh) process: ``precision,checkpointing,method``."""
     import torch
@@ -109,7 +91,9 @@ def child(args) -> dict:
         fit(args, precision, on)
         return {"measured": torch.cuda.max_memory_allocated()}
     if method == "allocator":
-        return {"measured": allocator_peak(lambda: fit(args, precision, on))}
+        from llm_modules.training.peak_memory import cpu_peak_allocated
+
+        return {"measured": cpu_peak_allocated(lambda: fit(args, precision, on))}
     import lightning  # noqa: F401  (the libraries' own memory is baseline, not the run's)
 
     import llm_modules  # noqa: F401

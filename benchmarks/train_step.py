@@ -294,26 +294,6 @@ def trainer_runner(cfg, tokens: torch.Tensor, precision: str, device, steps: int
 # ---- measuring ---------------------------------------------------------------------------------------------
 
 
-def allocator_peak(fn) -> int:
-    """Most live CPU tensor bytes while ``fn`` runs, above what was live before (torch.profiler)."""
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        event = stack.pop()
-        if event.typed[0] == _EventType.Allocation and event.typed[1].device.type == "cpu":
-            events.append((event.start_time_ns, event.typed[1]))
-        stack.extend(event.children)
-    if not events:
-        return 0
-    events.sort(key=lambda e: e[0])
-    start = events[0][1].total_allocated - events[0][1].alloc_size
-    return max(e.total_allocated for _, e in events) - start
-
-
 def peak_memory(runner: Runner, device) -> int:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -322,7 +302,9 @@ def peak_memory(runner: Runner, device) -> int:
         runner.step()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - before
-    return allocator_peak(runner.step)
+    from llm_modules.training.peak_memory import cpu_peak_allocated
+
+    return cpu_peak_allocated(runner.step)
 
 
 def timed(runner: Runner, steps: int, device) -> list[float]:

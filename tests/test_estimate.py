@@ -43,6 +43,7 @@ from llm_modules.estimate.walltime import wall_time
 from llm_modules.nn.loss import cross_entropy
 from llm_modules.nn.lm import DecoderLM, EncoderDecoderLM, EncoderLM, count_parameters
 from llm_modules.registry import ConfigError
+from llm_modules.training.peak_memory import cpu_peak_allocated
 
 ROOT = Path(__file__).resolve().parent.parent
 GPT3 = {"vocab_size": 50257, "d_model": 12288, "n_layers": 96, "n_heads": 96, "norm": "layernorm", "activation": "gelu",
@@ -244,32 +245,6 @@ def test_activation_replay_with_lora(preset, kind, targets, precision):
 # ---- a real training run -----------------------------------------------------------------------------------
 
 
-def peak_allocated(fn) -> int:
-    """Peak bytes of live CPU tensors while ``fn`` runs.
-
-    ``torch.profiler`` with ``profile_memory=True`` records every allocation the CPU allocator
-    makes while it is active, with the allocator's running total of live bytes; the largest total
-    is the peak of tensor memory (weights, gradients, optimizer state, activations, temporaries),
-    which is what the estimate predicts, free of the interpreter's and the libraries' own memory
-    (which RSS would add). Everything is allocated inside ``fn``, model included.
-    """
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        event = stack.pop()
-        if event.typed[0] == _EventType.Allocation and event.typed[1].device.type == "cpu":
-            events.append((event.start_time_ns, event.typed[1]))
-        stack.extend(event.children)
-    events.sort(key=lambda e: e[0])
-    # The running total carries what earlier profiling sessions left allocated: start from zero.
-    start = events[0][1].total_allocated - events[0][1].alloc_size
-    return max(e.total_allocated for _, e in events) - start
-
-
 def fit_on_cpu(cfg, *, batch: int, length: int, precision: str, checkpointing: bool, steps: int = 2) -> None:
     """``steps`` optimizer steps of a CausalLM with Lightning's Trainer on random tokens."""
     import lightning as L
@@ -288,9 +263,9 @@ def fit_on_cpu(cfg, *, batch: int, length: int, precision: str, checkpointing: b
 
 
 def measure_fit_on_cpu(cfg, batch: int, length: int, checkpointing: bool) -> int:
-    """``peak_allocated`` of ``fit_on_cpu`` (module level, so a spawned process can run it)."""
+    """``cpu_peak_allocated`` of ``fit_on_cpu`` (module level, so a spawned process can run it)."""
     torch.set_num_threads(1)
-    return peak_allocated(lambda: fit_on_cpu(cfg, batch=batch, length=length, precision="32-true",
+    return cpu_peak_allocated(lambda: fit_on_cpu(cfg, batch=batch, length=length, precision="32-true",
                                              checkpointing=checkpointing))
 
 
@@ -298,7 +273,7 @@ def measure_fit_on_cpu(cfg, batch: int, length: int, checkpointing: bool) -> int
 def test_peak_memory_of_a_real_cpu_training_run_matches_the_estimate(checkpointing):
     """Two steps (the second has last step's gradients and AdamW's moments) of a LLaMA-style model:
     weights, gradients and optimizer states 84 MB, activations about as much again. The measured
-    peak (see ``peak_allocated``) is within 1% of the estimate (the issue asks for 20%)."""
+    peak (``llm_modules.training.peak_memory``) is within 1% of the estimate (the issue asks for 20%)."""
     cfg = ModelConfig(vocab_size=4096, d_model=256, n_layers=4, n_heads=4, norm="rmsnorm", activation="swiglu",
                       position="rope", attention="sdpa", bias=False, tie_embeddings=False, max_seq_len=128)
     batch, length = 8, 128
