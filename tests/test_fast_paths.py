@@ -279,8 +279,14 @@ def test_train_step_benchmark_smoke(tmp_path, capsys):
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
     out = tmp_path / "step.json"
-    assert train_step.main(["--config", "tiny", "--rounds", "1", "--warmup", "1", "--json", str(out),
-                            "--no-retain-memory"]) == 0
+    # One thread, and the count put back: a worker whose OpenMP pool grew to two threads deadlocks in
+    # the DDP processes a later test forks from it (test_stability's ddp_fork).
+    threads = torch.get_num_threads()
+    try:
+        assert train_step.main(["--config", "tiny", "--rounds", "1", "--warmup", "1", "--json", str(out),
+                                "--no-retain-memory", "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
     results = json.loads(out.read_text())
     ours = results["runners"]["ours"]
     assert ours["tokens_per_s"]["best"] > 0 and 0 < ours["share_of_peak"]["best"] < 1.5
