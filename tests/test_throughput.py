@@ -190,10 +190,12 @@ def test_counts_all_replicas_and_accumulated_micro_batches_and_skips_warmup_and_
 
 def test_cpu_peak_keeps_the_best_rate_measured_once_per_window(monkeypatch):
     """A busy moment at fit start would otherwise understate the peak for the whole run."""
-    from llm_modules.training import throughput
+    from llm_modules.training import model_flops, throughput
 
     rates = iter([1e9, 5e9, 2e9, 3e9])
-    monkeypatch.setattr(throughput, "measure_matmul_flops", lambda dtype, budget_s=0.25: next(rates))
+    measure = lambda dtype, budget_s=0.25: next(rates)  # noqa: E731
+    monkeypatch.setattr(model_flops, "measure_matmul_flops", measure)  # the first, through peak_flops
+    monkeypatch.setattr(throughput, "measure_matmul_flops", measure)  # once per window
     monitor, trainer, module = ThroughputMonitor(window=2), fake_trainer(), FakeModule(ModelConfig.from_preset("llama-tiny"))
     monitor.on_train_start(trainer, module)
     assert monitor.peak == 1e9

@@ -1,6 +1,6 @@
 """Training FLOPs: per token and for a whole run (PaLM's ``6N + 12·L·H·Q·T``, i.e. 6ND plus attention).
 
-The per-token count is ``training.throughput.flops_per_token``, the same function the
+The per-token count is ``training.model_flops.flops_per_token``, the same function the
 ThroughputMonitor logs MFU with, so a plan and a run are measured on one scale. N there is the
 parameters a token multiplies by (lookup tables left out, the LM head in); the conventional
 ``6ND`` with N = all parameters (Kaplan et al., 2020; GPT-3's 3.14e23 for 175B parameters and 300B
@@ -50,9 +50,7 @@ def estimate_flops(cfg, total_parameters: float, tokens: float, seq_len: int,
                    decoder_len: int | None = None) -> FlopsEstimate:
     """FLOPs of training on ``tokens`` tokens in rows of ``seq_len`` (encoder-decoder: ``seq_len``
     encoder and ``decoder_len`` decoder tokens per row, tokens counting both)."""
-    from llm_modules.training.throughput import (
-        flops_per_token,  # imports Lightning: only when asked
-    )
+    from llm_modules.training.model_flops import flops_per_token
 
     return FlopsEstimate(
         per_token=flops_per_token(cfg, seq_len, decoder_len),

@@ -1,5 +1,5 @@
 """Wall time of a run at a given MFU on a named GPU, from the datasheet peaks that
-``training.throughput`` measures MFU against (so a planned MFU and a logged ``perf/mfu`` agree)."""
+``training.model_flops`` holds and ``training.throughput`` measures MFU against (so a planned MFU and a logged ``perf/mfu`` agree)."""
 
 from __future__ import annotations
 
@@ -24,14 +24,14 @@ class WallTime:
 
 
 def gpu_names() -> list[str]:
-    from llm_modules.training.throughput import PEAKS
+    from llm_modules.training.model_flops import PEAKS
 
     return [peak.name for _, peak in PEAKS]
 
 
 def wall_time(flops: float, gpu: str, precision: str, mfu: float, devices: int) -> WallTime:
     """Seconds to run ``flops`` model FLOPs on ``devices`` GPUs named ``gpu`` at ``mfu``."""
-    from llm_modules.training.throughput import lookup_gpu, math_mode
+    from llm_modules.training.model_flops import lookup_gpu, math_mode
 
     if not 0 < mfu <= 1:
         raise ConfigError(f"--mfu must be in (0, 1], e.g. 0.4; got {mfu}")
