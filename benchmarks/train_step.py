@@ -18,13 +18,13 @@ What is timed, per runner, is one optimizer step on a fixed random batch:
   asks for), ``F.cross_entropy`` over every position. ``litgpt-fused-adamw`` gives it the fused
   AdamW as well, so the optimizer is the same on both sides. Skipped, with the reason, when
   ``litgpt`` is not importable (``pip install litgpt==0.5.13 --no-deps``).
-- ``matmul`` (CPU): ``training.throughput.measure_matmul_flops``: square fp32 ``F.linear`` products
+- ``matmul`` (CPU): ``training.model_flops.measure_matmul_flops``: square fp32 ``F.linear`` products
   with the same thread count, the CPU's achievable peak against which MFU is reported. On a GPU the
   peak is the datasheet's dense figure for the precision.
 
 The runners take turns for ``--rounds`` rounds (the order rotates every round) so that a machine
 shared with other work slows them alike; best and median are reported. Model FLOPs per token are
-``training.throughput.flops_per_token``: 6 x the parameters other than the input embedding (the
+``training.model_flops.flops_per_token``: 6 x the parameters other than the input embedding (the
 untied head included) + 12 x layers x d_model x sequence length for attention (PaLM's formula; the
 causal mask does not halve it). Peak memory: the most live tensor bytes during one step
 (``torch.profiler`` allocation records on CPU, ``max_memory_allocated`` on CUDA).
@@ -322,9 +322,18 @@ def timed(runner: Runner, steps: int, device) -> list[float]:
     return out
 
 
+def retain_freed_cpu_memory() -> bool:
+    """The CLI's CPU allocator setting, where this checkout has it (older ones, measured for a
+    before-and-after comparison, do not)."""
+    try:
+        from llm_modules.training.host_memory import retain_freed_cpu_memory as retain
+    except ImportError:
+        return False
+    return retain()
+
+
 def run(args) -> dict:
-    from llm_modules.training import throughput
-    from llm_modules.training.throughput import flops_per_token, gpu_peak_flops, measure_matmul_flops
+    from llm_modules.training.model_flops import flops_per_token, gpu_peak_flops, measure_matmul_flops
 
     bench = CONFIGS[args.config]
     device = torch.device(args.device or bench.device)
@@ -335,8 +344,7 @@ def run(args) -> dict:
     threads = args.threads or bench.threads
     if device.type == "cpu" and threads:
         torch.set_num_threads(threads)
-    retain = getattr(throughput, "retain_freed_cpu_memory", None)  # (older checkouts: absent)
-    retained = device.type == "cpu" and not args.no_retain_memory and retain is not None and retain()
+    retained = device.type == "cpu" and not args.no_retain_memory and retain_freed_cpu_memory()
     batch_size, seq_len = args.batch_size or bench.batch_size, args.seq_len or bench.seq_len
     cfg = model_config(bench, seq_len)
     tokens = batch_for(cfg.vocab_size, batch_size, seq_len, device)

@@ -258,17 +258,6 @@ def test_plain_tensors_refuses_subclasses():
     assert not fast.plain_tensors(torch.zeros(1).as_subclass(Sub))
 
 
-def test_retaining_freed_cpu_memory_can_be_turned_on_and_off():
-    from llm_modules.training.throughput import retain_freed_cpu_memory
-
-    if not sys.platform.startswith("linux"):
-        pytest.skip("glibc malloc settings")
-    try:
-        assert retain_freed_cpu_memory(True) in (True, False)
-    finally:
-        assert retain_freed_cpu_memory(False) in (True, False)
-
-
 # ---- the benchmark -----------------------------------------------------------------------------------------
 
 

@@ -65,12 +65,18 @@ def test_print_config_round_trips_and_reruns_in_the_same_folder(corpus, cache, t
 
 
 def test_validate_test_predict_from_a_checkpoint(corpus, cache, tmp_path, monkeypatch):
+    """Also: on CPU each command keeps freed memory for reuse unless told not to."""
     monkeypatch.chdir(tmp_path)
+    retained = []
+    monkeypatch.setattr("llm_modules.cli.train.retain_freed_cpu_memory", lambda: retained.append(True) or True)
     config = CONFIGS / "quickstart.yaml"
     assert main(["fit", *tiny(config, corpus, cache, steps=6)]) == 0
+    assert retained == [True]
     ckpt = tmp_path / "runs" / "llm" / "version_0" / "checkpoints" / "last.ckpt"
     for command in ("validate", "test", "predict"):
-        assert main([command, *tiny(config, corpus, cache), "--ckpt_path", str(ckpt)]) == 0, command
+        off = ["--retain_freed_cpu_memory", "false"] if command == "test" else []
+        assert main([command, *tiny(config, corpus, cache), "--ckpt_path", str(ckpt), *off]) == 0, command
+    assert len(retained) == 3, "fit, validate and predict retain; test was told not to"
     module = load_checkpoint(ckpt)
     assert module.kind == "CausalLM" and module.tokenizer_bytes
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 from lightning import LightningDataModule
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 
@@ -31,6 +32,7 @@ from llm_modules.training.checkpoint_io import use_atomic_checkpoints
 from llm_modules.training.precision import announce
 from llm_modules.training.resume import ExactResume
 from llm_modules.training.strategies import register_strategy_names
+from llm_modules.training.host_memory import retain_freed_cpu_memory
 from llm_modules.training.throughput import ThroughputMonitor
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -46,6 +48,9 @@ class LLMCLI(LightningCLI):
         parser.add_argument("--checkpoint.save_top_k", type=int, default=2, help="best checkpoints kept by val/loss")
         parser.add_argument("--checkpoint.every_n_train_steps", type=int | None, default=None,
                             help="also save every N steps (default: at each validation)")
+        parser.add_argument("--retain_freed_cpu_memory", type=bool, default=True,
+                            help="on CPU, keep freed tensor memory in the process for reuse instead of returning "
+                                 "it to the system and faulting it back in every step (training.host_memory)")
 
     def _parse_ckpt_path(self) -> None:
         """The checkpoint's hyper-parameters fill in the model, except ``evaluation`` when this run
@@ -110,6 +115,8 @@ class LLMCLI(LightningCLI):
                 extra.append(ModelCheckpoint(monitor=None, save_top_k=0, save_last=True, enable_version_counter=False,
                                              every_n_train_steps=checkpoint["every_n_train_steps"]))
         trainer = super().instantiate_trainer(**kwargs)
+        if config.get("retain_freed_cpu_memory", True) and isinstance(trainer.accelerator, CPUAccelerator):
+            retain_freed_cpu_memory()
         use_atomic_checkpoints(trainer)  # write, fsync, rename: a kill mid-save keeps the previous file
         if init.get("ckpt_path") == "last":  # the newest run's last.ckpt, continued in its folder (fit)
             init["ckpt_path"] = str(resolve_last(trainer, self.subcommand))
