@@ -44,6 +44,10 @@ LONGEST_FIRST = (
     "test_plugins.py",
     "test_finetune_cli.py",
     "test_finetune.py",
+    "test_training_cli.py",
+    "test_combinations.py",
+    "test_estimate.py",
+    "test_attention_backends.py",
 )
 
 
