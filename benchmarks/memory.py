@@ -5,7 +5,7 @@
     python benchmarks/memory.py --preset llama-tiny --batch-size 4 --seq-len 64 --json out.json
 
 Each run is ``--steps`` optimizer steps of ``CausalLM`` with Lightning's Trainer on random tokens
-(the second step is the steady state: last step's gradients and AdamW's moments exist), in a
+(the second step is the steady state: AdamW's moments exist), in a
 fresh subprocess per measurement, measured two ways:
 
 - allocator: ``torch.profiler(profile_memory=True)`` records every allocation with the CPU

@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seq2seq only: decoder tokens per row (default: --seq-len)")
     parser.add_argument("--batch-size", type=int, default=None, metavar="B",
                         help="rows per device per micro-batch (default: the data config's, else 1)")
+    parser.add_argument("--accumulate", type=int, default=None, metavar="N",
+                        help="micro-batches per optimizer step (trainer.accumulate_grad_batches; default 1)")
     parser.add_argument("--tokens", type=_count, default=None, metavar="D",
                         help="tokens of the whole run, e.g. 1e12 or 300B (default: 20 per parameter, Chinchilla)")
     parser.add_argument("--precision", choices=PRECISIONS, default=None,
@@ -201,6 +203,8 @@ def load(args) -> tuple[Any, str, dict, str]:
     trainer = data.get("trainer") or {}
     if trainer.get("precision") is not None:
         defaults["precision"] = str(trainer["precision"])
+    if isinstance(trainer.get("accumulate_grad_batches"), int):
+        defaults["accumulate"] = trainer["accumulate_grad_batches"]
     devices = trainer.get("devices")
     if isinstance(devices, int) and devices > 0:
         defaults["devices"] = devices * int(trainer.get("num_nodes") or 1)
@@ -231,6 +235,7 @@ def resolve(args) -> dict:
         precision=precision, strategy=pick("strategy", "ddp"), devices=pick("devices", 1),
         batch_size=pick("batch_size", 1), seq_len=pick("seq_len", cfg.max_seq_len),
         decoder_len=args.decoder_len, activation_checkpointing=bool(pick("checkpointing", False)), device=args.device,
+        accumulate=pick("accumulate", 1),
     )
     if args.decoder_len is not None and kind != "seq2seq":
         raise ConfigError(f"--decoder-len is for encoder-decoder models (--kind seq2seq); this is a {kind} model")

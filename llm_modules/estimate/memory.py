@@ -33,12 +33,16 @@ Beyond model states and activations, a device holds:
 
 The peak is the largest of four moments of a step, because what is alive differs:
 
-- end of the forward: Lightning frees the gradients (``zero_grad``) only after the forward, so
-  last step's gradients, every saved activation and the logits coexist;
-- start of the backward: the loss's two fp32 gradients over the vocabulary, the gradients freed;
+- end of the forward: every saved activation and the logits; the gradients too where they live
+  across the forward: under gradient accumulation (``accumulate`` > 1, the window's earlier
+  micro-batches' sums) and under DeepSpeed (its gradient partitions). Otherwise the trainer frees
+  them right after each optimizer step (``training.stability``);
+- start of the backward: the loss's two fp32 gradients over the vocabulary (and the gradients
+  where they live across the forward);
 - with activation checkpointing, recomputing the first block: nearly all gradients exist again;
 - the optimizer step: AdamW's temporaries (``foreach`` on CUDA: a copy of one moment per
-  parameter; the CPU's per-tensor loop: two copies of the largest tensor).
+  parameter; the CPU's per-tensor loop: two copies of the largest tensor; none for the fused
+  kernel, which ``optim.fused: null`` picks under the plain precisions outside DeepSpeed).
 
 ``tests/test_estimate.py`` compares the peak with a measured CPU training run (Lightning's
 ``Trainer.fit``), the numbers of the ZeRO paper, and the activations with real models.
@@ -136,10 +140,12 @@ class Setup:
     decoder_len: int | None = None
     activation_checkpointing: bool = False
     device: str = "cuda"
+    #: micro-batches per optimizer step (``trainer.accumulate_grad_batches``)
+    accumulate: int = 1
 
     def check(self) -> Setup:
         state_bytes(self.precision, self.strategy)
-        for name in ("devices", "batch_size", "seq_len"):
+        for name in ("devices", "batch_size", "seq_len", "accumulate"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer; got {value!r}")
@@ -226,17 +232,22 @@ def estimate_memory(cfg, kind: str, params: ParameterCount, setup: Setup, *, lor
 
     w, g, o = states.weights, states.gradients, states.optimizer
     saved = act.saved(setup.activation_checkpointing)
-    persistent_grads = g if setup.strategy in DEEPSPEED else 0.0  # DeepSpeed keeps its gradient partitions
+    # Gradients alive through the forward and backward: DeepSpeed's partitions, and under accumulation
+    # the window's sums so far; otherwise the trainer frees them after each optimizer step.
+    resident_grads = g if setup.strategy in DEEPSPEED or setup.accumulate > 1 else 0.0
     phases = {
-        "forward": w + g + o + copies + gathered + buffers + saved + act.forward_transient,
-        "backward": w + persistent_grads + o + copies + gathered + buffers + saved + act.backward_transient,
+        "forward": w + resident_grads + o + copies + gathered + buffers + saved + act.forward_transient,
+        "backward": w + resident_grads + o + copies + gathered + buffers + saved + act.backward_transient,
     }
     if setup.activation_checkpointing and n_blocks:
         # the head's tensors are freed by then; the first block's input and its rebuilt activations
         phases["recompute"] = (w + g + o + copies / n_blocks + gathered_backward + buffers
                                + act.block_inputs / n_blocks + act.block)
     moment = 4 if b.optimizer >= 8 else 2  # bytes of one AdamW moment
-    if setup.device == "cuda":  # foreach AdamW: one moment-sized temporary over all (local) parameters
+    fused = not setup.precision.endswith("-mixed") and setup.strategy not in DEEPSPEED  # optim.fused: null
+    if fused:
+        temporaries = 0.0
+    elif setup.device == "cuda":  # foreach AdamW: one moment-sized temporary over all (local) parameters
         temporaries = trainable * moment / shards(setup.strategy, n)[2]
     elif lora_parameters:  # the per-tensor loop: two temporaries the size of the largest tensor
         temporaries = 0.0  # (LoRA's matrices are small)

@@ -313,6 +313,10 @@ class StabilityGuard:
                              streak=False, loud=False)
             else:
                 self.consecutive = 0
+        # Free the window's gradients now: Lightning's own zero_grad comes only after the next
+        # forward, so they would sit beside that forward's activations at its peak (4 bytes per
+        # fp32 parameter). The next window's first backward makes them anew.
+        optimizer.zero_grad(set_to_none=True)
         self._log_counters(lm)
 
     def on_before_optimizer_step(self, lm) -> None:
