@@ -27,7 +27,9 @@ shared with other work slows them alike; best and median are reported. Model FLO
 ``training.model_flops.flops_per_token``: 6 x the parameters other than the input embedding (the
 untied head included) + 12 x layers x d_model x sequence length for attention (PaLM's formula; the
 causal mask does not halve it). Peak memory: the most live tensor bytes during one step
-(``torch.profiler`` allocation records on CPU, ``max_memory_allocated`` on CUDA).
+(``torch.profiler`` allocation records on CPU, ``max_memory_allocated`` on CUDA) on top of what
+lives across steps (weights and optimizer state); ours is compared with the memory estimator's
+peak for the same run (``llm_modules.estimate``, as ``llm-modules estimate`` reports it).
 
 On CPU the process keeps freed memory for reuse (``retain_freed_cpu_memory``; ``--no-retain-memory``
 turns that off): it applies to every runner alike, as it is process-wide.
@@ -123,6 +125,8 @@ class Runner:
     peak_memory: int | None = None
     skipped: str | None = None
     note: str = ""
+    #: bytes of the tensors that live across steps (weights, optimizer state), for the whole peak
+    resident_bytes: Callable[[], int] | None = None
 
 
 def model_config(cfg: Config, seq_len: int):
@@ -175,7 +179,34 @@ def ours(cfg, tokens: torch.Tensor, precision: str, device, compile_model: bool 
 
     fused = optimizer.param_groups[0].get("fused")
     return Runner("ours" + ("-compiled" if compile_model else ""), step,
-                  note=f"AdamW {'fused' if fused else 'default'}")
+                  note=f"AdamW {'fused' if fused else 'default'}",
+                  resident_bytes=lambda: tensor_bytes(list(lm.parameters()), optimizer.state))
+
+
+def tensor_bytes(*collections) -> int:
+    """Bytes of the distinct storages of the tensors in ``collections`` (nested lists and dicts)."""
+    seen, total, stack = set(), 0, list(collections)
+    while stack:
+        item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            key = (item.untyped_storage().data_ptr(), item.device)
+            if key not in seen:
+                seen.add(key)
+                total += item.untyped_storage().nbytes()
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return total
+
+
+def estimated_peak(cfg, precision: str, batch_size: int, seq_len: int, device: torch.device) -> int:
+    """The memory estimator's peak for one step of this run (``llm_modules.estimate``)."""
+    from llm_modules.estimate.memory import Setup, estimate_memory
+    from llm_modules.estimate.params import count
+
+    setup = Setup(precision=precision, batch_size=batch_size, seq_len=seq_len, device=device.type)
+    return int(estimate_memory(cfg, "causal", count(cfg), setup).peak)
 
 
 def litgpt_config(cfg, seq_len: int):
@@ -229,7 +260,8 @@ def litgpt_runner(cfg, tokens: torch.Tensor, precision: str, device, fused_adamw
     name = "litgpt" + ("-fused-adamw" if fused_adamw and device.type != "cuda" else "")
     return Runner(name + ("-compiled" if compile_model else ""), step,
                   note=f"litgpt {litgpt.__version__ if hasattr(litgpt, '__version__') else ''}, "
-                       f"AdamW {'fused' if fused else 'default'}".replace(" ,", ","))
+                       f"AdamW {'fused' if fused else 'default'}".replace(" ,", ","),
+                  resident_bytes=lambda: tensor_bytes(list(model.parameters()), optimizer.state))
 
 
 class _StepClock:
@@ -373,7 +405,10 @@ def run(args) -> dict:
     if not args.no_memory:
         for runner in runners:
             if runner.name != "ours-trainer":
+                # what a step adds, plus what lives across steps: the whole peak, as estimated
                 runner.peak_memory = peak_memory(runner, device)
+                if runner.resident_bytes is not None:
+                    runner.peak_memory += runner.resident_bytes()
 
     matmul: list[float] = []
     if device.type == "cpu":
@@ -403,6 +438,7 @@ def run(args) -> dict:
         "model": cfg.to_dict(), "flops_per_token": flops_per_token(cfg, seq_len), "flops_per_step": flops_step,
         "peak_flops": peak, "peak_source": peak_source,
         "matmul_flops": {"best": max(matmul), "median": statistics.median(matmul), "all": matmul} if matmul else None,
+        "estimated_peak_memory_bytes": estimated_peak(cfg, precision, batch_size, seq_len, device),
         "rounds": args.rounds, "retain_freed_memory": bool(retained), "torch": torch.__version__,
         "runners": {}, "skipped": skipped,
     }
@@ -455,6 +491,10 @@ def report(results: dict) -> str:
         )
     for name, why in results["skipped"].items():
         lines.append(f"{name:<26}skipped: {why}")
+    ours_memory, estimate = results["runners"]["ours"]["peak_memory_bytes"], results["estimated_peak_memory_bytes"]
+    if ours_memory:
+        lines.append(f"peak memory of ours: measured {ours_memory / 1e6:.0f} MB, estimator {estimate / 1e6:.0f} MB "
+                     f"(measured / estimate {ours_memory / estimate:.3f})")
     lines.append("share of peak: best step against the best matmul rate (median step against the median rate)")
     return "\n".join(lines)
 

@@ -281,6 +281,8 @@ def test_train_step_benchmark_smoke(tmp_path, capsys):
     assert ours["tokens_per_s"]["best"] > 0 and 0 < ours["share_of_peak"]["best"] < 1.5
     assert results["matmul_flops"]["best"] > 0 and ours["peak_memory_bytes"] > 0
     assert results["flops_per_token"] > 0
+    # the whole peak of a step, as the estimator predicts it (the issue asks for within 10%)
+    assert ours["peak_memory_bytes"] == pytest.approx(results["estimated_peak_memory_bytes"], rel=0.1)
     try:
         import litgpt  # noqa: F401
     except ImportError:
