@@ -29,10 +29,10 @@ from llm_modules.cli.registry_cmd import import_local_plugins
 from llm_modules.cli.resume_last import resolve_last
 from llm_modules.registry import ConfigError, load_plugins
 from llm_modules.training.checkpoint_io import use_atomic_checkpoints
+from llm_modules.training.host_memory import retain_freed_cpu_memory
 from llm_modules.training.precision import announce
 from llm_modules.training.resume import ExactResume
 from llm_modules.training.strategies import register_strategy_names
-from llm_modules.training.host_memory import retain_freed_cpu_memory
 from llm_modules.training.throughput import ThroughputMonitor
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
