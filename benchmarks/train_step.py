@@ -180,24 +180,15 @@ def ours(cfg, tokens: torch.Tensor, precision: str, device, compile_model: bool 
     fused = optimizer.param_groups[0].get("fused")
     return Runner("ours" + ("-compiled" if compile_model else ""), step,
                   note=f"AdamW {'fused' if fused else 'default'}",
-                  resident_bytes=lambda: tensor_bytes(list(lm.parameters()), optimizer.state))
+                  resident_bytes=lambda: resident_tensor_bytes(lm, optimizer))
 
 
-def tensor_bytes(*collections) -> int:
-    """Bytes of the distinct storages of the tensors in ``collections`` (nested lists and dicts)."""
-    seen, total, stack = set(), 0, list(collections)
-    while stack:
-        item = stack.pop()
-        if isinstance(item, torch.Tensor):
-            key = (item.untyped_storage().data_ptr(), item.device)
-            if key not in seen:
-                seen.add(key)
-                total += item.untyped_storage().nbytes()
-        elif isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, (list, tuple)):
-            stack.extend(item)
-    return total
+def resident_tensor_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of what lives across steps: the weights and the optimizer's state, each storage once."""
+    tensors = [*model.parameters(), *(t for state in optimizer.state.values() for t in state.values()
+                                      if isinstance(t, torch.Tensor))]
+    storages = {(t.untyped_storage().data_ptr(), t.device): t.untyped_storage().nbytes() for t in tensors}
+    return sum(storages.values())
 
 
 def estimated_peak(cfg, precision: str, batch_size: int, seq_len: int, device: torch.device) -> int:
@@ -261,7 +252,7 @@ def litgpt_runner(cfg, tokens: torch.Tensor, precision: str, device, fused_adamw
     return Runner(name + ("-compiled" if compile_model else ""), step,
                   note=f"litgpt {litgpt.__version__ if hasattr(litgpt, '__version__') else ''}, "
                        f"AdamW {'fused' if fused else 'default'}".replace(" ,", ","),
-                  resident_bytes=lambda: tensor_bytes(list(model.parameters()), optimizer.state))
+                  resident_bytes=lambda: resident_tensor_bytes(model, optimizer))
 
 
 class _StepClock:
