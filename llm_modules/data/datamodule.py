@@ -39,10 +39,8 @@ any callable that turns a list of 1-D LongTensor blocks into a batch dict. Colla
 from __future__ import annotations
 
 import copy
-import difflib
 import importlib
 import logging
-import math
 import os
 import warnings
 from collections.abc import Callable
@@ -68,6 +66,7 @@ from llm_modules.data.sampling import (
     ResumableSampler,
     mixture_order,
 )
+from llm_modules.data.source_spec import source_specs
 from llm_modules.data.sources import (
     SourceFile,
     inputs_fingerprint,
@@ -81,8 +80,6 @@ from llm_modules.training.parallel import data_parallel_split
 
 log = logging.getLogger(__name__)
 
-MIXTURE_KEYS = ("paths", "weight", "name", "pattern", "text_field")
-
 
 def default_cache_dir() -> Path:
     """``$LLM_MODULES_CACHE``, else ``$XDG_CACHE_HOME/llm-modules``, else ``~/.cache/llm-modules``."""
@@ -90,9 +87,6 @@ def default_cache_dir() -> Path:
         return Path(os.environ["LLM_MODULES_CACHE"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "llm-modules"
-
-
-# ---- splitting ------------------------------------------------------------------------------------------
 
 
 # ---- the data module ------------------------------------------------------------------------------------
@@ -207,7 +201,8 @@ class TextDataModule(L.LightningDataModule):
         self.collate_fn, self.collate_args = collate_fn, dict(collate_args or {})
         self.ramp = BatchRamp.parse(batch_ramp, batch_size)
         self.document_mask = bool(document_mask)
-        self._spec = _unique_names(self._source_spec())  # checks paths / weights / mixture now, not at setup
+        # paths / weights / mixture are checked now, not at setup
+        self._spec = source_specs(self.paths, self.weights, self.mixture, self.pattern, self.text_field)
         self._tokenizer: Tokenizer | None = None
         self._sources: list[_Source] | None = None
         self._sampler: ResumableSampler | None = None
@@ -501,44 +496,6 @@ class TextDataModule(L.LightningDataModule):
             return trainer.max_epochs * per_epoch
         return per_epoch
 
-    def _source_spec(self) -> list[dict[str, Any]]:
-        """Validate ``paths`` / ``weights`` / ``mixture`` into a list of source specs (no disk access)."""
-        if self.paths and self.mixture:
-            raise ConfigError("data: give either data.paths or data.mixture, not both")
-        if self.mixture:
-            if self.weights:
-                raise ConfigError("data.weights goes with data.paths; in data.mixture give each entry a weight")
-            specs = []
-            for i, entry in enumerate(self.mixture):
-                where = f"data.mixture[{i}]"
-                if not isinstance(entry, dict) or "paths" not in entry:
-                    raise ConfigError(f"{where}: expected a mapping like {{paths: [...], weight: 0.5}}; got {entry!r}")
-                for key in entry:
-                    if key not in MIXTURE_KEYS:
-                        close = difflib.get_close_matches(key, MIXTURE_KEYS, n=1)
-                        hint = f" (did you mean {close[0]!r}?)" if close else ""
-                        raise ConfigError(f"{where}: unknown key {key!r}{hint}; keys: {', '.join(MIXTURE_KEYS)}")
-                paths = entry["paths"]
-                paths = [paths] if isinstance(paths, str) else list(paths or [])
-                weight = _weight(f"{where}.weight", entry.get("weight", 1.0))
-                specs.append({"paths": paths, "weight": weight, "field": f"{where}.paths",
-                              "name": str(entry.get("name") or ",".join(map(str, paths))),
-                              "pattern": entry.get("pattern", self.pattern),
-                              "text_field": entry.get("text_field", self.text_field)})
-            return specs
-        if not self.paths:
-            raise ConfigError("data.paths: no data given; list files, directories, globs, JSONL files or "
-                              "'python-stdlib' (or use data.mixture)")
-        if self.weights is None:
-            return [{"paths": self.paths, "weight": 1.0, "field": "data.paths", "name": ",".join(self.paths),
-                     "pattern": self.pattern, "text_field": self.text_field}]
-        if len(self.weights) != len(self.paths):
-            raise ConfigError(f"data.weights has {len(self.weights)} entries for {len(self.paths)} data.paths; "
-                              "give one weight per path")
-        return [{"paths": [p], "weight": _weight(f"data.weights[{i}]", w), "field": "data.paths", "name": p,
-                 "pattern": self.pattern, "text_field": self.text_field, "index": i}
-                for i, (p, w) in enumerate(zip(self.paths, self.weights))]
-
     def _resolve_sources(self) -> list[_Source]:
         out = []
         for spec in self._spec:
@@ -610,28 +567,6 @@ def _import(path: str) -> Any:
     return obj
 
 
-def _unique_names(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    seen: dict[str, int] = {}
-    for spec in specs:
-        name = spec["name"]
-        if name in seen:
-            seen[name] += 1
-            spec["name"] = f"{name}#{seen[name]}"
-        else:
-            seen[name] = 0
-    return specs
-
-
 def _positive(field: str, value: int) -> None:
     if not isinstance(value, int) or value < 1:
         raise ConfigError(f"{field}={value!r} must be a positive integer")
-
-
-def _weight(field: str, value: Any) -> float:
-    try:
-        w = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{field}={value!r} must be a positive number") from None
-    if not math.isfinite(w) or w <= 0:
-        raise ConfigError(f"{field}={value!r} must be a positive number")
-    return w
