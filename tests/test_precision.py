@@ -19,7 +19,7 @@ from llm_modules.training.precision import check_precision
 from _fit_helpers import CONFIGS, tiny, write_corpus
 
 
-@pytest.mark.parametrize("precision", ["32-true", "16-mixed", "bf16-mixed", "bf16-true"])
+@pytest.mark.parametrize("precision", ["32-true", "16-mixed", "bf16-mixed", "bf16-true", "64-true"])
 def test_each_precision_trains_a_tiny_model_on_cpu(precision):
     torch.manual_seed(0)
     config = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=32,
@@ -33,8 +33,10 @@ def test_each_precision_trains_a_tiny_model_on_cpu(precision):
     trainer.fit(lm, DataLoader(data, batch_size=8))
     # Lightning turns 16-mixed into bf16 autocast on CPU (the notice below says so).
     assert str(trainer.precision) == ("bf16-mixed" if precision == "16-mixed" else precision)
-    if precision == "bf16-true":
-        assert lm.model.stack.layers[0].attn.q.weight.dtype == torch.bfloat16
+    if precision in ("bf16-true", "64-true"):
+        dtype = torch.bfloat16 if precision == "bf16-true" else torch.float64
+        assert lm.model.stack.layers[0].attn.q.weight.dtype == dtype
+        assert torch.isfinite(trainer.callback_metrics["train/grad_norm"])  # normed in (at least) the weights' dtype
     after = trainer.callback_metrics["train/loss"]
     assert torch.isfinite(after) and after.item() < before, (before, after.item())
 

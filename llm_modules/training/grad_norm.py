@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 
@@ -9,7 +10,8 @@ import torch
 
 
 def grad_norm(lm) -> torch.Tensor | None:
-    """Total 2-norm of the gradients (fp32 scalar), correct for replicated and sharded parameters.
+    """Total 2-norm of the gradients (fp32 scalar, fp64 for fp64 gradients), correct for replicated and
+    sharded parameters.
 
     Plain tensors (single process, DDP: gradients already averaged) are local and whole. DTensor
     gradients (FSDP2 / tensor parallel under ModelParallelStrategy) are norm-reduced over their mesh
@@ -17,7 +19,7 @@ def grad_norm(lm) -> torch.Tensor | None:
     ones. FSDP1 (FSDPStrategy) holds local shards of flat parameters in plain tensors, so a local
     norm would be silently wrong: its root module's ``clip_grad_norm_`` with an infinite bound gives
     the global norm and scales by 1. None when no parameter has a gradient. Plain gradients are
-    normed in fp32 (``_foreach_norm(dtype=float32)``, what ``get_total_norm`` runs minus the dtype).
+    normed in fp32 at least (``_foreach_norm(dtype=...)``, what ``get_total_norm`` runs minus the dtype).
     """
     from lightning.pytorch.strategies import FSDPStrategy
     from torch.distributed.tensor import DTensor
@@ -41,16 +43,18 @@ def grad_norm(lm) -> torch.Tensor | None:
         else:
             plain.append(p.grad)
     squares = []
-    devices: dict[torch.device, list[torch.Tensor]] = {}
+    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
     for grad in plain:
-        devices.setdefault(grad.device, []).append(grad)
-    for grads in devices.values():
-        # in fp32 whatever the gradients' dtype: an fp16 norm overflows at 65504 with every entry finite
-        squares.append(torch.stack(torch._foreach_norm(grads, 2.0, dtype=torch.float32)).square().sum())
+        # in fp32 at least, whatever the gradients' dtype: an fp16 norm overflows at 65504 with every entry
+        # finite; fp64 gradients (precision "64-true") keep their own precision
+        groups.setdefault((grad.device, torch.promote_types(grad.dtype, torch.float32)), []).append(grad)
+    for (_, dtype), grads in groups.items():
+        squares.append(torch.stack(torch._foreach_norm(grads, 2.0, dtype=dtype)).square().sum())
     for grads in meshes.values():
         norm = torch.nn.utils.get_total_norm(grads)
         norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
         squares.append(norm.float().square())
     if not squares:
         return None
-    return torch.stack([s.to(squares[0].device) for s in squares]).sum().sqrt()
+    widest = functools.reduce(torch.promote_types, (s.dtype for s in squares))
+    return torch.stack([s.to(squares[0].device, widest) for s in squares]).sum().sqrt()
