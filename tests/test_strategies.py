@@ -7,9 +7,17 @@ launch each), ModelParallelStrategy as data-parallel 2 and as tensor-parallel 2,
 ZeRO-3. Every multi-process run is the real CLI in a subprocess (DDP-style launchers re-execute the
 command line); ``_strategy_probe.Probe`` reports what each rank holds once the strategy has set up.
 
-Trajectories are compared within 1e-5: sharding and splitting change the order of floating-point
-sums (measured differences are ~1e-6). A resumed run is compared bitwise with the uninterrupted one:
-same processes, same operations in the same order, so nothing may differ at all.
+Sharding and splitting change the order of floating-point sums, so trajectories cannot be compared
+bitwise with one process. How far a mere change of summation order moves *this* run on *this* machine
+(its kernels, its instruction set) is measured, not guessed: one more process trains the reference's
+very samples as two accumulated micro-batches of 4 (same mathematics, other sums) and its weights'
+distance from the reference is the noise floor (measured 1.2e-7; DDP was 3.2e-7, and once 1.3e-5 on
+another machine, which a fixed 1e-5 failed). Strategies are held to 16 times that floor for weights and
+256 times for per-step losses (a loss moves 1.5 times its weights' distance here); the errors they are
+there to catch (a rank's gradient dropped or summed instead of averaged, a shard lost) move weights by
+about 1e-3 and losses by about 1e-2, orders of magnitude above either bound. A resumed run is compared
+bitwise with the uninterrupted one: same processes, same operations in the same order, so nothing may
+differ at all.
 """
 
 from __future__ import annotations
@@ -25,12 +33,15 @@ import yaml
 from llm_modules.cli import main
 from llm_modules.registry import ConfigError
 
-from _fit_helpers import CONFIGS, REPO, free_port, launch, metric_rows, tiny, write_corpus
+from _fit_helpers import CONFIGS, REPO, free_port, launch, metric_rows, reap, tiny, write_corpus
 
 QUICKSTART = CONFIGS / "quickstart.yaml"
 PRESETS = sorted((CONFIGS / "strategies").glob("*.yaml"))
 MODEL_PARALLEL = "lightning.pytorch.strategies.ModelParallelStrategy"
-TOLERANCE = 1e-5
+WEIGHT_NOISE_FACTOR, LOSS_NOISE_FACTOR = 16, 256
+#: floor of the measured noise: 8 units in the last place of fp32 at 1.0 (the noise is never exactly 0 in
+#: practice, but a run where it is must not demand bitwise equality of the strategies)
+NOISE_FLOOR = 8 * 2.0 ** -23
 
 
 class Runs:
@@ -40,6 +51,7 @@ class Runs:
         self.root, self.corpus, self.cache = root, corpus, cache
         self.procs: dict[str, tuple] = {}
         self.done: dict[str, Path] = {}
+        self._tolerances: tuple[float, float] | None = None
 
     def start(self, name: str, *extra: str, batch: int = 8, env: dict[str, str] | None = None) -> None:
         cwd = self.root / name
@@ -75,9 +87,21 @@ class Runs:
 
     def stop(self) -> None:
         for proc, _ in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
+            reap(proc)
+
+    def tolerances(self, tmp_path: Path) -> tuple[float, float]:
+        """(weights, per-step loss) tolerances from the summation-order noise floor (module docstring)."""
+        if self._tolerances is None:
+            self._tolerances = self._measure_tolerances(tmp_path)
+        return self._tolerances
+
+    def _measure_tolerances(self, tmp_path: Path) -> tuple[float, float]:
+        one = weights(self.wait("one") / "checkpoints" / "last.ckpt", tmp_path)
+        other = weights(self.wait("reordered") / "checkpoints" / "last.ckpt", tmp_path)
+        noise = max(NOISE_FLOOR, max(float((one[k] - other[k]).abs().max()) for k in one))
+        # a reordered run that trained on other data (a broken calibration) would excuse every error
+        assert noise < 1e-5, f"the summation-order noise floor {noise:.2e} is implausibly large"
+        return WEIGHT_NOISE_FACTOR * noise, LOSS_NOISE_FACTOR * noise
 
 
 def model_parallel(data: int, tensor: int) -> list[str]:
@@ -93,6 +117,7 @@ def runs(tmp_path_factory):
     try:
         family.start("one")  # the reference; it also trains the tokenizer and fills the token cache,
         family.wait("one")  # which the others then only read
+        family.start("reordered", "--trainer.accumulate_grad_batches", "2", batch=4)  # the noise floor
         port = str(free_port())
         for node in (0, 1):
             family.start(f"node{node}", "--trainer.strategy", "ddp", "--trainer.num_nodes", "2",
@@ -114,8 +139,10 @@ def losses(run: Path) -> dict[int, float]:
     return dict(metric_rows(run, "train/loss"))
 
 
-def assert_same_curve(run: Path, reference: Path, tolerance: float = TOLERANCE) -> None:
-    ours, ref = losses(run), losses(reference)
+def assert_same_curve(run: Path, runs: Runs, tmp_path: Path) -> None:
+    """``run``'s per-step training losses are the reference's, within the measured noise."""
+    ours, ref = losses(run), losses(runs.wait("one"))
+    tolerance = runs.tolerances(tmp_path)[1]
     assert sorted(ours) == sorted(ref) == list(range(8)), (ours, ref)
     worst = max(abs(ours[s] - ref[s]) for s in ref)
     assert worst <= tolerance, (worst, ours, ref)
@@ -139,7 +166,7 @@ def test_model_parallel_data_and_tensor_parallel_train_and_resume_exactly(runs, 
     to keep the suite's process count down.)"""
     for name in ("dp2", "tp2"):
         run = runs.wait(name)
-        assert_same_curve(run, runs.wait("one"))
+        assert_same_curve(run, runs, tmp_path)
         (step4,) = (run / "checkpoints").glob("step4-*.ckpt")
         assert step4.is_dir() and (step4 / "meta.pt").is_file(), "a distributed checkpoint is a folder"
         meta = torch.load(step4 / "meta.pt", weights_only=True)  # our on_save_checkpoint additions survive
@@ -172,16 +199,16 @@ def test_ddp_on_two_nodes_on_loopback_follows_one_process_with_the_same_global_b
     MASTER_PORT), 4 blocks per rank: the one-process curve and weights; only node 0 writes logs and
     checkpoints. (Two devices on one node are the other multi-process runs' launch path.)"""
     one, node0, node1 = runs.wait("one"), runs.wait("node0"), runs.wait("node1")
-    assert_same_curve(node0, one)
+    assert_same_curve(node0, runs, tmp_path)
     a = weights(one / "checkpoints" / "last.ckpt", tmp_path)
     b = weights(node0 / "checkpoints" / "last.ckpt", tmp_path)
     assert a.keys() == b.keys()
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= TOLERANCE
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= runs.tolerances(tmp_path)[0]
     assert runs.probe("node0")["world_size"] == runs.probe("node1", rank=1)["world_size"] == 2
     assert not node1.parent.parent.exists(), "node 1 wrote a run folder of its own"
 
 
-def test_fsdp_preset_wraps_and_checkpoints_each_block_and_trains_like_one_process(runs):
+def test_fsdp_preset_wraps_and_checkpoints_each_block_and_trains_like_one_process(runs, tmp_path):
     full = runs.probe("one")["local_numel"]
     shards = []
     for rank in (0, 1):
@@ -192,12 +219,12 @@ def test_fsdp_preset_wraps_and_checkpoints_each_block_and_trains_like_one_proces
         shards.append(probe["local_numel"])
     assert sum(shards) == full and max(shards) < full, (shards, full)
     run = runs.wait("fsdp")
-    assert_same_curve(run, runs.wait("one"))
+    assert_same_curve(run, runs, tmp_path)
     last = run / "checkpoints" / "last.ckpt"
     assert last.is_dir() and len(list(last.glob("*.distcp"))) == 2, "sharded state dict: one file per rank"
 
 
-def test_deepspeed_zero3_partitions_parameters_and_trains_like_one_process(runs):
+def test_deepspeed_zero3_partitions_parameters_and_trains_like_one_process(runs, tmp_path):
     """Lightning's DeepSpeedStrategy with the zero3 preset, minus its CUDA-only checks."""
     one = runs.probe("one")
     full = one["local_numel"]
@@ -207,7 +234,7 @@ def test_deepspeed_zero3_partitions_parameters_and_trains_like_one_process(runs)
         assert zero["full_numel"] == full and zero["visible_numel"] == 0
         # half each, give or take the rounding of each parameter's split
         assert abs(zero["partition_numel"] - full / 2) <= one["parameters"], zero
-    assert_same_curve(runs.wait("zero3"), runs.wait("one"))
+    assert_same_curve(runs.wait("zero3"), runs, tmp_path)
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs (the presets' own setting)")
