@@ -4,8 +4,10 @@ command line, so they cannot run inside pytest's process)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -82,14 +84,38 @@ def launch(args: list[str], cwd: Path, env: dict[str, str] | None = None, wait: 
     """``python -m llm_modules ARGS`` in ``cwd``, one thread per process, with ``env`` added.
 
     With ``wait`` (default) returns the CompletedProcess and fails the test with the output on a
-    non-zero exit; otherwise returns the Popen (the caller waits).
+    non-zero exit; otherwise returns the Popen (the caller waits, then ``reap``s it).
+    The process leads a process group of its own (with whatever it starts: DDP ranks, data workers),
+    so that ``reap`` ends all of it, and a wait that times out kills the whole group rather than
+    leaving a rank behind that holds the output pipe open.
     """
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     cmd = [sys.executable, "-m", "llm_modules", *args]
+    proc = subprocess.Popen(cmd, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
     if not wait:
-        return subprocess.Popen(cmd, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
-    done = subprocess.run(cmd, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, timeout=timeout)
-    assert done.returncode == 0, f"exit {done.returncode}:\n{done.stdout[-6000:]}"
-    return done
+        return proc
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        reap(proc)
+    assert proc.returncode == 0, f"exit {proc.returncode}:\n{out[-6000:]}"
+    return subprocess.CompletedProcess(cmd, proc.returncode, out)
+
+
+def reap(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Kill ``proc``'s process group (it and everything it started) and collect its exit status.
+
+    Reading what is left of the output is bounded too: a process outside the group (a daemon that
+    started a session of its own) could otherwise hold the pipe open for ever.
+    """
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired, ValueError, OSError):
+        proc.communicate(timeout=timeout)
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=timeout)

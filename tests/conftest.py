@@ -17,6 +17,19 @@ torch.set_num_threads(1)
 import pytest  # noqa: E402
 
 from _fit_helpers import write_corpus  # noqa: E402
+from _leftover_processes import become_subreaper, descendants, reap_leftovers  # noqa: E402
+
+become_subreaper()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_process_left_behind():
+    """Every process a test module starts has ended when the module ends (``_leftover_processes``)."""
+    before = set(descendants())
+    yield
+    killed = reap_leftovers(before)
+    if killed:
+        pytest.fail("processes left running by this module (now killed): " + "; ".join(killed))
 
 
 @pytest.fixture(scope="module")

@@ -38,6 +38,8 @@ from pathlib import Path
 
 import pytest
 
+from _fit_helpers import reap
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 PAGES = sorted(DOCS.rglob("*.md")) if DOCS.is_dir() else []
@@ -234,12 +236,17 @@ def run_bash(block: Block, page: Path, cwd: Path) -> None:
         script = with_args(script, block.directives["args"])
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    # A session of its own, so that a block that times out is killed with everything it started
+    proc = subprocess.Popen(["bash", "-e", "-c", script], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        done = subprocess.run(["bash", "-e", "-c", script], cwd=cwd, env=env, capture_output=True, text=True,
-                              timeout=BASH_TIMEOUT_S)
-    except subprocess.TimeoutExpired as err:
+        out, err = proc.communicate(timeout=BASH_TIMEOUT_S)
+    except subprocess.TimeoutExpired as late:
         pytest.fail(f"{rel(page)}, bash block at line {block.line} ran past {BASH_TIMEOUT_S} s:\n{script}\n"
-                    f"--- output tail ---\n{tail(str(err.stdout or '') + str(err.stderr or ''))}", pytrace=False)
+                    f"--- output tail ---\n{tail(str(late.stdout or '') + str(late.stderr or ''))}", pytrace=False)
+    finally:
+        reap(proc)
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     sys.stdout.write(done.stdout)
     sys.stderr.write(done.stderr)
     if done.returncode != 0:

@@ -16,7 +16,7 @@ import torch
 from llm_modules.checkpoint import load_checkpoint
 
 from _finetune_helpers import INSTRUCTIONS, base  # noqa: F401  (base: the fixture)
-from _fit_helpers import CONFIGS, REPO, free_port, launch, metric_rows
+from _fit_helpers import CONFIGS, REPO, free_port, launch, metric_rows, reap
 
 RUNS = {
     "ddp": ["--trainer.strategy", "ddp"],
@@ -52,9 +52,7 @@ def runs(base, tmp_path_factory):
         yield {name: root / name / "runs" / "llm" / "version_0" for name in RUNS}
     finally:
         for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
+            reap(proc)
 
 
 @pytest.mark.parametrize("name", ["ddp", "fsdp"])

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from _fit_helpers import reap
 from test_prepare import CASES, SCRUB, change_words, prose, write_jsonl
 
 from llm_modules.cli import main
@@ -282,7 +283,7 @@ def test_a_killed_process_resumes_to_the_same_output(tmp_path):
                         "--checkpoint-every", "200", "--shard-docs", "500", "--no-progress"]
     assert main(args("whole")) == 0
     proc = subprocess.Popen([sys.executable, "-m", "llm_modules", *args("killed")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     state = tmp_path / "killed" / ".prepare-state" / "state.json"
     deadline = time.monotonic() + 60
     try:
@@ -295,7 +296,7 @@ def test_a_killed_process_resumes_to_the_same_output(tmp_path):
             time.sleep(0.005)
         proc.send_signal(signal.SIGKILL)
     finally:
-        proc.wait()
+        reap(proc)  # its spawned workers too
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     assert json.loads((tmp_path / "killed" / "prepare-manifest.json").read_text())["complete"] is False
     assert main(args("killed")) == 0

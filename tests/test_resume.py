@@ -24,7 +24,7 @@ from llm_modules.cli import main
 from llm_modules.training.checkpoint_io import AtomicCheckpointIO, atomic_torch_save
 from llm_modules.training.resume import ExactResume, apply_rng_state, collect_rng_state
 
-from _fit_helpers import CONFIGS, launch, metric_rows, tiny
+from _fit_helpers import CONFIGS, launch, metric_rows, reap, tiny
 
 KILLER = '''
 import os, signal
@@ -81,7 +81,10 @@ def test_sigkill_after_a_checkpoint_then_resume_last_is_bitwise_identical(corpus
 
     killer = f'{{"class_path": "killer.KillAfterCheckpoint", "init_args": {{"step": {kill_at}}}}}'
     killed = launch([*args, f"--trainer.callbacks+={killer}"], run, env=env, wait=False)
-    out, _ = killed.communicate(timeout=300)
+    try:
+        out, _ = killed.communicate(timeout=300)
+    finally:
+        reap(killed)
     assert killed.returncode == -signal.SIGKILL, out[-4000:]
     folder = run / "runs" / "llm" / "version_0"
     last = folder / "checkpoints" / "last.ckpt"
@@ -95,8 +98,7 @@ def test_sigkill_after_a_checkpoint_then_resume_last_is_bitwise_identical(corpus
         launch([*args, "--ckpt_path", "last"], run, env=env)
         out, _ = reference.communicate(timeout=300)
     finally:
-        if reference.poll() is None:
-            reference.kill()
+        reap(reference)
     assert reference.returncode == 0, out[-4000:]
 
     assert sorted(p.name for p in (run / "runs" / "llm").iterdir()) == ["version_0"], "resumed in its folder"
