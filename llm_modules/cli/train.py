@@ -362,13 +362,9 @@ def _evaluate_checkpoint(argv: list[str]) -> list[str]:
 
 
 def _checkpoint_header(path: str) -> dict:
-    import torch
+    from llm_modules.training.integrity import load_verified
 
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ConfigError(f"--ckpt_path {path!r} cannot be read as a checkpoint ({first})") from None
+    checkpoint = load_verified(path, what="--ckpt_path", mmap=True)  # weights_only=True, checksum verified
     if not isinstance(checkpoint, dict):
         raise ConfigError(f"--ckpt_path {path!r} is not a Lightning checkpoint")
     return checkpoint
