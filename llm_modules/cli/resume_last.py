@@ -64,9 +64,10 @@ def resolve_last(trainer, subcommand: str) -> Path:
         raise ConfigError(f"--ckpt_path last: no run under {root} has checkpoints/{LAST} to resume; start "
                           "without --ckpt_path, or give the path of a .ckpt file")
     number, folder = runs[-1]
+    found = _existing(folder / "checkpoints" / LAST, str(folder / "checkpoints"))
     if subcommand == "fit":
         continue_in(trainer, root, number)
-    return folder / "checkpoints" / LAST
+    return found
 
 
 def continue_in(trainer, root: Path, number: int) -> None:

@@ -62,6 +62,9 @@ class LLMCLI(LightningCLI):
         init = self.config[sub].get("model", {}).get("init_args") if sub else None
         chosen = init.get("evaluation") if init is not None else None
         base = init.get("init_from") if init is not None else None
+        ckpt = self.config[sub].get("ckpt_path") if sub else None
+        if ckpt and Path(ckpt).is_file():  # Lightning reads it next: a bad file is one line here, not its traceback
+            _checkpoint_header(ckpt)
         super()._parse_ckpt_path()
         metrics = getattr(chosen, "metrics", None) if not isinstance(chosen, dict) else chosen.get("metrics")
         if metrics:

@@ -158,8 +158,16 @@ def load_verified(path: str | os.PathLike, map_location: Any = "cpu", what: str 
         problem = reason(err)
         raise CheckpointUnreadable(f"{what} {str(path)!r} cannot be read as a checkpoint: {problem}", problem) from None
     if check and isinstance(checkpoint, dict):
-        verify(checkpoint, path)
+        stat = path.stat()
+        seen = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+        if seen not in _VERIFIED:  # one command reads a file several times (header, Lightning's restore)
+            verify(checkpoint, path)
+            _VERIFIED.add(seen)
     return checkpoint
+
+
+#: files verified by this process, by identity and change times: not hashed again until they change
+_VERIFIED: set[tuple] = set()
 
 
 def check_finite(tensors: dict[str, Any], where: str) -> None:
