@@ -133,12 +133,15 @@ def reason(err: BaseException) -> str:
     """One line saying why ``torch.load(weights_only=True)`` refused a file, without torch's advice
     to load it with ``weights_only=False``."""
     text = str(err)
-    refused = re.search(r"(unsupported GLOBAL [\w.]+|Unsupported operand \d+|Unsupported class [\w.]+)", text,
-                        re.IGNORECASE)
+    refused = re.search(r"GLOBAL ([\w.]+)|Unsupported (operand \d+|class [\w.]+)", text)
     if isinstance(err, pickle.UnpicklingError) or "Weights only load failed" in text:
-        what = refused.group(1) if refused else "objects other than plain data and tensors"
+        if refused:
+            what = f"global {refused.group(1)} refused" if refused.group(1) else f"unsupported {refused.group(2)}"
+        else:
+            what = "objects other than plain data and tensors"
         return (f"it holds Python objects, not only plain data and tensors ({what}); llm-modules never "
-                "unpickles code from a file: it was not written by llm-modules or Lightning, or it was tampered with")
+                "unpickles code from a file: it was not written by llm-modules or Lightning (a torch.save of a whole "
+                "model object, say) or it was tampered with; save a state_dict or use llm_modules.checkpoint")
     lines = [line.strip() for line in text.splitlines() if line.strip() and not _ADVICE.search(line)]
     return lines[0] if lines else type(err).__name__
 
