@@ -77,6 +77,11 @@ def test_every_checkpoint_written_carries_a_checksum_of_its_tensors(trained, tmp
     for other in ({"b": torch.ones(4)}, {"a": torch.ones(4, dtype=torch.float64)}, {"a": torch.ones(2, 2)},
                   {"a": torch.tensor([1.0, 1.0, 1.0, 2.0])}):
         assert integrity.digest(other)["digest"] != base
+    big = torch.zeros(3 * integrity.CHUNK // 4 + 5)  # several chunks, hashed in parallel
+    first = integrity.digest({"a": big})
+    assert integrity.digest({"a": big.clone()}) == first
+    big[-1] = 1.0  # a change in the last chunk
+    assert integrity.digest({"a": big})["digest"] != first["digest"]
 
 
 def test_a_file_without_a_checksum_loads_unverified(tmp_path):
