@@ -26,6 +26,7 @@ writes its own files through its strategy) are not stamped or verified.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import pickle
 import re
@@ -195,8 +196,9 @@ def check_finite(tensors: dict[str, Any], where: str) -> None:
     inf): a diverged or damaged model that would only ever produce NaN, named at load rather than
     at the first forward pass."""
     for name, tensor in tensors.items():
-        if (isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and tensor.numel()
-                and not torch.isfinite(tensor).any()):
-            value = tensor.reshape(-1)[0].item()
+        if not (isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and tensor.numel()):
+            continue
+        value = tensor.reshape(-1)[0].item()
+        if not math.isfinite(value) and not torch.isfinite(tensor).any():  # a finite first entry settles it
             raise ConfigError(f"{where}: weight {name!r} {tuple(tensor.shape)} holds no finite value (every entry is "
                               f"NaN or inf, e.g. {value}); the model is broken: use another checkpoint")
