@@ -107,7 +107,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
         """Read with ``weights_only=True`` whatever the caller asks (nothing is ever unpickled) and
-        verify the integrity record; a bad file is one ConfigError line naming it."""
+        verify the integrity record; a bad file is one ConfigError line naming it. Tensors come onto
+        the CPU unless ``map_location`` says otherwise (where they are hashed; Lightning moves the
+        states onto the model's device as it restores them)."""
         if "://" in str(path) and not str(path).startswith("file://"):
             return super().load_checkpoint(path, map_location=map_location, weights_only=True)
         local = str(path).removeprefix("file://")
