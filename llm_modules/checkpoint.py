@@ -4,7 +4,10 @@
 (``state_dict``, ``hyper_parameters``, the Lightning version, and whatever the module's
 ``on_save_checkpoint`` adds: ``model_config`` as plain data and ``model_kind``), so
 ``CausalLM.load_from_checkpoint`` reads it. ``load_checkpoint`` reads those files and real
-Trainer checkpoints alike, without unpickling code (``weights_only=True``).
+Trainer checkpoints alike, without unpickling code (``weights_only=True``), and verifies the
+integrity record every checkpoint written here carries (``llm_modules.training.integrity``): a file
+whose tensor data changed since it was written is refused naming it; files without the record (older
+ones, other tools) load unverified. A weight with no finite value at all is refused too.
 
 A fine-tuned model's checkpoint may be adapter-only (``llm_modules.training.finetune``): it holds the
 PEFT method's tensors, and its hyper-parameters name the base (``init_from``), which loading reads
@@ -25,7 +28,7 @@ import torch
 from llm_modules.config import ModelConfig
 from llm_modules.models import KINDS, LanguageModel
 from llm_modules.registry import ConfigError
-from llm_modules.training import finetune
+from llm_modules.training import finetune, integrity
 from llm_modules.training.checkpoint_io import atomic_torch_save
 
 
@@ -51,16 +54,7 @@ def save_checkpoint(module: LanguageModel, path: str | os.PathLike) -> Path:
 
 
 def _read(path: Path, map_location: str | torch.device) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"checkpoint {str(path)!r} does not exist; give the path of a .ckpt file")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises several types for "not a checkpoint" / "holds code"
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ConfigError(
-            f"checkpoint {str(path)!r} cannot be read as plain data and tensors ({first}); "
-            "it must be a Lightning or llm-modules checkpoint"
-        ) from err
+    checkpoint = integrity.load_verified(path, map_location)  # weights_only=True, checksum verified
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise ConfigError(f"checkpoint {str(path)!r} has no state_dict; it is not a Lightning checkpoint")
     return checkpoint
@@ -115,6 +109,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     checkpoint = _read(path, map_location)
     from llm_modules.quantization.io import is_quantized, module_from_checkpoint
 
+    integrity.check_finite(checkpoint["state_dict"], f"checkpoint {str(path)!r}")
     if is_quantized(checkpoint):
         return module_from_checkpoint(checkpoint, path)
     return restore(build_module(checkpoint, path, init_from), checkpoint, f"checkpoint {str(path)!r}", "model_config")

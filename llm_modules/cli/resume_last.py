@@ -14,6 +14,11 @@ original as ``config.resumed-K.yaml`` rather than over it. ``validate``/``test``
 ``last`` read the same checkpoint and log into a new folder, as they always do.
 
 When there is nothing to resume this is a ConfigError naming ``--ckpt_path``, not a fresh start.
+
+``last.ckpt`` is read and verified first (``weights_only=True``, its integrity record): when it is
+damaged or truncated, the newest other checkpoint in the same folder that verifies (highest step,
+then newest file) is resumed instead, said in one log line; when none does, a ConfigError names
+``last.ckpt`` and why.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from llm_modules.registry import ConfigError
+from llm_modules.training.integrity import CheckpointCorrupt, load_verified
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +64,10 @@ def resolve_last(trainer, subcommand: str) -> Path:
         raise ConfigError(f"--ckpt_path last: no run under {root} has checkpoints/{LAST} to resume; start "
                           "without --ckpt_path, or give the path of a .ckpt file")
     number, folder = runs[-1]
+    found = _existing(folder / "checkpoints" / LAST, str(folder / "checkpoints"))
     if subcommand == "fit":
         continue_in(trainer, root, number)
-    return folder / "checkpoints" / LAST
+    return found
 
 
 def continue_in(trainer, root: Path, number: int) -> None:
@@ -105,7 +112,37 @@ class ContinuingCSVWriter(ExperimentWriter):
 
 
 def _existing(path: Path, where: str) -> Path:
+    """``path`` (a last.ckpt) when it verifies, else the newest intact checkpoint beside it."""
     if not path.is_file():
         raise ConfigError(f"--ckpt_path last: there is no {LAST} in {where} to resume; start without "
                           "--ckpt_path, or give the path of a .ckpt file")
-    return path
+    try:
+        load_verified(path, mmap=True)
+        return path
+    except CheckpointCorrupt as err:
+        problem = err.problem
+    for candidate in _by_step(path):
+        try:
+            load_verified(candidate, mmap=True)
+        except CheckpointCorrupt as err:
+            log.warning("%s is corrupt too (%s); not resumed", candidate.name, err.problem)
+            continue
+        log.warning("%s is corrupt (%s); resuming from %s", path.name, problem, candidate.name)
+        return candidate
+    raise ConfigError(f"--ckpt_path last: {path} is corrupt ({problem}) and no other checkpoint in {path.parent} "
+                      "verifies; start without --ckpt_path, or give the path of an intact .ckpt file")
+
+
+def _by_step(last: Path) -> list[Path]:
+    """The other checkpoints in ``last``'s folder, newest first: by the step they hold, then mtime."""
+    found = []
+    for candidate in last.parent.glob("*.ckpt"):
+        if candidate == last or candidate.name.startswith(".") or not candidate.is_file():
+            continue
+        try:
+            meta = load_verified(candidate, mmap=True, check=False)
+        except CheckpointCorrupt:
+            continue
+        step = meta.get("global_step") if isinstance(meta, dict) else None
+        found.append((step if isinstance(step, int) else -1, candidate.stat().st_mtime, candidate))
+    return [candidate for *_, candidate in sorted(found, reverse=True)]

@@ -62,6 +62,9 @@ class LLMCLI(LightningCLI):
         init = self.config[sub].get("model", {}).get("init_args") if sub else None
         chosen = init.get("evaluation") if init is not None else None
         base = init.get("init_from") if init is not None else None
+        ckpt = self.config[sub].get("ckpt_path") if sub else None
+        if ckpt and Path(ckpt).is_file():  # Lightning reads it next: a bad file is one line here, not its traceback
+            _checkpoint_header(ckpt)
         super()._parse_ckpt_path()
         metrics = getattr(chosen, "metrics", None) if not isinstance(chosen, dict) else chosen.get("metrics")
         if metrics:
@@ -362,13 +365,9 @@ def _evaluate_checkpoint(argv: list[str]) -> list[str]:
 
 
 def _checkpoint_header(path: str) -> dict:
-    import torch
+    from llm_modules.training.integrity import load_verified
 
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ConfigError(f"--ckpt_path {path!r} cannot be read as a checkpoint ({first})") from None
+    checkpoint = load_verified(path, what="--ckpt_path", mmap=True)  # weights_only=True, checksum verified
     if not isinstance(checkpoint, dict):
         raise ConfigError(f"--ckpt_path {path!r} is not a Lightning checkpoint")
     return checkpoint

@@ -1,4 +1,8 @@
-"""Reading and writing Hugging Face checkpoint folders, without ever unpickling code."""
+"""Reading and writing Hugging Face checkpoint folders, without ever unpickling code.
+
+Reading checks each safetensors header against the file before loading it
+(``safetensors_check``), reads ``pytorch_model*.bin`` with ``weights_only=True``, and refuses a
+floating-point weight with no finite value at all: each as one line naming the file or tensor."""
 
 from __future__ import annotations
 
@@ -9,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from llm_modules.registry import ConfigError
+from llm_modules.training.integrity import check_finite, load_verified
+from llm_modules.training.safetensors_check import load_safetensors
 
 
 def read_hf_config(path: str | Path) -> dict[str, Any]:
@@ -32,13 +38,18 @@ def read_hf_weights(path: str | Path) -> dict[str, torch.Tensor]:
     if shards:
         weights: dict[str, torch.Tensor] = {}
         for shard in shards:
-            weights.update(load_file(str(shard)))
+            weights.update(load_safetensors(shard))
+        check_finite(weights, str(path))
         return weights
     bins = sorted(folder.glob("pytorch_model*.bin"))
     if bins:
         weights = {}
         for b in bins:
-            weights.update(torch.load(b, map_location="cpu", weights_only=True))
+            state = load_verified(b, what="weights file", check=False)
+            if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+                raise ConfigError(f"weights file {str(b)!r} is not a state dict (names to tensors)")
+            weights.update(state)
+        check_finite(weights, str(path))
         return weights
     raise ConfigError(f"{path}: no *.safetensors or pytorch_model*.bin weights found")
 

@@ -29,6 +29,8 @@ from llm_modules.peft.base import (
     peft_state_dict,
 )
 from llm_modules.registry import ConfigError
+from llm_modules.training import integrity
+from llm_modules.training.safetensors_check import check_header
 
 FORMAT = "llm-modules-peft"
 FORMAT_VERSION = "1"
@@ -73,6 +75,7 @@ def save_adapter(path: str | os.PathLike, model: nn.Module, method: PeftMethod, 
     if not tensors:
         raise ConfigError(f"peft {method.name!r}: the model holds none of the method's tensors; was it unloaded?")
     metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "peft": json.dumps(_plain(method.describe()))}
+    metadata[integrity.KEY] = json.dumps(integrity.digest(tensors))  # verified by read_adapter
     config = config_dict(base_config if base_config is not None else getattr(model, "config", None))
     if config is not None:
         metadata["base_config"] = json.dumps(_plain(config))
@@ -94,11 +97,16 @@ def read_adapter(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any
     target = adapter_path(path)
     if not target.is_file():
         raise FileNotFoundError(f"no adapter file at {target}")
-    with safe_open(str(target), framework="pt") as f:
-        metadata = f.metadata() or {}
-        if metadata.get("format") != FORMAT or "peft" not in metadata:
-            raise ConfigError(f"{target} is not an llm-modules adapter file (no '{FORMAT}' metadata)")
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118  (safe_open is not a dict)
+    metadata = check_header(target).get("__metadata__") or {}  # one line for a lying header, before reading
+    if metadata.get("format") != FORMAT or "peft" not in metadata:
+        raise ConfigError(f"{target} is not an llm-modules adapter file (no '{FORMAT}' metadata)")
+    try:
+        with safe_open(str(target), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118  (safe_open is not a dict)
+    except Exception as err:  # SafetensorError: what the header check cannot see
+        raise ConfigError(f"adapter {target} cannot be read: {str(err).splitlines()[0] if str(err) else err!r}") from None
+    if integrity.KEY in metadata:  # older adapter files have none: unverified
+        integrity.verify(tensors, target, json.loads(metadata[integrity.KEY]))
     base = json.loads(metadata["base_config"]) if "base_config" in metadata else None
     return tensors, json.loads(metadata["peft"]), base
 

@@ -12,6 +12,16 @@ hence same filesystem), fsyncs it, ``os.replace``-s it over the target (atomic o
 and fsyncs the folder so the rename itself survives a crash. The temporary name starts with a dot and
 does not start with ``last``, so Lightning's search for ``last*.ckpt`` never mistakes a leftover for a
 checkpoint. Remote paths (``s3://``...) keep Lightning's own saver.
+
+The temporary name carries the writer's host and pid (``.last.ckpt.HOST-PID-RANDOM.tmp``) and the
+writer holds an exclusive ``flock`` on it until it is renamed: a save removes the leftovers of a
+killed save of the same target, but only those whose writer is gone (same host, pid not running,
+lock free), never the file another run is writing into the same folder at that moment.
+
+Every checkpoint written here carries an integrity record (``llm_modules.training.integrity``), and
+:class:`AtomicCheckpointIO` reads checkpoints with ``weights_only=True`` and verifies them, so
+resume (``fit --ckpt_path``), ``validate/test/predict --ckpt_path`` and rollbacks refuse a damaged
+or code-carrying file in one line.
 """
 
 from __future__ import annotations
@@ -20,13 +30,22 @@ import contextlib
 import glob
 import logging
 import os
+import re
 import secrets
+import socket
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+
+from llm_modules.training import integrity
+
+try:  # POSIX; on Windows an open file cannot be deleted anyway
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
 
 log = logging.getLogger(__name__)
 
@@ -38,20 +57,32 @@ def temp_prefix(target: Path) -> str:
     return f".{target.name}."
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save(obj, path)`` that leaves ``path`` untouched unless the whole new file is on disk."""
+    """``torch.save(obj, path)`` that leaves ``path`` untouched unless the whole new file is on disk.
+    A dict (a checkpoint) gets its integrity record first."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(target)
+    if isinstance(obj, dict):
+        integrity.stamp(obj)
     # os.open with mode 0o666 (not mkstemp's 0o600): the file gets the permissions the umask gives any new file
-    tmp = target.parent / f"{temp_prefix(target)}{secrets.token_hex(8)}{TEMP_SUFFIX}"
+    tmp = target.parent / f"{temp_prefix(target)}{_host()}-{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
+            if fcntl is not None:  # held until the rename: a concurrent cleanup sees the file in use
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, target)
+            if fcntl is not None:
+                os.replace(tmp, target)
+        if fcntl is None:
+            os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -74,6 +105,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return
         atomic_torch_save(checkpoint, str(path).removeprefix("file://"))
 
+    def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
+        """Read with ``weights_only=True`` whatever the caller asks (nothing is ever unpickled) and
+        verify the integrity record; a bad file is one ConfigError line naming it. Tensors come onto
+        the CPU unless ``map_location`` says otherwise (where they are hashed; Lightning moves the
+        states onto the model's device as it restores them)."""
+        if "://" in str(path) and not str(path).startswith("file://"):
+            return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        local = str(path).removeprefix("file://")
+        if os.path.isdir(local):  # a sharded checkpoint folder: its strategy's own reader
+            return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        return integrity.load_verified(local, map_location=map_location if map_location is not None else "cpu")
+
 
 def use_atomic_checkpoints(trainer) -> bool:
     """Give ``trainer``'s strategy an :class:`AtomicCheckpointIO` where that changes nothing else.
@@ -90,12 +133,49 @@ def use_atomic_checkpoints(trainer) -> bool:
 
 
 def _remove_stale_temps(target: Path) -> None:
-    """Temporary files that a killed save of the same target left behind (they can be checkpoint-sized)."""
+    """Temporary files that a killed save of the same target left behind (they can be checkpoint-sized);
+    those of a writer still at work (another run saving into the same folder) are left alone."""
     pattern = os.path.join(glob.escape(str(target.parent)), glob.escape(temp_prefix(target)) + "*" + TEMP_SUFFIX)
     for stale in glob.glob(pattern):
-        with contextlib.suppress(OSError):
-            os.unlink(stale)
-            log.info("removed %s, left by an interrupted checkpoint save", stale)
+        if _writer_gone(stale):
+            with contextlib.suppress(OSError):
+                os.unlink(stale)
+                log.info("removed %s, left by an interrupted checkpoint save", stale)
+
+
+def _writer_gone(temp: str) -> bool:
+    """Whether the process that wrote ``temp`` has ended: its name says this host and a pid that is
+    not running (or none: older names), and its lock can be taken."""
+    found = re.search(r"\.([A-Za-z0-9_]+)-(\d+)-[0-9a-f]+" + re.escape(TEMP_SUFFIX) + "$", temp)
+    if found:
+        host, pid = found.group(1), int(found.group(2))
+        if host != _host() or _pid_alive(pid):
+            return False
+    if fcntl is None:
+        return True
+    try:
+        fd = os.open(temp, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, owned by someone else
+        return True
+    return True
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -13,16 +13,19 @@ own loaders, so sharded (FSDP, ModelParallel) checkpoints load as on resume. Not
 position (it moves on, skipping the batches between the checkpoint and the spike), ``global_step``
 (it counts batches drawn; the schedule, restored, follows the updates), the counters (cumulative),
 tokens seen and the RNG state.
+
+Nothing is unpickled: candidates are read with ``weights_only=True``, and one whose tensor data does
+not match its integrity record (``llm_modules.training.integrity``) is passed over for the next older
+one, with a warning.
 """
 
 from __future__ import annotations
 
 import logging
-import pickle
 from pathlib import Path
 
-import torch
-
+from llm_modules.registry import ConfigError
+from llm_modules.training import integrity
 from llm_modules.training.stability import STATE_KEY, StabilityGuard, TrainingUnstable
 
 log = logging.getLogger(__name__)
@@ -68,17 +71,28 @@ def roll_back(guard: StabilityGuard, lm) -> None:
 
 
 def _newest_good_checkpoint(trainer, guard: StabilityGuard) -> str | None:
-    """The qualifying checkpoint with the highest step, or None."""
-    best: tuple[int, str] | None = None
+    """The qualifying checkpoint with the highest step whose data verifies, or None."""
+    qualifying: list[tuple[int, str]] = []
     for path in sorted(_candidates(trainer)):
         meta = _metadata(path)
         state = (meta or {}).get(STATE_KEY) or {}
         step = meta.get("global_step") if meta else None
         if step is None or step > guard.streak_start or state.get("in_streak") or state.get("run_id") != guard.run_id:
             continue
-        if best is None or step > best[0]:
-            best = (step, path)
-    return best[1] if best else None
+        qualifying.append((step, path))
+    for step, path in sorted(qualifying, key=lambda item: -item[0]):
+        if Path(path).is_dir() or _intact(path):
+            return path
+    return None
+
+
+def _intact(path: str) -> bool:
+    try:
+        integrity.load_verified(path, mmap=True)
+    except ConfigError as err:
+        log.warning("%s; not a rollback candidate", err)
+        return False
+    return True
 
 
 def _candidates(trainer) -> set[str]:
@@ -101,8 +115,8 @@ def _metadata(path: str) -> dict | None:
     target = folder / "meta.pt" if folder.is_dir() else folder
     if not target.is_file():
         return None
-    try:
-        return torch.load(target, map_location="cpu", mmap=not folder.is_dir(), weights_only=False)
-    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as err:  # half-written, foreign
-        log.warning("cannot read checkpoint %s (%s); not a rollback candidate", path, err)
+    try:  # weights_only=True; the data is verified only for the chosen one (_intact)
+        return integrity.load_verified(target, mmap=not folder.is_dir(), check=False)
+    except ConfigError as err:  # half-written, foreign, holding code
+        log.warning("%s; not a rollback candidate", err)
         return None
