@@ -9,8 +9,12 @@ metrics.csv. Also: a full disk while checkpointing is one line naming the file, 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -23,35 +27,46 @@ from _fit_helpers import CONFIGS, launch, metric_rows, tiny
 from test_resume import weights_and_optimizer
 
 SIGNAL_MID_STEP = '''
-import pathlib, time
+import os, pathlib, time
 from lightning.pytorch.callbacks import Callback
 from llm_modules.training.preemption import Preemption
 
 class SignalMidStep(Callback):
-    """When step ``step + 1`` is about to take its optimizer step, write ``marker`` (the test then
-    sends its signal) and wait until the run's Preemption callback has seen a signal: the signal
-    lands in the middle of a step, deterministically."""
+    """On process ``rank``: when step ``step + 1`` is about to take its optimizer step, write this
+    process's id to ``marker`` (the test then signals it) and wait until the run's Preemption callback
+    has seen a signal, so the signal lands in the middle of a step, deterministically. While that
+    step's checkpoint is being saved, send the same signal once more: a second signal during the save."""
 
-    def __init__(self, step: int, marker: str):
-        self.step, self.marker = step, marker
+    def __init__(self, step: int, marker: str, rank: int = 0):
+        self.step, self.marker, self.rank, self.again = step, marker, rank, True
+
+    def watcher(self, trainer):
+        return next(c for c in trainer.callbacks if isinstance(c, Preemption))
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-        if trainer.global_step != self.step:
+        if trainer.global_step != self.step or trainer.global_rank != self.rank:
             return
-        watcher = next(c for c in trainer.callbacks if isinstance(c, Preemption))
-        pathlib.Path(self.marker).write_text(str(self.step))
+        pathlib.Path(self.marker + ".tmp").write_text(str(os.getpid()))
+        os.replace(self.marker + ".tmp", self.marker)
         deadline = time.monotonic() + 120
-        while watcher.requested is None and time.monotonic() < deadline:
+        while self.watcher(trainer).requested is None and time.monotonic() < deadline:
             time.sleep(0.02)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        signum = self.watcher(trainer).requested
+        if signum and self.again and trainer.global_step == self.step + 1:
+            self.again = False
+            os.kill(os.getpid(), signum)
 '''
 
 SIGNALLED_AT = 5  # the signal comes during step 6: the first step of epoch 1, a validation step
 STEPS = 9  # validation (and so last.ckpt) at steps 3, 6 and 9
 
 
-def fit_args(corpus: Path, cache: Path) -> list[str]:
+def fit_args(corpus: Path, cache: Path, *extra: str) -> list[str]:
     """BERT MLM with dropout (global and collator random state both matter), 5-batch epochs,
-    validation every 3 steps, deterministic kernels, a metrics row per step."""
+    validation every 3 steps, every validation's checkpoint kept, deterministic kernels, a metrics
+    row per step."""
     return ["fit", *tiny(
         CONFIGS / "bert-mlm.yaml", corpus, cache,
         "--data.init_args.samples_per_epoch", "40",
@@ -59,6 +74,8 @@ def fit_args(corpus: Path, cache: Path) -> list[str]:
         "--trainer.val_check_interval", "3",
         "--trainer.deterministic", "true",
         "--trainer.log_every_n_steps", "1",
+        "--checkpoint.save_top_k", "-1",
+        *extra,
         steps=STEPS,
     )]
 
@@ -71,55 +88,89 @@ def reference(corpus, cache, tmp_path_factory):
     return folder / "runs" / "llm" / "version_0"
 
 
-def stop_mid_step(args: list[str], cwd: Path, signum: int, env: dict) -> tuple[int, str]:
-    """Run ``args`` in ``cwd``; send ``signum`` once step SIGNALLED_AT + 1 is under way. Returns (exit code, output)."""
+def stop_mid_step(args: list[str], cwd: Path, signum: int, rank: int = 0) -> tuple[int, str]:
+    """Run ``args`` in ``cwd`` (its own process group); send ``signum`` to process ``rank`` once step
+    SIGNALLED_AT + 1 is under way. Returns (exit code, output); every process is gone afterwards."""
+    (cwd / "signal_helper.py").write_text(SIGNAL_MID_STEP)
     marker = cwd / "signal-now"
-    helper = f'{{"class_path": "signal_helper.SignalMidStep", "init_args": {{"step": {SIGNALLED_AT}, ' \
-             f'"marker": "{marker}"}}}}'
-    proc = launch([*args, f"--trainer.callbacks+={helper}"], cwd, env=env, wait=False)
+    helper = json.dumps({"class_path": "signal_helper.SignalMidStep",
+                         "init_args": {"step": SIGNALLED_AT, "marker": str(marker), "rank": rank}})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join([str(cwd), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "llm_modules", *args, f"--trainer.callbacks+={helper}"], cwd=cwd,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     try:
         deadline = time.monotonic() + 240
         while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert marker.exists(), f"the run never reached step {SIGNALLED_AT}:\n{proc.communicate(timeout=60)[0][-4000:]}"
-        proc.send_signal(signum)
+        os.kill(int(marker.read_text()), signum)
         out, _ = proc.communicate(timeout=240)
         return proc.returncode, out
     finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # DDP ranks too; nothing is left when the run has exited
         if proc.poll() is None:
-            proc.kill()
             proc.communicate(timeout=60)
 
 
-@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
-def test_a_signal_mid_step_saves_last_then_resume_matches_an_uninterrupted_run(
-        signum, code, corpus, cache, reference, tmp_path):
-    (tmp_path / "signal_helper.py").write_text(SIGNAL_MID_STEP)
-    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+def check_stopped(returncode: int, out: str, signum: int, folder: Path) -> Path:
+    """Exit 128 + signal, the one line, last.ckpt at the step the signal came in, no temporary file."""
+    name = signal.Signals(signum).name
+    assert returncode == 128 + signum, out[-4000:]
+    line = (f"llm-modules fit: stopped by {name} at step {SIGNALLED_AT + 1}; saved "
+            f"runs/llm/version_0/checkpoints/last.ckpt; resume with --ckpt_path last")
+    assert out.splitlines().count(line) == 1, out[-4000:]
+    assert "Traceback" not in out, out[-4000:]
+    last = folder / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == SIGNALLED_AT + 1
+    assert not [p for p in last.parent.iterdir() if p.name.startswith(".")], "no temporary file is left"
+    return last
+
+
+def assert_same_state(expected: Path, got: Path) -> None:
+    a, b = weights_and_optimizer(expected), weights_and_optimizer(got)
+    assert a.keys() == b.keys()
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differ, f"{len(differ)} of {len(a)} tensors differ, e.g. {differ[:3]}"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_mid_step_finishes_the_step_saves_last_and_exits_128_plus_the_signal(
+        signum, corpus, cache, reference, tmp_path):
+    """The signal comes during step 6 and again during the save: step 6 completes, last.ckpt holds
+    exactly the uninterrupted run's step-6 state, exit 143 / 130. SIGTERM's run is then resumed with
+    ``--ckpt_path last``: weights, optimizer state and metrics.csv (train and validation losses) end
+    bitwise equal to the uninterrupted run's. (SIGINT's checkpoint is the same state, so one resume
+    covers both.)"""
     run = tmp_path / "run"
     run.mkdir()
     args = fit_args(corpus, cache)
-
-    returncode, out = stop_mid_step(args, run, signum, env)
-    name = signal.Signals(signum).name
+    returncode, out = stop_mid_step(args, run, signum)
     folder = run / "runs" / "llm" / "version_0"
-    last = folder / "checkpoints" / "last.ckpt"
-    assert returncode == code, out[-4000:]
-    line = (f"llm-modules fit: stopped by {name} at step {SIGNALLED_AT + 1}; saved "
-            f"runs/llm/version_0/checkpoints/last.ckpt; resume with --ckpt_path last")
-    assert line in out.splitlines(), out[-4000:]
-    assert "Traceback" not in out, out[-4000:]
-    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == SIGNALLED_AT + 1
-    assert not [p for p in last.parent.iterdir() if p.name.startswith(".")], "no temporary file is left"
+    last = check_stopped(returncode, out, signum, folder)
+    step6 = next((reference / "checkpoints").glob(f"step{SIGNALLED_AT + 1}-*.ckpt"))
+    assert_same_state(step6, last)
+    if signum != signal.SIGTERM:
+        return
 
-    launch([*args, "--ckpt_path", "last"], run, env=env)
-    expected = weights_and_optimizer(reference / "checkpoints" / "last.ckpt")
-    got = weights_and_optimizer(last)
-    assert expected["global_step"] == STEPS and expected.keys() == got.keys()
-    differ = [k for k in expected if not torch.equal(expected[k], got[k])]
-    assert not differ, f"{len(differ)} of {len(expected)} tensors differ, e.g. {differ[:3]}"
+    launch([*args, "--ckpt_path", "last"], run)
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == STEPS
+    assert_same_state(reference / "checkpoints" / "last.ckpt", last)
     for key in ("train/loss", "val/loss"):  # one metrics.csv that reads as the uninterrupted run's
         assert metric_rows(folder, key) == metric_rows(reference, key), key
+
+
+def test_under_ddp_a_signal_to_one_rank_stops_every_rank_at_the_same_step(corpus, cache, tmp_path):
+    """Two CPU processes (gloo); only rank 1 (a child the launcher started) gets SIGTERM. Both must
+    stop after the same step and write the one checkpoint together (the save is collective), rank 0
+    reporting it. (With Lightning's own handling rank 1 stopped alone, and rank 0 died in its next
+    collective with a gloo "Connection closed by peer" traceback, exit 1, nothing saved.)"""
+    args = fit_args(corpus, cache, "--trainer.strategy", "ddp", "--trainer.devices", "2",
+                    "--trainer.accelerator", "cpu", "--data.init_args.batch_size", "4")
+    returncode, out = stop_mid_step(args, tmp_path, signal.SIGTERM, rank=1)
+    check_stopped(returncode, out, signal.SIGTERM, tmp_path / "runs" / "llm" / "version_0")
 
 
 # ---- a full disk while checkpointing -------------------------------------------------------------------

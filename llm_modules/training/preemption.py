@@ -32,7 +32,6 @@ when complete, so even SIGKILL during the save leaves the previous ``last.ckpt``
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import threading
@@ -43,8 +42,6 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-log = logging.getLogger(__name__)
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -104,8 +101,6 @@ class Preemption(Callback):
         path = last_checkpoint_path(trainer)
         trainer.save_checkpoint(path)  # every rank: the save is collective (ExactResume gathers RNG states)
         self._stop = (signum, trainer.global_step, path)
-        if trainer.is_global_zero:
-            log.info("%s: saved %s at step %d; stopping", signal.Signals(signum).name, path, trainer.global_step)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self._stop is None:
