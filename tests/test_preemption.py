@@ -211,3 +211,31 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_previous_last
     assert "runs/llm/version_0/checkpoints/last.ckpt: " in lines[0], err[-3000:]
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 2
     assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"], "the temporary file is removed"
+
+
+# ---- Ctrl+C before training starts ---------------------------------------------------------------------
+
+INTERRUPT_AT_START = '''
+from lightning.pytorch.callbacks import Callback
+
+class CtrlCAtFitStart(Callback):
+    def on_fit_start(self, trainer, pl_module):
+        raise KeyboardInterrupt  # what SIGINT's default handler raises
+'''
+
+
+def test_ctrl_c_before_training_starts_exits_130_not_lightnings_1(corpus, cache, tmp_path, monkeypatch, capsys):
+    """Before the first step there is nothing to save: the process stops at once, but with 130 like
+    any interrupted command (Lightning turns a KeyboardInterrupt inside ``fit`` into exit 1)."""
+    (tmp_path / "ctrl_c.py").write_text(INTERRUPT_AT_START)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        code = main(["fit", *tiny(CONFIGS / "quickstart.yaml", corpus, cache, steps=2),
+                     "--trainer.callbacks+=ctrl_c.CtrlCAtFitStart"])
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores SIGINT from then on
+    err = capsys.readouterr().err
+    assert code == 130 and err.splitlines()[-1] == "llm-modules fit: interrupted", err[-2000:]
+    assert "Traceback" not in err

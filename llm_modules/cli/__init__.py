@@ -135,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:  # argparse / LightningCLI: --help, bad flags; a stop on a signal
         if _is_sigterm_exit(exit_):
             return _stopped_by_signal(command, exit_)
+        if isinstance(exit_.__context__, KeyboardInterrupt):  # Lightning's Ctrl+C outside training: sys.exit(1)
+            print(f"llm-modules {command}: interrupted", file=sys.stderr)
+            return 130
         code = exit_.code
         return code if isinstance(code, int) else (0 if code is None else 1)
     except KeyboardInterrupt:
