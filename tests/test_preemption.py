@@ -18,10 +18,14 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader
 
 from llm_modules.cli import main
+from llm_modules.training.preemption import Preempted, Preemption
 
 from _fit_helpers import CONFIGS, launch, metric_rows, tiny
 from test_resume import weights_and_optimizer
@@ -239,3 +243,48 @@ def test_ctrl_c_before_training_starts_exits_130_not_lightnings_1(corpus, cache,
     err = capsys.readouterr().err
     assert code == 130 and err.splitlines()[-1] == "llm-modules fit: interrupted", err[-2000:]
     assert "Traceback" not in err
+
+
+# ---- the callback in one process -----------------------------------------------------------------------
+
+
+class Tiny(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def training_step(self, batch, batch_idx):
+        return (self.w * batch).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class SignalSelf(Callback):
+    """Send this process ``signum`` in the middle of the step after ``step``."""
+
+    def __init__(self, signum: int, step: int):
+        self.signum, self.step = signum, step
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_the_callback_stops_every_fit_and_gives_the_handlers_back(signum, tmp_path):
+    """Two fits in one process (a notebook): each stops after the signalled step with its checkpoint,
+    and afterwards the process's own handlers are back (SIGINT raises KeyboardInterrupt again)."""
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    preemption = Preemption()
+    for run, at in (("a", 2), ("b", 4)):
+        trainer = L.Trainer(accelerator="cpu", max_steps=20, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                            default_root_dir=tmp_path / run, callbacks=[preemption, SignalSelf(signum, at)])
+        with pytest.raises(Preempted) as stopped:
+            trainer.fit(Tiny(), DataLoader(torch.ones(64, 1), batch_size=1))
+        assert stopped.value.code == 128 + signum and stopped.value.step == at + 1
+        assert stopped.value.path == tmp_path / run / "checkpoints" / "last.ckpt"
+        assert torch.load(stopped.value.path, weights_only=True)["global_step"] == at + 1
+        assert trainer.received_sigterm == (signum == signal.SIGTERM)
+        assert {s: signal.getsignal(s) for s in before} == before

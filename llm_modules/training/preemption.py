@@ -82,6 +82,10 @@ class Preemption(Callback):
             signal.signal(signum, self._record)
         self._installed = True
 
+    def on_fit_start(self, trainer, pl_module) -> None:
+        """A new ``fit`` (a notebook may call it again): Lightning put the old handlers back at the last teardown."""
+        self.requested, self._stop, self._installed, self._last_step = None, None, False, -1
+
     def on_sanity_check_start(self, trainer, pl_module) -> None:
         self._install()
 
