@@ -288,3 +288,17 @@ def test_the_callback_stops_every_fit_and_gives_the_handlers_back(signum, tmp_pa
         assert torch.load(stopped.value.path, weights_only=True)["global_step"] == at + 1
         assert trainer.received_sigterm == (signum == signal.SIGTERM)
         assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_lightnings_own_sigterm_stop_exits_143_not_0(monkeypatch, capsys):
+    """validate/test/predict keep Lightning's handling: SIGTERM ends them with SIGTERMException, a
+    SystemExit without a code that used to become exit 0."""
+    import llm_modules.cli as cli
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    def stopped(command, rest):
+        raise SIGTERMException()
+
+    monkeypatch.setattr(cli, "_dispatch", stopped)
+    assert main(["validate", "--ckpt_path", "x.ckpt"]) == 143
+    assert capsys.readouterr().err == "llm-modules validate: stopped by SIGTERM\n"
