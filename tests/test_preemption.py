@@ -302,3 +302,37 @@ def test_lightnings_own_sigterm_stop_exits_143_not_0(monkeypatch, capsys):
     monkeypatch.setattr(cli, "_dispatch", stopped)
     assert main(["validate", "--ckpt_path", "x.ckpt"]) == 143
     assert capsys.readouterr().err == "llm-modules validate: stopped by SIGTERM\n"
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 1.5 MB tmpfs (room for one tiny checkpoint, not for a second beside it); skipped where this
+    process may not mount one (not root, no CAP_SYS_ADMIN, not Linux)."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1500k", "tmpfs", str(mount)],
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as err:
+        pytest.skip(f"cannot mount a tmpfs here: {err}")
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True, timeout=30)
+
+
+def test_a_real_full_disk_is_one_line_and_leaves_no_temporary_file(corpus, cache, small_tmpfs, monkeypatch, capsys):
+    monkeypatch.chdir(small_tmpfs)
+    code = main(["fit", *tiny(CONFIGS / "quickstart.yaml", corpus, cache, "--checkpoint.every_n_train_steps", "2",
+                              steps=4)])
+    err = capsys.readouterr().err
+    folder = small_tmpfs / "runs" / "llm" / "version_0" / "checkpoints"
+    assert code == 2 and "Traceback" not in err, err[-3000:]
+    line = err.splitlines()[-1]
+    assert line.startswith("llm-modules fit: error: runs/llm/version_0/checkpoints/") and \
+        "No space left on device" in line, err[-3000:]
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".")], "the temporary file is removed"
+    for ckpt in folder.glob("*.ckpt"):  # whatever was saved before the disk filled up is whole
+        torch.load(ckpt, map_location="cpu", weights_only=True)
