@@ -132,9 +132,33 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # missing or unreadable files named on the command line
         where = f"{err.filename}: " if getattr(err, "filename", None) else ""
         return fail(command, f"{where}{err.strerror or err}")
-    except SystemExit as exit_:  # argparse / LightningCLI: --help, bad flags
+    except SystemExit as exit_:  # argparse / LightningCLI: --help, bad flags; a stop on a signal
+        if _is_sigterm_exit(exit_):
+            return _stopped_by_signal(command, exit_)
+        if isinstance(exit_.__context__, KeyboardInterrupt):  # Lightning's Ctrl+C outside training: sys.exit(1)
+            print(f"llm-modules {command}: interrupted", file=sys.stderr)
+            return 130
         code = exit_.code
         return code if isinstance(code, int) else (0 if code is None else 1)
     except KeyboardInterrupt:
         print(f"llm-modules {command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _is_sigterm_exit(exit_: SystemExit) -> bool:
+    """Lightning's ``SIGTERMException`` (or our ``Preempted``), without importing Lightning to ask."""
+    module = sys.modules.get("lightning.pytorch.utilities.exceptions")
+    return module is not None and isinstance(exit_, module.SIGTERMException)
+
+
+def _stopped_by_signal(command: str, exit_: SystemExit) -> int:
+    """A run stopped by a signal fails (128 + the signal: 143 for SIGTERM, 130 for SIGINT), so a scheduler
+    sees it; ``fit`` has saved a checkpoint first (``training.preemption``) and says where, in one line.
+    Lightning's own ``SIGTERMException`` (validate/test/predict) carries no code: it was SIGTERM."""
+    report = getattr(exit_, "report", None)
+    if report is None:
+        report = "stopped by SIGTERM"
+    if report:  # empty on DDP ranks other than 0
+        print(f"llm-modules {command}: {report}", file=sys.stderr)
+    code = exit_.code
+    return code if isinstance(code, int) and code > 128 else 143

@@ -31,6 +31,7 @@ from llm_modules.registry import ConfigError, load_plugins
 from llm_modules.training.checkpoint_io import use_atomic_checkpoints
 from llm_modules.training.host_memory import retain_freed_cpu_memory
 from llm_modules.training.precision import announce
+from llm_modules.training.preemption import Preemption
 from llm_modules.training.resume import ExactResume
 from llm_modules.training.strategies import register_strategy_names
 from llm_modules.training.throughput import ThroughputMonitor
@@ -98,6 +99,8 @@ class LLMCLI(LightningCLI):
             extra.append(ThroughputMonitor())
         if not any(isinstance(c, ExactResume) for c in extra):
             extra.append(ExactResume())  # random state in every checkpoint, restored on resume
+        if not any(isinstance(c, Preemption) for c in extra):
+            extra.append(Preemption())  # SIGTERM/SIGINT: save last.ckpt at the step's end, exit 143/130
         if config["trainer"].get("enable_progress_bar") is not False and not any(
             isinstance(c, ProgressBar) for c in extra
         ):

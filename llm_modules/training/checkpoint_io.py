@@ -27,6 +27,7 @@ or code-carrying file in one line.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import logging
 import os
@@ -83,12 +84,27 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
                 os.replace(tmp, target)
         if fcntl is None:
             os.replace(tmp, target)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        full = _disk_full(err)
+        if full is not None:  # torch's writer reports it as "unexpected pos ..." or a bare OSError: say it plainly
+            raise OSError(full, f"{os.strerror(full)}; the file was not replaced (a previous one of that name is "
+                                "intact): free some space and run again", str(target)) from err
         raise
     _fsync_dir(target.parent)
     return target
+
+
+def _disk_full(err: BaseException) -> int | None:
+    """ENOSPC or EDQUOT when ``err`` or an exception it arose from is that error, else None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            return err.errno
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
