@@ -45,7 +45,7 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
         mode = plain_mode(tmp)
         yield tmp
         restore_mode(tmp, mode)
-        _fsync(tmp)
+        fsync_file(tmp)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -76,7 +76,8 @@ def restore_mode(path: str | os.PathLike, mode: int) -> None:
         os.chmod(path, mode)
 
 
-def _fsync(path: Path) -> None:
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush ``path``'s data to disk, so a rename that follows never publishes an empty file."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
     try:
         os.fsync(fd)

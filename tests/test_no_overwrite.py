@@ -152,8 +152,8 @@ def test_a_failed_folder_export_leaves_the_old_model_folder_as_it_was(made, tmp_
     assert tree(tmp_path) == before
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "the staging folder was left behind"
     with pytest.raises(Boom):
-        main(["export", made.ckpt, str(tmp_path / "new")])
-    assert not (tmp_path / "new").exists(), "a failed export left a folder it had created"
+        main(["export", made.ckpt, str(tmp_path / "new" / "deeper")])
+    assert not (tmp_path / "new").exists(), "a failed export left folders it had created"
 
 
 def test_a_failed_file_write_leaves_the_old_file_and_no_temporary(tmp_path):
@@ -163,3 +163,13 @@ def test_a_failed_file_write_leaves_the_old_file_and_no_temporary(tmp_path):
         tmp.write_bytes(b"half")
         raise Boom
     assert target.read_bytes() == KEEP and [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]
+
+
+def test_the_python_api_removes_nothing_it_did_not_write(made, tmp_path):
+    """``to_hf`` in Python writes its files and leaves every other file alone (only the CLI, after
+    checking the folder holds one model, prunes an older model's files)."""
+    (tmp_path / "adapter.safetensors").write_bytes(KEEP)
+    (tmp_path / "notes.txt").write_bytes(KEEP)
+    to_hf(load_checkpoint(made.ckpt), tmp_path)
+    assert (tmp_path / "adapter.safetensors").read_bytes() == KEEP and (tmp_path / "notes.txt").read_bytes() == KEEP
+    assert (tmp_path / "model.safetensors").is_file()

@@ -57,7 +57,7 @@ def export_hf(module, out: str, family: str | None) -> str:
     from llm_modules import to_hf
     from llm_modules.training.finetune import fold
 
-    path = to_hf(fold(module), out, family=family)
+    path = to_hf(fold(module), out, family=family, prune=True)  # OUT passed outputs.check_folder
     names = sorted(p.name for p in Path(path).iterdir() if p.is_file() and not p.name.startswith("."))
     return f"{path}/ ({', '.join(names)})"
 

@@ -61,13 +61,14 @@ def special_tokens_from_hf(hf_config: dict, vocab_size: int) -> dict[str, int | 
     return found
 
 
-def to_hf(module: LanguageModel, path: str | Path, family: str | None = None) -> Path:
+def to_hf(module: LanguageModel, path: str | Path, family: str | None = None, prune: bool = False) -> Path:
     """Write ``config.json`` + ``model.safetensors`` that transformers' Auto classes load, the
     model's tokenizer when it carries one (``tokenizer.model`` + ``tokenizer_config.json``, which
     ``AutoTokenizer`` loads) and, for models that generate, ``generation_config.json``.
 
     ``family`` forces a model_type; by default the one family that can represent the model exactly.
-    Files of an older model in ``path`` are replaced (``hf_io.write_hf_checkpoint``).
+    Files of the same names in ``path`` are replaced; ``prune`` also removes an older model's other
+    weight, config and tokenizer files (``hf_io.write_hf_checkpoint``).
     """
     config = module.config
     if family is not None:
@@ -93,7 +94,7 @@ def to_hf(module: LanguageModel, path: str | Path, family: str | None = None) ->
     if not isinstance(module, MaskedLM):  # transformers keeps generation defaults there
         files["generation_config.json"] = (json.dumps(generation_config(hf_config), indent=2, sort_keys=True)
                                            + "\n").encode()
-    return write_hf_checkpoint(path, hf_config, weights, files)
+    return write_hf_checkpoint(path, hf_config, weights, files, prune=prune)
 
 
 __all__ = ["from_hf", "to_hf", "HF_FAMILIES", "HFFamily"]

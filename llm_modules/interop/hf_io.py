@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from llm_modules.atomic_files import plain_mode, restore_mode
+from llm_modules.atomic_files import fsync_file, plain_mode, restore_mode
 from llm_modules.registry import ConfigError
 
 
@@ -80,16 +80,18 @@ def foreign_entries(folder: str | Path) -> list[str]:
 
 
 def write_hf_checkpoint(path: str | Path, config: dict[str, Any], weights: dict[str, torch.Tensor],
-                        files: dict[str, bytes] | None = None) -> Path:
+                        files: dict[str, bytes] | None = None, prune: bool = False) -> Path:
     """Write config.json + model.safetensors (and ``files``: name -> content, e.g. the tokenizer's).
 
     Everything is written into a staging folder inside ``path`` first and moved into place only when
     complete, so a failure leaves whatever was at ``path`` untouched (and no folder, if there was
-    none). Then the files of each role written that the new set does not hold are removed
-    (``FOLDER_ROLES``). Files get the mode any new file gets (0644 under umask 022).
+    none). Files get the mode any new file gets (0644 under umask 022). Other files are left alone,
+    unless ``prune``: then the files of each role written that the new set does not hold are removed
+    (``FOLDER_ROLES``), for a caller that has checked the folder holds one model and nothing else
+    (``llm-modules export/convert --overwrite``, ``cli.outputs``).
     """
     target = Path(path)
-    created = not target.exists()
+    created = [p for p in (target, *target.parents) if not p.exists()]  # folders to remove on failure
     target.mkdir(parents=True, exist_ok=True)
     staging = target / f"{STAGING_PREFIX}{secrets.token_hex(6)}"
     try:
@@ -104,22 +106,19 @@ def write_hf_checkpoint(path: str | Path, config: dict[str, Any], weights: dict[
         written = sorted(os.listdir(staging))
         for name in written:
             restore_mode(staging / name, mode)  # safetensors writes 0600
-            fd = os.open(staging / name, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_file(staging / name)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-        if created:
-            with contextlib.suppress(OSError):
-                target.rmdir()  # only if empty: nothing else was put there meanwhile
+        with contextlib.suppress(OSError):
+            for folder in created:  # deepest first; rmdir only removes empty ones
+                folder.rmdir()
         raise
     for name in written:
         os.replace(staging / name, target / name)
     staging.rmdir()
-    roles = {role_of(name) for name in written}
-    for old in os.listdir(target):
-        if old not in written and role_of(old) in roles and (target / old).is_file():
-            (target / old).unlink()
+    if prune:
+        roles = {role_of(name) for name in written} - {None}
+        for old in os.listdir(target):
+            if old not in written and role_of(old) in roles and (target / old).is_file():
+                (target / old).unlink()
     return target
