@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--family", default=None, metavar="NAME",
                         help="force a Hugging Face model_type (llama, gpt2, bloom, t5, bert); "
                              "default: the family that represents the model exactly")
-    outputs.add_flag(target, "OUT_DIR's model files")
+    outputs.add_flag(target, "OUT_DIR", folder="always")
     return parser
 
 

@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "exactly)")
     parser.add_argument("--init-from", default=None, metavar="BASE",
                         help="where an adapter-only checkpoint's base is now, if it has moved since training")
-    outputs.add_flag(parser)
+    outputs.add_flag(parser, folder="for --format hf")
     return parser
 
 

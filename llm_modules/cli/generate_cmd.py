@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stop a row once its generated text contains STR (repeatable)")
     parser.add_argument("--batch-size", type=int, default=8, metavar="B", help="prompts per batch (prompts file)")
     parser.add_argument("--output", metavar="FILE", help="write JSONL here instead of printing")
-    outputs.add_flag(parser, "--output's FILE")
+    outputs.add_flag(parser, "the --output file")
     parser.add_argument("--no-stream", action="store_true", help="print the result at the end, not token by token")
     parser.add_argument("--tokenizer", metavar="PATH",
                         help="a SentencePiece .model or a tokenizer.json (default: the checkpoint's, "

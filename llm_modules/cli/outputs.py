@@ -25,11 +25,17 @@ from llm_modules.registry import ConfigError
 FLAG = "--overwrite"
 
 
-def add_flag(parser: argparse.ArgumentParser, what: str = "OUT") -> None:
-    """The ``--overwrite`` option, worded for the command's output ``what``."""
-    parser.add_argument(FLAG, action="store_true",
-                        help=f"replace {what} if it exists (a folder: only one that holds nothing but a "
-                             "model folder's files)")
+def add_flag(parser: argparse.ArgumentParser, what: str = "OUT", folder: str = "") -> None:
+    """The ``--overwrite`` option, worded for the command's output ``what``; ``folder`` names when
+    the output is a model folder (e.g. "for --format hf"), "always" when it always is."""
+    if folder == "always":
+        text = f"replace the model files in {what} if it is not empty (never a folder holding anything else)"
+    elif folder:
+        text = (f"replace {what} if it exists ({folder}: only a folder holding nothing but a model folder's "
+                "files)")
+    else:
+        text = f"replace {what} if it exists"
+    parser.add_argument(FLAG, action="store_true", help=text)
 
 
 def check_file(path: str | os.PathLike, what: str, overwrite: bool) -> Path:

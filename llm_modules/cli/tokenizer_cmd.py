@@ -26,7 +26,7 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--no-byte-fallback", action="store_true", help="map unknown characters to <unk>")
     train.add_argument("--text-field", default="text", help="the JSONL key that holds the text")
     train.add_argument("--seed", type=int, default=0)
-    outputs.add_flag(train, "the .model file")
+    outputs.add_flag(train, "the --out file")
     return p
 
 
