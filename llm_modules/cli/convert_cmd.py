@@ -32,8 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("out", metavar="OUT.ckpt", help="checkpoint file to write")
     outputs.add_flag(source, "OUT.ckpt")
     target = directions.add_parser(
-        "to-hf", help=".ckpt -> HF folder (config.json + model.safetensors)",
-        description="Export a checkpoint as config.json + model.safetensors that transformers' Auto classes load.",
+        "to-hf", help=".ckpt -> HF folder (config.json + model.safetensors + the tokenizer)",
+        description="Export a checkpoint as config.json + model.safetensors that transformers' Auto classes load, "
+                    "with the checkpoint's tokenizer (tokenizer.model + tokenizer_config.json) for AutoTokenizer.",
     )
     target.add_argument("ckpt", metavar="CKPT", help="checkpoint written by llm-modules or a Lightning Trainer")
     target.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (created if missing)")
