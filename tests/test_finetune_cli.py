@@ -216,8 +216,9 @@ def test_export_refusals_are_one_line_and_touch_no_file(lora_run, base, tmp_path
     existing.parent.mkdir()
     existing.write_bytes(b"keep me")
     cases = [
-        (["export", str(adapter_ckpt), str(existing.parent)], "cannot be merged into the base weights"),
-        (["export", str(base.checkpoint), str(existing), "--format", "adapter"], "has no peft method"),
+        # with --overwrite: a refusal after the output check leaves the (replaceable) output alone too
+        (["export", str(adapter_ckpt), str(existing.parent), "--overwrite"], "cannot be merged into the base weights"),
+        (["export", str(base.checkpoint), str(existing), "--format", "adapter", "--overwrite"], "has no peft method"),
         (["export", str(ckpt), str(ckpt), "--format", "ckpt"], "is CKPT itself"),
         (["export", str(ckpt), str(existing.parent), "--merge"], "--merge is for --format ckpt"),
         (["export", str(tmp_path / "none.ckpt"), str(existing.parent)], "does not exist"),

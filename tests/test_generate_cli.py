@@ -198,24 +198,27 @@ def test_quantized_checkpoint_and_dtype(tok, tmp_path, capsys):
 
 
 def test_errors_are_one_line_and_leave_the_output_alone(tok, tmp_path, capsys):
+    """Each bad input fails before the output is written: an existing --output (replaceable here, with
+    --overwrite) is left as it was."""
     saved(tmp_path / "m.ckpt", tok)
     saved(tmp_path / "bert.ckpt", tok, kind=MaskedLM, position="learned")
     out = tmp_path / "gen.jsonl"
     out.write_text("keep me\n")
     (tmp_path / "empty.txt").write_text("\n")
     model = str(tmp_path / "m.ckpt")
+    over = ["--output", str(out), "--overwrite"]
     cases = [
         (["generate", str(tmp_path / "missing.ckpt"), "--prompt", "x"], "does not exist"),
-        (["generate", model, "--prompts-file", str(tmp_path / "none.txt"), "--output", str(out)], "does not exist"),
-        (["generate", model, "--prompts-file", str(tmp_path / "empty.txt"), "--output", str(out)], "no prompts"),
-        (["generate", model, "--prompt-ids", f"3 {VOCAB}", "--output", str(out)], "outside"),
+        (["generate", model, "--prompts-file", str(tmp_path / "none.txt"), *over], "does not exist"),
+        (["generate", model, "--prompts-file", str(tmp_path / "empty.txt"), *over], "no prompts"),
+        (["generate", model, "--prompt-ids", f"3 {VOCAB}", *over], "outside"),
         (["generate", model, "--prompt-ids", "a b"], "integers"),
-        (["generate", model, "--prompt", "x", "--num-beams", "0", "--output", str(out)], "num_beams"),
+        (["generate", model, "--prompt", "x", "--num-beams", "0", *over], "num_beams"),
         (["generate", str(tmp_path / "bert.ckpt"), "--prompt", "x"], "--fill-mask"),
         (["generate", str(tmp_path / "bert.ckpt"), "--fill-mask", "--prompt", "x"], "holds no mask"),
         (["generate", str(tmp_path / "bert.ckpt"), "--fill-mask", "--prompt", "<mask>", "--sample"], "--sample"),
         (["generate", model, "--fill-mask", "--prompt", "x"], "needs a MaskedLM"),
-        (["generate", model, "--prompt", "x", "--prompts-file", "p.txt", "--output", str(out)], "not allowed with"),
+        (["generate", model, "--prompt", "x", "--prompts-file", "p.txt", *over], "not allowed with"),
         (["generate", model, "--prompt", "x", "--greedy", "--sample"], "not allowed with"),
         (["generate", model], "required"),
         (["generate", model, "--prompt", "x", "--device", "nowhere"], "--device"),

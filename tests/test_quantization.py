@@ -249,13 +249,15 @@ def test_cli_refuses_bad_input_and_leaves_files_alone(trained, tmp_path, capsys)
     existing.write_bytes(b"keep me")
     quantized = save_quantized(quantize(copy.deepcopy(module), "int8-weight"), tmp_path / "q8.ckpt")
     before = {p: p.read_bytes() for p in (ckpt, existing, quantized)}
+    over = [str(existing), "--overwrite"]  # bad input fails before the output, even one allowed to be replaced
     cases = [
-        ([str(ckpt), str(existing), "--method", "int9-weight"], "did you mean 'int8-weight'"),
+        ([str(ckpt), *over, "--method", "int9-weight"], "did you mean 'int8-weight'"),
         ([str(ckpt), str(ckpt), "--method", "int8-weight"], "is CKPT itself"),
-        ([str(tmp_path / "missing.ckpt"), str(existing), "--method", "int8-weight"], "does not exist"),
-        ([str(quantized), str(existing), "--method", "int4-weight"], "already quantized (int8-weight)"),
-        ([str(ckpt), str(existing), "--method", "int8-weight", "--group-size", "32"], "no option 'group_size'"),
+        ([str(tmp_path / "missing.ckpt"), *over, "--method", "int8-weight"], "does not exist"),
+        ([str(quantized), *over, "--method", "int4-weight"], "already quantized (int8-weight)"),
+        ([str(ckpt), *over, "--method", "int8-weight", "--group-size", "32"], "no option 'group_size'"),
         ([str(ckpt), str(tmp_path), "--method", "int8-weight"], "is a folder"),
+        ([str(ckpt), str(existing), "--method", "int8-weight"], "already exists; pass --overwrite"),
         ([str(existing), str(tmp_path / "new.ckpt"), "--method", "int8-weight"], "cannot be read"),
     ]
     for argv, message in cases:

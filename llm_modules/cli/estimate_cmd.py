@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from llm_modules.atomic_files import write_text
 from llm_modules.registry import ConfigError
 
 GB = 1e9
@@ -352,16 +351,7 @@ def write_json(report: dict, path: str) -> Path:
         raise ConfigError(f"--json {path!r} is a folder; give a file name such as {str(target / 'estimate.json')!r}")
     if not target.parent.exists():
         raise ConfigError(f"--json {path!r}: folder {str(target.parent)!r} does not exist; create it first")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(report, handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return write_text(target, json.dumps(report, indent=2) + "\n")  # 0644 under umask 022, not mkstemp's 0600
 
 
 def run(argv: list[str]) -> int:

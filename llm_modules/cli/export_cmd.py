@@ -1,6 +1,7 @@
 """``llm-modules export``: a (fine-tuned) checkpoint -> a Hugging Face folder, a checkpoint, or an adapter file.
 
     llm-modules export CKPT OUT_DIR                        # --format hf: the method merged, transformers loads it
+    llm-modules export CKPT OUT_DIR --overwrite            # replace an earlier export (files of a model folder only)
     llm-modules export CKPT OUT.ckpt --format ckpt --merge # a plain checkpoint (another run's init_from)
     llm-modules export CKPT OUT.ckpt --format ckpt         # self-contained: base and method's tensors, no base needed
     llm-modules export CKPT OUT.safetensors --format adapter   # the method's tensors alone (peft.io)
@@ -10,15 +11,16 @@ CKPT is any llm-modules checkpoint, adapter-only ones included (their base is re
 weights (LoRA; a full fine-tune has nothing to fold); methods that add computation of their own
 (adapters, soft prompts, prefixes) cannot be merged and export as ``ckpt`` or ``adapter``. Outputs
 are written to a temporary name and moved into place when complete, so a failed export leaves any
-existing file as it was.
+existing file as it was; an existing OUT (a non-empty folder for hf) is replaced only with
+``--overwrite`` (``cli.outputs``).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
+from llm_modules.cli import outputs
 from llm_modules.registry import ConfigError
 
 FORMATS = ("hf", "ckpt", "adapter")
@@ -44,25 +46,26 @@ def build_parser() -> argparse.ArgumentParser:
                              "exactly)")
     parser.add_argument("--init-from", default=None, metavar="BASE",
                         help="where an adapter-only checkpoint's base is now, if it has moved since training")
+    outputs.add_flag(parser, folder="for --format hf")
     return parser
 
 
 def export_hf(module, out: str, family: str | None) -> str:
+    """The module (its PEFT method merged) as a Hugging Face folder, its tokenizer included (``to_hf``),
+    so that transformers and ``llm-modules generate OUT`` load it; returns what was written, for the
+    report line. ``llm-modules convert to-hf`` writes through here too."""
     from llm_modules import to_hf
     from llm_modules.training.finetune import fold
 
-    path = to_hf(fold(module), out, family=family)
-    if module.tokenizer_bytes is not None:  # so that `llm-modules generate OUT_DIR` finds it
-        _atomic_write(Path(path) / "tokenizer.model", module.tokenizer_bytes)
-    return f"{path}/config.json and {path}/model.safetensors"
+    path = to_hf(fold(module), out, family=family, prune=True)  # OUT passed outputs.check_folder
+    names = sorted(p.name for p in Path(path).iterdir() if p.is_file() and not p.name.startswith("."))
+    return f"{path}/ ({', '.join(names)})"
 
 
 def export_ckpt(module, out: str, merge: bool) -> str:
     from llm_modules.checkpoint import save_checkpoint
     from llm_modules.training.finetune import fold, self_contained
 
-    if Path(out).is_dir():
-        raise ConfigError(f"OUT {out!r} is a folder; --format ckpt writes one file, e.g. {out.rstrip('/')}/model.ckpt")
     module = fold(module) if merge else self_contained(module)
     return str(save_checkpoint(module, out))
 
@@ -89,6 +92,7 @@ def run(argv: list[str]) -> int:
         raise ConfigError("--merge is for --format ckpt (--format hf always merges, --format adapter never does)")
     if args.family and args.format != "hf":
         raise ConfigError("--family is for --format hf")
+    check_output(args.out, args.format, args.overwrite)
     module = load_checkpoint(source, init_from=args.init_from)
     method = module.peft_method.name if module.peft_method is not None else None
     if args.format == "hf":
@@ -105,10 +109,16 @@ def run(argv: list[str]) -> int:
     return 0
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def check_output(out: str, fmt: str, overwrite: bool) -> None:
+    """Refuse OUT before anything is loaded: an existing file or model folder without --overwrite,
+    a folder where one file goes, a folder that is not a model folder (``cli.outputs``)."""
+    if fmt == "hf":
+        outputs.check_folder(out, "OUT", overwrite)
+    elif fmt == "ckpt":
+        if Path(out).is_dir():
+            raise ConfigError(f"OUT {out!r} is a folder; --format ckpt writes one file, e.g. {out.rstrip('/')}/model.ckpt")
+        outputs.check_file(out, "OUT", overwrite)
+    else:
+        from llm_modules.peft.io import adapter_path
+
+        outputs.check_file(adapter_path(out), "OUT", overwrite)

@@ -9,7 +9,8 @@ MODEL is an llm-modules checkpoint (float or quantized) or a Hugging Face model 
 with greedy or sampled decoding is streamed to the terminal as it is generated; beams and prompt
 files print whole results. A prompts file gives one JSON record per prompt, in input order:
 ``{"prompt", "generation", "tokens"}`` (``tokens``: the new token ids). The output file is written
-to a temporary name first, so a failed run leaves an existing file as it was.
+to a temporary name first, so a failed run leaves an existing file as it was; an existing file is
+replaced only with ``--overwrite`` (``cli.outputs``).
 
 The tokenizer is the checkpoint's own, else ``--tokenizer`` (a SentencePiece ``.model`` or a Hugging
 Face ``tokenizer.json``), else the Hugging Face folder's ``tokenizer.model`` or ``tokenizer.json``.
@@ -19,10 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
+from llm_modules.atomic_files import write_text
+from llm_modules.cli import outputs
 from llm_modules.registry import ConfigError
 
 
@@ -63,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stop a row once its generated text contains STR (repeatable)")
     parser.add_argument("--batch-size", type=int, default=8, metavar="B", help="prompts per batch (prompts file)")
     parser.add_argument("--output", metavar="FILE", help="write JSONL here instead of printing")
+    outputs.add_flag(parser, "the --output file")
     parser.add_argument("--no-stream", action="store_true", help="print the result at the end, not token by token")
     parser.add_argument("--tokenizer", metavar="PATH",
                         help="a SentencePiece .model or a tokenizer.json (default: the checkpoint's, "
@@ -172,16 +175,6 @@ def _check_ids(ids: list[int], vocab_size: int, field: str) -> None:
         raise ConfigError(f"{field}: ids {bad[:5]} are outside the model's vocabulary [0, {vocab_size})")
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def run(argv: list[str]) -> int:
     from llm_modules import MaskedLM
     from llm_modules.cli import fill_mask
@@ -190,6 +183,10 @@ def run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.output and Path(args.output).is_dir():
         raise ConfigError(f"--output {args.output!r} is a folder; give a file name such as generations.jsonl")
+    if args.output:
+        outputs.check_file(args.output, "--output", args.overwrite)
+    elif args.overwrite:
+        raise ConfigError("--overwrite is for --output FILE; without --output nothing is written")
     if args.fill_mask:
         fill_mask.check_flags(args)
     prompts = read_prompts(args.prompts_file) if args.prompts_file else None
@@ -281,7 +278,7 @@ def _write_records(records: list[dict], output: str | None) -> int:
     """JSONL, one record per prompt in input order: to ``output`` atomically, or to stdout."""
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     if output:
-        _write_atomically(Path(output), text)
+        write_text(output, text)
         print(f"wrote {len(records)} record(s) to {output}", file=sys.stderr)
     else:
         sys.stdout.write(text)

@@ -1,9 +1,10 @@
 """``llm-modules quantize``: a float checkpoint -> a quantized checkpoint for CPU inference.
 
-    llm-modules quantize CKPT OUT --method {dynamic-int8,int8-weight,int4-weight} [--group-size N]
+    llm-modules quantize CKPT OUT --method {dynamic-int8,int8-weight,int4-weight} [--group-size N] [--overwrite]
 
 Prints the file sizes before and after. The output is written to a temporary name first, so a
-failed run leaves existing files as they were; OUT may not be CKPT itself.
+failed run leaves existing files as they were; OUT may not be CKPT itself, and an existing OUT is
+replaced only with ``--overwrite`` (``cli.outputs``).
 Load the result with ``llm_modules.quantization.load_quantized``.
 """
 
@@ -13,6 +14,7 @@ import argparse
 import os
 from pathlib import Path
 
+from llm_modules.cli import outputs
 from llm_modules.registry import ConfigError
 
 
@@ -28,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "int8-weight or int4-weight (weight-only)")
     parser.add_argument("--group-size", type=int, default=None, metavar="N",
                         help="int4-weight: inputs per scale/offset (default 64; e.g. 32, 64, 128)")
+    outputs.add_flag(parser)
     return parser
 
 
@@ -35,7 +38,7 @@ def _megabytes(size: int) -> str:
     return f"{size / 1e6:.2f} MB"
 
 
-def _check_paths(ckpt: str, out: str) -> None:
+def _check_paths(ckpt: str, out: str, overwrite: bool) -> None:
     source, target = Path(ckpt), Path(out)
     if not source.is_file():
         raise ConfigError(f"checkpoint {ckpt!r} does not exist; give the path of a .ckpt file")
@@ -45,6 +48,7 @@ def _check_paths(ckpt: str, out: str) -> None:
     if same:
         raise ConfigError(f"OUT {out!r} is CKPT itself; write the quantized model to another file "
                           "so the float checkpoint stays")
+    outputs.check_file(out, "OUT", overwrite)
 
 
 def run(argv: list[str]) -> int:
@@ -54,7 +58,7 @@ def run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     options = {} if args.group_size is None else {"group_size": args.group_size}
     method = build_method(args.method, **options)  # a bad name or option fails before any file is read
-    _check_paths(args.ckpt, args.out)
+    _check_paths(args.ckpt, args.out, args.overwrite)
     module = load_checkpoint(args.ckpt)  # a quantized file comes back quantized
     if getattr(module, "quantization", None):
         raise ConfigError(f"checkpoint {args.ckpt!r} is already quantized ({module.quantization['method']}); "

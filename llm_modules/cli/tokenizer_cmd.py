@@ -1,9 +1,13 @@
-"""``llm-modules tokenizer train``: a SentencePiece tokenizer from files, folders, globs or python-stdlib."""
+"""``llm-modules tokenizer train``: a SentencePiece tokenizer from files, folders, globs or python-stdlib.
+
+An existing ``--out`` file is replaced only with ``--overwrite``; the file is written atomically.
+"""
 
 from __future__ import annotations
 
 import argparse
 
+from llm_modules.cli import outputs
 from llm_modules.data.sources import iter_documents, resolve_paths
 from llm_modules.data.tokenizer import Tokenizer
 
@@ -22,12 +26,15 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--no-byte-fallback", action="store_true", help="map unknown characters to <unk>")
     train.add_argument("--text-field", default="text", help="the JSONL key that holds the text")
     train.add_argument("--seed", type=int, default=0)
+    outputs.add_flag(train, "the --out file")
     return p
 
 
 def run(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     files = resolve_paths(args.paths, text_field=args.text_field, field="paths")
+    out = args.out if args.out.endswith(".model") else f"{args.out}.model"  # as Tokenizer.train names it
+    outputs.check_file(out, "--out", args.overwrite)
     tokenizer = Tokenizer.train(
         (doc.text for doc in iter_documents(files)),
         args.out,
@@ -41,6 +48,5 @@ def run(argv: list[str]) -> int:
         field="--vocab-size",
         inputs_field="paths",
     )
-    out = args.out if args.out.endswith(".model") else f"{args.out}.model"
     print(f"wrote {out} ({tokenizer.vocab_size} pieces, trained on {len(files)} files)")
     return 0

@@ -22,12 +22,12 @@ import io
 import os
 import random
 import re
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import sentencepiece as spm
 
+from llm_modules.atomic_files import write_bytes
 from llm_modules.registry import ConfigError
 
 PAD, UNK, BOS, EOS, MASK = "<pad>", "<unk>", "<s>", "</s>", "<mask>"
@@ -173,7 +173,7 @@ class Tokenizer:
         """Write the ``.model`` file atomically (temp file + rename), so a crash never leaves half a model."""
         path = Path(path).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, self._proto)
+        write_bytes(path, self._proto)  # mode 0644 under umask 022, like any new file
         return path
 
     # ---- identity -----------------------------------------------------------------------------------------
@@ -326,14 +326,3 @@ def _sample_lines(texts: Iterable[str], limit: int, seed: int) -> list[str]:
                     if j < limit:
                         kept[j] = chunk
     return kept
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

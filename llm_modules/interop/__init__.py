@@ -8,6 +8,7 @@ none does.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 # Importing the family modules registers them.
@@ -18,7 +19,8 @@ from llm_modules.interop.hf_io import (
     read_hf_weights,
     write_hf_checkpoint,
 )
-from llm_modules.models import LanguageModel
+from llm_modules.interop.tokenizer_files import generation_config, special_token_ids, tokenizer_files
+from llm_modules.models import LanguageModel, MaskedLM
 from llm_modules.registry import ConfigError
 
 
@@ -59,10 +61,14 @@ def special_tokens_from_hf(hf_config: dict, vocab_size: int) -> dict[str, int | 
     return found
 
 
-def to_hf(module: LanguageModel, path: str | Path, family: str | None = None) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` that transformers' Auto classes load.
+def to_hf(module: LanguageModel, path: str | Path, family: str | None = None, prune: bool = False) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` that transformers' Auto classes load, the
+    model's tokenizer when it carries one (``tokenizer.model`` + ``tokenizer_config.json``, which
+    ``AutoTokenizer`` loads) and, for models that generate, ``generation_config.json``.
 
     ``family`` forces a model_type; by default the one family that can represent the model exactly.
+    Files of the same names in ``path`` are replaced; ``prune`` also removes an older model's other
+    weight, config and tokenizer files (``hf_io.write_hf_checkpoint``).
     """
     config = module.config
     if family is not None:
@@ -82,11 +88,13 @@ def to_hf(module: LanguageModel, path: str | Path, family: str | None = None) ->
             )
         chosen = fits[0]
     hf_config = chosen.config_to_hf(config)
-    for name in ("bos_token_id", "eos_token_id"):
-        if getattr(config, name) is not None:
-            hf_config[name] = getattr(config, name)
+    hf_config.update(special_token_ids(module))
     weights = chosen.weights_to_hf(module.model.state_dict(), config)
-    return write_hf_checkpoint(path, hf_config, weights)
+    files = tokenizer_files(module)
+    if not isinstance(module, MaskedLM):  # transformers keeps generation defaults there
+        files["generation_config.json"] = (json.dumps(generation_config(hf_config), indent=2, sort_keys=True)
+                                           + "\n").encode()
+    return write_hf_checkpoint(path, hf_config, weights, files, prune=prune)
 
 
 __all__ = ["from_hf", "to_hf", "HF_FAMILIES", "HFFamily"]

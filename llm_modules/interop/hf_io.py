@@ -6,15 +6,19 @@ floating-point weight with no finite value at all: each as one line naming the f
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import json
 import os
-import tempfile
+import secrets
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import save_file
 
+from llm_modules.atomic_files import fsync_file, plain_mode, restore_mode
 from llm_modules.registry import ConfigError
 from llm_modules.training.integrity import check_finite, load_verified
 from llm_modules.training.safetensors_check import load_safetensors
@@ -54,17 +58,78 @@ def read_hf_weights(path: str | Path) -> dict[str, torch.Tensor]:
     raise ConfigError(f"{path}: no *.safetensors or pytorch_model*.bin weights found")
 
 
-def write_hf_checkpoint(path: str | Path, config: dict[str, Any], weights: dict[str, torch.Tensor]) -> Path:
-    """Write config.json + model.safetensors. Files are written to a temporary folder first and moved
-    into place only when complete, so a failure leaves whatever was at ``path`` untouched."""
+#: The files of a model folder as this library writes them, by role. Writing a role replaces every
+#: file of that role that was there: an older model's extra shards would load with the new weights,
+#: an older tokenizer.json would win over a new tokenizer.model in transformers.
+FOLDER_ROLES: dict[str, tuple[str, ...]] = {
+    "config": ("config.json", "generation_config.json"),
+    "weights": ("*.safetensors", "*.safetensors.index.json"),
+    "tokenizer": ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"),
+}
+#: What else a model folder may hold that a rewrite leaves alone (a model card).
+FOLDER_EXTRAS = ("README.md", "README")
+STAGING_PREFIX = ".tmp-export-"
+
+
+def role_of(name: str) -> str | None:
+    """The role (``FOLDER_ROLES``) of a file name in a model folder, or None."""
+    return next((role for role, patterns in FOLDER_ROLES.items()
+                 if any(fnmatch.fnmatchcase(name, p) for p in patterns)), None)
+
+
+def foreign_entries(folder: str | Path) -> list[str]:
+    """The entries of ``folder`` that are not a model folder's files as written here (roles, model
+    card, a killed export's staging folder): a folder with any is not ours to rewrite."""
+    foreign = []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.is_dir(follow_symlinks=False):
+            if not entry.name.startswith(STAGING_PREFIX):
+                foreign.append(entry.name + "/")
+        elif role_of(entry.name) is None and entry.name not in FOLDER_EXTRAS:
+            foreign.append(entry.name)
+    return foreign
+
+
+def write_hf_checkpoint(path: str | Path, config: dict[str, Any], weights: dict[str, torch.Tensor],
+                        files: dict[str, bytes] | None = None, prune: bool = False) -> Path:
+    """Write config.json + model.safetensors (and ``files``: name -> content, e.g. the tokenizer's).
+
+    Everything is written into a staging folder inside ``path`` first and moved into place only when
+    complete, so a failure leaves whatever was at ``path`` untouched (and no folder, if there was
+    none). Files get the mode any new file gets (0644 under umask 022). Other files are left alone,
+    unless ``prune``: then the files of each role written that the new set does not hold are removed
+    (``FOLDER_ROLES``), for a caller that has checked the folder holds one model and nothing else
+    (``llm-modules export/convert --overwrite``, ``cli.outputs``).
+    """
     target = Path(path)
+    created = [p for p in (target, *target.parents) if not p.exists()]  # folders to remove on failure
     target.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target, prefix=".tmp-export-") as tmp:
+    staging = target / f"{STAGING_PREFIX}{secrets.token_hex(6)}"
+    try:
+        staging.mkdir()
         tensors = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
-        save_file(tensors, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
-        Path(tmp, "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        for name in ("model.safetensors", "config.json"):
-            os.replace(os.path.join(tmp, name), target / name)
+        save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})
+        contents = {"config.json": (json.dumps(config, indent=2, sort_keys=True) + "\n").encode(),
+                    **(files or {})}
+        for name, data in contents.items():
+            (staging / name).write_bytes(data)
+        mode = plain_mode(staging / "config.json")  # what open() gives: 0644 under umask 022
+        written = sorted(os.listdir(staging))
+        for name in written:
+            restore_mode(staging / name, mode)  # safetensors writes 0600
+            fsync_file(staging / name)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            for folder in created:  # deepest first; rmdir only removes empty ones
+                folder.rmdir()
+        raise
+    for name in written:
+        os.replace(staging / name, target / name)
+    staging.rmdir()
+    if prune:
+        roles = {role_of(name) for name in written} - {None}
+        for old in os.listdir(target):
+            if old not in written and role_of(old) in roles and (target / old).is_file():
+                (target / old).unlink()
     return target
-
-

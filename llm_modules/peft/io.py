@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from llm_modules.atomic_files import replacing
 from llm_modules.peft.base import (
     PeftMethod,
     applied_peft,
@@ -80,15 +80,8 @@ def save_adapter(path: str | os.PathLike, model: nn.Module, method: PeftMethod, 
     if config is not None:
         metadata["base_config"] = json.dumps(_plain(config))
     target = adapter_path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with replacing(target) as tmp:  # mode 0644 under umask 022, like any new file
+        save_file(tensors, str(tmp), metadata=metadata)
     return target
 
 
