@@ -68,3 +68,28 @@ def test_rouge_stemmer_without_nltk_is_one_clear_error(monkeypatch):
     with pytest.raises(ConfigError, match=r"model.evaluation.rouge_stemmer needs the nltk package.*pip install nltk"):
         GenerationEvalConfig(metrics=["rouge"], rouge_stemmer=True)
     GenerationEvalConfig(metrics=["rouge"])  # without the stemmer nltk is not needed
+
+
+def test_ipo_regresses_the_gap_of_summed_log_probabilities_as_the_docs_state():
+    """The convention docs/tutorials/align.md and ``dpo_loss`` state: IPO's h is built from summed
+    sequence log-probabilities (the paper), not per-token means (TRL), so a response twice as long
+    with the same per-token log-probabilities has twice the gap."""
+    import torch
+
+    from llm_modules.alignment.losses import dpo_loss, sequence_logprobs
+
+    torch.manual_seed(0)
+    logits = torch.randn(1, 4, 11)
+    labels = torch.tensor([[-100, 3, 7, 5]])
+    short = sequence_logprobs(logits, labels)
+    long = sequence_logprobs(logits.repeat(1, 2, 1), labels.repeat(1, 2))
+    assert long.item() == pytest.approx(2 * short.item(), rel=1e-6)
+    ref = torch.zeros(1)
+    beta = 0.1
+    for chosen, tokens in ((short, 3), (long, 6)):
+        ipo = dpo_loss(chosen, ref - 1.0, ref, ref, beta, loss_type="ipo").loss.item()
+        h = chosen.item() + 1.0  # summed gap
+        assert ipo == pytest.approx((h - 1 / (2 * beta)) ** 2, rel=1e-6)
+        assert ipo != pytest.approx((h / tokens - 1 / (2 * beta)) ** 2, rel=1e-3)  # not TRL's per-token mean
+    text = (__import__("pathlib").Path(__file__).resolve().parent.parent / "docs/tutorials/align.md").read_text()
+    assert "IPO sums, TRL averages" in text
