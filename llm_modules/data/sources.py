@@ -17,14 +17,27 @@ it, and a directory found inside another one.
 
 Resolving only lists files and reads their size and mtime (cheap): that is what keys the token
 cache. Text is read lazily, document by document, when the cache is built.
+
+Bad bytes. A text file is decoded as UTF-8 with each undecodable byte sequence replaced by U+FFFD;
+when that happens, one log line names the file and the count. A file that is not text at all (a NUL
+byte in its first 64 KiB, or more than 30% of that head undecodable or control characters) is
+skipped with one log line naming it: its "text" would teach the model noise. ``data prepare`` reads
+with ``screen=False`` instead, so its ``binary`` rule sees such files and counts them in its report.
+
+Long lines. :meth:`SourceFile.parts` reads a text file 1M characters at a time and
+:func:`document_lines` cuts a document into lines of at most ``MAX_LINE_CHARS`` characters, so a
+file that is one 200 MB line is never held, split or encoded whole (tokenizer training and the token
+cache both read through them).
 """
 
 from __future__ import annotations
 
+import codecs
 import fnmatch
 import glob
 import hashlib
 import json
+import logging
 import os
 import sysconfig
 from collections.abc import Iterable, Iterator, Sequence
@@ -43,6 +56,29 @@ STDLIB_EXCLUDED_DIRS = frozenset({
 _SKIPPED_DIRS = frozenset({"__pycache__", "node_modules"})
 _GLOB_CHARS = "*?["
 _PREPARE_MANIFEST = "prepare-manifest.json"  # = llm_modules.data.prepare.manifest.MANIFEST
+
+log = logging.getLogger(__name__)
+
+READ_CHARS = 1 << 20  # characters read from a text file at a time
+MAX_LINE_CHARS = 1 << 16  # longest line handed on whole; longer ones come in pieces (document_lines)
+SNIFF_BYTES = 1 << 16  # head of a text file checked for being binary
+BINARY_SHARE = 0.3  # share of undecodable/control characters in the head that makes a file binary
+_CONTROL = frozenset(chr(c) for c in (*range(0, 9), *range(14, 32), 127))  # not \t \n \v \f \r
+
+# Decoding with this error handler is decoding with errors="replace" (one U+FFFD per undecodable
+# sequence) that also counts the replacements, so the log can say how many there were.
+_COUNTING = "llm_modules.count_replacements"
+_replacements = 0
+
+
+def _count_replacement(err: UnicodeDecodeError) -> tuple[str, int]:
+    global _replacements
+    _replacements += 1
+    return "\ufffd", err.end
+
+
+codecs.register_error(_COUNTING, _count_replacement)
+_reported: set[tuple] = set()  # (path, size, mtime, what): each file's problem is logged once per process
 
 
 @dataclass(frozen=True)
@@ -67,15 +103,67 @@ class SourceFile:
         st = self.path.stat()
         return st.st_size, st.st_mtime_ns
 
-    def documents(self) -> Iterator[Document]:
-        if self.kind == "jsonl":
-            yield from self._jsonl_documents()
-        else:
-            yield Document(self.source_id, self.path.read_text(encoding="utf-8", errors="replace"))
+    def documents(self, screen: bool = True) -> Iterator[Document]:
+        """Every document of the file, whole. ``screen``: skip a binary file and log undecodable bytes
+        (the module docstring); ``data prepare`` passes False."""
+        for source_id, parts in self.parts(screen):
+            yield Document(source_id, "".join(parts))
 
-    def _jsonl_documents(self) -> Iterator[Document]:
-        with self.path.open(encoding="utf-8", errors="replace") as f:
-            for number, line in enumerate(f, start=1):
+    def parts(self, screen: bool = True) -> Iterator[tuple[str, Iterator[str]]]:
+        """``(source_id, parts)`` per document, the text in consecutive parts: a text file is read
+        ``READ_CHARS`` characters at a time, so it is never held whole. Consume each document's parts
+        before asking for the next document."""
+        if self.kind == "jsonl":
+            for doc in self._jsonl_documents(screen):
+                yield doc.source_id, iter((doc.text,))
+            return
+        if screen:
+            reason = binary_reason(self.path)
+            if reason is not None:
+                self._report("binary", f"{self.field}: skipped {str(self.path)!r}: not text ({reason}); remove "
+                                       "it from the data or narrow data.pattern")
+                return
+        yield self.source_id, self._text_parts(screen)
+
+    def _text_parts(self, screen: bool) -> Iterator[str]:
+        replaced = 0
+        with self.path.open(encoding="utf-8", errors=_COUNTING) as f:
+            while True:
+                before = _replacements
+                part = f.read(READ_CHARS)
+                replaced += _replacements - before
+                if not part:
+                    break
+                yield part
+        if screen and replaced:
+            self._report_replaced(replaced)
+
+    def _report_replaced(self, replaced: int) -> None:
+        self._report("replaced", f"{self.field}: {str(self.path)!r} is not valid UTF-8: {replaced:,} undecodable "
+                                 f"byte sequence(s) replaced by U+FFFD; re-encode it as UTF-8 (e.g. iconv -f "
+                                 "latin1 -t utf-8) or remove it")
+
+    def _report(self, what: str, message: str) -> None:
+        try:
+            key = (str(self.path), *self.stat(), what)
+        except OSError:
+            key = (str(self.path), what)
+        if key not in _reported:
+            _reported.add(key)
+            log.warning(message)
+
+    def _jsonl_documents(self, screen: bool = True) -> Iterator[Document]:
+        replaced = 0
+        with self.path.open(encoding="utf-8", errors=_COUNTING) as f:
+            lines = iter(f)
+            number = 0
+            while True:
+                before = _replacements  # counted around each read: the generator may pause between lines
+                line = next(lines, None)
+                replaced += _replacements - before
+                if line is None:
+                    break
+                number += 1
                 if not line.strip():
                     continue
                 where = f"{self.field}: {str(self.path)!r} line {number}"
@@ -97,6 +185,8 @@ class SourceFile:
                     raise ConfigError(f"{where}: field {self.text_field!r} holds a {type(text).__name__}, "
                                       "expected a string")
                 yield Document(f"{self.source_id}#{number}", text)
+        if screen and replaced:
+            self._report_replaced(replaced)
 
 
 def resolve_paths(
@@ -131,9 +221,78 @@ def resolve_paths(
 
 
 def iter_documents(files: Iterable[SourceFile]) -> Iterator[Document]:
-    """Every document of every file, in order."""
+    """Every document of every file, in order (binary files skipped, see the module docstring)."""
     for f in files:
         yield from f.documents()
+
+
+def iter_parts(files: Iterable[SourceFile]) -> Iterator[tuple[str, Iterator[str]]]:
+    """``(source_id, parts)`` of every document of every file, in order (:meth:`SourceFile.parts`)."""
+    for f in files:
+        yield from f.parts()
+
+
+def document_lines(parts: Iterable[str], max_chars: int = MAX_LINE_CHARS) -> Iterator[str]:
+    """The lines of a document given in parts, each with its ``"\n"`` (the last one's only if the text
+    ends with one); joined they are the text. A line longer than ``max_chars`` comes in pieces of at
+    most ``max_chars``, each cut just before a space that follows a non-space character (in the
+    second half of the piece) where there is one, else at ``max_chars``: a tokenizer whose pieces
+    never hold a space after another character (``Tokenizer.spaces_encode_independently``) encodes the
+    pieces to exactly the ids of the whole line, and memory stays bounded by ``max_chars``.
+    """
+    carry = ""
+    for part in parts:
+        if carry:
+            part = carry + part
+        start = 0
+        while True:
+            end = part.find("\n", start)
+            if end < 0:
+                break
+            line_end = end + 1
+            while line_end - start > max_chars:
+                cut = _cut(part, start, start + max_chars)
+                yield part[start:cut]
+                start = cut
+            yield part[start:line_end]
+            start = line_end
+        while len(part) - start > max_chars:
+            cut = _cut(part, start, start + max_chars)
+            yield part[start:cut]
+            start = cut
+        carry = part[start:]
+    if carry:
+        yield carry
+
+
+def _cut(text: str, start: int, limit: int) -> int:
+    """Where to end a piece of ``text[start:limit]``: before the last space that follows a non-space."""
+    floor = start + (limit - start) // 2
+    i = text.rfind(" ", floor + 1, limit + 1)
+    while i > floor:
+        if not text[i - 1].isspace():
+            return i
+        i = text.rfind(" ", floor + 1, i)
+    return limit
+
+
+def binary_reason(path: Path) -> str | None:
+    """Why the file at ``path`` is not text (judged from its head), or None when it is text."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(SNIFF_BYTES)
+    except OSError:
+        return None  # reading it properly will say what is wrong
+    if b"\x00" in head:
+        return "it has NUL bytes"
+    if len(head) == SNIFF_BYTES:  # do not judge a multi-byte character cut at the end of the head
+        head = head[:-3]
+    before = _replacements
+    text = head.decode("utf-8", errors=_COUNTING)
+    bad = _replacements - before + sum(text.count(c) for c in _CONTROL if c in text)
+    if text and bad / len(text) > BINARY_SHARE:
+        return f"{bad:,} of the first {len(text):,} characters are undecodable or control characters"
+    return None
 
 
 def inputs_fingerprint(files: Sequence[SourceFile], **settings) -> str:

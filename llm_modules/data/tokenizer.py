@@ -54,6 +54,7 @@ class Tokenizer:
             self.sentinel_ids.append(sid)
         self._special = {i for i in range(self.vocab_size) if processor.is_control(i) or processor.is_unknown(i)}
         self.lines_encode_independently = self._lines_encode_independently()
+        self.spaces_encode_independently = self.lines_encode_independently and self._spaces_encode_independently()
 
     # ---- construction -----------------------------------------------------------------------------------
 
@@ -81,7 +82,7 @@ class Tokenizer:
         """Train a tokenizer and, when ``out_path`` is given, save it there (``.model`` is appended if absent).
 
         ``inputs``: a path or a list/tuple of paths to UTF-8 text files, or any other iterable of
-        strings (documents held in memory; pass ``iter(texts)`` for a list of texts). Documents are
+        strings (documents or lines; pass ``iter(texts)`` for a list of texts). Documents are
         cut into lines (SentencePiece learns within a line anyway) and, when there are more than
         ``max_sentences`` of them, a seeded random sample is kept: training cost grows with the
         sample, not with the corpus, and the same inputs and seed give the same tokenizer.
@@ -275,6 +276,26 @@ class Tokenizer:
                 return False
         return True
 
+    def _spaces_encode_independently(self) -> bool:
+        """Whether a line cut just before a space that follows a non-space character encodes to the ids of
+        the whole line (``sources.document_lines`` cuts very long lines there).
+
+        True when no piece holds a space (``▁``) after another character: then no piece can span
+        the cut, BPE merges and unigram's best segmentation stay on either side of it, and the ids of
+        the two sides concatenate to the ids of the whole. Ours: pieces are split at whitespace.
+        """
+        for i in range(self.vocab_size):
+            if not (self.sp.is_control(i) or self.sp.is_unknown(i) or self.sp.is_byte(i)) \
+                    and _SPACE_AFTER_CHAR.search(self.sp.id_to_piece(i)):
+                return False
+        for left, right in (("ab", " cd"), ("x", "  y"), ("12", " 34"), ("a.", " b")):
+            if self.sp.encode(left + right) != self.sp.encode(left) + self.sp.encode(right):
+                return False
+        return True
+
+
+_SPACE_AFTER_CHAR = re.compile("[^\u2581]\u2581")  # a piece holding a space after another character
+
 
 def _vocab_error(msg: str, field: str, vocab_size: int) -> Exception:
     """Turn SentencePiece's vocabulary-size complaints into a message that names the field and the bound."""
@@ -294,15 +315,19 @@ def _vocab_error(msg: str, field: str, vocab_size: int) -> Exception:
 
 
 def _texts(inputs) -> Iterator[str]:
-    """Documents from file paths (a path, or a list/tuple of them) or from an iterable of strings."""
+    """Texts from file paths (a path, or a list/tuple of them: their lines, read a part at a time so
+    a huge file or line is never held whole) or from an iterable of strings."""
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     if isinstance(inputs, (list, tuple)):
+        from llm_modules.data.sources import SourceFile, document_lines
+
         for p in inputs:
             path = Path(p).expanduser()
             if not path.is_file():
                 raise ConfigError(f"tokenizer training file {str(p)!r} does not exist")
-            yield path.read_text(encoding="utf-8", errors="replace")
+            for _, parts in SourceFile(path, str(p), "text", "tokenizer training file").parts():
+                yield from document_lines(parts)
     else:
         yield from inputs
 

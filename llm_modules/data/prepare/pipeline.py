@@ -173,7 +173,7 @@ class _Run:
         start_file, start_doc = self.position
         for fi in range(start_file, len(self.files)):
             skip = start_doc if fi == start_file else 0
-            for di, doc in enumerate(self.files[fi].documents()):
+            for di, doc in enumerate(self.files[fi].documents(screen=False)):  # the binary rule judges
                 if di >= skip:
                     yield fi, di, doc.source_id, doc.text
 
