@@ -198,3 +198,18 @@ def test_memory_of_caching_a_single_line_file_does_not_grow_with_the_line(tmp_pa
         sizes[mb] = _cache_peak(path, tmp_path / f"cache{mb}")
     growth = sizes[8] - sizes[2]
     assert growth < 6_000_000, f"peak grew by {growth / 1e6:.1f} MB for 6 MB more of one line: {sizes}"
+
+
+def test_tokenizer_sample_is_bounded_in_characters_and_unchanged_below_the_bound():
+    from llm_modules.data.tokenizer import _CHUNK_CHARS, _sample_lines
+
+    rng = random.Random(4)
+    lines = [prose(rng, 12) for _ in range(300)]
+    assert _sample_lines(iter(lines), 100, 0) == _sample_lines(iter(lines), 100, 0, max_chars=10**9)
+    one_line = " ".join(lines) * 20  # one line of ~100 chunks
+    sample = _sample_lines(iter([one_line]), 10_000, 0, max_chars=20 * _CHUNK_CHARS)
+    assert sum(map(len, sample)) <= 20 * _CHUNK_CHARS
+    assert len(sample) >= 10  # shrunk to the budget, not emptied
+    chunks = [one_line[i:i + _CHUNK_CHARS] for i in range(0, len(one_line), _CHUNK_CHARS)]
+    positions = sorted(chunks.index(c) for c in sample)
+    assert positions[0] < len(chunks) // 2 < positions[-1]  # drawn from the whole line, not its end

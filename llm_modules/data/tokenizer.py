@@ -39,6 +39,9 @@ MODEL_TYPES = ("bpe", "unigram")
 # into chunks of this many characters (at most 4 bytes each) so nothing is silently dropped.
 _CHUNK_CHARS = 4096
 _MAX_SENTENCE_BYTES = 4 * _CHUNK_CHARS
+# Characters of the training sample: SentencePiece's trainer takes ~5 bytes per character it is given,
+# and max_sentences chunks of 4096 characters (a corpus of very long lines) would be 400M characters.
+_MAX_SAMPLE_CHARS = 1 << 25
 
 
 class Tokenizer:
@@ -85,7 +88,9 @@ class Tokenizer:
         strings (documents or lines; pass ``iter(texts)`` for a list of texts). Documents are
         cut into lines (SentencePiece learns within a line anyway) and, when there are more than
         ``max_sentences`` of them, a seeded random sample is kept: training cost grows with the
-        sample, not with the corpus, and the same inputs and seed give the same tokenizer.
+        sample, not with the corpus, and the same inputs and seed give the same tokenizer. The sample
+        also holds at most 32M characters (a corpus of very long lines reaches it before
+        ``max_sentences``), so memory stays bounded however long the lines are.
 
         ``field`` and ``inputs_field`` name the config keys that hold ``vocab_size`` and the inputs, so
         errors point at them.
@@ -332,11 +337,17 @@ def _texts(inputs) -> Iterator[str]:
         yield from inputs
 
 
-def _sample_lines(texts: Iterable[str], limit: int, seed: int) -> list[str]:
-    """Non-blank lines (long ones cut into chunks), reservoir-sampled down to ``limit`` with ``seed``."""
+def _sample_lines(texts: Iterable[str], limit: int, seed: int, max_chars: int = _MAX_SAMPLE_CHARS) -> list[str]:
+    """Non-blank lines (long ones cut into chunks), reservoir-sampled down to ``limit`` with ``seed``.
+
+    When the sample outgrows ``max_chars`` characters, random members are dropped until it holds at
+    most 7/8 of that and the reservoir continues at the smaller size: dropping a random subset of a
+    uniform sample leaves a uniform sample, so every line stays equally likely to be kept. A sample
+    that never reaches ``max_chars`` is exactly the plain reservoir sample.
+    """
     rng = random.Random(seed)
     kept: list[str] = []
-    seen = 0
+    seen = chars = 0
     for text in texts:
         for line in text.split("\n"):
             if not line.strip():
@@ -346,10 +357,19 @@ def _sample_lines(texts: Iterable[str], limit: int, seed: int) -> list[str]:
                 seen += 1
                 if len(kept) < limit:
                     kept.append(chunk)
+                    chars += len(chunk)
                 else:
                     j = rng.randrange(seen)
                     if j < limit:
+                        chars += len(chunk) - len(kept[j])
                         kept[j] = chunk
+                if chars > max_chars:
+                    while chars > max_chars * 7 // 8 and len(kept) > 1:
+                        i = rng.randrange(len(kept))
+                        chars -= len(kept[i])
+                        kept[i] = kept[-1]
+                        kept.pop()
+                    limit = len(kept)
     return kept
 
 
