@@ -125,7 +125,7 @@ def test_fit_skips_a_binary_file_and_names_files_with_replaced_bytes(tmp_path, c
 
 
 def test_document_lines_join_to_the_text_and_cut_long_lines_before_a_space():
-    from llm_modules.data.sources import document_lines
+    from llm_modules.data.text_reading import document_lines
 
     text = "short\n" + "word " * 50 + "tail\n\n" + "x" * 70 + "\nend"
     parts = [text[i:i + 7] for i in range(0, len(text), 7)]
@@ -140,7 +140,8 @@ def test_document_lines_join_to_the_text_and_cut_long_lines_before_a_space():
 
 
 def test_a_long_line_is_cached_as_the_ids_of_the_whole_line(tmp_path):
-    from llm_modules.data.sources import MAX_LINE_CHARS, resolve_paths
+    from llm_modules.data.sources import resolve_paths
+    from llm_modules.data.text_reading import MAX_LINE_CHARS
     from llm_modules.data.token_cache import build_token_cache
 
     rng = random.Random(8)

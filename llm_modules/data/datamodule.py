@@ -69,11 +69,11 @@ from llm_modules.data.sampling import (
 from llm_modules.data.source_spec import source_specs
 from llm_modules.data.sources import (
     SourceFile,
-    document_lines,
     inputs_fingerprint,
     iter_parts,
     resolve_paths,
 )
+from llm_modules.data.text_reading import document_lines
 from llm_modules.data.token_cache import TokenCache, build_token_cache
 from llm_modules.data.tokenizer import Tokenizer
 from llm_modules.registry import ConfigError

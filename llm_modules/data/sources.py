@@ -25,14 +25,13 @@ skipped with one log line naming it: its "text" would teach the model noise. ``d
 with ``screen=False`` instead, so its ``binary`` rule sees such files and counts them in its report.
 
 Long lines. :meth:`SourceFile.parts` reads a text file 1M characters at a time and
-:func:`document_lines` cuts a document into lines of at most ``MAX_LINE_CHARS`` characters, so a
-file that is one 200 MB line is never held, split or encoded whole (tokenizer training and the token
-cache both read through them).
+``text_reading.document_lines`` cuts a document into lines of bounded length, so a file that is one
+200 MB line is never held, split or encoded whole (tokenizer training and the token cache both read
+through them). The decoding, the binary check and the line cutting live in ``text_reading``.
 """
 
 from __future__ import annotations
 
-import codecs
 import fnmatch
 import glob
 import hashlib
@@ -44,6 +43,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from llm_modules.data.text_reading import binary_reason, read_lines, read_parts
 from llm_modules.registry import ConfigError
 
 STDLIB = "python-stdlib"
@@ -59,25 +59,6 @@ _PREPARE_MANIFEST = "prepare-manifest.json"  # = llm_modules.data.prepare.manife
 
 log = logging.getLogger(__name__)
 
-READ_CHARS = 1 << 20  # characters read from a text file at a time
-MAX_LINE_CHARS = 1 << 16  # longest line handed on whole; longer ones come in pieces (document_lines)
-SNIFF_BYTES = 1 << 16  # head of a text file checked for being binary
-BINARY_SHARE = 0.3  # share of undecodable/control characters in the head that makes a file binary
-_CONTROL = frozenset(chr(c) for c in (*range(0, 9), *range(14, 32), 127))  # not \t \n \v \f \r
-
-# Decoding with this error handler is decoding with errors="replace" (one U+FFFD per undecodable
-# sequence) that also counts the replacements, so the log can say how many there were.
-_COUNTING = "llm_modules.count_replacements"
-_replacements = 0
-
-
-def _count_replacement(err: UnicodeDecodeError) -> tuple[str, int]:
-    global _replacements
-    _replacements += 1
-    return "\ufffd", err.end
-
-
-codecs.register_error(_COUNTING, _count_replacement)
 _reported: set[tuple] = set()  # (path, size, mtime, what): each file's problem is logged once per process
 
 
@@ -111,7 +92,7 @@ class SourceFile:
 
     def parts(self, screen: bool = True) -> Iterator[tuple[str, Iterator[str]]]:
         """``(source_id, parts)`` per document, the text in consecutive parts: a text file is read
-        ``READ_CHARS`` characters at a time, so it is never held whole. Consume each document's parts
+        ``text_reading.READ_CHARS`` characters at a time, so it is never held whole. Consume each document's parts
         before asking for the next document."""
         if self.kind == "jsonl":
             for doc in self._jsonl_documents(screen):
@@ -126,17 +107,7 @@ class SourceFile:
         yield self.source_id, self._text_parts(screen)
 
     def _text_parts(self, screen: bool) -> Iterator[str]:
-        replaced = 0
-        with self.path.open(encoding="utf-8", errors=_COUNTING) as f:
-            while True:
-                before = _replacements
-                part = f.read(READ_CHARS)
-                replaced += _replacements - before
-                if not part:
-                    break
-                yield part
-        if screen and replaced:
-            self._report_replaced(replaced)
+        yield from read_parts(self.path, self._report_replaced if screen else None)
 
     def _report_replaced(self, replaced: int) -> None:
         self._report("replaced", f"{self.field}: {str(self.path)!r} is not valid UTF-8: {replaced:,} undecodable "
@@ -153,40 +124,28 @@ class SourceFile:
             log.warning(message)
 
     def _jsonl_documents(self, screen: bool = True) -> Iterator[Document]:
-        replaced = 0
-        with self.path.open(encoding="utf-8", errors=_COUNTING) as f:
-            lines = iter(f)
-            number = 0
-            while True:
-                before = _replacements  # counted around each read: the generator may pause between lines
-                line = next(lines, None)
-                replaced += _replacements - before
-                if line is None:
-                    break
-                number += 1
-                if not line.strip():
-                    continue
-                where = f"{self.field}: {str(self.path)!r} line {number}"
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ConfigError(f"{where} is not valid JSON ({err.msg}); fix the line or remove it") from None
-                if not isinstance(record, dict):
-                    raise ConfigError(f"{where} is a JSON {type(record).__name__}, expected an object with "
-                                      f"a {self.text_field!r} field")
-                if self.text_field not in record:
-                    keys = ", ".join(sorted(record)) or "none"
-                    raise ConfigError(
-                        f"{where} has no {self.text_field!r} field (its keys: {keys}); set data.text_field "
-                        "to the key that holds the text"
-                    )
-                text = record[self.text_field]
-                if not isinstance(text, str):
-                    raise ConfigError(f"{where}: field {self.text_field!r} holds a {type(text).__name__}, "
-                                      "expected a string")
-                yield Document(f"{self.source_id}#{number}", text)
-        if screen and replaced:
-            self._report_replaced(replaced)
+        for number, line in enumerate(read_lines(self.path, self._report_replaced if screen else None), start=1):
+            if not line.strip():
+                continue
+            where = f"{self.field}: {str(self.path)!r} line {number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ConfigError(f"{where} is not valid JSON ({err.msg}); fix the line or remove it") from None
+            if not isinstance(record, dict):
+                raise ConfigError(f"{where} is a JSON {type(record).__name__}, expected an object with "
+                                  f"a {self.text_field!r} field")
+            if self.text_field not in record:
+                keys = ", ".join(sorted(record)) or "none"
+                raise ConfigError(
+                    f"{where} has no {self.text_field!r} field (its keys: {keys}); set data.text_field "
+                    "to the key that holds the text"
+                )
+            text = record[self.text_field]
+            if not isinstance(text, str):
+                raise ConfigError(f"{where}: field {self.text_field!r} holds a {type(text).__name__}, "
+                                  "expected a string")
+            yield Document(f"{self.source_id}#{number}", text)
 
 
 def resolve_paths(
@@ -230,69 +189,6 @@ def iter_parts(files: Iterable[SourceFile]) -> Iterator[tuple[str, Iterator[str]
     """``(source_id, parts)`` of every document of every file, in order (:meth:`SourceFile.parts`)."""
     for f in files:
         yield from f.parts()
-
-
-def document_lines(parts: Iterable[str], max_chars: int = MAX_LINE_CHARS) -> Iterator[str]:
-    """The lines of a document given in parts, each with its ``"\n"`` (the last one's only if the text
-    ends with one); joined they are the text. A line longer than ``max_chars`` comes in pieces of at
-    most ``max_chars``, each cut just before a space that follows a non-space character (in the
-    second half of the piece) where there is one, else at ``max_chars``: a tokenizer whose pieces
-    never hold a space after another character (``Tokenizer.spaces_encode_independently``) encodes the
-    pieces to exactly the ids of the whole line, and memory stays bounded by ``max_chars``.
-    """
-    carry = ""
-    for part in parts:
-        if carry:
-            part = carry + part
-        start = 0
-        while True:
-            end = part.find("\n", start)
-            if end < 0:
-                break
-            line_end = end + 1
-            while line_end - start > max_chars:
-                cut = _cut(part, start, start + max_chars)
-                yield part[start:cut]
-                start = cut
-            yield part[start:line_end]
-            start = line_end
-        while len(part) - start > max_chars:
-            cut = _cut(part, start, start + max_chars)
-            yield part[start:cut]
-            start = cut
-        carry = part[start:]
-    if carry:
-        yield carry
-
-
-def _cut(text: str, start: int, limit: int) -> int:
-    """Where to end a piece of ``text[start:limit]``: before the last space that follows a non-space."""
-    floor = start + (limit - start) // 2
-    i = text.rfind(" ", floor + 1, limit + 1)
-    while i > floor:
-        if not text[i - 1].isspace():
-            return i
-        i = text.rfind(" ", floor + 1, i)
-    return limit
-
-
-def binary_reason(path: Path) -> str | None:
-    """Why the file at ``path`` is not text (judged from its head), or None when it is text."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(SNIFF_BYTES)
-    except OSError:
-        return None  # reading it properly will say what is wrong
-    if b"\x00" in head:
-        return "it has NUL bytes"
-    if len(head) == SNIFF_BYTES:  # do not judge a multi-byte character cut at the end of the head
-        head = head[:-3]
-    before = _replacements
-    text = head.decode("utf-8", errors=_COUNTING)
-    bad = _replacements - before + sum(text.count(c) for c in _CONTROL if c in text)
-    if text and bad / len(text) > BINARY_SHARE:
-        return f"{bad:,} of the first {len(text):,} characters are undecodable or control characters"
-    return None
 
 
 def inputs_fingerprint(files: Sequence[SourceFile], **settings) -> str:

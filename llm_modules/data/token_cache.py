@@ -19,7 +19,7 @@ so a crash or a bad input never leaves a half-written entry, and never touches a
 
 Speed: SentencePiece encodes in C++; we hand it lines (when the tokenizer allows, see
 ``Tokenizer.lines_encode_independently``), which is several times faster than whole files.
-Memory: files are read in parts and very long lines cut into pieces (``sources.document_lines``), so
+Memory: files are read in parts and very long lines cut into pieces (``text_reading.document_lines``), so
 a file that is one 200 MB line costs what a batch of ``_BATCH_CHARS`` characters costs, not ~46
 bytes per byte of the line. Its
 own threads gain little on 2 cores, and a process pool would mostly copy strings, so there is none:
@@ -42,7 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
-from llm_modules.data.sources import SourceFile, document_lines
+from llm_modules.data.sources import SourceFile
+from llm_modules.data.text_reading import document_lines
 from llm_modules.data.tokenizer import Tokenizer
 from llm_modules.registry import ConfigError
 

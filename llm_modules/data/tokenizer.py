@@ -28,6 +28,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from llm_modules.data.text_reading import document_lines, read_parts
 from llm_modules.registry import ConfigError
 
 PAD, UNK, BOS, EOS, MASK = "<pad>", "<unk>", "<s>", "</s>", "<mask>"
@@ -283,7 +284,7 @@ class Tokenizer:
 
     def _spaces_encode_independently(self) -> bool:
         """Whether a line cut just before a space that follows a non-space character encodes to the ids of
-        the whole line (``sources.document_lines`` cuts very long lines there).
+        the whole line (``text_reading.document_lines`` cuts very long lines there).
 
         True when no piece holds a space (``▁``) after another character: then no piece can span
         the cut, BPE merges and unigram's best segmentation stay on either side of it, and the ids of
@@ -325,14 +326,11 @@ def _texts(inputs) -> Iterator[str]:
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     if isinstance(inputs, (list, tuple)):
-        from llm_modules.data.sources import SourceFile, document_lines
-
         for p in inputs:
             path = Path(p).expanduser()
             if not path.is_file():
                 raise ConfigError(f"tokenizer training file {str(p)!r} does not exist")
-            for _, parts in SourceFile(path, str(p), "text", "tokenizer training file").parts():
-                yield from document_lines(parts)
+            yield from document_lines(read_parts(path))
     else:
         yield from inputs
 
