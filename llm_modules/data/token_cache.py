@@ -18,12 +18,13 @@ An entry is built in a temporary folder next to its final place and renamed into
 so a crash or a bad input never leaves a half-written entry, and never touches an existing one.
 
 Speed: SentencePiece encodes in C++; we hand it lines (when the tokenizer allows, see
-``Tokenizer.lines_encode_independently``), which is several times faster than whole files.
-Memory: files are read in parts and very long lines cut into pieces (``text_reading.document_lines``), so
-a file that is one 200 MB line costs what a batch of ``_BATCH_CHARS`` characters costs, not ~46
-bytes per byte of the line. Its
+``Tokenizer.lines_encode_independently``), which is several times faster than whole files. Its
 own threads gain little on 2 cores, and a process pool would mostly copy strings, so there is none:
 the whole standard library (~12 MB) takes a few seconds.
+
+Memory: files are read in parts and very long lines cut into pieces (``text_reading.document_lines``),
+so a file that is one 200 MB line costs what a batch of ``_BATCH_CHARS`` characters costs, where
+encoding it whole cost ~46 bytes per byte of the line (``benchmarks/long_line.py``).
 """
 
 from __future__ import annotations
