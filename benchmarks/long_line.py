@@ -13,6 +13,18 @@ Stages: ``fit`` (``llm-modules fit`` with a tiny model, the tokenizer trained on
 ``tokenizer`` (``Tokenizer.train`` on the file alone) and ``cache`` (``build_token_cache`` of the file
 with a tokenizer trained beforehand on a small sample). The text is seeded words with punctuation, so
 every run measures the same bytes.
+
+Measured (2-core CPU box, shared; peak RSS of the process):
+
+| input, one line | stage | before (whole lines) | after (streamed) |
+|---|---|---|---|
+| 20 MB | fit | 1.39 GB (69 B/B) | 0.56 GB |
+| 20 MB | cache | 0.97 GB (48 B/B) | 0.14 GB |
+| 50 MB | fit | 2.93 GB (59 B/B) | |
+| 200 MB | fit | 10.44 GB (52 B/B), 286 s | 0.72 GB (3.6 B/B), 111 s |
+| 200 MB | tokenizer / cache | | 0.14 GB each |
+
+After, what remains of the fit's peak is mostly torch and Lightning (~0.5 GB for any input).
 """
 
 from __future__ import annotations
