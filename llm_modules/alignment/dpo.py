@@ -51,7 +51,9 @@ class DPO(FrozenReference, PreferenceModel):
     Args:
         backbone: the policy's LM kind (CausalLM, PrefixLM; that of ``init_from``).
         beta: the KL strength: how far the policy may move from the reference (0.1 is usual).
-        loss_type: ``sigmoid`` (DPO) or ``ipo`` (Azar et al., 2023).
+        loss_type: ``sigmoid`` (DPO) or ``ipo`` (Azar et al., 2023). IPO works on the *summed* log-probs
+            of each response, as in the paper; TRL averages them per token, so TRL's ``beta`` for
+            responses of ``L`` tokens corresponds to ``beta / L`` here (``losses.dpo_loss``).
         label_smoothing: the assumed share of flipped labels (conservative DPO; sigmoid only).
         precompute_reference: compute the reference log-probs once before training (module docstring).
         The others as for every LanguageModel.

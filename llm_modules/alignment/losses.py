@@ -11,7 +11,9 @@ out by hand, and reused (PPO's reward model is trained with ``pairwise_reward_lo
 - ``dpo_loss``: Direct Preference Optimization (Rafailov et al., 2023) from the policy's and the
   reference's sequence log-probabilities, with conservative label smoothing (cDPO: the labels are
   taken to be flipped with probability ``label_smoothing``) or the IPO loss (Azar et al., 2023),
-  which regresses the log-ratio gap to ``1 / (2 beta)`` instead of pushing it without bound.
+  which regresses the log-ratio gap to ``1 / (2 beta)`` instead of pushing it without bound. The gap
+  is of summed sequence log-probabilities, as in the paper; TRL averages per token for IPO (see
+  ``dpo_loss`` for how the two ``beta`` relate).
 """
 
 from __future__ import annotations
@@ -88,8 +90,16 @@ def dpo_loss(
     With ``h = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)``:
 
     - ``sigmoid``: ``-(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)`` (eps: label_smoothing);
-    - ``ipo``: ``(h - 1 / (2 beta))^2``, on the sequence log-probabilities as in the paper (some
-      implementations average them per token first; that changes the scale ``beta`` acts on).
+    - ``ipo``: ``(h - 1 / (2 beta))^2``, averaged over the pairs.
+
+    IPO's sum-vs-mean convention: ``h`` is built from *summed* sequence log-probabilities (what
+    :func:`sequence_logprobs` returns), as in the paper (Azar et al., 2023, eq. 17 and Algorithm 1:
+    ``log pi(y|x)`` of the whole response, ``tau`` there is ``beta`` here), so ``1 / (2 beta)`` is the
+    target gap in nats of the *whole* response. TRL's ``DPOTrainer(loss_type="ipo")`` instead divides
+    each sequence log-probability by the response's token count first (a per-token mean), so its
+    target is a gap per token. For responses of about ``L`` tokens the two agree when
+    ``beta_here = beta_trl / L``; the same ``beta`` (e.g. 0.1) asks here for an L times smaller gap
+    per token than in TRL, and the loss (and its gradient) is about ``L^2`` times larger in scale.
     """
     check_dpo_options(beta, loss_type, label_smoothing)
     chosen_ratio = policy_chosen.float() - ref_chosen.float()

@@ -20,7 +20,7 @@ import yaml
 from llm_modules.registry import ConfigError
 
 PREPARE_DESCRIPTION = (
-    "Clean a corpus: normalize, quality filters (length, symbol ratio, boilerplate, repeated lines and "
+    "Clean a corpus: normalize, quality filters (binary/encoding, length, symbol ratio, boilerplate, repeated lines and "
     "n-grams), PII scrubbing, exact and near-duplicate removal (MinHash LSH) and decontamination against "
     "evaluation files. Writes JSONL shards, report.json and a manifest to --out; the directory is then a "
     "data path for training (data.paths or data.mixture). Interrupted runs resume when rerun."
@@ -146,4 +146,6 @@ def run(argv: list[str]) -> int:
     elif report.get("status") == "resumed":
         print(f"resumed the interrupted preparation in {config.out}", file=sys.stderr)
     print(format_table(report, config.out))
+    for warning in report.get("warnings", []):
+        print(f"llm-modules data prepare: warning: {warning}", file=sys.stderr)
     return 0

@@ -70,9 +70,10 @@ from llm_modules.data.source_spec import source_specs
 from llm_modules.data.sources import (
     SourceFile,
     inputs_fingerprint,
-    iter_documents,
+    iter_parts,
     resolve_paths,
 )
+from llm_modules.data.text_reading import document_lines
 from llm_modules.data.token_cache import TokenCache, build_token_cache
 from llm_modules.data.tokenizer import Tokenizer
 from llm_modules.registry import ConfigError
@@ -528,8 +529,8 @@ class TextDataModule(L.LightningDataModule):
                 return Tokenizer.load(path, field="data.tokenizer")
         log.info("data: training a %s tokenizer (vocab %d) on the training documents", self.tokenizer_type,
                  self.vocab_size_setting)
-        texts = (d.text for s in sources for d in iter_documents(s.files)
-                 if not is_validation(d.source_id, self.val_fraction, self.seed))
+        texts = (line for s in sources for source_id, parts in iter_parts(s.files)  # lines: a long file streams
+                 if not is_validation(source_id, self.val_fraction, self.seed) for line in document_lines(parts))
         tok = Tokenizer.train(texts, path, vocab_size=self.vocab_size_setting, model_type=self.tokenizer_type,
                               num_sentinels=self.num_sentinels, max_sentences=self.tokenizer_max_sentences,
                               seed=self.seed, field="data.vocab_size", inputs_field="data.paths")

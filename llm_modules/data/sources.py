@@ -17,6 +17,17 @@ it, and a directory found inside another one.
 
 Resolving only lists files and reads their size and mtime (cheap): that is what keys the token
 cache. Text is read lazily, document by document, when the cache is built.
+
+Bad bytes. A text file is decoded as UTF-8 with each undecodable byte sequence replaced by U+FFFD;
+when that happens, one log line names the file and the count. A file that is not text at all (a NUL
+byte in its first 64 KiB, or more than 30% of that head undecodable or control characters) is
+skipped with one log line naming it: its "text" would teach the model noise. ``data prepare`` reads
+with ``screen=False`` instead, so its ``binary`` rule sees such files and counts them in its report.
+
+Long lines. :meth:`SourceFile.parts` reads a text file 1M characters at a time and
+``text_reading.document_lines`` cuts a document into lines of bounded length, so a file that is one
+200 MB line is never held, split or encoded whole (tokenizer training and the token cache both read
+through them). The decoding, the binary check and the line cutting live in ``text_reading``.
 """
 
 from __future__ import annotations
@@ -25,12 +36,14 @@ import fnmatch
 import glob
 import hashlib
 import json
+import logging
 import os
 import sysconfig
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from llm_modules.data.text_reading import binary_reason, read_lines, read_parts
 from llm_modules.registry import ConfigError
 
 STDLIB = "python-stdlib"
@@ -43,6 +56,10 @@ STDLIB_EXCLUDED_DIRS = frozenset({
 _SKIPPED_DIRS = frozenset({"__pycache__", "node_modules"})
 _GLOB_CHARS = "*?["
 _PREPARE_MANIFEST = "prepare-manifest.json"  # = llm_modules.data.prepare.manifest.MANIFEST
+
+log = logging.getLogger(__name__)
+
+_reported: set[tuple] = set()  # (path, size, mtime, what): each file's problem is logged once per process
 
 
 @dataclass(frozen=True)
@@ -67,36 +84,68 @@ class SourceFile:
         st = self.path.stat()
         return st.st_size, st.st_mtime_ns
 
-    def documents(self) -> Iterator[Document]:
-        if self.kind == "jsonl":
-            yield from self._jsonl_documents()
-        else:
-            yield Document(self.source_id, self.path.read_text(encoding="utf-8", errors="replace"))
+    def documents(self, screen: bool = True) -> Iterator[Document]:
+        """Every document of the file, whole. ``screen``: skip a binary file and log undecodable bytes
+        (the module docstring); ``data prepare`` passes False."""
+        for source_id, parts in self.parts(screen):
+            yield Document(source_id, "".join(parts))
 
-    def _jsonl_documents(self) -> Iterator[Document]:
-        with self.path.open(encoding="utf-8", errors="replace") as f:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                where = f"{self.field}: {str(self.path)!r} line {number}"
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ConfigError(f"{where} is not valid JSON ({err.msg}); fix the line or remove it") from None
-                if not isinstance(record, dict):
-                    raise ConfigError(f"{where} is a JSON {type(record).__name__}, expected an object with "
-                                      f"a {self.text_field!r} field")
-                if self.text_field not in record:
-                    keys = ", ".join(sorted(record)) or "none"
-                    raise ConfigError(
-                        f"{where} has no {self.text_field!r} field (its keys: {keys}); set data.text_field "
-                        "to the key that holds the text"
-                    )
-                text = record[self.text_field]
-                if not isinstance(text, str):
-                    raise ConfigError(f"{where}: field {self.text_field!r} holds a {type(text).__name__}, "
-                                      "expected a string")
-                yield Document(f"{self.source_id}#{number}", text)
+    def parts(self, screen: bool = True) -> Iterator[tuple[str, Iterator[str]]]:
+        """``(source_id, parts)`` per document, the text in consecutive parts: a text file is read
+        ``text_reading.READ_CHARS`` characters at a time, so it is never held whole. Consume each document's parts
+        before asking for the next document."""
+        if self.kind == "jsonl":
+            for doc in self._jsonl_documents(screen):
+                yield doc.source_id, iter((doc.text,))
+            return
+        if screen:
+            reason = binary_reason(self.path)
+            if reason is not None:
+                self._report("binary", f"{self.field}: skipped {str(self.path)!r}: not text ({reason}); remove "
+                                       "it from the data or narrow data.pattern")
+                return
+        yield self.source_id, self._text_parts(screen)
+
+    def _text_parts(self, screen: bool) -> Iterator[str]:
+        yield from read_parts(self.path, self._report_replaced if screen else None)
+
+    def _report_replaced(self, replaced: int) -> None:
+        self._report("replaced", f"{self.field}: {str(self.path)!r} is not valid UTF-8: {replaced:,} undecodable "
+                                 f"byte sequence(s) replaced by U+FFFD; re-encode it as UTF-8 (e.g. iconv -f "
+                                 "latin1 -t utf-8) or remove it")
+
+    def _report(self, what: str, message: str) -> None:
+        try:
+            key = (str(self.path), *self.stat(), what)
+        except OSError:
+            key = (str(self.path), what)
+        if key not in _reported:
+            _reported.add(key)
+            log.warning(message)
+
+    def _jsonl_documents(self, screen: bool = True) -> Iterator[Document]:
+        for number, line in enumerate(read_lines(self.path, self._report_replaced if screen else None), start=1):
+            if not line.strip():
+                continue
+            where = f"{self.field}: {str(self.path)!r} line {number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ConfigError(f"{where} is not valid JSON ({err.msg}); fix the line or remove it") from None
+            if not isinstance(record, dict):
+                raise ConfigError(f"{where} is a JSON {type(record).__name__}, expected an object with "
+                                  f"a {self.text_field!r} field")
+            if self.text_field not in record:
+                keys = ", ".join(sorted(record)) or "none"
+                raise ConfigError(
+                    f"{where} has no {self.text_field!r} field (its keys: {keys}); set data.text_field "
+                    "to the key that holds the text"
+                )
+            text = record[self.text_field]
+            if not isinstance(text, str):
+                raise ConfigError(f"{where}: field {self.text_field!r} holds a {type(text).__name__}, "
+                                  "expected a string")
+            yield Document(f"{self.source_id}#{number}", text)
 
 
 def resolve_paths(
@@ -131,9 +180,15 @@ def resolve_paths(
 
 
 def iter_documents(files: Iterable[SourceFile]) -> Iterator[Document]:
-    """Every document of every file, in order."""
+    """Every document of every file, in order (binary files skipped, see the module docstring)."""
     for f in files:
         yield from f.documents()
+
+
+def iter_parts(files: Iterable[SourceFile]) -> Iterator[tuple[str, Iterator[str]]]:
+    """``(source_id, parts)`` of every document of every file, in order (:meth:`SourceFile.parts`)."""
+    for f in files:
+        yield from f.parts()
 
 
 def inputs_fingerprint(files: Sequence[SourceFile], **settings) -> str:

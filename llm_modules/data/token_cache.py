@@ -21,16 +21,20 @@ Speed: SentencePiece encodes in C++; we hand it lines (when the tokenizer allows
 ``Tokenizer.lines_encode_independently``), which is several times faster than whole files. Its
 own threads gain little on 2 cores, and a process pool would mostly copy strings, so there is none:
 the whole standard library (~12 MB) takes a few seconds.
+
+Memory: files are read in parts and very long lines cut into pieces (``text_reading.document_lines``),
+so a file that is one 200 MB line costs what a batch of ``_BATCH_CHARS`` characters costs, where
+encoding it whole cost ~46 bytes per byte of the line (``benchmarks/long_line.py``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import logging
 import os
 import shutil
+import sys
 import time
 import uuid
 from collections.abc import Sequence
@@ -40,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from llm_modules.data.sources import SourceFile
+from llm_modules.data.text_reading import document_lines
 from llm_modules.data.tokenizer import Tokenizer
 from llm_modules.registry import ConfigError
 
@@ -193,40 +198,18 @@ def open_token_cache(directory: str | os.PathLike) -> TokenCache | None:
 
 def _write(directory: Path, files: Sequence[SourceFile], tokenizer: Tokenizer, key: str, field: str) -> None:
     dtype = token_dtype(tokenizer.vocab_size)
-    ids: list[str] = []
-    offsets: list[int] = []
-    nbytes: list[int] = []
-    total = 0
     start = time.perf_counter()
-    pending: list = []  # documents waiting for the next encode call
-    pending_chars = 0
-
     with open(directory / "tokens.bin", "wb") as out:
-        def flush():
-            nonlocal total, pending, pending_chars
-            for doc, toks in zip(pending, _encode(tokenizer, [d.text for d in pending])):
-                arr = np.fromiter(toks, dtype=dtype, count=len(toks))
-                out.write(arr.tobytes())
-                ids.append(doc.source_id)
-                offsets.append(total)
-                nbytes.append(len(doc.text.encode("utf-8")))
-                total += len(toks)
-            pending, pending_chars = [], 0
-
+        stream = _TokenStream(out, tokenizer, dtype)
         for f in files:
-            for doc in f.documents():
-                if not doc.text:
-                    continue
-                pending.append(doc)
-                pending_chars += len(doc.text)
-                if pending_chars >= _BATCH_CHARS:
-                    flush()
-                    log.info("token cache: %d documents, %d tokens so far", len(ids), total)
-        flush()
+            for source_id, parts in f.parts():
+                stream.document(source_id, parts)
+        stream.flush()
+    ids, offsets, nbytes, total = stream.ids, stream.offsets, stream.nbytes, stream.total
 
     if total == 0:
-        raise ConfigError(f"{field}: the inputs hold no text ({len(files)} files, all empty); "
-                          "point at files with content")
+        raise ConfigError(f"{field}: the inputs hold no text ({len(files)} files, all empty or skipped as not "
+                          "text); point at files with content")
     np.save(directory / "documents.npy", np.array([offsets, nbytes], dtype=np.int64).T.reshape(-1, 2))
     meta = {
         "format": FORMAT_VERSION,
@@ -248,21 +231,61 @@ def _write(directory: Path, files: Sequence[SourceFile], tokenizer: Tokenizer, k
              len(ids), total, meta["num_bytes"] / 1e6, meta["seconds"])
 
 
-def _encode(tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:
-    """Ids per text; through lines when that gives identical ids (much faster for long files)."""
-    if not tokenizer.lines_encode_independently:
-        return tokenizer.encode_batch(texts)
-    lines, counts = [], []
-    for text in texts:
-        parts = text.split("\n")
-        pieces = [p + "\n" for p in parts[:-1]]
-        if parts[-1]:
-            pieces.append(parts[-1])
-        lines.extend(pieces)
-        counts.append(len(pieces))
-    encoded = tokenizer.encode_batch(lines)
-    out, i = [], 0
-    for n in counts:
-        out.append(list(itertools.chain.from_iterable(encoded[i:i + n])))
-        i += n
-    return out
+class _TokenStream:
+    """Documents in, ids out: texts are queued as lines and encoded ``_BATCH_CHARS`` characters at a time.
+
+    A document arrives in parts (``SourceFile.parts``) and is cut into lines (``document_lines``, long
+    lines in pieces cut before a space), so memory is bounded by the batch, not by the longest file or
+    line. Lines are encoded independently only when that gives the ids of the whole text
+    (``Tokenizer.lines_encode_independently`` and, for pieces of one long line,
+    ``spaces_encode_independently``); a tokenizer from elsewhere that fails the checks gets whole
+    documents (or whole lines), as it would from ``encode``.
+    """
+
+    def __init__(self, out, tokenizer: Tokenizer, dtype: np.dtype):
+        self.out, self.tokenizer, self.dtype = out, tokenizer, dtype
+        self.ids: list[str] = []
+        self.offsets: list[int] = []
+        self.nbytes: list[int] = []
+        self.total = 0
+        self.pending: list[str] = []  # texts waiting for the next encode call
+        self.starts: list[int] = []  # index into pending where each queued document begins
+        self.pending_chars = 0
+
+    def document(self, source_id: str, parts) -> None:
+        tok = self.tokenizer
+        if tok.spaces_encode_independently:
+            texts = document_lines(parts)
+        elif tok.lines_encode_independently:
+            texts = document_lines(parts, max_chars=sys.maxsize)
+        else:
+            texts = iter(("".join(parts),))
+        self.starts.append(len(self.pending))
+        nbytes = 0
+        for text in texts:
+            if not text:
+                continue
+            nbytes += len(text.encode("utf-8"))
+            self.pending.append(text)
+            self.pending_chars += len(text)
+            if self.pending_chars >= _BATCH_CHARS:
+                self.flush()
+        if nbytes == 0:  # an empty document takes no place (no lines were queued, so no flush ran)
+            self.starts.pop()
+            return
+        self.ids.append(source_id)
+        self.nbytes.append(nbytes)
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        starts = iter(self.starts)
+        begin = next(starts, None)
+        for i, toks in enumerate(self.tokenizer.encode_batch(self.pending)):
+            while begin == i:  # a document begins with this text
+                self.offsets.append(self.total)
+                begin = next(starts, None)
+            self.out.write(np.fromiter(toks, dtype=self.dtype, count=len(toks)).tobytes())
+            self.total += len(toks)
+        self.pending, self.starts, self.pending_chars = [], [], 0
+        log.info("token cache: %d documents, %d tokens so far", len(self.offsets), self.total)

@@ -28,6 +28,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from llm_modules.atomic_files import write_bytes
+from llm_modules.data.text_reading import document_lines, read_parts
 from llm_modules.registry import ConfigError
 
 PAD, UNK, BOS, EOS, MASK = "<pad>", "<unk>", "<s>", "</s>", "<mask>"
@@ -39,6 +40,9 @@ MODEL_TYPES = ("bpe", "unigram")
 # into chunks of this many characters (at most 4 bytes each) so nothing is silently dropped.
 _CHUNK_CHARS = 4096
 _MAX_SENTENCE_BYTES = 4 * _CHUNK_CHARS
+# Characters of the training sample: SentencePiece's trainer takes ~5 bytes per character it is given,
+# and max_sentences chunks of 4096 characters (a corpus of very long lines) would be 400M characters.
+_MAX_SAMPLE_CHARS = 1 << 25
 
 
 class Tokenizer:
@@ -54,6 +58,7 @@ class Tokenizer:
             self.sentinel_ids.append(sid)
         self._special = {i for i in range(self.vocab_size) if processor.is_control(i) or processor.is_unknown(i)}
         self.lines_encode_independently = self._lines_encode_independently()
+        self.spaces_encode_independently = self.lines_encode_independently and self._spaces_encode_independently()
 
     # ---- construction -----------------------------------------------------------------------------------
 
@@ -81,10 +86,12 @@ class Tokenizer:
         """Train a tokenizer and, when ``out_path`` is given, save it there (``.model`` is appended if absent).
 
         ``inputs``: a path or a list/tuple of paths to UTF-8 text files, or any other iterable of
-        strings (documents held in memory; pass ``iter(texts)`` for a list of texts). Documents are
+        strings (documents or lines; pass ``iter(texts)`` for a list of texts). Documents are
         cut into lines (SentencePiece learns within a line anyway) and, when there are more than
         ``max_sentences`` of them, a seeded random sample is kept: training cost grows with the
-        sample, not with the corpus, and the same inputs and seed give the same tokenizer.
+        sample, not with the corpus, and the same inputs and seed give the same tokenizer. The sample
+        also holds at most 32M characters (a corpus of very long lines reaches it before
+        ``max_sentences``), so memory stays bounded however long the lines are.
 
         ``field`` and ``inputs_field`` name the config keys that hold ``vocab_size`` and the inputs, so
         errors point at them.
@@ -275,6 +282,26 @@ class Tokenizer:
                 return False
         return True
 
+    def _spaces_encode_independently(self) -> bool:
+        """Whether a line cut just before a space that follows a non-space character encodes to the ids of
+        the whole line (``text_reading.document_lines`` cuts very long lines there).
+
+        True when no piece holds a space (``▁``) after another character: then no piece can span
+        the cut, BPE merges and unigram's best segmentation stay on either side of it, and the ids of
+        the two sides concatenate to the ids of the whole. Ours: pieces are split at whitespace.
+        """
+        for i in range(self.vocab_size):
+            if not (self.sp.is_control(i) or self.sp.is_unknown(i) or self.sp.is_byte(i)) \
+                    and _SPACE_AFTER_CHAR.search(self.sp.id_to_piece(i)):
+                return False
+        for left, right in (("ab", " cd"), ("x", "  y"), ("12", " 34"), ("a.", " b")):
+            if self.sp.encode(left + right) != self.sp.encode(left) + self.sp.encode(right):
+                return False
+        return True
+
+
+_SPACE_AFTER_CHAR = re.compile("[^\u2581]\u2581")  # a piece holding a space after another character
+
 
 def _vocab_error(msg: str, field: str, vocab_size: int) -> Exception:
     """Turn SentencePiece's vocabulary-size complaints into a message that names the field and the bound."""
@@ -294,7 +321,8 @@ def _vocab_error(msg: str, field: str, vocab_size: int) -> Exception:
 
 
 def _texts(inputs) -> Iterator[str]:
-    """Documents from file paths (a path, or a list/tuple of them) or from an iterable of strings."""
+    """Texts from file paths (a path, or a list/tuple of them: their lines, read a part at a time so
+    a huge file or line is never held whole) or from an iterable of strings."""
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     if isinstance(inputs, (list, tuple)):
@@ -302,16 +330,22 @@ def _texts(inputs) -> Iterator[str]:
             path = Path(p).expanduser()
             if not path.is_file():
                 raise ConfigError(f"tokenizer training file {str(p)!r} does not exist")
-            yield path.read_text(encoding="utf-8", errors="replace")
+            yield from document_lines(read_parts(path))
     else:
         yield from inputs
 
 
-def _sample_lines(texts: Iterable[str], limit: int, seed: int) -> list[str]:
-    """Non-blank lines (long ones cut into chunks), reservoir-sampled down to ``limit`` with ``seed``."""
+def _sample_lines(texts: Iterable[str], limit: int, seed: int, max_chars: int = _MAX_SAMPLE_CHARS) -> list[str]:
+    """Non-blank lines (long ones cut into chunks), reservoir-sampled down to ``limit`` with ``seed``.
+
+    When the sample outgrows ``max_chars`` characters, random members are dropped until it holds at
+    most 7/8 of that and the reservoir continues at the smaller size: dropping a random subset of a
+    uniform sample leaves a uniform sample, so every line stays equally likely to be kept. A sample
+    that never reaches ``max_chars`` is exactly the plain reservoir sample.
+    """
     rng = random.Random(seed)
     kept: list[str] = []
-    seen = 0
+    seen = chars = 0
     for text in texts:
         for line in text.split("\n"):
             if not line.strip():
@@ -321,8 +355,17 @@ def _sample_lines(texts: Iterable[str], limit: int, seed: int) -> list[str]:
                 seen += 1
                 if len(kept) < limit:
                     kept.append(chunk)
+                    chars += len(chunk)
                 else:
                     j = rng.randrange(seen)
                     if j < limit:
+                        chars += len(chunk) - len(kept[j])
                         kept[j] = chunk
+                if chars > max_chars:
+                    while chars > max_chars * 7 // 8 and len(kept) > 1:
+                        i = rng.randrange(len(kept))
+                        chars -= len(kept[i])
+                        kept[i] = kept[-1]
+                        kept.pop()
+                    limit = len(kept)
     return kept

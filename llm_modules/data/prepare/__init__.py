@@ -3,7 +3,7 @@
 Stages, in the order a document meets them (the report charges each dropped document to the first
 rule that fires; why this order: ``pipeline``)::
 
-    normalize -> empty -> length -> symbol_ratio -> boilerplate -> duplicate_lines -> top_ngrams
+    normalize -> empty -> binary -> length -> symbol_ratio -> boilerplate -> duplicate_lines -> top_ngrams
       -> duplicate_ngrams -> PII scrubbing -> exact_duplicate -> decontamination -> near_duplicate
 
 One module per concern: ``config`` (the settings tree), ``normalize``, ``filters`` (quality rules),

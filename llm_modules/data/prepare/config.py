@@ -12,6 +12,7 @@ Layout (YAML keys are the field names)::
     out: prepared/web
     normalize: {nfkc: false, strip: true, newlines: true}
     filters:
+      binary: {drop_nul: true, max_bad_share: 0.01}
       length: {min_words: 50, max_words: 100000}
       symbol_ratio: {max_ratio: 0.1}
       boilerplate: {patterns: [...], max_line_share: 0.0}
@@ -45,7 +46,7 @@ import yaml
 from llm_modules.registry import ConfigError
 
 #: the rules of the report, in the order a document meets them (the first that fires is charged)
-FILTER_RULES = ("length", "symbol_ratio", "boilerplate", "duplicate_lines", "top_ngrams", "duplicate_ngrams")
+FILTER_RULES = ("binary", "length", "symbol_ratio", "boilerplate", "duplicate_lines", "top_ngrams", "duplicate_ngrams")
 RULES = ("empty", *FILTER_RULES, "exact_duplicate", "decontamination", "near_duplicate")
 #: what ``--disable`` accepts: every rule that can be switched off, plus the PII scrubber
 SWITCHABLE = (*FILTER_RULES, "pii", "exact_duplicate", "decontamination", "near_duplicate")
@@ -69,6 +70,18 @@ class NormalizeConfig:
     nfkc: bool = False  # Unicode NFKC (folds compatibility forms: full-width letters, ligatures, ...)
     strip: bool = True  # strip leading/trailing whitespace of the document
     newlines: bool = True  # \r\n and \r become \n
+
+
+@dataclass
+class BinaryConfig:
+    """Binary files and text in the wrong encoding: inputs are decoded as UTF-8 with each undecodable
+    byte replaced by U+FFFD, so such a document shows as replacement and control characters."""
+
+    enabled: bool = True
+    drop_nul: bool = True  # any NUL character drops the document (no text format holds one)
+    # largest share of characters that are U+FFFD (undecodable bytes) or control characters other than
+    # tab, newline, carriage return, vertical tab and form feed (1 in 100: text in another encoding)
+    max_bad_share: float = 0.01
 
 
 @dataclass
@@ -118,6 +131,7 @@ class DuplicateNgramsConfig:
 
 @dataclass
 class FiltersConfig:
+    binary: BinaryConfig = field(default_factory=BinaryConfig)
     length: LengthConfig = field(default_factory=LengthConfig)
     symbol_ratio: SymbolRatioConfig = field(default_factory=SymbolRatioConfig)
     boilerplate: BoilerplateConfig = field(default_factory=BoilerplateConfig)
@@ -336,6 +350,7 @@ def _at_least(where: str, value: float | None, low: float) -> None:
 
 def _validate(c: PrepareConfig) -> None:
     f = c.filters
+    _share("filters.binary.max_bad_share", f.binary.max_bad_share)
     for name in ("min_chars", "max_chars", "min_words", "max_words"):
         _at_least(f"filters.length.{name}", getattr(f.length, name), 0)
     for lo, hi in (("min_chars", "max_chars"), ("min_words", "max_words")):

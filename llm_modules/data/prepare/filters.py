@@ -1,5 +1,8 @@
 """Quality filters: named rules that each decide "drop" or "keep" from one document alone.
 
+``binary`` comes first: a binary file or a text in another encoding read as UTF-8 is a run of
+replacement and control characters that every later rule would measure as nonsense words.
+
 Why these rules (after Gopher, Rae et al. 2021, and C4): machine-generated or scraped junk shows up
 as documents that are too short or too long, are mostly markup symbols (``#``, ``...``), repeat the
 same lines or phrases over and over, or carry boilerplate (cookie banners, "JavaScript is
@@ -62,6 +65,31 @@ class Rule:
 
     def drops(self, doc: Doc) -> bool:
         raise NotImplementedError
+
+
+# U+FFFD (what an undecodable byte becomes), C0 controls except \t \n \v \f \r, DEL and C1 controls
+_BAD_CHARS = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f\ufffd]")
+
+
+class Binary(Rule):
+    """NUL characters, or more than ``max_bad_share`` of the characters undecodable or control characters."""
+
+    name = "binary"
+
+    def __init__(self, drop_nul: bool, max_bad_share: float):
+        self.drop_nul, self.max_bad_share = drop_nul, max_bad_share
+
+    def drops(self, doc: Doc) -> bool:
+        text = doc.text
+        if self.drop_nul and "\x00" in text:
+            return True
+        limit = self.max_bad_share * len(text)
+        bad = 0
+        for _ in _BAD_CHARS.finditer(text):  # clean text: one scan in C, no match; junk: stops at the limit
+            bad += 1
+            if bad > limit:
+                return True
+        return False
 
 
 class Length(Rule):
@@ -214,6 +242,8 @@ def build_rules(config: FiltersConfig) -> list[Rule]:
     """The enabled rules, cheapest first (the order the report charges drops in)."""
     rules: list[Rule] = []
     c = config
+    if c.binary.enabled:
+        rules.append(Binary(c.binary.drop_nul, c.binary.max_bad_share))
     if c.length.enabled:
         rules.append(Length(c.length.min_chars, c.length.max_chars, c.length.min_words, c.length.max_words))
     if c.symbol_ratio.enabled:

@@ -60,7 +60,7 @@ from llm_modules.data.prepare.processor import (
     init_worker,
     run_in_worker,
 )
-from llm_modules.data.prepare.report import Counts, build_report
+from llm_modules.data.prepare.report import Counts, build_report, empty_output_warning
 from llm_modules.data.prepare.shards import ShardWriter
 from llm_modules.data.prepare.state import (
     STATE_DIR,
@@ -173,7 +173,7 @@ class _Run:
         start_file, start_doc = self.position
         for fi in range(start_file, len(self.files)):
             skip = start_doc if fi == start_file else 0
-            for di, doc in enumerate(self.files[fi].documents()):
+            for di, doc in enumerate(self.files[fi].documents(screen=False)):  # the binary rule judges
                 if di >= skip:
                     yield fi, di, doc.source_id, doc.text
 
@@ -317,6 +317,8 @@ class _Run:
         report = build_report(self.counts, elapsed_s=elapsed, shards=self.writer.shards, workers=cfg.workers,
                               active=active)
         report["pii_enabled"] = {k: cfg.pii.enabled and k in cfg.pii.kinds for k in PII_KINDS}
+        warning = empty_output_warning(report)
+        report["warnings"] = [warning] if warning else []
         write_json_atomic(self.out / M.REPORT, report)
         write_json_atomic(self.out / M.MANIFEST, self._manifest(complete=True, shards=self.writer.shards))
         shutil.rmtree(self.state_dir, ignore_errors=True)

@@ -60,6 +60,21 @@ def build_report(counts: Counts, *, elapsed_s: float, shards: list[dict[str, Any
     }
 
 
+def empty_output_warning(report: dict[str, Any]) -> str | None:
+    """One line when nothing was kept from a non-empty input, naming the rules that dropped it all, with
+    counts, most first (None otherwise): an empty output trains nothing, and the table alone is easy to
+    misread when every row but one is zero."""
+    inp = report["input"]["documents"]
+    if report["kept"]["documents"] or not inp:
+        return None
+    rules = sorted(((d["documents"], rule) for rule, d in report["dropped"].items() if d["documents"]), reverse=True)
+    named = ", ".join(f"{rule} {n:,}" for n, rule in rules)
+    switchable = [rule for _, rule in rules if rule != "empty"]
+    fix = (f"loosen their thresholds (--set filters.<rule>.<setting>=...) or turn them off (--disable "
+           f"{','.join(switchable)})") if switchable else "check the inputs (every document was empty)"
+    return f"0 of {inp:,} input documents kept: all were dropped by {named}; {fix}"
+
+
 def _pct(part: int, whole: int) -> str:
     return f"{100.0 * part / whole:5.1f}%" if whole else "    -"
 
