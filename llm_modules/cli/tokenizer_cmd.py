@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 
 from llm_modules.cli import outputs
-from llm_modules.data.sources import iter_documents, resolve_paths
+from llm_modules.data.sources import iter_parts, resolve_paths
+from llm_modules.data.text_reading import document_lines
 from llm_modules.data.tokenizer import Tokenizer
 
 
@@ -36,7 +37,8 @@ def run(argv: list[str]) -> int:
     out = args.out if args.out.endswith(".model") else f"{args.out}.model"  # as Tokenizer.train names it
     outputs.check_file(out, "--out", args.overwrite)
     tokenizer = Tokenizer.train(
-        (doc.text for doc in iter_documents(files)),
+        # lines, read in parts: a file that is one huge line trains in bounded memory, as fit's tokenizer does
+        (line for _, parts in iter_parts(files) for line in document_lines(parts)),
         args.out,
         vocab_size=args.vocab_size,
         model_type=args.model_type,
