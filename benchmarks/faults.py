@@ -47,6 +47,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))  # the suite's tiny-run helpers: one definition of "tiny"
 
 from _fit_helpers import CONFIGS, launch, reap, tiny, write_corpus  # noqa: E402
+from test_resume import weights_and_optimizer as state  # noqa: E402  (weights, optimizer tensors, step)
 
 STEPS, EVERY = 24, 4
 MARKER = "pwned"
@@ -61,18 +62,6 @@ def fit_args(corpus: Path, cache: Path, *extra: str) -> list[str]:
 
 def run_folder(cwd: Path) -> Path:
     return cwd / "runs" / "llm" / "version_0"
-
-
-def state(ckpt: Path) -> dict:
-    """Weights, optimizer tensors and step of a checkpoint, for bitwise comparison."""
-    import torch
-
-    data = torch.load(ckpt, map_location="cpu", weights_only=True)
-    out = {f"model.{k}": v for k, v in data["state_dict"].items()}
-    for i, s in data["optimizer_states"][0]["state"].items():
-        out.update({f"optim.{i}.{k}": v for k, v in s.items() if torch.is_tensor(v)})
-    out["global_step"] = torch.tensor(data["global_step"])
-    return out
 
 
 def same(a: dict, b: dict) -> bool:
