@@ -5,6 +5,7 @@ and ``--trainer.default_root_dir`` honoured."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import threading
@@ -197,3 +198,42 @@ def test_a_failed_evaluation_leaves_nothing_and_the_parents_it_made_go_too(corpu
         main(["validate", "--ckpt_path", str(ckpt), "--data.paths", f"[{corpus / 'mod01.py'}]",
               f"--trainer.callbacks+={failing}", "--trainer.enable_progress_bar", "false"])
     assert sorted(p.name for p in (tmp_path / "runs" / "llm").iterdir()) == ["version_0"]
+
+
+WHERE = '''
+import json
+from pathlib import Path
+from lightning.pytorch.callbacks import Callback
+
+class Where(Callback):
+    """Each rank writes which folder its loggers name."""
+
+    def __init__(self, out: str):
+        self.out = Path(out)
+
+    def on_train_start(self, trainer, pl_module):
+        dirs = [logger.log_dir for logger in trainer.loggers]
+        (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(dirs))
+'''
+
+
+def test_under_ddp_rank_zero_claims_and_every_rank_names_its_folder(corpus, cache, tmp_path):
+    """Two processes: one new folder, after an older run's, and the second rank's loggers name it
+    too (on their own they would list the folder after rank 0 made it and take the next number)."""
+    from _fit_helpers import free_port
+
+    main(fit_args(corpus, cache, steps=1))  # tokenizer and token cache ready
+    work = tmp_path / "work"
+    (work / "runs" / "llm" / "version_0").mkdir(parents=True)
+    (tmp_path / "where.py").write_text(WHERE)
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])),
+           "MASTER_PORT": str(free_port())}
+    where = f'{{"class_path": "where.Where", "init_args": {{"out": "{tmp_path}"}}}}'
+    launch(fit_args(corpus, cache, "--trainer.strategy", "ddp", "--trainer.devices", "2",
+                    "--trainer.accelerator", "cpu", "--trainer.num_sanity_val_steps", "0",
+                    f"--trainer.callbacks+={where}", steps=1), work, env=env, timeout=300)
+    assert sorted(p.name for p in (work / "runs" / "llm").iterdir()) == ["version_0", "version_1"]
+    expected = [str(Path("runs") / "llm" / "version_1")] * 2
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == expected, rank
+    assert (work / "runs" / "llm" / "version_1" / "checkpoints" / "last.ckpt").is_file()
