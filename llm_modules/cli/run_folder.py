@@ -165,6 +165,7 @@ class RunFolder(Callback):
 
     def _choose(self, loggers: list) -> int | str:
         """On global rank 0: the version every logger will use, its folder claimed or locked."""
+        self.release()  # a second fit/validate on the same trainer takes its folder again
         root = Path(loggers[0].root_dir)
         training = self.trainer.state.fn == TrainerFn.FITTING
         given = next((lg._version for lg in loggers if lg._version is not None), None)
