@@ -59,7 +59,7 @@ def test_reward_fit_logs_the_baseline_and_writes_a_loadable_checkpoint(base, tmp
     assert isinstance(model, RewardModel)
     assert model.score(torch.tensor([[5, 6, 7]])).shape == (1,)
     assert main(validate(run)) == 0  # every record of the file, scored by the checkpoint
-    assert metric_rows(tmp_path / "runs" / "llm" / "version_1", "val/accuracy")
+    assert metric_rows(tmp_path / "runs" / "llm" / "eval" / "version_0", "val/accuracy")
 
 
 def validate(run: Path) -> list[str]:
@@ -80,4 +80,4 @@ def test_dpo_fit_writes_a_policy_checkpoint(base, tmp_path, monkeypatch):
     assert checkpoint["finetune"]["adapter_only"] and all(".lora_" in k for k in checkpoint["state_dict"])
     assert type(load_checkpoint(run / "checkpoints" / "last.ckpt")) is CausalLM
     assert main(validate(run)) == 0  # back to DPO (the class path), its base rebuilt from init_from
-    assert metric_rows(tmp_path / "runs" / "llm" / "version_1", "val/rewards/accuracy")
+    assert metric_rows(tmp_path / "runs" / "llm" / "eval" / "version_0", "val/rewards/accuracy")

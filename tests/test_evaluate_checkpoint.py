@@ -57,7 +57,7 @@ def test_checkpoint_and_a_file_are_enough(checkpoint, tok, tmp_path, command):
     args = [command, "--ckpt_path", str(path), "--data.paths", "[eval.py]", "--trainer.enable_progress_bar", "false"]
     assert main(args) == 0
     split = "val" if command == "validate" else "test"
-    run = tmp_path / "runs" / "llm" / "version_0"
+    run = tmp_path / "runs" / "llm" / "eval" / "version_0"
     (loss,) = [v for _, v in metric_rows(run, f"{split}/loss")]
     assert loss == pytest.approx(expected_loss(module, tok, text), abs=1e-4)
     (ppl,) = [v for _, v in metric_rows(run, f"{split}/ppl")]
@@ -108,7 +108,7 @@ def test_generation_metrics_chosen_at_evaluation_time(checkpoint, tmp_path):
             "--data.val_paths", "[pairs.jsonl]", "--model.evaluation.metrics", "[exact_match, bleu]",
             "--model.evaluation.max_new_tokens", "4", "--trainer.enable_progress_bar", "false"]
     assert main(args) == 0
-    run = tmp_path / "runs" / "llm" / "version_0"
+    run = tmp_path / "runs" / "llm" / "eval" / "version_0"
     (exact,) = [v for _, v in metric_rows(run, "test/exact_match")]
     assert exact == 0.0  # an untrained model does not write "return x + i"
     assert metric_rows(run, "test/bleu") and metric_rows(run, "test/loss")

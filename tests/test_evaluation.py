@@ -190,5 +190,5 @@ def test_fit_with_generation_metrics_logs_them(kind, tokenizer_path, tmp_path, m
     # test on the checkpoint with pairs: the tokenizer comes from the checkpoint, the metrics from its hparams
     assert main(["test", "--ckpt_path", str(ckpt), "--data", "llm_modules.data.PairsDataModule",
                  "--data.val_paths", f"[{data}]", *QUIET]) == 0
-    tested = tmp_path / "runs" / "llm" / "version_1"
+    tested = tmp_path / "runs" / "llm" / "eval" / "version_0"
     assert metric_rows(tested, "test/exact_match") and metric_rows(tested, "test/rougeL")

@@ -135,7 +135,8 @@ def test_validate_and_generate_read_an_adapter_only_checkpoint(lora_run, base, t
                 "--data.paths", f"[{INSTRUCTIONS}]", "--data.template", "plain"]
     assert main(validate) == 0  # data named only to evaluate: every record
     assert main([*validate, "--data.val_fraction", "0.1"]) == 0  # the training run's held-out records
-    every, held_out = (val_losses(run_dir(lora_run, v))[-1][1] for v in (1, 2))
+    evaluated = lora_run / "runs" / "llm" / "eval"  # evaluation logs apart from training runs
+    every, held_out = (val_losses(evaluated / f"version_{v}")[-1][1] for v in (0, 1))
     assert held_out == pytest.approx(trained, abs=1e-5) and every != pytest.approx(trained, abs=1e-5)
     moved = tmp_path / "moved.ckpt"
     shutil.copy(base.checkpoint, moved)

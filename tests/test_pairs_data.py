@@ -96,7 +96,7 @@ def test_validate_a_checkpoint_on_every_record_of_a_pairs_file(tok_path, tmp_pat
     args = ["validate", "--ckpt_path", str(ckpt), "--data", "PairsDataModule", "--data.paths", f"[{data}]",
             "--data.batch_size", "8", "--trainer.enable_progress_bar", "false"]
     assert main(args) == 0
-    run = tmp_path / "runs" / "llm" / "version_0"
+    run = tmp_path / "runs" / "llm" / "eval" / "version_0"
     (loss,) = [v for _, v in metric_rows(run, "val/loss")]
     (bpb,) = [v for _, v in metric_rows(run, "val/bits_per_byte")]
 

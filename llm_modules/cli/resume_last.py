@@ -89,7 +89,9 @@ def continue_in(trainer, root: Path, number: int) -> None:
 
 class ContinuingCSVWriter(ExperimentWriter):
     """Lightning's CSV writer, but it appends to the metrics.csv it finds instead of deleting it, and
-    rewrites the file (when new columns appear) through a temporary file, so a kill keeps the old one."""
+    rewrites the file (when new columns appear, or when rows are dropped) through a temporary file
+    and a rename, so a kill keeps the old one. In a new folder it is the plain writer, except that it
+    does not take the run folder's lock file for old logs (``run_folder``)."""
 
     def __init__(self, log_dir: str) -> None:
         super().__init__(log_dir)
@@ -100,15 +102,51 @@ class ContinuingCSVWriter(ExperimentWriter):
     def _check_log_dir_exists(self) -> None:
         """Nothing to refuse or delete: the folder is the run being resumed."""
 
+    def drop_rows_from(self, step: int) -> int:
+        """Drop the rows on file whose ``step`` is ``step`` or more, train and validation rows alike;
+        return how many. Called when the run resumes from a checkpoint taken after ``step`` optimizer
+        steps: a row's ``step`` is the number of optimizer steps done before it was logged (step k's
+        train row and the validation after step k both say k - 1), so these rows were logged after the
+        checkpoint by the interrupted run, and the resumed run logs them again. What remains reads as
+        one run."""
+        if not os.path.isfile(self.metrics_file_path):
+            return 0
+        with open(self.metrics_file_path, newline="") as f:
+            reader = csv.DictReader(f)
+            fieldnames = list(reader.fieldnames or self.metrics_keys)
+            rows = list(reader)
+        kept = [row for row in rows if not _step_at_least(row.get("step"), step)]
+        if len(kept) < len(rows):
+            self._write_atomically(fieldnames, kept)
+        return len(rows) - len(kept)
+
     def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
         with open(self.metrics_file_path, newline="") as f:
             rows = list(csv.DictReader(f))
+        self._write_atomically(fieldnames, rows)
+
+    def _write_atomically(self, fieldnames: list[str], rows: list[dict]) -> None:
         fd, tmp = tempfile.mkstemp(dir=self.log_dir, prefix=".metrics.csv.", suffix=".tmp")
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fieldnames)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, self.metrics_file_path)
+        try:
+            with os.fdopen(fd, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=fieldnames)
+                writer.writeheader()
+                writer.writerows(rows)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)  # mkstemp makes it 0600; metrics.csv is for others to read
+            os.replace(tmp, self.metrics_file_path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+
+def _step_at_least(value: str | None, step: int) -> bool:
+    try:
+        return int(float(value)) >= step
+    except (TypeError, ValueError):
+        return False  # no step: keep the row
 
 
 def _existing(path: Path, where: str) -> Path:

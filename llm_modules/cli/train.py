@@ -27,6 +27,7 @@ from llm_modules.data.prompts import GenerationWriter
 from llm_modules.models import LanguageModel
 from llm_modules.cli.registry_cmd import import_local_plugins
 from llm_modules.cli.resume_last import resolve_last
+from llm_modules.cli.run_folder import DEFAULT_SAVE_DIR, RunFolder, logs_under_default_root_dir
 from llm_modules.registry import ConfigError, load_plugins
 from llm_modules.training.checkpoint_io import use_atomic_checkpoints
 from llm_modules.training.host_memory import retain_freed_cpu_memory
@@ -72,6 +73,24 @@ class LLMCLI(LightningCLI):
             self.config[sub]["model"]["init_args"]["evaluation"] = chosen
         if base and sub and self.config[sub]["model"]["init_args"].get("init_from"):
             self.config[sub]["model"]["init_args"]["init_from"] = base
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        logs_under_default_root_dir(config["trainer"])  # --trainer.default_root_dir moves ./runs (run_folder)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """A run that fails before its first step leaves no run folder behind; the folder's lock is
+        released when the command ends (``run_folder``)."""
+        folder = getattr(self, "run_folder", None)
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            if folder is not None:
+                folder.discard_if_unused()
+            raise
+        finally:
+            if folder is not None:
+                folder.release()
 
     def instantiate_classes(self) -> None:
         """Surface a configuration error of ours as itself, not wrapped in the parser's type errors."""
@@ -126,24 +145,8 @@ class LLMCLI(LightningCLI):
         use_atomic_checkpoints(trainer)  # write, fsync, rename: a kill mid-save keeps the previous file
         if init.get("ckpt_path") == "last":  # the newest run's last.ckpt, continued in its folder (fit)
             init["ckpt_path"] = str(resolve_last(trainer, self.subcommand))
-        share_run_folder(trainer.loggers)
+        self.run_folder = RunFolder.attach(trainer)  # one claimed, locked folder for all loggers
         return trainer
-
-
-def share_run_folder(loggers: list) -> None:
-    """Put every logger that writes under the same ``save_dir/name`` into one version folder.
-
-    Each Lightning logger picks its own next free version; with TensorBoard and CSV side by side
-    the second would land in the next folder. One run, one folder: metrics.csv, event files,
-    config.yaml and checkpoints together.
-    """
-    if not loggers:
-        return
-    first = loggers[0]
-    for other in loggers[1:]:
-        same_root = getattr(other, "root_dir", None) == getattr(first, "root_dir", None)
-        if same_root and hasattr(other, "_version") and getattr(other, "_version") is None:
-            other._version = first.version
 
 
 def _config_error_in(err: BaseException) -> ConfigError | None:
@@ -159,11 +162,13 @@ def _config_error_in(err: BaseException) -> ConfigError | None:
 def trainer_defaults() -> dict[str, Any]:
     return {
         "gradient_clip_val": 1.0,
-        # CSV first: it creates the run folder that TensorBoard then shares (share_run_folder);
-        # the other way round CSV warns that it will overwrite a folder it finds non-empty.
+        # Both write one run folder, claimed for them by run_folder.RunFolder; save_dir moves under
+        # --trainer.default_root_dir when one is given. CSV first: metrics.csv is the main record.
         "logger": [
-            {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs", "name": "llm"}},
-            {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "runs", "name": "llm"}},
+            {"class_path": "lightning.pytorch.loggers.CSVLogger",
+             "init_args": {"save_dir": DEFAULT_SAVE_DIR, "name": "llm"}},
+            {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+             "init_args": {"save_dir": DEFAULT_SAVE_DIR, "name": "llm"}},
         ],
     }
 

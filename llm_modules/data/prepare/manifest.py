@@ -21,6 +21,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from llm_modules.file_lock import LockHeld, hold
 from llm_modules.registry import ConfigError
 
 MANIFEST = "prepare-manifest.json"
@@ -116,20 +117,13 @@ def check_writable(out: Path) -> None:
 
 def lock(out: Path):
     """Hold an exclusive lock on ``out`` (created) for as long as the returned file stays open, so two
-    runs never write one output; None where the platform has no ``fcntl``."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; the user keeps runs apart
-        return None
+    runs never write one output; None where the platform has no ``fcntl`` (llm_modules.file_lock)."""
     out.mkdir(parents=True, exist_ok=True)
-    handle = open(out / LOCK, "a")  # noqa: SIM115 (held until the run ends)
     try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
-        raise ConfigError(f"--out {str(out)!r} is being written by another 'llm-modules data prepare' right now; "
-                          "wait for it to finish (or stop it) and rerun") from None
-    return handle
+        return hold(out / LOCK)
+    except LockHeld as held:
+        raise ConfigError(f"--out {str(out)!r} is being written by another 'llm-modules data prepare' right "
+                          f"now{held.by}; wait for it to finish (or stop it) and rerun") from None
 
 
 def open_output(out: Path, settings: dict[str, Any], fingerprint: str, overwrite: bool) -> str:

@@ -1,0 +1,53 @@
+"""An exclusive, non-blocking lock on a file, held for as long as a process keeps it open.
+
+Used wherever two ``llm-modules`` processes must not write the same place at once: a ``data prepare``
+output directory, a training run folder. ``fcntl.flock`` on an open file: the kernel releases it
+when the holder closes the file or dies (even by SIGKILL), so a crashed run never leaves a stale
+lock that a person has to delete. The holder writes its pid into the file, so a refusal can say
+which process holds it. The lock file itself is never removed: unlinking it while another process
+waits on the old inode would let two processes each hold "the" lock.
+
+Where the platform has no ``fcntl`` (Windows) there is no lock; ``hold`` returns None and the user
+keeps runs apart.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+class LockHeld(Exception):
+    """``path`` is locked by another open file; ``pid`` is the holder's process id when it wrote one."""
+
+    def __init__(self, path: Path, pid: int | None):
+        super().__init__(f"{path} is locked" + (f" by process {pid}" if pid else ""))
+        self.path, self.pid = path, pid
+
+    @property
+    def by(self) -> str:
+        """`` (process 1234)`` or nothing, to put into a one-line message."""
+        return f" (process {self.pid})" if self.pid else ""
+
+
+def hold(path: Path):
+    """Lock ``path`` (created if missing; its folder must exist) and return the open file that holds the
+    lock: close it to release. Raises LockHeld when another open file holds it; returns None without
+    ``fcntl``."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    handle = open(path, "a+")  # noqa: SIM115 (held until the caller closes it)
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        text = handle.read().strip()
+        handle.close()
+        raise LockHeld(path, int(text) if text.isdigit() else None) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
