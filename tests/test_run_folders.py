@@ -140,7 +140,7 @@ def test_resume_reads_as_one_run_is_refused_while_held_and_honours_default_root_
         assert steps == sorted(set(steps)), (key, steps)  # strictly increasing: no step twice
     assert sorted(p.name for p in (tmp_path / "out" / "llm").iterdir()) == ["version_0"]
 
-    assert main(["validate", "--ckpt_path", str(run / "checkpoints" / "last.ckpt"), *out,
+    assert main(["validate", "--ckpt_path", "last", *out,  # the training run's last.ckpt, not an eval folder
                  "--data.paths", f"[{corpus / 'mod01.py'}]", "--trainer.enable_progress_bar", "false"]) == 0
     assert sorted(p.name for p in (tmp_path / "out" / "llm").iterdir()) == ["eval", "version_0"]
     assert metric_rows(tmp_path / "out" / "llm" / "eval" / "version_0", "val/loss")

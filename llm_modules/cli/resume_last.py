@@ -11,7 +11,9 @@ finds its own folder again, so it keeps managing the best-k files it wrote befor
 resumed twice, ``last`` finds the same folder again). Lightning's CSV writer deletes a metrics.csv it
 finds in its folder; the writer below appends instead. The resumed run's config is saved next to the
 original as ``config.resumed-K.yaml`` rather than over it. ``validate``/``test``/``predict`` with
-``last`` read the same checkpoint and log into a new folder, as they always do.
+``last`` read the same checkpoint and log under ``runs/llm/eval/`` (``run_folder``); without a
+``--config`` the checkpoint is found before parsing (``newest_run_checkpoint``), so that the data can
+be completed from it.
 
 When there is nothing to resume this is a ConfigError naming ``--ckpt_path``, not a fresh start.
 
@@ -57,6 +59,15 @@ def resolve_last(trainer, subcommand: str) -> Path:
     if getattr(first, "_version", None) is not None:  # a version given by the user: that folder
         version = first.version if isinstance(first.version, str) else f"version_{first.version}"
         return _existing(root / version / "checkpoints" / LAST, str(root / version / "checkpoints"))
+    number, found = newest_run_checkpoint(root)
+    if subcommand == "fit":
+        continue_in(trainer, root, number)
+    return found
+
+
+def newest_run_checkpoint(root: Path) -> tuple[int, Path]:
+    """(N, checkpoint) of the highest ``root/version_N`` that has ``checkpoints/last.ckpt``: that file
+    when it verifies, else the newest intact checkpoint beside it. Raises ConfigError when there is none."""
     runs = sorted(((int(m.group(1)), p) for p in (root.iterdir() if root.is_dir() else [])
                    if (m := re.fullmatch(r"version_(\d+)", p.name)) and (p / "checkpoints" / LAST).is_file()),
                   key=lambda item: item[0])
@@ -64,10 +75,7 @@ def resolve_last(trainer, subcommand: str) -> Path:
         raise ConfigError(f"--ckpt_path last: no run under {root} has checkpoints/{LAST} to resume; start "
                           "without --ckpt_path, or give the path of a .ckpt file")
     number, folder = runs[-1]
-    found = _existing(folder / "checkpoints" / LAST, str(folder / "checkpoints"))
-    if subcommand == "fit":
-        continue_in(trainer, root, number)
-    return found
+    return number, _existing(folder / "checkpoints" / LAST, str(folder / "checkpoints"))
 
 
 def continue_in(trainer, root: Path, number: int) -> None:

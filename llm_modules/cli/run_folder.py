@@ -44,7 +44,7 @@ from llm_modules.registry import ConfigError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SAVE_DIR = "runs"
+DEFAULT_SAVE_DIR, DEFAULT_NAME = "runs", "llm"
 DEFAULT_LOGGERS = ("lightning.pytorch.loggers.CSVLogger", "lightning.pytorch.loggers.TensorBoardLogger")
 LOCK = ".run.lock"
 EVAL = "eval"

@@ -26,8 +26,8 @@ from llm_modules.config import preset_dir, preset_names
 from llm_modules.data.prompts import GenerationWriter
 from llm_modules.models import LanguageModel
 from llm_modules.cli.registry_cmd import import_local_plugins
-from llm_modules.cli.resume_last import resolve_last
-from llm_modules.cli.run_folder import DEFAULT_SAVE_DIR, RunFolder, logs_under_default_root_dir
+from llm_modules.cli.resume_last import newest_run_checkpoint, resolve_last
+from llm_modules.cli.run_folder import DEFAULT_NAME, DEFAULT_SAVE_DIR, RunFolder, logs_under_default_root_dir
 from llm_modules.registry import ConfigError, load_plugins
 from llm_modules.training.checkpoint_io import use_atomic_checkpoints
 from llm_modules.training.host_memory import retain_freed_cpu_memory
@@ -166,9 +166,9 @@ def trainer_defaults() -> dict[str, Any]:
         # --trainer.default_root_dir when one is given. CSV first: metrics.csv is the main record.
         "logger": [
             {"class_path": "lightning.pytorch.loggers.CSVLogger",
-             "init_args": {"save_dir": DEFAULT_SAVE_DIR, "name": "llm"}},
+             "init_args": {"save_dir": DEFAULT_SAVE_DIR, "name": DEFAULT_NAME}},
             {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-             "init_args": {"save_dir": DEFAULT_SAVE_DIR, "name": "llm"}},
+             "init_args": {"save_dir": DEFAULT_SAVE_DIR, "name": DEFAULT_NAME}},
         ],
     }
 
@@ -319,8 +319,12 @@ def _evaluate_checkpoint(argv: list[str]) -> list[str]:
         return argv
     path = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--ckpt_path"), None)
     path = path or next((a.split("=", 1)[1] for a in argv if a.startswith("--ckpt_path=")), None)
-    if not path or path == "last":
+    if not path:
         return argv
+    if path == "last":
+        if _given(argv, "--config"):
+            return argv  # its loggers say where runs are: the trainer resolves "last" (resume_last)
+        argv, path = _with_newest_checkpoint(argv)
     if not Path(path).is_file():
         if Path(path).is_dir():
             return argv  # a distributed checkpoint folder: the strategy reads it
@@ -370,6 +374,17 @@ def _evaluate_checkpoint(argv: list[str]) -> list[str]:
             raise ConfigError(f"--ckpt_path {path!r} holds no tokenizer; give the one the model was trained with: "
                               "--data.tokenizer PATH.model")
     return out
+
+
+def _with_newest_checkpoint(argv: list[str]) -> tuple[list[str], str]:
+    """``--ckpt_path last`` of an evaluation without a config: the newest training run's checkpoint
+    under the default loggers' folder (``default_root_dir`` or ``runs``, then ``llm``), put in its place
+    in ``argv`` so that the data can be completed from it like any named checkpoint."""
+    root = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--trainer.default_root_dir"), None)
+    root = root or next((a.split("=", 1)[1] for a in argv if a.startswith("--trainer.default_root_dir=")), None)
+    _, found = newest_run_checkpoint(Path(root or DEFAULT_SAVE_DIR) / DEFAULT_NAME)
+    out = [str(found) if i and argv[i - 1] == "--ckpt_path" and a == "last" else a for i, a in enumerate(argv)]
+    return [f"--ckpt_path={found}" if a == "--ckpt_path=last" else a for a in out], str(found)
 
 
 def _checkpoint_header(path: str) -> dict:
