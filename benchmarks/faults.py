@@ -322,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         corpus, cache = write_corpus(root / "corpus"), root / "cache"
         (root / "reference").mkdir()
+        (root / "warm-up").mkdir()
         launch(fit_args(corpus, cache), root / "warm-up")  # trains the tokenizer and fills the token cache
         training = timed_reference(corpus, cache, root / "reference")
         last = run_folder(root / "reference") / "checkpoints" / "last.ckpt"
