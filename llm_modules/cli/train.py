@@ -25,6 +25,7 @@ from lightning.pytorch.cli import LightningCLI
 from llm_modules.config import preset_dir, preset_names
 from llm_modules.data.prompts import GenerationWriter
 from llm_modules.models import LanguageModel
+from llm_modules.cli import parse_errors
 from llm_modules.cli.registry_cmd import import_local_plugins
 from llm_modules.cli.resume_last import resolve_last
 from llm_modules.registry import ConfigError, load_plugins
@@ -51,6 +52,12 @@ class LLMCLI(LightningCLI):
         parser.add_argument("--retain_freed_cpu_memory", type=bool, default=True,
                             help="on CPU, keep freed tensor memory in the process for reuse instead of returning "
                                  "it to the system and faulting it back in every step (training.host_memory)")
+
+    def parse_arguments(self, parser, args) -> None:
+        """A parse error is one line naming the option, the fix and the closest match (parse_errors),
+        not jsonargparse's usage block and nested union dump."""
+        with parse_errors.one_line(parser, self._subcommand_parsers, args):
+            super().parse_arguments(parser, args)
 
     def _parse_ckpt_path(self) -> None:
         """The checkpoint's hyper-parameters fill in the model, except ``evaluation`` when this run
