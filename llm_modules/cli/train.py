@@ -21,11 +21,12 @@ from lightning import LightningDataModule
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from llm_modules.config import preset_dir, preset_names
 from llm_modules.data.prompts import GenerationWriter
 from llm_modules.models import LanguageModel
-from llm_modules.cli import parse_errors
+from llm_modules.cli import parse_errors, trainer_checks
 from llm_modules.cli.registry_cmd import import_local_plugins
 from llm_modules.cli.resume_last import resolve_last
 from llm_modules.registry import ConfigError, load_plugins
@@ -55,9 +56,13 @@ class LLMCLI(LightningCLI):
 
     def parse_arguments(self, parser, args) -> None:
         """A parse error is one line naming the option, the fix and the closest match (parse_errors),
-        not jsonargparse's usage block and nested union dump."""
+        not jsonargparse's usage block and nested union dump; so are trainer settings and a
+        ``--ckpt_path`` that Lightning would refuse later with a traceback (trainer_checks)."""
         with parse_errors.one_line(parser, self._subcommand_parsers, args):
             super().parse_arguments(parser, args)
+        config = self.config[self.config["subcommand"]] if self.config.get("subcommand") else self.config
+        trainer_checks.check_trainer(config["trainer"])  # settings Lightning would refuse with a traceback
+        trainer_checks.check_checkpoint_file(config.get("ckpt_path"))
 
     def _parse_ckpt_path(self) -> None:
         """The checkpoint's hyper-parameters fill in the model, except ``evaluation`` when this run
@@ -77,9 +82,12 @@ class LLMCLI(LightningCLI):
             self.config[sub]["model"]["init_args"]["init_from"] = base
 
     def instantiate_classes(self) -> None:
-        """Surface a configuration error of ours as itself, not wrapped in the parser's type errors."""
+        """Surface a configuration error of ours as itself, not wrapped in the parser's type errors;
+        Lightning's refusals of a setting are one line too."""
         try:
             super().instantiate_classes()
+        except MisconfigurationException as err:  # Lightning's own refusals of a setting
+            raise ConfigError(" ".join(str(err).split())) from None
         except ValueError as err:
             cause = _config_error_in(err)
             if cause is None:
