@@ -35,6 +35,7 @@ from llm_modules.training.host_memory import retain_freed_cpu_memory
 from llm_modules.training.precision import announce
 from llm_modules.training.resume import ExactResume
 from llm_modules.training.strategies import register_strategy_names
+from llm_modules.training.terminal import quiet_known_noise, tidy_callbacks
 from llm_modules.training.throughput import ThroughputMonitor
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -133,6 +134,7 @@ class LLMCLI(LightningCLI):
         if config.get("retain_freed_cpu_memory", True) and isinstance(trainer.accelerator, CPUAccelerator):
             retain_freed_cpu_memory()
         use_atomic_checkpoints(trainer)  # write, fsync, rename: a kill mid-save keeps the previous file
+        tidy_callbacks(trainer)  # a bar that counts steps, a summary without FLOPs that are always 0
         if init.get("ckpt_path") == "last":  # the newest run's last.ckpt, continued in its folder (fit)
             init["ckpt_path"] = str(resolve_last(trainer, self.subcommand))
         share_run_folder(trainer.loggers)
@@ -418,6 +420,7 @@ def run(argv: list[str]) -> int:
     # We hand LightningCLI the arguments ourselves (plugins taken out, presets resolved), which it
     # warns about whenever the process also has command-line arguments, that is, always.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    quiet_known_noise()  # Lightning's cloud-logger tip and its own LeafSpec deprecation warning
     load_plugins()  # entry points, even when no module is named
     import_local_plugins(modules + _config_plugins(_config_files(argv)))
     LLMCLI(
