@@ -61,6 +61,9 @@ CASES = {
     "string for an int": (
         [*FIT, "--model.config.d_model", "big"], ["model.config.d_model", "'big'", "not an integer", "whole number"]),
     "string for a float": ([*FIT, "--model.optim.lr", "fast"], ["model.optim.lr", "'fast'", "not a number"]),
+    "word for a bool": (
+        [*FIT, "--trainer.enable_progress_bar", "maybe"], ["trainer.enable_progress_bar", "'maybe'", "true or false"]),
+    "misspelt data class": ([*FIT, "--data", "TextDataModul"], ["did you mean 'TextDataModule'?"]),
     "misspelt preset": (
         [*FIT, "--model.config", "llama-tiyn"],
         ["model.config", "'llama-tiyn'", "did you mean 'llama-tiny'?", "presets:", "gpt2-tiny"]),
