@@ -83,7 +83,7 @@ CASES = {
         [*FIT, "--ckpt_path", "{plain}"], ["other.pt", "not a Lightning checkpoint", "llm-modules fit"]),
     "estimate: unknown GPU": (
         ["estimate", "--preset", "llama-tiny", "--gpu", "h1000"],
-        ["--gpu 'h1000'", "did you mean 'h100'?", "a100", "h100-sxm"]),
+        ["--gpu 'h1000'", "did you mean 'h100'?", "A100", "H100 SXM"]),
     "generate: prompt longer than the context": (
         ["generate", "{ckpt}", "--prompt-ids", " ".join(["5"] * 17)],
         ["the prompt is 17 tokens", "max_seq_len 16", "refused, not cut"]),

@@ -379,10 +379,12 @@ def check_gpu(name: str) -> str:
         if found and not text[found.end():found.end() + 1].isalnum() and not text[max(found.start() - 1, 0):
                                                                                   found.start()].isalnum():
             return text  # the table's spelling: "rtx-4090" -> "rtx 4090"
-    names = [peak.name.lower().replace(" ", "-") for _, peak in PEAKS]
-    close = difflib.get_close_matches(name.lower(), list(dict.fromkeys([n.split("-")[0] for n in names] + names)), n=1)
+    names = [peak.name for _, peak in PEAKS]
+    slugs = [n.lower().replace(" ", "-") for n in names]  # h100-sxm; and the family alone: h100
+    close = difflib.get_close_matches(name.lower(), list(dict.fromkeys([s.split("-")[0] for s in slugs] + slugs)), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise ConfigError(f"--gpu {name!r} is not in the peak-FLOPs table{hint}; choose one of {', '.join(names)}")
+    raise ConfigError(f"--gpu {name!r} is not in the peak-FLOPs table{hint}; choose one of {', '.join(names)} "
+                      "(any case; dashes for spaces)")
 
 
 def run(argv: list[str]) -> int:

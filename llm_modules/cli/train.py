@@ -59,7 +59,7 @@ class LLMCLI(LightningCLI):
         """A parse error is one line naming the option, the fix and the closest match (parse_errors),
         not jsonargparse's usage block and nested union dump; so are trainer settings and a
         ``--ckpt_path`` that Lightning would refuse later with a traceback (trainer_checks)."""
-        with parse_errors.one_line(parser, self._subcommand_parsers, args):
+        with parse_errors.one_line(parser, getattr(self, "_subcommand_parsers", {}), args):
             super().parse_arguments(parser, args)
         config = self.config[self.config["subcommand"]] if self.config.get("subcommand") else self.config
         trainer_checks.check_trainer(config["trainer"])  # settings Lightning would refuse with a traceback
@@ -88,6 +88,8 @@ class LLMCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except MisconfigurationException as err:  # Lightning's own refusals of a setting
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            trainer_checks.check_devices(config["trainer"])  # GPUs the machine lacks: say so, and the fix
             raise ConfigError(" ".join(str(err).split())) from None
         except ValueError as err:
             cause = _config_error_in(err)

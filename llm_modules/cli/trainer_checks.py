@@ -20,13 +20,20 @@ GPU_ACCELERATORS = ("gpu", "cuda")
 
 
 def check_trainer(trainer: Mapping[str, Any]) -> None:
-    """Refuse trainer settings that Lightning would reject with a traceback."""
+    """Refuse trainer settings that Lightning would reject with a traceback (right after parsing:
+    nothing is built yet)."""
     for key in ("max_steps", "max_epochs"):
         value = trainer.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value < -1:
             raise ConfigError(f"trainer.{key} {value}: give a positive number, or -1 for no limit")
     _check_strategy(trainer.get("strategy"))
-    _check_accelerator(trainer.get("accelerator"), trainer.get("devices"))
+    _check_accelerator_name(trainer.get("accelerator"))
+
+
+def check_devices(trainer: Mapping[str, Any]) -> None:
+    """Refuse GPUs asked for that the machine lacks. Called when Lightning refuses the trainer,
+    after the model is built, so a model's own more specific refusal (QLoRA needs CUDA) comes first."""
+    _check_gpus(trainer.get("accelerator"), trainer.get("devices"))
 
 
 def _check_strategy(strategy: Any) -> None:
@@ -41,25 +48,30 @@ def _check_strategy(strategy: Any) -> None:
                           f"choices: auto, {', '.join(listed)} (or a class_path)")
 
 
-def _check_accelerator(accelerator: Any, devices: Any) -> None:
+def _check_accelerator_name(accelerator: Any) -> None:
     if not isinstance(accelerator, str) or accelerator == "auto":
         return
-    import torch
     from lightning.pytorch.accelerators import AcceleratorRegistry
 
     names = sorted({*AcceleratorRegistry.available_accelerators(), "gpu"})
     if accelerator not in names:
         raise ConfigError(f"trainer.accelerator {accelerator!r} is not known{did_you_mean(accelerator, names)}; "
                           f"choices: auto, {', '.join(names)}")
-    if accelerator in GPU_ACCELERATORS:
-        found = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if accelerator == "gpu" and not found and torch.backends.mps.is_available():
-            return  # Apple GPU
-        if not found:
-            raise ConfigError(f"trainer.accelerator {accelerator!r}: no GPU found; use --trainer.accelerator cpu")
-        if isinstance(devices, int) and not isinstance(devices, bool) and devices > found:
-            raise ConfigError(f"trainer.devices {devices}: only {found} GPU(s) found; use --trainer.devices {found} "
-                              "or fewer (-1: all)")
+
+
+def _check_gpus(accelerator: Any, devices: Any) -> None:
+    if accelerator not in GPU_ACCELERATORS:
+        return
+    import torch
+
+    found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if accelerator == "gpu" and not found and torch.backends.mps.is_available():
+        return  # Apple GPU
+    if not found:
+        raise ConfigError(f"trainer.accelerator {accelerator!r}: no GPU found; use --trainer.accelerator cpu")
+    if isinstance(devices, int) and not isinstance(devices, bool) and devices > found:
+        raise ConfigError(f"trainer.devices {devices}: only {found} GPU(s) found; use --trainer.devices {found} "
+                          "or fewer (-1: all)")
 
 
 def check_checkpoint_file(path: Any) -> None:
