@@ -185,6 +185,15 @@ class ModelConfig:
         return cls.from_dict(data)
 
 
+def check_seq_len(seq_len: int, max_seq_len: int, option: str, fix: str, encoder_decoder: bool = False) -> None:
+    """Refuse rows longer than the model's context (``max_seq_len``), whatever its position
+    encoding: RoPE or ALiBi would run past it, but the model was neither sized nor meant to (and
+    a learned table would index past its end). Shared by ``estimate`` and the model's check of
+    its data; encoder-decoder models are exempt (``seq_len`` is the encoder's, relative positions)."""
+    if not encoder_decoder and seq_len > max_seq_len:
+        raise ConfigError(f"{option} {seq_len} exceeds the model's max_seq_len {max_seq_len}; {fix}")
+
+
 def preset_dir():
     """Where the preset YAMLs live: inside the installed package, or ``configs/models`` in a checkout."""
     packaged = resources.files("llm_modules").joinpath("configs", "models")

@@ -354,8 +354,32 @@ def write_json(report: dict, path: str) -> Path:
     return write_text(target, json.dumps(report, indent=2) + "\n")  # 0644 under umask 022, not mkstemp's 0600
 
 
+def check_gpu(name: str) -> str:
+    """``--gpu NAME`` (returned as the table spells it) must name a row of the peak-FLOPs table as a whole word: the table matches
+    device names by substring (``h100`` in "NVIDIA H100 80GB HBM3"), so without this ``h1000``
+    would silently plan on an H100."""
+    import difflib
+    import re
+
+    from llm_modules.training.model_flops import PEAKS
+
+    text = re.sub(r"[-_\s]+", " ", name.lower()).strip()
+    for pattern, _ in PEAKS:
+        found = re.search(pattern, text)
+        if found and not text[found.end():found.end() + 1].isalnum() and not text[max(found.start() - 1, 0):
+                                                                                  found.start()].isalnum():
+            return text  # the table's spelling: "rtx-4090" -> "rtx 4090"
+    names = [peak.name for _, peak in PEAKS]
+    slugs = [n.lower().replace(" ", "-") for n in names]  # h100-sxm; and the family alone: h100
+    close = difflib.get_close_matches(name.lower(), list(dict.fromkeys([s.split("-")[0] for s in slugs] + slugs)), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ConfigError(f"--gpu {name!r} is not in the peak-FLOPs table{hint}; choose one of {', '.join(names)} "
+                      "(any case; dashes for spaces)")
+
+
 def run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    args.gpu = check_gpu(args.gpu)
     report = resolve(args)
     if args.json:
         write_json(report, args.json)

@@ -12,6 +12,9 @@ files print whole results. A prompts file gives one JSON record per prompt, in i
 to a temporary name first, so a failed run leaves an existing file as it was; an existing file is
 replaced only with ``--overwrite`` (``cli.outputs``).
 
+A prompt longer than the model's context (``max_seq_len`` tokens) is refused, naming it: nothing
+is cut, since which part of a prompt matters (its start or its end) is the user's choice.
+
 The tokenizer is the checkpoint's own, else ``--tokenizer`` (a SentencePiece ``.model`` or a Hugging
 Face ``tokenizer.json``), else the Hugging Face folder's ``tokenizer.model`` or ``tokenizer.json``.
 """
@@ -44,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("model", metavar="MODEL", help="a .ckpt written by llm-modules (float or quantized) "
                                                        "or a Hugging Face model folder")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--prompt", help="the text to continue")
+    source.add_argument("--prompt", help="the text to continue (at most the model's max_seq_len tokens: a longer "
+                                         "prompt is refused, not cut)")
     source.add_argument("--prompts-file", metavar="FILE",
                         help="one prompt per line, or .jsonl records with a 'prompt' field")
     source.add_argument("--prompt-ids", metavar="IDS", help="token ids to continue, e.g. '5 17 42' (no tokenizer needed)")
@@ -215,6 +219,7 @@ def run(argv: list[str]) -> int:
         encode = fill_mask.encode_masked if masked else (lambda tok, text: encode_prompt(tok, module, text))
         rows = [encode(tokenizer, t) for t in texts]
         _check_ids([i for r in rows for i in r], module.config.vocab_size, "the tokenizer's ids")
+    check_prompt_lengths(module, rows, args.prompts_file)
 
     if masked:
         masks = fill_mask.fill(module, rows, tokenizer, args.top_k or 5, args.batch_size, args.device)
@@ -283,3 +288,17 @@ def _write_records(records: list[dict], output: str | None) -> int:
     else:
         sys.stdout.write(text)
     return 0
+
+
+def check_prompt_lengths(module, rows: list[list[int]], prompts_file: str | None = None) -> None:
+    """Refuse a prompt longer than the model's context instead of generating from positions it
+    was never trained on (RoPE, ALiBi) or failing half-way (a learned position table). Encoder-
+    decoder models are exempt: their encoder's relative positions have no fixed length."""
+    limit = module.config.max_seq_len
+    if getattr(module, "kind", None) == "Seq2SeqLM" or not limit:
+        return
+    for number, row in enumerate(rows, start=1):
+        if len(row) > limit:
+            which = f"prompt {number} of {prompts_file}" if prompts_file else "the prompt"
+            raise ConfigError(f"{which} is {len(row)} tokens, longer than the model's context (max_seq_len {limit}); "
+                              f"shorten it to at most {limit} tokens (prompts are refused, not cut)")

@@ -21,10 +21,12 @@ from lightning import LightningDataModule
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from llm_modules.config import preset_dir, preset_names
 from llm_modules.data.prompts import GenerationWriter
 from llm_modules.models import LanguageModel
+from llm_modules.cli import parse_errors, trainer_checks
 from llm_modules.cli.registry_cmd import import_local_plugins
 from llm_modules.cli.resume_last import newest_run_checkpoint, resolve_last
 from llm_modules.cli.run_folder import DEFAULT_NAME, DEFAULT_SAVE_DIR, RunFolder, logs_under_default_root_dir
@@ -35,6 +37,7 @@ from llm_modules.training.precision import announce
 from llm_modules.training.preemption import Preemption
 from llm_modules.training.resume import ExactResume
 from llm_modules.training.strategies import register_strategy_names
+from llm_modules.training.terminal import quiet_known_noise, tidy_callbacks
 from llm_modules.training.throughput import ThroughputMonitor
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -53,6 +56,16 @@ class LLMCLI(LightningCLI):
         parser.add_argument("--retain_freed_cpu_memory", type=bool, default=True,
                             help="on CPU, keep freed tensor memory in the process for reuse instead of returning "
                                  "it to the system and faulting it back in every step (training.host_memory)")
+
+    def parse_arguments(self, parser, args) -> None:
+        """A parse error is one line naming the option, the fix and the closest match (parse_errors),
+        not jsonargparse's usage block and nested union dump; so are trainer settings and a
+        ``--ckpt_path`` that Lightning would refuse later with a traceback (trainer_checks)."""
+        with parse_errors.one_line(parser, getattr(self, "_subcommand_parsers", {}), args):
+            super().parse_arguments(parser, args)
+        config = self.config[self.config["subcommand"]] if self.config.get("subcommand") else self.config
+        trainer_checks.check_trainer(config["trainer"])  # settings Lightning would refuse with a traceback
+        trainer_checks.check_checkpoint_file(config.get("ckpt_path"))
 
     def _parse_ckpt_path(self) -> None:
         """The checkpoint's hyper-parameters fill in the model, except ``evaluation`` when this run
@@ -93,9 +106,14 @@ class LLMCLI(LightningCLI):
                 folder.release()
 
     def instantiate_classes(self) -> None:
-        """Surface a configuration error of ours as itself, not wrapped in the parser's type errors."""
+        """Surface a configuration error of ours as itself, not wrapped in the parser's type errors;
+        Lightning's refusals of a setting are one line too."""
         try:
             super().instantiate_classes()
+        except MisconfigurationException as err:  # Lightning's own refusals of a setting
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            trainer_checks.check_devices(config["trainer"])  # GPUs the machine lacks: say so, and the fix
+            raise ConfigError(" ".join(str(err).split())) from None
         except ValueError as err:
             cause = _config_error_in(err)
             if cause is None:
@@ -143,6 +161,7 @@ class LLMCLI(LightningCLI):
         if config.get("retain_freed_cpu_memory", True) and isinstance(trainer.accelerator, CPUAccelerator):
             retain_freed_cpu_memory()
         use_atomic_checkpoints(trainer)  # write, fsync, rename: a kill mid-save keeps the previous file
+        tidy_callbacks(trainer)  # a bar that counts steps, a summary without FLOPs that are always 0
         if init.get("ckpt_path") == "last":  # the newest run's last.ckpt, continued in its folder (fit)
             init["ckpt_path"] = str(resolve_last(trainer, self.subcommand))
         self.run_folder = RunFolder.attach(trainer)  # one claimed, locked folder for all loggers
@@ -425,6 +444,7 @@ def run(argv: list[str]) -> int:
     # We hand LightningCLI the arguments ourselves (plugins taken out, presets resolved), which it
     # warns about whenever the process also has command-line arguments, that is, always.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    quiet_known_noise()  # Lightning's cloud-logger tip and its own LeafSpec deprecation warning
     load_plugins()  # entry points, even when no module is named
     import_local_plugins(modules + _config_plugins(_config_files(argv)))
     LLMCLI(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, replace
 
+from llm_modules.config import check_seq_len
 from llm_modules.estimate.activations import Training
 from llm_modules.estimate.flops import estimate_flops
 from llm_modules.estimate.lora import DEFAULT_TARGETS, plan_lora
@@ -32,9 +33,8 @@ def plan(cfg, *, kind: str = "causal", setup: Setup | None = None, tokens: float
     """Everything ``llm-modules estimate`` reports for ``cfg`` trained as ``setup`` on ``tokens``
     tokens (default: the Chinchilla-optimal 20 per parameter)."""
     setup = (setup or Setup()).check()
-    if setup.seq_len > cfg.max_seq_len and kind != "seq2seq":
-        raise ConfigError(f"--seq-len {setup.seq_len} exceeds the model's max_seq_len {cfg.max_seq_len}; "
-                          "use a shorter --seq-len or raise max_seq_len in the config")
+    check_seq_len(setup.seq_len, cfg.max_seq_len, "--seq-len", "use a shorter --seq-len or raise max_seq_len in the "
+                  "config", encoder_decoder=kind == "seq2seq")
     if tokens is not None and not tokens > 0:
         raise ConfigError(f"--tokens must be positive; got {tokens}")
     if flop_budget is not None and not flop_budget > 0:

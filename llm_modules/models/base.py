@@ -16,7 +16,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from llm_modules.config import ModelConfig
+from llm_modules.config import ModelConfig, check_seq_len
 from llm_modules.nn.lm import aux_loss, count_parameters
 from llm_modules.nn.loss import cross_entropy
 from llm_modules.nn.positions import PositionEncoding
@@ -340,6 +340,8 @@ class LanguageModel(L.LightningModule, abc.ABC):
             )
         seq_len = getattr(datamodule, "seq_len", None)
         if seq_len:
+            check_seq_len(seq_len, self.config.max_seq_len, "data.seq_len", "lower data.seq_len or raise "
+                          "model.config.max_seq_len", encoder_decoder=self.base_kind == "Seq2SeqLM")
             for module in self.model.modules():
                 if isinstance(module, PositionEncoding) and module.max_len is not None and seq_len > module.max_len:
                     raise ConfigError(
