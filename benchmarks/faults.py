@@ -321,7 +321,6 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="llm-faults-"))
     try:
         corpus, cache = write_corpus(root / "corpus"), root / "cache"
-        (root / "reference").mkdir()
         (root / "warm-up").mkdir()
         launch(fit_args(corpus, cache), root / "warm-up")  # trains the tokenizer and fills the token cache
         training = timed_reference(corpus, cache, root / "reference")
