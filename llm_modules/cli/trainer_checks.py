@@ -8,7 +8,6 @@ setting, the fix and, for names, the closest registered one.
 
 from __future__ import annotations
 
-import pickle
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -79,21 +78,10 @@ def check_checkpoint_file(path: Any) -> None:
     unpickling and holds ``state_dict`` and the Lightning version, not a bare state dict."""
     if not isinstance(path, (str, Path)) or not Path(path).is_file():
         return  # 'last', 'best', a distributed-checkpoint folder: resolved and checked later
-    import torch
+    from llm_modules.training.integrity import load_verified
 
-    try:
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # not a zip archive (mmap needs one): read it whole
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
-        if isinstance(err, pickle.UnpicklingError):  # torch's text suggests weights_only=False: never say that
-            reason = "it holds objects other than tensors, which are never unpickled"
-        elif not zipfile.is_zipfile(path):
-            reason = "not a file written by torch.save"
-        else:
-            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ConfigError(f"--ckpt_path {str(path)!r} cannot be read as a checkpoint ({reason})") from None
+    # the one reader of checkpoints: weights_only, verified, one line (mmap needs torch's zip format)
+    checkpoint = load_verified(path, what="--ckpt_path", mmap=zipfile.is_zipfile(path))
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint \
             or "pytorch-lightning_version" not in checkpoint:
         what = "a plain state dict" if isinstance(checkpoint, dict) else f"a {type(checkpoint).__name__}"
