@@ -8,7 +8,7 @@ Each family runs the real ``llm-modules`` (``python -m llm_modules``) on a tiny 
 prints one row per trial and a summary; every promise it checks is stated on the Reliability page
 (docs/reliability.md). Families:
 
-- **kill**: a 24-step fit with a checkpoint every 4 steps gets SIGKILL, SIGTERM or SIGINT at a random
+- **kill**: a 48-step fit with a checkpoint every 4 steps gets SIGKILL, SIGTERM or SIGINT at a random
   moment, a third of them while a checkpoint is being written (a temporary file beside it exists). Then:
   the exit code (-9, 143 or 130; 0 if the run ended first), every checkpoint in the folder must load and
   verify, and ``--ckpt_path last`` finishes the run with weights and optimizer state bitwise equal to an
@@ -49,7 +49,7 @@ sys.path.insert(0, str(REPO / "tests"))  # the suite's tiny-run helpers: one def
 from _fit_helpers import CONFIGS, launch, reap, tiny, write_corpus  # noqa: E402
 from test_resume import weights_and_optimizer as state  # noqa: E402  (weights, optimizer tensors, step)
 
-STEPS, EVERY = 24, 4
+STEPS, EVERY = 48, 4
 MARKER = "pwned"
 
 
@@ -129,7 +129,8 @@ def kill_family(root: Path, corpus: Path, cache: Path, reference: dict, training
         cwd.mkdir()
         proc = launch(fit_args(corpus, cache), cwd, wait=False)
         ckpts = run_folder(cwd) / "checkpoints"
-        when = rng.uniform(0.5 * training[0], training[1])
+        # mostly while training (where a checkpoint exists to resume from), some during start-up
+        when = rng.uniform(0.8 * training[0], training[1])
         start = time.monotonic()
         try:
             while proc.poll() is None and time.monotonic() - start < when:

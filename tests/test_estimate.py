@@ -376,6 +376,10 @@ def test_json_to_stdout_and_to_a_file(capsys, tmp_path):
     assert report["setup"]["activation_checkpointing"] is True
     assert set(report["memory_peak_by_strategy"]) == {"ddp", "zero1", "zero2", "zero3", "fsdp"}
     assert math.isclose(report["memory"]["peak"], max(report["memory"]["phases"].values()))
+    # an existing file is replaced only with --overwrite, and the refusal comes before any work
+    code, _, err = run_cli(capsys, "--preset", "gpt2", "--json", str(target))
+    assert code == 2 and "--overwrite" in err and json.loads(target.read_text()) == report
+    assert run_cli(capsys, "--preset", "gpt2", "--json", str(target), "--overwrite")[0] == 0
 
 
 def test_the_command_starts_without_lightning():

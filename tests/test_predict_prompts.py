@@ -40,7 +40,9 @@ def test_predict_writes_generations_in_prompt_order(tok, tmp_path, monkeypatch):
     args = ["predict", "--ckpt_path", str(ckpt), "--data", "llm_modules.data.PromptDataModule",
             "--data.prompts_file", "prompts.txt", "--data.output", "out.jsonl", "--data.batch_size", "2",
             "--data.generation", "{max_new_tokens: 7, num_beams: 2}", *QUIET]
-    assert main(args) == 0
+    assert main(args) == 2, "an existing output is replaced only with data.overwrite"
+    assert (tmp_path / "out.jsonl").read_text() == "old\n"
+    assert main([*args, "--data.overwrite", "true"]) == 0
     records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["prompt"] for r in records] == prompts
     for first in range(0, len(prompts), 2):  # the same batches, generated directly
@@ -73,7 +75,8 @@ def test_predict_errors_are_one_line_and_leave_the_output_alone(tok, tmp_path, m
     save_checkpoint(bert, tmp_path / "bert.ckpt")
     (tmp_path / "prompts.txt").write_text("x = <mask>\n")
     (tmp_path / "out.jsonl").write_text("old\n")
-    base = ["predict", "--data", "llm_modules.data.PromptDataModule", "--data.output", "out.jsonl", *QUIET]
+    base = ["predict", "--data", "llm_modules.data.PromptDataModule", "--data.output", "out.jsonl",
+            "--data.overwrite", "true", *QUIET]
     cases = [
         (["--ckpt_path", "bert.ckpt", "--data.prompts_file", "none.txt"], "does not exist"),
         (["--ckpt_path", "bert.ckpt", "--data.prompts_file", "prompts.txt"], "--fill-mask"),

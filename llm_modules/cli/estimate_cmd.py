@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from llm_modules.atomic_files import write_text
+from llm_modules.cli import outputs
 from llm_modules.registry import ConfigError
 
 GB = 1e9
@@ -91,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where the step runs, for the details that differ (dropout, optimizer temporaries)")
     parser.add_argument("--format", choices=("table", "json"), default="table", help="what to print (default: table)")
     parser.add_argument("--json", metavar="FILE", default=None, help="also write the JSON report to FILE")
+    outputs.add_flag(parser, "the --json file")
     return parser
 
 
@@ -344,11 +346,13 @@ def format_table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_json(report: dict, path: str) -> Path:
-    """Write ``report`` to ``path`` through a temporary file in the same folder, then rename."""
+def write_json(report: dict, path: str, overwrite: bool = False) -> Path:
+    """Write ``report`` to ``path`` through a temporary file in the same folder, then rename; an
+    existing file only with ``overwrite``."""
     target = Path(path)
     if target.is_dir():
         raise ConfigError(f"--json {path!r} is a folder; give a file name such as {str(target / 'estimate.json')!r}")
+    outputs.check_file(target, "--json", overwrite)
     if not target.parent.exists():
         raise ConfigError(f"--json {path!r}: folder {str(target.parent)!r} does not exist; create it first")
     return write_text(target, json.dumps(report, indent=2) + "\n")  # 0644 under umask 022, not mkstemp's 0600
@@ -380,9 +384,11 @@ def check_gpu(name: str) -> str:
 def run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     args.gpu = check_gpu(args.gpu)
+    if args.json:  # before any work: a refusal leaves the file as it is
+        outputs.check_file(args.json, "--json", args.overwrite)
     report = resolve(args)
     if args.json:
-        write_json(report, args.json)
+        write_json(report, args.json, args.overwrite)
     if args.format == "json":
         print(json.dumps(report, indent=2))
     else:

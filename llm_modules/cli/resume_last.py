@@ -29,7 +29,6 @@ import csv
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -37,6 +36,7 @@ from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
+from llm_modules.atomic_files import replacing
 from llm_modules.registry import ConfigError
 from llm_modules.training.integrity import CheckpointCorrupt, load_verified
 
@@ -134,20 +134,10 @@ class ContinuingCSVWriter(ExperimentWriter):
         self._write_atomically(fieldnames, rows)
 
     def _write_atomically(self, fieldnames: list[str], rows: list[dict]) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.log_dir, prefix=".metrics.csv.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=fieldnames)
-                writer.writeheader()
-                writer.writerows(rows)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)  # mkstemp makes it 0600; metrics.csv is for others to read
-            os.replace(tmp, self.metrics_file_path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with replacing(self.metrics_file_path) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fieldnames)
+            writer.writeheader()
+            writer.writerows(rows)
 
 
 def _step_at_least(value: str | None, step: int) -> bool:

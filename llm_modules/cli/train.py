@@ -26,7 +26,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from llm_modules.config import preset_dir, preset_names
 from llm_modules.data.prompts import GenerationWriter
 from llm_modules.models import LanguageModel
-from llm_modules.cli import parse_errors, trainer_checks
+from llm_modules.cli import outputs, parse_errors, trainer_checks
 from llm_modules.cli.registry_cmd import import_local_plugins
 from llm_modules.cli.resume_last import newest_run_checkpoint, resolve_last
 from llm_modules.cli.run_folder import DEFAULT_NAME, DEFAULT_SAVE_DIR, RunFolder, logs_under_default_root_dir
@@ -131,6 +131,7 @@ class LLMCLI(LightningCLI):
         extra = kwargs.setdefault("callbacks", list(given) if isinstance(given, list) else [given])
         output = getattr(self.datamodule, "output", None)
         if self.subcommand == "predict" and output and not any(isinstance(c, GenerationWriter) for c in extra):
+            outputs.check_file(output, "--data.output", getattr(self.datamodule, "overwrite", False))  # before any work
             extra.append(GenerationWriter(output))  # a PromptDataModule's generations go to its output file
         if not any(isinstance(c, ThroughputMonitor) for c in extra):
             extra.append(ThroughputMonitor())

@@ -19,7 +19,6 @@ first process, which writes the file.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from llm_modules.generation.prompts import (
     read_prompts,
     stop_ids,
 )
+from llm_modules.atomic_files import write_text
 from llm_modules.registry import ConfigError
 
 
@@ -45,6 +45,7 @@ class PromptDataModule(L.LightningDataModule):
     Args:
         prompts_file: one prompt per line, or ``.jsonl`` records with a ``field`` text.
         output: where the GenerationWriter writes the JSONL results (None: keep them in memory only).
+        overwrite: replace ``output`` if it exists (otherwise ``predict`` refuses before generating).
         generation: ``generate`` options (GenerationConfig fields: max_new_tokens, do_sample, top_p, num_beams, ...).
         tokenizer: a SentencePiece ``.model`` or a ``tokenizer.json``; default: the model's own (kept in
             its checkpoint).
@@ -60,8 +61,10 @@ class PromptDataModule(L.LightningDataModule):
         tokenizer: str | None = None,
         batch_size: int = 8,
         field: str = "prompt",
+        overwrite: bool = False,
     ):
         super().__init__()
+        self.overwrite = overwrite
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"data.batch_size={batch_size!r} must be a positive integer")
         self.prompts_file, self.output, self.field, self.batch_size = prompts_file, output, field, batch_size
@@ -147,13 +150,7 @@ class GenerationWriter(BasePredictionWriter):
         records = sorted({r["index"]: r for r in records}.values(), key=lambda r: r["index"])
         text = "".join(json.dumps({k: v for k, v in r.items() if k != "index"}, ensure_ascii=False) + "\n"
                        for r in records)
-        self.output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.output.with_name(f".{self.output.name}.tmp-{os.getpid()}")
-        try:
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, self.output)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_text(self.output, text)
         print(f"wrote {len(records)} generation(s) to {self.output}")
 
 
