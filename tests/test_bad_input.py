@@ -71,6 +71,10 @@ CASES = {
     "unknown precision": (
         [*FIT, "--trainer.precision", "8-mixed"], ["trainer.precision", "'8-mixed'", "bf16-mixed", "32-true"]),
     "negative max_steps": ([*FIT, "--trainer.max_steps", "-5"], ["trainer.max_steps -5", "-1 for no limit"]),
+    "zero accumulation": ([*FIT, "--trainer.accumulate_grad_batches", "0"],
+                          ["trainer.accumulate_grad_batches 0", "1 or more"]),
+    "missing checkpoint": ([*FIT, "--ckpt_path", "nonexistent.ckpt"], ["--ckpt_path 'nonexistent.ckpt' does not exist",
+                                                                       "'last'"]),
     "misspelt strategy": (
         [*FIT, "--trainer.strategy", "fdsp"], ["trainer.strategy 'fdsp'", "did you mean 'fsdp'?", "ddp", "deepspeed"]),
     "gpu without a GPU": (

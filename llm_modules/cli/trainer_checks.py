@@ -16,6 +16,7 @@ from llm_modules.cli.parse_errors import did_you_mean
 from llm_modules.registry import ConfigError
 
 GPU_ACCELERATORS = ("gpu", "cuda")
+LIGHTNING_NAMES = ("last", "best", "hpc", "registry")  # ckpt_path values Lightning resolves itself
 
 
 def check_trainer(trainer: Mapping[str, Any]) -> None:
@@ -25,6 +26,10 @@ def check_trainer(trainer: Mapping[str, Any]) -> None:
         value = trainer.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value < -1:
             raise ConfigError(f"trainer.{key} {value}: give a positive number, or -1 for no limit")
+    for key in ("accumulate_grad_batches", "log_every_n_steps"):
+        value = trainer.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+            raise ConfigError(f"trainer.{key} {value}: give a whole number of 1 or more")
     _check_strategy(trainer.get("strategy"))
     _check_accelerator_name(trainer.get("accelerator"))
 
@@ -76,8 +81,13 @@ def _check_gpus(accelerator: Any, devices: Any) -> None:
 def check_checkpoint_file(path: Any) -> None:
     """``--ckpt_path FILE`` must be a checkpoint Lightning can restore: a file that loads without
     unpickling and holds ``state_dict`` and the Lightning version, not a bare state dict."""
-    if not isinstance(path, (str, Path)) or not Path(path).is_file():
-        return  # 'last', 'best', a distributed-checkpoint folder: resolved and checked later
+    if not isinstance(path, (str, Path)) or str(path) in LIGHTNING_NAMES or "://" in str(path):
+        return  # 'last', 'best', ...: resolved and checked later; remote files: read by fsspec
+    if not Path(path).exists():  # before the data is prepared for a run that could not start
+        raise ConfigError(f"--ckpt_path {str(path)!r} does not exist; give a checkpoint file (e.g. "
+                          "runs/llm/version_0/checkpoints/last.ckpt) or 'last'")
+    if Path(path).is_dir():
+        return  # a distributed-checkpoint folder: the strategy reads it
     from llm_modules.training.integrity import load_verified
 
     # the one reader of checkpoints: weights_only, verified, one line (mmap needs torch's zip format)
