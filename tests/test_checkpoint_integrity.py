@@ -140,8 +140,10 @@ def test_resume_last_refuses_when_no_checkpoint_verifies(run_copy, capsys, corpu
 def test_a_truncated_checkpoint_is_one_line(run_copy, capsys, corpus, cache):
     last = run_copy / "last.ckpt"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
-    refused([*fit_args(corpus, cache, 6), "--ckpt_path", str(last)], capsys, str(last), "cannot be read")
-    refused(["generate", str(last), "--prompt-ids", "1"], capsys, str(last), "cannot be read")
+    refused([*fit_args(corpus, cache, 6), "--ckpt_path", str(last)], capsys, str(last), "truncated or damaged")
+    refused(["generate", str(last), "--prompt-ids", "1"], capsys, str(last), "truncated or damaged")
+    last.write_bytes(last.read_bytes()[:100])  # not even a zip directory: torch says "Invalid argument"
+    refused(["generate", str(last), "--prompt-ids", "1"], capsys, str(last), "truncated or damaged")
 
 
 def test_rollback_passes_over_a_corrupt_checkpoint_for_the_next_older(tmp_path):

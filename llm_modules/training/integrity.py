@@ -25,6 +25,7 @@ writes its own files through its strategy) are not stamped or verified.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import math
 import os
@@ -160,6 +161,11 @@ def reason(err: BaseException) -> str:
         return (f"it holds Python objects, not only plain data and tensors ({what}); llm-modules never "
                 "unpickles code from a file: it was not written by llm-modules or Lightning (a torch.save of a whole "
                 "model object, say) or it was tampered with; save a state_dict or use llm_modules.checkpoint")
+    if "PytorchStreamReader" in text or (isinstance(err, OSError) and err.errno == errno.EINVAL) \
+            or isinstance(err, EOFError):
+        # torch's words for a cut-off archive: "failed finding central directory", "[Errno 22] Invalid argument"
+        return "the file is truncated or damaged (not a complete torch.save archive); it may have been cut " \
+               "off in a copy or a failed save: use another checkpoint"
     lines = [line.strip() for line in text.splitlines() if line.strip() and not _ADVICE.search(line)]
     return lines[0] if lines else type(err).__name__
 
