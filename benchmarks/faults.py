@@ -219,9 +219,9 @@ def corrupt_family(root: Path, corpus: Path, cache: Path, last: Path, trials: in
 
 
 @contextlib.contextmanager
-def small_disk(path: Path, megabytes: int):
+def small_disk(path: Path, kilobytes: int):
     path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(path)],
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kilobytes}k", "tmpfs", str(path)],
                           capture_output=True, text=True)
     if done.returncode != 0:
         yield None
@@ -234,20 +234,23 @@ def small_disk(path: Path, megabytes: int):
 
 def disk_family(root: Path, corpus: Path, cache: Path, checkpoint_bytes: int) -> list[dict]:
     rows = []
-    # room for the logs and about two checkpoints: the run fills the disk at its third save or so
-    megabytes = max(2, int(2.5 * checkpoint_bytes / 2**20) + 1)
-    with small_disk(root / "disk", megabytes) as disk:
+    # room for the logs and one and a half checkpoints: the first save fits, the second (a new file
+    # beside the old one until the rename) does not
+    kilobytes = int(1.5 * checkpoint_bytes / 1024) + 96
+    with small_disk(root / "disk", kilobytes) as disk:
         if disk is None:
             print("disk: skipped (mounting a tmpfs needs root)", flush=True)
             return [{"family": "disk", "skipped": True}]
-        code, err = cli(fit_args(corpus, cache, "--checkpoint.save_top_k", "-1"), disk)
+        code, err = cli(fit_args(corpus, cache), disk)
         ckpts = run_folder(disk) / "checkpoints"
         files = sorted(ckpts.glob("*.ckpt")) if ckpts.is_dir() else []
         lines = [line for line in err.splitlines() if "error" in line.lower()]
-        row = {"family": "disk", "size_mb": megabytes, "exit": code, "error_lines": lines[-2:],
+        last = ckpts / "last.ckpt"
+        row = {"family": "disk", "size_kb": kilobytes, "exit": code, "error_lines": lines[-2:],
                "says_no_space": any("no space left on device" in line.lower() for line in lines),
                "traceback": "Traceback" in err, "checkpoints": len(files),
                "all_verify": all(verifies(f) for f in files),
+               "last_step": int(state(last)["global_step"]) if last.is_file() else None,
                "temps_left": len([p for p in ckpts.iterdir() if p.name.endswith(".tmp")]) if ckpts.is_dir() else 0}
         rows.append(row)
         print(json.dumps(row), flush=True)

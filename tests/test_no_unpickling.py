@@ -52,6 +52,17 @@ def test_commands_reading_a_checkpoint_refuse_a_planted_pickle(here, capsys, cor
         assert not (here / MARKER).exists(), args[0]
 
 
+def test_a_bare_pickle_not_a_torch_archive_is_refused_for_what_it_holds(here, capsys, corpus):
+    """A plain ``pickle.dumps`` file (torch's legacy format, which memory-mapping cannot read) is judged
+    on its content too, not refused for the format with a message about mmap."""
+    evil = here / "bare.ckpt"
+    evil.write_bytes(pickle.dumps({"state_dict": Planted()}))
+    for args in (["validate", "--ckpt_path", str(evil), "--data.paths", f"[{corpus}]"],
+                 ["generate", str(evil), "--prompt-ids", "1,2"]):
+        line = refused(args, capsys, str(evil), HOLDS_CODE)
+        assert "mmap" not in line, line
+
+
 def test_resume_last_refuses_a_folder_of_planted_pickles(here, capsys, corpus, cache):
     folder = here / "runs" / "llm" / "version_0" / "checkpoints"
     plant(folder / "last.ckpt")

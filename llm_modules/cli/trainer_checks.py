@@ -8,7 +8,6 @@ setting, the fix and, for names, the closest registered one.
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -90,8 +89,7 @@ def check_checkpoint_file(path: Any) -> None:
         return  # a distributed-checkpoint folder: the strategy reads it
     from llm_modules.training.integrity import load_verified
 
-    # the one reader of checkpoints: weights_only, verified, one line (mmap needs torch's zip format)
-    checkpoint = load_verified(path, what="--ckpt_path", mmap=zipfile.is_zipfile(path))
+    checkpoint = load_verified(path, what="--ckpt_path", mmap=True)  # weights_only, verified, one line
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint \
             or "pytorch-lightning_version" not in checkpoint:
         what = "a plain state dict" if isinstance(checkpoint, dict) else f"a {type(checkpoint).__name__}"

@@ -32,6 +32,7 @@ import os
 import pickle
 import re
 import warnings
+import zipfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -180,7 +181,9 @@ def load_verified(path: str | os.PathLike, map_location: Any = "cpu", what: str 
     try:
         with warnings.catch_warnings():  # the unpickler's protocol warnings end in "file an issue"
             warnings.simplefilter("ignore")
-            checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+            # mmap needs torch's zip format: an older or foreign file is read whole and judged on its content
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True,
+                                    mmap=mmap and zipfile.is_zipfile(path))
     except Exception as err:  # torch raises several types for "truncated" / "not a checkpoint" / "holds code"
         problem = reason(err)
         raise CheckpointUnreadable(f"{what} {str(path)!r} cannot be read as a checkpoint: {problem}", problem) from None
