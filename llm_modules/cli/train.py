@@ -77,10 +77,7 @@ class LLMCLI(LightningCLI):
         init = self.config[sub].get("model", {}).get("init_args") if sub else None
         chosen = init.get("evaluation") if init is not None else None
         base = init.get("init_from") if init is not None else None
-        ckpt = self.config[sub].get("ckpt_path") if sub else None
-        if ckpt and Path(ckpt).is_file():  # Lightning reads it next: a bad file is one line here, not its traceback
-            _checkpoint_header(ckpt)
-        super()._parse_ckpt_path()
+        super()._parse_ckpt_path()  # the file was checked in parse_arguments (trainer_checks)
         metrics = getattr(chosen, "metrics", None) if not isinstance(chosen, dict) else chosen.get("metrics")
         if metrics:
             self.config[sub]["model"]["init_args"]["evaluation"] = chosen
@@ -355,7 +352,7 @@ def _evaluate_checkpoint(argv: list[str]) -> list[str]:
     if not any(isinstance(c.get("model"), dict) for c in configs) and not _given(argv, "--model"):
         # LightningCLI fills the model from the checkpoint's hyper-parameters only after parsing,
         # and parsing needs a model: name its class and config here.
-        checkpoint = _checkpoint_header(path)
+        checkpoint = trainer_checks.read_checkpoint(path)
         hparams = checkpoint.get("hyper_parameters") or {}
         config = checkpoint.get("model_config") or hparams.get("config")
         if not hparams.get("_class_path") or not isinstance(config, dict):
@@ -373,7 +370,7 @@ def _evaluate_checkpoint(argv: list[str]) -> list[str]:
                               "globs or .jsonl), or a --config with a data section")
         data_class = TEXT_DATA
         out[1:1] = ["--data", TEXT_DATA]  # the class before its arguments, or they have nowhere to go
-        checkpoint = _checkpoint_header(path)
+        checkpoint = trainer_checks.read_checkpoint(path)
         if not _given(argv, "--data.seq_len", "--data.init_args.seq_len"):
             max_len = (checkpoint.get("model_config") or {}).get("max_seq_len")
             if max_len:
@@ -407,22 +404,13 @@ def _with_newest_checkpoint(argv: list[str]) -> tuple[list[str], str]:
     return [f"--ckpt_path={found}" if a == "--ckpt_path=last" else a for a in out], str(found)
 
 
-def _checkpoint_header(path: str) -> dict:
-    from llm_modules.training.integrity import load_verified
-
-    checkpoint = load_verified(path, what="--ckpt_path", mmap=True)  # weights_only=True, checksum verified
-    if not isinstance(checkpoint, dict):
-        raise ConfigError(f"--ckpt_path {path!r} is not a Lightning checkpoint")
-    return checkpoint
-
-
 def _checkpoint_tokenizer(path: str) -> Path | None:
     """The checkpoint's tokenizer as a ``.model`` file in the cache (named by its content), or None."""
     import hashlib
 
     from llm_modules.data.datamodule import default_cache_dir
 
-    data = _checkpoint_header(path).get("tokenizer")
+    data = trainer_checks.read_checkpoint(path).get("tokenizer")
     if not isinstance(data, (bytes, bytearray)):
         return None
     target = default_cache_dir() / "tokenizers" / f"checkpoint-{hashlib.sha256(data).hexdigest()[:16]}.model"

@@ -78,8 +78,7 @@ def _check_gpus(accelerator: Any, devices: Any) -> None:
 
 
 def check_checkpoint_file(path: Any) -> None:
-    """``--ckpt_path FILE`` must be a checkpoint Lightning can restore: a file that loads without
-    unpickling and holds ``state_dict`` and the Lightning version, not a bare state dict."""
+    """``--ckpt_path FILE`` must exist and be a checkpoint Lightning can restore (``read_checkpoint``)."""
     if not isinstance(path, (str, Path)) or str(path) in LIGHTNING_NAMES or "://" in str(path):
         return  # 'last', 'best', ...: resolved and checked later; remote files: read by fsspec
     if not Path(path).exists():  # before the data is prepared for a run that could not start
@@ -87,11 +86,19 @@ def check_checkpoint_file(path: Any) -> None:
                           "runs/llm/version_0/checkpoints/last.ckpt) or 'last'")
     if Path(path).is_dir():
         return  # a distributed-checkpoint folder: the strategy reads it
+    read_checkpoint(path)
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The checkpoint in ``--ckpt_path FILE`` (memory-mapped where it can be): loaded without unpickling
+    and verified (``integrity.load_verified``), holding ``state_dict`` and the Lightning version, not a
+    bare state dict. Every failure is one line."""
     from llm_modules.training.integrity import load_verified
 
-    checkpoint = load_verified(path, what="--ckpt_path", mmap=True)  # weights_only, verified, one line
+    checkpoint = load_verified(path, what="--ckpt_path", mmap=True)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint \
             or "pytorch-lightning_version" not in checkpoint:
         what = "a plain state dict" if isinstance(checkpoint, dict) else f"a {type(checkpoint).__name__}"
         raise ConfigError(f"--ckpt_path {str(path)!r} is not a Lightning checkpoint ({what}); give a .ckpt written by "
                           "llm-modules fit (or llm-modules convert from-hf)")
+    return checkpoint
