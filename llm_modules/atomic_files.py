@@ -10,47 +10,87 @@ for a plain ``open()`` (0644 under the usual 022). ``tempfile.mkstemp`` would gi
 rename keeps: an exported model or tokenizer nobody else on the machine can read. Writers that make
 their own temporary file and rename it over the name they are given (safetensors >= 0.6 does, with
 0600) get that mode put back before the file moves into place.
-(``llm_modules.training.checkpoint_io.atomic_torch_save`` does the same for ``torch.save``.)
+
+The temporary name carries the writer's host and pid (``.NAME.HOST-PID-RANDOM.tmp``) and the writer
+holds an exclusive ``flock`` on it until the rename. A write first removes the leftovers of a killed
+write of the same target, but only those whose writer is gone (same host, pid not running, lock
+free), never the file another process is writing at that moment. After the rename the folder is
+synced too, so the rename itself survives a crash, and a full disk is said plainly with the path.
+Checkpoints (``llm_modules.training.checkpoint_io.atomic_torch_save``) are written through
+:func:`writing` like every other file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
+import logging
 import os
+import re
 import secrets
+import socket
 import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+try:  # POSIX; on Windows an open file cannot be deleted anyway
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
+
+log = logging.getLogger(__name__)
+
 TEMP_SUFFIX = ".tmp"
 
 
-def create_temp(target: Path) -> Path:
-    """A new, empty file next to ``target`` (``.NAME.<random>.tmp``), mode 0666 less the umask."""
-    tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}{TEMP_SUFFIX}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    os.close(fd)
-    return tmp
+def temp_prefix(target: Path) -> str:
+    """The prefix of the temporary files a write of ``target`` makes (``.last.ckpt.`` for last.ckpt)."""
+    return f".{target.name}."
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike) -> Iterator[tuple[int, Path]]:
+    """Yield ``(fd, tmp)``: a new, locked temporary file next to ``path`` (mode 0666 less the umask)
+    and its open descriptor, for the body to fill (through the descriptor or by name). When the body
+    completes the file is synced, given back the mode a writer may have changed, renamed over ``path``
+    and the folder synced; when it raises the file is removed and ``path`` is left as it was."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(target)
+    tmp = target.parent / f"{temp_prefix(target)}{_host()}-{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}"
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        if fcntl is not None:  # held until the rename: a concurrent cleanup sees the file in use
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        mode = plain_mode(tmp)
+        yield fd, tmp
+        restore_mode(tmp, mode)
+        fsync_file(tmp)  # by name: a writer may have replaced the file (safetensors renames its own over it)
+        os.replace(tmp, target)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        full = _disk_full(err)
+        if full is not None:  # torch's writer reports it as "unexpected pos ..." or a bare OSError: say it plainly
+            raise OSError(full, f"{os.strerror(full)}; the file was not replaced (a previous one of that name is "
+                                "intact): free some space and run again", str(target)) from err
+        raise
+    finally:
+        os.close(fd)
+    _fsync_dir(target.parent)
 
 
 @contextlib.contextmanager
 def replacing(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary file next to ``path`` for the body to fill; when the body completes it is
-    synced and renamed over ``path``, when it raises it is removed and ``path`` is left as it was.
-    Writers that take a file name (safetensors, sentencepiece) write into the yielded path."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = create_temp(target)
-    try:
-        mode = plain_mode(tmp)
+    """:func:`writing` for writers that take a file name (safetensors, sentencepiece, ``open``): yield
+    the temporary path to fill."""
+    with writing(path) as (_, tmp):
         yield tmp
-        restore_mode(tmp, mode)
-        fsync_file(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -79,6 +119,73 @@ def restore_mode(path: str | os.PathLike, mode: int) -> None:
 def fsync_file(path: str | os.PathLike) -> None:
     """Flush ``path``'s data to disk, so a rename that follows never publishes an empty file."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _disk_full(err: BaseException) -> int | None:
+    """ENOSPC or EDQUOT when ``err`` or an exception it arose from is that error, else None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            return err.errno
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _remove_stale_temps(target: Path) -> None:
+    """Temporary files that a killed write of the same target left behind (they can be checkpoint-sized);
+    those of a writer still at work (another run writing into the same folder) are left alone."""
+    pattern = os.path.join(glob.escape(str(target.parent)), glob.escape(temp_prefix(target)) + "*" + TEMP_SUFFIX)
+    for stale in glob.glob(pattern):
+        if _writer_gone(stale):
+            with contextlib.suppress(OSError):
+                os.unlink(stale)
+                log.info("removed %s, left by an interrupted write", stale)
+
+
+def _writer_gone(temp: str) -> bool:
+    """Whether the process that wrote ``temp`` has ended: its name says this host and a pid that is
+    not running (or none: older names), and its lock can be taken."""
+    found = re.search(r"\.([A-Za-z0-9_]+)-(\d+)-[0-9a-f]+" + re.escape(TEMP_SUFFIX) + "$", temp)
+    if found:
+        host, pid = found.group(1), int(found.group(2))
+        if host != _host() or _pid_alive(pid):
+            return False
+    if fcntl is None:
+        return True
+    try:
+        fd = os.open(temp, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, owned by someone else
+        return True
+    return True
+
+
+def _fsync_dir(folder: Path) -> None:
+    if os.name == "nt":  # folders cannot be opened for fsync on Windows; the rename is durable there
+        return
+    fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

@@ -25,7 +25,8 @@ from llm_modules.checkpoint import load_checkpoint, save_checkpoint
 from llm_modules.cli import main
 from llm_modules.registry import ConfigError
 from llm_modules.training import integrity
-from llm_modules.training.checkpoint_io import AtomicCheckpointIO, atomic_torch_save, temp_prefix
+from llm_modules.atomic_files import temp_prefix
+from llm_modules.training.checkpoint_io import AtomicCheckpointIO, atomic_torch_save
 
 from _checkpoint_faults import flip_tensor_byte, refused
 from _fit_helpers import CONFIGS, tiny
@@ -188,7 +189,7 @@ def _writer_holding(temp: Path) -> subprocess.Popen:
 
 
 def test_stale_temp_cleanup_spares_a_save_in_progress_and_removes_a_dead_writers(tmp_path):
-    from llm_modules.training.checkpoint_io import _host
+    from llm_modules.atomic_files import _host
 
     target = tmp_path / "last.ckpt"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
