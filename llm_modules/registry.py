@@ -15,7 +15,7 @@ import logging
 import sys
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +24,13 @@ PLUGIN_GROUP = "llm_modules.plugins"
 
 class ConfigError(ValueError):
     """A configuration value is wrong; the message names the field and how to fix it."""
+
+
+def did_you_mean(value: str, choices: Iterable[str], cutoff: float = 0.6) -> str:
+    """`` (did you mean 'X'?)`` for the closest of ``choices`` to ``value``, or nothing: the hint every
+    error about a misspelt name carries."""
+    close = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=cutoff)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 @dataclass(frozen=True)
@@ -109,8 +116,7 @@ class Registry:
         if key in self._entries:
             return self._entries[key]
         choices = sorted(self._entries)
-        close = difflib.get_close_matches(key, choices, n=1, cutoff=0.5)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(key, choices, cutoff=0.5)
         raise ConfigError(f"unknown {self.slot} {name!r}{hint}; choices: {', '.join(choices)}")
 
     def validate(self, spec: Any) -> tuple[Entry, dict[str, Any]]:
@@ -122,8 +128,7 @@ class Registry:
             allowed = sorted(params)
             unknown = [k for k in kwargs if k not in allowed]
             if unknown:
-                close = difflib.get_close_matches(unknown[0], allowed, n=1, cutoff=0.5)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                hint = did_you_mean(unknown[0], allowed, cutoff=0.5)
                 options = ", ".join(allowed) if allowed else "none"
                 raise ConfigError(
                     f"{self.slot} {name!r} has no option {unknown[0]!r}{hint}; its options: {options}"

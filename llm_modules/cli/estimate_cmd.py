@@ -25,7 +25,7 @@ import yaml
 
 from llm_modules.atomic_files import write_text
 from llm_modules.cli import outputs
-from llm_modules.registry import ConfigError
+from llm_modules.registry import ConfigError, did_you_mean
 
 GB = 1e9
 
@@ -362,7 +362,6 @@ def check_gpu(name: str) -> str:
     """``--gpu NAME`` (returned as the table spells it) must name a row of the peak-FLOPs table as a whole word: the table matches
     device names by substring (``h100`` in "NVIDIA H100 80GB HBM3"), so without this ``h1000``
     would silently plan on an H100."""
-    import difflib
     import re
 
     from llm_modules.training.model_flops import PEAKS
@@ -375,8 +374,7 @@ def check_gpu(name: str) -> str:
             return text  # the table's spelling: "rtx-4090" -> "rtx 4090"
     names = [peak.name for _, peak in PEAKS]
     slugs = [n.lower().replace(" ", "-") for n in names]  # h100-sxm; and the family alone: h100
-    close = difflib.get_close_matches(name.lower(), list(dict.fromkeys([s.split("-")[0] for s in slugs] + slugs)), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    hint = did_you_mean(name.lower(), dict.fromkeys([s.split("-")[0] for s in slugs] + slugs))
     raise ConfigError(f"--gpu {name!r} is not in the peak-FLOPs table{hint}; choose one of {', '.join(names)} "
                       "(any case; dashes for spaces)")
 

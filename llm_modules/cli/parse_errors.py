@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import difflib
 import importlib
 import inspect
 import re
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
-from llm_modules.registry import ConfigError
+from llm_modules.registry import ConfigError, did_you_mean
 
 MAX_LISTED = 40  # choices beyond this are left to --help
 
@@ -179,11 +178,6 @@ def parser_keys(parsers) -> list[str]:
             if dest and dest not in ("help", "config", "print_config") and not dest.startswith("_"):
                 keys[dest] = None
     return list(keys)
-
-
-def did_you_mean(value: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def listing(choices: list[str], what: str = "choices") -> str:

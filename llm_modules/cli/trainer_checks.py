@@ -11,8 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from llm_modules.cli.parse_errors import did_you_mean
-from llm_modules.registry import ConfigError
+from llm_modules.registry import ConfigError, did_you_mean
 
 GPU_ACCELERATORS = ("gpu", "cuda")
 LIGHTNING_NAMES = ("last", "best", "hpc", "registry")  # ckpt_path values Lightning resolves itself
