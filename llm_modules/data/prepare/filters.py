@@ -22,6 +22,7 @@ import numpy as np
 
 from llm_modules.data.prepare import words as W
 from llm_modules.data.prepare.config import FiltersConfig
+from llm_modules.data.text_reading import count_bad
 
 
 class Doc:
@@ -67,12 +68,9 @@ class Rule:
         raise NotImplementedError
 
 
-# U+FFFD (what an undecodable byte becomes), C0 controls except \t \n \v \f \r, DEL and C1 controls
-_BAD_CHARS = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f\ufffd]")
-
-
 class Binary(Rule):
-    """NUL characters, or more than ``max_bad_share`` of the characters undecodable or control characters."""
+    """NUL characters, or more than ``max_bad_share`` of the characters undecodable or control characters
+    (``text_reading.BAD_CHARS``, what fit's binary check counts too)."""
 
     name = "binary"
 
@@ -84,12 +82,7 @@ class Binary(Rule):
         if self.drop_nul and "\x00" in text:
             return True
         limit = self.max_bad_share * len(text)
-        bad = 0
-        for _ in _BAD_CHARS.finditer(text):  # clean text: one scan in C, no match; junk: stops at the limit
-            bad += 1
-            if bad > limit:
-                return True
-        return False
+        return count_bad(text, limit) > limit
 
 
 class Length(Rule):
