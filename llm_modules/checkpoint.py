@@ -5,7 +5,7 @@
 ``on_save_checkpoint`` adds: ``model_config`` as plain data and ``model_kind``), so
 ``CausalLM.load_from_checkpoint`` reads it. ``load_checkpoint`` reads those files and real
 Trainer checkpoints alike, without unpickling code (``weights_only=True``), and verifies the
-integrity record every checkpoint written here carries (``llm_modules.training.integrity``): a file
+integrity record every checkpoint written here carries (``llm_modules.integrity``): a file
 whose tensor data changed since it was written is refused naming it; files without the record (older
 ones, other tools) load unverified. A weight with no finite value at all is refused too.
 
@@ -25,10 +25,11 @@ from typing import Any
 import lightning
 import torch
 
+from llm_modules import integrity
 from llm_modules.config import ModelConfig
 from llm_modules.models import KINDS, LanguageModel
 from llm_modules.registry import ConfigError
-from llm_modules.training import finetune, integrity
+from llm_modules.training import finetune
 from llm_modules.training.checkpoint_io import atomic_torch_save
 
 

@@ -24,7 +24,7 @@ from llm_modules import CausalLM, ModelConfig
 from llm_modules.checkpoint import load_checkpoint, save_checkpoint
 from llm_modules.cli import main
 from llm_modules.registry import ConfigError
-from llm_modules.training import integrity
+from llm_modules import integrity
 from llm_modules.atomic_files import temp_prefix
 from llm_modules.training.checkpoint_io import AtomicCheckpointIO, atomic_torch_save
 

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from llm_modules import CausalLM, ModelConfig, from_hf, to_hf
 from llm_modules.registry import ConfigError
-from llm_modules.training.safetensors_check import check_header
+from llm_modules.safetensors_check import check_header
 
 from _checkpoint_faults import refused
 

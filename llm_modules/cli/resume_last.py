@@ -38,7 +38,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from llm_modules.atomic_files import replacing
 from llm_modules.registry import ConfigError
-from llm_modules.training.integrity import CheckpointCorrupt, load_verified
+from llm_modules.integrity import CheckpointCorrupt, load_verified
 
 log = logging.getLogger(__name__)
 

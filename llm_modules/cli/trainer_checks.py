@@ -92,7 +92,7 @@ def read_checkpoint(path: str | Path) -> dict:
     """The checkpoint in ``--ckpt_path FILE`` (memory-mapped where it can be): loaded without unpickling
     and verified (``integrity.load_verified``), holding ``state_dict`` and the Lightning version, not a
     bare state dict. Every failure is one line."""
-    from llm_modules.training.integrity import load_verified
+    from llm_modules.integrity import load_verified
 
     checkpoint = load_verified(path, what="--ckpt_path", mmap=True)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint \

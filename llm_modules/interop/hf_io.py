@@ -19,9 +19,9 @@ import torch
 from safetensors.torch import save_file
 
 from llm_modules.atomic_files import fsync_file, plain_mode, restore_mode
+from llm_modules.integrity import check_finite, load_verified
 from llm_modules.registry import ConfigError
-from llm_modules.training.integrity import check_finite, load_verified
-from llm_modules.training.safetensors_check import load_safetensors
+from llm_modules.safetensors_check import load_safetensors
 
 
 def read_hf_config(path: str | Path) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from llm_modules import integrity
 from llm_modules.atomic_files import replacing
 from llm_modules.peft.base import (
     PeftMethod,
@@ -29,8 +30,7 @@ from llm_modules.peft.base import (
     peft_state_dict,
 )
 from llm_modules.registry import ConfigError
-from llm_modules.training import integrity
-from llm_modules.training.safetensors_check import check_header
+from llm_modules.safetensors_check import check_header
 
 FORMAT = "llm-modules-peft"
 FORMAT_VERSION = "1"

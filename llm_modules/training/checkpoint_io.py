@@ -15,7 +15,7 @@ starts with a dot and not with ``last``, so Lightning's search for ``last*.ckpt`
 leftover for a checkpoint; a save removes a killed save's leftovers, never the file another run is
 writing at that moment. Remote paths (``s3://``...) keep Lightning's own saver.
 
-Every checkpoint written here carries an integrity record (``llm_modules.training.integrity``), and
+Every checkpoint written here carries an integrity record (``llm_modules.integrity``), and
 :class:`AtomicCheckpointIO` reads checkpoints with ``weights_only=True`` and verifies them, so
 resume (``fit --ckpt_path``), ``validate/test/predict --ckpt_path`` and rollbacks refuse a damaged
 or code-carrying file in one line.
@@ -31,8 +31,8 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 
+from llm_modules import integrity
 from llm_modules.atomic_files import writing
-from llm_modules.training import integrity
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:

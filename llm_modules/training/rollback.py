@@ -15,7 +15,7 @@ position (it moves on, skipping the batches between the checkpoint and the spike
 tokens seen and the RNG state.
 
 Nothing is unpickled: candidates are read with ``weights_only=True``, and one whose tensor data does
-not match its integrity record (``llm_modules.training.integrity``) is passed over for the next older
+not match its integrity record (``llm_modules.integrity``) is passed over for the next older
 one, with a warning.
 """
 
@@ -24,8 +24,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from llm_modules import integrity
 from llm_modules.registry import ConfigError
-from llm_modules.training import integrity
 from llm_modules.training.stability import STATE_KEY, StabilityGuard, TrainingUnstable
 
 log = logging.getLogger(__name__)
