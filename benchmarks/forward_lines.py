@@ -73,8 +73,9 @@ def counted_lines(codes: set[CodeType]) -> tuple[dict[str, set[int]], dict[str, 
             continue
         source, first = inspect.getsourcelines(code)
         spans.append((path.relative_to(ROOT).as_posix(), code.co_qualname, first, len(source)))
-    # Longest first, so a function nested in a counted one (a lambda, a closure) is not listed again.
-    for relative, name, first, count in sorted(spans, key=lambda s: -s[3]):
+    # Longest first, so a function nested in a counted one (a lambda, a comprehension) is not listed
+    # again; on a tie (a comprehension that is its function's whole body) the outer name is listed.
+    for relative, name, first, count in sorted(spans, key=lambda s: (-s[3], "<locals>" in s[1])):
         span = range(first, first + count)
         if not lines[relative].issuperset(span):
             functions[relative].append((name, first, count))

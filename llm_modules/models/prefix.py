@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from llm_modules.models.base import IGNORE_INDEX, LanguageModel, shift_targets
 from llm_modules.models.causal import within_documents
-from llm_modules.nn.lm import DecoderLM, positions_from
+from llm_modules.nn.lm import DecoderLM
+from llm_modules.nn.mask_inputs import positions_from
 
 
 class PrefixLM(LanguageModel):

@@ -84,6 +84,8 @@ class KVCache:
 
     ``length`` is how many positions the stack has processed (prompt, left padding included, plus
     generated tokens): the next tokens' query offset. The model advances it after each forward.
+    A cache may also be handed to a model already holding positions that no forward computed
+    (keys and values learned or computed elsewhere): the model attends to them as to any past.
     ``capacity`` (optional) sizes the buffers for the whole generation up front.
     """
 

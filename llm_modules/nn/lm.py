@@ -5,78 +5,33 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from llm_modules.nn.documents import check_document_ids, restart_positions
 from llm_modules.nn.embedding import LMHead, TokenEmbedding
 from llm_modules.nn.init import init_weights
 from llm_modules.nn.kv_cache import KVCache
+from llm_modules.nn.mask_inputs import MaskInputs, self_attention_mask
 from llm_modules.nn.masks import AttentionMask
 from llm_modules.nn.residual import deepnorm_constants
 from llm_modules.nn.transformer import Stack, build_norm
-from llm_modules.nn.virtual_tokens import (
-    VirtualTokens,
-    memory_padding,
-    place_virtual_tokens,
-)
 
 
-def positions_from(attention_mask: torch.Tensor | None, batch: int, length: int, device) -> torch.Tensor:
-    """Position of each token among the real tokens of its row, so left padding does not shift them."""
-    if attention_mask is None:
-        return torch.arange(length, device=device).unsqueeze(0).expand(batch, length)
-    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+def embedded(embed: TokenEmbedding, input_ids, inputs_embeds, token_type_ids=None) -> torch.Tensor:
+    """A stack's input (B, T, D): the embedded ``input_ids``, or ``inputs_embeds`` given instead,
+    vectors made outside the model that enter the stack as embedded tokens do (token types
+    included, so they come with neither ids nor types)."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("pass either input_ids or inputs_embeds, not both and not neither")
+    if inputs_embeds is not None and token_type_ids is not None:
+        raise ValueError("token_type_ids go with input_ids; inputs_embeds already hold their token types")
+    return embed(input_ids, token_type_ids) if inputs_embeds is None else inputs_embeds
 
 
-def mask_positions(attention_mask: torch.Tensor | None, positions: torch.Tensor) -> torch.Tensor | None:
-    """Positions for the mask's structure (prefix, window, stride) when padding could shift them.
-
-    Without an attention mask, index = position and the mask stays plain (fused causal kernels).
-    """
-    return None if attention_mask is None else positions
-
-
-def padding_of(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
-    return None if attention_mask is None else attention_mask.bool()
-
-
-def self_attention_mask(
-    cfg, attention_mask: torch.Tensor | None, batch: int, new: int, device, *, causal: bool,
-    prefix_lengths: torch.Tensor | None = None, cache: KVCache | None = None,
-    document_ids: torch.Tensor | None = None, virtual_keys: int = 0,
-) -> tuple[AttentionMask, torch.Tensor]:
-    """The self-attention mask over ``new`` tokens, and their positions.
-
-    Without a cache the new tokens are the whole sequence. With one, ``attention_mask`` covers the
-    cached tokens and the new ones (B, past + new), the mask's keys span both and its queries start
-    at the cached length, and the positions returned are the new tokens' only.
-    ``virtual_keys`` more keys come before the new tokens without being cached yet (prefix tuning's
-    key/value prefixes, ``nn.virtual_tokens``): they count as past, and the mask covers them too.
-    ``document_ids`` (B, T) marks packed documents (``nn.documents``): attention stays inside a
-    document and positions restart at each one. Training only: not with a cache or a prefix.
-    """
-    past = (cache.length if cache is not None else 0) + virtual_keys
-    total = past + new
-    if attention_mask is not None and attention_mask.shape[1] != total:
-        raise ValueError(
-            f"attention_mask covers {attention_mask.shape[1]} tokens; with {past} cached and {new} new "
-            f"it must cover {total}"
-        )
-    positions = positions_from(attention_mask, batch, total, device)
-    structure = mask_positions(attention_mask, positions)
-    if document_ids is not None:
-        if cache is not None or prefix_lengths is not None:
-            raise ValueError(
-                "document_ids (packed documents) cannot be combined with "
-                + ("a KV cache: decode one document per row" if cache is not None
-                   else "prefix_lengths: a prefix belongs to a row, not to a document; drop data.document_mask")
-            )
-        check_document_ids(document_ids, batch, total)
-        positions = structure = restart_positions(positions, document_ids)
-    mask = AttentionMask(
-        new, total, causal=causal, prefix_lengths=prefix_lengths, key_padding=padding_of(attention_mask),
-        window=cfg.sliding_window, stride=cfg.sparse_stride, q_offset=past, positions=structure,
-        documents=document_ids,
-    )
-    return mask, positions[:, past:]
+def run_stack(cfg, stack: Stack, x: torch.Tensor, inputs: MaskInputs, memory=None, memory_mask=None) -> torch.Tensor:
+    """``stack`` over embedded tokens ``x``; a cache then holds ``x``'s positions too."""
+    mask, positions = self_attention_mask(cfg, inputs, x)
+    hidden = stack(x, mask, positions, memory, memory_mask, cache=inputs.cache)
+    if inputs.cache is not None:
+        inputs.cache.length += x.shape[1]
+    return hidden
 
 
 def check_config(cfg) -> None:
@@ -93,14 +48,10 @@ def aux_loss(model: nn.Module) -> torch.Tensor | None:
 
 
 class _SingleStackLM(nn.Module):
-    """Embedding -> one stack -> head; subclasses choose the mask.
-
-    ``virtual_tokens`` (None: none) adds learned tokens in front of the real ones: soft prompts or
-    key/value prefixes (``nn.virtual_tokens``, set by PEFT methods); logits stay one per real token.
-    """
+    """Embedding -> one stack -> head; subclasses choose the mask."""
 
     causal: bool
-    #: the stacks by attribute name, the one that reads ``input_ids`` first (``nn.virtual_tokens``)
+    #: the stacks by attribute name, the one that reads the input first
     stack_names = ("stack",)
 
     def __init__(self, cfg, *, bidirectional_positions: bool):
@@ -119,26 +70,15 @@ class _SingleStackLM(nn.Module):
             tied_to=self.embed.tokens if cfg.tie_embeddings else None, scale=cfg.output_scale,
         )
         init_weights(self, cfg.init_std, cfg.n_layers)
-        self.virtual_tokens: VirtualTokens | None = None
 
     def hidden(
-        self, input_ids, attention_mask=None, prefix_lengths=None, token_type_ids=None, cache: KVCache | None = None,
-        document_ids=None,
+        self, input_ids=None, attention_mask=None, prefix_lengths=None, token_type_ids=None,
+        cache: KVCache | None = None, document_ids=None, *, inputs_embeds=None,
     ) -> torch.Tensor:
-        call = place_virtual_tokens(
-            self.virtual_tokens, "stack", self.stack, self.embed(input_ids, token_type_ids), attention_mask, cache,
-            document_ids,
-        )
-        batch, length = call.x.shape[:2]
-        mask, positions = self_attention_mask(
-            self.config, call.attention_mask, batch, length, input_ids.device, causal=self.causal,
-            prefix_lengths=call.shift(prefix_lengths), cache=call.cache, document_ids=document_ids,
-            virtual_keys=call.virtual_keys,
-        )
-        hidden = self.stack(call.x, mask, positions, cache=call.cache)
-        if call.cache is not None:
-            call.cache.length += length + call.virtual_keys
-        return call.output(hidden)
+        """The stack's output (B, T, D) over ``input_ids`` (or ``inputs_embeds``, see ``embedded``)."""
+        x = embedded(self.embed, input_ids, inputs_embeds, token_type_ids)
+        inputs = MaskInputs(self.causal, attention_mask, prefix_lengths, cache, document_ids)
+        return run_stack(self.config, self.stack, x, inputs)
 
 
 class DecoderLM(_SingleStackLM):
@@ -152,12 +92,16 @@ class DecoderLM(_SingleStackLM):
         self.prefix = prefix
 
     def forward(
-        self, input_ids, attention_mask=None, prefix_lengths=None, cache: KVCache | None = None, document_ids=None,
+        self, input_ids=None, attention_mask=None, prefix_lengths=None, cache: KVCache | None = None,
+        document_ids=None, *, inputs_embeds=None,
     ) -> torch.Tensor:
         """Logits (B, T, V). With a ``cache`` (decoding), ``input_ids`` are the tokens after the
-        cached ones and ``attention_mask`` covers cached and new tokens (see ``self_attention_mask``).
+        cached ones and ``attention_mask`` covers cached and new tokens (``nn.mask_inputs``).
         ``document_ids`` (B, T): packed documents that must not attend to each other."""
-        return self.head(self.hidden(input_ids, attention_mask, prefix_lengths, cache=cache, document_ids=document_ids))
+        hidden = self.hidden(
+            input_ids, attention_mask, prefix_lengths, cache=cache, document_ids=document_ids, inputs_embeds=inputs_embeds
+        )
+        return self.head(hidden)
 
 
 class EncoderLM(_SingleStackLM):
@@ -168,9 +112,14 @@ class EncoderLM(_SingleStackLM):
     def __init__(self, cfg):
         super().__init__(cfg, bidirectional_positions=True)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, document_ids=None) -> torch.Tensor:
+    def forward(
+        self, input_ids=None, attention_mask=None, token_type_ids=None, document_ids=None, *, inputs_embeds=None
+    ) -> torch.Tensor:
         """Logits (B, T, V); ``document_ids`` (B, T) as in ``DecoderLM.forward``."""
-        hidden = self.hidden(input_ids, attention_mask, token_type_ids=token_type_ids, document_ids=document_ids)
+        hidden = self.hidden(
+            input_ids, attention_mask, token_type_ids=token_type_ids, document_ids=document_ids,
+            inputs_embeds=inputs_embeds,
+        )
         return self.head(hidden)
 
 
@@ -178,8 +127,6 @@ class EncoderDecoderLM(nn.Module):
     """Encoder-decoder LM (T5, BART): bidirectional encoder, causal decoder with cross-attention.
 
     The token embedding is shared by both stacks (and by the head when embeddings are tied).
-    ``virtual_tokens`` as in ``DecoderLM``: soft prompts lead the encoder's input and stay in its
-    output (the decoder cross-attends to them); prefixes may serve both self-attention stacks.
     """
 
     stack_names = ("encoder", "decoder")
@@ -197,39 +144,30 @@ class EncoderDecoderLM(nn.Module):
             tied_to=self.embed.tokens if cfg.tie_embeddings else None, scale=cfg.output_scale,
         )
         init_weights(self, cfg.init_std, cfg.encoder_layers + cfg.n_layers)
-        self.virtual_tokens: VirtualTokens | None = None
 
-    def encode(self, input_ids, attention_mask=None) -> torch.Tensor:
-        """The encoder output (B, T, D); with soft prompts (B, P + T, D), the virtual tokens where
-        ``nn.virtual_tokens`` places them (``decode`` extends the same ``attention_mask`` to match)."""
-        call = place_virtual_tokens(self.virtual_tokens, "encoder", self.encoder, self.embed(input_ids), attention_mask, None)
-        batch, length = call.x.shape[:2]
-        mask, positions = self_attention_mask(
-            self.config, call.attention_mask, batch, length, input_ids.device, causal=False, cache=call.cache,
-            virtual_keys=call.virtual_keys,
-        )
-        return self.encoder(call.x, mask, positions, cache=call.cache)
+    def encode(self, input_ids=None, attention_mask=None, *, inputs_embeds=None, cache: KVCache | None = None):
+        """The encoder output (B, T, D). ``cache``: keys/values of earlier positions that every
+        encoder self-attention attends to as well (``attention_mask`` then covers them too)."""
+        x = embedded(self.embed, input_ids, inputs_embeds)
+        return run_stack(self.config, self.encoder, x, MaskInputs(False, attention_mask, cache=cache))
 
     def decode(
-        self, decoder_input_ids, memory, attention_mask=None, decoder_attention_mask=None, cache: KVCache | None = None
+        self, decoder_input_ids, memory, attention_mask=None, decoder_attention_mask=None,
+        cache: KVCache | None = None, *, decoder_inputs_embeds=None,
     ) -> torch.Tensor:
-        """Decoder logits over ``memory`` (the encoder output). With a ``cache``, as in
-        ``DecoderLM.forward``: new decoder tokens only, the decoder mask covering cached and new;
-        the cross-attention keys/values of ``memory`` are projected once and kept in the cache."""
-        call = place_virtual_tokens(
-            self.virtual_tokens, "decoder", self.decoder, self.embed(decoder_input_ids), decoder_attention_mask, cache
-        )
-        batch, length = call.x.shape[:2]
-        mask, positions = self_attention_mask(
-            self.config, call.attention_mask, batch, length, decoder_input_ids.device, causal=True, cache=call.cache,
-            virtual_keys=call.virtual_keys,
-        )
-        memory_padding_mask = memory_padding(self.virtual_tokens, memory, attention_mask)
-        memory_mask = AttentionMask(length, memory.shape[1], key_padding=padding_of(memory_padding_mask))
-        hidden = self.decoder(call.x, mask, positions, memory, memory_mask, cache=call.cache)
-        if call.cache is not None:
-            call.cache.length += length + call.virtual_keys
-        return self.head(call.output(hidden))
+        """Decoder logits over ``memory`` (the encoder output, ``attention_mask`` its padding). With
+        a ``cache``, as in ``DecoderLM.forward``: new decoder tokens only, the decoder mask covering
+        cached and new; the cross-attention keys/values of ``memory`` are projected once and kept."""
+        if attention_mask is not None and attention_mask.shape[1] != memory.shape[1]:
+            raise ValueError(
+                f"the encoder output has {memory.shape[1]} positions but attention_mask covers "
+                f"{attention_mask.shape[1]}; pass the mask that was given to encode"
+            )
+        x = embedded(self.embed, decoder_input_ids, decoder_inputs_embeds)
+        padding = None if attention_mask is None else attention_mask.bool()
+        memory_mask = AttentionMask(x.shape[1], memory.shape[1], key_padding=padding)
+        inputs = MaskInputs(True, decoder_attention_mask, cache=cache)
+        return self.head(run_stack(self.config, self.decoder, x, inputs, memory, memory_mask))
 
     def forward(self, input_ids, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None):
         if decoder_input_ids is None:

@@ -2,7 +2,7 @@
 
 Each self-attention layer of every stack (a decoder-only or encoder-only model's stack; an
 encoder-decoder's encoder and decoder) attends to ``num_virtual_tokens`` extra keys/values that
-are trained while the model stays frozen. ``nn.virtual_tokens`` places them: they act as tokens
+are trained while the model stays frozen. ``peft.virtual_tokens`` places them: they act as tokens
 at positions 0..P-1 in front of each row's real tokens, are visible to every real token, and end
 up in the KV cache when decoding. Keys are used as learned, like cached keys: RoPE does not rotate
 them again. Cross-attention gets no prefix: it already reads the encoder's output, which the
@@ -26,9 +26,10 @@ from contextlib import AbstractContextManager
 import torch
 from torch import nn
 
-from llm_modules.nn.virtual_tokens import VirtualTokens, virtual_token_host
 from llm_modules.peft.base import PeftMethod
-from llm_modules.peft.prompt import check_count, install, track_added_keys, virtual_tokens_disabled
+from llm_modules.peft.prompt import check_count, track_added_keys
+from llm_modules.peft.virtual_token_lm import install, virtual_token_host, virtual_tokens_disabled, virtual_tokens_of
+from llm_modules.peft.virtual_tokens import VirtualTokens
 from llm_modules.registry import PEFT_METHODS, ConfigError
 
 
@@ -170,7 +171,7 @@ class PrefixTuning(PeftMethod):
         return virtual_tokens_disabled(model)
 
     def _stacks(self, model: nn.Module) -> dict[str, StackPrefix]:
-        prefix = virtual_token_host(model).virtual_tokens
+        prefix = virtual_tokens_of(model)
         if not isinstance(prefix, KeyValuePrefix):
             raise ConfigError("peft prefix: this model has no key/value prefixes; apply the method first")
         return dict(prefix.stacks.items())

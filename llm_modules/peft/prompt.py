@@ -1,6 +1,6 @@
 """Soft prompts: learned input embeddings in front of every input (prompt tuning, P-tuning).
 
-Both methods train P virtual tokens that the model reads before the real ones (``nn.virtual_tokens``
+Both methods train P virtual tokens that the model reads before the real ones (``peft.virtual_tokens``
 places them: positions 0..P-1, the real tokens after them; logits stay one per real token). Only
 the model's input stack gets them: the decoder-only or encoder-only stack, or an encoder-decoder's
 encoder, whose output keeps them so the decoder cross-attends to them.
@@ -23,8 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from llm_modules.nn.virtual_tokens import VirtualTokens, virtual_token_host
-from llm_modules.peft.base import PeftMethod, switched_off
+from llm_modules.peft.base import PeftMethod
+from llm_modules.peft.virtual_token_lm import install, virtual_token_host, virtual_tokens_disabled, virtual_tokens_of
+from llm_modules.peft.virtual_tokens import VirtualTokens
 from llm_modules.registry import PEFT_METHODS, ConfigError
 
 ENCODERS = ("mlp", "lstm")
@@ -113,22 +114,6 @@ def check_count(method: str, num_virtual_tokens: Any) -> int:
     if isinstance(num_virtual_tokens, bool) or not isinstance(num_virtual_tokens, int) or num_virtual_tokens < 1:
         raise ConfigError(f"peft {method}: num_virtual_tokens must be a positive integer; got {num_virtual_tokens!r}")
     return num_virtual_tokens
-
-
-def install(model: nn.Module, method: str, virtual: VirtualTokens) -> None:
-    """Make ``virtual`` the model's virtual tokens; one virtual-token method per model."""
-    host = virtual_token_host(model)
-    if host.virtual_tokens is not None:
-        raise ConfigError(
-            f"peft {method}: the model already has virtual tokens ({type(host.virtual_tokens).__name__}); "
-            "apply one prompt/ptuning/prefix method per model"
-        )
-    host.virtual_tokens = virtual
-
-
-def virtual_tokens_disabled(model: nn.Module) -> AbstractContextManager[None]:
-    """The model reads its real tokens alone for the block (the base function)."""
-    return switched_off([virtual_token_host(model).virtual_tokens])
 
 
 def input_stack(host: nn.Module) -> str:
@@ -233,7 +218,7 @@ class PTuning(PeftMethod):
         return virtual_tokens_disabled(model)
 
     def _prompt(self, model: nn.Module) -> PromptEncoder:
-        prompt = virtual_token_host(model).virtual_tokens
+        prompt = virtual_tokens_of(model)
         if not isinstance(prompt, PromptEncoder):
             raise ConfigError("peft ptuning: this model has no P-tuning prompt; apply the method first")
         return prompt

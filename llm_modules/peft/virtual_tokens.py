@@ -1,13 +1,14 @@
 """Virtual tokens: learned tokens that sit in front of each row's real tokens.
 
 Soft prompts (prompt tuning, P-tuning) and prefix tuning all add P tokens that no tokenizer
-produced. This module is the one place where the torch models learn about them, and it knows
-nothing of fine-tuning: a model's ``virtual_tokens`` attribute (None by default, then nothing in
-the model changes) is a ``VirtualTokens`` module that supplies, per stack, either
+produced. The torch models know nothing of them: this module feeds them through the models'
+public inputs, as Hugging Face PEFT does. A ``VirtualTokens`` module supplies, per stack, either
 
-- input embeddings (B, P, D) that enter the stack like embedded tokens (soft prompts), or
+- input embeddings (B, P, D) that enter the stack like embedded tokens (soft prompts): the model
+  reads them through ``inputs_embeds``, and its output for them is dropped again; or
 - key/value prefixes, one (keys, values) pair of (B, Hkv, P, Dh) per layer, that every
-  self-attention of the stack attends to without computing them (prefix tuning).
+  self-attention of the stack attends to without computing them (prefix tuning): the model
+  reads them through a KV cache that already holds them, as the keys of P earlier positions.
 
 Where they sit. Virtual tokens take positions 0..P-1 and the real tokens P.. (what Hugging Face
 does for prefix tuning through ``past_key_values``). In index space they go right before each
@@ -26,11 +27,12 @@ real tokens only, as a generation session builds it), so every call extends it b
 place. That place depends only on the row's leading padding, which later steps do not change. A
 row with no real token at all has no such place (padding-only rows are not served by decoding).
 
-Key/value prefixes reach the attention modules through the cache: the stack runs with a cache
-(a temporary one without a caller's cache) whose self-attention entries place the prefix among
-the first keys they receive. Keys are used as given: like cached keys they are not rotated by
-RoPE again. A stack that runs with a cache skips activation checkpointing, so prefixes with
-checkpointed blocks are refused rather than silently using more memory.
+Key/value prefixes enter the cache as ``PrefixedEntry`` entries, which hold the prefix until the
+first keys arrive and then lay it out among them at the row's place; the cache counts the P
+positions as already held. Keys are used as given: like cached keys they are not rotated by RoPE
+again. Without a caller's cache a temporary one carries them. A stack that runs with a cache skips
+activation checkpointing, so prefixes with checkpointed blocks are refused rather than silently
+using more memory.
 """
 
 from __future__ import annotations
@@ -41,7 +43,6 @@ import torch
 from torch import nn
 
 from llm_modules.nn.kv_cache import CacheEntry, KVCache
-from llm_modules.registry import ConfigError
 
 
 class VirtualTokens(nn.Module):
@@ -66,18 +67,6 @@ class VirtualTokens(nn.Module):
     def key_values(self, stack: str, batch: int) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
         """Per layer, (keys, values) of shape (batch, kv_heads, P, head_dim), or None."""
         return None
-
-
-def virtual_token_host(model: nn.Module) -> nn.Module:
-    """The torch LM that takes virtual tokens: ``model`` itself, or the LM it holds as ``.model``
-    (a LanguageModel), so methods can be applied to either."""
-    for candidate in (model, getattr(model, "model", None)):
-        if isinstance(candidate, nn.Module) and hasattr(candidate, "virtual_tokens") and hasattr(candidate, "stack_names"):
-            return candidate
-    raise ConfigError(
-        f"{type(model).__name__} cannot take virtual tokens; use a model from llm_modules.nn.lm "
-        "(DecoderLM, EncoderLM, EncoderDecoderLM) or a LanguageModel that holds one"
-    )
 
 
 def first_real(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -131,9 +120,8 @@ def _take(x: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class PrefixedEntry(CacheEntry):
-    """A self-attention cache entry that places a key/value prefix among the first keys it gets.
-
-    After that first append it is an ordinary entry (growth, beam reordering)."""
+    """A self-attention cache entry that holds a key/value prefix and places it among the first
+    keys it gets. After that first append it is an ordinary entry (growth, beam reordering)."""
 
     def __init__(self, capacity: int | None, keys: torch.Tensor, values: torch.Tensor, placement: Placement):
         super().__init__(capacity)
@@ -149,38 +137,40 @@ class PrefixedEntry(CacheEntry):
 
 @dataclass
 class StackCall:
-    """One stack forward with its virtual tokens in place (a no-op one when it has none).
+    """One stack call's public inputs with the virtual tokens in place.
 
-    ``x`` and ``attention_mask`` include the virtual tokens that this call adds as inputs;
-    ``virtual_keys`` counts those that this call adds as keys only (prefixes, first call), which
-    sit before the queries (the mask's ``q_offset``); ``cache`` is the caller's, or a temporary one
-    that carries prefixes.
+    ``attention_mask`` counts the virtual tokens; ``cache`` is the caller's, or a temporary one,
+    holding the prefixes; ``embeddings`` (B, P, D), when this call feeds them as inputs, go into
+    the input with ``insert`` and the stack's output for them leaves with ``output``.
     """
 
-    x: torch.Tensor
     attention_mask: torch.Tensor | None
     cache: KVCache | None
-    count: int = 0
-    virtual_keys: int = 0
-    inserted: Placement | None = None
+    count: int
+    placement: Placement
+    embeddings: torch.Tensor | None = None
+
+    def insert(self, x: torch.Tensor) -> torch.Tensor:
+        """The embedded real tokens (B, T, D) with the virtual ones in place (B, P + T, D)."""
+        return self.placement.insert(x, self.embeddings, 1)
 
     def shift(self, prefix_lengths: torch.Tensor | None) -> torch.Tensor | None:
         """PrefixLM prefix lengths (counted in positions): the virtual tokens join the prefix."""
-        return prefix_lengths + self.count if prefix_lengths is not None and self.count else prefix_lengths
+        return prefix_lengths + self.count if prefix_lengths is not None else None
 
-    def output(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The stack's output for the real tokens only (B, T, D)."""
-        return hidden if self.inserted is None else self.inserted.remove(hidden)
+    def output(self, out: torch.Tensor) -> torch.Tensor:
+        """The stack's output (hidden states or logits) for the real tokens only."""
+        return out if self.embeddings is None else self.placement.remove(out)
 
 
-def place_virtual_tokens(
-    virtual: VirtualTokens | None, name: str, stack: nn.Module, x: torch.Tensor,
+def place(
+    virtual: VirtualTokens | None, name: str, stack: nn.Module, batch: int,
     attention_mask: torch.Tensor | None, cache: KVCache | None, document_ids: torch.Tensor | None = None,
-) -> StackCall:
-    """Prepare one forward of stack ``name`` over embedded tokens ``x`` (B, T, D)."""
+) -> StackCall | None:
+    """Prepare one forward of stack ``name`` over ``batch`` rows; None when it has no virtual tokens."""
     count = virtual.num_virtual_tokens(name) if virtual is not None and virtual.enabled else 0
     if not count:
-        return StackCall(x, attention_mask, cache)
+        return None
     if document_ids is not None:
         raise ValueError(
             "document_ids (packed documents) cannot be combined with virtual tokens (prompt or prefix "
@@ -189,15 +179,20 @@ def place_virtual_tokens(
     placement = Placement(count, attention_mask)
     mask = placement.extend(attention_mask)
     if cache is not None and cache.length:
-        return StackCall(x, mask, cache, count)  # decoding: the cache already holds them
+        return StackCall(mask, cache, count, placement)  # decoding: the cache already holds them
     if cache is not None and cache.capacity:
         cache.capacity += count  # they take cache slots too: size the buffers for them up front
-    batch = x.shape[0]
     embeddings = virtual.embeddings(name, batch)
     if embeddings is not None:
-        return StackCall(placement.insert(x, embeddings, 1), mask, cache, count, inserted=placement)
-    key_values = virtual.key_values(name, batch)
-    layers = len(stack.layers)
+        return StackCall(mask, cache, count, placement, embeddings)
+    return StackCall(mask, prefilled(virtual, name, stack, batch, placement, cache), count, placement)
+
+
+def prefilled(
+    virtual: VirtualTokens, name: str, stack: nn.Module, batch: int, placement: Placement, cache: KVCache | None
+) -> KVCache:
+    """``cache`` (or a new one) holding the stack's key/value prefixes as its first P positions."""
+    count, key_values, layers = placement.count, virtual.key_values(name, batch), len(stack.layers)
     if key_values is None or len(key_values) != layers:
         raise ValueError(
             f"{type(virtual).__name__} counts {count} virtual tokens for stack {name!r} but supplies "
@@ -214,21 +209,5 @@ def place_virtual_tokens(
         cache = KVCache()
     for i, (keys, values) in enumerate(key_values):
         cache.layer(i).self_attn = PrefixedEntry(cache.capacity, keys, values, placement)
-    return StackCall(x, mask, cache, count, virtual_keys=count)
-
-
-def memory_padding(
-    virtual: VirtualTokens | None, memory: torch.Tensor, attention_mask: torch.Tensor | None
-) -> torch.Tensor | None:
-    """The padding mask over an encoder's output. When the encoder took input embeddings (soft
-    prompts), ``memory`` holds the virtual tokens too, where the encoder put them; the caller's
-    mask covers the real tokens only and is extended to match."""
-    if attention_mask is None or memory.shape[1] == attention_mask.shape[1]:
-        return attention_mask
-    extra = memory.shape[1] - attention_mask.shape[1]
-    if virtual is None or extra != virtual.num_virtual_tokens("encoder"):
-        raise ValueError(
-            f"the encoder output has {memory.shape[1]} positions but attention_mask covers "
-            f"{attention_mask.shape[1]}; pass the mask that was given to encode"
-        )
-    return Placement(extra, attention_mask).extend(attention_mask)
+    cache.length += count
+    return cache
