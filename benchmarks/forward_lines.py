@@ -51,13 +51,14 @@ def executed_code(step) -> set[CodeType]:
             seen.add(frame.f_code)
         return None  # no line events: only which functions run
 
+    before = sys.gettrace(), threading.gettrace()  # a coverage or debugger tracer comes back after
     threading.settrace(tracer)
     sys.settrace(tracer)
     try:
         step()
     finally:
-        sys.settrace(None)
-        threading.settrace(None)
+        sys.settrace(before[0])
+        threading.settrace(before[1])
     return seen
 
 

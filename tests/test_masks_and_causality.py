@@ -229,3 +229,53 @@ def test_cross_attention_respects_encoder_padding(position, attention):
         visible = run(lm, _changed(enc, 5), mask, decoder_ids=dec)
     assert (visible - base).abs().max() > 1e-4  # a real encoder token reaches every decoder position
     assert (visible[:, 0] - base[:, 0]).abs().max() > 1e-4
+
+
+# ---- the public inputs: embedded tokens, and what one self-attention mask is built from --------------------------
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_inputs_embeds_enter_the_stack_as_the_embedded_ids_do(kind):
+    """``inputs_embeds`` (decoder_inputs_embeds for a decoder over an encoder) is the model's public
+    input for vectors made outside it: the embedded ids give exactly the logits of the ids."""
+    net = build(kind).model
+    ids, mask = _ids(), torch.ones(2, 12, dtype=torch.long)
+    if kind == "Seq2SeqLM":
+        memory = net.encode(inputs_embeds=net.embed(ids), attention_mask=mask)
+        torch.testing.assert_close(memory, net.encode(ids, mask), atol=0, rtol=0)
+        got = net.decode(None, memory, mask, decoder_inputs_embeds=net.embed(ids[:, :4]))
+        torch.testing.assert_close(got, net(ids, mask, ids[:, :4]), atol=0, rtol=0)
+        return
+    torch.testing.assert_close(net(inputs_embeds=net.embed(ids), attention_mask=mask), net(ids, mask), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="either input_ids or inputs_embeds"):
+        net(ids, inputs_embeds=net.embed(ids))
+    with pytest.raises(ValueError, match="either input_ids or inputs_embeds"):
+        net()
+
+
+def test_mask_inputs_keep_padding_kind_decoding_and_documents_apart():
+    from llm_modules.nn.kv_cache import KVCache
+    from llm_modules.nn.mask_inputs import MaskInputs, self_attention_mask
+
+    cfg = build("CausalLM").model.config
+    cache = KVCache()
+    cache.length = 3
+    padding = torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]])
+    x = torch.zeros(2, 2, cfg.d_model)
+    # decoding: the new tokens' queries start after the cache, the keys span both, positions count real tokens
+    mask, positions = self_attention_mask(cfg, MaskInputs(True, padding, cache=cache), x)
+    assert (mask.q_len, mask.k_len, mask.q_offset) == (2, 5, 3)
+    assert positions.tolist() == [[2, 3], [3, 4]]
+    with pytest.raises(ValueError, match="with 3 cached and 2 new it must cover 5"):
+        self_attention_mask(cfg, MaskInputs(True, padding[:, 1:], cache=cache), x)
+    # the kind: a prefix decoder's prefix, and an encoder's two-way attention
+    mask, _ = self_attention_mask(cfg, MaskInputs(True, prefix_lengths=torch.tensor([2, 1])), x)
+    assert mask.prefix_lengths.tolist() == [2, 1] and mask.causal
+    assert self_attention_mask(cfg, MaskInputs(False), x)[0].is_empty
+    # training on packed rows: documents restart positions; never with a cache or a prefix
+    mask, positions = self_attention_mask(cfg, MaskInputs(True, document_ids=torch.tensor([[0, 1], [0, 0]])), x)
+    assert positions.tolist() == [[0, 0], [0, 1]] and mask.documents is not None
+    with pytest.raises(ValueError, match="a KV cache"):
+        MaskInputs(True, cache=cache, document_ids=torch.zeros(2, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="prefix_lengths: a prefix belongs to a row"):
+        MaskInputs(True, prefix_lengths=torch.tensor([1, 1]), document_ids=torch.zeros(2, 2, dtype=torch.long))

@@ -59,10 +59,13 @@ def test_seq2seq_prefix_serves_encoder_and_decoder_self_attention():
     tokens, decoder = ids(2, 6), ids(2, 4, seed=5)
     got = net(tokens, decoder_input_ids=decoder)
     encoder_cache, decoder_cache = prefilled(net, "encoder", 2), prefilled(net, "decoder", 2)
+    public_cache = prefilled(net, "encoder", 2)
     net.virtual_tokens = None
     n = tokens.shape[1]
     memory = net.encoder(net.embed(tokens), AttentionMask(n, n + P, q_offset=P), torch.arange(P, n + P).expand(2, n),
                          cache=encoder_cache)
+    # the same through the model's public input: an encoder cache that holds the prefix
+    torch.testing.assert_close(net.encode(tokens, cache=public_cache), memory, atol=0, rtol=0)
     torch.testing.assert_close(got, net.decode(decoder, memory, cache=decoder_cache), atol=1e-5, rtol=0)
 
 

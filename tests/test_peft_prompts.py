@@ -4,13 +4,20 @@ decoding and every LM kind see the same thing; only the prompt trains."""
 
 from __future__ import annotations
 
+import copy
+import pickle
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
+import llm_modules.nn
 from llm_modules import CausalLM, ModelConfig
 from llm_modules.generation import generate
 from llm_modules.nn.masks import AttentionMask
-from llm_modules.peft import apply_peft, peft_state_dict
+from llm_modules.nn.lm import DecoderLM
+from llm_modules.peft import adapters_disabled, apply_peft, peft_state_dict
 from llm_modules.peft.prompt import LSTMEncoder, MLPEncoder, PromptEncoder, SoftPrompt
 from llm_modules.registry import ConfigError
 
@@ -46,6 +53,37 @@ def test_prompt_equals_embeddings_prepended_by_hand(preset):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
     net.virtual_tokens = None  # the prompt made a difference
     assert (logits(net, tokens, prefix_lengths=prefix) - expected).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("preset", ["llama-tiny", "bert-tiny"])
+def test_prompt_reaches_the_model_through_its_public_inputs(preset):
+    """What the prompted model computes is the plain model fed ``inputs_embeds``: the prompt, then
+    the embedded tokens; its logits for the prompt are dropped."""
+    net = model(preset, {"name": "prompt", "num_virtual_tokens": P})
+    tokens = ids(2, 6)
+    got = logits(net, tokens)
+    x = torch.cat((net.virtual_tokens.weight.unsqueeze(0).expand(2, -1, -1), net.embed(tokens)), 1)
+    with adapters_disabled(net):
+        torch.testing.assert_close(got, net(inputs_embeds=x)[:, P:], atol=1e-5, rtol=0)
+
+
+def test_the_torch_models_know_nothing_of_virtual_tokens():
+    """nn/ has no soft prompts or learned prefixes: the PEFT methods own them (peft.virtual_tokens)."""
+    sources = Path(llm_modules.nn.__file__).parent.glob("*.py")
+    mentions = [p.name for p in sources if re.search(r"virtual|llm_modules\.peft|soft prompt", p.read_text(), re.I)]
+    assert mentions == []
+
+
+def test_a_prompted_model_is_still_its_kind_changed_in_place():
+    lm = CausalLM(ModelConfig.from_preset("llama-tiny")).eval()
+    net, base_keys = lm.model, set(lm.state_dict())
+    apply_peft(lm, {"name": "prompt", "num_virtual_tokens": P})
+    assert lm.model is net and isinstance(net, DecoderLM)
+    assert set(lm.state_dict()) == base_keys | {"model.virtual_tokens.weight"}
+    tokens = ids(2, 5)
+    expected = lm(tokens)
+    for copied in (copy.deepcopy(lm), pickle.loads(pickle.dumps(lm))):
+        torch.testing.assert_close(copied(tokens), expected, atol=0, rtol=0)
 
 
 def test_seq2seq_prompt_leads_the_encoder_and_the_decoder_reads_it():
