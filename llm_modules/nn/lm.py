@@ -99,7 +99,8 @@ class DecoderLM(_SingleStackLM):
         cached ones and ``attention_mask`` covers cached and new tokens (``nn.mask_inputs``).
         ``document_ids`` (B, T): packed documents that must not attend to each other."""
         hidden = self.hidden(
-            input_ids, attention_mask, prefix_lengths, cache=cache, document_ids=document_ids, inputs_embeds=inputs_embeds
+            input_ids, attention_mask, prefix_lengths, cache=cache, document_ids=document_ids,
+            inputs_embeds=inputs_embeds,
         )
         return self.head(hidden)
 

@@ -38,7 +38,8 @@ class _SingleStackWithVirtualTokens:
         call = place(self.virtual_tokens, "stack", self.stack, rows, attention_mask, cache, document_ids)
         if call is None:
             return super().hidden(
-                input_ids, attention_mask, prefix_lengths, token_type_ids, cache, document_ids, inputs_embeds=inputs_embeds
+                input_ids, attention_mask, prefix_lengths, token_type_ids, cache, document_ids,
+                inputs_embeds=inputs_embeds,
             )
         if call.embeddings is not None:
             inputs_embeds = call.insert(embedded(self.embed, input_ids, inputs_embeds, token_type_ids))
@@ -65,7 +66,8 @@ class EncoderDecoderLMWithVirtualTokens(EncoderDecoderLM):
     def encode(self, input_ids=None, attention_mask=None, *, inputs_embeds=None, cache=None):
         """The encoder output; with soft prompts (B, P + T, D), the virtual tokens where they were
         placed (``decode`` extends the same ``attention_mask`` to match)."""
-        call = place(self.virtual_tokens, "encoder", self.encoder, _rows(input_ids, inputs_embeds), attention_mask, cache)
+        rows = _rows(input_ids, inputs_embeds)
+        call = place(self.virtual_tokens, "encoder", self.encoder, rows, attention_mask, cache)
         if call is None:
             return super().encode(input_ids, attention_mask, inputs_embeds=inputs_embeds, cache=cache)
         if call.embeddings is not None:
