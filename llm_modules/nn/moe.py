@@ -20,6 +20,10 @@ class MixtureOfExperts(nn.Module):
     (= weight) when the load is uniform. The LM adds every such loss to its objective.
     """
 
+    #: each token reaches only its top-k experts, so an expert that no token chose in a step gets no
+    #: gradient in it (DDP then needs ``find_unused_parameters``)
+    routes_tokens = True
+
     def __init__(
         self,
         d_model: int,

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from llm_modules.nn.fast import plain_tensors
-from llm_modules.nn.tensor_parallel import COLWISE, TensorParallelPlan, TensorParallelRefusal
+from llm_modules.nn.tensor_parallel import COLWISE, Divisible, TensorParallelPlan, TensorParallelRefusal
 from llm_modules.registry import POSITIONS, ConfigError
 
 
@@ -144,10 +144,16 @@ class ALiBi(PositionEncoding):
     def tensor_parallel_plan(self) -> TensorParallelPlan:
         """Fixed slopes (a buffer, no gradient): each rank keeps its contiguous run of heads, the
         same run that the column split of q gives it."""
-        return TensorParallelPlan(shard_local=self._keep_heads)
+        return TensorParallelPlan(shard_local=self._keep_heads, divisible=(per_head(self.slopes.shape[0]),))
 
     def _keep_heads(self, rank: int, size: int) -> None:
         self.slopes = self.slopes.chunk(size)[rank].contiguous()
+
+
+def per_head(n_heads: int) -> Divisible:
+    """The rule of a per-head bias split over tensor-parallel ranks: whole heads per rank."""
+    return Divisible("n_heads", n_heads, "the number of heads of the position bias",
+                     "each rank must own whole heads: choose n_heads")
 
 
 def alibi_slopes(n_heads: int) -> torch.Tensor:
@@ -190,7 +196,7 @@ class T5RelativeBias(PositionEncoding):
     def tensor_parallel_plan(self) -> TensorParallelPlan:
         """The table is (buckets, n_heads): a column split gives each rank its heads' columns, and
         its output holds just those heads."""
-        return TensorParallelPlan(layout={"table": COLWISE})
+        return TensorParallelPlan(layout={"table": COLWISE}, divisible=(per_head(self.table.embedding_dim),))
 
 
 def relative_bucket(relative: torch.Tensor, bidirectional: bool, num_buckets: int, max_distance: int) -> torch.Tensor:
