@@ -233,3 +233,24 @@ def test_a_per_head_bias_splits_into_each_ranks_heads(name):
         for rank in range(2):
             local = local_shard(enc, plan, rank, 2).bias(5, 7, 2)
             torch.testing.assert_close(local, full.chunk(2, dim=1)[rank])
+
+
+def test_a_position_that_declares_nothing_is_refused_at_build_naming_what_to_do():
+    from llm_modules.registry import POSITIONS
+
+    @POSITIONS.register("test-undeclared")
+    class Undeclared(nn.Module):
+        """A position plugin that is no PositionEncoding (test only)."""
+
+        def __init__(self):
+            super().__init__()
+
+        def embed(self, x, positions):
+            return x
+
+    try:
+        with pytest.raises(ConfigError, match=r"position 'test-undeclared': Undeclared does not declare embeds, "
+                                              r"rotates_qk, .*subclass llm_modules.nn.positions.PositionEncoding"):
+            CausalLM(config("position", "test-undeclared"))
+    finally:
+        POSITIONS.unregister("test-undeclared")

@@ -85,6 +85,22 @@ class PositionEncoding(nn.Module):
             )
 
 
+#: what every position encoding declares (``PositionEncoding`` gives the defaults)
+DECLARATIONS = ("embeds", "rotates_qk", "adds_score_bias", "linear_bias_slopes", "max_len", "tensor_parallel_plan")
+
+
+def check_declarations(encoding: object, name: str) -> None:
+    """Refuse, at model build, a registered encoding that does not declare the contract (a plugin class
+    that is not a ``PositionEncoding``): backends and the trainer read those declarations."""
+    missing = [attr for attr in DECLARATIONS if not hasattr(encoding, attr)]
+    if missing:
+        raise ConfigError(
+            f"position {name!r}: {type(encoding).__name__} does not declare {', '.join(missing)}; subclass "
+            "llm_modules.nn.positions.PositionEncoding (its defaults declare an encoding that acts nowhere) "
+            "and set what yours does"
+        )
+
+
 @POSITIONS.register("none")
 class NoPosition(PositionEncoding):
     """No position information (causal masks still leak order implicitly: NoPE)."""

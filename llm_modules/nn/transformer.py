@@ -13,6 +13,7 @@ from llm_modules.nn.attention import Attention
 from llm_modules.nn.attention_backends import AttentionBackend
 from llm_modules.nn.kv_cache import KVCache, LayerCache
 from llm_modules.nn.masks import AttentionMask
+from llm_modules.nn.positions import check_declarations
 from llm_modules.nn.tensor_parallel import TensorParallelPlan
 from llm_modules.registry import ACTIVATIONS, ATTENTIONS, NORMS, POSITIONS, RESIDUALS, split_spec
 
@@ -119,9 +120,11 @@ class Stack(nn.Module):
             )
             if needed
         }
+        position_name = split_spec(cfg.position, "position")[0]
+        check_declarations(self.position, position_name)
         backend.check(
             encoding=self.position, dropout=cfg.attention_dropout,
-            needs_masks=bool(masks), position=split_spec(cfg.position, "position")[0], masks=", ".join(masks),
+            needs_masks=bool(masks), position=position_name, masks=", ".join(masks),
             features=frozenset(features),
         )
         self.backend = backend
