@@ -1,4 +1,11 @@
-"""mkdocs hook: the CLI reference page, generated from the commands' own ``--help`` at build time.
+"""mkdocs hooks: the CLI reference page, generated from the commands' own ``--help`` at build time,
+and the registry's names printed live into any page that asks for them.
+
+Registry placeholders: ``{{ registry:SLOT }}`` becomes the built-in names of that slot, comma
+separated (for code and output blocks); ``{{ registry:SLOT:code }}`` the same names each in backticks
+(for prose and tables). A page that lists the names of a slot says so with a placeholder instead
+of a list, so a new component appears on every such page by being registered. An unknown slot
+fails the build.
 
 ``mkdocs.yml`` names this file under ``hooks:``. ``on_files`` adds ``reference/cli.md`` to the
 site as a generated file, so the page always matches the installed CLI and nothing is written
@@ -9,8 +16,10 @@ build.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -112,6 +121,46 @@ def render() -> str:
         else:
             lines += ["```text", text.rstrip(), "```", ""]
     return "\n".join(lines)
+
+
+PLACEHOLDER = re.compile(r"\{\{\s*registry:([a-z_]+)(:code)?\s*\}\}")
+
+_CATALOGUE = """
+import json, sys
+from llm_modules.registry import catalogue
+json.dump(catalogue(), sys.stdout)
+"""
+
+
+@functools.lru_cache(maxsize=1)
+def builtin_names() -> dict[str, list[str]]:
+    """{slot: names} of the components llm-modules itself registers (installed plugins are left out,
+    so the site does not depend on what the machine that builds it has installed)."""
+    result = subprocess.run([sys.executable, "-c", _CATALOGUE], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"reading the registry for the docs failed:\n{result.stderr}")
+    return {slot: [e["name"] for e in entries if e["provider"] == "llm_modules"]
+            for slot, entries in json.loads(result.stdout).items()}
+
+
+def fill_registry(markdown: str, names: dict[str, list[str]], where: str = "page") -> str:
+    """``markdown`` with every registry placeholder replaced by the names of its slot."""
+
+    def names_of(match: re.Match) -> str:
+        slot, code = match.group(1), match.group(2)
+        if slot not in names:
+            raise RuntimeError(f"{where}: unknown registry slot {slot!r} in {match.group(0)!r}; slots: "
+                               f"{', '.join(sorted(names))}")
+        return ", ".join(f"`{n}`" if code else n for n in names[slot])
+
+    return PLACEHOLDER.sub(names_of, markdown)
+
+
+def on_page_markdown(markdown, page, config, files, **kwargs):
+    if PLACEHOLDER.search(markdown) is None:
+        return markdown
+    return fill_registry(markdown, builtin_names(), page.file.src_path)
 
 
 def on_files(files, config, **kwargs):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from llm_modules import CausalLM, MaskedLM, ModelConfig, PrefixLM, Seq2SeqLM
+from llm_modules.registry import MODEL_REGISTRIES
 
 KINDS = {"CausalLM": CausalLM, "PrefixLM": PrefixLM, "Seq2SeqLM": Seq2SeqLM, "MaskedLM": MaskedLM}
 
@@ -17,14 +18,17 @@ VOCAB = 50
 MASK_ID = 1  # token used for [MASK] in MaskedLM batches
 PAD_ID = 0
 
-#: position settings used across the tests; the last rotates interleaved pairs of half of each head
+
+def builtin_names(slot: str) -> list[str]:
+    """The names llm-modules itself registers in a model slot, read from the registry (plugins, whose
+    presence depends on the environment, are left out; the contract tests cover them)."""
+    return [e.name for e in MODEL_REGISTRIES[slot].entries() if e.provider == "llm_modules"]
+
+
+#: position settings used across the tests: every built-in encoding, and RoPE rotating interleaved
+#: pairs of half of each head
 POSITIONS = {
-    "none": "none",
-    "sinusoidal": "sinusoidal",
-    "learned": "learned",
-    "t5": "t5",
-    "alibi": "alibi",
-    "rope": "rope",
+    **{name: name for name in builtin_names("position")},
     "rope_interleaved_partial": {"name": "rope", "interleaved": True, "fraction": 0.5},
 }
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from _core_helpers import KINDS, build, run, same_weights, tiny_config
+from _core_helpers import KINDS, build, builtin_names, run, same_weights, tiny_config
 from llm_modules import ATTENTIONS, CausalLM, ConfigError, MaskedLM, PrefixLM, Seq2SeqLM
 from llm_modules.nn.attention_backends import AttentionBackend, EagerAttention, FlexAttention, SDPAttention
 from llm_modules.nn.masks import AttentionMask
@@ -197,8 +197,21 @@ def limited_backends():
     ATTENTIONS.unregister("test-causal-only")
 
 
+def _positions(adds_score_bias: bool) -> list[str]:
+    """Built-in encodings by their declared ``adds_score_bias`` (built once each, to read it)."""
+    return [name for name in builtin_names("position")
+            if CausalLM(tiny_config(position=name)).model.stack.position.adds_score_bias == adds_score_bias]
+
+
+BIAS_POSITIONS, OTHER_POSITIONS = _positions(True), _positions(False)
+
+
+def test_positions_split_into_both_groups():
+    assert BIAS_POSITIONS and OTHER_POSITIONS
+
+
 @pytest.mark.parametrize("kind", sorted(KINDS))
-@pytest.mark.parametrize("position", ["t5", "alibi"])
+@pytest.mark.parametrize("position", BIAS_POSITIONS)
 def test_backend_without_bias_is_refused_for_bias_positions(limited_backends, kind, position):
     with pytest.raises(ConfigError) as err:
         KINDS[kind](tiny_config(attention="test-nobias", position=position))
@@ -208,7 +221,7 @@ def test_backend_without_bias_is_refused_for_bias_positions(limited_backends, ki
 
 
 def test_backend_without_bias_serves_other_positions(limited_backends):
-    for position in ("rope", "learned", "none", "sinusoidal"):
+    for position in OTHER_POSITIONS:
         lm = CausalLM(tiny_config(attention="test-nobias", position=position))
         assert lm(torch.randint(2, 50, (1, 6))).shape == (1, 6, 50)
 

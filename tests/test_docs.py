@@ -326,3 +326,27 @@ def test_args_go_to_each_training_command_before_pipes_redirects_and_comments():
         "llm-modules validate --ckpt_path 'x#y.ckpt' -X 1 | tail -1 && llm-modules test --config a.yaml -X 1",
         "llm-modules registry",
     ]
+
+
+def test_registry_placeholders_print_the_live_registry():
+    """Pages list a slot's names as ``{{ registry:SLOT }}`` (scripts/docs_hooks.py fills them in at
+    build time from the registry); every placeholder on every page names a real slot and becomes
+    exactly the built-in names registered now."""
+    import importlib.util
+
+    from llm_modules.registry import REGISTRIES
+
+    spec = importlib.util.spec_from_file_location("docs_hooks", ROOT / "scripts" / "docs_hooks.py")
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    names = {slot: [e.name for e in reg.entries() if e.provider == "llm_modules"] for slot, reg in REGISTRIES.items()}
+    used = 0
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        used += len(hooks.PLACEHOLDER.findall(text))
+        filled = hooks.fill_registry(text, names, rel(page))
+        assert "{{ registry:" not in filled, rel(page)
+    assert used, "no page prints the registry"
+    assert hooks.fill_registry("{{ registry:norm:code }}", names) == ", ".join(f"`{n}`" for n in names["norm"])
+    with pytest.raises(RuntimeError, match="unknown registry slot 'norms'"):
+        hooks.fill_registry("{{ registry:norms }}", names)

@@ -9,7 +9,7 @@ import lightning as L
 import pytest
 import torch
 
-from _core_helpers import VOCAB, build, same_weights, tiny_config
+from _core_helpers import VOCAB, build, builtin_names, same_weights, tiny_config
 from llm_modules import CausalLM
 from llm_modules.data.datamodule import TextDataModule
 from llm_modules.data.collators import MaskingCollator
@@ -63,7 +63,7 @@ def test_positions_restart_at_each_document():
 
 
 # flex runs unfused on CPU (about 2 s a case), so it covers an absolute and a bias encoding only
-CASES = [(p, a) for p in ("learned", "sinusoidal", "rope", "alibi", "t5", "none") for a in ("eager", "sdpa")]
+CASES = [(p, a) for p in builtin_names("position") for a in ("eager", "sdpa")]
 CASES += [("learned", "flex"), ("alibi", "flex")]
 
 

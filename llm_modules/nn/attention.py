@@ -9,6 +9,7 @@ from llm_modules.nn.attention_backends import AttentionBackend, default_scale
 from llm_modules.nn.kv_cache import CacheEntry
 from llm_modules.nn.masks import AttentionMask
 from llm_modules.nn.positions import PositionEncoding
+from llm_modules.nn.tensor_parallel import COLWISE, ROWWISE, Divisible, TensorParallelPlan
 
 
 class Attention(nn.Module):
@@ -67,6 +68,18 @@ class Attention(nn.Module):
                     cache.store(k, v)
         out = self.backend(q, k, v, mask, bias, self.scale, self.dropout if self.training else 0.0)
         return self.o(out.transpose(1, 2).flatten(2))
+
+    def tensor_parallel_plan(self) -> TensorParallelPlan:
+        """q, k, v by columns (each rank owns n_heads/tp query heads and n_kv_heads/tp key/value
+        heads, contiguous runs), o by rows (its all-reduce restores the full hidden state)."""
+        def whole_heads(field: str, value: int, what: str) -> Divisible:
+            return Divisible(field, value, what, f"each rank must own whole heads: choose {field}")
+
+        return TensorParallelPlan(
+            layout={"q": COLWISE, "k": COLWISE, "v": COLWISE, "o": ROWWISE},
+            divisible=(whole_heads("n_heads", self.n_heads, "the number of query heads"),
+                       whole_heads("n_kv_heads", self.n_kv_heads, "the number of key/value heads")),
+        )
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, heads * head_dim) -> (B, heads, T, head_dim). The head count is read from the

@@ -21,6 +21,10 @@ from llm_modules.registry import ATTENTIONS, ConfigError
 class AttentionBackend(abc.ABC):
     """Base class. Shapes: q (B, H, Tq, D); k, v (B, Hkv, Tk, D) with H a multiple of Hkv."""
 
+    #: what the CPU contract tests may run: False for backends that need a GPU or a package
+    #: (their refusal at build says why); ``cpu_backward`` False: forward only on CPU
+    runs_on_cpu = True
+    cpu_backward = True
     name = "backend"
     supports_bias = True  # additive score bias (ALiBi, T5 relative positions)
     supports_dropout = True  # dropout on attention probabilities
@@ -29,24 +33,25 @@ class AttentionBackend(abc.ABC):
     def check(
         self,
         *,
-        needs_bias: bool,
+        encoding: object,
         dropout: float,
         needs_masks: bool = True,
         position: str | None = None,
         masks: str | None = None,
-        encoding: object | None = None,
         features: frozenset[str] = frozenset(),
     ) -> None:
         """Raise ConfigError if this backend cannot compute what the model asks for.
 
-        ``position`` and ``masks`` name what asks for a bias / a structured mask, so the message
-        names the whole combination (e.g. attention 'x' + position 't5'). ``encoding`` is the
-        position encoding itself and ``features`` the stack's mask structure as short keys
-        (``bidirectional``, ``prefix``, ``cross``, ``sliding_window``, ``sparse_stride``), for
-        backends that serve some structures or biases and not others (a plugin overrides this
-        method, calls it via ``super()`` and adds its own refusals).
+        ``encoding`` is the stack's position encoding: what it needs is read from its declared
+        capabilities (``adds_score_bias``, ``linear_bias_slopes``, ``rotates_qk``; see
+        ``llm_modules.nn.positions.PositionEncoding``), never by calling it. ``position`` and
+        ``masks`` name what asks for a bias / a structured mask, so the message names the whole
+        combination (e.g. attention 'x' + position 't5'). ``features`` is the stack's mask structure
+        as short keys (``bidirectional``, ``prefix``, ``cross``, ``sliding_window``,
+        ``sparse_stride``), for backends that serve some structures or biases and not others (a
+        plugin overrides this method, calls it via ``super()`` and adds its own refusals).
         """
-        if needs_bias and not self.supports_bias:
+        if encoding.adds_score_bias and not self.supports_bias:
             what = f"position {position!r}" if position else "this position encoding"
             raise ConfigError(
                 f"attention {self.name!r} cannot add the additive attention bias that {what} needs; "
@@ -64,10 +69,11 @@ class AttentionBackend(abc.ABC):
             )
 
     def score_bias(self, encoding, q_len: int, k_len: int, q_offset: int = 0):
-        """What this backend receives as ``bias``: by default the encoding's dense additive bias
-        (B or 1, H, Tq, Tk) or None. A backend with a fused form of some bias (flash-attn's ALiBi
-        slopes) returns that instead, so the dense tensor is never built."""
-        return encoding.bias(q_len, k_len, q_offset)
+        """What this backend receives as ``bias``: by default the dense additive bias (B or 1, H, Tq, Tk)
+        of an encoding that declares ``adds_score_bias``, else None. A backend with a fused form of
+        some bias (flash-attn's ALiBi slopes, for ``linear_bias_slopes``) returns that instead, so the
+        dense tensor is never built."""
+        return encoding.bias(q_len, k_len, q_offset) if encoding.adds_score_bias else None
 
     @abc.abstractmethod
     def __call__(
@@ -140,6 +146,7 @@ class FlexAttention(AttentionBackend):
 
     name = "flex"
     supports_dropout = False
+    cpu_backward = False
 
     def __call__(self, q, k, v, mask, bias, scale, dropout=0.0):
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention

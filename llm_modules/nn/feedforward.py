@@ -3,6 +3,10 @@
 Plain blocks are ``out(act(in(x)))``. Gated (GLU-family) blocks are ``out(act(gate(x)) * up(x))``
 (Shazeer, 2020); they have three matrices instead of two, so their default hidden size is 2/3 of
 the plain block's, which keeps the parameter count equal to the classic 4*d MLP.
+
+A feed-forward block declares its tensor-parallel plan (``tensor_parallel_plan``): the matrices
+into the hidden layer split by columns, the one out of it by rows, and the hidden size must divide.
+A registered block without that method (a plugin's) is refused under tensor parallelism.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llm_modules.nn.tensor_parallel import COLWISE, ROWWISE, Divisible, TensorParallelPlan
 from llm_modules.registry import ACTIVATIONS, ConfigError
 
 Activation = Callable[[torch.Tensor], torch.Tensor]
@@ -22,6 +27,17 @@ Activation = Callable[[torch.Tensor], torch.Tensor]
 def default_hidden(d_model: int, gated: bool) -> int:
     """4*d for a plain MLP; round(2/3 * 4*d) for a gated one (same parameter count)."""
     return round(8 * d_model / 3) if gated else 4 * d_model
+
+
+def hidden_split(into: tuple[str, ...], out: str, hidden: int) -> TensorParallelPlan:
+    """The Megatron split of a feed-forward: the ``into`` matrices by columns (each rank owns a slice
+    of the hidden units), ``out`` by rows (its all-reduce restores the full output); an uneven split
+    would misalign the row-parallel shards, so ``hidden`` must divide."""
+    return TensorParallelPlan(
+        layout={**{name: COLWISE for name in into}, out: ROWWISE},
+        divisible=(Divisible("d_ff", hidden, "the feed-forward hidden size (d_ff, or its default from d_model)",
+                             "set d_ff to"),),
+    )
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -50,6 +66,9 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down(self.dropout(self.act(self.up(x))))
 
+    def tensor_parallel_plan(self) -> TensorParallelPlan:
+        return hidden_split(("up",), "down", self.up.out_features)
+
 
 class GatedMLP(nn.Module):
     """Three-matrix GLU feed-forward ``down(act(gate(x)) * up(x))``."""
@@ -67,6 +86,9 @@ class GatedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down(self.dropout(self.act(self.gate(x)) * self.up(x)))
+
+    def tensor_parallel_plan(self) -> TensorParallelPlan:
+        return hidden_split(("gate", "up"), "down", self.up.out_features)
 
 
 @ACTIVATIONS.register("relu")

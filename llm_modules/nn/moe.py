@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from llm_modules.nn.tensor_parallel import TensorParallelRefusal
 from llm_modules.registry import ACTIVATIONS, ConfigError, split_spec
 
 
@@ -18,6 +19,10 @@ class MixtureOfExperts(nn.Module):
     share of routed slots that went to expert e and P_e its mean router probability; it is minimal
     (= weight) when the load is uniform. The LM adds every such loss to its objective.
     """
+
+    #: each token reaches only its top-k experts, so an expert that no token chose in a step gets no
+    #: gradient in it (DDP then needs ``find_unused_parameters``)
+    routes_tokens = True
 
     def __init__(
         self,
@@ -57,3 +62,10 @@ class MixtureOfExperts(nn.Module):
         share = torch.bincount(top_i.flatten(), minlength=self.n_experts).float() / top_i.numel()
         self.aux_loss = self.aux_loss_weight * self.n_experts * (share * probs.mean(0)).sum()
         return out.reshape(x.shape)
+
+    def tensor_parallel_plan(self) -> TensorParallelRefusal:
+        """Refused: the router sends each token to different experts, so splitting every expert's
+        matrices would all-reduce per expert per token subset; expert parallelism is another plan."""
+        return TensorParallelRefusal(
+            "routes tokens among experts and has no tensor-parallel plan (only plain and gated MLPs do)"
+        )

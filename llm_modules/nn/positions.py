@@ -4,6 +4,10 @@ An encoding acts at one or more of three places, and does nothing at the others:
 ``embed`` adds to the token embeddings (absolute encodings), ``rotate`` turns queries and keys
 (RoPE), ``bias`` returns an additive attention bias (ALiBi, T5 relative buckets).
 Positions are per example (B, T), counted over real tokens, so left padding does not move them.
+
+Each encoding *declares* where it acts (``embeds``, ``rotates_qk``, ``adds_score_bias``,
+``linear_bias_slopes``) and how it splits over tensor-parallel ranks (``tensor_parallel_plan``), so
+that attention backends and the trainer ask the declaration instead of probing calls or types.
 """
 
 from __future__ import annotations
@@ -15,14 +19,40 @@ import torch
 from torch import nn
 
 from llm_modules.nn.fast import plain_tensors
+from llm_modules.nn.tensor_parallel import COLWISE, Divisible, TensorParallelPlan, TensorParallelRefusal
 from llm_modules.registry import POSITIONS, ConfigError
 
 
 class PositionEncoding(nn.Module):
-    """Base class: an encoding that does nothing anywhere."""
+    """Base class: an encoding that does nothing anywhere.
+
+    The contract (what the rest of the system reads, and nothing else):
+
+    - ``embeds``: ``embed`` adds to the token embeddings (absolute encodings);
+    - ``rotates_qk``: ``rotate`` turns queries and keys (RoPE);
+    - ``adds_score_bias``: ``bias`` returns an additive score bias (B or 1, H, Tq, Tk); backends
+      that cannot add one refuse such an encoding at model build;
+    - ``linear_bias_slopes``: that bias is exactly ``-slopes[h] * |q - k|`` with the per-head buffer
+      ``slopes`` (H,), which fused kernels (flash-attn) take instead of the dense tensor;
+    - ``max_len``: the longest sequence it can represent (None: unbounded);
+    - ``tensor_parallel_plan()``: how its per-head state splits over tensor-parallel ranks. By
+      default nothing per-head (replicated); an encoding that adds a score bias is refused unless it
+      says how its heads split, since a rank sees only its own heads.
+
+    Each flag must agree with the methods (the contract tests check every registered encoding):
+    an encoding that overrides ``bias`` sets ``adds_score_bias``, and so on.
+    """
 
     #: the largest sequence length this encoding can represent (None: unbounded)
     max_len: int | None = None
+    #: ``embed`` adds to the token embeddings
+    embeds: bool = False
+    #: ``rotate`` turns queries and keys
+    rotates_qk: bool = False
+    #: ``bias`` returns an additive attention-score bias
+    adds_score_bias: bool = False
+    #: the bias is ``-slopes * |q - k|`` from a per-head buffer ``slopes`` (ALiBi's form)
+    linear_bias_slopes: bool = False
 
     def __init__(self):  # explicit, so the registry sees a signature without **kwargs
         super().__init__()
@@ -38,12 +68,37 @@ class PositionEncoding(nn.Module):
     def bias(self, q_len: int, k_len: int, q_offset: int = 0) -> torch.Tensor | None:
         return None
 
+    def tensor_parallel_plan(self) -> TensorParallelPlan | TensorParallelRefusal:
+        """Nothing per head: replicated. An encoding with a per-head score bias overrides this."""
+        if self.adds_score_bias:
+            return TensorParallelRefusal(
+                "adds a per-head score bias and declares no tensor-parallel split of its heads",
+                "use position rope, alibi or t5, or data parallelism alone (tensor_parallel_size: 1)",
+            )
+        return TensorParallelPlan()
+
     def check_length(self, length: int) -> None:
         if self.max_len is not None and length > self.max_len:
             raise ConfigError(
                 f"sequence length {length} is beyond what position {type(self).__name__} allows "
                 f"(max_seq_len={self.max_len}); raise max_seq_len or shorten the input"
             )
+
+
+#: what every position encoding declares (``PositionEncoding`` gives the defaults)
+DECLARATIONS = ("embeds", "rotates_qk", "adds_score_bias", "linear_bias_slopes", "max_len", "tensor_parallel_plan")
+
+
+def check_declarations(encoding: object, name: str) -> None:
+    """Refuse, at model build, a registered encoding that does not declare the contract (a plugin class
+    that is not a ``PositionEncoding``): backends and the trainer read those declarations."""
+    missing = [attr for attr in DECLARATIONS if not hasattr(encoding, attr)]
+    if missing:
+        raise ConfigError(
+            f"position {name!r}: {type(encoding).__name__} does not declare {', '.join(missing)}; subclass "
+            "llm_modules.nn.positions.PositionEncoding (its defaults declare an encoding that acts nowhere) "
+            "and set what yours does"
+        )
 
 
 @POSITIONS.register("none")
@@ -54,6 +109,8 @@ class NoPosition(PositionEncoding):
 @POSITIONS.register("sinusoidal")
 class Sinusoidal(PositionEncoding):
     """Fixed sine/cosine absolute encoding added to the embeddings (Vaswani et al.)."""
+
+    embeds = True
 
     def __init__(self, d_model: int, base: float = 10000.0):
         super().__init__()
@@ -71,6 +128,8 @@ class Sinusoidal(PositionEncoding):
 class LearnedAbsolute(PositionEncoding):
     """A learned embedding per absolute position, added to the token embeddings (GPT-2, BERT)."""
 
+    embeds = True
+
     def __init__(self, d_model: int, max_seq_len: int):
         super().__init__()
         self.max_len = max_seq_len
@@ -85,6 +144,9 @@ class LearnedAbsolute(PositionEncoding):
 class ALiBi(PositionEncoding):
     """ALiBi (Press et al.): a per-head linear penalty ``-slope * |q - k|`` on attention scores (BLOOM)."""
 
+    adds_score_bias = True
+    linear_bias_slopes = True
+
     def __init__(self, n_heads: int):
         super().__init__()
         self.register_buffer("slopes", alibi_slopes(n_heads), persistent=False)
@@ -94,6 +156,20 @@ class ALiBi(PositionEncoding):
         k = torch.arange(k_len, device=self.slopes.device)
         distance = (q.view(-1, 1) - k.view(1, -1)).abs().float()
         return (-self.slopes.view(1, -1, 1, 1) * distance).to(torch.float32)
+
+    def tensor_parallel_plan(self) -> TensorParallelPlan:
+        """Fixed slopes (a buffer, no gradient): each rank keeps its contiguous run of heads, the
+        same run that the column split of q gives it."""
+        return TensorParallelPlan(shard_local=self._keep_heads, divisible=(per_head(self.slopes.shape[0]),))
+
+    def _keep_heads(self, rank: int, size: int) -> None:
+        self.slopes = self.slopes.chunk(size)[rank].contiguous()
+
+
+def per_head(n_heads: int) -> Divisible:
+    """The rule of a per-head bias split over tensor-parallel ranks: whole heads per rank."""
+    return Divisible("n_heads", n_heads, "the number of heads of the position bias",
+                     "each rank must own whole heads: choose n_heads")
 
 
 def alibi_slopes(n_heads: int) -> torch.Tensor:
@@ -119,6 +195,8 @@ class T5RelativeBias(PositionEncoding):
     unidirectional in causal decoders. One table per stack, shared by all its layers.
     """
 
+    adds_score_bias = True
+
     def __init__(self, n_heads: int, bidirectional: bool, num_buckets: int = 32, max_distance: int = 128):
         super().__init__()
         self.bidirectional, self.num_buckets, self.max_distance = bidirectional, num_buckets, max_distance
@@ -130,6 +208,11 @@ class T5RelativeBias(PositionEncoding):
         k = torch.arange(k_len, device=device)
         buckets = relative_bucket(k.view(1, -1) - q.view(-1, 1), self.bidirectional, self.num_buckets, self.max_distance)
         return self.table(buckets).permute(2, 0, 1).unsqueeze(0).float()
+
+    def tensor_parallel_plan(self) -> TensorParallelPlan:
+        """The table is (buckets, n_heads): a column split gives each rank its heads' columns, and
+        its output holds just those heads."""
+        return TensorParallelPlan(layout={"table": COLWISE}, divisible=(per_head(self.table.embedding_dim),))
 
 
 def relative_bucket(relative: torch.Tensor, bidirectional: bool, num_buckets: int, max_distance: int) -> torch.Tensor:
@@ -155,6 +238,8 @@ class RoPE(PositionEncoding):
     ``fraction`` rotates only the first part of each head (GPT-NeoX/GPT-J partial rotary);
     ``interleaved`` pairs adjacent features (GPT-J, original paper) instead of the two halves (LLaMA).
     """
+
+    rotates_qk = True
 
     def __init__(self, head_dim: int, theta: float = 10000.0, fraction: float = 1.0, interleaved: bool = False):
         super().__init__()

@@ -1,8 +1,11 @@
 """Residual layouts: where the norms sit around each sublayer (attention, cross-attention, FFN).
 
 A layout owns the norms of one block and is called with the block's input and its sublayers as
-functions of a normalized hidden state. ``needs_final_norm`` says whether the stack should end
-with a norm (pre-norm stacks leave the residual stream unnormalized; post-norm stacks do not).
+functions of a normalized hidden state. It declares what the rest of the model asks of it:
+``needs_final_norm`` (whether the stack should end with a norm: pre-norm stacks leave the residual
+stream unnormalized, post-norm stacks do not), ``init_gain`` (the DeepNet init gain of the block's
+value/output/FFN projections) and ``places_cross_attention`` (whether it can wire a third sublayer,
+an encoder-decoder's cross-attention; a layout that cannot refuses at build as well).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ class ResidualLayout(nn.Module, abc.ABC):
     needs_final_norm = True
     #: gain for the DeepNet init of value/output/FFN projections (1.0: the standard init)
     init_gain = 1.0
+    #: can wire cross-attention as a third sublayer (encoder-decoder decoders)
+    places_cross_attention = True
 
     @abc.abstractmethod
     def forward(self, x: torch.Tensor, sublayers: Sequence[Sublayer]) -> torch.Tensor:
@@ -108,6 +113,8 @@ class ParallelBlock(ResidualLayout):
     ``shared_norm: false`` gives each sublayer its own norm (GPT-NeoX). Cross-attention has no
     parallel form here: an encoder-decoder decoder must use another layout.
     """
+
+    places_cross_attention = False
 
     def __init__(self, make_norm: NormFactory, n_sublayers: int, shared_norm: bool = True):
         super().__init__()

@@ -13,6 +13,8 @@ from llm_modules.nn.attention import Attention
 from llm_modules.nn.attention_backends import AttentionBackend
 from llm_modules.nn.kv_cache import KVCache, LayerCache
 from llm_modules.nn.masks import AttentionMask
+from llm_modules.nn.positions import check_declarations
+from llm_modules.nn.tensor_parallel import TensorParallelPlan
 from llm_modules.registry import ACTIVATIONS, ATTENTIONS, NORMS, POSITIONS, RESIDUALS, split_spec
 
 
@@ -67,6 +69,14 @@ class Block(nn.Module):
         sublayers.append(lambda h: self.dropout(self.ffn(h)))
         return self.residual(x, sublayers)
 
+    def tensor_parallel_plan(self) -> TensorParallelPlan:
+        """Nothing of its own to split; its attention and feed-forward must each declare a plan
+        (the residual layout's norms are replicated)."""
+        parts = {"attn": "attention", "ffn": "activation"}
+        if self.cross_attn is not None:
+            parts["cross_attn"] = "attention"
+        return TensorParallelPlan(parts=parts)
+
 
 class Stack(nn.Module):
     """Embedded tokens -> hidden states: positions, optional embedding norm, blocks, final norm.
@@ -110,10 +120,12 @@ class Stack(nn.Module):
             )
             if needed
         }
+        position_name = split_spec(cfg.position, "position")[0]
+        check_declarations(self.position, position_name)
         backend.check(
-            needs_bias=self.position.bias(1, 1) is not None, dropout=cfg.attention_dropout,
-            needs_masks=bool(masks), position=split_spec(cfg.position, "position")[0], masks=", ".join(masks),
-            encoding=self.position, features=frozenset(features),
+            encoding=self.position, dropout=cfg.attention_dropout,
+            needs_masks=bool(masks), position=position_name, masks=", ".join(masks),
+            features=frozenset(features),
         )
         self.backend = backend
         self.embedding_norm = build_norm(cfg) if cfg.embedding_norm else None
@@ -125,6 +137,15 @@ class Stack(nn.Module):
         needs_final = self.layers[0].residual.needs_final_norm if n_layers else False
         self.final_norm = build_norm(cfg) if needs_final else nn.Identity()
         self.checkpointed: frozenset[int] = frozenset()
+
+    def tensor_parallel_plan(self) -> TensorParallelPlan:
+        """The position encoding must declare how its per-head state splits (blocks declare their own)."""
+        return TensorParallelPlan(parts={"position": "position"})
+
+    def fsdp_units(self) -> list[nn.Module]:
+        """What FSDP wraps one by one: each entry of ``layers`` (a block, or the wrapper that
+        activation checkpointing put around it), so only one block's full weights exist at a time."""
+        return list(self.layers)
 
     def checkpoint_blocks(self, indices: Iterable[int]) -> None:
         """Recompute these blocks in the backward pass: each keeps only its input alive instead of

@@ -146,7 +146,7 @@ def embedding_parameters(model: nn.Module) -> list[nn.Parameter]:
     for module in model.modules():
         if isinstance(module, TokenEmbedding):
             params.extend(module.parameters())
-        elif isinstance(module, PositionEncoding) and type(module).embed is not PositionEncoding.embed:
+        elif isinstance(module, PositionEncoding) and module.embeds:
             params.extend(module.parameters())
     return params
 

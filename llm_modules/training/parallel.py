@@ -6,15 +6,17 @@ model never knows: its linear layers are split by a plan (Megatron-style, torcht
 blocks are sharded with ``fully_shard``. Without a mesh (every other strategy) only ``remember_shapes``
 runs.
 
-The plan, per block:
+The plan is the components' own (``tensor_parallel_plan()``, ``llm_modules.nn.tensor_parallel``); this
+module only walks the model, checks and applies what each declares, and knows no component type.
+Today's built-ins declare, per block:
   attention    q, k, v column-parallel (each rank owns n_heads/tp query heads and n_kv_heads/tp key/value
                heads); o row-parallel (its all-reduce restores the full hidden state).
-  feed-forward gate/up column-parallel, down row-parallel.
+  feed-forward gate/up column-parallel, down row-parallel; mixture-of-experts declares a refusal.
   positions    ALiBi's slopes and T5's bias table are cut to the rank's heads (per-head additive bias).
-Embeddings, norms and the LM head are replicated across the tensor-parallel group (as replicated
+Embeddings, norms and the LM head (no plan) are replicated across the tensor-parallel group (as replicated
 DTensors, so every parameter lives on the same 2-D mesh) and FSDP-sharded over the data-parallel
 group: simple and exact, at the price of a full vocabulary projection per tensor-parallel rank.
-Mixture-of-experts feed-forwards are refused under tensor parallelism (FSDP alone shards them).
+A component that a plan names as a part but that declares nothing (a plugin's) is refused.
 
 Also here, because they follow from how the strategies lay out data and gradients: which processes
 share a batch (``data_parallel_split``) and norm clipping under FSDP (``clip_sharded_gradients``).
@@ -25,6 +27,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from llm_modules.nn.tensor_parallel import (
+    COLWISE, ROWWISE, UNDECLARED, TensorParallelPlan, TensorParallelRefusal, plan_of,
+)
 from llm_modules.registry import ConfigError
 
 
@@ -62,69 +67,63 @@ def remember_shapes(model: nn.Module) -> None:
         param.original_shape = tuple(param.shape)
 
 
-def check_tensor_parallel(config, model: nn.Module, size: int) -> None:
-    """Refuse what cannot be split ``size`` ways, naming the field and the fix."""
-    from llm_modules.nn.feedforward import MLP, GatedMLP
-    from llm_modules.nn.positions import ALiBi, T5RelativeBias
-    from llm_modules.nn.transformer import Block, Stack
+def tensor_parallel_plans(model: nn.Module) -> list[tuple[str, nn.Module, TensorParallelPlan]]:
+    """Every module's declared plan, in module order, as ``(qualified name, module, plan)``.
 
-    fix = f"or lower tensor_parallel_size (trainer.strategy.init_args.tensor_parallel_size={size})"
-    for field, heads in (("n_heads", config.n_heads), ("n_kv_heads", config.kv_heads)):
-        if heads % size:
-            raise ConfigError(
-                f"model.config.{field}={heads} is not divisible by tensor_parallel_size={size}: each rank "
-                f"must own whole heads; choose {field} a multiple of {size} {fix}"
-            )
-    for module in model.modules():
-        if isinstance(module, Block) and not isinstance(module.ffn, (MLP, GatedMLP)):
-            raise ConfigError(
-                f"model.config.activation: {type(module.ffn).__name__} has no tensor-parallel plan (only plain "
-                f"and gated MLPs do); use data parallelism alone (tensor_parallel_size: 1, FSDP shards it) {fix}"
-            )
-        if isinstance(module, Block) and module.ffn.up.out_features % size:
-            # An uneven split would leave the row-parallel down projection's shards misaligned.
-            hidden = module.ffn.up.out_features
-            raise ConfigError(
-                f"model.config.d_ff: the feed-forward hidden size {hidden} (d_ff, or its default from d_model) "
-                f"is not divisible by tensor_parallel_size={size}; set d_ff to a multiple of {size} {fix}"
-            )
-        if isinstance(module, Stack) and module.position.bias(1, 1) is not None:
-            if not isinstance(module.position, (ALiBi, T5RelativeBias)):
-                raise ConfigError(
-                    f"model.config.position: {type(module.position).__name__} adds a per-head bias that has no "
-                    f"tensor-parallel split; use rope/alibi/t5 {fix}"
-                )
+    A module answers for itself (``tensor_parallel_plan()``, see ``llm_modules.nn.tensor_parallel``);
+    a module whose plan names ``parts`` vouches that those children hold per-head or per-unit work, so
+    a part that declares nothing is refused rather than left replicated by accident. A refusal (or a
+    silent part) raises ConfigError naming the config field that chose the component.
+    """
+    plans = []
+    for name, module in model.named_modules():
+        answer = plan_of(module)
+        if answer is None:
+            continue
+        if isinstance(answer, TensorParallelRefusal):
+            raise _refused(module, answer, field=None)
+        plans.append((name, module, answer))
+        for part, field in answer.parts.items():
+            child = getattr(module, part, None)
+            if child is None:
+                continue
+            child_answer = plan_of(child)
+            if not isinstance(child_answer, TensorParallelPlan):
+                raise _refused(child, child_answer or UNDECLARED, field=field)
+    return plans
+
+
+def _refused(module: nn.Module, refusal: TensorParallelRefusal, field: str | None) -> ConfigError:
+    where = f"model.config.{field}: " if field else ""
+    return ConfigError(f"{where}{type(module).__name__} {refusal.reason}; under tensor_parallel_size > 1, {refusal.fix}")
+
+
+def check_tensor_parallel(config, model: nn.Module, size: int) -> None:
+    """Refuse what cannot be split ``size`` ways, naming the field and the fix.
+
+    Everything comes from the modules' declared plans: which parts must split, and which sizes
+    must be divisible by ``size`` (whole heads, whole hidden units). ``config`` is not read; it stays
+    in the signature for callers that pass it.
+    """
+    fix = f" (or lower tensor_parallel_size: trainer.strategy.init_args.tensor_parallel_size={size})"
+    for _, _, plan in tensor_parallel_plans(model):
+        problems = plan.refusals(size)
+        if problems:
+            raise ConfigError(problems[0] + fix)
 
 
 def apply_tensor_parallel(model: nn.Module, tp_mesh) -> None:
-    """Split every block's attention and feed-forward, and per-head position biases, over ``tp_mesh``."""
+    """Split every module that declares a plan over ``tp_mesh``: its ``layout`` through torch's
+    ``parallelize_module`` (column/row parallel), its ``shard_local`` state by this rank's share."""
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
-    from llm_modules.nn.attention import Attention
-    from llm_modules.nn.feedforward import GatedMLP
-    from llm_modules.nn.positions import ALiBi, T5RelativeBias
-    from llm_modules.nn.transformer import Block, Stack
-
-    attention_plan = {"q": ColwiseParallel(), "k": ColwiseParallel(), "v": ColwiseParallel(), "o": RowwiseParallel()}
-    for module in model.modules():
-        if isinstance(module, Attention):
-            parallelize_module(module, tp_mesh, dict(attention_plan))
-        elif isinstance(module, Block):
-            plan = {"up": ColwiseParallel(), "down": RowwiseParallel()}
-            if isinstance(module.ffn, GatedMLP):
-                plan["gate"] = ColwiseParallel()
-            parallelize_module(module.ffn, tp_mesh, plan)
-        elif isinstance(module, Stack):
-            position = module.position
-            if isinstance(position, ALiBi):
-                # Fixed slopes (a buffer, no gradient): keep this rank's contiguous run of heads,
-                # the same run that the column split of q gives it.
-                rank = tp_mesh.get_local_rank()
-                position.slopes = position.slopes.chunk(tp_mesh.size())[rank].contiguous()
-            elif isinstance(position, T5RelativeBias):
-                # The table is (buckets, n_heads): a column split gives each rank its heads' columns,
-                # and its output (use_local_output) holds just those heads.
-                parallelize_module(position, tp_mesh, {"table": ColwiseParallel()})
+    styles = {COLWISE: ColwiseParallel, ROWWISE: RowwiseParallel}
+    rank, size = tp_mesh.get_local_rank(), tp_mesh.size()
+    for _, module, plan in tensor_parallel_plans(model):
+        if plan.layout:
+            parallelize_module(module, tp_mesh, {child: styles[style]() for child, style in plan.layout.items()})
+        if plan.shard_local is not None:
+            plan.shard_local(rank, size)
 
 
 def replicate_the_rest(model: nn.Module, tp_mesh) -> None:
@@ -168,11 +167,9 @@ def apply_fully_shard(model: nn.Module, dp_mesh) -> None:
     activation checkpointing put around it) is one unit, then the model root takes what is left."""
     from torch.distributed.fsdp import fully_shard
 
-    from llm_modules.nn.transformer import Stack
-
-    for stack in [m for m in model.modules() if isinstance(m, Stack)]:
-        for layer in stack.layers:
-            fully_shard(layer, mesh=dp_mesh)
+    units = [unit for m in model.modules() if callable(getattr(m, "fsdp_units", None)) for unit in m.fsdp_units()]
+    for unit in units:
+        fully_shard(unit, mesh=dp_mesh)
     fully_shard(model, mesh=dp_mesh)
 
 

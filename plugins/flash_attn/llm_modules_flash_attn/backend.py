@@ -6,8 +6,8 @@ What it computes, and how each part of an ``AttentionMask`` reaches the kernel:
   queries after a KV cache sit);
 - grouped-query attention: native (fewer key/value heads than query heads);
 - ``sliding_window`` w: ``window_size=(w - 1, 0)`` causal, ``(w - 1, w - 1)`` bidirectional;
-- ALiBi: the kernel adds ``-slope * |i - j|`` from the slopes alone (``score_bias``), so the dense
-  (H, T, T) bias is never built;
+- ALiBi, or any position encoding that declares ``linear_bias_slopes``: the kernel adds
+  ``-slope * |i - j|`` from the slopes alone (``score_bias``), so the dense (H, T, T) bias is never built;
 - padding and packed documents: ``flash_attn_varlen_func`` over the real tokens of each document
   (``llm_modules.nn.varlen``), so neither costs compute nor leaks between documents.
 
@@ -23,7 +23,6 @@ import torch
 
 from llm_modules.nn.attention_backends import AttentionBackend, require_cuda
 from llm_modules.nn.masks import AttentionMask
-from llm_modules.nn.positions import ALiBi
 from llm_modules.nn.varlen import needs_segments, segments
 from llm_modules.registry import ATTENTIONS, ConfigError
 
@@ -73,9 +72,12 @@ class FlashAttention(AttentionBackend):
         """``deterministic``: the kernel's deterministic backward (slower, reproducible gradients)."""
         self.head_dim, self.deterministic = head_dim, deterministic
 
-    def check(self, *, needs_bias, position=None, encoding=None, features=frozenset(), **context):
+    #: CUDA and the flash-attn package only (``check`` refuses elsewhere, saying why)
+    runs_on_cpu = False
+
+    def check(self, *, encoding, position=None, features=frozenset(), **context):
         what = f"position {position!r}" if position else "this position encoding"
-        if needs_bias and not isinstance(encoding, ALiBi):
+        if encoding.adds_score_bias and not encoding.linear_bias_slopes:
             raise ConfigError(
                 f"attention 'flash_attn' adds only ALiBi's linear bias (from its slopes), not the learned additive "
                 f"bias that {what} needs; use attention 'xformers', 'sdpa' or 'eager' for it, or keep flash_attn "
@@ -91,13 +93,13 @@ class FlashAttention(AttentionBackend):
                 f"attention 'flash_attn' supports heads of up to {MAX_HEAD_DIM} dimensions; this model's have "
                 f"{self.head_dim}: raise n_heads (or set head_dim) or use attention 'sdpa'"
             )
-        super().check(needs_bias=needs_bias, position=position, encoding=encoding, features=features, **context)
+        super().check(encoding=encoding, position=position, features=features, **context)
         reason = unavailable()
         if reason is not None:
             raise ConfigError(f"attention 'flash_attn' {reason}")
 
     def score_bias(self, encoding, q_len, k_len, q_offset=0):
-        if isinstance(encoding, ALiBi):
+        if encoding.linear_bias_slopes:
             return encoding.slopes  # (H,): the kernel adds -slope * |i - j| itself
         return super().score_bias(encoding, q_len, k_len, q_offset)
 

@@ -55,6 +55,8 @@ class XFormersAttention(AttentionBackend):
     name = "xformers"
     #: ``xformers.ops.fmha``; tests substitute a reference namespace
     kernels = staticmethod(load_kernels)
+    #: CUDA and the xformers package only (``check`` refuses elsewhere, saying why)
+    runs_on_cpu = False
 
     def check(self, **context):
         super().check(**context)
