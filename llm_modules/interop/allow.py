@@ -23,6 +23,7 @@ Rules:
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -63,7 +64,7 @@ class Fixed:
         value = getattr(config, field)
         if value == self.value:
             return []
-        return [f"{field}={value!r} (the {family} family has {field}={self.value!r}; set {field}: {self.value!r})"]
+        return [f"{field}={value!r} (the {family} family has {field}={self.value!r}; set {field}: {yaml_value(self.value)})"]
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,25 @@ class Activation(Slot):
 
 
 Rule = Mapped | Ignored | Fixed | Check | Slot
+
+
+def yaml_value(value: Any) -> str:
+    """A value as a YAML config spells it (``true``, ``null``, ``1.0``), for the fix in a message."""
+    return json.dumps(value) if value is None or isinstance(value, (bool, int, float)) else repr(value)
+
+
+def describe(rule: Rule) -> str:
+    """A rule in words, for the docs page that prints each family's allow-list."""
+    if isinstance(rule, Mapped):
+        return f"mapped (config.json {rule.hf_key})"
+    if isinstance(rule, Ignored):
+        return f"any value: {rule.why}"
+    if isinstance(rule, Fixed):
+        return f"must be {yaml_value(rule.value)}"
+    if isinstance(rule, Check):
+        return rule.allowed
+    options = ", ".join(f"{k}={'any' if v is ANY else yaml_value(v)}" for k, v in rule.options.items())
+    return " or ".join(rule.names) + (f" ({options})" if options else "")
 
 
 def field_problems(config: ModelConfig, fields: Mapping[str, Rule], family: str) -> list[str]:

@@ -20,12 +20,15 @@ HF_FAMILIES = Registry("hf_family", "Hugging Face model families for from_hf / t
 
 
 def kinds_of(model: Any) -> tuple[str, ...]:
-    """The LM kinds a module, a module class or a kind name is, most specific first: the names of
-    its classes (a PPO policy is a CausalLM), found without importing ``models``."""
+    """The LM kinds a module, a module class or a kind name is, most specific first, found without
+    importing ``models``: the module's own ``kind`` (a DPO module is its policy's kind), then the
+    names of its classes (a PPO policy is a CausalLM)."""
     if isinstance(model, str):
         return (model,)
     cls = model if isinstance(model, type) else type(model)
-    return tuple(c.__name__ for c in cls.__mro__)
+    names = tuple(c.__name__ for c in cls.__mro__)
+    declared = None if isinstance(model, type) else getattr(model, "kind", None)
+    return (declared, *names) if isinstance(declared, str) and declared not in names else names
 
 
 class HFFamily(abc.ABC):
