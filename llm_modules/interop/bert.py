@@ -21,15 +21,14 @@ from llm_modules.interop.common import (
     FEATURES_OFF,
     RUN_SETTINGS,
     SCALED_ATTENTION,
-    SIZES,
-    component,
-    ffn_hidden,
     full_heads,
     head_entry,
     pad_token,
+    sizes,
     untie_if_head_differs,
 )
 from llm_modules.interop.family import HF_FAMILIES, HFFamily
+from llm_modules.interop.slots import component, ffn_hidden
 from llm_modules.interop.weights import Map, Repeat, StateDict, WeightTable
 from llm_modules.registry import ConfigError
 
@@ -52,7 +51,7 @@ _HEAD_WEIGHT, _HEAD_BIAS, _BIAS = "cls.predictions.decoder.weight", "cls.predict
 
 #: what the bert family represents: every ModelConfig field (``allow``)
 FIELDS = {
-    **SIZES,
+    **sizes("hidden_size", "num_hidden_layers", "num_attention_heads"),
     **RUN_SETTINGS,
     **FEATURES_OFF,
     **full_heads(),

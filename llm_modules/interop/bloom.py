@@ -16,17 +16,16 @@ from llm_modules.interop.common import (
     FEATURES_OFF,
     RUN_SETTINGS,
     SCALED_ATTENTION,
-    SIZES,
-    component,
     decoder_hf_fields,
-    ffn_hidden,
     full_heads,
     head_entry,
     hf_value,
     pad_token,
+    sizes,
     untie_if_head_differs,
 )
 from llm_modules.interop.family import HF_FAMILIES, HFFamily
+from llm_modules.interop.slots import component, ffn_hidden
 from llm_modules.interop.weights import Map, Repeat, StateDict, WeightTable, grouped_per_head
 from llm_modules.registry import ConfigError
 
@@ -35,7 +34,7 @@ DEFAULT_MAX_SEQ_LEN = 2048
 
 #: what the bloom family represents: every ModelConfig field (``allow``)
 FIELDS = {
-    **SIZES,
+    **sizes("hidden_size", "n_layer", "n_head"),
     **RUN_SETTINGS,
     **FEATURES_OFF,
     **DECODER_HEAD,

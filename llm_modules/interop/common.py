@@ -14,7 +14,6 @@ import torch
 
 from llm_modules.config import ModelConfig
 from llm_modules.interop.allow import Check, Fixed, Ignored, Mapped, Rule
-from llm_modules.interop.slots import activation_from_hf, activation_to_hf, component, ffn_hidden  # noqa: F401
 from llm_modules.interop.weights import Map, StateDict, Tied
 
 
@@ -52,13 +51,15 @@ RUN_SETTINGS: dict[str, Rule] = {
     "eos_token_id": Mapped("eos_token_id"),
 }
 
-#: the sizes every family maps
-SIZES: dict[str, Rule] = {
-    "vocab_size": Mapped("vocab_size"),
-    "d_model": Mapped("hidden_size"),
-    "n_layers": Mapped("num_hidden_layers"),
-    "n_heads": Mapped("num_attention_heads"),
-}
+def sizes(d_model: str, n_layers: str, n_heads: str) -> dict[str, Rule]:
+    """The sizes every family maps, under the family's config.json names."""
+    return {
+        "vocab_size": Mapped("vocab_size"),
+        "d_model": Mapped(d_model),
+        "n_layers": Mapped(n_layers),
+        "n_heads": Mapped(n_heads),
+    }
+
 
 #: features no HF family here has: each must stay at the value that turns it off
 FEATURES_OFF: dict[str, Rule] = {

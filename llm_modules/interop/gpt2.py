@@ -15,20 +15,17 @@ from llm_modules.interop.common import (
     DECODER_HEAD,
     FEATURES_OFF,
     RUN_SETTINGS,
-    SIZES,
-    activation_from_hf,
-    activation_to_hf,
-    component,
     decoder_hf_fields,
     default_attention_scale,
-    ffn_hidden,
     full_heads,
     head_entry,
     hf_value,
     pad_token,
+    sizes,
     untie_if_head_differs,
 )
 from llm_modules.interop.family import HF_FAMILIES, HFFamily
+from llm_modules.interop.slots import activation_from_hf, activation_to_hf, component, ffn_hidden
 from llm_modules.interop.weights import TRANSPOSE, Map, Repeat, StateDict, WeightTable, side_by_side
 from llm_modules.registry import ConfigError
 
@@ -44,7 +41,7 @@ _ACTIVATIONS = {
 
 #: what the gpt2 family represents: every ModelConfig field (``allow``)
 FIELDS = {
-    **SIZES,
+    **sizes("n_embd", "n_layer", "n_head"),
     **RUN_SETTINGS,
     **FEATURES_OFF,
     **DECODER_HEAD,

@@ -15,18 +15,15 @@ from llm_modules.interop.common import (
     FEATURES_OFF,
     RUN_SETTINGS,
     SCALED_ATTENTION,
-    SIZES,
-    activation_from_hf,
-    activation_to_hf,
-    component,
     decoder_hf_fields,
-    ffn_hidden,
     head_entry,
     linear,
     pad_token,
+    sizes,
     untie_if_head_differs,
 )
 from llm_modules.interop.family import HF_FAMILIES, HFFamily
+from llm_modules.interop.slots import activation_from_hf, activation_to_hf, component, ffn_hidden
 from llm_modules.interop.weights import Map, Repeat, StateDict, WeightTable
 from llm_modules.registry import ConfigError
 
@@ -41,7 +38,7 @@ _GATED = {
 
 #: what the llama family represents: every ModelConfig field (``allow``)
 FIELDS = {
-    **SIZES,
+    **sizes("hidden_size", "num_hidden_layers", "num_attention_heads"),
     **RUN_SETTINGS,
     **FEATURES_OFF,
     **DECODER_HEAD,

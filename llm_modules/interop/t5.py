@@ -23,15 +23,12 @@ from llm_modules.interop.allow import ANY, Activation, Check, Fixed, Ignored, Ma
 from llm_modules.interop.common import (
     FEATURES_OFF,
     RUN_SETTINGS,
-    SIZES,
-    activation_from_hf,
-    activation_to_hf,
-    component,
-    ffn_hidden,
     head_entry,
     pad_token,
+    sizes,
 )
 from llm_modules.interop.family import HF_FAMILIES, HFFamily
+from llm_modules.interop.slots import activation_from_hf, activation_to_hf, component, ffn_hidden
 from llm_modules.interop.weights import Map, Repeat, StateDict, WeightTable
 from llm_modules.registry import ConfigError
 
@@ -80,12 +77,9 @@ def _scales_output(config: ModelConfig) -> bool:
 
 #: what the t5 family represents: every ModelConfig field (``allow``)
 FIELDS = {
-    **SIZES,
+    **sizes("d_model", "num_decoder_layers", "num_heads"),
     **RUN_SETTINGS,
     **FEATURES_OFF,
-    "d_model": Mapped("d_model"),
-    "n_layers": Mapped("num_decoder_layers"),
-    "n_heads": Mapped("num_heads"),
     "n_encoder_layers": Check(lambda c: c.encoder_layers >= 1, "an encoder: n_encoder_layers >= 1 (or null)"),
     "n_kv_heads": Check(lambda c: c.kv_heads == c.n_heads, "no GQA/MQA: n_kv_heads = n_heads",
                         lambda c, f: f"n_kv_heads={c.kv_heads} < n_heads={c.n_heads}"),
