@@ -17,7 +17,7 @@ import torch
 import llm_modules
 from llm_modules import CausalLM, MaskedLM, ModelConfig, Seq2SeqLM
 from llm_modules.interop import HF_FAMILIES, read_hf_model, to_hf
-from llm_modules.interop.weights import Repeat, Tied, grouped_per_head, side_by_side
+from llm_modules.interop.weights import Repeat, Tied, grouped_per_head, rotary_halves, side_by_side
 from llm_modules.registry import REGISTRIES, ConfigError
 from llm_modules.registry import Entry as RegistryEntry
 
@@ -135,11 +135,13 @@ def test_per_layer_entries_are_templates():
 def test_fused_transforms_are_inverse():
     rows, columns = torch.randn(12, 5), torch.randn(5, 12)
     for transform, t in ((side_by_side(3, dim=0), rows), (side_by_side(3, dim=1, transpose=True), columns),
-                         (grouped_per_head(2), rows)):
+                         (grouped_per_head(2), rows), (rotary_halves(2), rows)):
         assert torch.equal(transform.join(transform.split(t)), t), transform.name
     assert [p.shape for p in side_by_side(3, dim=1, transpose=True).split(columns)] == [(4, 5)] * 3
     q, k, v = grouped_per_head(2).split(torch.arange(12.0))
     assert q.tolist() == [0, 1, 6, 7]  # head 0's q, then head 1's
+    (halves,) = rotary_halves(2).split(torch.arange(8.0))  # HF halves -> our adjacent pairs
+    assert halves.tolist() == [0, 2, 1, 3, 4, 6, 5, 7]
 
 
 def test_export_refuses_a_tensor_the_format_has_no_place_for(tmp_path):

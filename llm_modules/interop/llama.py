@@ -24,7 +24,7 @@ from llm_modules.interop.common import (
 )
 from llm_modules.interop.family import HF_FAMILIES, HFFamily
 from llm_modules.interop.slots import activation_from_hf, activation_to_hf, component, ffn_hidden
-from llm_modules.interop.weights import Map, Repeat, StateDict, WeightTable
+from llm_modules.interop.weights import Map, Repeat, StateDict, WeightTable, rotary_halves
 from llm_modules.registry import ConfigError
 
 _GATED = {
@@ -52,7 +52,8 @@ FIELDS = {
     "norm_eps": Mapped("rms_norm_eps"),
     "residual": Slot("pre"),
     "activation": Activation(_GATED, d_ff=ANY, bias=ANY, dropout=ANY),
-    "position": Slot("rope", theta=ANY, fraction=1.0, interleaved=False),
+    # interleaved rotary pairs export with q/k rows permuted into LLaMA's halves (weight_table)
+    "position": Slot("rope", theta=ANY, fraction=1.0, interleaved=ANY),
     "bias": Mapped("attention_bias"),
     "dropout": Ignored("LLaMA has no hidden-state dropout, and dropout is off at inference"),
     "attention_dropout": Mapped("attention_dropout"),
@@ -141,11 +142,15 @@ class LlamaFamily(HFFamily):
 
     def weight_table(self, config: ModelConfig) -> WeightTable:
         attn_bias, mlp_bias = config.bias, bool(component(config, "activation")[1]["bias"])
+        interleaved = component(config, "position")[1]["interleaved"]
+        heads = {"q": config.n_heads, "k": config.kv_heads}
         ours, theirs = "stack.layers.{i}", "model.layers.{i}"
         layer = (
             Map(f"{ours}.residual.norms.0.weight", f"{theirs}.input_layernorm.weight"),
             Map(f"{ours}.residual.norms.1.weight", f"{theirs}.post_attention_layernorm.weight"),
-            *(m for a in "qkvo" for m in linear(f"{ours}.attn.{a}", f"{theirs}.self_attn.{a}_proj", attn_bias)),
+            *(m for a in "qkvo" for m in linear(
+                f"{ours}.attn.{a}", f"{theirs}.self_attn.{a}_proj", attn_bias,
+                **({"transform": rotary_halves(heads[a])} if interleaved and a in heads else {}))),
             *(m for a in ("gate", "up", "down") for m in linear(f"{ours}.ffn.{a}", f"{theirs}.mlp.{a}_proj", mlp_bias)),
         )
         return WeightTable(

@@ -3,8 +3,8 @@
 A family describes its checkpoint layout as a ``WeightTable``: entries that map our state-dict
 names to HF names, non-layer ones as they are and per-layer ones with ``{i}`` (``Repeat``). How a
 tensor changes on the way is declared in the entry (``Transform``): GPT-2's Conv1D transpose, the
-q/k/v fusions of GPT-2 (side by side) and BLOOM (grouped per head). A head tied to the embedding
-is an entry too (``Tied``).
+q/k/v fusions of GPT-2 (side by side) and BLOOM (grouped per head), the rotary permutation that
+exports interleaved RoPE as LLaMA's. A head tied to the embedding is an entry too (``Tied``).
 
 The converter accounts strictly: on import every HF tensor is read exactly once (except the
 table's ``ignorable`` buffers), a missing one is named, and a tensor left over means config.json
@@ -58,6 +58,17 @@ def grouped_per_head(n_heads: int, parts: int = 3) -> Transform:
         f"{parts} grouped per head ({n_heads} heads)",
         lambda t: tuple(t.unflatten(0, (n_heads, parts, -1))[:, j].flatten(0, 1) for j in range(parts)),
         lambda ts: torch.stack([t.unflatten(0, (n_heads, -1)) for t in ts], dim=1).flatten(0, 2),
+    )
+
+
+def rotary_halves(n_heads: int) -> Transform:
+    """Our interleaved-RoPE projection (rotary pairs adjacent: features 2j, 2j+1 of each head) <->
+    HF LLaMA's (pairs in halves: j, j + head_dim/2): the output rows of each head reordered, so that
+    q and k rotate the same pairs (the permutation Meta -> HF LLaMA conversions apply)."""
+    return Transform(
+        f"rotary pairs as halves ({n_heads} heads)",
+        lambda t: (t.unflatten(0, (n_heads, 2, -1)).transpose(1, 2).flatten(0, 2),),
+        lambda ts: ts[0].unflatten(0, (n_heads, -1, 2)).transpose(1, 2).flatten(0, 2),
     )
 
 
