@@ -13,11 +13,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 import llm_modules
 from llm_modules import CausalLM, MaskedLM, ModelConfig, Seq2SeqLM
 from llm_modules.interop import HF_FAMILIES, read_hf_model, to_hf
 from llm_modules.interop.weights import Repeat, Tied, grouped_per_head, rotary_halves, side_by_side
+from llm_modules.quantization.methods import quantize
 from llm_modules.registry import REGISTRIES, ConfigError
 from llm_modules.registry import Entry as RegistryEntry
 
@@ -153,11 +155,17 @@ def test_export_refuses_a_tensor_the_format_has_no_place_for(tmp_path):
     assert not (tmp_path / "out" / "config.json").exists()
 
 
+def test_export_refuses_a_model_without_its_float_tensors(tmp_path):
+    """A quantized model has no plain weight where the table expects one: one ConfigError line."""
+    kind, config = fitting("llama")
+    with pytest.raises(ConfigError, match=r"no tensor 'stack.layers.0.attn.q.weight' .*quantized"):
+        to_hf(quantize(kind(config), "int8-weight"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_import_refuses_a_tensor_left_over(tmp_path):
     kind, config = fitting("llama")
     to_hf(kind(config), tmp_path)
-    from safetensors.torch import load_file, save_file
-
     weights = load_file(tmp_path / "model.safetensors")
     save_file({**weights, "model.layers.9.mlp.up_proj.weight": torch.zeros(2, 2)}, tmp_path / "model.safetensors")
     with pytest.raises(ConfigError, match=r"1 tensor\(s\) that config.json does not account for.*layers\.9"):

@@ -109,7 +109,13 @@ class Map:
             put(state, name, tensor, "the table maps two HF tensors to our")
 
     def save(self, state: StateDict, out: StateDict, used: set[str]) -> None:
-        if self.fill is not None and not all(n in state for n in self.our_names):
+        missing = [n for n in self.our_names if n not in state]
+        if missing and self.fill is None:
+            raise ConfigError(
+                f"cannot export {self.theirs!r}: the model has no tensor {missing[0]!r} (its weights are not a "
+                "plain float model of its config, e.g. quantized); export the float checkpoint instead"
+            )
+        if missing:
             tensor = self.fill(state)
         else:
             tensor = self.transform.join(tuple(state[n] for n in self.our_names))
