@@ -191,7 +191,7 @@ class T5Family(HFFamily):
             "pad_token_id": config.pad_token_id,
             "decoder_start_token_id": config.pad_token_id,
             # Every transformers version reads these two the same way: tied head <=> scaled output.
-            # A tied head without the scale is exported as an untied copy (see weights_to_hf).
+            # A tied head without the scale is exported as an untied copy (see weight_table).
             "tie_word_embeddings": scaled,
             "scale_decoder_outputs": scaled,
         }
