@@ -65,8 +65,7 @@ FIELDS = {
     "activation": Slot("gelu", approximate="none", d_ff=ANY, bias=True, dropout=ANY),
     "position": Slot("learned"),
     "bias": Fixed(True),
-    # HF's head always has a bias: a model without one exports zeros (the same logits)
-    "lm_head_bias": Mapped("cls.predictions.bias"),
+    "lm_head_bias": Ignored("HF's head always has a bias: a model without one exports zeros, the same logits"),
     "head_transform": Fixed(True),
     "output_scale": Fixed(1.0),
     "dropout": Mapped("hidden_dropout_prob"),
