@@ -178,6 +178,7 @@ def test_read_hf_model_is_plain_data_and_from_hf_builds_it(tmp_path):
     kind, config = fitting("bert")
     module = kind(config)
     to_hf(module, tmp_path)
+    assert not (tmp_path / "generation_config.json").exists()  # a masked LM does not generate
     (tmp_path / "tokenizer.model").write_bytes(b"not really sentencepiece")
     read = read_hf_model(tmp_path)
     assert read.kind == "MaskedLM" and read.config.d_model == 32 and read.tokenizer == b"not really sentencepiece"

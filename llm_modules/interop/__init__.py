@@ -21,7 +21,7 @@ from typing import Any
 # Importing the family modules registers them.
 from llm_modules.interop import bert, bloom, gpt2, llama, t5  # noqa: E402,F401
 from llm_modules.config import ModelConfig
-from llm_modules.interop.family import HF_FAMILIES, HFFamily, kinds_of
+from llm_modules.interop.family import HF_FAMILIES, HFFamily
 from llm_modules.interop.hf_io import (
     read_hf_config,
     read_hf_weights,
@@ -81,7 +81,7 @@ def to_hf(module: Any, path: str | Path, family: str | None = None, prune: bool 
     ``AutoTokenizer`` loads) and, for models that generate, ``generation_config.json``.
 
     ``module``: a LanguageModel, or anything with its ``config``, ``model`` (the torch model),
-    ``tokenizer`` and ``tokenizer_bytes``; its kind is its class's (``family.kinds_of``).
+    ``tokenizer`` and ``tokenizer_bytes``; its LM kind is its ``kind`` or its class's (``family.kinds_of``).
     ``family`` forces a model_type; by default the one family that can represent the model exactly.
     Files of the same names in ``path`` are replaced; ``prune`` also removes an older model's other
     weight, config and tokenizer files (``hf_io.write_hf_checkpoint``).
@@ -108,7 +108,7 @@ def to_hf(module: Any, path: str | Path, family: str | None = None, prune: bool 
     hf_config.update(special_token_ids(module))
     weights = chosen.weights_to_hf(getattr(module, "model", module).state_dict(), config)
     files = tokenizer_files(module)
-    if "MaskedLM" not in kinds_of(module):  # transformers keeps generation defaults there
+    if chosen.generates:  # transformers keeps generation defaults there
         files["generation_config.json"] = (json.dumps(generation_config(hf_config), indent=2, sort_keys=True)
                                            + "\n").encode()
     return write_hf_checkpoint(path, hf_config, weights, files, prune=prune)

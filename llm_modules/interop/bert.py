@@ -84,6 +84,7 @@ class BertFamily(HFFamily):
     """BERT-style encoders with the masked-LM head (``BertForMaskedLM``)."""
 
     model_type, kind, kind_words, fields = "bert", "MaskedLM", "an encoder-only masked LM", FIELDS
+    generates = False
 
     # ---- import -------------------------------------------------------------------------------------------
 

@@ -40,6 +40,8 @@ class HFFamily(abc.ABC):
     kind: ClassVar[str]
     #: what that kind is, in words, for the refusal of another kind
     kind_words: ClassVar[str]
+    #: whether models of this family generate (an exported folder then gets generation_config.json)
+    generates: ClassVar[bool] = True
     #: one rule per ModelConfig field (``allow``): what the family can represent
     fields: ClassVar[Mapping[str, Rule]]
 
