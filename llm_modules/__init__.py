@@ -35,15 +35,15 @@ def __getattr__(name):
 
 
 def from_hf(path, **kwargs):
-    """Load a Hugging Face checkpoint directory as the matching LightningModule (see llm_modules.interop)."""
-    from llm_modules.interop import from_hf as _from_hf
+    """Load a Hugging Face checkpoint directory as the matching LightningModule (see llm_modules.hf)."""
+    from llm_modules.hf import from_hf as _from_hf
 
     return _from_hf(path, **kwargs)
 
 
 def to_hf(module, path, **kwargs):
-    """Write config.json + model.safetensors that transformers' Auto classes load (see llm_modules.interop)."""
-    from llm_modules.interop import to_hf as _to_hf
+    """Write config.json + model.safetensors that transformers' Auto classes load (see llm_modules.hf)."""
+    from llm_modules.hf import to_hf as _to_hf
 
     return _to_hf(module, path, **kwargs)
 

@@ -97,8 +97,26 @@ def test_export_picks_llama_by_structure(tmp_path):
 def test_llama_refuses_what_it_cannot_express():
     config = ModelConfig(
         vocab_size=VOCAB, d_model=32, n_layers=1, n_heads=4, norm="rmsnorm", activation="swiglu",
-        position={"name": "rope", "interleaved": True}, bias=False, sliding_window=8,
+        position={"name": "rope", "fraction": 0.5}, bias=False, sliding_window=8,
     )
     with pytest.raises(ConfigError, match="cannot export as llama") as err:
         llm_modules.to_hf(CausalLM(config), "/nonexistent/never-written", family="llama")
-    assert "interleaved" in str(err.value) and "sliding_window" in str(err.value)
+    assert "fraction=0.5" in str(err.value) and "sliding_window" in str(err.value)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_interleaved_rope_exports_with_permuted_projections(tmp_path, bias):
+    """GPT-J-style RoPE (adjacent pairs) is LLaMA's (halves) once each head's q/k rows are
+    permuted, which the weight table declares; GQA permutes k per key/value head; biases too."""
+    config = ModelConfig(
+        vocab_size=VOCAB, d_model=48, n_layers=2, n_heads=4, n_kv_heads=2, norm="rmsnorm", activation="swiglu",
+        position={"name": "rope", "interleaved": True, "theta": 500.0}, bias=bias, tie_embeddings=False,
+        max_seq_len=64,
+    )
+    ours = CausalLM(config)
+    randomize_(ours.model, seed=5)
+    llm_modules.to_hf(ours, tmp_path)
+    batch = right_padded(VOCAB, LENGTHS, seed=5)
+    hf = load_hf(transformers.AutoModelForCausalLM, tmp_path)
+    assert type(hf).__name__ == "LlamaForCausalLM"
+    assert_logits_match(logits_of(hf, **batch), logits_of(ours, **batch), batch["attention_mask"])

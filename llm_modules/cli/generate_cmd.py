@@ -86,7 +86,7 @@ def load_model(path: str):
     """A LanguageModel from a checkpoint file or a Hugging Face folder, in eval mode."""
     p = Path(path)
     if p.is_dir():
-        from llm_modules.interop import from_hf
+        from llm_modules.hf import from_hf
 
         return from_hf(p)
     if not p.is_file():

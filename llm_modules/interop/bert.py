@@ -16,19 +16,20 @@ from __future__ import annotations
 from typing import Any
 
 from llm_modules.config import ModelConfig
+from llm_modules.interop.allow import ANY, Fixed, Ignored, Mapped, Slot
 from llm_modules.interop.common import (
-    HFTensors,
-    component,
-    default_attention_scale,
-    ffn_hidden,
-    full_heads_mismatches,
+    FEATURES_OFF,
+    RUN_SETTINGS,
+    SCALED_ATTENTION,
+    full_heads,
+    head_entry,
     pad_token,
-    require,
-    tie_head,
+    sizes,
     untie_if_head_differs,
 )
-from llm_modules.interop.family import HF_FAMILIES, HFFamily, StateDict
-from llm_modules.models import LanguageModel, MaskedLM
+from llm_modules.interop.family import HF_FAMILIES, HFFamily
+from llm_modules.interop.slots import component, ffn_hidden
+from llm_modules.interop.weights import Map, Repeat, StateDict, WeightTable
 from llm_modules.registry import ConfigError
 
 #: ACT2FN names of exact (erf) GELU, the one activation our head transform has
@@ -48,11 +49,42 @@ _WORD_EMBEDDINGS = "embeddings.word_embeddings.weight"
 _HEAD_WEIGHT, _HEAD_BIAS, _BIAS = "cls.predictions.decoder.weight", "cls.predictions.decoder.bias", "cls.predictions.bias"
 
 
+#: what the bert family represents: every ModelConfig field (``allow``)
+FIELDS = {
+    **sizes("hidden_size", "num_hidden_layers", "num_attention_heads"),
+    **RUN_SETTINGS,
+    **FEATURES_OFF,
+    **full_heads(),
+    "n_encoder_layers": Ignored("a MaskedLM is one encoder of n_layers"),
+    "d_ff": Mapped("intermediate_size"),
+    "max_seq_len": Mapped("max_position_embeddings"),
+    "norm": Slot("layernorm", eps=ANY, bias=True),
+    "norm_eps": Mapped("layer_norm_eps"),
+    "residual": Slot("post"),
+    # HF applies hidden_act in the head transform too, and that transform is exact GELU here
+    "activation": Slot("gelu", approximate="none", d_ff=ANY, bias=True, dropout=ANY),
+    "position": Slot("learned"),
+    "bias": Fixed(True),
+    "lm_head_bias": Ignored("HF's head always has a bias: a model without one exports zeros, the same logits"),
+    "head_transform": Fixed(True),
+    "output_scale": Fixed(1.0),
+    "dropout": Mapped("hidden_dropout_prob"),
+    "attention_dropout": Mapped("attention_probs_dropout_prob"),
+    "attention_scale": SCALED_ATTENTION,
+    "tie_embeddings": Mapped("tie_word_embeddings"),
+    "embedding_norm": Fixed(True),
+    # HF always has a token-type table: a model without types exports one all-zero type
+    "type_vocab_size": Mapped("type_vocab_size"),
+    "init_std": Mapped("initializer_range"),
+}
+
+
 @HF_FAMILIES.register("bert")
 class BertFamily(HFFamily):
     """BERT-style encoders with the masked-LM head (``BertForMaskedLM``)."""
 
-    kind = MaskedLM
+    model_type, kind, kind_words, fields = "bert", "MaskedLM", "an encoder-only masked LM", FIELDS
+    generates = False
 
     # ---- import -------------------------------------------------------------------------------------------
 
@@ -87,50 +119,7 @@ class BertFamily(HFFamily):
         as transformers 5 does even under ``tie_word_embeddings: true``."""
         return untie_if_head_differs(config, weights, _WORD_EMBEDDINGS, ("bert.", ""), head=_HEAD_WEIGHT)
 
-    def weights_from_hf(self, weights: StateDict, config: ModelConfig) -> StateDict:
-        hf = HFTensors(_modern_names(weights), "bert", prefixes=("bert.", ""), ignorable=_IGNORABLE)
-        state = {ours: hf.take(theirs) for ours, theirs in _bert_names(config)}
-        state["embed.types.weight"] = hf.take("embeddings.token_type_embeddings.weight")
-        # transformers 5 computes with the decoder's own bias when the head is untied; otherwise the
-        # two names hold the same tensor and older checkpoints store only cls.predictions.bias
-        if hf.has(_HEAD_BIAS):
-            state["head.proj.bias"] = hf.take(_HEAD_BIAS)
-            hf.skip(_BIAS)
-        else:
-            state["head.proj.bias"] = hf.take(_BIAS)
-        tie_head(state, config, hf, state["embed.tokens.weight"], _HEAD_WEIGHT)
-        hf.check_all_used()
-        return state
-
     # ---- export -------------------------------------------------------------------------------------------
-
-    def mismatches(self, config: ModelConfig, kind: type[LanguageModel]) -> list[str]:
-        problems = []
-        if not issubclass(kind, MaskedLM):
-            problems.append(f"{kind.__name__} is not an encoder-only masked LM (the bert family is a MaskedLM)")
-        problems += require(config, "norm", "bert", ["layernorm"], bias=True)
-        problems += require(config, "residual", "bert", ["post"])
-        problems += require(config, "position", "bert", ["learned"])
-        name, options = component(config, "activation")
-        if name != "gelu" or options.get("approximate") != "none":
-            shown = f"gelu (approximate={options['approximate']!r})" if name == "gelu" else repr(name)
-            problems.append(
-                f"activation {shown} (the bert family has exact 'gelu': HF applies hidden_act in the "
-                "head transform too, and that transform is exact GELU here)"
-            )
-        if not (config.bias and options.get("bias")):
-            problems.append("bias=False (the bert family has biases in every linear layer)")
-        if not config.head_transform:
-            problems.append("head_transform=False (the bert family's head has a dense+GELU+LayerNorm transform)")
-        if not config.embedding_norm:
-            problems.append("embedding_norm=False (the bert family normalizes the summed embeddings)")
-        if not default_attention_scale(config):
-            problems.append(f"attention_scale={config.attention_scale} (the bert family uses 1/sqrt(head_dim))")
-        problems += full_heads_mismatches(config, "bert")
-        for field, want in _FIXED.items():
-            if getattr(config, field) != want:
-                problems.append(f"{field}={getattr(config, field)!r} (the bert family has {field}={want!r})")
-        return problems
 
     def config_to_hf(self, config: ModelConfig) -> dict[str, Any]:
         return {
@@ -153,30 +142,46 @@ class BertFamily(HFFamily):
             "tie_word_embeddings": config.tie_embeddings,
         }
 
-    def weights_to_hf(self, state: StateDict, config: ModelConfig) -> StateDict:
-        out = {_hf_name(theirs): state[ours] for ours, theirs in _bert_names(config)}
-        embedding = state["embed.tokens.weight"]
-        types = state.get("embed.types.weight")
-        out["bert.embeddings.token_type_embeddings.weight"] = (
-            types if types is not None else embedding.new_zeros(1, config.d_model)
+    def weight_table(self, config: ModelConfig) -> WeightTable:
+        ours, theirs = "stack.layers.{i}", "bert.encoder.layer.{i}"
+        head_bias_copies = () if config.tie_embeddings else (_HEAD_BIAS,)
+        return WeightTable(
+            "bert",
+            (
+                Map("embed.tokens.weight", "bert.embeddings.word_embeddings.weight"),
+                Map("embed.types.weight", "bert.embeddings.token_type_embeddings.weight",
+                    fill=lambda state: state["embed.tokens.weight"].new_zeros(1, config.d_model)),
+                Map("stack.position.table.weight", "bert.embeddings.position_embeddings.weight"),
+                *(Map(f"stack.embedding_norm.{p}", f"bert.embeddings.LayerNorm.{p}") for p in ("weight", "bias")),
+                Repeat(config.n_layers, tuple(
+                    Map(f"{ours}.{a}.{p}", f"{theirs}.{b}.{p}") for a, b in _LAYER for p in ("weight", "bias")
+                )),
+                *(Map(f"{a}.{p}", f"{b}.{p}") for a, b in _HEAD_TRANSFORM for p in ("weight", "bias")),
+                # transformers 5 computes with the decoder's own bias when the head is untied (and
+                # reads it first); older checkpoints store only cls.predictions.bias
+                Map("head.proj.bias", _BIAS, read=(_HEAD_BIAS, _BIAS), copies=head_bias_copies,
+                    fill=lambda state: state["embed.tokens.weight"].new_zeros(config.vocab_size)),
+                head_entry(config, _HEAD_WEIGHT),
+            ),
+            prefix="bert.",
+            ignorable=_IGNORABLE,
+            renames=(("LayerNorm.gamma", "LayerNorm.weight"), ("LayerNorm.beta", "LayerNorm.bias")),
         )
-        # HF's head always has a bias; a model without one exports zeros (the same logits)
-        bias = state.get("head.proj.bias")
-        out[_BIAS] = bias if bias is not None else embedding.new_zeros(config.vocab_size)
-        if not config.tie_embeddings:
-            out[_HEAD_WEIGHT] = state["head.proj.weight"]
-            # transformers 5 reads an untied head's own bias; older versions share cls.predictions.bias
-            out[_HEAD_BIAS] = out[_BIAS].clone()
-        return out
 
 
-#: fields whose value the bert family fixes
-_FIXED = {
-    "sliding_window": None,
-    "sparse_stride": None,
-    "embedding_grad_scale": 1.0,
-    "output_scale": 1.0,
-}
+#: (our module, HF module under ``encoder.layer.{i}``) of one layer, weight and bias each
+_LAYER = (
+    ("attn.q", "attention.self.query"),
+    ("attn.k", "attention.self.key"),
+    ("attn.v", "attention.self.value"),
+    ("attn.o", "attention.output.dense"),
+    ("residual.norms.0", "attention.output.LayerNorm"),
+    ("ffn.up", "intermediate.dense"),
+    ("ffn.down", "output.dense"),
+    ("residual.norms.1", "output.LayerNorm"),
+)
+_HEAD_TRANSFORM = (("head.transform.0", "cls.predictions.transform.dense"),
+                   ("head.transform.2", "cls.predictions.transform.LayerNorm"))
 
 
 def _check_importable(hf: dict[str, Any]) -> None:
@@ -195,50 +200,3 @@ def _check_importable(hf: dict[str, Any]) -> None:
             "bert config.json: is_decoder/add_cross_attention is set (a causal BERT decoder); "
             "MaskedLM is a bidirectional encoder"
         )
-
-
-def _modern_names(weights: StateDict) -> StateDict:
-    """Old (TensorFlow-converted) checkpoints call LayerNorm parameters gamma and beta."""
-    renamed = {}
-    for name, tensor in weights.items():
-        if name.endswith("LayerNorm.gamma"):
-            name = name[: -len("gamma")] + "weight"
-        elif name.endswith("LayerNorm.beta"):
-            name = name[: -len("beta")] + "bias"
-        renamed[name] = tensor
-    return renamed
-
-
-def _hf_name(name: str) -> str:
-    """Full HF name: the encoder lives under ``bert.``, the head under ``cls.``."""
-    return name if name.startswith("cls.") else "bert." + name
-
-
-def _bert_names(config: ModelConfig) -> list[tuple[str, str]]:
-    """(our name, HF name without the ``bert.`` prefix) for every tensor except the token types
-    and the head's projection and bias."""
-    pairs = [
-        ("embed.tokens.weight", _WORD_EMBEDDINGS),
-        ("stack.position.table.weight", "embeddings.position_embeddings.weight"),
-        ("stack.embedding_norm.weight", "embeddings.LayerNorm.weight"),
-        ("stack.embedding_norm.bias", "embeddings.LayerNorm.bias"),
-    ]
-    modules = [
-        ("attn.q", "attention.self.query"),
-        ("attn.k", "attention.self.key"),
-        ("attn.v", "attention.self.value"),
-        ("attn.o", "attention.output.dense"),
-        ("residual.norms.0", "attention.output.LayerNorm"),
-        ("ffn.up", "intermediate.dense"),
-        ("ffn.down", "output.dense"),
-        ("residual.norms.1", "output.LayerNorm"),
-    ]
-    for i in range(config.n_layers):
-        for ours, theirs in modules:
-            for p in ("weight", "bias"):
-                pairs.append((f"stack.layers.{i}.{ours}.{p}", f"encoder.layer.{i}.{theirs}.{p}"))
-    for ours, theirs in (("head.transform.0", "cls.predictions.transform.dense"),
-                         ("head.transform.2", "cls.predictions.transform.LayerNorm")):
-        for p in ("weight", "bias"):
-            pairs.append((f"{ours}.{p}", f"{theirs}.{p}"))
-    return pairs

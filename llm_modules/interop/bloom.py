@@ -9,36 +9,59 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from llm_modules.config import ModelConfig
+from llm_modules.interop.allow import ANY, Check, Fixed, Mapped, Slot
 from llm_modules.interop.common import (
-    HFTensors,
-    component,
+    DECODER_HEAD,
+    FEATURES_OFF,
+    RUN_SETTINGS,
+    SCALED_ATTENTION,
     decoder_hf_fields,
-    decoder_mismatches,
-    default_attention_scale,
-    ffn_hidden,
-    full_heads_mismatches,
+    full_heads,
+    head_entry,
     hf_value,
     pad_token,
-    require,
-    tie_head,
+    sizes,
     untie_if_head_differs,
 )
-from llm_modules.interop.family import HF_FAMILIES, HFFamily, StateDict
-from llm_modules.models import CausalLM, LanguageModel
+from llm_modules.interop.family import HF_FAMILIES, HFFamily
+from llm_modules.interop.slots import component, ffn_hidden
+from llm_modules.interop.weights import Map, Repeat, StateDict, WeightTable, grouped_per_head
 from llm_modules.registry import ConfigError
 
 #: BLOOM has no maximum length of its own (ALiBi extrapolates); it was trained on 2048 tokens.
 DEFAULT_MAX_SEQ_LEN = 2048
+
+#: what the bloom family represents: every ModelConfig field (``allow``)
+FIELDS = {
+    **sizes("hidden_size", "n_layer", "n_head"),
+    **RUN_SETTINGS,
+    **FEATURES_OFF,
+    **DECODER_HEAD,
+    **full_heads(),
+    "d_ff": Check(lambda c: ffn_hidden(c, gated=False) == 4 * c.d_model, "d_ff = 4 * d_model",
+                  lambda c, f: f"d_ff={ffn_hidden(c, gated=False)} with d_model={c.d_model}"),
+    "max_seq_len": Mapped("seq_length"),
+    "norm": Slot("layernorm", eps=ANY, bias=True),
+    "norm_eps": Mapped("layer_norm_epsilon"),
+    "residual": Slot("pre"),
+    "activation": Slot("gelu", approximate="tanh", d_ff=ANY, bias=True, dropout=ANY),
+    "position": Slot("alibi"),
+    "bias": Fixed(True),
+    "dropout": Mapped("hidden_dropout"),
+    "attention_dropout": Mapped("attention_dropout"),
+    "attention_scale": SCALED_ATTENTION,
+    "tie_embeddings": Mapped("tie_word_embeddings"),
+    "embedding_norm": Fixed(True),
+    "init_std": Mapped("initializer_range"),
+}
 
 
 @HF_FAMILIES.register("bloom")
 class BloomFamily(HFFamily):
     """BLOOM-style decoders (``BloomForCausalLM``)."""
 
-    kind = CausalLM
+    model_type, kind, kind_words, fields = "bloom", "CausalLM", "a causal decoder", FIELDS
 
     def config_from_hf(self, hf: dict[str, Any]) -> ModelConfig:
         if hf.get("apply_residual_connection_post_layernorm", False):
@@ -72,37 +95,6 @@ class BloomFamily(HFFamily):
     def refine_config(self, config: ModelConfig, weights: StateDict) -> ModelConfig:
         return untie_if_head_differs(config, weights, "word_embeddings.weight", ("transformer.", ""))
 
-    def weights_from_hf(self, weights: StateDict, config: ModelConfig) -> StateDict:
-        hf = HFTensors(weights, "bloom", prefixes=("transformer.", ""))
-        embedding = hf.take("word_embeddings.weight")
-        state = {"embed.tokens.weight": embedding}
-        for ours, theirs in _OUTER_NORMS:
-            for p in ("weight", "bias"):
-                state[f"{ours}.{p}"] = hf.take(f"{theirs}.{p}")
-        for i in range(config.n_layers):
-            state.update(_layer_from_hf(hf, i, config))
-        tie_head(state, config, hf, embedding, "lm_head.weight")
-        hf.check_all_used()
-        return state
-
-    def mismatches(self, config: ModelConfig, kind: type[LanguageModel]) -> list[str]:
-        problems = decoder_mismatches(config, kind, "bloom")
-        problems += full_heads_mismatches(config, "bloom")
-        problems += require(config, "norm", "bloom", ["layernorm"], bias=True)
-        problems += require(config, "position", "bloom", ["alibi"])
-        problems += require(config, "activation", "bloom", ["gelu"], approximate="tanh", bias=True)
-        if not config.bias:
-            problems.append("bias=False (the bloom family has biases on every projection)")
-        if ffn_hidden(config, gated=False) != 4 * config.d_model:
-            problems.append(
-                f"d_ff={ffn_hidden(config, gated=False)} (the bloom family has d_ff = 4 * d_model = {4 * config.d_model})"
-            )
-        if not config.embedding_norm:
-            problems.append("embedding_norm=False (the bloom family normalizes the embeddings)")
-        if not default_attention_scale(config):
-            problems.append(f"attention_scale={config.attention_scale} (the bloom family uses 1/sqrt(head_dim))")
-        return problems
-
     def config_to_hf(self, config: ModelConfig) -> dict[str, Any]:
         return {
             "model_type": "bloom",
@@ -120,16 +112,27 @@ class BloomFamily(HFFamily):
             **decoder_hf_fields(config),
         }
 
-    def weights_to_hf(self, state: StateDict, config: ModelConfig) -> StateDict:
-        out = {"transformer.word_embeddings.weight": state["embed.tokens.weight"]}
-        for ours, theirs in _OUTER_NORMS:
-            for p in ("weight", "bias"):
-                out[f"transformer.{theirs}.{p}"] = state[f"{ours}.{p}"]
-        for i in range(config.n_layers):
-            out.update(_layer_to_hf(state, i, config))
-        if not config.tie_embeddings:
-            out["lm_head.weight"] = state["head.proj.weight"]
-        return out
+    def weight_table(self, config: ModelConfig) -> WeightTable:
+        ours, theirs = "stack.layers.{i}", "transformer.h.{i}"
+        fused = grouped_per_head(config.n_heads)
+        layer = tuple(
+            m
+            for p in ("weight", "bias")
+            for m in (
+                Map(tuple(f"{ours}.attn.{n}.{p}" for n in "qkv"), f"{theirs}.self_attention.query_key_value.{p}", fused),
+                *(Map(f"{ours}.{a}.{p}", f"{theirs}.{b}.{p}") for a, b in _ONE_TO_ONE),
+            )
+        )
+        return WeightTable(
+            "bloom",
+            (
+                Map("embed.tokens.weight", "transformer.word_embeddings.weight"),
+                *(Map(f"{a}.{p}", f"transformer.{b}.{p}") for a, b in _OUTER_NORMS for p in ("weight", "bias")),
+                Repeat(config.n_layers, layer),
+                head_entry(config),
+            ),
+            prefix="transformer.",
+        )
 
 
 _OUTER_NORMS = (("stack.embedding_norm", "word_embeddings_layernorm"), ("stack.final_norm", "ln_f"))
@@ -141,37 +144,3 @@ _ONE_TO_ONE = (
     ("residual.norms.0", "input_layernorm"),
     ("residual.norms.1", "post_attention_layernorm"),
 )
-
-
-def _split_qkv(fused: torch.Tensor, n_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """BLOOM's fused (3d, ...) weight or (3d,) bias -> q, k, v, each (d, ...) / (d,)."""
-    per_head = fused.unflatten(0, (n_heads, 3, -1))  # (heads, 3, head_dim, ...)
-    return tuple(per_head[:, j].flatten(0, 1) for j in range(3))
-
-
-def _fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """Inverse of ``_split_qkv``."""
-    return torch.stack([t.unflatten(0, (n_heads, -1)) for t in (q, k, v)], dim=1).flatten(0, 2)
-
-
-def _layer_from_hf(hf: HFTensors, i: int, config: ModelConfig) -> StateDict:
-    ours, theirs = f"stack.layers.{i}", f"h.{i}"
-    state: StateDict = {}
-    for p in ("weight", "bias"):
-        fused = hf.take(f"{theirs}.self_attention.query_key_value.{p}")
-        for name, part in zip("qkv", _split_qkv(fused, config.n_heads)):
-            state[f"{ours}.attn.{name}.{p}"] = part
-        for a, b in _ONE_TO_ONE:
-            state[f"{ours}.{a}.{p}"] = hf.take(f"{theirs}.{b}.{p}")
-    return state
-
-
-def _layer_to_hf(state: StateDict, i: int, config: ModelConfig) -> StateDict:
-    ours, theirs = f"stack.layers.{i}", f"transformer.h.{i}"
-    out: StateDict = {}
-    for p in ("weight", "bias"):
-        q, k, v = (state[f"{ours}.attn.{n}.{p}"] for n in "qkv")
-        out[f"{theirs}.self_attention.query_key_value.{p}"] = _fuse_qkv(q, k, v, config.n_heads)
-        for a, b in _ONE_TO_ONE:
-            out[f"{theirs}.{b}.{p}"] = state[f"{ours}.{a}.{p}"]
-    return out

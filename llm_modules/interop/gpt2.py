@@ -9,27 +9,24 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from llm_modules.config import ModelConfig
+from llm_modules.interop.allow import ANY, Activation, Check, Fixed, Mapped, Slot
 from llm_modules.interop.common import (
-    HFTensors,
-    activation_from_hf,
-    activation_to_hf,
-    component,
+    DECODER_HEAD,
+    FEATURES_OFF,
+    RUN_SETTINGS,
     decoder_hf_fields,
-    decoder_mismatches,
     default_attention_scale,
-    ffn_hidden,
-    full_heads_mismatches,
+    full_heads,
+    head_entry,
     hf_value,
     pad_token,
-    require,
-    tie_head,
+    sizes,
     untie_if_head_differs,
 )
-from llm_modules.interop.family import HF_FAMILIES, HFFamily, StateDict
-from llm_modules.models import CausalLM, LanguageModel
+from llm_modules.interop.family import HF_FAMILIES, HFFamily
+from llm_modules.interop.slots import activation_from_hf, activation_to_hf, component, ffn_hidden
+from llm_modules.interop.weights import TRANSPOSE, Map, Repeat, StateDict, WeightTable, side_by_side
 from llm_modules.registry import ConfigError
 
 #: HF ``activation_function`` -> our plain feed-forward, and back (the first HF name wins on export)
@@ -40,6 +37,30 @@ _ACTIVATIONS = {
     "relu": ("relu", {}),
     "silu": ("swish", {}),
     "swish": ("swish", {}),
+}
+
+#: what the gpt2 family represents: every ModelConfig field (``allow``)
+FIELDS = {
+    **sizes("n_embd", "n_layer", "n_head"),
+    **RUN_SETTINGS,
+    **FEATURES_OFF,
+    **DECODER_HEAD,
+    **full_heads(),
+    "d_ff": Mapped("n_inner"),
+    "max_seq_len": Mapped("n_positions"),
+    "norm": Slot("layernorm", eps=ANY, bias=True),
+    "norm_eps": Mapped("layer_norm_epsilon"),
+    "residual": Slot("pre"),
+    "activation": Activation(_ACTIVATIONS, d_ff=ANY, bias=True, dropout=ANY),
+    "position": Slot("learned"),
+    "bias": Fixed(True),
+    "dropout": Mapped("resid_pdrop"),
+    "attention_dropout": Mapped("attn_pdrop"),
+    "attention_scale": Check(lambda c: default_attention_scale(c) or c.attention_scale == 1.0,
+                             "1/sqrt(head_dim) or 1.0 (scale_attn_weights)"),
+    "tie_embeddings": Mapped("tie_word_embeddings"),
+    "embedding_norm": Fixed(False),
+    "init_std": Mapped("initializer_range"),
 }
 
 
@@ -57,7 +78,7 @@ def _attention_scale_from_hf(hf: dict[str, Any]) -> float | None:
 class GPT2Family(HFFamily):
     """GPT-2-style decoders (``GPT2LMHeadModel``)."""
 
-    kind = CausalLM
+    model_type, kind, kind_words, fields = "gpt2", "CausalLM", "a causal decoder", FIELDS
 
     def config_from_hf(self, hf: dict[str, Any]) -> ModelConfig:
         if hf.get("add_cross_attention", False):
@@ -91,44 +112,6 @@ class GPT2Family(HFFamily):
     def refine_config(self, config: ModelConfig, weights: StateDict) -> ModelConfig:
         return untie_if_head_differs(config, weights, "wte.weight", ("transformer.", ""))
 
-    def weights_from_hf(self, weights: StateDict, config: ModelConfig) -> StateDict:
-        # Old checkpoints have no "transformer." prefix and carry the causal-mask buffers attn.bias
-        # and attn.masked_bias, which are not weights.
-        hf = HFTensors(weights, "gpt2", prefixes=("transformer.", ""), ignorable=(".attn.bias", ".attn.masked_bias"))
-        embedding = hf.take("wte.weight")
-        state = {
-            "embed.tokens.weight": embedding,
-            "stack.position.table.weight": hf.take("wpe.weight"),
-            "stack.final_norm.weight": hf.take("ln_f.weight"),
-            "stack.final_norm.bias": hf.take("ln_f.bias"),
-        }
-        for i in range(config.n_layers):
-            state.update(_layer_from_hf(hf, i, config))
-        tie_head(state, config, hf, embedding, "lm_head.weight")
-        hf.check_all_used()
-        return state
-
-    def mismatches(self, config: ModelConfig, kind: type[LanguageModel]) -> list[str]:
-        problems = decoder_mismatches(config, kind, "gpt2")
-        problems += full_heads_mismatches(config, "gpt2")
-        problems += require(config, "norm", "gpt2", ["layernorm"], bias=True)
-        problems += require(config, "position", "gpt2", ["learned"])
-        if activation_to_hf(config, _ACTIVATIONS) is None:
-            problems.append(
-                f"activation {component(config, 'activation')[0]!r} (the gpt2 family has gelu, relu or swish)"
-            )
-        if not config.bias:
-            problems.append("bias=False (the gpt2 family has biases on every projection)")
-        if not component(config, "activation")[1]["bias"]:
-            problems.append("activation bias=False (the gpt2 family has biases on every projection)")
-        if config.embedding_norm:
-            problems.append("embedding_norm=True (the gpt2 family has no embedding norm)")
-        if not (default_attention_scale(config) or config.attention_scale == 1.0):
-            problems.append(
-                f"attention_scale={config.attention_scale} (the gpt2 family has 1/sqrt(head_dim) or 1.0)"
-            )
-        return problems
-
     def config_to_hf(self, config: ModelConfig) -> dict[str, Any]:
         return {
             "model_type": "gpt2",
@@ -148,52 +131,33 @@ class GPT2Family(HFFamily):
             **decoder_hf_fields(config),
         }
 
-    def weights_to_hf(self, state: StateDict, config: ModelConfig) -> StateDict:
-        out = {
-            "transformer.wte.weight": state["embed.tokens.weight"],
-            "transformer.wpe.weight": state["stack.position.table.weight"],
-            "transformer.ln_f.weight": state["stack.final_norm.weight"],
-            "transformer.ln_f.bias": state["stack.final_norm.bias"],
-        }
-        for i in range(config.n_layers):
-            out.update(_layer_to_hf(state, i))
-        if not config.tie_embeddings:
-            out["lm_head.weight"] = state["head.proj.weight"]
-        return out
+    def weight_table(self, config: ModelConfig) -> WeightTable:
+        ours, theirs = "stack.layers.{i}", "transformer.h.{i}"
+        layer = (
+            # c_attn: weight (d, 3d) = [q | k | v] along the output (last) dim; bias (3d,) likewise.
+            Map(tuple(f"{ours}.attn.{n}.weight" for n in "qkv"), f"{theirs}.attn.c_attn.weight",
+                side_by_side(3, dim=1, transpose=True)),
+            Map(tuple(f"{ours}.attn.{n}.bias" for n in "qkv"), f"{theirs}.attn.c_attn.bias", side_by_side(3, dim=0)),
+            *(m for a, b in _PROJECTIONS for m in (Map(f"{ours}.{a}.weight", f"{theirs}.{b}.weight", TRANSPOSE),
+                                                    Map(f"{ours}.{a}.bias", f"{theirs}.{b}.bias"))),
+            *(Map(f"{ours}.{a}.{p}", f"{theirs}.{b}.{p}") for a, b in _NORMS for p in ("weight", "bias")),
+        )
+        return WeightTable(
+            "gpt2",
+            (
+                Map("embed.tokens.weight", "transformer.wte.weight"),
+                Map("stack.position.table.weight", "transformer.wpe.weight"),
+                Map("stack.final_norm.weight", "transformer.ln_f.weight"),
+                Map("stack.final_norm.bias", "transformer.ln_f.bias"),
+                Repeat(config.n_layers, layer),
+                head_entry(config),
+            ),
+            prefix="transformer.",
+            # old checkpoints carry the causal-mask buffers attn.bias and attn.masked_bias
+            ignorable=(".attn.bias", ".attn.masked_bias"),
+        )
 
 
 #: (our sublayer, HF Conv1D) pairs that map one to one (weight transposed)
 _PROJECTIONS = (("attn.o", "attn.c_proj"), ("ffn.up", "mlp.c_fc"), ("ffn.down", "mlp.c_proj"))
 _NORMS = (("residual.norms.0", "ln_1"), ("residual.norms.1", "ln_2"))
-
-
-def _layer_from_hf(hf: HFTensors, i: int, config: ModelConfig) -> StateDict:
-    ours, theirs = f"stack.layers.{i}", f"h.{i}"
-    state: StateDict = {}
-    # c_attn: weight (d, 3d) = [q | k | v] along the output (last) dim; bias (3d,) likewise.
-    weight, bias = hf.take(f"{theirs}.attn.c_attn.weight"), hf.take(f"{theirs}.attn.c_attn.bias")
-    for name, w, b in zip("qkv", weight.split(config.d_model, dim=1), bias.split(config.d_model)):
-        state[f"{ours}.attn.{name}.weight"] = w.t()
-        state[f"{ours}.attn.{name}.bias"] = b
-    for a, b in _PROJECTIONS:
-        state[f"{ours}.{a}.weight"] = hf.take(f"{theirs}.{b}.weight").t()
-        state[f"{ours}.{a}.bias"] = hf.take(f"{theirs}.{b}.bias")
-    for a, b in _NORMS:
-        for p in ("weight", "bias"):
-            state[f"{ours}.{a}.{p}"] = hf.take(f"{theirs}.{b}.{p}")
-    return state
-
-
-def _layer_to_hf(state: StateDict, i: int) -> StateDict:
-    ours, theirs = f"stack.layers.{i}", f"transformer.h.{i}"
-    out: StateDict = {
-        f"{theirs}.attn.c_attn.weight": torch.cat([state[f"{ours}.attn.{n}.weight"].t() for n in "qkv"], dim=1),
-        f"{theirs}.attn.c_attn.bias": torch.cat([state[f"{ours}.attn.{n}.bias"] for n in "qkv"]),
-    }
-    for a, b in _PROJECTIONS:
-        out[f"{theirs}.{b}.weight"] = state[f"{ours}.{a}.weight"].t()
-        out[f"{theirs}.{b}.bias"] = state[f"{ours}.{a}.bias"]
-    for a, b in _NORMS:
-        for p in ("weight", "bias"):
-            out[f"{theirs}.{b}.{p}"] = state[f"{ours}.{a}.{p}"]
-    return out

@@ -9,22 +9,22 @@ from __future__ import annotations
 from typing import Any
 
 from llm_modules.config import ModelConfig
+from llm_modules.interop.allow import ANY, Activation, Check, Fixed, Ignored, Mapped, Slot
 from llm_modules.interop.common import (
-    HFTensors,
-    activation_from_hf,
-    activation_to_hf,
-    component,
+    DECODER_HEAD,
+    FEATURES_OFF,
+    RUN_SETTINGS,
+    SCALED_ATTENTION,
     decoder_hf_fields,
-    decoder_mismatches,
-    default_attention_scale,
-    ffn_hidden,
+    head_entry,
+    linear,
     pad_token,
-    require,
-    tie_head,
+    sizes,
     untie_if_head_differs,
 )
-from llm_modules.interop.family import HF_FAMILIES, HFFamily, StateDict
-from llm_modules.models import CausalLM, LanguageModel
+from llm_modules.interop.family import HF_FAMILIES, HFFamily
+from llm_modules.interop.slots import activation_from_hf, activation_to_hf, component, ffn_hidden
+from llm_modules.interop.weights import Map, Repeat, StateDict, WeightTable, rotary_halves
 from llm_modules.registry import ConfigError
 
 _GATED = {
@@ -34,6 +34,33 @@ _GATED = {
     "gelu_pytorch_tanh": ("geglu", {"approximate": "tanh"}),
     "gelu_new": ("geglu", {"approximate": "tanh"}),
     "relu": ("reglu", {}),
+}
+
+#: what the llama family represents: every ModelConfig field (``allow``)
+FIELDS = {
+    **sizes("hidden_size", "num_hidden_layers", "num_attention_heads"),
+    **RUN_SETTINGS,
+    **FEATURES_OFF,
+    **DECODER_HEAD,
+    "d_model": Check(lambda c: c.d_model % c.n_heads == 0,
+                     "d_model a multiple of n_heads (transformers' LlamaConfig refuses others even with head_dim set)"),
+    "n_kv_heads": Mapped("num_key_value_heads"),
+    "head_dim": Mapped("head_dim"),
+    "d_ff": Mapped("intermediate_size"),
+    "max_seq_len": Mapped("max_position_embeddings"),
+    "norm": Slot("rmsnorm", eps=ANY),
+    "norm_eps": Mapped("rms_norm_eps"),
+    "residual": Slot("pre"),
+    "activation": Activation(_GATED, d_ff=ANY, bias=ANY, dropout=ANY),
+    # interleaved rotary pairs export with q/k rows permuted into LLaMA's halves (weight_table)
+    "position": Slot("rope", theta=ANY, fraction=1.0, interleaved=ANY),
+    "bias": Mapped("attention_bias"),
+    "dropout": Ignored("LLaMA has no hidden-state dropout, and dropout is off at inference"),
+    "attention_dropout": Mapped("attention_dropout"),
+    "attention_scale": SCALED_ATTENTION,
+    "tie_embeddings": Mapped("tie_word_embeddings"),
+    "embedding_norm": Fixed(False),
+    "init_std": Mapped("initializer_range"),
 }
 
 
@@ -57,7 +84,7 @@ def rope_theta_from_hf(hf: dict[str, Any]) -> float:
 class LlamaFamily(HFFamily):
     """LLaMA / LLaMA-2 / LLaMA-3-style decoders (``LlamaForCausalLM``)."""
 
-    kind = CausalLM
+    model_type, kind, kind_words, fields = "llama", "CausalLM", "a causal decoder", FIELDS
 
     def config_from_hf(self, hf: dict[str, Any]) -> ModelConfig:
         d_model, n_heads = hf["hidden_size"], hf["num_attention_heads"]
@@ -89,36 +116,6 @@ class LlamaFamily(HFFamily):
     def refine_config(self, config: ModelConfig, weights: StateDict) -> ModelConfig:
         return untie_if_head_differs(config, weights, "embed_tokens.weight", ("model.", ""))
 
-    def weights_from_hf(self, weights: StateDict, config: ModelConfig) -> StateDict:
-        hf = HFTensors(weights, "llama", prefixes=("model.", ""), ignorable=("rotary_emb.inv_freq",))
-        embedding = hf.take("embed_tokens.weight")
-        state = {"embed.tokens.weight": embedding, "stack.final_norm.weight": hf.take("norm.weight")}
-        for i in range(config.n_layers):
-            for ours, theirs in _llama_layer_names(i, config):
-                state[ours] = hf.take(theirs)
-        tie_head(state, config, hf, embedding, "lm_head.weight")
-        hf.check_all_used()
-        return state
-
-    def mismatches(self, config: ModelConfig, kind: type[LanguageModel]) -> list[str]:
-        problems = decoder_mismatches(config, kind, "llama")
-        problems += require(config, "norm", "llama", ["rmsnorm"])
-        problems += require(config, "position", "llama", ["rope"], fraction=1.0, interleaved=False)
-        if activation_to_hf(config, _GATED) is None:
-            problems.append(
-                f"activation {component(config, 'activation')[0]!r} (the llama family has swiglu, geglu or reglu)"
-            )
-        if config.embedding_norm:
-            problems.append("embedding_norm=True (the llama family has no embedding norm)")
-        if not default_attention_scale(config):
-            problems.append(f"attention_scale={config.attention_scale} (the llama family uses 1/sqrt(head_dim))")
-        if config.d_model % config.n_heads:
-            problems.append(
-                f"d_model={config.d_model} is not a multiple of n_heads={config.n_heads} "
-                "(transformers' LlamaConfig refuses that even with head_dim set)"
-            )
-        return problems
-
     def config_to_hf(self, config: ModelConfig) -> dict[str, Any]:
         theta = float(component(config, "position")[1]["theta"])
         return {
@@ -143,31 +140,27 @@ class LlamaFamily(HFFamily):
             **decoder_hf_fields(config),
         }
 
-    def weights_to_hf(self, state: StateDict, config: ModelConfig) -> StateDict:
-        out = {"model.embed_tokens.weight": state["embed.tokens.weight"], "model.norm.weight": state["stack.final_norm.weight"]}
-        for i in range(config.n_layers):
-            for ours, theirs in _llama_layer_names(i, config):
-                out["model." + theirs] = state[ours]
-        if not config.tie_embeddings:
-            out["lm_head.weight"] = state["head.proj.weight"]
-        return out
-
-
-def _llama_layer_names(i: int, config: ModelConfig) -> list[tuple[str, str]]:
-    """(our name, HF name without the ``model.`` prefix) for every tensor of layer ``i``."""
-    ours, theirs = f"stack.layers.{i}", f"layers.{i}"
-    pairs = [
-        (f"{ours}.residual.norms.0.weight", f"{theirs}.input_layernorm.weight"),
-        (f"{ours}.residual.norms.1.weight", f"{theirs}.post_attention_layernorm.weight"),
-    ]
-    attn_bias = config.bias
-    for a, b in (("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj"), ("o", "o_proj")):
-        pairs.append((f"{ours}.attn.{a}.weight", f"{theirs}.self_attn.{b}.weight"))
-        if attn_bias:
-            pairs.append((f"{ours}.attn.{a}.bias", f"{theirs}.self_attn.{b}.bias"))
-    mlp_bias = component(config, "activation")[1]["bias"]
-    for a, b in (("gate", "gate_proj"), ("up", "up_proj"), ("down", "down_proj")):
-        pairs.append((f"{ours}.ffn.{a}.weight", f"{theirs}.mlp.{b}.weight"))
-        if mlp_bias:
-            pairs.append((f"{ours}.ffn.{a}.bias", f"{theirs}.mlp.{b}.bias"))
-    return pairs
+    def weight_table(self, config: ModelConfig) -> WeightTable:
+        attn_bias, mlp_bias = config.bias, bool(component(config, "activation")[1]["bias"])
+        interleaved = component(config, "position")[1]["interleaved"]
+        heads = {"q": config.n_heads, "k": config.kv_heads}
+        ours, theirs = "stack.layers.{i}", "model.layers.{i}"
+        layer = (
+            Map(f"{ours}.residual.norms.0.weight", f"{theirs}.input_layernorm.weight"),
+            Map(f"{ours}.residual.norms.1.weight", f"{theirs}.post_attention_layernorm.weight"),
+            *(m for a in "qkvo" for m in linear(
+                f"{ours}.attn.{a}", f"{theirs}.self_attn.{a}_proj", attn_bias,
+                **({"transform": rotary_halves(heads[a])} if interleaved and a in heads else {}))),
+            *(m for a in ("gate", "up", "down") for m in linear(f"{ours}.ffn.{a}", f"{theirs}.mlp.{a}_proj", mlp_bias)),
+        )
+        return WeightTable(
+            "llama",
+            (
+                Map("embed.tokens.weight", "model.embed_tokens.weight"),
+                Map("stack.final_norm.weight", "model.norm.weight"),
+                Repeat(config.n_layers, layer),
+                head_entry(config),
+            ),
+            prefix="model.",
+            ignorable=("rotary_emb.inv_freq",),
+        )

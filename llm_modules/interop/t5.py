@@ -19,19 +19,18 @@ from typing import Any
 import torch
 
 from llm_modules.config import ModelConfig
+from llm_modules.interop.allow import ANY, Activation, Check, Fixed, Ignored, Mapped, Slot
 from llm_modules.interop.common import (
-    HFTensors,
-    activation_from_hf,
-    activation_to_hf,
-    component,
-    ffn_hidden,
+    FEATURES_OFF,
+    RUN_SETTINGS,
+    head_entry,
     pad_token,
-    require,
-    tie_head,
+    sizes,
 )
-from llm_modules.interop.family import HF_FAMILIES, HFFamily, StateDict
-from llm_modules.models import LanguageModel, Seq2SeqLM
-from llm_modules.registry import ConfigError, split_spec
+from llm_modules.interop.family import HF_FAMILIES, HFFamily
+from llm_modules.interop.slots import activation_from_hf, activation_to_hf, component, ffn_hidden
+from llm_modules.interop.weights import Map, Repeat, StateDict, WeightTable
+from llm_modules.registry import ConfigError
 
 #: ``feed_forward_proj`` -> our activation. HF reads "[gated-]<ACT2FN name>", except that plain
 #: "gated-gelu" means gelu_new (tanh). The first spelling of a feed-forward is the one exported.
@@ -50,13 +49,11 @@ _FEED_FORWARDS = {
 _ACT_ALIASES = {"gelu_pytorch_tanh": "gelu_new", "gelu_python": "gelu", "swish": "silu"}
 _GATED_ALIASES = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "swish": "silu"}
 
-#: tensors a T5 checkpoint may hold that carry nothing of their own: copies of the shared
-#: embedding, and a cross-attention bucket table that old checkpoints stored but T5 never uses
-_IGNORABLE = (
-    "encoder.embed_tokens.weight",
-    "decoder.embed_tokens.weight",
-    "decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",
-)
+#: where a T5 checkpoint may keep the shared embedding: ``shared.weight``, or only a stack's copy
+_SHARED = ("shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
+
+#: a cross-attention bucket table that old checkpoints stored but T5 never uses
+_IGNORABLE = ("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",)
 
 
 def _activation_from_proj(proj: str) -> Any:
@@ -78,11 +75,44 @@ def _scales_output(config: ModelConfig) -> bool:
     return math.isclose(config.output_scale, config.d_model**-0.5, rel_tol=1e-9)
 
 
+#: what the t5 family represents: every ModelConfig field (``allow``)
+FIELDS = {
+    **sizes("d_model", "num_decoder_layers", "num_heads"),
+    **RUN_SETTINGS,
+    **FEATURES_OFF,
+    "n_encoder_layers": Check(lambda c: c.encoder_layers >= 1, "an encoder: n_encoder_layers >= 1 (or null)"),
+    "n_kv_heads": Check(lambda c: c.kv_heads == c.n_heads, "no GQA/MQA: n_kv_heads = n_heads",
+                        lambda c, f: f"n_kv_heads={c.kv_heads} < n_heads={c.n_heads}"),
+    "head_dim": Mapped("d_kv"),
+    "d_ff": Mapped("d_ff"),
+    "max_seq_len": Ignored("relative positions: T5 has no maximum length"),
+    "norm": Slot("rmsnorm", eps=ANY),
+    "norm_eps": Mapped("layer_norm_epsilon"),
+    "residual": Slot("pre"),
+    "activation": Activation(_FEED_FORWARDS, d_ff=ANY, bias=False, dropout=ANY),
+    # bidirectional is left out: T5 has bidirectional encoder and causal decoder buckets
+    "position": Slot("t5", num_buckets=ANY, max_distance=ANY),
+    "bias": Fixed(False),
+    "dropout": Mapped("dropout_rate"),
+    "attention_dropout": Ignored("T5 applies dropout_rate there too, and dropout is off at inference"),
+    "attention_scale": Fixed(1.0),
+    "output_scale": Check(lambda c: _head_fits(c), "1.0, or d_model**-0.5 with a tied head (an untied head is "
+                          "never scaled; tie embeddings or set 1.0)",
+                          lambda c, f: f"output_scale={c.output_scale!r} with tie_embeddings={c.tie_embeddings}"),
+    "tie_embeddings": Mapped("tie_word_embeddings"),
+    "embedding_norm": Fixed(False),
+    "type_vocab_size": Fixed(0),
+    "head_transform": Fixed(False),
+    "lm_head_bias": Fixed(False),
+    "init_std": Ignored("initialization only"),
+}
+
+
 @HF_FAMILIES.register("t5")
 class T5Family(HFFamily):
     """T5-style encoder-decoders (``T5ForConditionalGeneration``)."""
 
-    kind = Seq2SeqLM
+    model_type, kind, kind_words, fields = "t5", "Seq2SeqLM", "an encoder-decoder", FIELDS
 
     # ---- import -------------------------------------------------------------------------------------------
 
@@ -137,46 +167,7 @@ class T5Family(HFFamily):
             return config.replace(tie_embeddings=False)
         return config
 
-    def weights_from_hf(self, weights: StateDict, config: ModelConfig) -> StateDict:
-        hf = HFTensors(weights, "t5", ignorable=_IGNORABLE)
-        embedding = _shared_embedding(weights)
-        hf.skip("shared.weight")
-        state = {"embed.tokens.weight": embedding}
-        for ours, theirs in _t5_names(config):
-            state[ours] = hf.take(theirs)
-        tie_head(state, config, hf, embedding, "lm_head.weight")
-        hf.check_all_used()
-        return state
-
     # ---- export -------------------------------------------------------------------------------------------
-
-    def mismatches(self, config: ModelConfig, kind: type[LanguageModel]) -> list[str]:
-        problems = []
-        if not issubclass(kind, Seq2SeqLM):
-            problems.append(f"{kind.__name__} is not an encoder-decoder (the t5 family is a Seq2SeqLM)")
-        problems += require(config, "norm", "t5", ["rmsnorm"])
-        problems += require(config, "residual", "t5", ["pre"])
-        problems += require(config, "position", "t5", ["t5"])
-        if "bidirectional" in split_spec(config.position, "position")[1]:
-            problems.append("position t5 with a fixed 'bidirectional' (t5 has bidirectional encoder, causal decoder buckets)")
-        if activation_to_hf(config, _FEED_FORWARDS) is None:
-            problems.append(
-                f"activation {component(config, 'activation')[0]!r} "
-                "(the t5 family has relu, gelu, silu, reglu, geglu or swiglu)"
-            )
-        if component(config, "activation")[1].get("bias") or config.bias:
-            problems.append("biases (the t5 family has no bias anywhere; set bias: false)")
-        if config.attention_scale != 1.0:
-            problems.append(f"attention_scale={config.attention_scale} (the t5 family does not scale scores; 1.0)")
-        if config.kv_heads != config.n_heads:
-            problems.append(f"n_kv_heads={config.kv_heads} < n_heads={config.n_heads} (the t5 family has no GQA/MQA)")
-        if config.encoder_layers < 1:
-            problems.append("no encoder layers (the t5 family needs n_encoder_layers >= 1)")
-        problems += _head_mismatches(config)
-        for field, want in _FIXED.items():
-            if getattr(config, field) != want:
-                problems.append(f"{field}={getattr(config, field)!r} (the t5 family has {field}={want!r})")
-        return problems
 
     def config_to_hf(self, config: ModelConfig) -> dict[str, Any]:
         buckets = component(config, "position")[1]  # with T5RelativeBias's defaults filled in
@@ -200,76 +191,57 @@ class T5Family(HFFamily):
             "pad_token_id": config.pad_token_id,
             "decoder_start_token_id": config.pad_token_id,
             # Every transformers version reads these two the same way: tied head <=> scaled output.
-            # A tied head without the scale is exported as an untied copy (see weights_to_hf).
+            # A tied head without the scale is exported as an untied copy (see weight_table).
             "tie_word_embeddings": scaled,
             "scale_decoder_outputs": scaled,
         }
 
-    def weights_to_hf(self, state: StateDict, config: ModelConfig) -> StateDict:
-        out = {theirs: state[ours] for ours, theirs in _t5_names(config)}
-        out["shared.weight"] = state["embed.tokens.weight"]
-        if not _scales_output(config):
-            # a copy: safetensors refuses two names for one storage, and older transformers need
-            # a head tensor whenever tie_word_embeddings is false
-            out["lm_head.weight"] = state["head.proj.weight"].clone()
-        return out
+    def weight_table(self, config: ModelConfig) -> WeightTable:
+        """Both stacks; the head is tied exactly when the decoder output is scaled (``config_to_hf``),
+        so a tied head without the scale is exported as an untied copy."""
+        gated = _is_gated(config)
+        return WeightTable(
+            "t5",
+            (
+                Map("embed.tokens.weight", "shared.weight", read=_SHARED),
+                *_stack("encoder", config.encoder_layers, cross=False, gated=gated),
+                *_stack("decoder", config.n_layers, cross=True, gated=gated),
+                head_entry(config, export_copy=not _scales_output(config)),
+            ),
+            ignorable=_IGNORABLE,
+        )
 
 
-#: fields whose value the t5 family fixes (anything else changes the logits or is not expressible)
-_FIXED = {
-    "sliding_window": None,
-    "sparse_stride": None,
-    "embedding_grad_scale": 1.0,
-    "embedding_norm": False,
-    "type_vocab_size": 0,
-    "head_transform": False,
-    "lm_head_bias": False,
-}
-
-
-def _head_mismatches(config: ModelConfig) -> list[str]:
+def _head_fits(config: ModelConfig) -> bool:
     """T5 scales the decoder output by d_model**-0.5 exactly when the head is the shared embedding
     (transformers before 5 cannot express an untied head with the scale)."""
-    if _scales_output(config):
-        return [] if config.tie_embeddings else [
-            "output_scale=d_model**-0.5 with an untied head (t5 scales only a tied head; tie embeddings or set 1.0)"
-        ]
-    if config.output_scale != 1.0:
-        return [f"output_scale={config.output_scale} (the t5 family has 1.0, or d_model**-0.5 with tied embeddings)"]
-    return []
+    return config.tie_embeddings if _scales_output(config) else config.output_scale == 1.0
 
 
 def _shared_embedding(weights: StateDict) -> torch.Tensor:
     """The shared token table; checkpoints may store it only under a stack's ``embed_tokens``."""
-    for name in ("shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight"):
+    for name in _SHARED:
         if name in weights:
             return weights[name]
     raise ConfigError("t5 checkpoint: no shared embedding (shared.weight) found; the weights are not a T5 model")
 
 
-def _t5_names(config: ModelConfig) -> list[tuple[str, str]]:
-    """(our name, HF name) for every tensor except the shared embedding and the head."""
-    gated = _is_gated(config)
-    return _stack_names("encoder", config.encoder_layers, cross=False, gated=gated) + _stack_names(
-        "decoder", config.n_layers, cross=True, gated=gated
-    )
-
-
-def _stack_names(stack: str, n_layers: int, *, cross: bool, gated: bool) -> list[tuple[str, str]]:
-    """One stack. HF numbers a block's sublayers: self-attention, [cross-attention,] feed-forward,
-    each with its own pre-norm, which is our ``residual.norms.<same index>``."""
-    pairs = [
-        (f"{stack}.position.table.weight", f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
-        (f"{stack}.final_norm.weight", f"{stack}.final_layer_norm.weight"),
-    ]
+def _stack(stack: str, n_layers: int, *, cross: bool, gated: bool) -> tuple:
+    """One stack's entries. HF numbers a block's sublayers: self-attention, [cross-attention,]
+    feed-forward, each with its own pre-norm, which is our ``residual.norms.<same index>``; the
+    bucket table lives in the first block."""
+    ours, theirs = f"{stack}.layers.{{i}}", f"{stack}.block.{{i}}.layer"
     attentions = [("attn", "SelfAttention")] + ([("cross_attn", "EncDecAttention")] if cross else [])
     ffn = [("gate", "wi_0"), ("up", "wi_1"), ("down", "wo")] if gated else [("up", "wi"), ("down", "wo")]
-    for i in range(n_layers):
-        ours, theirs = f"{stack}.layers.{i}", f"{stack}.block.{i}.layer"
-        for j, (our_attn, hf_attn) in enumerate(attentions):
-            pairs += [(f"{ours}.{our_attn}.{p}.weight", f"{theirs}.{j}.{hf_attn}.{p}.weight") for p in "qkvo"]
-            pairs.append((f"{ours}.residual.norms.{j}.weight", f"{theirs}.{j}.layer_norm.weight"))
-        j = len(attentions)
-        pairs += [(f"{ours}.ffn.{a}.weight", f"{theirs}.{j}.DenseReluDense.{b}.weight") for a, b in ffn]
-        pairs.append((f"{ours}.residual.norms.{j}.weight", f"{theirs}.{j}.layer_norm.weight"))
-    return pairs
+    layer = []
+    for j, (our_attn, hf_attn) in enumerate(attentions):
+        layer += [Map(f"{ours}.{our_attn}.{p}.weight", f"{theirs}.{j}.{hf_attn}.{p}.weight") for p in "qkvo"]
+        layer.append(Map(f"{ours}.residual.norms.{j}.weight", f"{theirs}.{j}.layer_norm.weight"))
+    j = len(attentions)
+    layer += [Map(f"{ours}.ffn.{a}.weight", f"{theirs}.{j}.DenseReluDense.{b}.weight") for a, b in ffn]
+    layer.append(Map(f"{ours}.residual.norms.{j}.weight", f"{theirs}.{j}.layer_norm.weight"))
+    return (
+        Map(f"{stack}.position.table.weight", f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
+        Map(f"{stack}.final_norm.weight", f"{stack}.final_layer_norm.weight"),
+        Repeat(n_layers, tuple(layer)),
+    )

@@ -5,7 +5,7 @@ trains (``peft``), and checkpoints that hold only what training changed.
 
 - **Start from a checkpoint.** ``model.init_from`` names an llm-modules checkpoint (float, any LM
   kind; our ``.ckpt`` files and Trainer checkpoints alike) or a Hugging Face model folder (read by
-  ``interop.from_hf``). Its config becomes the model's unless ``model.config`` is given too, and then
+  ``interop.read_hf_model``). Its config becomes the model's unless ``model.config`` is given too, and then
   the two must agree on everything that shapes the weights or the function they compute (only
   dropout rates and the attention backend may differ); the base weights load at construction, so
   every later step (PEFT, memory savers, the strategy) sees a trained model, and the checkpoint's
@@ -118,7 +118,7 @@ def _read_checkpoint(path: Path) -> Base:
 
 
 def _read_hf_folder(path: Path) -> Base:
-    from llm_modules.interop import from_hf
+    from llm_modules.interop import read_hf_model
 
     if (path / "meta.pt").is_file() or any(path.glob("*.distcp")):
         raise ConfigError(
@@ -126,10 +126,10 @@ def _read_hf_folder(path: Path) -> Base:
             "one-file checkpoint (strategies/fsdp-full-state writes them) or a Hugging Face folder"
         )
     try:
-        module = from_hf(path)
+        read = read_hf_model(path)
     except ConfigError as err:
         raise ConfigError(f"model.init_from: {err}") from None
-    return Base(str(path), module.kind, module.config, module.model.state_dict())
+    return Base(str(path), read.kind, read.config, read.state)
 
 
 def resolve_config(given: ModelConfig | None, base: Base | None) -> ModelConfig:
