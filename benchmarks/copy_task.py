@@ -72,7 +72,8 @@ def copy_task(
 
 def combinations(kinds=None, norms=None, residuals=None):
     """Every (norm, residual, kind) the registry builds; pairs a layout refuses are left out."""
-    for norm, residual, kind in itertools.product(norms or NORMS.names(), residuals or RESIDUALS.names(), kinds or sorted(KINDS)):
+    grid = itertools.product(norms or NORMS.names(), residuals or RESIDUALS.names(), kinds or sorted(KINDS))
+    for norm, residual, kind in grid:
         try:
             tiny_config(norm, residual)
             KINDS[kind](tiny_config(norm, residual))

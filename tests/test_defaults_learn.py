@@ -71,7 +71,8 @@ def test_components_set_their_own_init():
     model = KINDS["CausalLM"](tiny_config("dyt", "sandwich")).model
     init = InitScale(std=0.02, n_layers=2)
     layout = model.stack.layers[0].residual
-    assert all(torch.allclose(norm.weight, torch.full_like(norm.weight, init.residual_std)) for norm in layout.norms_out)
+    gains = [norm.weight for norm in layout.norms_out]
+    assert all(torch.allclose(gain, torch.full_like(gain, init.residual_std)) for gain in gains)
     assert all(torch.equal(norm.weight, torch.ones_like(norm.weight)) for norm in layout.norms_in)
     assert model.stack.final_norm.alpha.item() == pytest.approx(0.5 / 0.02)
     order = list(children_first(model))
