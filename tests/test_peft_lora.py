@@ -11,7 +11,10 @@ from torch import nn
 
 from llm_modules import ModelConfig
 from llm_modules.nn.lm import DecoderLM, EncoderDecoderLM, EncoderLM
-from llm_modules.peft import LoRA, LoRALinear, applied_peft, apply_peft
+import torch.nn.functional as F
+
+from llm_modules.peft import LoRA, LoRALinear, adapters_disabled, applied_peft, apply_peft
+from llm_modules.peft.wrapped_linear import LinearWrappingMethod, WrappedLinear
 from llm_modules.registry import ConfigError, catalogue
 
 MODELS = {"llama-tiny": DecoderLM, "bert-tiny": EncoderLM, "t5-v1_1-tiny": EncoderDecoderLM}
@@ -204,6 +207,84 @@ def test_dropout_only_in_training():
     torch.manual_seed(0)
     first = layer(x)
     assert not torch.equal(first, layer(x))
+
+
+class FullDeltaLinear(WrappedLinear):
+    """A toy method's layer: a full-rank additive update D (zero at start); only its own math."""
+
+    def __init__(self, base: nn.Linear):
+        super().__init__(base)
+        self.delta_w = nn.Parameter(torch.zeros(self.out_features, self.in_features, **self.new_tensor_options()))
+
+    def delta(self, x):
+        return F.linear(x, self.delta_w)
+
+    def delta_weight(self):
+        return self.delta_w.detach().to(self.weight.dtype)
+
+
+class FullDelta(LinearWrappingMethod):
+    layer_type = FullDeltaLinear
+
+    def __init__(self, targets=("*.q",)):
+        self.targets = list(targets)
+
+    def make_layer(self, linear):
+        return FullDeltaLinear(linear)
+
+
+class NoMergeLinear(FullDeltaLinear):
+    merge_refusal = "toy: cannot merge; keep it unmerged"
+
+
+class NoMerge(FullDelta):
+    layer_type = NoMergeLinear
+
+    def make_layer(self, linear):
+        return NoMergeLinear(linear)
+
+
+def test_a_new_linear_method_gets_wrap_merge_unmerge_unload_from_the_base():
+    """The shared base (peft.wrapped_linear) serves any method that supplies only its delta."""
+    model = build()
+    base_keys = list(model.state_dict())
+    q_weight = model.stack.layers[0].attn.q.weight
+    method = apply_peft(model, FullDelta())
+    assert method.added_keys == {f"stack.layers.{i}.attn.q.delta_w" for i in range(2)}
+    with torch.no_grad():
+        for _, layer in method.layers(model):
+            layer.delta_w.normal_(0, 0.05)
+    inputs = batch(model)
+    with torch.no_grad():
+        adapted = model(**inputs)
+        with adapters_disabled(model):
+            base = model(**inputs)
+        assert not torch.allclose(adapted, base)
+        original = q_weight.clone()
+        method.merge(model)
+        assert method.is_merged(model)
+        torch.testing.assert_close(model(**inputs), adapted, atol=1e-5, rtol=1e-5)
+        with pytest.raises(ConfigError, match="merged into the weights"):
+            adapters_disabled(model).__enter__()
+        method.unmerge(model)
+        torch.testing.assert_close(q_weight, original, atol=1e-6, rtol=0)
+        method.unload(model)
+        torch.testing.assert_close(model(**inputs), adapted, atol=1e-5, rtol=1e-5)
+    assert list(model.state_dict()) == base_keys and type(model.stack.layers[0].attn.q) is nn.Linear
+    assert model.stack.layers[0].attn.q.weight is q_weight and applied_peft(model) == ()
+    apply_peft(model, FullDelta())
+    with pytest.raises(ConfigError, match=r"layers\.0\.attn\.q already carries FullDelta"):
+        apply_peft(model, "lora")  # one method per linear layer, whichever came first
+
+
+def test_a_layer_that_cannot_merge_refuses_merge_and_unload():
+    model = build()
+    method = apply_peft(model, NoMerge())
+    with pytest.raises(ConfigError, match="toy: cannot merge"):
+        method.merge(model)
+    with pytest.raises(ConfigError, match="toy: cannot merge"):
+        method.unload(model)
+    assert not method.is_merged(model) and applied_peft(model) == (method,)
 
 
 def test_matches_hugging_face_peft():

@@ -45,6 +45,8 @@ def test_options_are_checked_without_a_gpu():
         QLoRA(compute_dtype="int8")
     with pytest.raises(ConfigError, match="blocksize"):
         QLoRA(blocksize=100)
+    with pytest.raises(ConfigError, match=r"no option 'rnk' \(did you mean 'r'\?\).*blocksize.*rslora"):
+        apply_peft(build(), {"name": "qlora", "rnk": 4})  # LoRA's options, written once, still checked
     spec = QLoRA(r=4, alpha=8, targets=["*.q"], rslora=True).as_lora()
     assert spec == {"name": "lora", "r": 4, "alpha": 8.0, "dropout": 0.0, "targets": ["*.q"], "rslora": True, "init": "kaiming"}
 

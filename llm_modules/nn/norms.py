@@ -16,6 +16,10 @@ class LayerNorm(nn.LayerNorm):
     def __init__(self, dim: int, eps: float = 1e-5, bias: bool = True):
         super().__init__(dim, eps=eps, bias=bias)
 
+    def reset_gain(self, gain: float) -> None:
+        """Start the output at ``gain`` times unit scale (``nn.init``: a layout's ``default_init``)."""
+        self.weight.fill_(gain)
+
 
 @NORMS.register("rmsnorm")
 class RMSNorm(nn.Module):
@@ -33,6 +37,10 @@ class RMSNorm(nn.Module):
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * h.to(x.dtype)
+
+    def reset_gain(self, gain: float) -> None:
+        """Start the output at ``gain`` times unit scale (``nn.init``: a layout's ``default_init``)."""
+        self.weight.fill_(gain)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
@@ -73,10 +81,14 @@ class ScaleNorm(nn.Module):
 
     def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()
-        self.eps = eps
+        self.eps, self.dim = eps, dim
         self.scale = nn.Parameter(torch.tensor(float(dim) ** 0.5))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x.float()
         norm = h.norm(dim=-1, keepdim=True).clamp_min(self.eps)
         return (self.scale * (h / norm)).to(x.dtype)
+
+    def reset_gain(self, gain: float) -> None:
+        """Start the output at ``gain`` times unit scale (``nn.init``: a layout's ``default_init``)."""
+        self.scale.fill_(gain * self.dim**0.5)

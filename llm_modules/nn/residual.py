@@ -81,6 +81,20 @@ class SandwichNorm(ResidualLayout):
             x = x + norm_out(f(norm_in(x)))
         return x
 
+    def default_init(self, init) -> None:
+        """Each normalized sublayer output starts at ``init.residual_std``, not at unit scale.
+
+        The residual stream starts at the embeddings' scale (``init.std``, 0.02); output norms at
+        identity would add 2 x n_layers unit-scale terms to it and drown the token's own embedding
+        (50:1 at the default std), so that the model learned only token frequencies. At
+        ``residual_std`` the sublayers together add about the embeddings' variance, as the scaled
+        output projections of a pre-norm model do. A norm without ``reset_gain`` stays at identity.
+        """
+        for norm in self.norms_out:
+            reset_gain = getattr(norm, "reset_gain", None)
+            if callable(reset_gain):
+                reset_gain(init.residual_std)
+
 
 @RESIDUALS.register("deepnorm")
 class DeepNorm(ResidualLayout):

@@ -2,7 +2,7 @@
 
 Importing this package registers the built-in methods in ``registry.PEFT_METHODS``:
 ``lora``, ``qlora`` (needs CUDA + bitsandbytes at inject time only), ``adapter``, and the
-soft-prompt family. ``peft.io`` saves and loads adapter-only files; ``adapters_disabled(model)``
+soft-prompt family. Methods that wrap linear layers (LoRA, QLoRA) share ``peft.wrapped_linear``. ``peft.io`` saves and loads adapter-only files; ``adapters_disabled(model)``
 runs the model as its base for a ``with`` block (the reference of alignment methods).
 """
 
@@ -19,6 +19,7 @@ from llm_modules.peft.base import (
 from llm_modules.peft.io import load_adapter, read_adapter, save_adapter
 from llm_modules.peft.lora import LoRA, LoRALinear
 from llm_modules.peft.qlora import QLoRA
+from llm_modules.peft.wrapped_linear import LinearWrappingMethod, WrappedLinear
 
 # ---- soft-prompt methods (prompt, prefix, P-tuning) register below ------------------------------------------
 import llm_modules.peft.prefix  # noqa: F401  (registers prefix)
@@ -26,10 +27,12 @@ import llm_modules.peft.prompt  # noqa: F401  (registers prompt, ptuning)
 
 __all__ = [
     "BottleneckAdapter",
+    "LinearWrappingMethod",
     "LoRA",
     "LoRALinear",
     "PeftMethod",
     "QLoRA",
+    "WrappedLinear",
     "adapters_disabled",
     "applied_peft",
     "apply_peft",

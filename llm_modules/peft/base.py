@@ -22,7 +22,8 @@ It works on the torch model of any LM kind (``nn.lm``), in place, without Lightn
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Iterator
+import inspect
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Any
 
@@ -76,6 +77,26 @@ class PeftMethod(abc.ABC):
     def describe(self) -> dict[str, Any]:
         """The options as plain data, as they would be written in a config."""
         return {"name": self.name, **{k: v for k, v in vars(self).items() if not k.startswith("_") and k not in ("name", "added_keys")}}
+
+
+def option_names(method_type: type[PeftMethod]) -> list[str]:
+    """The config options of a method class (its constructor's keywords), in signature order."""
+    return [p.name for p in inspect.signature(method_type).parameters.values() if p.kind is not p.VAR_KEYWORD]
+
+
+def extended_signature(parent_init: Callable, own_init: Callable) -> inspect.Signature:
+    """``own_init``'s signature with its ``**options`` replaced by ``parent_init``'s options.
+
+    A method that adds options to another's (QLoRA: LoRA's and quantization's) takes the parent's
+    as ``**options`` and passes them on, so each option is written once; assigned to
+    ``__init__.__signature__``, this lets the registry's typo check and help still list them all.
+    Every option is keyword-only, as ``**options`` can only be filled by keyword.
+    """
+    own = list(inspect.signature(own_init).parameters.values())
+    inherited = [p.replace(kind=p.KEYWORD_ONLY) for p in list(inspect.signature(parent_init).parameters.values())[1:]
+                 if p.kind is not p.VAR_KEYWORD]
+    mine = [p for p in own[1:] if p.kind is not p.VAR_KEYWORD]
+    return inspect.Signature([own[0], *inherited, *mine])
 
 
 def build_peft(spec: Any) -> PeftMethod:

@@ -13,12 +13,12 @@ as ``lora`` (``QLoRA.as_lora()``), which is how the result is merged and exporte
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
+from llm_modules.peft.base import extended_signature, option_names
 from llm_modules.peft.lora import LoRA, LoRALinear
 from llm_modules.registry import PEFT_METHODS, ConfigError
 
@@ -48,6 +48,11 @@ def require_bitsandbytes() -> Any:
 class QLoRALinear(LoRALinear):
     """LoRA over an NF4 weight (``bitsandbytes.nn.Params4bit``); the base matmul runs in ``compute_dtype``."""
 
+    merge_refusal = (
+        "peft qlora cannot merge into 4-bit weights (the update would be rounded away); load the adapter "
+        "onto the float base model with method QLoRA.as_lora() and merge there"
+    )
+
     def __init__(self, base: nn.Linear, r: int, scale: float, dropout: float, init: str, *, quant: dict):
         import bitsandbytes as bnb  # checked by QLoRA.inject (require_bitsandbytes)
 
@@ -74,15 +79,6 @@ class QLoRALinear(LoRALinear):
         out = bnb.matmul_4bit(x.to(self.compute_dtype), self.weight.t(), bias=bias, quant_state=state)
         return out.to(x.dtype)
 
-    def merge(self) -> None:
-        raise ConfigError(
-            "peft qlora cannot merge into 4-bit weights (the update would be rounded away); load the adapter "
-            "onto the float base model with method QLoRA.as_lora() and merge there"
-        )
-
-    def unmerge(self) -> None:
-        """Never merged (``merge`` refuses), so there is nothing to undo."""
-
 
 @PEFT_METHODS.register("qlora")
 class QLoRA(LoRA):
@@ -90,28 +86,22 @@ class QLoRA(LoRA):
 
     LoRA's options, plus ``compute_dtype`` (bfloat16, float16, float32: the dtype of the
     dequantized matmul), ``double_quant`` (quantize the block scales too) and ``blocksize``.
+    Merging and unloading are refused by the layers (``merge_refusal``), naming ``as_lora``.
     """
 
     layer_type = QLoRALinear
 
-    def __init__(
-        self,
-        r: int = 8,
-        alpha: float = 16,
-        dropout: float = 0.0,
-        targets: str | Iterable[str] = ("*.q", "*.v"),
-        rslora: bool = False,
-        init: str = "kaiming",
-        compute_dtype: str = "bfloat16",
-        double_quant: bool = True,
-        blocksize: int = 64,
-    ):
-        super().__init__(r=r, alpha=alpha, dropout=dropout, targets=targets, rslora=rslora, init=init)
+    def __init__(self, *, compute_dtype: str = "bfloat16", double_quant: bool = True, blocksize: int = 64,
+                 **lora_options: Any):
+        super().__init__(**lora_options)
         if compute_dtype not in COMPUTE_DTYPES:
             raise ConfigError(f"peft qlora compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}; got {compute_dtype!r}")
         if blocksize not in (64, 128, 256, 512, 1024, 2048, 4096):
             raise ConfigError(f"peft qlora blocksize must be a power of two from 64 to 4096; got {blocksize!r}")
         self.compute_dtype, self.double_quant, self.blocksize = compute_dtype, bool(double_quant), blocksize
+
+    # LoRA's options are written once (in LoRA); the registry's typo check and help see them all.
+    __init__.__signature__ = extended_signature(LoRA.__init__, __init__)
 
     def inject(self, model: nn.Module) -> None:
         require_bitsandbytes()
@@ -122,17 +112,7 @@ class QLoRA(LoRA):
                  "blocksize": self.blocksize}
         return QLoRALinear(linear, self.r, self.scale, self.dropout, self.init, quant=quant)
 
-    def merge(self, model: nn.Module) -> None:
-        for _, layer in self.layers(model):
-            layer.merge()  # refuses, naming the way out
-
-    def unload(self, model: nn.Module) -> None:
-        self.merge(model)
-
-    def is_merged(self, model: nn.Module) -> bool:
-        return False
-
     def as_lora(self) -> dict[str, Any]:
         """The ``lora`` spec with this method's LoRA options: its adapter files load onto the float base with it."""
-        keep = ("r", "alpha", "dropout", "targets", "rslora", "init")
+        keep = option_names(LoRA)
         return {"name": "lora", **{k: getattr(self, k) for k in keep}}
