@@ -19,6 +19,9 @@ class Attention(nn.Module):
     (GQA; 1 = MQA). A cross-attention module takes keys and values from ``memory``.
     """
 
+    #: the projection that writes into the residual stream (scaled down with depth by ``nn.init``)
+    residual_outputs = ("o",)
+
     def __init__(
         self,
         d_model: int,
@@ -80,6 +83,12 @@ class Attention(nn.Module):
             divisible=(whole_heads("n_heads", self.n_heads, "the number of query heads"),
                        whole_heads("n_kv_heads", self.n_kv_heads, "the number of key/value heads")),
         )
+
+    def deepnet_init(self, beta: float) -> None:
+        """DeepNet's init (``Block.layout_init``): Xavier-normal, gain 1 for queries and keys and
+        ``beta`` for values and the output projection."""
+        for proj, gain in ((self.q, 1.0), (self.k, 1.0), (self.v, beta), (self.o, beta)):
+            nn.init.xavier_normal_(proj.weight, gain=gain)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, heads * head_dim) -> (B, heads, T, head_dim). The head count is read from the

@@ -54,6 +54,8 @@ class MLP(nn.Module):
     """Two-matrix feed-forward ``down(act(up(x)))``."""
 
     gated = False
+    #: the projection that writes into the residual stream (scaled down with depth by ``nn.init``)
+    residual_outputs = ("down",)
 
     def __init__(self, d_model: int, d_ff: int | None, bias: bool, dropout: float, act: Activation):
         super().__init__()
@@ -74,6 +76,8 @@ class GatedMLP(nn.Module):
     """Three-matrix GLU feed-forward ``down(act(gate(x)) * up(x))``."""
 
     gated = True
+    #: the projection that writes into the residual stream (scaled down with depth by ``nn.init``)
+    residual_outputs = ("down",)
 
     def __init__(self, d_model: int, d_ff: int | None, bias: bool, dropout: float, act: Activation):
         super().__init__()

@@ -25,10 +25,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from llm_modules.nn.transformer import Block
-
-#: names of the projections that write into the residual stream (scaled down with depth)
-RESIDUAL_OUTPUTS = ("o", "down")
 
 
 @dataclass(frozen=True)
@@ -60,13 +56,19 @@ def children_first(module: nn.Module, seen: set[int] | None = None) -> Iterator[
 
 
 def init_weights(model: nn.Module, std: float, n_layers: int) -> None:
-    """Normal(0, std) for linear and embedding weights, zero biases, norms left at identity.
+    """Normal(0, std) for linear and embedding weights, zero biases, norms left at identity; then
+    what the components declare, each in its own pass:
 
-    Projections that write into the residual stream get std / sqrt(2 * n_layers) (GPT-2), so the
-    stream's variance does not grow with depth. Blocks whose residual layout asks for an init gain
-    (DeepNorm's beta) get DeepNet's init instead: Xavier-normal with gain beta for the value,
-    output and feed-forward projections, and gain 1 for queries and keys. Last, each component
-    with a ``default_init(InitScale)`` sets what it owns.
+    - ``residual_outputs``: names of a module's projections that write into the residual stream
+      (attention's ``o``, a feed-forward's ``down``); they start at std / sqrt(2 * n_layers)
+      (GPT-2), so the stream's variance does not grow with depth.
+    - ``layout_init()``: what a block's residual layout asks of the block's projections (DeepNorm's
+      DeepNet init: Xavier-normal with gain beta for value, output and feed-forward, gain 1 for
+      queries and keys).
+    - ``default_init(InitScale)``: anything else a component owns, children before parents.
+
+    The passes run in module order, so a model's init draws the same random numbers whatever
+    components it holds that declare nothing.
     """
     init = InitScale(std, n_layers)
     for module in model.modules():
@@ -76,13 +78,13 @@ def init_weights(model: nn.Module, std: float, n_layers: int) -> None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, 0.0, std)
-    scaled = init.residual_std
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in RESIDUAL_OUTPUTS:
-            nn.init.normal_(module.weight, 0.0, scaled)
-    for block in model.modules():
-        if isinstance(block, Block) and block.residual.init_gain != 1.0:
-            deepnet_init(block, block.residual.init_gain)
+    for module in model.modules():
+        for name in getattr(module, "residual_outputs", ()):
+            nn.init.normal_(getattr(module, name).weight, 0.0, init.residual_std)
+    for module in model.modules():
+        layout_init = getattr(module, "layout_init", None)
+        if callable(layout_init):
+            layout_init()
     with torch.no_grad():
         for module in children_first(model):
             own = getattr(module, "default_init", None)
@@ -90,12 +92,8 @@ def init_weights(model: nn.Module, std: float, n_layers: int) -> None:
                 own(init)
 
 
-def deepnet_init(block: Block, beta: float) -> None:
-    for attn in (block.attn, block.cross_attn):
-        if attn is None:
-            continue
-        for proj, gain in ((attn.q, 1.0), (attn.k, 1.0), (attn.v, beta), (attn.o, beta)):
-            nn.init.xavier_normal_(proj.weight, gain=gain)
-    for module in block.ffn.modules():
-        if isinstance(module, nn.Linear) and module is not getattr(block.ffn, "router", None):
-            nn.init.xavier_normal_(module.weight, gain=beta)
+def xavier_linears(module: nn.Module, gain: float) -> None:
+    """Xavier-normal init with ``gain`` for every linear layer under ``module`` (DeepNet)."""
+    for child in module.modules():
+        if isinstance(child, nn.Linear):
+            nn.init.xavier_normal_(child.weight, gain=gain)

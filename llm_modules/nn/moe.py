@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from llm_modules.nn.init import xavier_linears
 from llm_modules.nn.tensor_parallel import TensorParallelRefusal
 from llm_modules.registry import ACTIVATIONS, ConfigError, split_spec
 
@@ -47,6 +48,12 @@ class MixtureOfExperts(nn.Module):
             for _ in range(n_experts)
         )
         self.aux_loss = torch.zeros(())
+
+    def deepnet_init(self, beta: float) -> None:
+        """DeepNet's init (``Block.layout_init``) for the experts; the router is no residual-branch
+        projection and keeps its normal init."""
+        for expert in self.experts:
+            xavier_linears(expert, beta)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])

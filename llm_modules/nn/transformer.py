@@ -11,6 +11,7 @@ from torch.utils.checkpoint import checkpoint
 
 from llm_modules.nn.attention import Attention
 from llm_modules.nn.attention_backends import AttentionBackend
+from llm_modules.nn.init import xavier_linears
 from llm_modules.nn.kv_cache import KVCache, LayerCache
 from llm_modules.nn.masks import AttentionMask
 from llm_modules.nn.positions import check_declarations
@@ -43,6 +44,23 @@ class Block(nn.Module):
             cfg.residual, make_norm=lambda: build_norm(cfg), n_sublayers=3 if cross else 2, alpha=alpha, beta=beta
         )
         self.dropout = nn.Dropout(cfg.dropout)
+
+    def layout_init(self) -> None:
+        """The init the residual layout asks of this block (``nn.init``): DeepNorm's ``init_gain``
+        (beta) gives DeepNet's Xavier init to the attention projections (each attention module
+        says how) and to the feed-forward, whose own ``deepnet_init`` decides when it has
+        parameters that are no projection (a router); without one, all its linears."""
+        beta = self.residual.init_gain
+        if beta == 1.0:
+            return
+        for attn in (self.attn, self.cross_attn):
+            if attn is not None:
+                attn.deepnet_init(beta)
+        ffn_init = getattr(self.ffn, "deepnet_init", None)
+        if callable(ffn_init):
+            ffn_init(beta)
+        else:
+            xavier_linears(self.ffn, beta)
 
     def forward(
         self,
