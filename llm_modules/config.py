@@ -108,6 +108,11 @@ class ModelConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < self.vocab_size):
                 raise ConfigError(f"{name}={value!r} must be null or a token id below vocab_size={self.vocab_size}")
+        # The built-in components register when their package is imported; imported here, where
+        # names are looked up, and not at module level: configs are read by commands that build
+        # no model (data prepare, estimate's argument parsing), which need not import torch.
+        import llm_modules.nn  # noqa: F401
+
         for slot, registry in MODEL_REGISTRIES.items():
             registry.validate(getattr(self, slot))
 

@@ -16,7 +16,8 @@ import torch
 from llm_modules import CausalLM, ModelConfig, PrefixLM
 from llm_modules.checkpoint import load_checkpoint, save_checkpoint
 from llm_modules.cli import COMMANDS, main
-from llm_modules.registry import REGISTRIES, ConfigError, catalogue
+from llm_modules.cli.registry_cmd import catalogue
+from llm_modules.registry import REGISTRIES, ConfigError
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:

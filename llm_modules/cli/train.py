@@ -27,7 +27,6 @@ from llm_modules.config import preset_dir, preset_names
 from llm_modules.data.prompts import GenerationWriter
 from llm_modules.models import LanguageModel
 from llm_modules.cli import outputs, parse_errors, trainer_checks
-from llm_modules.cli.registry_cmd import import_local_plugins
 from llm_modules.cli.resume_last import newest_run_checkpoint, resolve_last
 from llm_modules.cli.run_folder import DEFAULT_NAME, DEFAULT_SAVE_DIR, RunFolder, logs_under_default_root_dir
 from llm_modules.registry import ConfigError, load_plugins
@@ -434,8 +433,7 @@ def run(argv: list[str]) -> int:
     # warns about whenever the process also has command-line arguments, that is, always.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     quiet_known_noise()  # Lightning's cloud-logger tip and its own LeafSpec deprecation warning
-    load_plugins()  # entry points, even when no module is named
-    import_local_plugins(modules + _config_plugins(_config_files(argv)))
+    load_plugins(modules + _config_plugins(_config_files(argv)))  # entry points too, even when no module is named
     LLMCLI(
         LanguageModel,
         LightningDataModule,
