@@ -25,7 +25,8 @@ from llm_modules.training import finetune
 from llm_modules.training.evaluation import GenerationEvalConfig, GenerationMetrics
 from llm_modules.training.memory import MemoryConfig, apply_memory_savers, compile_model
 from llm_modules.training.optim import OptimConfig, build_optimizer, build_scheduler
-from llm_modules.training.parallel import clip_sharded_gradients, data_parallel_split, parallelize
+from llm_modules.data.replicas import data_parallel_split
+from llm_modules.training.parallel import clip_sharded_gradients, parallelize
 from llm_modules.training.stability import STATE_KEY, StabilityConfig, global_losses, guard_of
 
 IGNORE_INDEX = -100
