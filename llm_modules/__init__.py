@@ -15,22 +15,24 @@ from llm_modules.registry import (
     load_plugins,
 )
 
-__version__ = "0.1.0"
+from llm_modules.version import __version__
 
-#: names reachable as ``llm_modules.NAME`` (and as ``class_path: llm_modules.NAME``) and the module
-#: that defines each, imported on first use: the LightningModules pull in Lightning (seconds of
-#: import), which commands such as ``data prepare`` and ``estimate`` never need
-_LAZY = {
-    **dict.fromkeys(("LanguageModel", "CausalLM", "PrefixLM", "Seq2SeqLM", "MaskedLM"), "llm_modules.models"),
-    **dict.fromkeys(("RewardModel", "DPO"), "llm_modules.alignment"),
-}
+#: names reachable as ``llm_modules.NAME`` (and as ``class_path: llm_modules.NAME``), imported on first
+#: use: the LightningModules pull in Lightning (seconds of import), which commands such as ``data
+#: prepare`` and ``estimate`` never need
+_MODELS = ("LanguageModel", "CausalLM", "PrefixLM", "Seq2SeqLM", "MaskedLM")
+_ALIGNMENT = ("RewardModel", "DPO")
 
 
 def __getattr__(name):
-    if name in _LAZY:
-        import importlib
+    if name in _MODELS:
+        import llm_modules.models as models
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        return getattr(models, name)
+    if name in _ALIGNMENT:
+        import llm_modules.alignment as alignment
+
+        return getattr(alignment, name)
     raise AttributeError(f"module 'llm_modules' has no attribute {name!r}")
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import lightning
 import torch
 
-from llm_modules import integrity
+import llm_modules.integrity as integrity
 from llm_modules.config import ModelConfig
 from llm_modules.models import KINDS, LanguageModel
 from llm_modules.registry import ConfigError

@@ -54,7 +54,7 @@ def export_hf(module, out: str, family: str | None) -> str:
     """The module (its PEFT method merged) as a Hugging Face folder, its tokenizer included (``to_hf``),
     so that transformers and ``llm-modules generate OUT`` load it; returns what was written, for the
     report line. ``llm-modules convert to-hf`` writes through here too."""
-    from llm_modules import to_hf
+    from llm_modules.interop import to_hf
     from llm_modules.training.finetune import fold
 
     path = to_hf(fold(module), out, family=family, prune=True)  # OUT passed outputs.check_folder

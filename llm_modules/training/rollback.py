@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from llm_modules import integrity
+import llm_modules.integrity as integrity
 from llm_modules.registry import ConfigError
 from llm_modules.training.stability import STATE_KEY, StabilityGuard, TrainingUnstable
 
