@@ -9,7 +9,7 @@ integrity record every checkpoint written here carries (``llm_modules.integrity`
 whose tensor data changed since it was written is refused naming it; files without the record (older
 ones, other tools) load unverified. A weight with no finite value at all is refused too.
 
-A fine-tuned model's checkpoint may be adapter-only (``llm_modules.training.finetune``): it holds the
+A fine-tuned model's checkpoint may be adapter-only (``llm_modules.models.finetuning``): it holds the
 PEFT method's tensors, and its hyper-parameters name the base (``init_from``), which loading reads
 first; ``load_checkpoint(..., init_from=PATH)`` points at the base where it has moved since.
 """
@@ -29,7 +29,7 @@ import llm_modules.integrity as integrity
 from llm_modules.config import ModelConfig
 from llm_modules.models import KINDS, LanguageModel
 from llm_modules.registry import ConfigError
-from llm_modules.training import finetune
+import llm_modules.models.finetuning as finetune
 from llm_modules.training.checkpoint_io import atomic_torch_save
 
 

@@ -64,7 +64,7 @@ def run(argv: list[str]) -> int:
         raise ConfigError(f"checkpoint {args.ckpt!r} is already quantized ({module.quantization['method']}); "
                           "quantize the float checkpoint it came from")
     if module.peft_method is not None:  # a fine-tuned checkpoint: quantize what it computes, base + method
-        from llm_modules.training.finetune import fold
+        from llm_modules.models.finetuning import fold
 
         name = module.peft_method.name
         fold(module)

@@ -21,7 +21,7 @@ from llm_modules.nn.lm import aux_loss, count_parameters
 from llm_modules.nn.loss import cross_entropy
 from llm_modules.nn.positions import PositionEncoding
 from llm_modules.registry import ConfigError
-from llm_modules.training import finetune
+import llm_modules.models.finetuning as finetune
 from llm_modules.training.evaluation import GenerationEvalConfig, GenerationMetrics
 from llm_modules.training.memory import MemoryConfig, apply_memory_savers, compile_model
 from llm_modules.training.optim import OptimConfig, build_optimizer, build_scheduler
@@ -50,7 +50,7 @@ class LanguageModel(L.LightningModule, abc.ABC):
     some). Checkpoints carry all of them as plain data, plus the tokenizer when the data module has one, so a checkpoint is
     enough to rebuild the model and read its outputs.
 
-    Fine-tuning (``llm_modules.training.finetune``): ``init_from`` starts from the weights (and
+    Fine-tuning (``llm_modules.models.finetuning``): ``init_from`` starts from the weights (and
     tokenizer) of a checkpoint or a Hugging Face folder, whose config is the model's when ``config``
     is left out; ``peft`` names a parameter-efficient method (``lora``, ``adapter``, ...; ``null``:
     every parameter trains), whose checkpoints then hold only the method's tensors
@@ -126,7 +126,7 @@ class LanguageModel(L.LightningModule, abc.ABC):
     #: how to fix an ``init_from`` of another kind (``{kind}``: the checkpoint's), for the message
     base_kind_fix = "set model.class_path: llm_modules.{kind}"
     #: submodules beside ``self.model`` that train with a PEFT method and that adapter-only
-    #: checkpoints keep with the method's tensors (a reward model's value head); ``training.finetune``
+    #: checkpoints keep with the method's tensors (a reward model's value head); ``models.finetuning``
     trained_beside_peft: tuple[str, ...] = ()
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -295,7 +295,7 @@ class LanguageModel(L.LightningModule, abc.ABC):
         compile_model(self.model, self.memory)
 
     def on_train_start(self) -> None:
-        """Fine-tuning: how many parameters train, counted in ``configure_model`` (training.finetune)."""
+        """Fine-tuning: how many parameters train, counted in ``configure_model`` (models.finetuning)."""
         finetune.log_trainable(self)
 
     # ---- optimization -------------------------------------------------------------------------------------

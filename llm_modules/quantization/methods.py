@@ -149,7 +149,7 @@ def quantize(module, method: str | Mapping[str, Any] | Method = "int8-weight", *
         # Quantizing would replace LoRA layers by plain quantized ones and silently drop the update.
         raise ConfigError(
             f"the model carries peft method {applied[-1].name!r}; merge it into the weights first "
-            "(llm_modules.training.finetune.fold(module), or: llm-modules export CKPT OUT --format ckpt --merge), "
+            "(llm_modules.models.finetuning.fold(module), or: llm-modules export CKPT OUT --format ckpt --merge), "
             "then quantize the merged model"
         )
     chosen = build_method(method, **options)
