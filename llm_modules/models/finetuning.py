@@ -1,7 +1,10 @@
 """Fine-tuning plumbing of a LanguageModel: where the weights start (``init_from``), which PEFT method
 trains (``peft``), and checkpoints that hold only what training changed.
 
-``LanguageModel`` calls in here and keeps none of the logic itself:
+Its state (the base's fingerprint and tokenizer, the method, the checkpoint mode, the trainable
+count) lives in one :class:`FineTuning` object that the ``LanguageModel`` creates and holds
+(``lm.finetuning``); the module calls its methods and keeps none of the logic itself, and nothing
+else writes that state:
 
 - **Start from a checkpoint.** ``model.init_from`` names an llm-modules checkpoint (float, any LM
   kind; our ``.ckpt`` files and Trainer checkpoints alike) or a Hugging Face model folder (read by
@@ -34,8 +37,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+import llm_modules.checkpoint_contents as checkpoint_contents
 from llm_modules.config import ModelConfig
 from llm_modules.peft import PeftMethod, apply_peft, build_peft
+from llm_modules.quantization.io import is_quantized
 from llm_modules.registry import ConfigError
 from llm_modules.training.memory import trainable_summary
 
@@ -87,11 +92,8 @@ def read_base(path: str | Path, kind: str, fix: str = "set model.class_path: llm
 
 
 def _read_checkpoint(path: Path) -> Base:
-    from llm_modules.checkpoint import _read
-    from llm_modules.quantization.io import is_quantized
-
     try:
-        checkpoint = _read(path, "cpu")
+        checkpoint = checkpoint_contents.read(path, "cpu")
     except ConfigError as err:
         raise ConfigError(f"model.init_from: {err}") from None
     if is_quantized(checkpoint):
@@ -106,10 +108,9 @@ def _read_checkpoint(path: Path) -> Base:
             f"fold it into plain weights first: llm-modules export {path} merged.ckpt --format ckpt --merge, "
             "then init_from merged.ckpt"
         )
-    hparams = checkpoint.get("hyper_parameters") or {}
-    config, kind = checkpoint.get("model_config") or hparams.get("config"), checkpoint.get("model_kind")
-    if not isinstance(config, dict) or not kind:
-        raise ConfigError(f"model.init_from: {str(path)!r} lacks model_config/model_kind; it was not written by "
+    config, kind = checkpoint_contents.model_config(checkpoint), checkpoint_contents.model_kind(checkpoint)
+    if config is None or kind is None:
+        raise ConfigError(f"model.init_from: {str(path)!r} lacks its model config or model_kind; it was not written by "
                           "an llm-modules model (a Hugging Face model is a folder: give the folder)")
     state = {k[len(PREFIX):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(PREFIX)}
     tokenizer = checkpoint.get("tokenizer")
@@ -176,24 +177,6 @@ def fingerprint(state: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()[:32]
 
 
-def check_tokenizer(lm: LanguageModel, tokenizer: Any) -> None:
-    """The data must be tokenized as the base was trained: a data module's own tokenizer (given, or
-    trained on the fine-tuning data) would give the ids other meanings."""
-    if lm.init_from is None or tokenizer is None or lm.tokenizer_bytes is None:
-        return
-    to_bytes = getattr(tokenizer, "to_bytes", None)
-    if to_bytes is not None and to_bytes() != lm.tokenizer_bytes:
-        raise ConfigError(
-            f"data.tokenizer: the data module's tokenizer is not the one model.init_from={lm.init_from!r} was "
-            "trained with, so its ids would mean other pieces; leave data.tokenizer out for instruction or pair "
-            "data (they read with the model's), or give the checkpoint's own tokenizer file "
-            "(llm-modules export writes it as tokenizer.model) with data.train_tokenizer: false"
-        )
-
-
-# ---- the method -----------------------------------------------------------------------------------------------
-
-
 def checkpoint_mode(mode: str) -> str:
     if mode not in CHECKPOINT_MODES:
         raise ConfigError(f"model.peft_checkpoint must be one of {', '.join(CHECKPOINT_MODES)}; got {mode!r}")
@@ -209,96 +192,6 @@ def peft_spec(peft: Any) -> dict[str, Any] | None:
         return build_peft(peft).describe()
     except ConfigError as err:
         raise ConfigError(f"model.peft: {err}") from None
-
-
-def apply(lm: LanguageModel, peft: dict[str, Any] | None) -> PeftMethod | None:
-    """Freeze the base and add the method's parameters to ``lm.model``."""
-    if peft is None:
-        return None
-    method = apply_peft(lm.model, dict(peft))
-    # Adapter-only checkpoints hold the method's tensors alone; on_load_checkpoint checks the keys instead.
-    lm.strict_loading = False
-    return method
-
-
-def check_strategy(lm: LanguageModel) -> None:
-    """Tensor parallelism has a plan for the base linear layers only; a method's extra layers
-    would be left unsplit beside split weights."""
-    mesh = getattr(lm, "device_mesh", None)
-    if lm.peft_method is not None and mesh is not None and mesh["tensor_parallel"].size() > 1:
-        raise ConfigError(
-            f"model.peft: {lm.peft_method.name} has no tensor-parallel plan; train it with data parallelism "
-            "(trainer.strategy.init_args.tensor_parallel_size: 1, or the ddp / fsdp strategies)"
-        )
-
-
-# ---- trainable parameters --------------------------------------------------------------------------------------
-
-
-def note_trainable(lm: LanguageModel) -> tuple[int, int]:
-    """Count trainable and total parameters now, before a strategy shards them (FSDP would leave
-    each process only its slice to count)."""
-    lm._trainable = trainable_summary(lm.model)
-    return lm._trainable
-
-
-def log_trainable(lm: LanguageModel) -> None:
-    """Say once (rank zero) how many parameters train, and write the figures to the loggers at step 0
-    (``params/trainable``, ``params/trainable_share``), so runs can be compared on them."""
-    if lm.init_from is None and lm.peft_method is None:
-        return  # not fine-tuning: memory savers report their own freezing
-    trainable, total = getattr(lm, "_trainable", None) or note_trainable(lm)
-    share = trainable / max(total, 1)
-    if lm.global_rank != 0:
-        return
-    how = f"peft {lm.peft_method.name}" if lm.peft_method is not None else "full fine-tuning"
-    log.info(f"{how}: {trainable:,} of {total:,} parameters train ({100 * share:.2f}%)")
-    for logger in lm.trainer.loggers:
-        logger.log_metrics({"params/trainable": float(trainable), "params/trainable_share": share}, step=0)
-
-
-# ---- checkpoints -----------------------------------------------------------------------------------------------
-
-
-def on_save_checkpoint(lm: LanguageModel, checkpoint: dict[str, Any]) -> None:
-    """Record the base, and with a method keep only its tensors (unless ``peft_checkpoint: full``, the
-    checkpoint is sharded, or there is no ``init_from`` to rebuild the base from). A checkpoint that keeps every tensor needs no base to load, so its
-    hyper-parameters no longer name one: rebuilding it does not read ``init_from`` again."""
-    if lm.init_from is None and lm.peft_method is None:
-        return
-    method = lm.peft_method
-    state = checkpoint.get("state_dict")
-    # Without init_from the base is this run's own initialization, which nothing could rebuild: keep it.
-    adapter_only = (method is not None and lm.init_from is not None and lm.peft_checkpoint == "adapter"
-                    and isinstance(state, dict) and not _sharded(state))
-    if adapter_only:
-        keep = adapter_keys(lm, state)
-        checkpoint["state_dict"] = {k: v for k, v in state.items() if k in keep}
-    elif isinstance(checkpoint.get("hyper_parameters"), dict):
-        checkpoint["hyper_parameters"]["init_from"] = None
-    checkpoint[KEY] = {
-        "init_from": lm.init_from,
-        "peft": method.describe() if method is not None else None,
-        "adapter_only": adapter_only,
-        "base_fingerprint": lm._base_fingerprint,
-    }
-
-
-def _sharded(state: dict[str, Any]) -> bool:
-    """Whether the state dict is a distributed one (DTensor / ShardedTensor values)."""
-    from torch.distributed.tensor import DTensor
-
-    return any(isinstance(v, DTensor) or type(v).__name__ == "ShardedTensor" for v in state.values())
-
-
-def adapter_keys(lm: LanguageModel, state: dict[str, Any] | None = None) -> set[str]:
-    """The keys an adapter-only checkpoint holds: the method's tensors, plus those of the submodules
-    the LightningModule trains beside the method (``trained_beside_peft``, e.g. a value head)."""
-    keys = {PREFIX + k for k in lm.peft_method.added_keys}
-    beside = tuple(f"{name}." for name in lm.trained_beside_peft)
-    if beside:
-        keys |= {k for k in (lm.state_dict() if state is None else state) if k.startswith(beside)}
-    return keys
 
 
 def is_adapter_only(checkpoint: dict[str, Any]) -> bool:
@@ -317,75 +210,217 @@ def check_base_exists(checkpoint: dict[str, Any], init_from: str | None, where: 
         )
 
 
-def not_in_checkpoint(lm: LanguageModel, checkpoint: dict[str, Any]) -> set[str]:
-    """State-dict keys of ``lm`` that the checkpoint leaves out by design (the base, when adapter-only)."""
-    if not is_adapter_only(checkpoint) or lm.peft_method is None:
-        return set()
-    keep = adapter_keys(lm)
-    return {k for k in lm.state_dict() if k not in keep}
+def _sharded(state: dict[str, Any]) -> bool:
+    """Whether the state dict is a distributed one (DTensor / ShardedTensor values)."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(v, DTensor) or type(v).__name__ == "ShardedTensor" for v in state.values())
 
 
-def on_load_checkpoint(lm: LanguageModel, checkpoint: dict[str, Any], where: str = "the checkpoint") -> None:
-    """Before the weights load. With a method, loading is not strict (adapter-only checkpoints lack the
-    base), so this is the check instead: an adapter-only checkpoint must meet the base it was trained
-    on and the same method, and hold exactly the method's tensors; any other, exactly the model's."""
-    info = checkpoint.get(KEY) or {}
-    adapter_only = bool(info.get("adapter_only"))
-    if adapter_only:
-        _check_adapter_base(lm, info, where)
-    state = checkpoint.get("state_dict")
-    if lm.peft_method is None or not isinstance(state, dict):  # strict as usual; or FSDP loaded the weights
-        return
-    expected = adapter_keys(lm) if adapter_only else set(lm.state_dict())
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise ConfigError(f"{where} does not match the model with peft method {lm.peft_method.name!r} "
-                          f"(missing {missing[:3]}, unexpected {unexpected[:3]}); check model.peft's options")
+class FineTuning:
+    """The fine-tuning state of one LanguageModel, and the only code that changes it.
 
+    Made by ``LanguageModel.__init__`` from its ``init_from``, ``peft`` and ``peft_checkpoint``
+    options (which reads the base, checking the options as the config is read), attached once the
+    torch model is built (base weights in, method applied), then asked by the module's hooks:
+    ``configure_model``, ``setup``, ``on_train_start`` and the checkpoint hooks. The LightningModule
+    is passed to each call rather than kept, so the two do not own each other.
 
-def _check_adapter_base(lm: LanguageModel, info: dict[str, Any], where: str) -> None:
-    saved_method = (info.get("peft") or {}).get("name")
-    if lm.peft_method is None or lm.peft_method.name != saved_method:
-        have = lm.peft_method.name if lm.peft_method is not None else "none"
-        raise ConfigError(f"{where} holds the tensors of peft method {saved_method!r}, and the model has "
-                          f"{have}; build it with model.peft as saved (its hyper-parameters name it)")
-    if lm._base_fingerprint is None:
-        raise ConfigError(f"{where} holds only the {saved_method} tensors; its base weights come from "
-                          f"model.init_from={info.get('init_from')!r}: build the model with that init_from")
-    if lm._base_fingerprint != info.get("base_fingerprint"):
-        raise ConfigError(
-            f"{where} was trained on other base weights than model.init_from={lm.init_from!r} holds now "
-            f"(trained from {info.get('init_from')!r}); give the base it was trained on as model.init_from"
-        )
+    ``init_from``: the base's resolved path (None: not fine-tuning from a file). ``method``: the
+    applied PEFT method or None. ``checkpoint_mode``: ``adapter`` or ``full``. ``base_fingerprint``:
+    the base weights' digest, which an adapter-only checkpoint must match. ``base_tokenizer``: the
+    tokenizer the base was trained with, if its file had one. ``trainable``: (trainable, total)
+    parameters, counted before a strategy shards them.
+    """
 
+    def __init__(self, init_from: str | None, peft: Any, mode: str, kind: str, fix: str):
+        self._base = read_base(init_from, kind, fix) if init_from else None
+        self.init_from = str(Path(init_from).resolve()) if init_from else None
+        self.peft = peft_spec(peft)
+        self.checkpoint_mode = checkpoint_mode(mode)
+        self.method: PeftMethod | None = None
+        self.base_fingerprint: str | None = None
+        self.base_tokenizer = self._base.tokenizer if self._base is not None else None
+        self.trainable: tuple[int, int] | None = None
 
-# ---- export -------------------------------------------------------------------------------------------------------
+    @property
+    def active(self) -> bool:
+        """Whether the model is fine-tuned at all (a base, a method, or both)."""
+        return self.init_from is not None or self.method is not None
+
+    def config(self, given: ModelConfig | None) -> ModelConfig:
+        """The model's config: the one given, the base's, or both reconciled (``resolve_config``)."""
+        return resolve_config(given, self._base)
+
+    def attach(self, lm: LanguageModel) -> None:
+        """Once ``lm.model`` is built: copy the base weights in, then freeze them and add the
+        method's parameters. The base's tensors are let go afterwards (only their fingerprint stays)."""
+        if self._base is not None:
+            self.base_fingerprint = load_base(lm.model, self._base)
+            self._base = None
+        if self.peft is not None:
+            self.method = apply_peft(lm.model, dict(self.peft))
+            # Adapter-only checkpoints hold the method's tensors alone; on_load_checkpoint checks the keys instead.
+            lm.strict_loading = False
+
+    # ---- checks ----------------------------------------------------------------------------------------------
+
+    def check_tokenizer(self, lm: LanguageModel, tokenizer: Any) -> None:
+        """The data must be tokenized as the base was trained: a data module's own tokenizer (given, or
+        trained on the fine-tuning data) would give the ids other meanings."""
+        if self.init_from is None or tokenizer is None or lm.tokenizer_bytes is None:
+            return
+        to_bytes = getattr(tokenizer, "to_bytes", None)
+        if to_bytes is not None and to_bytes() != lm.tokenizer_bytes:
+            raise ConfigError(
+                f"data.tokenizer: the data module's tokenizer is not the one model.init_from={self.init_from!r} was "
+                "trained with, so its ids would mean other pieces; leave data.tokenizer out for instruction or pair "
+                "data (they read with the model's), or give the checkpoint's own tokenizer file "
+                "(llm-modules export writes it as tokenizer.model) with data.train_tokenizer: false"
+            )
+
+    def check_strategy(self, lm: LanguageModel) -> None:
+        """Tensor parallelism has a plan for the base linear layers only; a method's extra layers
+        would be left unsplit beside split weights."""
+        mesh = getattr(lm, "device_mesh", None)
+        if self.method is not None and mesh is not None and mesh["tensor_parallel"].size() > 1:
+            raise ConfigError(
+                f"model.peft: {self.method.name} has no tensor-parallel plan; train it with data parallelism "
+                "(trainer.strategy.init_args.tensor_parallel_size: 1, or the ddp / fsdp strategies)"
+            )
+
+    # ---- trainable parameters ----------------------------------------------------------------------------------
+
+    def note_trainable(self, lm: LanguageModel) -> tuple[int, int]:
+        """Count trainable and total parameters now, before a strategy shards them (FSDP would leave
+        each process only its slice to count)."""
+        self.trainable = trainable_summary(lm.model)
+        return self.trainable
+
+    def log_trainable(self, lm: LanguageModel) -> None:
+        """Say once (rank zero) how many parameters train, and write the figures to the loggers at step 0
+        (``params/trainable``, ``params/trainable_share``), so runs can be compared on them."""
+        if not self.active:
+            return  # not fine-tuning: memory savers report their own freezing
+        trainable, total = self.trainable or self.note_trainable(lm)
+        share = trainable / max(total, 1)
+        if lm.global_rank != 0:
+            return
+        how = f"peft {self.method.name}" if self.method is not None else "full fine-tuning"
+        log.info(f"{how}: {trainable:,} of {total:,} parameters train ({100 * share:.2f}%)")
+        for logger in lm.trainer.loggers:
+            logger.log_metrics({"params/trainable": float(trainable), "params/trainable_share": share}, step=0)
+
+    # ---- checkpoints -------------------------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, lm: LanguageModel, checkpoint: dict[str, Any]) -> None:
+        """Record the base, and with a method keep only its tensors (unless ``peft_checkpoint: full``, the
+        checkpoint is sharded, or there is no ``init_from`` to rebuild the base from). A checkpoint that
+        keeps every tensor needs no base to load, so its hyper-parameters no longer name one: rebuilding
+        it does not read ``init_from`` again."""
+        if not self.active:
+            return
+        method = self.method
+        state = checkpoint.get("state_dict")
+        # Without init_from the base is this run's own initialization, which nothing could rebuild: keep it.
+        adapter_only = (method is not None and self.init_from is not None and self.checkpoint_mode == "adapter"
+                        and isinstance(state, dict) and not _sharded(state))
+        if adapter_only:
+            keep = self.adapter_keys(lm, state)
+            checkpoint["state_dict"] = {k: v for k, v in state.items() if k in keep}
+        elif isinstance(checkpoint.get("hyper_parameters"), dict):
+            checkpoint["hyper_parameters"]["init_from"] = None
+        checkpoint[KEY] = {
+            "init_from": self.init_from,
+            "peft": method.describe() if method is not None else None,
+            "adapter_only": adapter_only,
+            "base_fingerprint": self.base_fingerprint,
+        }
+
+    def adapter_keys(self, lm: LanguageModel, state: dict[str, Any] | None = None) -> set[str]:
+        """The keys an adapter-only checkpoint holds: the method's tensors, plus those of the submodules
+        the LightningModule trains beside the method (``trained_beside_peft``, e.g. a value head)."""
+        keys = {PREFIX + k for k in self.method.added_keys}
+        beside = tuple(f"{name}." for name in lm.trained_beside_peft)
+        if beside:
+            keys |= {k for k in (lm.state_dict() if state is None else state) if k.startswith(beside)}
+        return keys
+
+    def not_in_checkpoint(self, lm: LanguageModel, checkpoint: dict[str, Any]) -> set[str]:
+        """State-dict keys of ``lm`` that the checkpoint leaves out by design (the base, when adapter-only)."""
+        if not is_adapter_only(checkpoint) or self.method is None:
+            return set()
+        keep = self.adapter_keys(lm)
+        return {k for k in lm.state_dict() if k not in keep}
+
+    def on_load_checkpoint(self, lm: LanguageModel, checkpoint: dict[str, Any], where: str = "the checkpoint") -> None:
+        """Before the weights load. With a method, loading is not strict (adapter-only checkpoints lack the
+        base), so this is the check instead: an adapter-only checkpoint must meet the base it was trained
+        on and the same method, and hold exactly the method's tensors; any other, exactly the model's."""
+        info = checkpoint.get(KEY) or {}
+        adapter_only = bool(info.get("adapter_only"))
+        if adapter_only:
+            self._check_adapter_base(info, where)
+        state = checkpoint.get("state_dict")
+        if self.method is None or not isinstance(state, dict):  # strict as usual; or FSDP loaded the weights
+            return
+        expected = self.adapter_keys(lm) if adapter_only else set(lm.state_dict())
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or unexpected:
+            raise ConfigError(f"{where} does not match the model with peft method {self.method.name!r} "
+                              f"(missing {missing[:3]}, unexpected {unexpected[:3]}); check model.peft's options")
+
+    def _check_adapter_base(self, info: dict[str, Any], where: str) -> None:
+        saved_method = (info.get("peft") or {}).get("name")
+        if self.method is None or self.method.name != saved_method:
+            have = self.method.name if self.method is not None else "none"
+            raise ConfigError(f"{where} holds the tensors of peft method {saved_method!r}, and the model has "
+                              f"{have}; build it with model.peft as saved (its hyper-parameters name it)")
+        if self.base_fingerprint is None:
+            raise ConfigError(f"{where} holds only the {saved_method} tensors; its base weights come from "
+                              f"model.init_from={info.get('init_from')!r}: build the model with that init_from")
+        if self.base_fingerprint != info.get("base_fingerprint"):
+            raise ConfigError(
+                f"{where} was trained on other base weights than model.init_from={self.init_from!r} holds now "
+                f"(trained from {info.get('init_from')!r}); give the base it was trained on as model.init_from"
+            )
+
+    # ---- export ------------------------------------------------------------------------------------------------
+
+    def fold(self, lm: LanguageModel) -> LanguageModel:
+        """Merge the method into the base weights for good and remove its modules (in place): ``lm`` is
+        then a plain model of its kind, with no method and no base to load, that exports to Hugging Face
+        and serves as another run's ``init_from``. Methods that cannot be merged are refused."""
+        method = self.method
+        if method is None:
+            return lm
+        try:
+            method.unload(lm.model)
+        except ConfigError as err:
+            raise ConfigError(f"{err}; export the method's tensors instead (--format adapter), or the whole "
+                              "fine-tuned model as an llm-modules checkpoint (--format ckpt without --merge)") from None
+        left = method.added_keys & set(lm.model.state_dict())
+        if left:
+            raise ConfigError(f"peft {method.name!r} left its tensors in the model after unloading ({sorted(left)[:3]}); "
+                              "it cannot be exported as plain weights")
+        self.method, self.peft, self.init_from, self.base_fingerprint = None, None, None, None
+        lm.hparams.update(peft=None, init_from=None)
+        lm.strict_loading = True
+        return lm
+
+    def self_contained(self, lm: LanguageModel) -> LanguageModel:
+        """Make ``lm``'s checkpoints keep every tensor (base and method), so they load without the base."""
+        self.checkpoint_mode = "full"
+        lm.hparams.update(peft_checkpoint="full")
+        return lm
 
 
 def fold(lm: LanguageModel) -> LanguageModel:
-    """Merge the method into the base weights for good and remove its modules (in place): ``lm`` is
-    then a plain model of its kind, with no method and no base to load, that exports to Hugging Face
-    and serves as another run's ``init_from``. Methods that cannot be merged are refused."""
-    method = lm.peft_method
-    if method is None:
-        return lm
-    try:
-        method.unload(lm.model)
-    except ConfigError as err:
-        raise ConfigError(f"{err}; export the method's tensors instead (--format adapter), or the whole "
-                          "fine-tuned model as an llm-modules checkpoint (--format ckpt without --merge)") from None
-    left = method.added_keys & set(lm.model.state_dict())
-    if left:
-        raise ConfigError(f"peft {method.name!r} left its tensors in the model after unloading ({sorted(left)[:3]}); "
-                          "it cannot be exported as plain weights")
-    lm.peft_method, lm.init_from, lm._base_fingerprint = None, None, None
-    lm.hparams.update(peft=None, init_from=None)
-    lm.strict_loading = True
-    return lm
+    """Merge ``lm``'s PEFT method into its base weights for good (``FineTuning.fold``): a plain model
+    of its kind, that exports to Hugging Face and serves as another run's ``init_from``."""
+    return lm.finetuning.fold(lm)
 
 
 def self_contained(lm: LanguageModel) -> LanguageModel:
-    """Make ``lm``'s checkpoints keep every tensor (base and method), so they load without the base."""
-    lm.peft_checkpoint = "full"
-    lm.hparams.update(peft_checkpoint="full")
-    return lm
+    """Make ``lm``'s checkpoints keep every tensor, so they load without the base (``FineTuning.self_contained``)."""
+    return lm.finetuning.self_contained(lm)

@@ -129,7 +129,7 @@ def replace_linears(model: nn.Module, names: list[str], make) -> None:
         linear = model.get_submodule(name)
         if not isinstance(linear, nn.Linear):
             raise ConfigError(f"quantization: {name!r} is a {type(linear).__name__}, not a linear layer; "
-                              "the file does not match its own model_config")
+                              "the file does not match its own config")
         model.set_submodule(name, make(linear))
 
 
