@@ -73,3 +73,19 @@ def test_one_table_of_kinds_serves_models_checkpoints_estimate_and_data():
     assert PAIR_KINDS == tuple(k.class_name for k in kinds.KINDS.values() if k.generates)
     assert PREFERENCE_KINDS == tuple(k.class_name for k in kinds.KINDS.values() if k.generates and not k.encoder_decoder)
     assert kinds.by_class_name("RewardModel") is None
+
+
+def test_a_model_config_is_checked_where_it_is_made_and_when_a_field_changes():
+    """One place checks a config: its own constructor, and any later assignment (the model build does
+    not check again, since a ModelConfig cannot hold a refused value)."""
+    from llm_modules.registry import ConfigError
+
+    config = tiny_config()
+    config.eos_token_id = 9  # a valid change is kept
+    with pytest.raises(ConfigError, match="n_heads=5 does not divide d_model=32"):
+        config.n_heads = 5
+    with pytest.raises(ConfigError, match=r"unknown norm 'rmsnrom' \(did you mean 'rmsnorm'\?\)"):
+        config.norm = "rmsnrom"
+    assert (config.n_heads, config.norm, config.eos_token_id) == (4, "layernorm", 9)  # refused values undone
+    assert config == tiny_config(eos_token_id=9)
+    models.CausalLM(config)  # builds
