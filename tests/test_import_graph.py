@@ -153,6 +153,20 @@ def test_nothing_inside_imports_the_top_level_namespace():
     assert not importers, "\n".join(line for a in importers for line in lines[a, TOP])
 
 
+def test_the_registry_imports_no_component_and_the_package_serves_the_built_ins():
+    """The bottom layer holds the registries and loads entry-point plugins; the built-ins register
+    when their packages are imported, which ``llm_modules.NORMS`` (and friends) do on first use."""
+    import subprocess
+    import sys
+
+    code = ("import sys, llm_modules.registry\n"
+            "assert 'llm_modules.nn' not in sys.modules and 'torch' not in sys.modules\n"
+            "from llm_modules import NORMS, PEFT_METHODS\n"
+            "assert {'layernorm', 'rmsnorm'} <= set(NORMS.names()) and 'lora' in PEFT_METHODS.names()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_the_graph_sees_every_kind_of_import(tmp_path):
     """The reader is what the test relies on: function-level, relative, TYPE_CHECKING and importlib
     imports all make edges, third-party imports none, and a two-node cycle is reported by line."""
