@@ -17,17 +17,18 @@ from torch import nn
 
 from llm_modules.checkpoint_contents import KIND_KEY
 from llm_modules.config import ModelConfig, check_seq_len
+from llm_modules.data.replicas import data_parallel_split
+from llm_modules.models.finetuning import FineTuning, checkpoint_mode
 from llm_modules.nn.lm import aux_loss, count_parameters
 from llm_modules.nn.loss import cross_entropy
 from llm_modules.nn.positions import PositionEncoding
 from llm_modules.registry import ConfigError
-from llm_modules.models.finetuning import FineTuning, checkpoint_mode
 from llm_modules.training.evaluation import GenerationEvalConfig, GenerationMetrics
 from llm_modules.training.memory import MemoryConfig, apply_memory_savers, compile_model
 from llm_modules.training.optim import OptimConfig, build_optimizer, build_scheduler
-from llm_modules.data.replicas import data_parallel_split
 from llm_modules.training.parallel import clip_sharded_gradients, parallelize
 from llm_modules.training.stability import STATE_KEY, StabilityConfig, StabilityGuard, global_losses
+
 
 IGNORE_INDEX = -100
 
