@@ -3,8 +3,8 @@ trains (``peft``), and checkpoints that hold only what training changed.
 
 Its state (the base's fingerprint and tokenizer, the method, the checkpoint mode, the trainable
 count) lives in one :class:`FineTuning` object that the ``LanguageModel`` creates and holds
-(``lm.finetuning``); the module calls its methods and keeps none of the logic itself, and nothing
-else writes that state:
+(``lm.finetuning``); the LightningModule calls its methods and keeps none of the logic itself, and
+nothing else writes that state:
 
 - **Start from a checkpoint.** ``model.init_from`` names an llm-modules checkpoint (float, any LM
   kind; our ``.ckpt`` files and Trainer checkpoints alike) or a Hugging Face model folder (read by
@@ -119,6 +119,9 @@ def _read_checkpoint(path: Path) -> Base:
 
 
 def _read_hf_folder(path: Path) -> Base:
+    # Function-level: interop is needed only for Hugging Face bases. It must sit below models/ (it
+    # imports LanguageModel classes today, the one import cycle left: interop <-> models); what is
+    # needed here is only the kind, config and torch weights that a folder holds.
     from llm_modules.interop import from_hf
 
     if (path / "meta.pt").is_file() or any(path.glob("*.distcp")):
