@@ -1,36 +1,35 @@
 """llm-modules: a registry-driven Lightning trainer for transformer language models."""
 
 from llm_modules.config import ModelConfig
-from llm_modules.registry import (
-    ACTIVATIONS,
-    ATTENTIONS,
-    MODEL_REGISTRIES,
-    NORMS,
-    PEFT_METHODS,
-    POSITIONS,
-    REGISTRIES,
-    RESIDUALS,
-    ConfigError,
-    Registry,
-    load_plugins,
-)
+from llm_modules.registry import ConfigError, Registry, load_plugins
+from llm_modules.version import __version__
 
-__version__ = "0.1.0"
-
-#: names reachable as ``llm_modules.NAME`` (and as ``class_path: llm_modules.NAME``) and the module
-#: that defines each, imported on first use: the LightningModules pull in Lightning (seconds of
-#: import), which commands such as ``data prepare`` and ``estimate`` never need
-_LAZY = {
-    **dict.fromkeys(("LanguageModel", "CausalLM", "PrefixLM", "Seq2SeqLM", "MaskedLM"), "llm_modules.models"),
-    **dict.fromkeys(("RewardModel", "DPO"), "llm_modules.alignment"),
-}
+#: names reachable as ``llm_modules.NAME`` (and as ``class_path: llm_modules.NAME``), imported on first
+#: use: the LightningModules pull in Lightning (seconds of import), which commands such as ``data
+#: prepare`` and ``estimate`` never need
+_MODELS = ("LanguageModel", "CausalLM", "PrefixLM", "Seq2SeqLM", "MaskedLM")
+_ALIGNMENT = ("RewardModel", "DPO")
+#: the registries, served with their built-ins: ``llm_modules.registry`` holds them but imports no
+#: component, the packages that define built-ins (nn, peft) register them when imported
+_REGISTRIES = ("ACTIVATIONS", "ATTENTIONS", "MODEL_REGISTRIES", "NORMS", "PEFT_METHODS", "POSITIONS", "REGISTRIES",
+               "RESIDUALS")
 
 
 def __getattr__(name):
-    if name in _LAZY:
-        import importlib
+    if name in _REGISTRIES:
+        import llm_modules.nn  # noqa: F401
+        import llm_modules.peft  # noqa: F401
+        import llm_modules.registry as registry
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        return getattr(registry, name)
+    if name in _MODELS:
+        import llm_modules.models as models
+
+        return getattr(models, name)
+    if name in _ALIGNMENT:
+        import llm_modules.alignment as alignment
+
+        return getattr(alignment, name)
     raise AttributeError(f"module 'llm_modules' has no attribute {name!r}")
 
 

@@ -2,16 +2,20 @@
 
 ``save_checkpoint`` writes what ``Trainer.save_checkpoint`` would put there for the model alone
 (``state_dict``, ``hyper_parameters``, the Lightning version, and whatever the module's
-``on_save_checkpoint`` adds: ``model_config`` as plain data and ``model_kind``), so
-``CausalLM.load_from_checkpoint`` reads it. ``load_checkpoint`` reads those files and real
-Trainer checkpoints alike, without unpickling code (``weights_only=True``), and verifies the
-integrity record every checkpoint written here carries (``llm_modules.integrity``): a file
-whose tensor data changed since it was written is refused naming it; files without the record (older
-ones, other tools) load unverified. A weight with no finite value at all is refused too.
+``on_save_checkpoint`` adds: ``model_kind``, the tokenizer, ...; ``llm_modules.checkpoint_contents``
+says where each fact is), so ``CausalLM.load_from_checkpoint`` reads it. ``load_checkpoint`` reads
+those files and real Trainer checkpoints alike, without unpickling code (``weights_only=True``), and
+verifies the integrity record every checkpoint written here carries (``llm_modules.integrity``): a
+file whose tensor data changed since it was written is refused naming it; files without the record
+(older ones, other tools) load unverified. A weight with no finite value at all is refused too.
 
-A fine-tuned model's checkpoint may be adapter-only (``llm_modules.training.finetune``): it holds the
+A fine-tuned model's checkpoint may be adapter-only (``llm_modules.models.finetuning``): it holds the
 PEFT method's tensors, and its hyper-parameters name the base (``init_from``), which loading reads
 first; ``load_checkpoint(..., init_from=PATH)`` points at the base where it has moved since.
+
+Quantized files (``llm-modules quantize``) are checkpoints too: ``save_quantized`` writes one and
+``load_checkpoint`` (or ``load_quantized``) rebuilds the float module and swaps in the quantized
+layers (``llm_modules.quantization``).
 """
 
 from __future__ import annotations
@@ -25,26 +29,28 @@ from typing import Any
 import lightning
 import torch
 
-from llm_modules import integrity
+import llm_modules.checkpoint_contents as contents
+import llm_modules.integrity as integrity
+import llm_modules.models as models
 from llm_modules.config import ModelConfig
-from llm_modules.models import KINDS, LanguageModel
+from llm_modules.kinds import by_class_name
+from llm_modules.models import LanguageModel
+from llm_modules.models.finetuning import check_base_exists
+from llm_modules.quantization import FORMAT_VERSION, build_method, is_quantized
+from llm_modules.quantization.methods import replace_linears
 from llm_modules.registry import ConfigError
-from llm_modules.training import finetune
 from llm_modules.training.checkpoint_io import atomic_torch_save
 
 
 def checkpoint_dict(module: LanguageModel) -> dict[str, Any]:
-    """The checkpoint of a module as a dict of plain data and tensors."""
+    """The checkpoint of a module as a dict of plain data and tensors: exactly what a Trainer
+    checkpoint of it would carry (the module's own hook adds its entries)."""
     checkpoint: dict[str, Any] = {
         "state_dict": module.state_dict(),
         "hyper_parameters": dict(module.hparams),
         "pytorch-lightning_version": lightning.__version__,
     }
-    # The module's own hook adds model_config / model_kind (and later additions such as the
-    # tokenizer), so this file carries exactly what a Trainer checkpoint would.
     module.on_save_checkpoint(checkpoint)
-    checkpoint.setdefault("model_config", module.config.to_dict())
-    checkpoint.setdefault("model_kind", type(module).__name__)
     return checkpoint
 
 
@@ -54,36 +60,29 @@ def save_checkpoint(module: LanguageModel, path: str | os.PathLike) -> Path:
     return atomic_torch_save(checkpoint_dict(module), path)
 
 
-def _read(path: Path, map_location: str | torch.device) -> dict[str, Any]:
-    checkpoint = integrity.load_verified(path, map_location)  # weights_only=True, checksum verified
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
-        raise ConfigError(f"checkpoint {str(path)!r} has no state_dict; it is not a Lightning checkpoint")
-    return checkpoint
-
-
 def build_module(checkpoint: dict[str, Any], path: str | os.PathLike, init_from: str | None = None) -> LanguageModel:
-    """The LanguageModel a checkpoint describes (``model_kind``, ``model_config`` and the other
+    """The LanguageModel a checkpoint describes (``model_kind``, the config and the other
     hyper-parameters its constructor takes), freshly initialized: the weights are not loaded,
     except the base weights of an adapter-only checkpoint (from ``init_from``, by default the one
     its hyper-parameters name)."""
-    hparams = dict(checkpoint.get("hyper_parameters") or {})
-    config = checkpoint.get("model_config") or hparams.get("config")
-    kind = checkpoint.get("model_kind")
+    hparams = contents.hyper_parameters(checkpoint)
+    config, kind = contents.model_config(checkpoint), contents.model_kind(checkpoint)
     if config is None or kind is None:
         raise ConfigError(
-            f"checkpoint {str(path)!r} lacks model_config/model_kind; it was not written by an llm-modules model"
+            f"checkpoint {str(path)!r} lacks its model config or model_kind; it was not written by an llm-modules model"
         )
-    cls = KINDS.get(kind) or _library_class(hparams.get("_class_path"), kind)
+    known = by_class_name(kind)
+    cls = getattr(models, known.class_name) if known is not None else _library_class(hparams.get("_class_path"), kind)
     if cls is None:
-        raise ConfigError(f"checkpoint {str(path)!r}: model_kind {kind!r} is not one of {', '.join(KINDS)}, "
+        raise ConfigError(f"checkpoint {str(path)!r}: model_kind {kind!r} is not one of {', '.join(models.KINDS)}, "
                           "nor a LanguageModel of this library named by its hyper-parameters (_class_path)")
     accepted = inspect.signature(cls.__init__).parameters
     # Other hyper-parameters (optimizer settings, ...) go back to the constructor when it takes them.
     extra = {k: v for k, v in hparams.items() if k != "config" and k in accepted}
     if init_from is not None and extra.get("init_from"):
         extra["init_from"] = str(init_from)
-    finetune.check_base_exists(checkpoint, extra.get("init_from"), f"checkpoint {str(path)!r}")
-    return cls(ModelConfig.from_dict(dict(config)), **extra)
+    check_base_exists(checkpoint, extra.get("init_from"), f"checkpoint {str(path)!r}")
+    return cls(ModelConfig.from_dict(config), **extra)
 
 
 def _library_class(class_path: Any, kind: str) -> type[LanguageModel] | None:
@@ -107,22 +106,20 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     ``llm-modules quantize``: a quantized file comes back quantized), in eval mode. An adapter-only
     checkpoint loads onto its base: the ``init_from`` it was trained from, or the one given here."""
     path = Path(path)
-    checkpoint = _read(path, map_location)
-    from llm_modules.quantization.io import is_quantized, module_from_checkpoint
-
+    checkpoint = contents.read(path, map_location)
     integrity.check_finite(checkpoint["state_dict"], f"checkpoint {str(path)!r}")
     if is_quantized(checkpoint):
         return module_from_checkpoint(checkpoint, path)
-    return restore(build_module(checkpoint, path, init_from), checkpoint, f"checkpoint {str(path)!r}", "model_config")
+    return restore(build_module(checkpoint, path, init_from), checkpoint, f"checkpoint {str(path)!r}", "config")
 
 
 def restore(module: LanguageModel, checkpoint: dict[str, Any], where: str, described_by: str) -> LanguageModel:
     """Load a checkpoint's weights and extras into the module built from it, in eval mode; a
     mismatch means the file contradicts ``described_by`` (its own config), and says which tensors.
     An adapter-only checkpoint leaves out the base weights, which the module holds already."""
-    finetune.on_load_checkpoint(module, checkpoint, where)
+    module.finetuning.on_load_checkpoint(module, checkpoint, where)
     missing, unexpected = module.load_state_dict(checkpoint["state_dict"], strict=False)
-    missing = sorted(set(missing) - finetune.not_in_checkpoint(module, checkpoint))
+    missing = sorted(set(missing) - module.finetuning.not_in_checkpoint(module, checkpoint))
     if missing or unexpected:
         raise ConfigError(
             f"{where} does not match its own {described_by} "
@@ -130,3 +127,44 @@ def restore(module: LanguageModel, checkpoint: dict[str, Any], where: str, descr
         )
     module.on_load_checkpoint(checkpoint)
     return module.eval()
+
+
+# ---- quantized checkpoints --------------------------------------------------------------------------------------
+
+
+def save_quantized(module, path: str | os.PathLike) -> Path:
+    """Write a quantized LanguageModel (from :func:`quantize`) to ``path`` atomically."""
+    info = getattr(module, "quantization", None)
+    if not info:
+        raise ConfigError("save_quantized: the model is not quantized; call llm_modules.quantization.quantize "
+                          "first, or save a float model with llm_modules.checkpoint.save_checkpoint")
+    checkpoint = checkpoint_dict(module)
+    checkpoint["quantization"] = {**info, "version": FORMAT_VERSION}
+    return atomic_torch_save(checkpoint, path)
+
+
+def load_quantized(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
+    """Rebuild the quantized LanguageModel saved in ``path``, in eval mode."""
+    path = Path(path)
+    checkpoint = contents.read(path, map_location)
+    if not is_quantized(checkpoint):
+        raise ConfigError(f"checkpoint {str(path)!r} is not quantized; load it with llm_modules.checkpoint."
+                          "load_checkpoint, or quantize it: llm-modules quantize CKPT OUT --method int8-weight")
+    return module_from_checkpoint(checkpoint, path)
+
+
+def module_from_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike):
+    """The quantized module of an already read quantized checkpoint dict (``path`` names it in errors)."""
+    info = checkpoint["quantization"]
+    where = f"checkpoint {str(path)!r}"
+    version = info.get("version", FORMAT_VERSION)
+    if version > FORMAT_VERSION:
+        raise ConfigError(f"{where} uses quantized format version {version}; this llm-modules reads up to "
+                          f"{FORMAT_VERSION}: upgrade llm-modules")
+    method = build_method(info["method"], **dict(info.get("options") or {}))
+    module = build_module(checkpoint, path)
+    layers = list(info.get("layers") or [])
+    replace_linears(module.model, layers, method.empty_linear)
+    restore(module, checkpoint, where, "config and quantization")
+    module.quantization = {"method": method.name, "options": method.options(), "layers": layers}
+    return module

@@ -68,15 +68,34 @@ class ModelConfig:
     # ---- checks -------------------------------------------------------------------------------------------
 
     def __post_init__(self) -> None:
-        # Plugins load first, so the component names they register resolve; then the whole config
-        # is checked, so a typo fails where it is made. Models check again when built (configs
-        # can be mutated in place).
-        if self.plugins:
-            load_plugins(self.plugins)
+        # The one place a config is checked: here, when it is made, and again whenever a field is
+        # set afterwards (``__setattr__``), so a ModelConfig is valid wherever it is used and
+        # nothing that builds from one checks it again. A typo fails where it is made.
         self.validate()
+        object.__setattr__(self, "_checked", True)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Set a field and check the whole config again; a refused value leaves the old one."""
+        if not self.__dict__.get("_checked"):  # still in __init__: __post_init__ checks the whole
+            object.__setattr__(self, name, value)
+            return
+        missing = object()
+        old = self.__dict__.get(name, missing)
+        object.__setattr__(self, name, value)
+        try:
+            self.validate()
+        except ConfigError:
+            if old is missing:
+                object.__delattr__(self, name)
+            else:
+                object.__setattr__(self, name, old)
+            raise
 
     def validate(self) -> None:
-        """Check numbers and component names; raise ConfigError naming the field and the fix."""
+        """Check numbers and component names; raise ConfigError naming the field and the fix.
+        Plugins load first (``registry.load_plugins``), so the component names they register resolve."""
+        if self.plugins:
+            load_plugins(self.plugins)
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -108,6 +127,11 @@ class ModelConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < self.vocab_size):
                 raise ConfigError(f"{name}={value!r} must be null or a token id below vocab_size={self.vocab_size}")
+        # The built-in components register when their package is imported; imported here, where
+        # names are looked up, and not at module level: configs are read by commands that build
+        # no model (data prepare, estimate's argument parsing), which need not import torch.
+        import llm_modules.nn  # noqa: F401
+
         for slot, registry in MODEL_REGISTRIES.items():
             registry.validate(getattr(self, slot))
 

@@ -12,6 +12,7 @@ import difflib
 import importlib
 import inspect
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from importlib import metadata
@@ -184,21 +185,21 @@ _loaded_modules: set[str] = set()
 plugin_errors: dict[str, str] = {}
 
 
-def _load_builtins() -> None:
-    import llm_modules.nn  # noqa: F401  (registers the built-in components)
-    import llm_modules.peft  # noqa: F401  (and the built-in fine-tuning methods)
-
-
 def load_plugins(extra: list[str] | tuple[str, ...] = ()) -> dict[str, str]:
-    """Import built-ins, every ``llm_modules.plugins`` entry point once, and any extra modules.
+    """Import every ``llm_modules.plugins`` entry point once, and any extra modules: the one place
+    plugins load, whether named by an entry point, a config's ``plugins:`` list or ``--plugins``.
 
+    Built-in components are not loaded here: the packages that define them (``llm_modules.nn``,
+    ``llm_modules.peft``) register them when imported, and the code that looks names up imports
+    those packages, so this bottom layer imports none of them. Extra modules are searched on
+    ``sys.path`` and then in the working directory (appended, so it never shadows an installed
+    package: the console script does not put it on the path, ``python -m`` does).
     A plugin that fails to import is reported (logged and returned by name) and does not stop
     the others; a missing module named explicitly in ``extra`` is an error, since a user asked for it.
     """
     global _plugins_loaded
     if not _plugins_loaded:
         _plugins_loaded = True
-        _load_builtins()
         for ep in metadata.entry_points(group=PLUGIN_GROUP):
             try:
                 ep.load()
@@ -212,6 +213,9 @@ def load_plugins(extra: list[str] | tuple[str, ...] = ()) -> dict[str, str]:
     for module in extra:
         if module in _loaded_modules:
             continue
+        cwd = os.getcwd()
+        if cwd not in sys.path and "" not in sys.path:
+            sys.path.append(cwd)
         try:
             importlib.import_module(module)
         except ImportError as err:
@@ -219,11 +223,3 @@ def load_plugins(extra: list[str] | tuple[str, ...] = ()) -> dict[str, str]:
         _loaded_modules.add(module)
     return dict(plugin_errors)
 
-
-def catalogue() -> dict[str, list[dict[str, str]]]:
-    """Every slot with its names, one-line docs and providers (what ``llm-modules registry`` prints)."""
-    load_plugins()
-    return {
-        slot: [{"name": e.name, "doc": e.doc, "provider": e.provider} for e in reg.entries()]
-        for slot, reg in REGISTRIES.items()
-    }

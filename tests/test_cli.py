@@ -16,7 +16,8 @@ import torch
 from llm_modules import CausalLM, ModelConfig, PrefixLM
 from llm_modules.checkpoint import load_checkpoint, save_checkpoint
 from llm_modules.cli import COMMANDS, main
-from llm_modules.registry import REGISTRIES, ConfigError, catalogue
+from llm_modules.cli.registry_cmd import catalogue
+from llm_modules.registry import REGISTRIES, ConfigError
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -132,7 +133,9 @@ def test_checkpoint_round_trip_is_exact_and_lightning_readable(tmp_path):
     path = save_checkpoint(lm, tmp_path / "sub" / "model.ckpt")
     assert [p.name for p in path.parent.iterdir()] == ["model.ckpt"]  # no temporary left behind
     raw = torch.load(path, weights_only=True)
-    assert raw["model_kind"] == "CausalLM" and raw["model_config"] == lm.config.to_dict()
+    # each fact once: the config is a hyper-parameter (what LightningCLI rebuilds from), not a second copy
+    assert raw["model_kind"] == "CausalLM" and raw["hyper_parameters"]["config"] == lm.config.to_dict()
+    assert "model_config" not in raw
     assert set(raw["state_dict"]) == set(lm.state_dict())
 
     again = load_checkpoint(path)
@@ -187,7 +190,7 @@ def test_load_checkpoint_refuses_bad_files(tmp_path):
     with pytest.raises(ConfigError, match="cannot be read"):  # would need unpickling arbitrary objects
         load_checkpoint(tmp_path / "code.ckpt")
     torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
-    with pytest.raises(ConfigError, match="model_config"):
+    with pytest.raises(ConfigError, match="lacks its model config or model_kind"):
         load_checkpoint(tmp_path / "foreign.ckpt")
 
 

@@ -203,6 +203,8 @@ def page_dir(tmp_path, monkeypatch):
 @pytest.fixture
 def isolated_registries(page_dir):
     """Components and modules a page registers or imports are gone after it."""
+    import llm_modules.nn  # noqa: F401  (the built-ins register on import: they are not the page's)
+    import llm_modules.peft  # noqa: F401
     import llm_modules.registry as registry
 
     before = {slot: set(reg.names()) for slot, reg in registry.REGISTRIES.items()}

@@ -22,7 +22,7 @@ from llm_modules import CausalLM, PrefixLM
 from llm_modules.checkpoint import load_checkpoint, save_checkpoint
 from llm_modules.data.instructions import InstructionDataModule
 from llm_modules.registry import ConfigError
-from llm_modules.training.finetune import fold
+from llm_modules.models.finetuning import fold
 
 from _finetune_helpers import INSTRUCTIONS, base, make_base  # noqa: F401  (base: the fixture)
 from _fit_helpers import metric_rows

@@ -245,6 +245,6 @@ def test_init_from_a_hugging_face_folder_then_lora(base, tmp_path, monkeypatch):
     ckpt = run_dir(tmp_path) / "checkpoints" / "last.ckpt"
     saved = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert saved["finetune"]["adapter_only"] and saved["finetune"]["init_from"] == str(folder.resolve())
-    assert json.loads(json.dumps(saved["model_config"]))["d_model"] == 64
+    assert json.loads(json.dumps(saved["hyper_parameters"]["config"]))["d_model"] == 64
     tuned = load_checkpoint(ckpt)  # rebuilt on the Hugging Face folder
     assert tuned.peft_method.name == "lora" and tuned.config.d_model == 64

@@ -3,7 +3,7 @@
 The three runs (DDP; block-wrapped FSDP gathering one checkpoint file; FSDP writing sharded folders)
 start together and are awaited in turn, two steps each. A one-file checkpoint is adapter-only and
 loads back onto its base; a sharded folder keeps every tensor, because its loader expects each one
-back (``training.finetune``).
+back (``models.finetuning``).
 """
 
 from __future__ import annotations

@@ -182,7 +182,8 @@ def test_fill_mask_prints_the_top_guesses_for_each_mask(tok, tmp_path, capsys):
 
 
 def test_quantized_checkpoint_and_dtype(tok, tmp_path, capsys):
-    from llm_modules.quantization import quantize, save_quantized
+    from llm_modules.checkpoint import save_quantized
+    from llm_modules.quantization import quantize
 
     module = saved(tmp_path / "m.ckpt", tok)
     args = ["--prompt", "import os", "--max-new-tokens", "5", "--no-stream"]

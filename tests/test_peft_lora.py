@@ -13,9 +13,10 @@ from llm_modules import ModelConfig
 from llm_modules.nn.lm import DecoderLM, EncoderDecoderLM, EncoderLM
 import torch.nn.functional as F
 
+from llm_modules.cli.registry_cmd import catalogue
 from llm_modules.peft import LoRA, LoRALinear, adapters_disabled, applied_peft, apply_peft
 from llm_modules.peft.wrapped_linear import LinearWrappingMethod, WrappedLinear
-from llm_modules.registry import ConfigError, catalogue
+from llm_modules.registry import ConfigError
 
 MODELS = {"llama-tiny": DecoderLM, "bert-tiny": EncoderLM, "t5-v1_1-tiny": EncoderDecoderLM}
 

@@ -149,6 +149,16 @@ def test_config_plugins_list_loads_a_module(local_plugin, tmp_path, monkeypatch)
     assert any(type(m).__name__ == "CenterNorm" for m in lm.modules())
 
 
+def test_a_config_plugins_list_is_found_in_the_working_directory_as_the_flag_is(local_plugin, tmp_path, monkeypatch):
+    """One loader (registry.load_plugins) for --plugins, a config's plugins: list and entry points, so
+    a local module named in a config resolves as it does on the command line."""
+    module, name = local_plugin
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    cfg = ModelConfig.from_preset("gpt2-tiny", norm=name, plugins=[module])
+    assert cfg.norm == name and str(tmp_path) in sys.path
+
+
 # ---- the repository's example plugin (plugins/example, installed with the dev install) ---------------------
 
 REPO = Path(__file__).resolve().parent.parent

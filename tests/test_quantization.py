@@ -18,16 +18,14 @@ import torch
 from torch import nn
 
 from llm_modules import CausalLM, MaskedLM, ModelConfig, Seq2SeqLM
-from llm_modules.checkpoint import load_checkpoint, save_checkpoint
+from llm_modules.checkpoint import load_checkpoint, load_quantized, save_checkpoint, save_quantized
 from llm_modules.cli import main
 from llm_modules.data.sources import stdlib_root
 from llm_modules.quantization import (
     METHODS,
     linear_bytes,
-    load_quantized,
     quantizable_linears,
     quantize,
-    save_quantized,
 )
 from llm_modules.quantization import formats
 from llm_modules.quantization.linear import DynamicInt8Linear, Int4WeightLinear, Int8WeightLinear

@@ -15,7 +15,8 @@ from torch import nn
 from _core_helpers import build, tiny_config
 from llm_modules import ACTIVATIONS, ATTENTIONS, NORMS, POSITIONS, RESIDUALS, CausalLM, ConfigError, ModelConfig
 from llm_modules.nn.norms import LayerNorm, RMSNorm, ScaleNorm
-from llm_modules.registry import MODEL_REGISTRIES, REGISTRIES, Registry, catalogue, split_spec
+from llm_modules.cli.registry_cmd import catalogue
+from llm_modules.registry import MODEL_REGISTRIES, REGISTRIES, Registry, split_spec
 
 
 # ---- registration ------------------------------------------------------------------------------------------

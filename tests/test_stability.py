@@ -27,7 +27,7 @@ from llm_modules import CausalLM
 from llm_modules.cli import main
 from llm_modules.registry import ConfigError
 from llm_modules.training.optim import OptimConfig
-from llm_modules.training.stability import STATE_KEY, StabilityConfig, TrainingUnstable, guard_of
+from llm_modules.training.stability import STATE_KEY, StabilityConfig, TrainingUnstable
 
 from _core_helpers import tiny_config
 from _fit_helpers import CONFIGS, metric_rows, tiny, write_corpus
@@ -114,8 +114,8 @@ def test_a_poisoned_batch_is_skipped_as_if_it_were_never_there():
     guarded.on_save_checkpoint(checkpoint)
     resumed = make(**GUARD)
     resumed.on_load_checkpoint(checkpoint)
-    state = guard_of(resumed).state_dict()
-    assert state == guard_of(guarded).state_dict() and state["seen"] == 10 and state["skipped"] == 1
+    state = resumed.stability_guard.state_dict()
+    assert state == guarded.stability_guard.state_dict() and state["seen"] == 10 and state["skipped"] == 1
 
 
 # ---- repeated spikes roll back -----------------------------------------------------------------------------
@@ -182,7 +182,7 @@ def test_a_run_that_spikes_again_after_max_rollbacks_stops(tmp_path):
     lm = make(**GUARD, rollback_after=2, max_rollbacks=1)
     with pytest.raises(TrainingUnstable, match=r"after 1 rollbacks \(model\.stability\.max_rollbacks=1\)"):
         fit(lm, batches, callbacks=[saver], checkpointing=True)
-    assert guard_of(lm).rollbacks == 1
+    assert lm.stability_guard.rollbacks == 1
 
 
 # ---- non-finite losses and gradients -----------------------------------------------------------------------

@@ -170,7 +170,7 @@ def test_model_parallel_data_and_tensor_parallel_train_and_resume_exactly(runs, 
         (step4,) = (run / "checkpoints").glob("step4-*.ckpt")
         assert step4.is_dir() and (step4 / "meta.pt").is_file(), "a distributed checkpoint is a folder"
         meta = torch.load(step4 / "meta.pt", weights_only=True)  # our on_save_checkpoint additions survive
-        assert meta["model_kind"] == "CausalLM" and meta["model_config"]["d_ff"] == 64
+        assert meta["model_kind"] == "CausalLM" and meta["hyper_parameters"]["config"]["d_ff"] == 64
         assert isinstance(meta["tokenizer"], bytes) and meta["global_step"] == 4
         if name == "tp2":
             runs.start("tp2-resumed", *model_parallel(1, 2), "--ckpt_path", str(step4), batch=8)

@@ -31,7 +31,7 @@ def test_each_kind_trains_from_its_yaml_and_the_loss_falls(config, corpus, cache
     assert losses[-1][1] < losses[0][1] - 0.5, losses
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["model_kind"] == KIND_OF[config.stem]
-    assert ckpt["model_config"]["d_model"] == 32
+    assert ckpt["hyper_parameters"]["config"]["d_model"] == 32
     assert isinstance(ckpt["tokenizer"], bytes) and len(ckpt["tokenizer"]) > 1000
     assert (run / "config.yaml").is_file() and any(run.glob("events.out.tfevents*"))
 

@@ -36,7 +36,7 @@ from llm_modules.config import ModelConfig
 from llm_modules.models.prefix import PrefixLM
 from llm_modules.peft import adapters_disabled
 from llm_modules.registry import ConfigError
-from llm_modules.training import finetune
+import llm_modules.models.finetuning as finetune
 from llm_modules.training.memory import MemoryConfig
 from llm_modules.training.optim import OptimConfig
 from llm_modules.training.stability import StabilityConfig

@@ -102,7 +102,7 @@ from llm_modules.models.causal import CausalLM
 from llm_modules.nn.value_head import ValueHead
 from llm_modules.peft import adapters_disabled
 from llm_modules.registry import ConfigError
-from llm_modules.training import finetune
+import llm_modules.models.finetuning as finetune
 from llm_modules.training.grad_norm import grad_norm
 from llm_modules.training.memory import MemoryConfig
 from llm_modules.training.optim import OptimConfig, build_optimizer, build_scheduler

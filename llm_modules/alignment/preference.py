@@ -21,11 +21,12 @@ from torch import nn
 
 from llm_modules.config import ModelConfig
 from llm_modules.data.preferences import SIDES
+from llm_modules.kinds import DECODERS
 from llm_modules.models.base import IGNORE_INDEX, LanguageModel
 from llm_modules.nn.lm import DecoderLM
 from llm_modules.registry import ConfigError
 
-BACKBONES = ("CausalLM", "PrefixLM")
+BACKBONES = DECODERS  # the one-stack generating kinds (llm_modules.kinds)
 
 
 def check_backbone(backbone: str) -> str:

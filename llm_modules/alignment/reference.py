@@ -13,7 +13,7 @@ import copy
 
 from torch import nn
 
-from llm_modules.training import finetune
+import llm_modules.models.finetuning as finetune
 
 _REFERENCE = "_reference"
 

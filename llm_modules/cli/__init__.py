@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0
     if command == "--version":
-        from llm_modules import __version__
+        from llm_modules.version import __version__
 
         print(f"llm-modules {__version__}")
         return 0

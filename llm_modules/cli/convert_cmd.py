@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def from_hf_command(hf_dir: str, out: str, overwrite: bool = False) -> int:
-    from llm_modules import from_hf
+    from llm_modules.hf import from_hf
     from llm_modules.checkpoint import save_checkpoint
 
     if not Path(hf_dir).is_dir():

@@ -46,7 +46,7 @@ def _count(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     from llm_modules.estimate.memory import PRECISIONS, STRATEGIES
-    from llm_modules.estimate.params import KINDS
+    from llm_modules.kinds import KINDS
 
     parser = argparse.ArgumentParser(
         prog="llm-modules estimate",

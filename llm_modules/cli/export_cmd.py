@@ -54,8 +54,8 @@ def export_hf(module, out: str, family: str | None) -> str:
     """The module (its PEFT method merged) as a Hugging Face folder, its tokenizer included (``to_hf``),
     so that transformers and ``llm-modules generate OUT`` load it; returns what was written, for the
     report line. ``llm-modules convert to-hf`` writes through here too."""
-    from llm_modules import to_hf
-    from llm_modules.training.finetune import fold
+    from llm_modules.interop import to_hf
+    from llm_modules.models.finetuning import fold
 
     path = to_hf(fold(module), out, family=family, prune=True)  # OUT passed outputs.check_folder
     names = sorted(p.name for p in Path(path).iterdir() if p.is_file() and not p.name.startswith("."))
@@ -64,7 +64,7 @@ def export_hf(module, out: str, family: str | None) -> str:
 
 def export_ckpt(module, out: str, merge: bool) -> str:
     from llm_modules.checkpoint import save_checkpoint
-    from llm_modules.training.finetune import fold, self_contained
+    from llm_modules.models.finetuning import fold, self_contained
 
     module = fold(module) if merge else self_contained(module)
     return str(save_checkpoint(module, out))

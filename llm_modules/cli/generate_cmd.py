@@ -180,7 +180,7 @@ def _check_ids(ids: list[int], vocab_size: int, field: str) -> None:
 
 
 def run(argv: list[str]) -> int:
-    from llm_modules import MaskedLM
+    from llm_modules.models import MaskedLM
     from llm_modules.cli import fill_mask
     from llm_modules.generation.prompts import encode_prompt, read_prompts
 

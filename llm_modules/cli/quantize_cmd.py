@@ -52,8 +52,8 @@ def _check_paths(ckpt: str, out: str, overwrite: bool) -> None:
 
 
 def run(argv: list[str]) -> int:
-    from llm_modules.checkpoint import load_checkpoint
-    from llm_modules.quantization import build_method, linear_bytes, quantize, save_quantized
+    from llm_modules.checkpoint import load_checkpoint, save_quantized
+    from llm_modules.quantization import build_method, linear_bytes, quantize
 
     args = build_parser().parse_args(argv)
     options = {} if args.group_size is None else {"group_size": args.group_size}
@@ -64,7 +64,7 @@ def run(argv: list[str]) -> int:
         raise ConfigError(f"checkpoint {args.ckpt!r} is already quantized ({module.quantization['method']}); "
                           "quantize the float checkpoint it came from")
     if module.peft_method is not None:  # a fine-tuned checkpoint: quantize what it computes, base + method
-        from llm_modules.training.finetune import fold
+        from llm_modules.models.finetuning import fold
 
         name = module.peft_method.name
         fold(module)

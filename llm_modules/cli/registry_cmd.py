@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
-from llm_modules.registry import REGISTRIES, catalogue, load_plugins
+from llm_modules.registry import REGISTRIES, load_plugins
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,16 +27,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def import_local_plugins(modules: list[str]) -> None:
-    """Import ``modules`` as plugins. The console script does not put the working directory on
-    ``sys.path`` (``python -m`` does); adding it at the end lets ``--plugins mymod`` find
-    ``./mymod.py`` without shadowing installed packages."""
-    if not modules:
-        return
-    cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
-        sys.path.append(cwd)
-    load_plugins(modules)
+def catalogue() -> dict[str, list[dict[str, str]]]:
+    """Every slot with its names, one-line docs and providers (what ``llm-modules registry`` prints):
+    the built-ins (imported here, as their packages register them on import) and every plugin."""
+    import llm_modules.nn  # noqa: F401  (registers the built-in components)
+    import llm_modules.peft  # noqa: F401  (and the built-in fine-tuning methods)
+
+    load_plugins()
+    return {
+        slot: [{"name": e.name, "doc": e.doc, "provider": e.provider} for e in reg.entries()]
+        for slot, reg in REGISTRIES.items()
+    }
 
 
 def format_table(listing: dict[str, list[dict[str, str]]]) -> str:
@@ -58,7 +58,7 @@ def format_table(listing: dict[str, list[dict[str, str]]]) -> str:
 
 def run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    import_local_plugins(args.plugins)
+    load_plugins(args.plugins)
     listing = catalogue()
     if args.format == "json":
         print(json.dumps(listing, indent=2))

@@ -23,11 +23,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgre
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+import llm_modules.checkpoint_contents as checkpoint_contents
 from llm_modules.config import preset_dir, preset_names
 from llm_modules.data.prompts import GenerationWriter
 from llm_modules.models import LanguageModel
 from llm_modules.cli import outputs, parse_errors, trainer_checks
-from llm_modules.cli.registry_cmd import import_local_plugins
 from llm_modules.cli.resume_last import newest_run_checkpoint, resolve_last
 from llm_modules.cli.run_folder import DEFAULT_NAME, DEFAULT_SAVE_DIR, RunFolder, logs_under_default_root_dir
 from llm_modules.registry import ConfigError, load_plugins
@@ -353,8 +353,7 @@ def _evaluate_checkpoint(argv: list[str]) -> list[str]:
         # LightningCLI fills the model from the checkpoint's hyper-parameters only after parsing,
         # and parsing needs a model: name its class and config here.
         checkpoint = trainer_checks.read_checkpoint(path)
-        hparams = checkpoint.get("hyper_parameters") or {}
-        config = checkpoint.get("model_config") or hparams.get("config")
+        hparams, config = checkpoint_contents.hyper_parameters(checkpoint), checkpoint_contents.model_config(checkpoint)
         if not hparams.get("_class_path") or not isinstance(config, dict):
             raise ConfigError(f"--ckpt_path {path!r} does not say which model it holds (no model class or config); "
                               "give the model with --config or --model")
@@ -372,7 +371,7 @@ def _evaluate_checkpoint(argv: list[str]) -> list[str]:
         out[1:1] = ["--data", TEXT_DATA]  # the class before its arguments, or they have nowhere to go
         checkpoint = trainer_checks.read_checkpoint(path)
         if not _given(argv, "--data.seq_len", "--data.init_args.seq_len"):
-            max_len = (checkpoint.get("model_config") or {}).get("max_seq_len")
+            max_len = (checkpoint_contents.model_config(checkpoint) or {}).get("max_seq_len")
             if max_len:
                 out += ["--data.seq_len", str(max_len)]
     kind = (data_class or "").rpartition(".")[2]
@@ -434,8 +433,7 @@ def run(argv: list[str]) -> int:
     # warns about whenever the process also has command-line arguments, that is, always.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     quiet_known_noise()  # Lightning's cloud-logger tip and its own LeafSpec deprecation warning
-    load_plugins()  # entry points, even when no module is named
-    import_local_plugins(modules + _config_plugins(_config_files(argv)))
+    load_plugins(modules + _config_plugins(_config_files(argv)))  # entry points too, even when no module is named
     LLMCLI(
         LanguageModel,
         LightningDataModule,

@@ -37,6 +37,8 @@ from typing import Any, Union
 
 import torch
 
+from llm_modules.padding import pad_sequences
+
 #: the models' ignore index (llm_modules.models.base.IGNORE_INDEX), repeated so data/ need not import models/
 IGNORE_INDEX = -100
 
@@ -110,24 +112,6 @@ def as_pair(
     ):
         return as_token_list(example[0], what), as_token_list(example[1], what)
     return None
-
-
-def pad_sequences(
-    sequences: Sequence[Sequence[int]], pad_value: int, left: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad to the longest row, on the right (training batches) or the ``left`` (prompts to generate
-    from): ``(ids (B, T) long, attention_mask (B, T) long, 1 = real token)``."""
-    if not sequences:
-        raise ValueError("cannot collate an empty batch")
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_value, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        if len(seq):
-            cols = slice(width - len(seq), width) if left else slice(0, len(seq))
-            ids[row, cols] = torch.as_tensor(seq, dtype=torch.long)
-            mask[row, cols] = 1
-    return ids, mask
 
 
 def random_segmentation(num_items: int, num_segments: int, generator: torch.Generator | None = None) -> list[int]:

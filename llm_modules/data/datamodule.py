@@ -77,7 +77,7 @@ from llm_modules.data.text_reading import document_lines
 from llm_modules.data.token_cache import TokenCache, build_token_cache
 from llm_modules.data.tokenizer import Tokenizer
 from llm_modules.registry import ConfigError
-from llm_modules.training.parallel import data_parallel_split
+from llm_modules.data.replicas import data_parallel_split
 
 log = logging.getLogger(__name__)
 

@@ -49,10 +49,11 @@ from llm_modules.data.collators import pad_sequences
 from llm_modules.data.packing import split_documents
 from llm_modules.data.tokenizer import Tokenizer
 from llm_modules.generation.prompts import left_pad
+from llm_modules.kinds import GENERATING
 from llm_modules.registry import ConfigError
 
 IGNORE_INDEX = -100
-KINDS = ("CausalLM", "PrefixLM", "Seq2SeqLM")
+KINDS = GENERATING  # the LM kinds pairs are laid out for
 
 
 def record_to_pair(record: dict[str, Any], source_field: str = "input", reference_field: str = "output") -> tuple[str, str]:

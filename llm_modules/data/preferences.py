@@ -42,12 +42,12 @@ import torch
 from llm_modules.data.instruction_format import resolve_template
 from llm_modules.data.instructions import InstructionDataModule, fit_decoder
 from llm_modules.data.pairs import Pair, PairCollator
+from llm_modules.kinds import DECODERS
 from llm_modules.registry import ConfigError
 
 log = logging.getLogger(__name__)
 
 SIDES = ("chosen", "rejected")
-DECODERS = ("CausalLM", "PrefixLM")
 FIELDS = ("prompt", "chosen", "rejected")
 
 

@@ -18,15 +18,8 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 
+from llm_modules.kinds import CLASS_NAMES as KINDS  # LM kinds: short name -> LightningModule class
 from llm_modules.registry import ConfigError, split_spec
-
-#: LM kinds: the LightningModule class, and the torch model it builds (``models/*.py``)
-KINDS = {
-    "causal": "CausalLM",
-    "prefix": "PrefixLM",
-    "seq2seq": "Seq2SeqLM",
-    "masked": "MaskedLM",
-}
 
 
 class UnknownComponent(Exception):

@@ -14,13 +14,12 @@ from pathlib import Path
 
 import torch
 
+from llm_modules.padding import pad_sequences
 from llm_modules.registry import ConfigError
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``input_ids`` and ``attention_mask`` (B, longest row), real tokens at the right."""
-    from llm_modules.data.collators import pad_sequences
-
     if not rows:
         raise ValueError("no prompts to pad")
     return pad_sequences(rows, pad_id, left=True)

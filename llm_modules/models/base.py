@@ -9,24 +9,26 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from torch import nn
 
+from llm_modules.checkpoint_contents import KIND_KEY
 from llm_modules.config import ModelConfig, check_seq_len
+from llm_modules.data.replicas import data_parallel_split
+from llm_modules.models.finetuning import FineTuning, checkpoint_mode
 from llm_modules.nn.lm import aux_loss, count_parameters
 from llm_modules.nn.loss import cross_entropy
 from llm_modules.nn.positions import PositionEncoding
 from llm_modules.registry import ConfigError
-from llm_modules.training import finetune
 from llm_modules.training.evaluation import GenerationEvalConfig, GenerationMetrics
 from llm_modules.training.memory import MemoryConfig, apply_memory_savers, compile_model
 from llm_modules.training.optim import OptimConfig, build_optimizer, build_scheduler
-from llm_modules.training.parallel import clip_sharded_gradients, data_parallel_split, parallelize
-from llm_modules.training.stability import STATE_KEY, StabilityConfig, global_losses, guard_of
+from llm_modules.training.parallel import clip_sharded_gradients, parallelize
+from llm_modules.training.stability import STATE_KEY, StabilityConfig, StabilityGuard, global_losses
+
 
 IGNORE_INDEX = -100
 
@@ -49,7 +51,7 @@ class LanguageModel(L.LightningModule, abc.ABC):
     some). Checkpoints carry all of them as plain data, plus the tokenizer when the data module has one, so a checkpoint is
     enough to rebuild the model and read its outputs.
 
-    Fine-tuning (``llm_modules.training.finetune``): ``init_from`` starts from the weights (and
+    Fine-tuning (``llm_modules.models.finetuning``): ``init_from`` starts from the weights (and
     tokenizer) of a checkpoint or a Hugging Face folder, whose config is the model's when ``config``
     is left out; ``peft`` names a parameter-efficient method (``lora``, ``adapter``, ...; ``null``:
     every parameter trains), whose checkpoints then hold only the method's tensors
@@ -68,15 +70,15 @@ class LanguageModel(L.LightningModule, abc.ABC):
         peft_checkpoint: str = "adapter",
     ):
         super().__init__()
-        base = finetune.read_base(init_from, self.base_kind, self.base_kind_fix) if init_from else None
-        self.config = finetune.resolve_config(None if config is None else as_config(config), base)
-        self.init_from = str(Path(init_from).resolve()) if init_from else None
-        peft = finetune.peft_spec(peft)
-        self.peft_checkpoint = finetune.checkpoint_mode(peft_checkpoint)
+        # Fine-tuning state and stability state live in objects of their own, made here and held;
+        # the hooks below call them, and only they change their state.
+        self.finetuning = FineTuning(init_from, peft, peft_checkpoint, self.base_kind, self.base_kind_fix)
+        self.config = self.finetuning.config(None if config is None else as_config(config))
         self.optim = _as_dataclass(OptimConfig, optim)
         self.memory = _as_dataclass(MemoryConfig, memory)
         self.stability = _as_dataclass(StabilityConfig, stability)
         self.evaluation = _as_dataclass(GenerationEvalConfig, evaluation)
+        self.stability_guard = StabilityGuard(self.stability)
         # Plain data only, plus the class path that LightningCLI reads back from a checkpoint
         # (``--ckpt_path``) to rebuild this exact LM kind.
         self.save_hyperparameters({
@@ -86,17 +88,16 @@ class LanguageModel(L.LightningModule, abc.ABC):
             "memory": dataclasses.asdict(self.memory),
             "stability": dataclasses.asdict(self.stability),
             "evaluation": dataclasses.asdict(self.evaluation),
-            "init_from": self.init_from,
-            "peft": peft,
+            "init_from": self.finetuning.init_from,
+            "peft": self.finetuning.peft,
             "peft_checkpoint": peft_checkpoint,
         })
         self.model = self.build_model(self.config)
-        self._base_fingerprint = finetune.load_base(self.model, base) if base is not None else None
-        self.peft_method = finetune.apply(self, peft)
+        self.finetuning.attach(self)
         # Only when on: metric objects are submodules (moved and reduced with the model), none by default.
         self.generation_metrics = GenerationMetrics(self.evaluation) if self.evaluation.enabled else None
         self.tokens_seen = 0
-        self.tokenizer_bytes: bytes | None = base.tokenizer if base is not None else None
+        self.tokenizer_bytes: bytes | None = self.finetuning.base_tokenizer
 
     # ---- what a subclass provides ---------------------------------------------------------------------------
 
@@ -125,8 +126,27 @@ class LanguageModel(L.LightningModule, abc.ABC):
     #: how to fix an ``init_from`` of another kind (``{kind}``: the checkpoint's), for the message
     base_kind_fix = "set model.class_path: llm_modules.{kind}"
     #: submodules beside ``self.model`` that train with a PEFT method and that adapter-only
-    #: checkpoints keep with the method's tensors (a reward model's value head); ``training.finetune``
+    #: checkpoints keep with the method's tensors (a reward model's value head); ``models.finetuning``
     trained_beside_peft: tuple[str, ...] = ()
+
+    @property
+    def peft_method(self):
+        """The PEFT method applied to ``self.model`` (``llm_modules.peft``), or None."""
+        return self.finetuning.method
+
+    @property
+    def init_from(self) -> str | None:
+        """The resolved path of the base this model started from, or None."""
+        return self.finetuning.init_from
+
+    @property
+    def peft_checkpoint(self) -> str:
+        """``adapter``: checkpoints keep only the method's tensors; ``full``: every tensor."""
+        return self.finetuning.checkpoint_mode
+
+    @peft_checkpoint.setter
+    def peft_checkpoint(self, mode: str) -> None:
+        self.finetuning.checkpoint_mode = checkpoint_mode(mode)
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Mean token cross-entropy over the targets, plus any auxiliary (MoE) loss."""
@@ -147,7 +167,7 @@ class LanguageModel(L.LightningModule, abc.ABC):
         (one all-reduce of two scalars per step). A refused batch's loss is still logged: a spike
         should show in the curve.
         """
-        guard = guard_of(self)
+        guard = self.stability_guard
         if not guard.before_batch(self):
             return guard.refused(self, batch)
         out = self.compute_loss(batch)
@@ -288,28 +308,28 @@ class LanguageModel(L.LightningModule, abc.ABC):
                 "use one: drop the model option, or set trainer.strategy.init_args.activation_checkpointing: false"
             )
         apply_memory_savers(self.model, self.memory)
-        finetune.note_trainable(self)
-        finetune.check_strategy(self)
+        self.finetuning.note_trainable(self)
+        self.finetuning.check_strategy(self)
         parallelize(self)
         compile_model(self.model, self.memory)
 
     def on_train_start(self) -> None:
-        """Fine-tuning: how many parameters train, counted in ``configure_model`` (training.finetune)."""
-        finetune.log_trainable(self)
+        """Fine-tuning: how many parameters train, counted in ``configure_model`` (models.finetuning)."""
+        self.finetuning.log_trainable(self)
 
     # ---- optimization -------------------------------------------------------------------------------------
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         """Runs the closure, then steps only if the guard lets it (StabilityGuard.optimizer_step)."""
-        guard_of(self).optimizer_step(self, optimizer, optimizer_closure)
+        self.stability_guard.optimizer_step(self, optimizer, optimizer_closure)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Logs ``train/grad_norm``: after fp16 unscaling, before clipping."""
-        guard_of(self).on_before_optimizer_step(self)
+        self.stability_guard.on_before_optimizer_step(self)
 
     def lr_scheduler_step(self, scheduler, metric) -> None:
         """The schedule follows the updates applied: a step the guard skipped does not advance it."""
-        if not guard_of(self).step_skipped:
+        if not self.stability_guard.step_skipped:
             super().lr_scheduler_step(scheduler, metric)
 
     def configure_optimizers(self):
@@ -348,25 +368,28 @@ class LanguageModel(L.LightningModule, abc.ABC):
                         f"data.seq_len={seq_len} is beyond what position {type(module).__name__} allows "
                         f"(model.config.max_seq_len={module.max_len}); raise max_seq_len or lower seq_len"
                     )
-        finetune.check_tokenizer(self, tokenizer)
+        self.finetuning.check_tokenizer(self, tokenizer)
         if tokenizer is not None and self.tokenizer_bytes is None:
             self.tokenizer_bytes = tokenizer.to_bytes()
 
     # ---- checkpoints --------------------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        finetune.on_save_checkpoint(self, checkpoint)
-        checkpoint["model_config"] = self.config.to_dict()
-        checkpoint["model_kind"] = self.kind
+        """What a checkpoint holds beside Lightning's own entries, each fact once: the config and the
+        other constructor options are the hyper-parameters already (``save_hyperparameters``); added
+        here are the kind of the torch model, the tokens seen, the guard's and fine-tuning's state
+        and the tokenizer (``llm_modules.checkpoint_contents`` reads them back)."""
+        self.finetuning.on_save_checkpoint(self, checkpoint)
+        checkpoint[KIND_KEY] = self.kind
         checkpoint["tokens_seen"] = self.tokens_seen
-        checkpoint[STATE_KEY] = guard_of(self).state_dict()
+        checkpoint[STATE_KEY] = self.stability_guard.state_dict()
         if self.tokenizer_bytes is not None:
             checkpoint["tokenizer"] = self.tokenizer_bytes
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        finetune.on_load_checkpoint(self, checkpoint)
+        self.finetuning.on_load_checkpoint(self, checkpoint)
         self.tokens_seen = int(checkpoint.get("tokens_seen", 0))
-        guard_of(self).load_state_dict(checkpoint.get(STATE_KEY))
+        self.stability_guard.load_state_dict(checkpoint.get(STATE_KEY))
         self.tokenizer_bytes = checkpoint.get("tokenizer", self.tokenizer_bytes)
 
     def num_parameters(self) -> int:

@@ -34,13 +34,6 @@ def run_stack(cfg, stack: Stack, x: torch.Tensor, inputs: MaskInputs, memory=Non
     return hidden
 
 
-def check_config(cfg) -> None:
-    """Run the config's own checks (ModelConfig.validate) before building anything from it."""
-    validate = getattr(cfg, "validate", None)
-    if callable(validate):
-        validate()
-
-
 def aux_loss(model: nn.Module) -> torch.Tensor | None:
     """Sum of the auxiliary losses (MoE load balancing) left by the last forward, or None."""
     losses = [m.aux_loss for m in model.modules() if isinstance(getattr(m, "aux_loss", None), torch.Tensor)]
@@ -56,7 +49,6 @@ class _SingleStackLM(nn.Module):
 
     def __init__(self, cfg, *, bidirectional_positions: bool):
         super().__init__()
-        check_config(cfg)
         self.config = cfg
         self.embed = TokenEmbedding(cfg.vocab_size, cfg.d_model, cfg.type_vocab_size, cfg.embedding_grad_scale)
         layers = deepnorm_constants(0 if self.causal else cfg.n_layers, cfg.n_layers if self.causal else 0)
@@ -134,7 +126,6 @@ class EncoderDecoderLM(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        check_config(cfg)
         self.config = cfg
         self.embed = TokenEmbedding(cfg.vocab_size, cfg.d_model, cfg.type_vocab_size, cfg.embedding_grad_scale)
         constants = deepnorm_constants(cfg.encoder_layers, cfg.n_layers)

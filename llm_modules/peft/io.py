@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from llm_modules import integrity
+import llm_modules.integrity as integrity
 from llm_modules.atomic_files import replacing
 from llm_modules.peft.base import (
     PeftMethod,

@@ -129,7 +129,7 @@ def replace_linears(model: nn.Module, names: list[str], make) -> None:
         linear = model.get_submodule(name)
         if not isinstance(linear, nn.Linear):
             raise ConfigError(f"quantization: {name!r} is a {type(linear).__name__}, not a linear layer; "
-                              "the file does not match its own model_config")
+                              "the file does not match its own config")
         model.set_submodule(name, make(linear))
 
 
@@ -149,7 +149,7 @@ def quantize(module, method: str | Mapping[str, Any] | Method = "int8-weight", *
         # Quantizing would replace LoRA layers by plain quantized ones and silently drop the update.
         raise ConfigError(
             f"the model carries peft method {applied[-1].name!r}; merge it into the weights first "
-            "(llm_modules.training.finetune.fold(module), or: llm-modules export CKPT OUT --format ckpt --merge), "
+            "(llm_modules.models.finetuning.fold(module), or: llm-modules export CKPT OUT --format ckpt --merge), "
             "then quantize the merged model"
         )
     chosen = build_method(method, **options)

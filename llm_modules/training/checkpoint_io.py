@@ -31,7 +31,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 
-from llm_modules import integrity
+import llm_modules.integrity as integrity
 from llm_modules.atomic_files import writing
 
 

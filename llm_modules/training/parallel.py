@@ -18,8 +18,8 @@ DTensors, so every parameter lives on the same 2-D mesh) and FSDP-sharded over t
 group: simple and exact, at the price of a full vocabulary projection per tensor-parallel rank.
 A component that a plan names as a part but that declares nothing (a plugin's) is refused.
 
-Also here, because they follow from how the strategies lay out data and gradients: which processes
-share a batch (``data_parallel_split``) and norm clipping under FSDP (``clip_sharded_gradients``).
+Also here, because it follows from how the strategies lay out gradients: norm clipping under FSDP
+(``clip_sharded_gradients``). Which processes share a batch is ``data.replicas.data_parallel_split``.
 """
 
 from __future__ import annotations
@@ -171,19 +171,6 @@ def apply_fully_shard(model: nn.Module, dp_mesh) -> None:
     for unit in units:
         fully_shard(unit, mesh=dp_mesh)
     fully_shard(model, mesh=dp_mesh)
-
-
-def data_parallel_split(trainer) -> tuple[int, int]:
-    """(replicas, rank) for splitting the data: the strategy's data-parallel group, else (1, 0).
-
-    Under tensor parallelism several processes work on one batch together, so they must read the
-    same samples: the data is split over the data-parallel group only (the strategy's sampler
-    arguments say which), not over all processes as with plain DDP.
-    """
-    if trainer is None:
-        return 1, 0
-    kwargs = getattr(trainer.strategy, "distributed_sampler_kwargs", None) or {}
-    return int(kwargs.get("num_replicas", trainer.world_size)), int(kwargs.get("rank", trainer.global_rank))
 
 
 def clip_sharded_gradients(trainer, max_norm: float | None, algorithm: str | None) -> bool:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from llm_modules import integrity
+import llm_modules.integrity as integrity
 from llm_modules.registry import ConfigError
 from llm_modules.training.stability import STATE_KEY, StabilityGuard, TrainingUnstable
 
@@ -35,7 +35,6 @@ def roll_back(guard: StabilityGuard, lm) -> None:
     """Restore the newest qualifying checkpoint, or, with none, warn and let the guard go on skipping
     spikes (``max_consecutive_skips`` ends a run that does not come back)."""
     trainer, config = lm.trainer, guard.config
-    guard.rollback_due = False
     path = _newest_good_checkpoint(trainer, guard) if trainer.is_global_zero else None
     path = trainer.strategy.broadcast(path)  # every rank loads the same one
     if path is None:
@@ -58,13 +57,7 @@ def roll_back(guard: StabilityGuard, lm) -> None:
     trainer.strategy.load_optimizer_state_dict(checkpoint)
     for scheduler_config, state in zip(trainer.lr_scheduler_configs, checkpoint.get("lr_schedulers", [])):
         scheduler_config.scheduler.load_state_dict(state)
-    saved = checkpoint.get(STATE_KEY) or {}
-    guard.mean = float(saved.get("mean", guard.mean))
-    guard.var = float(saved.get("var", guard.var))
-    guard.seen = int(saved.get("seen", guard.seen))
-    guard.rollbacks += 1
-    guard.streak = guard.consecutive = 0
-    guard.skip_left = config.skip_batches
+    guard.rolled_back(checkpoint.get(STATE_KEY))
     if trainer.is_global_zero:
         log.warning("step %d: rolled back to %s (step %s); the data moves on, %d more batches skipped",
                     lm.global_step, path, checkpoint.get("global_step"), config.skip_batches)

@@ -126,7 +126,8 @@ def _refuse(name: str, value, rule: str, fix: str):
 class StabilityGuard:
     """The guard's running state (plain numbers, saved in checkpoints) and its decisions.
 
-    One per LanguageModel (``guard_of``). Every process holds the same state: it only ever sees the
+    One per LanguageModel, made in its ``__init__`` from ``model.stability`` and held as
+    ``lm.stability_guard``; only its own methods change its state. Every process holds the same state: it only ever sees the
     globally averaged loss and globally reduced gradient norms, so all ranks refuse the same batches
     and step together (a rank that stepped alone would deadlock DDP or desynchronise the replicas).
     """
@@ -169,6 +170,18 @@ class StabilityGuard:
             if state and name in state:
                 setattr(self, name, type(getattr(self, name))(state[name]))
 
+    def rolled_back(self, saved: dict[str, Any] | None) -> None:
+        """The model went back to a checkpoint (``rollback.roll_back``): take that checkpoint's loss
+        statistics, count the rollback, start a new streak and skip ``skip_batches`` batches. The
+        cumulative counters and the run id stay this run's."""
+        saved = saved or {}
+        self.mean = float(saved.get("mean", self.mean))
+        self.var = float(saved.get("var", self.var))
+        self.seen = int(saved.get("seen", self.seen))
+        self.rollbacks += 1
+        self.streak = self.consecutive = 0
+        self.skip_left = self.config.skip_batches
+
     # ---- the loss -------------------------------------------------------------------------------------------
 
     def before_batch(self, lm) -> bool:
@@ -178,7 +191,7 @@ class StabilityGuard:
             self._checked = True
             _refuse_spike_guard_under_deepspeed(lm, self.config)
         if self.rollback_armed:
-            self.rollback_armed = False
+            self.rollback_armed = self.rollback_due = False
             from llm_modules.training.rollback import roll_back
 
             roll_back(self, lm)
@@ -342,14 +355,6 @@ class StabilityGuard:
         if self.config.log_grad_norm and norm is not None:
             lm.log("train/grad_norm", float(norm))
         self._log_counters(lm)
-
-
-def guard_of(lm) -> StabilityGuard:
-    """The LanguageModel's guard, made on first use from ``lm.stability``."""
-    guard = lm.__dict__.get("_stability_guard")
-    if guard is None:
-        guard = lm.__dict__["_stability_guard"] = StabilityGuard(lm.stability)
-    return guard
 
 
 def global_losses(lm, out: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,7 +27,7 @@ from llm_modules.training.model_flops import (  # noqa: F401  (re-exported: the 
     PEAKS, Peak, compute_dtype, flops_per_token, gpu_peak_flops, lookup_gpu, math_mode, matmul_parameters,
     measure_matmul_flops, peak_flops,
 )
-from llm_modules.training.parallel import data_parallel_split
+from llm_modules.data.replicas import data_parallel_split
 
 log = logging.getLogger("llm_modules.throughput")
 

@@ -1,0 +1,42 @@
+"""The LM kinds: the one table of what each is called and what it can do.
+
+The LightningModule classes live in ``llm_modules.models`` (which imports Lightning); this table
+is plain data at the bottom of the package, so that the estimator, the data modules, the
+checkpoint reader and the CLI's argument parsers name and check kinds without importing them.
+``key`` is the short name (``estimate --kind causal``), ``class_name`` the LightningModule's class
+and what checkpoints record as ``model_kind``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Kind:
+    key: str
+    class_name: str
+    #: writes text left to right with a decoder (generation, reference pairs, instructions)
+    generates: bool
+    #: a separate encoder reads the source and a decoder writes the target
+    encoder_decoder: bool = False
+
+
+KINDS: dict[str, Kind] = {kind.key: kind for kind in (
+    Kind("causal", "CausalLM", generates=True),
+    Kind("prefix", "PrefixLM", generates=True),
+    Kind("seq2seq", "Seq2SeqLM", generates=True, encoder_decoder=True),
+    Kind("masked", "MaskedLM", generates=False),
+)}
+
+#: short name -> LightningModule class name
+CLASS_NAMES: dict[str, str] = {kind.key: kind.class_name for kind in KINDS.values()}
+#: the kinds that generate (pairs and instruction data are laid out for them)
+GENERATING: tuple[str, ...] = tuple(kind.class_name for kind in KINDS.values() if kind.generates)
+#: the kinds that generate with one decoder stack reading prompt and answer together
+DECODERS: tuple[str, ...] = tuple(kind.class_name for kind in KINDS.values() if kind.generates and not kind.encoder_decoder)
+
+
+def by_class_name(name: str) -> Kind | None:
+    """The kind whose LightningModule class is ``name`` (``CausalLM``), or None."""
+    return next((kind for kind in KINDS.values() if kind.class_name == name), None)
