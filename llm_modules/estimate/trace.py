@@ -1,0 +1,220 @@
+"""Measure what autograd saves for the backward pass by running the real modules on fake tensors.
+
+The model is built and run under ``FakeTensorMode``: tensors carry shapes, dtypes and a CPU device
+but no data, so a forward at the real batch and sequence length costs no memory and little time.
+``torch.autograd.graph.saved_tensors_hooks`` sees every tensor a derivative formula (or a custom
+``autograd.Function``) keeps, exactly as in a real CPU run, and the storages are counted once each
+(autograd keeps a storage once however many ops save it, or views of it).
+
+A ``TorchDispatchMode`` under autograd records where each storage was made: in which block, by
+which op (weight casts of autocast, dropout noise, layer norms of half inputs under autocast, which
+``estimate.cuda`` declares different on a GPU) and answers the few data-dependent questions a
+forward asks (``Tracer.resolve``), since fake tensors hold no values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from unittest import mock
+
+import torch
+from torch import nn
+from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException, FakeTensor
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from llm_modules.registry import ConfigError
+
+aten = torch.ops.aten
+OUTSIDE = None  # the block of a tensor made or saved outside every block
+
+
+def storage_key(t: torch.Tensor) -> int:
+    return t.untyped_storage()._cdata
+
+
+@dataclass
+class Storage:
+    """One storage that autograd keeps: its bytes, the block that made it and those that save it."""
+
+    nbytes: int
+    numel: int
+    made_in: object = OUTSIDE
+    made_by: str = ""
+    saved_in: set = field(default_factory=set)
+    #: a half-precision layer-norm input under autocast (``estimate.cuda``: upcast on a GPU)
+    half_norm_input: bool = False
+    #: a parameter, or autocast's cast of one: model states, not activations
+    weight: bool = False
+
+
+@dataclass
+class Trace:
+    """What one forward (and loss) saved. ``blocks``: block ids in the order they ran, each a
+    (stack, index) pair; ``block_inputs``: the bytes of each block's hidden-state input."""
+
+    storages: dict[int, Storage]
+    blocks: list
+    block_inputs: dict
+    logits_bytes: int
+    approximate: list[str]
+
+    def activations(self):
+        return {k: s for k, s in self.storages.items() if s.saved_in and not s.weight}
+
+
+class Tracer(TorchDispatchMode):
+    """Records the op and block that make each storage; answers data-dependent ops (module doc)."""
+
+    def __init__(self, params: set[int]):
+        super().__init__()
+        self.params = params
+        self.storages: dict[int, Storage] = {}
+        self.made: dict[int, tuple] = {}  # storage -> (block, op name)
+        self.casts: set[int] = set()
+        self.noise: set[int] = set()
+        self.half_norm_inputs: set[int] = set()
+        self.block = OUTSIDE
+        self.modules: list[nn.Module] = []
+        self.approximate: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        try:
+            out = func(*args, **kwargs)
+        except (DynamicOutputShapeException, DataDependentOutputException):
+            out = self.resolve(func, args, kwargs)
+        name = func.__name__
+        if func.overloadpacket in (aten.bernoulli_, aten.bernoulli):
+            self.noise.add(storage_key(args[0] if func.overloadpacket is aten.bernoulli_ else out))
+        if func is aten._to_copy.default and isinstance(args[0], torch.Tensor) and storage_key(args[0]) in self.params:
+            self.casts.add(storage_key(out))
+        if func.overloadpacket is aten.native_layer_norm and args[0].dtype in (torch.float16, torch.bfloat16) \
+                and torch.is_autocast_enabled("cpu"):
+            self.half_norm_inputs.add(storage_key(args[0]))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self.made.setdefault(storage_key(t), (self.block, name))
+        return out
+
+    def resolve(self, func, args, kwargs):
+        """Fake tensors hold no values: answer the data-dependent ops of a forward.
+
+        - reading an integer scalar (a bounds check on the token ids): 0, the trace's every id;
+        - ``nonzero`` inside a module that routes tokens (one with ``n_experts``): an even share,
+          its mask's elements / ``n_experts`` (so top-k routing sends each token to k experts);
+        - ``bincount`` with ``minlength``: ``minlength`` counts.
+
+        Anything else cannot be measured, and says where.
+        """
+        router = next((m for m in reversed(self.modules) if isinstance(getattr(m, "n_experts", None), int)), None)
+        if func is aten._local_scalar_dense.default and not args[0].is_floating_point():
+            return 0
+        if func.overloadpacket is aten.nonzero and router is not None:
+            mask = args[0]
+            self._approx(f"{type(router).__name__}: routing assumed even over its {router.n_experts} experts")
+            return torch.empty((mask.numel() // router.n_experts, mask.dim()), dtype=torch.long, device=mask.device)
+        if func.overloadpacket is aten.bincount and kwargs.get("minlength", args[2] if len(args) > 2 else 0):
+            return torch.zeros(kwargs.get("minlength", args[2] if len(args) > 2 else 0), dtype=torch.long,
+                               device=args[0].device)
+        where = type(self.modules[-1]).__name__ if self.modules else "the model"
+        raise ConfigError(f"estimate: {where} runs {func} whose result depends on the data, which the estimator's "
+                          "fake tensors do not hold; it cannot measure this component's activations")
+
+    def _approx(self, note: str) -> None:
+        if note not in self.approximate:
+            self.approximate.append(note)
+
+    def pack(self, t: torch.Tensor) -> torch.Tensor:
+        key = storage_key(t)
+        storage = self.storages.get(key)
+        if storage is None:
+            made_in, made_by = self.made.get(key, (OUTSIDE, ""))
+            storage = self.storages[key] = Storage(
+                t.untyped_storage().nbytes(), t.untyped_storage().nbytes() // max(t.element_size(), 1),
+                made_in, made_by, weight=key in self.params or key in self.casts,
+            )
+        storage.saved_in.add(self.block)
+        return t
+
+
+@contextlib.contextmanager
+def _hooks(model: nn.Module, tracer: Tracer, blocks: dict[nn.Module, tuple], inputs: dict):
+    """Module hooks that tell the tracer which block and which modules are running."""
+    handles = []
+
+    def enter(module, args):
+        tracer.modules.append(module)
+        if module in blocks:
+            tracer.block = blocks[module]
+            x = args[0]
+            inputs[tracer.block] = x.numel() * x.element_size()
+
+    def leave(module, args, output):
+        tracer.modules.pop()
+        if module in blocks:
+            tracer.block = OUTSIDE
+
+    for module in model.modules():
+        handles.append(module.register_forward_pre_hook(enter))
+        handles.append(module.register_forward_hook(leave))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def fake_mode():
+    """Fake CPU tensors that take the fast paths of plain tensors (``nn.fast.plain_tensors``).
+
+    ``nn/`` sends tensor subclasses the reference way, since a DTensor or quantized weight may not
+    support a hand-written kernel; a fake tensor stands for a plain CPU tensor here, so it must
+    take the path a plain one takes, or the trace would measure the wrong ops.
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from llm_modules.nn import fast
+
+    with FakeTensorMode(), mock.patch.object(fast, "_PLAIN", (*fast._PLAIN, FakeTensor)):
+        yield
+
+
+def to_dtype(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """``model.to(dtype)`` for a model of fake tensors, in place (``Module.to`` swaps tensors,
+    which fake tensors refuse): floating parameters and buffers, tied parameters staying tied."""
+    done: dict[int, torch.Tensor] = {}
+    for module in model.modules():
+        for table in (module._parameters, module._buffers):
+            for name, t in table.items():
+                if t is None or not t.is_floating_point():
+                    continue
+                if id(t) not in done:
+                    with torch.no_grad():
+                        new = t.to(dtype)
+                    done[id(t)] = nn.Parameter(new, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) \
+                        else new
+                table[name] = done[id(t)]
+    return model
+
+
+def trace(model: nn.Module, run, *, autocast: torch.dtype | None = None, around=contextlib.nullcontext) -> Trace:
+    """Run ``run(model)`` (forward and loss, returning the logits) under the tracer; ``model`` must
+    have been built in ``fake_mode``, which must still be active. Blocks are the ``layers`` of the
+    stacks that ``model.stack_names`` names; ``around`` wraps the run (``estimate.cuda``)."""
+    params = {storage_key(p) for p in model.parameters()} | {storage_key(b) for b in model.buffers()}
+    tracer = Tracer(params)
+    blocks = {layer: (name, i) for name in model.stack_names for i, layer in enumerate(getattr(model, name).layers)}
+    inputs: dict = {}
+    cast = torch.autocast("cpu", dtype=autocast) if autocast is not None else contextlib.nullcontext()
+    with _hooks(model, tracer, blocks, inputs), tracer, around(), cast, \
+            torch.autograd.graph.saved_tensors_hooks(tracer.pack, lambda t: t):
+        logits = run(model)
+    for key, storage in tracer.storages.items():
+        storage.half_norm_input = key in tracer.half_norm_inputs
+        if key in tracer.noise:
+            storage.made_by = "dropout noise"
+    return Trace(tracer.storages, [b for b in blocks.values() if b in inputs], inputs,
+                 logits.numel() * logits.element_size(), tracer.approximate)
