@@ -1,9 +1,9 @@
 """``llm_modules.estimate`` and ``llm-modules estimate``: published figures, real models, a real run.
 
-- parameters: LLaMA-7B's 6.74e9; the formula equals the built model for every preset and kind;
+- parameters: LLaMA-7B's 6.74e9; the meta-device count equals the built model for every preset and kind;
 - FLOPs: GPT-3 175B on 300B tokens, about 3.1e23 (Brown et al., 2020: 3.14e23);
 - model states: the ZeRO paper's Figure 1 (7.5B parameters, 64 GPUs, K = 12);
-- activations: the symbolic replay equals what real models save for backward, over norms,
+- activations: the fake-tensor trace equals what real models save for backward, over norms,
   residual layouts, feed-forwards, positions, backends, LM kinds, precisions and LoRA;
 - peak memory: a real ``Trainer.fit`` on the CPU, measured at the allocator, against the estimate;
 - scaling laws (Chinchilla's 70B / 1.4T for Gopher's budget, approach 3's loss) and wall time;
@@ -33,7 +33,7 @@ from llm_modules.estimate.activations import Training, estimate_activations
 from llm_modules.estimate.flops import estimate_flops
 from llm_modules.estimate.lora import DEFAULT_TARGETS, plan_lora
 from llm_modules.estimate.memory import Setup, estimate_memory, model_states
-from llm_modules.estimate.params import count, formula_count, meta_count, preset_kind
+from llm_modules.estimate.params import build_meta, count, preset_kind
 from llm_modules.estimate.scaling import (
     chinchilla_fit_optimal,
     chinchilla_loss,
@@ -75,13 +75,18 @@ def test_llama_7b_has_6_74e9_parameters():
 
 
 @pytest.mark.parametrize("name", preset_names())
-def test_formula_equals_the_built_model_for_every_preset(name):
+def test_the_count_splits_the_built_model_for_every_preset(name):
+    """The count is the meta-built model's; its split adds up, and every block is the same size."""
     kind = preset_kind(preset_dir().joinpath(f"{name}.yaml").read_text())
     cfg = ModelConfig.from_preset(name)
-    formula = formula_count(cfg, kind)
-    assert formula == dataclasses.replace(meta_count(cfg, kind), method="formula")
-    if formula.total < 1e6:  # tiny presets: also the real model, weights and all
-        assert formula.total == count_parameters(build(cfg, kind))
+    params = count(cfg, kind)
+    model = build_meta(cfg, kind)
+    assert params.total == count_parameters(model)
+    stacks = [getattr(model, n) for n in model.stack_names]
+    assert {count_parameters(layer) for layer in stacks[-1].layers} == {params.block}
+    assert params.outside_blocks >= params.embedding > 0
+    if params.total < 1e6:  # tiny presets: also the real model, weights and all
+        assert params.total == count_parameters(build(cfg, kind))
 
 
 @pytest.mark.parametrize("overrides", [
@@ -91,12 +96,14 @@ def test_formula_equals_the_built_model_for_every_preset(name):
     {"position": "t5", "residual": "post", "head_transform": True, "lm_head_bias": True, "type_vocab_size": 2, "embedding_norm": True},
 ])
 @pytest.mark.parametrize("kind", ["causal", "masked", "seq2seq"])
-def test_formula_equals_the_built_model_for_other_components(overrides, kind):
+def test_the_count_equals_the_built_model_for_other_components(overrides, kind):
     if kind == "seq2seq" and "parallel" in str(overrides):
         pytest.skip("a parallel block cannot place cross-attention")
     cfg = ModelConfig(vocab_size=97, d_model=48, n_layers=2, n_heads=4, max_seq_len=32, **overrides)
-    assert formula_count(cfg, kind).total == count_parameters(build(cfg, kind))
-    assert formula_count(cfg, kind).linear_weights == meta_count(cfg, kind).linear_weights
+    model = build(cfg, kind)
+    assert count(cfg, kind).total == count_parameters(model)
+    linear = {id(m.weight): m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    assert count(cfg, kind).linear_weights == sum(linear.values())
 
 
 def test_a_plugin_component_is_counted_on_the_meta_device():
@@ -145,7 +152,7 @@ def test_lora_trains_only_its_matrices():
     params = count(cfg)
     full = estimate_memory(cfg, "causal", params, Setup(batch_size=2, seq_len=64))
     adapted = estimate_memory(cfg, "causal", params, Setup(batch_size=2, seq_len=64), lora_parameters=lora.parameters,
-                              training=Training(4, lora.names))
+                              training=Training(4, lora.patterns))
     assert adapted.gradients == lora.parameters * 4 and adapted.optimizer == lora.parameters * 8
     assert adapted.weights == (params.total + lora.parameters) * 4
     assert adapted.activations < full.activations
@@ -239,7 +246,7 @@ def test_activation_replay_with_lora(preset, kind, targets, precision):
     real, _ = saved_bytes(model, kind, precision, 2, 24)
     lora = plan_lora(cfg, kind, 4, targets)
     estimate = estimate_activations(cfg, kind=kind, precision=precision, params_half=False, batch_size=2, seq_len=24,
-                                    decoder_len=12 if kind == "seq2seq" else None, training=Training(4, lora.names),
+                                    decoder_len=12 if kind == "seq2seq" else None, training=Training(4, lora.patterns),
                                     device="cpu")
     assert estimate.blocks + estimate.outside == pytest.approx(real, rel=0.005)
 

@@ -58,6 +58,7 @@ class Trace:
     blocks: list
     block_inputs: dict
     logits_bytes: int
+    logits_element: int
     approximate: list[str]
 
     def activations(self):
@@ -200,7 +201,7 @@ def to_dtype(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     return model
 
 
-def trace(model: nn.Module, run, *, autocast: torch.dtype | None = None, around=contextlib.nullcontext) -> Trace:
+def trace(model: nn.Module, run, *, autocast: torch.dtype | None = None, around=None) -> Trace:
     """Run ``run(model)`` (forward and loss, returning the logits) under the tracer; ``model`` must
     have been built in ``fake_mode``, which must still be active. Blocks are the ``layers`` of the
     stacks that ``model.stack_names`` names; ``around`` wraps the run (``estimate.cuda``)."""
@@ -209,7 +210,7 @@ def trace(model: nn.Module, run, *, autocast: torch.dtype | None = None, around=
     blocks = {layer: (name, i) for name in model.stack_names for i, layer in enumerate(getattr(model, name).layers)}
     inputs: dict = {}
     cast = torch.autocast("cpu", dtype=autocast) if autocast is not None else contextlib.nullcontext()
-    with _hooks(model, tracer, blocks, inputs), tracer, around(), cast, \
+    with _hooks(model, tracer, blocks, inputs), tracer, (around or contextlib.nullcontext)(), cast, \
             torch.autograd.graph.saved_tensors_hooks(tracer.pack, lambda t: t):
         logits = run(model)
     for key, storage in tracer.storages.items():
@@ -217,4 +218,4 @@ def trace(model: nn.Module, run, *, autocast: torch.dtype | None = None, around=
         if key in tracer.noise:
             storage.made_by = "dropout noise"
     return Trace(tracer.storages, [b for b in blocks.values() if b in inputs], inputs,
-                 logits.numel() * logits.element_size(), tracer.approximate)
+                 logits.numel() * logits.element_size(), logits.element_size(), tracer.approximate)
