@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from llm_modules.estimate.trace import OUTSIDE, Trace, fake_mode, to_dtype, trace
+from llm_modules.estimate.trace import OUTSIDE, Trace, fake_mode, skip_init, to_dtype, trace
 from llm_modules.nn.loss import CHUNK_ELEMENTS
 from llm_modules.registry import ConfigError, split_spec
 
@@ -95,7 +95,8 @@ def _traced(cfg, kind: str, mode: str, training: Training, batch_size: int, seq_
 
     short = cfg.replace(n_layers=min(cfg.n_layers, 2), n_encoder_layers=min(cfg.encoder_layers, 2))
     with fake_mode():
-        model = build_model(short, kind)
+        with skip_init():
+            model = build_model(short, kind)
         model.train()
         if training.lora_rank:
             from llm_modules.peft.base import apply_peft

@@ -84,7 +84,9 @@ def build_meta(cfg, kind: str = "causal"):
     """The torch model of this kind with meta tensors: real shapes, no memory, no initialization cost."""
     import torch
 
-    with torch.device("meta"):
+    from llm_modules.estimate.trace import skip_init
+
+    with skip_init(), torch.device("meta"):
         return build_model(cfg, kind)
 
 

@@ -21,6 +21,7 @@ from unittest import mock
 import torch
 from torch import nn
 from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException, FakeTensor
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -165,6 +166,26 @@ def _hooks(model: nn.Module, tracer: Tracer, blocks: dict[nn.Module, tuple], inp
     finally:
         for handle in handles:
             handle.remove()
+
+
+#: initializers and in-place writes that only set values, which meta and fake tensors do not hold
+_VALUE_WRITES = frozenset({
+    "normal_", "uniform_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_", "xavier_normal_",
+    "orthogonal_", "constant_", "ones_", "zeros_", "eye_", "fill_", "zero_", "copy_",
+})
+
+
+class skip_init(TorchFunctionMode):
+    """While building a model on meta or fake tensors, skip the initializers' value writes: they
+    cost most of the build (each runs torch's Python reference kernels) and change no shape."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", "") in _VALUE_WRITES:
+            target = args[0] if args else kwargs.get("tensor")
+            if isinstance(target, torch.Tensor) and (target.is_meta or isinstance(target, FakeTensor)):
+                return target
+        return func(*args, **kwargs)
 
 
 @contextlib.contextmanager
