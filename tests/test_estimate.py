@@ -272,18 +272,25 @@ def fit_on_cpu(cfg, *, batch: int, length: int, precision: str, checkpointing: b
         trainer.fit(lm, torch.utils.data.DataLoader(rows, batch_size=batch))
 
 
-#: (activation checkpointing, micro-batches per step) of the measured runs
-PEAK_RUNS = ((False, 1), (True, 1), (False, 2))
+#: (position, activation checkpointing, micro-batches per step) of the measured runs; ``gate`` is the
+#: example plugin's position encoding, which keeps tensors no built-in position keeps
+PEAK_RUNS = (("rope", False, 1), ("rope", True, 1), ("rope", False, 2), ("gate", False, 1))
 
 
-def measure_fit_on_cpu(cfg, batch: int, length: int) -> dict[tuple[bool, int], int]:
-    """``cpu_peak_allocated`` of ``fit_on_cpu`` for each of ``PEAK_RUNS`` (module level, so a spawned
-    process can run it)."""
+def measure_fit_on_cpu(cfg, batch: int, length: int, runs) -> dict[tuple[str, bool, int], int]:
+    """``cpu_peak_allocated`` of ``fit_on_cpu`` for each of ``runs`` (module level, so a spawned
+    process can run it; a run with the plugin's position only where the plugin is installed)."""
+    import importlib.util
+
     torch.set_num_threads(1)
-    return {(checkpointing, accumulate): cpu_peak_allocated(
-        lambda: fit_on_cpu(cfg, batch=batch, length=length, precision="32-true", checkpointing=checkpointing,
-                           accumulate=accumulate))
-        for checkpointing, accumulate in PEAK_RUNS}
+    if importlib.util.find_spec("llm_modules_example"):
+        import llm_modules_example  # noqa: F401  (registers "gate" in this process)
+    else:
+        runs = [run for run in runs if run[0] != "gate"]
+    return {(position, checkpointing, accumulate): cpu_peak_allocated(
+        lambda: fit_on_cpu(cfg.replace(position=position), batch=batch, length=length, precision="32-true",
+                           checkpointing=checkpointing, accumulate=accumulate))
+        for position, checkpointing, accumulate in runs}
 
 
 PEAK_CONFIG = ModelConfig(vocab_size=4096, d_model=256, n_layers=4, n_heads=4, norm="rmsnorm", activation="swiglu",
@@ -292,22 +299,26 @@ PEAK_BATCH, PEAK_LENGTH = 8, 128
 
 
 @pytest.fixture(scope="module")
-def measured_peaks() -> dict[tuple[bool, int], int]:
+def measured_peaks() -> dict[tuple[str, bool, int], int]:
     # In a fresh process: what earlier tests left in this one (allocations, caches, profiler sessions)
     # would move the allocator's running total. One process for all runs: each run's memory is
     # freed when it ends, and the next run's peak is measured from what is live when it starts.
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(measure_fit_on_cpu, PEAK_CONFIG, PEAK_BATCH, PEAK_LENGTH).result(timeout=300)
+        return pool.submit(measure_fit_on_cpu, PEAK_CONFIG, PEAK_BATCH, PEAK_LENGTH, PEAK_RUNS).result(timeout=300)
 
 
-@pytest.mark.parametrize("checkpointing, accumulate", PEAK_RUNS,
-                         ids=["all-activations", "checkpointed", "accumulating"])
-def test_peak_memory_of_a_real_cpu_training_run_matches_the_estimate(checkpointing, accumulate, measured_peaks):
+@pytest.mark.parametrize("position, checkpointing, accumulate", PEAK_RUNS,
+                         ids=["all-activations", "checkpointed", "accumulating", "plugin-position-gate"])
+def test_peak_memory_of_a_real_cpu_training_run_matches_the_estimate(position, checkpointing, accumulate,
+                                                                     measured_peaks):
     """Two steps (the second has AdamW's moments) of a LLaMA-style model: weights and optimizer
     states 63 MB, gradients 21 MB, activations about 100 MB. The gradients are freed after each step,
     so they are not at the peak (the end of the forward) unless micro-batches accumulate into them.
-    The measured peak (``llm_modules.training.peak_memory``) is within 1% of the estimate."""
-    cfg, measured = PEAK_CONFIG, measured_peaks[checkpointing, accumulate]
+    The measured peak (``llm_modules.training.peak_memory``) is within 1% of the estimate, also with
+    the example plugin's position encoding ``gate``, whose saved tensors nothing declares."""
+    if position == "gate":
+        pytest.importorskip("llm_modules_example")
+    cfg, measured = PEAK_CONFIG.replace(position=position), measured_peaks[position, checkpointing, accumulate]
     setup = Setup(precision="32-true", batch_size=PEAK_BATCH, seq_len=PEAK_LENGTH,
                   activation_checkpointing=checkpointing, device="cpu", accumulate=accumulate)
     estimate = estimate_memory(cfg, "causal", count(cfg), setup)
@@ -316,6 +327,9 @@ def test_peak_memory_of_a_real_cpu_training_run_matches_the_estimate(checkpointi
     if accumulate == 1:  # the gradients are not at the end of the forward
         with_grads = estimate_memory(cfg, "causal", count(cfg), dataclasses.replace(setup, accumulate=2))
         assert with_grads.phases["forward"] - estimate.phases["forward"] == estimate.gradients
+    if position == "gate":  # the gate's tensors are in the estimate: more than with no position at all
+        plain = estimate_memory(PEAK_CONFIG.replace(position="none"), "causal", count(cfg), setup)
+        assert estimate.activations - plain.activations >= 2 * PEAK_BATCH * PEAK_LENGTH * cfg.d_model * 4
 
 
 # ---- scaling laws and wall time ----------------------------------------------------------------------------
