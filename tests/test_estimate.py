@@ -441,3 +441,16 @@ def test_bad_input_is_one_line_and_exit_code_2(capsys, argv, fragments):
     assert len(lines) == 1 and "Traceback" not in err, err
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+def test_the_table_says_what_the_trace_assumed(capsys, tmp_path):
+    """A CUDA-only backend on this CPU machine and data-dependent routing: estimated, with notes."""
+    pytest.importorskip("llm_modules_flash_attn")
+    config = tmp_path / "model.yaml"
+    config.write_text("vocab_size: 500\nd_model: 32\nn_layers: 2\nn_heads: 4\nmax_seq_len: 32\n"
+                      "activation: {name: moe, n_experts: 4}\nattention: flash_attn\n")
+    code, out, err = run_cli(capsys, "--config", str(config), "--device", "cpu")
+    assert code == 0, err
+    assert "(approximate: see the notes)" in out
+    assert "note: MixtureOfExperts: routing assumed even over its 4 experts" in out
+    assert "note: attention 'flash_attn' cannot run in the CPU trace" in out and "traced as 'sdpa'" in out

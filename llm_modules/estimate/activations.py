@@ -27,7 +27,7 @@ import torch
 
 from llm_modules.estimate.trace import OUTSIDE, Trace, fake_mode, skip_init, to_dtype, trace
 from llm_modules.nn.loss import CHUNK_ELEMENTS
-from llm_modules.registry import ConfigError, split_spec
+from llm_modules.registry import ConfigError
 
 FP32 = 4
 #: the dtypes the trace runs half precision in (fp16 keeps the same bytes as bf16)
@@ -122,17 +122,14 @@ def _traced(cfg, kind: str, mode: str, training: Training, batch_size: int, seq_
 
 def _trace_or_fallback(cfg, kind, mode, training, batch_size, seq_len, decoder_len, device) -> Trace:
     """Trace; an attention backend that cannot run on fake CPU tensors is traced as sdpa (``estimate.cuda``)."""
+    from llm_modules.estimate.cuda import as_sdpa
+
     try:
         return _traced(cfg, kind, mode, training, batch_size, seq_len, decoder_len, device)
     except (ConfigError, RuntimeError, NotImplementedError) as err:
-        backend, _ = split_spec(cfg.attention, "attention")
-        if backend == "sdpa":
-            raise
-        result = _traced(cfg.replace(attention="sdpa"), kind, mode, training, batch_size, seq_len, decoder_len,
-                         device)
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        result.approximate.append(f"attention {backend!r} cannot run in the CPU trace ({reason}); traced as 'sdpa', "
-                                  "whose fused kernel keeps the same tensors")
+        cfg, note = as_sdpa(cfg, err)
+        result = _traced(cfg, kind, mode, training, batch_size, seq_len, decoder_len, device)
+        result.approximate.append(note)
         return result
 
 

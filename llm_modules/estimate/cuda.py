@@ -13,8 +13,10 @@ For a GPU target (``--device cuda``, the default) these differences are applied,
   and query (``kernels``).
 
 Attention backends that run only on CUDA (the ``flash_attn`` and ``xformers`` plugins) and
-``flex`` (no CPU backward) cannot run in the trace; ``estimate.activations`` traces them as
-``sdpa``, whose fused kernels keep the same tensors (q, k, v, output, a log-sum-exp), and says so.
+``flex`` (no CPU backward) cannot be built or run in the trace: ``as_sdpa`` replaces them by
+``sdpa``, whose fused kernels keep the same tensors (q, k, v, output, a log-sum-exp), and the
+estimate says so. Parameter counts are unchanged by it: a backend holds no parameters
+(``AttentionBackend`` is no ``nn.Module``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,18 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from llm_modules.estimate.trace import Storage
+from llm_modules.registry import split_spec
+
+
+def as_sdpa(cfg, err: Exception):
+    """(the config with ``attention: sdpa``, a note) for a backend that failed with ``err`` on this
+    machine or in the trace; ``err`` again when the backend is sdpa already."""
+    backend, _ = split_spec(cfg.attention, "attention")
+    if backend == "sdpa":
+        raise err
+    reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return cfg.replace(attention="sdpa"), (f"attention {backend!r} cannot run in the CPU trace ({reason}); traced "
+                                           "as 'sdpa', whose fused kernel keeps the same tensors")
 
 
 def bytes_on_gpu(storage: Storage) -> int:
