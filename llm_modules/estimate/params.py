@@ -45,6 +45,8 @@ class ParameterCount:
     n_encoder_blocks: int = 0
     #: weights of linear layers (a tied head's table included): what autocast casts to half precision
     linear_weights: int = 0
+    #: elements of the largest parameter tensor (the CPU AdamW loop's temporaries are its size)
+    largest_tensor: int = 0
     method: str = "meta"
 
     @property
@@ -124,7 +126,8 @@ def count(cfg, kind: str = "causal") -> ParameterCount:
     linear = {id(m.weight): m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear)}
     return ParameterCount(
         total=count_parameters(model), embedding=sum(distinct[key].numel() for key in lookup & distinct.keys()),
-        linear_weights=sum(linear.values()), block=first_block(decoder), n_blocks=len(decoder.layers),
+        linear_weights=sum(linear.values()), largest_tensor=max((p.numel() for p in distinct.values()), default=0),
+        block=first_block(decoder), n_blocks=len(decoder.layers),
         encoder_block=first_block(encoder) if encoder is not None else 0,
         n_encoder_blocks=len(encoder.layers) if encoder is not None else 0,
     )
