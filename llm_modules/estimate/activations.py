@@ -9,7 +9,10 @@ for their gradients. On a GPU target ``estimate.cuda`` applies the few differenc
 
 Blocks: every block of a stack saves the same (they are one module repeated), except that the
 first may save less when its input needs no gradient (frozen embeddings under LoRA). So the trace
-builds each stack with at most two blocks, and the others count as the second. A storage kept by
+builds each stack with at most two blocks, and the others count as the last traced one. Under LoRA
+it builds three: a tensor that blocks share (the rotary tables) may then be kept from the second
+block on only, and takes two blocks to be seen as shared; and all blocks when LoRA adapts some
+blocks and not others. A storage kept by
 one block only is that block's; one kept by several (rotary tables, the encoder output, a shared
 bias) or outside the blocks (embeddings, final norm, head, loss) counts once, outside.
 Activation checkpointing keeps each block's hidden-state input instead of what the block saves.
@@ -93,7 +96,10 @@ def _traced(cfg, kind: str, mode: str, training: Training, batch_size: int, seq_
     from llm_modules.estimate.params import build_model
     from llm_modules.nn.loss import cross_entropy
 
-    short = cfg.replace(n_layers=min(cfg.n_layers, 2), n_encoder_layers=min(cfg.encoder_layers, 2))
+    short = cfg
+    if not training.lora_rank or _same_lora_in_every_block(cfg, kind, training):
+        depth = 3 if training.lora_rank else 2
+        short = cfg.replace(n_layers=min(cfg.n_layers, depth), n_encoder_layers=min(cfg.encoder_layers, depth))
     with fake_mode():
         with skip_init():
             model = build_model(short, kind)
@@ -118,6 +124,22 @@ def _traced(cfg, kind: str, mode: str, training: Training, batch_size: int, seq_
 
         return trace(model, run, autocast=HALF if mode == "autocast" else None,
                      around=cuda.kernels if device == "cuda" else None)
+
+
+def _same_lora_in_every_block(cfg, kind: str, training: Training) -> bool:
+    """Whether LoRA's patterns adapt the same layers in every block of each stack; if not (a
+    pattern that names one block), the blocks differ, and the trace runs all of them."""
+    from llm_modules.estimate.params import build_meta
+    from llm_modules.peft.targets import match_modules
+
+    model = build_meta(cfg, kind)
+    adapted = {name for name, _ in match_modules(model, list(training.lora_targets), "--lora-targets")}
+    for stack in model.stack_names:
+        blocks = [f"{stack}.layers.{i}." for i in range(len(getattr(model, stack).layers))]
+        inside = [{name[len(prefix):] for name in adapted if name.startswith(prefix)} for prefix in blocks]
+        if any(names != inside[0] for names in inside):
+            return False
+    return True
 
 
 def _trace_or_fallback(cfg, kind, mode, training, batch_size, seq_len, decoder_len, device) -> Trace:
@@ -193,9 +215,9 @@ def _measure(cfg, kind, mode, training, batch_size, seq_len, decoder_len, device
         traced = [b for b in result.blocks if b[0] == name]
         saved = [per_block.get(b, 0) for b in traced]
         kept = [result.block_inputs[b] for b in traced]
-        later = real[name] - 1
-        blocks += saved[0] + saved[-1] * later
-        inputs += kept[0] + kept[-1] * later
+        untraced = real[name] - len(traced)
+        blocks += sum(saved) + saved[-1] * untraced
+        inputs += sum(kept) + kept[-1] * untraced
         largest = max(largest, *saved)
     forward, backward = _loss_transients(cfg.vocab_size, result.logits_bytes, result.logits_element)
     return Activations(blocks=blocks, block=largest, block_inputs=inputs, outside=outside,

@@ -194,13 +194,17 @@ def fake_mode():
 
     ``nn/`` sends tensor subclasses the reference way, since a DTensor or quantized weight may not
     support a hand-written kernel; a fake tensor stands for a plain CPU tensor here, so it must
-    take the path a plain one takes, or the trace would measure the wrong ops.
+    take the path a plain one takes, or the trace would measure the wrong ops. And the loss
+    (``nn.loss``) runs in one chunk of rows: its chunk size bounds only its fp32 workspace, which
+    is not kept for the backward (``activations`` counts that workspace apart); what it keeps is
+    the same, and a chunk loop of a long sequence would cost most of the trace's time.
     """
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from llm_modules.nn import fast
+    from llm_modules.nn import fast, loss
 
-    with FakeTensorMode(), mock.patch.object(fast, "_PLAIN", (*fast._PLAIN, FakeTensor)):
+    with FakeTensorMode(), mock.patch.object(fast, "_PLAIN", (*fast._PLAIN, FakeTensor)), \
+            mock.patch.object(loss, "CHUNK_ELEMENTS", 1 << 62):
         yield
 
 
