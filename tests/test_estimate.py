@@ -251,6 +251,33 @@ def test_activation_replay_with_lora(preset, kind, targets, precision):
     assert estimate.blocks + estimate.outside == pytest.approx(real, rel=0.005)
 
 
+def test_a_gpu_target_keeps_the_dropout_masks_of_cudas_fused_kernel():
+    """On CUDA, dropout runs the fused ``native_dropout``, which keeps a bool mask where the CPU keeps
+    its scaled noise (``estimate.cuda``). That kernel has a CPU implementation too, so a real CPU
+    forward with dropout sent through it measures what a GPU keeps."""
+    import torch.nn.functional as F
+    from torch.overrides import TorchFunctionMode
+
+    class FusedDropout(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is F.dropout:
+                x, p = args[0], kwargs.get("p", args[1] if len(args) > 1 else 0.5)
+                return torch.native_dropout(x, p, True)[0]
+            return func(*args, **kwargs)
+
+    cfg = ModelConfig(**{**BASE, **VARIANTS["dropout-partial-rope"], "attention": "eager", "attention_dropout": 0.1})
+    torch.manual_seed(0)
+    model = build(cfg, "causal")
+    with FusedDropout():
+        real, _ = saved_bytes(model, "causal", "32-true", 2, 24)
+    gpu = estimate_activations(cfg, kind="causal", precision="32-true", params_half=False, batch_size=2, seq_len=24,
+                               device="cuda")
+    cpu = estimate_activations(cfg, kind="causal", precision="32-true", params_half=False, batch_size=2, seq_len=24,
+                               device="cpu")
+    assert gpu.blocks + gpu.outside == real < cpu.blocks + cpu.outside
+
+
 # ---- a real training run -----------------------------------------------------------------------------------
 
 
