@@ -42,7 +42,7 @@ def as_sdpa(cfg, err: Exception):
 
 def bytes_on_gpu(storage: Storage) -> int:
     """The bytes a GPU run keeps for a storage the CPU trace kept (module doc)."""
-    if storage.made_by == "dropout noise":
+    if storage.dropout_noise:
         return storage.numel
     if storage.half_norm_input:
         return storage.numel * 4

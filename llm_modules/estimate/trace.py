@@ -6,10 +6,11 @@ but no data, so a forward at the real batch and sequence length costs no memory 
 ``autograd.Function``) keeps, exactly as in a real CPU run, and the storages are counted once each
 (autograd keeps a storage once however many ops save it, or views of it).
 
-A ``TorchDispatchMode`` under autograd records where each storage was made: in which block, by
-which op (weight casts of autocast, dropout noise, layer norms of half inputs under autocast, which
-``estimate.cuda`` declares different on a GPU) and answers the few data-dependent questions a
-forward asks (``Tracer.resolve``), since fake tensors hold no values.
+A ``TorchDispatchMode`` under autograd marks the storages that are parameters or autocast's casts
+of them (model states, counted apart), and those that ``estimate.cuda`` says a GPU keeps
+differently (dropout noise, layer-norm inputs in half precision under autocast); module hooks tell
+which block is running when a tensor is saved; and the mode answers the few data-dependent
+questions a forward asks (``Tracer.resolve``), since fake tensors hold no values.
 """
 
 from __future__ import annotations
@@ -23,12 +24,11 @@ from torch import nn
 from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException, FakeTensor
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 from llm_modules.registry import ConfigError
 
 aten = torch.ops.aten
-OUTSIDE = None  # the block of a tensor made or saved outside every block
+OUTSIDE = None  # where a tensor is saved outside every block (embeddings, final norm, head, loss)
 
 
 def storage_key(t: torch.Tensor) -> int:
@@ -37,13 +37,13 @@ def storage_key(t: torch.Tensor) -> int:
 
 @dataclass
 class Storage:
-    """One storage that autograd keeps: its bytes, the block that made it and those that save it."""
+    """One storage that autograd keeps: its bytes and elements, and the blocks that keep it."""
 
     nbytes: int
     numel: int
-    made_in: object = OUTSIDE
-    made_by: str = ""
     saved_in: set = field(default_factory=set)
+    #: dropout's scaled noise (``estimate.cuda``: a bool mask on a GPU)
+    dropout_noise: bool = False
     #: a half-precision layer-norm input under autocast (``estimate.cuda``: upcast on a GPU)
     half_norm_input: bool = False
     #: a parameter, or autocast's cast of one: model states, not activations
@@ -52,7 +52,7 @@ class Storage:
 
 @dataclass
 class Trace:
-    """What one forward (and loss) saved. ``blocks``: block ids in the order they ran, each a
+    """What one forward (and loss) kept. ``blocks``: block ids in the order they ran, each a
     (stack, index) pair; ``block_inputs``: the bytes of each block's hidden-state input."""
 
     storages: dict[int, Storage]
@@ -62,18 +62,18 @@ class Trace:
     logits_element: int
     approximate: list[str]
 
-    def activations(self):
-        return {k: s for k, s in self.storages.items() if s.saved_in and not s.weight}
+    def activations(self) -> dict[int, Storage]:
+        return {k: s for k, s in self.storages.items() if not s.weight}
 
 
 class Tracer(TorchDispatchMode):
-    """Records the op and block that make each storage; answers data-dependent ops (module doc)."""
+    """Marks the storages that a GPU keeps differently or that are weights (module doc), tells
+    which block keeps each saved storage, and answers data-dependent ops (``resolve``)."""
 
     def __init__(self, params: set[int]):
         super().__init__()
         self.params = params
         self.storages: dict[int, Storage] = {}
-        self.made: dict[int, tuple] = {}  # storage -> (block, op name)
         self.casts: set[int] = set()
         self.noise: set[int] = set()
         self.half_norm_inputs: set[int] = set()
@@ -87,56 +87,50 @@ class Tracer(TorchDispatchMode):
             out = func(*args, **kwargs)
         except (DynamicOutputShapeException, DataDependentOutputException):
             out = self.resolve(func, args, kwargs)
-        name = func.__name__
-        if func.overloadpacket in (aten.bernoulli_, aten.bernoulli):
-            self.noise.add(storage_key(args[0] if func.overloadpacket is aten.bernoulli_ else out))
-        if func is aten._to_copy.default and isinstance(args[0], torch.Tensor) and storage_key(args[0]) in self.params:
+        if func.overloadpacket is aten.bernoulli_:  # the CPU's dropout: noise = empty.bernoulli_(1 - p)
+            self.noise.add(storage_key(args[0]))
+        elif func is aten._to_copy.default and storage_key(args[0]) in self.params:
             self.casts.add(storage_key(out))
-        if func.overloadpacket is aten.native_layer_norm and args[0].dtype in (torch.float16, torch.bfloat16) \
+        elif func.overloadpacket is aten.native_layer_norm and args[0].dtype in (torch.float16, torch.bfloat16) \
                 and torch.is_autocast_enabled("cpu"):
             self.half_norm_inputs.add(storage_key(args[0]))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
-                self.made.setdefault(storage_key(t), (self.block, name))
         return out
 
     def resolve(self, func, args, kwargs):
         """Fake tensors hold no values: answer the data-dependent ops of a forward.
 
-        - reading an integer scalar (a bounds check on the token ids): 0, the trace's every id;
-        - ``nonzero`` inside a module that routes tokens (one with ``n_experts``): an even share,
-          its mask's elements / ``n_experts`` (so top-k routing sends each token to k experts);
-        - ``bincount`` with ``minlength``: ``minlength`` counts.
+        - reading an integer or bool scalar: 0 (the trace's token ids are all 0, so a bounds
+          check on them passes, and so does any check for bad input);
+        - ``nonzero`` inside a module that routes tokens (one with an ``n_experts`` attribute): an
+          even share, the mask's elements / ``n_experts`` (top-k routing: k experts per token);
+        - ``bincount`` with a ``minlength``: that many counts.
 
-        Anything else cannot be measured, and says where.
+        Anything else cannot be measured, and the error says where.
         """
         router = next((m for m in reversed(self.modules) if isinstance(getattr(m, "n_experts", None), int)), None)
         if func is aten._local_scalar_dense.default and not args[0].is_floating_point():
             return 0
         if func.overloadpacket is aten.nonzero and router is not None:
             mask = args[0]
-            self._approx(f"{type(router).__name__}: routing assumed even over its {router.n_experts} experts")
+            note = f"{type(router).__name__}: routing assumed even over its {router.n_experts} experts"
+            if note not in self.approximate:
+                self.approximate.append(note)
             return torch.empty((mask.numel() // router.n_experts, mask.dim()), dtype=torch.long, device=mask.device)
-        if func.overloadpacket is aten.bincount and kwargs.get("minlength", args[2] if len(args) > 2 else 0):
-            return torch.zeros(kwargs.get("minlength", args[2] if len(args) > 2 else 0), dtype=torch.long,
-                               device=args[0].device)
+        minlength = kwargs.get("minlength", args[2] if len(args) > 2 else 0)
+        if func.overloadpacket is aten.bincount and minlength:
+            return torch.zeros(minlength, dtype=torch.long, device=args[0].device)
         where = type(self.modules[-1]).__name__ if self.modules else "the model"
         raise ConfigError(f"estimate: {where} runs {func} whose result depends on the data, which the estimator's "
-                          "fake tensors do not hold; it cannot measure this component's activations")
-
-    def _approx(self, note: str) -> None:
-        if note not in self.approximate:
-            self.approximate.append(note)
+                          "fake tensors do not hold, so its activations cannot be measured")
 
     def pack(self, t: torch.Tensor) -> torch.Tensor:
+        """The ``saved_tensors_hooks`` pack hook: note the storage and the block that keeps it."""
         key = storage_key(t)
         storage = self.storages.get(key)
         if storage is None:
-            made_in, made_by = self.made.get(key, (OUTSIDE, ""))
-            storage = self.storages[key] = Storage(
-                t.untyped_storage().nbytes(), t.untyped_storage().nbytes() // max(t.element_size(), 1),
-                made_in, made_by, weight=key in self.params or key in self.casts,
-            )
+            nbytes = t.untyped_storage().nbytes()
+            storage = self.storages[key] = Storage(nbytes, nbytes // t.element_size(),
+                                                   weight=key in self.params or key in self.casts)
         storage.saved_in.add(self.block)
         return t
 
@@ -240,7 +234,6 @@ def trace(model: nn.Module, run, *, autocast: torch.dtype | None = None, around=
         logits = run(model)
     for key, storage in tracer.storages.items():
         storage.half_norm_input = key in tracer.half_norm_inputs
-        if key in tracer.noise:
-            storage.made_by = "dropout noise"
+        storage.dropout_noise = key in tracer.noise
     return Trace(tracer.storages, [b for b in blocks.values() if b in inputs], inputs,
                  logits.numel() * logits.element_size(), logits.element_size(), tracer.approximate)
