@@ -212,7 +212,7 @@ CASES = [(name, "causal", VARIANTS[name]) for name in VARIANTS] + [
 
 @pytest.mark.parametrize("precision", ["32-true", "bf16-true", "bf16-mixed"])
 @pytest.mark.parametrize("name, kind, overrides", CASES, ids=[c[0] for c in CASES])
-def test_activation_replay_matches_what_real_models_save(name, kind, overrides, precision):
+def test_activation_trace_matches_what_real_models_save(name, kind, overrides, precision):
     cfg = ModelConfig(**{**BASE, **overrides}) if overrides is not None else ModelConfig.from_preset(name)
     torch.manual_seed(0)
     model = build(cfg, kind)
@@ -233,7 +233,7 @@ def test_activation_replay_matches_what_real_models_save(name, kind, overrides, 
     ("llama-tiny", "causal", ("*.q", "*.v")), ("llama-tiny", "causal", ("*.ffn.*", "*.o")),
     ("t5-v1_1-tiny", "seq2seq", ("*.q", "*.v")), ("llama-tiny", "causal", ("*.layers.2.attn.q",)),
 ])
-def test_activation_replay_with_lora(preset, kind, targets, precision):
+def test_activation_trace_with_lora(preset, kind, targets, precision):
     """Frozen weights save less: no inputs for their gradients, nothing before the first adapted layer."""
     from llm_modules.peft.base import apply_peft
 

@@ -91,7 +91,7 @@ class Activations:
 
 def _traced(cfg, kind: str, mode: str, training: Training, batch_size: int, seq_len: int, decoder_len: int,
             device: str) -> Trace:
-    """Build the (at most two blocks per stack) model on fake tensors and trace one training step."""
+    """Build the model (with fewer blocks: module doc) on fake tensors and trace one training step."""
     from llm_modules.estimate import cuda
     from llm_modules.estimate.params import build_model
     from llm_modules.nn.loss import cross_entropy

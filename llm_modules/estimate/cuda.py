@@ -54,7 +54,10 @@ class _EfficientAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, bias):
-        out = q.new_empty((*q.shape[:-1], v.shape[-1]))
+        # (B, H, T, D) laid out as (B, T, H, D), as the kernel writes it: the output projection's
+        # (B, T, H*D) input is then a view of it, not a copy
+        batch, heads, length, _ = q.shape
+        out = q.new_empty((batch, length, heads, v.shape[-1])).transpose(1, 2)
         lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
         ctx.save_for_backward(q, k, v, bias, out, lse)
         return out
