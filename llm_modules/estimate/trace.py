@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from unittest import mock
 
 import torch
 from torch import nn
@@ -197,9 +196,20 @@ def fake_mode():
 
     from llm_modules.nn import fast, loss
 
-    with FakeTensorMode(), mock.patch.object(fast, "_PLAIN", (*fast._PLAIN, FakeTensor)), \
-            mock.patch.object(loss, "CHUNK_ELEMENTS", 1 << 62):
+    with FakeTensorMode(), _setting(fast, "_PLAIN", (*fast._PLAIN, FakeTensor)), \
+            _setting(loss, "CHUNK_ELEMENTS", 1 << 62):
         yield
+
+
+@contextlib.contextmanager
+def _setting(module, name: str, value):
+    """``module.name = value`` for the duration of the block."""
+    old = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, old)
 
 
 def to_dtype(model: nn.Module, dtype: torch.dtype) -> nn.Module:
