@@ -76,6 +76,7 @@ class Tracer(TorchDispatchMode):
         self.casts: set[int] = set()
         self.noise: set[int] = set()
         self.half_norm_inputs: set[int] = set()
+        self._alive: list[torch.Tensor] = []
         self.block = OUTSIDE
         self.modules: list[nn.Module] = []
         self.approximate: list[str] = []
@@ -87,13 +88,19 @@ class Tracer(TorchDispatchMode):
         except (DynamicOutputShapeException, DataDependentOutputException):
             out = self.resolve(func, args, kwargs)
         if func.overloadpacket is aten.bernoulli_:  # the CPU's dropout: noise = empty.bernoulli_(1 - p)
-            self.noise.add(storage_key(args[0]))
+            self._mark(self.noise, args[0])
         elif func is aten._to_copy.default and storage_key(args[0]) in self.params:
-            self.casts.add(storage_key(out))
+            self._mark(self.casts, out)
         elif func.overloadpacket is aten.native_layer_norm and args[0].dtype in (torch.float16, torch.bfloat16) \
                 and torch.is_autocast_enabled("cpu"):
-            self.half_norm_inputs.add(storage_key(args[0]))
+            self._mark(self.half_norm_inputs, args[0])
         return out
+
+    def _mark(self, marks: set[int], t: torch.Tensor) -> None:
+        """Add ``t``'s storage to ``marks``, and keep ``t`` alive: a freed storage's key could be
+        reused by a later one."""
+        marks.add(storage_key(t))
+        self._alive.append(t)
 
     def resolve(self, func, args, kwargs):
         """Fake tensors hold no values: answer the data-dependent ops of a forward.
