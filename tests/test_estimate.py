@@ -1,9 +1,9 @@
 """``llm_modules.estimate`` and ``llm-modules estimate``: published figures, real models, a real run.
 
-- parameters: LLaMA-7B's 6.74e9; the formula equals the built model for every preset and kind;
+- parameters: LLaMA-7B's 6.74e9; the meta-device count equals the built model for every preset and kind;
 - FLOPs: GPT-3 175B on 300B tokens, about 3.1e23 (Brown et al., 2020: 3.14e23);
 - model states: the ZeRO paper's Figure 1 (7.5B parameters, 64 GPUs, K = 12);
-- activations: the symbolic replay equals what real models save for backward, over norms,
+- activations: the fake-tensor trace equals what real models save for backward, over norms,
   residual layouts, feed-forwards, positions, backends, LM kinds, precisions and LoRA;
 - peak memory: a real ``Trainer.fit`` on the CPU, measured at the allocator, against the estimate;
 - scaling laws (Chinchilla's 70B / 1.4T for Gopher's budget, approach 3's loss) and wall time;
@@ -33,7 +33,7 @@ from llm_modules.estimate.activations import Training, estimate_activations
 from llm_modules.estimate.flops import estimate_flops
 from llm_modules.estimate.lora import DEFAULT_TARGETS, plan_lora
 from llm_modules.estimate.memory import Setup, estimate_memory, model_states
-from llm_modules.estimate.params import count, formula_count, meta_count, preset_kind
+from llm_modules.estimate.params import build_meta, count, preset_kind
 from llm_modules.estimate.scaling import (
     chinchilla_fit_optimal,
     chinchilla_loss,
@@ -75,13 +75,18 @@ def test_llama_7b_has_6_74e9_parameters():
 
 
 @pytest.mark.parametrize("name", preset_names())
-def test_formula_equals_the_built_model_for_every_preset(name):
+def test_the_count_splits_the_built_model_for_every_preset(name):
+    """The count is the meta-built model's; its split adds up, and every block is the same size."""
     kind = preset_kind(preset_dir().joinpath(f"{name}.yaml").read_text())
     cfg = ModelConfig.from_preset(name)
-    formula = formula_count(cfg, kind)
-    assert formula == dataclasses.replace(meta_count(cfg, kind), method="formula")
-    if formula.total < 1e6:  # tiny presets: also the real model, weights and all
-        assert formula.total == count_parameters(build(cfg, kind))
+    params = count(cfg, kind)
+    model = build_meta(cfg, kind)
+    assert params.total == count_parameters(model)
+    stacks = [getattr(model, n) for n in model.stack_names]
+    assert {count_parameters(layer) for layer in stacks[-1].layers} == {params.block}
+    assert params.outside_blocks >= params.embedding > 0
+    if params.total < 1e6:  # tiny presets: also the real model, weights and all
+        assert params.total == count_parameters(build(cfg, kind))
 
 
 @pytest.mark.parametrize("overrides", [
@@ -91,12 +96,14 @@ def test_formula_equals_the_built_model_for_every_preset(name):
     {"position": "t5", "residual": "post", "head_transform": True, "lm_head_bias": True, "type_vocab_size": 2, "embedding_norm": True},
 ])
 @pytest.mark.parametrize("kind", ["causal", "masked", "seq2seq"])
-def test_formula_equals_the_built_model_for_other_components(overrides, kind):
+def test_the_count_equals_the_built_model_for_other_components(overrides, kind):
     if kind == "seq2seq" and "parallel" in str(overrides):
         pytest.skip("a parallel block cannot place cross-attention")
     cfg = ModelConfig(vocab_size=97, d_model=48, n_layers=2, n_heads=4, max_seq_len=32, **overrides)
-    assert formula_count(cfg, kind).total == count_parameters(build(cfg, kind))
-    assert formula_count(cfg, kind).linear_weights == meta_count(cfg, kind).linear_weights
+    model = build(cfg, kind)
+    assert count(cfg, kind).total == count_parameters(model)
+    linear = {id(m.weight): m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    assert count(cfg, kind).linear_weights == sum(linear.values())
 
 
 def test_a_plugin_component_is_counted_on_the_meta_device():
@@ -145,7 +152,7 @@ def test_lora_trains_only_its_matrices():
     params = count(cfg)
     full = estimate_memory(cfg, "causal", params, Setup(batch_size=2, seq_len=64))
     adapted = estimate_memory(cfg, "causal", params, Setup(batch_size=2, seq_len=64), lora_parameters=lora.parameters,
-                              training=Training(4, lora.names))
+                              training=Training(4, lora.patterns))
     assert adapted.gradients == lora.parameters * 4 and adapted.optimizer == lora.parameters * 8
     assert adapted.weights == (params.total + lora.parameters) * 4
     assert adapted.activations < full.activations
@@ -205,7 +212,7 @@ CASES = [(name, "causal", VARIANTS[name]) for name in VARIANTS] + [
 
 @pytest.mark.parametrize("precision", ["32-true", "bf16-true", "bf16-mixed"])
 @pytest.mark.parametrize("name, kind, overrides", CASES, ids=[c[0] for c in CASES])
-def test_activation_replay_matches_what_real_models_save(name, kind, overrides, precision):
+def test_activation_trace_matches_what_real_models_save(name, kind, overrides, precision):
     cfg = ModelConfig(**{**BASE, **overrides}) if overrides is not None else ModelConfig.from_preset(name)
     torch.manual_seed(0)
     model = build(cfg, kind)
@@ -224,13 +231,13 @@ def test_activation_replay_matches_what_real_models_save(name, kind, overrides, 
 @pytest.mark.parametrize("precision", ["32-true", "bf16-true"])
 @pytest.mark.parametrize("preset, kind, targets", [
     ("llama-tiny", "causal", ("*.q", "*.v")), ("llama-tiny", "causal", ("*.ffn.*", "*.o")),
-    ("t5-v1_1-tiny", "seq2seq", ("*.q", "*.v")),
+    ("t5-v1_1-tiny", "seq2seq", ("*.q", "*.v")), ("llama-tiny", "causal", ("*.layers.2.attn.q",)),
 ])
-def test_activation_replay_with_lora(preset, kind, targets, precision):
+def test_activation_trace_with_lora(preset, kind, targets, precision):
     """Frozen weights save less: no inputs for their gradients, nothing before the first adapted layer."""
     from llm_modules.peft.base import apply_peft
 
-    cfg = ModelConfig.from_preset(preset)
+    cfg = ModelConfig.from_preset(preset, n_layers=4)  # more blocks than the trace runs (two)
     torch.manual_seed(0)
     model = build(cfg, kind)
     apply_peft(model, {"name": "lora", "r": 4, "targets": list(targets)})
@@ -239,9 +246,36 @@ def test_activation_replay_with_lora(preset, kind, targets, precision):
     real, _ = saved_bytes(model, kind, precision, 2, 24)
     lora = plan_lora(cfg, kind, 4, targets)
     estimate = estimate_activations(cfg, kind=kind, precision=precision, params_half=False, batch_size=2, seq_len=24,
-                                    decoder_len=12 if kind == "seq2seq" else None, training=Training(4, lora.names),
+                                    decoder_len=12 if kind == "seq2seq" else None, training=Training(4, lora.patterns),
                                     device="cpu")
     assert estimate.blocks + estimate.outside == pytest.approx(real, rel=0.005)
+
+
+def test_a_gpu_target_keeps_the_dropout_masks_of_cudas_fused_kernel():
+    """On CUDA, dropout runs the fused ``native_dropout``, which keeps a bool mask where the CPU keeps
+    its scaled noise (``estimate.cuda``). That kernel has a CPU implementation too, so a real CPU
+    forward with dropout sent through it measures what a GPU keeps."""
+    import torch.nn.functional as F
+    from torch.overrides import TorchFunctionMode
+
+    class FusedDropout(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is F.dropout:
+                x, p = args[0], kwargs.get("p", args[1] if len(args) > 1 else 0.5)
+                return torch.native_dropout(x, p, True)[0]
+            return func(*args, **kwargs)
+
+    cfg = ModelConfig(**{**BASE, **VARIANTS["dropout-partial-rope"], "attention": "eager", "attention_dropout": 0.1})
+    torch.manual_seed(0)
+    model = build(cfg, "causal")
+    with FusedDropout():
+        real, _ = saved_bytes(model, "causal", "32-true", 2, 24)
+    gpu = estimate_activations(cfg, kind="causal", precision="32-true", params_half=False, batch_size=2, seq_len=24,
+                               device="cuda")
+    cpu = estimate_activations(cfg, kind="causal", precision="32-true", params_half=False, batch_size=2, seq_len=24,
+                               device="cpu")
+    assert gpu.blocks + gpu.outside == real < cpu.blocks + cpu.outside
 
 
 # ---- a real training run -----------------------------------------------------------------------------------
@@ -265,18 +299,25 @@ def fit_on_cpu(cfg, *, batch: int, length: int, precision: str, checkpointing: b
         trainer.fit(lm, torch.utils.data.DataLoader(rows, batch_size=batch))
 
 
-#: (activation checkpointing, micro-batches per step) of the measured runs
-PEAK_RUNS = ((False, 1), (True, 1), (False, 2))
+#: (position, activation checkpointing, micro-batches per step) of the measured runs; ``gate`` is the
+#: example plugin's position encoding, which keeps tensors no built-in position keeps
+PEAK_RUNS = (("rope", False, 1), ("rope", True, 1), ("rope", False, 2), ("gate", False, 1))
 
 
-def measure_fit_on_cpu(cfg, batch: int, length: int) -> dict[tuple[bool, int], int]:
-    """``cpu_peak_allocated`` of ``fit_on_cpu`` for each of ``PEAK_RUNS`` (module level, so a spawned
-    process can run it)."""
+def measure_fit_on_cpu(cfg, batch: int, length: int, runs) -> dict[tuple[str, bool, int], int]:
+    """``cpu_peak_allocated`` of ``fit_on_cpu`` for each of ``runs`` (module level, so a spawned
+    process can run it; a run with the plugin's position only where the plugin is installed)."""
+    import importlib.util
+
     torch.set_num_threads(1)
-    return {(checkpointing, accumulate): cpu_peak_allocated(
-        lambda: fit_on_cpu(cfg, batch=batch, length=length, precision="32-true", checkpointing=checkpointing,
-                           accumulate=accumulate))
-        for checkpointing, accumulate in PEAK_RUNS}
+    if importlib.util.find_spec("llm_modules_example"):
+        import llm_modules_example  # noqa: F401  (registers "gate" in this process)
+    else:
+        runs = [run for run in runs if run[0] != "gate"]
+    return {(position, checkpointing, accumulate): cpu_peak_allocated(
+        lambda: fit_on_cpu(cfg.replace(position=position), batch=batch, length=length, precision="32-true",
+                           checkpointing=checkpointing, accumulate=accumulate))
+        for position, checkpointing, accumulate in runs}
 
 
 PEAK_CONFIG = ModelConfig(vocab_size=4096, d_model=256, n_layers=4, n_heads=4, norm="rmsnorm", activation="swiglu",
@@ -285,22 +326,26 @@ PEAK_BATCH, PEAK_LENGTH = 8, 128
 
 
 @pytest.fixture(scope="module")
-def measured_peaks() -> dict[tuple[bool, int], int]:
+def measured_peaks() -> dict[tuple[str, bool, int], int]:
     # In a fresh process: what earlier tests left in this one (allocations, caches, profiler sessions)
     # would move the allocator's running total. One process for all runs: each run's memory is
     # freed when it ends, and the next run's peak is measured from what is live when it starts.
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(measure_fit_on_cpu, PEAK_CONFIG, PEAK_BATCH, PEAK_LENGTH).result(timeout=300)
+        return pool.submit(measure_fit_on_cpu, PEAK_CONFIG, PEAK_BATCH, PEAK_LENGTH, PEAK_RUNS).result(timeout=300)
 
 
-@pytest.mark.parametrize("checkpointing, accumulate", PEAK_RUNS,
-                         ids=["all-activations", "checkpointed", "accumulating"])
-def test_peak_memory_of_a_real_cpu_training_run_matches_the_estimate(checkpointing, accumulate, measured_peaks):
+@pytest.mark.parametrize("position, checkpointing, accumulate", PEAK_RUNS,
+                         ids=["all-activations", "checkpointed", "accumulating", "plugin-position-gate"])
+def test_peak_memory_of_a_real_cpu_training_run_matches_the_estimate(position, checkpointing, accumulate,
+                                                                     measured_peaks):
     """Two steps (the second has AdamW's moments) of a LLaMA-style model: weights and optimizer
     states 63 MB, gradients 21 MB, activations about 100 MB. The gradients are freed after each step,
     so they are not at the peak (the end of the forward) unless micro-batches accumulate into them.
-    The measured peak (``llm_modules.training.peak_memory``) is within 1% of the estimate."""
-    cfg, measured = PEAK_CONFIG, measured_peaks[checkpointing, accumulate]
+    The measured peak (``llm_modules.training.peak_memory``) is within 1% of the estimate, also with
+    the example plugin's position encoding ``gate``, whose saved tensors nothing declares."""
+    if position == "gate":
+        pytest.importorskip("llm_modules_example")
+    cfg, measured = PEAK_CONFIG.replace(position=position), measured_peaks[position, checkpointing, accumulate]
     setup = Setup(precision="32-true", batch_size=PEAK_BATCH, seq_len=PEAK_LENGTH,
                   activation_checkpointing=checkpointing, device="cpu", accumulate=accumulate)
     estimate = estimate_memory(cfg, "causal", count(cfg), setup)
@@ -309,6 +354,9 @@ def test_peak_memory_of_a_real_cpu_training_run_matches_the_estimate(checkpointi
     if accumulate == 1:  # the gradients are not at the end of the forward
         with_grads = estimate_memory(cfg, "causal", count(cfg), dataclasses.replace(setup, accumulate=2))
         assert with_grads.phases["forward"] - estimate.phases["forward"] == estimate.gradients
+    if position == "gate":  # the gate's tensors are in the estimate: more than with no position at all
+        plain = estimate_memory(PEAK_CONFIG.replace(position="none"), "causal", count(cfg), setup)
+        assert estimate.activations - plain.activations >= 2 * PEAK_BATCH * PEAK_LENGTH * cfg.d_model * 4
 
 
 # ---- scaling laws and wall time ----------------------------------------------------------------------------
@@ -420,3 +468,16 @@ def test_bad_input_is_one_line_and_exit_code_2(capsys, argv, fragments):
     assert len(lines) == 1 and "Traceback" not in err, err
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+def test_the_table_says_what_the_trace_assumed(capsys, tmp_path):
+    """A CUDA-only backend on this CPU machine and data-dependent routing: estimated, with notes."""
+    pytest.importorskip("llm_modules_flash_attn")
+    config = tmp_path / "model.yaml"
+    config.write_text("vocab_size: 500\nd_model: 32\nn_layers: 2\nn_heads: 4\nmax_seq_len: 32\n"
+                      "activation: {name: moe, n_experts: 4}\nattention: flash_attn\n")
+    code, out, err = run_cli(capsys, "--config", str(config), "--device", "cpu")
+    assert code == 0, err
+    assert "(approximate: see the notes)" in out
+    assert "note: MixtureOfExperts: routing assumed even over its 4 experts" in out
+    assert "note: attention 'flash_attn' cannot run in the CPU trace" in out and "traced as 'sdpa'" in out

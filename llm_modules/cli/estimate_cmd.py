@@ -318,10 +318,11 @@ def format_table(report: dict) -> str:
         lines.append(f"  gathered weights   {_gb(m['gathered']):>13}   (unsharded units while they run)")
     if m["buffers"]:
         lines.append(f"  comm. buffers      {_gb(m['buffers']):>13}   (gradient buckets)")
-    approx = " (approximate: components outside the built-ins)" if m["activation_detail"]["approximate"] else ""
+    approx = " (approximate: see the notes)" if m["activation_detail"]["approximate"] else ""
     lines += [
         f"  activations        {_gb(m['activations']):>13}{approx}",
         f"  peak               {_gb(m['peak']):>13}   ({PHASES[m['peak_phase']]})",
+        *(f"  note: {note}" for note in m["activation_detail"]["notes"]),
         "",
         f"peak per device by strategy and precision, {s['devices']} device(s){ckpt}{lora}",
     ]

@@ -1,10 +1,12 @@
 """Plan a run before paying for it: parameters, FLOPs, memory per device, scaling laws, wall time.
 
 Each module answers one question from a ``ModelConfig`` and a few numbers about the run, without
-building or training anything: ``params`` (counts), ``flops`` (per token and per run),
-``activations`` and ``memory`` (bytes per device under a precision and a parallel strategy),
-``scaling`` (Chinchilla and Kaplan laws), ``walltime`` (hours at an MFU on a named GPU);
-``report`` puts them together for ``llm-modules estimate``.
+training or allocating the model: ``params`` (counts, from the model built on the meta device),
+``flops`` (per token and per run), ``activations`` (measured by ``trace``: the real modules run
+on fake tensors; ``cuda`` says what a GPU keeps differently) and ``memory`` (bytes per device
+under a precision and a parallel strategy), ``scaling`` (Chinchilla and Kaplan laws),
+``walltime`` (hours at an MFU on a named GPU); ``report`` puts them together for
+``llm-modules estimate``.
 """
 
 from llm_modules.estimate.activations import Training, estimate_activations

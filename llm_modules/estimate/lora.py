@@ -23,6 +23,8 @@ class LoraPlan:
 
     rank: int
     parameters: int
+    #: the patterns as given, for ``activations.Training``
+    patterns: tuple[str, ...]
     names: frozenset[str]
     layers: int
 
@@ -37,4 +39,4 @@ def plan_lora(cfg, kind: str, rank: int, targets=DEFAULT_TARGETS) -> LoraPlan:
     matched = match_modules(model, patterns, "--lora-targets")
     parameters = sum(rank * (linear.in_features + linear.out_features) for _, linear in matched)
     names = frozenset(_IN_BLOCK.sub("", name) for name, _ in matched)
-    return LoraPlan(rank=rank, parameters=parameters, names=names, layers=len(matched))
+    return LoraPlan(rank=rank, parameters=parameters, patterns=tuple(patterns), names=names, layers=len(matched))

@@ -252,7 +252,7 @@ def estimate_memory(cfg, kind: str, params: ParameterCount, setup: Setup, *, lor
     elif lora_parameters:  # the per-tensor loop: two temporaries the size of the largest tensor
         temporaries = 0.0  # (LoRA's matrices are small)
     else:
-        temporaries = 2 * moment * max(cfg.vocab_size * cfg.d_model, params.block / 3)
+        temporaries = 2 * moment * params.largest_tensor
     phases["optimizer"] = w + g + o + buffers + temporaries
     return MemoryEstimate(
         weights=w, gradients=g, optimizer=o, compute_copies=copies, gathered=gathered, buffers=buffers,

@@ -1,11 +1,10 @@
-"""Parameter counts of a ModelConfig, by closed formula, with the embedding / non-embedding split.
+"""Parameter counts of a ModelConfig, from the real model built on the meta device.
 
-The formula mirrors how ``nn/`` builds each LM kind (``nn/lm.py``), component by component, so it
-builds nothing and answers for a 175B-parameter config instantly; ``tests/test_estimate.py``
-checks it against ``count_parameters`` of the real model (built on the meta device) for every
-shipped preset and kind. A component the formula does not know (a plugin's norm or feed-forward)
-makes ``count`` build the model on the meta device instead (exact, shapes only, no memory), so
-plugins still get an answer.
+The model of the config's kind is built with meta tensors (shapes only: no memory, no init cost),
+so the count is exact by construction for every component, a plugin's included: nothing here knows
+a component by name. The split is read off the module tree: the blocks are the ``layers`` of the
+stacks the model lists in ``stack_names`` (decoder last), the lookup tables are ``nn.Embedding``
+modules and the position encodings' parameters, the linear weights are ``nn.Linear`` weights.
 
 "Embedding" parameters are the lookup tables: token (and token-type) embeddings, learned
 absolute positions and T5 relative-position buckets. A tied LM head *is* the token table, so it
@@ -19,11 +18,7 @@ import re
 from dataclasses import asdict, dataclass
 
 from llm_modules.kinds import CLASS_NAMES as KINDS  # LM kinds: short name -> LightningModule class
-from llm_modules.registry import ConfigError, split_spec
-
-
-class UnknownComponent(Exception):
-    """The formula does not know this component (a plugin's): count on the meta device instead."""
+from llm_modules.registry import ConfigError
 
 
 @dataclass(frozen=True)
@@ -43,7 +38,9 @@ class ParameterCount:
     n_encoder_blocks: int = 0
     #: weights of linear layers (a tied head's table included): what autocast casts to half precision
     linear_weights: int = 0
-    method: str = "formula"
+    #: elements of the largest parameter tensor (the CPU AdamW loop's temporaries are its size)
+    largest_tensor: int = 0
+    method: str = "meta"
 
     @property
     def non_embedding(self) -> int:
@@ -63,133 +60,47 @@ def check_kind(kind: str) -> str:
     return kind
 
 
-# ---- the formula ------------------------------------------------------------------------------------------
-
-
-def norm_parameters(cfg) -> int:
-    name, options = split_spec(cfg.norm, "norm")
-    if name == "layernorm":
-        return cfg.d_model * (2 if options.get("bias", True) else 1)
-    if name == "rmsnorm":
-        return cfg.d_model
-    if name == "scalenorm":
-        return 1
-    raise UnknownComponent(f"norm {name!r}")
-
-
-def feedforward_parameters(cfg, spec=None, weights_only: bool = False) -> int:
-    """One feed-forward block (``nn/feedforward.py``, ``nn/moe.py``); ``weights_only``: its
-    linear layers' weight matrices alone."""
-    from llm_modules.nn.feedforward import default_hidden
-
-    name, options = split_spec(cfg.activation if spec is None else spec, "activation")
-    d, bias = cfg.d_model, cfg.bias
-    if name == "moe":
-        experts = options.get("n_experts", 8)
-        return d * experts + experts * feedforward_parameters(cfg, options.get("expert", "swiglu"), weights_only)
-    plain = {"relu", "gelu", "swish", "silu"}
-    gated = {"glu", "bilinear", "reglu", "geglu", "swiglu"}
-    if name not in plain | gated:
-        raise UnknownComponent(f"activation {name!r}")
-    is_gated = name in gated
-    hidden = cfg.d_ff or default_hidden(d, is_gated)
-    matrices = 3 if is_gated else 2
-    biases = (2 * hidden + d if is_gated else hidden + d) if bias and not weights_only else 0
-    return matrices * d * hidden + biases
-
-
-def attention_parameters(cfg, weights_only: bool = False) -> int:
-    q = cfg.n_heads * cfg.dim_per_head
-    kv = cfg.kv_heads * cfg.dim_per_head
-    weights = cfg.d_model * (q + 2 * kv) + q * cfg.d_model
-    return weights + ((q + 2 * kv + cfg.d_model) if cfg.bias and not weights_only else 0)
-
-
-def residual_norms(cfg, n_sublayers: int) -> tuple[int, bool]:
-    """(norms per block, whether the stack ends with a final norm), per ``nn/residual.py``."""
-    name, options = split_spec(cfg.residual, "residual")
-    if name in ("pre", "post", "deepnorm"):
-        return n_sublayers, name == "pre"
-    if name == "sandwich":
-        return 2 * n_sublayers, True
-    if name == "parallel":
-        return (1 if options.get("shared_norm", True) else n_sublayers), True
-    raise UnknownComponent(f"residual {name!r}")
-
-
-def block_parameters(cfg, cross: bool) -> int:
-    norms, _ = residual_norms(cfg, 3 if cross else 2)
-    attention = attention_parameters(cfg) * (2 if cross else 1)
-    return attention + feedforward_parameters(cfg) + norms * norm_parameters(cfg)
-
-
-def position_tables(cfg) -> int:
-    """Learned parameters of one stack's position encoding (all are lookup tables)."""
-    name, options = split_spec(cfg.position, "position")
-    if name == "learned":
-        return cfg.max_seq_len * cfg.d_model
-    if name == "t5":
-        return options.get("num_buckets", 32) * cfg.n_heads
-    if name in ("rope", "alibi", "sinusoidal", "none"):
-        return 0
-    raise UnknownComponent(f"position {name!r}")
-
-
-def stack_extras(cfg, cross: bool) -> int:
-    """A stack's norms outside its blocks: the embedding norm and the final norm."""
-    _, final = residual_norms(cfg, 3 if cross else 2)
-    return (int(cfg.embedding_norm) + int(final)) * norm_parameters(cfg)
-
-
-def formula_count(cfg, kind: str = "causal") -> ParameterCount:
-    """Parameters by formula; raises UnknownComponent for a component it does not know."""
-    check_kind(kind)
-    d, vocab = cfg.d_model, cfg.vocab_size
-    tables = vocab * d + cfg.type_vocab_size * d
-    seq2seq = kind == "seq2seq"
-    # (blocks, with cross-attention): an encoder-decoder's decoder cross-attends, its encoder does not
-    stacks = [(cfg.n_layers, True), (cfg.encoder_layers, False)] if seq2seq else [(cfg.n_layers, False)]
-    blocks = sum(n * block_parameters(cfg, cross) for n, cross in stacks)
-    extras = sum(stack_extras(cfg, cross) for _, cross in stacks)
-    positions = position_tables(cfg) * len(stacks)
-    head = 0 if cfg.tie_embeddings else vocab * d
-    head += vocab if cfg.lm_head_bias else 0
-    if cfg.head_transform and not seq2seq:  # nn.Linear(d, d) with bias, GELU, a norm (BERT)
-        head += d * d + d + norm_parameters(cfg)
-    total = tables + positions + blocks + extras + head
-    linear = sum(
-        n * (attention_parameters(cfg, True) * (2 if cross else 1) + feedforward_parameters(cfg, None, True))
-        for n, cross in stacks
-    )
-    linear += vocab * d + (d * d if cfg.head_transform and not seq2seq else 0)
-    return ParameterCount(
-        total=total, embedding=tables + positions, linear_weights=linear,
-        block=block_parameters(cfg, cross=seq2seq), n_blocks=cfg.n_layers,
-        encoder_block=block_parameters(cfg, cross=False) if seq2seq else 0,
-        n_encoder_blocks=cfg.encoder_layers if seq2seq else 0,
-    )
-
-
 # ---- the real model, on the meta device -------------------------------------------------------------------
 
 
-def build_meta(cfg, kind: str = "causal"):
-    """The torch model of this kind with meta tensors: real shapes, no memory, no initialization cost."""
-    import torch
-
+def build_model(cfg, kind: str = "causal"):
+    """The torch model (``nn.lm``) of this kind, on the current default device."""
     from llm_modules.nn.lm import DecoderLM, EncoderDecoderLM, EncoderLM
 
     check_kind(kind)
-    with torch.device("meta"):
-        if kind == "seq2seq":
-            return EncoderDecoderLM(cfg)
-        if kind == "masked":
-            return EncoderLM(cfg)
-        return DecoderLM(cfg, prefix=kind == "prefix")
+    if kind == "seq2seq":
+        return EncoderDecoderLM(cfg)
+    if kind == "masked":
+        return EncoderLM(cfg)
+    return DecoderLM(cfg, prefix=kind == "prefix")
 
 
-def meta_count(cfg, kind: str = "causal") -> ParameterCount:
-    """Parameters of the model built on the meta device, split the same way as ``formula_count``."""
+def build_meta(cfg, kind: str = "causal"):
+    """The torch model of this kind with meta tensors: real shapes, no memory, no initialization cost.
+
+    An attention backend that cannot be built on this machine (a CUDA-only kernel plugin) is
+    replaced by sdpa (``estimate.cuda.as_sdpa``): backends hold no parameters.
+    """
+    import torch
+
+    from llm_modules.estimate.cuda import as_sdpa
+    from llm_modules.estimate.trace import skip_init
+
+    with skip_init(), torch.device("meta"):
+        try:
+            return build_model(cfg, kind)
+        except ConfigError as err:
+            return build_model(as_sdpa(cfg, err)[0], kind)
+
+
+def stacks(model) -> tuple:
+    """(decoder or only stack, encoder stack or None), by the model's ``stack_names``."""
+    found = [getattr(model, name) for name in model.stack_names]
+    return found[-1], (found[0] if len(found) > 1 else None)
+
+
+def count(cfg, kind: str = "causal") -> ParameterCount:
+    """Parameters of the model built on the meta device, split as ``ParameterCount`` says."""
     from torch import nn
 
     from llm_modules.nn.lm import count_parameters
@@ -197,34 +108,22 @@ def meta_count(cfg, kind: str = "causal") -> ParameterCount:
 
     model = build_meta(cfg, kind)
     distinct = {id(p): p for p in model.parameters()}
-    heads = {id(m.proj.weight) for m in model.modules() if type(m).__name__ == "LMHead"}
-    # Lookup tables: embeddings outside an LM head, and the position encodings' tables.
+    # Lookup tables: embeddings (a tied head's table among them) and the position encodings' tables.
     lookup = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     lookup |= {id(p) for m in model.modules() if isinstance(m, PositionEncoding) for p in m.parameters()}
-    untied_heads = heads - {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    embedding = sum(p.numel() for key, p in distinct.items() if key in lookup and key not in untied_heads)
-    stacks = [getattr(model, name) for name in model.stack_names]
-    decoder, encoder = stacks[-1], (stacks[0] if len(stacks) > 1 else None)
+    decoder, encoder = stacks(model)
 
     def first_block(stack) -> int:
         return count_parameters(stack.layers[0]) if len(stack.layers) else 0
 
     linear = {id(m.weight): m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear)}
     return ParameterCount(
-        total=count_parameters(model), embedding=embedding, linear_weights=sum(linear.values()),
+        total=count_parameters(model), embedding=sum(distinct[key].numel() for key in lookup & distinct.keys()),
+        linear_weights=sum(linear.values()), largest_tensor=max((p.numel() for p in distinct.values()), default=0),
         block=first_block(decoder), n_blocks=len(decoder.layers),
         encoder_block=first_block(encoder) if encoder is not None else 0,
         n_encoder_blocks=len(encoder.layers) if encoder is not None else 0,
-        method="meta",
     )
-
-
-def count(cfg, kind: str = "causal") -> ParameterCount:
-    """Parameters by formula, or from the meta-device model when a component is not built in."""
-    try:
-        return formula_count(cfg, kind)
-    except UnknownComponent:
-        return meta_count(cfg, kind)
 
 
 # ---- which kind a preset is for ---------------------------------------------------------------------------

@@ -46,7 +46,7 @@ def plan(cfg, *, kind: str = "causal", setup: Setup | None = None, tokens: float
     training, lora = Training(), None
     if lora_rank:
         lora = plan_lora(cfg, kind, lora_rank, lora_targets)
-        training = Training(lora_rank, lora.names)
+        training = Training(lora_rank, lora.patterns)
     lora_parameters = lora.parameters if lora else 0
 
     run_tokens = float(tokens) if tokens is not None else CHINCHILLA_TOKENS_PER_PARAMETER * params.total

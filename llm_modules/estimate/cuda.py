@@ -1,0 +1,79 @@
+"""What a CUDA GPU keeps for the backward pass that the CPU trace does not: the one place that says so.
+
+``estimate.trace`` runs the CPU kernels (fake CPU tensors), so it measures what a CPU run saves.
+For a GPU target (``--device cuda``, the default) these differences are applied, and nothing else:
+
+- dropout: CUDA's fused kernel (``native_dropout``) keeps a bool mask, 1 byte per element; the
+  CPU keeps its scaled noise in the input's dtype (``bytes_on_gpu``);
+- layer norm under autocast: CUDA's autocast runs ``layer_norm`` in fp32, so a half-precision
+  input is kept as an fp32 copy; the CPU's runs it in the input's dtype (``bytes_on_gpu``);
+- ``scaled_dot_product_attention`` with an additive bias that needs a gradient (T5's learned
+  buckets): the CPU falls back to the math path (scaled q and k, v, the probabilities); CUDA's
+  memory-efficient kernel keeps q, k, v, the bias, the output and an fp32 log-sum-exp per head
+  and query (``kernels``).
+
+Attention backends that run only on CUDA (the ``flash_attn`` and ``xformers`` plugins) and
+``flex`` (no CPU backward) cannot be built or run in the trace: ``as_sdpa`` replaces them by
+``sdpa``, whose fused kernels keep the same tensors (q, k, v, output, a log-sum-exp), and the
+estimate says so. Parameter counts are unchanged by it: a backend holds no parameters
+(``AttentionBackend`` is no ``nn.Module``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from llm_modules.estimate.trace import Storage
+from llm_modules.registry import split_spec
+
+
+def as_sdpa(cfg, err: Exception):
+    """(the config with ``attention: sdpa``, a note) for a backend that failed with ``err`` on this
+    machine or in the trace; ``err`` again when the backend is sdpa already."""
+    backend, _ = split_spec(cfg.attention, "attention")
+    if backend == "sdpa":
+        raise err
+    reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return cfg.replace(attention="sdpa"), (f"attention {backend!r} cannot run in the CPU trace ({reason}); traced "
+                                           "as 'sdpa', whose fused kernel keeps the same tensors")
+
+
+def bytes_on_gpu(storage: Storage) -> int:
+    """The bytes a GPU run keeps for a storage the CPU trace kept (module doc)."""
+    if storage.dropout_noise:
+        return storage.numel
+    if storage.half_norm_input:
+        return storage.numel * 4
+    return storage.nbytes
+
+
+class _EfficientAttention(torch.autograd.Function):
+    """Stands for CUDA's memory-efficient attention kernel: keeps what its backward reads."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias):
+        # (B, H, T, D) laid out as (B, T, H, D), as the kernel writes it: the output projection's
+        # (B, T, H*D) input is then a view of it, not a copy
+        batch, heads, length, _ = q.shape
+        out = q.new_empty((batch, length, heads, v.shape[-1])).transpose(1, 2)
+        lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
+        ctx.save_for_backward(q, k, v, bias, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # never run: the estimator does not call backward
+        raise NotImplementedError
+
+
+class kernels(TorchFunctionMode):
+    """Sends sdpa with a bias that needs a gradient to ``_EfficientAttention`` (module doc)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            mask = kwargs.get("attn_mask", args[3] if len(args) > 3 else None)
+            if isinstance(mask, torch.Tensor) and mask.requires_grad and mask.is_floating_point():
+                return _EfficientAttention.apply(*args[:3], mask)
+        return func(*args, **kwargs)
