@@ -13,8 +13,11 @@ class PositionGate(PositionEncoding):
 
     Unlike an added position embedding, the product keeps tensors for the backward pass (the
     embeddings and the gates, d_model numbers per token each): the memory estimator measures
-    them like any component's (``llm-modules estimate``), nothing declared here.
+    them like any component's (``llm-modules estimate``), nothing declared for that.
+    What it declares is where it acts: on the token embeddings (``embeds``).
     """
+
+    embeds = True
 
     def __init__(self, d_model: int, max_seq_len: int):
         super().__init__()
