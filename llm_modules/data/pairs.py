@@ -326,14 +326,10 @@ class PairsDataModule(L.LightningDataModule):
 
     def _check_lengths(self) -> None:
         """Refuse sequences longer than learned/absolute positions allow, naming the data limits to lower."""
-        from llm_modules.nn.positions import PositionEncoding
-
         model = getattr(self._model(), "model", None)
-        limits = [m.max_len for m in (model.modules() if model is not None else [])
-                  if isinstance(m, PositionEncoding) and m.max_len is not None]
-        if not limits:
+        max_len = getattr(model, "max_positions", None)
+        if max_len is None:
             return
-        max_len = min(limits)
         pairs = (self.train or []) + (self.val or [])
         if self.kind == "Seq2SeqLM":
             longest = max((max(len(p.source_ids), len(p.target_ids)) for p in pairs), default=0)

@@ -95,7 +95,7 @@ def build_meta(cfg, kind: str = "causal"):
 
 def stacks(model) -> tuple:
     """(decoder or only stack, encoder stack or None), by the model's ``stack_names``."""
-    found = [getattr(model, name) for name in model.stack_names]
+    found = model.stacks()
     return found[-1], (found[0] if len(found) > 1 else None)
 
 
@@ -104,13 +104,12 @@ def count(cfg, kind: str = "causal") -> ParameterCount:
     from torch import nn
 
     from llm_modules.nn.lm import count_parameters
-    from llm_modules.nn.positions import PositionEncoding
 
     model = build_meta(cfg, kind)
     distinct = {id(p): p for p in model.parameters()}
     # Lookup tables: embeddings (a tied head's table among them) and the position encodings' tables.
     lookup = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    lookup |= {id(p) for m in model.modules() if isinstance(m, PositionEncoding) for p in m.parameters()}
+    lookup |= {id(p) for position in model.position_encodings() for p in position.parameters()}
     decoder, encoder = stacks(model)
 
     def first_block(stack) -> int:

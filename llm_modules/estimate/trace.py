@@ -107,13 +107,13 @@ class Tracer(TorchDispatchMode):
 
         - reading an integer or bool scalar: 0 (the trace's token ids are all 0, so a bounds
           check on them passes, and so does any check for bad input);
-        - ``nonzero`` inside a module that routes tokens (one with an ``n_experts`` attribute): an
+        - ``nonzero`` inside a module that declares ``routes_tokens`` (and its ``n_experts``): an
           even share, the mask's elements / ``n_experts`` (top-k routing: k experts per token);
         - ``bincount`` with a ``minlength``: that many counts.
 
         Anything else cannot be measured, and the error says where.
         """
-        router = next((m for m in reversed(self.modules) if isinstance(getattr(m, "n_experts", None), int)), None)
+        router = next((m for m in reversed(self.modules) if getattr(m, "routes_tokens", False)), None)
         if func is aten._local_scalar_dense.default and not args[0].is_floating_point():
             return 0
         if func.overloadpacket is aten.nonzero and router is not None:

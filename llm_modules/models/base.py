@@ -21,7 +21,6 @@ from llm_modules.data.replicas import data_parallel_split
 from llm_modules.models.finetuning import FineTuning, checkpoint_mode
 from llm_modules.nn.lm import aux_loss, count_parameters
 from llm_modules.nn.loss import cross_entropy
-from llm_modules.nn.positions import PositionEncoding
 from llm_modules.registry import ConfigError
 from llm_modules.training.evaluation import GenerationEvalConfig, GenerationMetrics
 from llm_modules.training.memory import MemoryConfig, apply_memory_savers, compile_model
@@ -362,11 +361,11 @@ class LanguageModel(L.LightningModule, abc.ABC):
         if seq_len:
             check_seq_len(seq_len, self.config.max_seq_len, "data.seq_len", "lower data.seq_len or raise "
                           "model.config.max_seq_len", encoder_decoder=self.base_kind == "Seq2SeqLM")
-            for module in self.model.modules():
-                if isinstance(module, PositionEncoding) and module.max_len is not None and seq_len > module.max_len:
+            for position in self.model.position_encodings():
+                if position.max_len is not None and seq_len > position.max_len:
                     raise ConfigError(
-                        f"data.seq_len={seq_len} is beyond what position {type(module).__name__} allows "
-                        f"(model.config.max_seq_len={module.max_len}); raise max_seq_len or lower seq_len"
+                        f"data.seq_len={seq_len} is beyond what position {type(position).__name__} allows "
+                        f"(model.config.max_seq_len={position.max_len}); raise max_seq_len or lower seq_len"
                     )
         self.finetuning.check_tokenizer(self, tokenizer)
         if tokenizer is not None and self.tokenizer_bytes is None:

@@ -40,7 +40,29 @@ def aux_loss(model: nn.Module) -> torch.Tensor | None:
     return torch.stack([l.float() for l in losses]).sum() if losses else None
 
 
-class _SingleStackLM(nn.Module):
+class StackedLM(nn.Module):
+    """What every torch LM answers about its parts, so that training, data and estimation code asks
+    the model instead of searching its modules for component types: its stacks (named by
+    ``stack_names``, in data-flow order), their position encodings, and the longest sequence those
+    allow."""
+
+    stack_names: tuple[str, ...] = ()
+
+    def stacks(self) -> list[Stack]:
+        return [getattr(self, name) for name in self.stack_names]
+
+    def position_encodings(self) -> list[nn.Module]:
+        """Each stack's position encoding, once (a shared one counts once)."""
+        return list({id(s.position): s.position for s in self.stacks()}.values())
+
+    @property
+    def max_positions(self) -> int | None:
+        """The longest sequence every stack's position encoding can represent (None: unbounded)."""
+        limits = [p.max_len for p in self.position_encodings() if p.max_len is not None]
+        return min(limits) if limits else None
+
+
+class _SingleStackLM(StackedLM):
     """Embedding -> one stack -> head; subclasses choose the mask."""
 
     causal: bool
@@ -116,7 +138,7 @@ class EncoderLM(_SingleStackLM):
         return self.head(hidden)
 
 
-class EncoderDecoderLM(nn.Module):
+class EncoderDecoderLM(StackedLM):
     """Encoder-decoder LM (T5, BART): bidirectional encoder, causal decoder with cross-attention.
 
     The token embedding is shared by both stacks (and by the head when embeddings are tied).

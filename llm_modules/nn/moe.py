@@ -24,6 +24,8 @@ class MixtureOfExperts(nn.Module):
     #: each token reaches only its top-k experts, so an expert that no token chose in a step gets no
     #: gradient in it (DDP then needs ``find_unused_parameters``)
     routes_tokens = True
+    #: (with routes_tokens) the estimator assumes an even share of tokens over ``n_experts`` experts,
+    #: and ``routed_parameters`` gives FLOP counts the share of tokens each expert serves
 
     def __init__(
         self,
@@ -48,6 +50,13 @@ class MixtureOfExperts(nn.Module):
             for _ in range(n_experts)
         )
         self.aux_loss = torch.zeros(())
+
+    def routed_parameters(self):
+        """(parameter, share) for the parameters a token uses only when routed to them: each
+        expert's, used by top_k of every n_experts tokens (what a FLOP count multiplies by)."""
+        share = self.top_k / self.n_experts
+        for param in self.experts.parameters():
+            yield param, share
 
     def deepnet_init(self, beta: float) -> None:
         """DeepNet's init (``Block.layout_init``) for the experts; the router is no residual-branch

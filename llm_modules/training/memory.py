@@ -19,8 +19,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from llm_modules.nn.embedding import TokenEmbedding
-from llm_modules.nn.positions import PositionEncoding
 from llm_modules.nn.transformer import Stack
 from llm_modules.registry import ConfigError
 
@@ -112,7 +110,7 @@ def checkpointed_blocks(spec: Any, n_blocks: int) -> list[int]:
 
 def stacks_of(model: nn.Module) -> list[Stack]:
     """The model's stacks in data-flow order (an encoder-decoder's encoder first)."""
-    return [m for m in model.modules() if isinstance(m, Stack)]
+    return model.stacks()
 
 
 def apply_activation_checkpointing(model: nn.Module, spec: Any) -> int:
@@ -142,12 +140,10 @@ def apply_activation_checkpointing(model: nn.Module, spec: Any) -> int:
 def embedding_parameters(model: nn.Module) -> list[nn.Parameter]:
     """What the embedding side holds: token and token-type tables, and learned absolute positions
     (an encoding that adds to the embeddings, as opposed to rotating queries or biasing scores)."""
-    params: list[nn.Parameter] = []
-    for module in model.modules():
-        if isinstance(module, TokenEmbedding):
-            params.extend(module.parameters())
-        elif isinstance(module, PositionEncoding) and module.embeds:
-            params.extend(module.parameters())
+    params = list(model.embed.parameters())
+    for position in model.position_encodings():
+        if position.embeds:
+            params.extend(position.parameters())
     return params
 
 

@@ -37,10 +37,10 @@ def matmul_parameters(model: nn.Module) -> float:
     lookups = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)} - heads
     share: dict[int, float] = {}
     for m in model.modules():
-        experts, top_k, n = getattr(m, "experts", None), getattr(m, "top_k", None), getattr(m, "n_experts", None)
-        if isinstance(experts, nn.ModuleList) and top_k and n:
-            for p in experts.parameters():
-                share[id(p)] = top_k / n
+        routed = getattr(m, "routed_parameters", None)
+        if callable(routed):
+            for p, fraction in routed():
+                share[id(p)] = fraction
     distinct = {id(p): p for p in model.parameters()}
     return sum(p.numel() * share.get(key, 1.0) for key, p in distinct.items() if key not in lookups)
 
