@@ -13,7 +13,7 @@ unigram entropy ``ln(symbols)``, one that uses its input goes towards 0. Adam at
 
 It exists because some default combinations (``layernorm`` + ``sandwich`` on a MaskedLM, every
 combination with the example plugin's ``dyt``) once stopped at the unigram entropy: a default init
-that drowns the token signal. ``tests/test_defaults_learn.py`` runs the same function as a contract.
+that drowns the token signal. ``tests/unit/test_defaults_learn.py`` runs the same function as a contract.
 """
 
 from __future__ import annotations

@@ -23,8 +23,8 @@ prints one row per trial and a summary; every promise it checks is stated on the
 - **concurrent**: two fits started together in one folder: both finish, in two version folders, each
   ``metrics.csv`` holding its own steps once.
 
-The tests hold one case of each (tests/test_preemption.py, tests/test_checkpoint_integrity.py,
-tests/test_no_unpickling.py, tests/test_run_folders.py); this script draws many at random.
+The tests hold one case of each (tests/integration/test_preemption.py, tests/integration/test_checkpoint_integrity.py,
+tests/unit/test_no_unpickling.py, tests/integration/test_run_folders.py); this script draws many at random.
 """
 
 from __future__ import annotations

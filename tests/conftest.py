@@ -69,6 +69,22 @@ def pytest_configure(config):
         config.option.loadscopereorder = False
 
 
+#: the folders of tests/, each a marker of the same name (registered in pyproject.toml)
+FOLDERS = ("unit", "parity", "integration", "docs", "gpu")
+#: files whose tests start several training processes
+MULTIPROCESS = ("test_strategies.py", "test_finetune_strategies.py")
+#: the files marked ``slow``: the longest of LONGEST_FIRST
+SLOW = LONGEST_FIRST[:6]
+
+
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+    for item in items:
+        folder = item.path.parent.name
+        if folder in FOLDERS:
+            item.add_marker(getattr(pytest.mark, folder))
+        if item.path.name in MULTIPROCESS:
+            item.add_marker(pytest.mark.multiprocess)
+        if item.path.name in SLOW:
+            item.add_marker(pytest.mark.slow)

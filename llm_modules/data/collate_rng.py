@@ -8,7 +8,7 @@ collated (also when the collator is only built after the checkpoint is loaded).
 The state saved is the generator as it stands when the checkpoint is written, which is the state
 after the last batch the model trained on: with ``num_workers=0`` a batch is collated when the loop
 asks for it, and Lightning does not fetch ahead from a loader that has a length (ours always do).
-The SIGKILL test in tests/test_resume.py fails if that ever stops holding.
+The SIGKILL test in tests/integration/test_resume.py fails if that ever stops holding.
 
 With ``num_workers > 0`` each worker collates with a generator of its own (re-seeded from the worker
 seed, see ``collators.Collator.generator``) that no checkpoint holds, so the masks after a resume

@@ -17,8 +17,8 @@ one block only is that block's; one kept by several (rotary tables, the encoder 
 bias) or outside the blocks (embeddings, final norm, head, loss) counts once, outside.
 Activation checkpointing keeps each block's hidden-state input instead of what the block saves.
 
-``tests/test_estimate.py`` compares with what real models save and with the peak of real CPU
-training runs; ``tests/test_estimate_contract.py`` does so for every registered component.
+``tests/integration/test_estimate.py`` compares with what real models save and with the peak of real CPU
+training runs; ``tests/unit/test_estimate_contract.py`` does so for every registered component.
 """
 
 from __future__ import annotations

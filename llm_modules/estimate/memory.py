@@ -44,7 +44,7 @@ The peak is the largest of four moments of a step, because what is alive differs
   parameter; the CPU's per-tensor loop: two copies of the largest tensor; none for the fused
   kernel, which ``optim.fused: null`` picks under the plain precisions outside DeepSpeed).
 
-``tests/test_estimate.py`` compares the peak with a measured CPU training run (Lightning's
+``tests/integration/test_estimate.py`` compares the peak with a measured CPU training run (Lightning's
 ``Trainer.fit``), the numbers of the ZeRO paper, and the activations with real models.
 """
 

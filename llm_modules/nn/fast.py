@@ -1,7 +1,7 @@
 """When the hand-tuned fast paths of ``nn/`` apply.
 
 Several modules have a fast path (RMSNorm and rotary embeddings with hand-written backwards,
-``tests/test_fast_paths.py`` compares each with its reference). They take plain tensors only: a
+``tests/unit/test_fast_paths.py`` compares each with its reference). They take plain tensors only: a
 tensor subclass (DTensor under FSDP2 / tensor parallelism, a quantized weight, the fake tensors of
 tracing) goes the reference way, whose ops every subclass already supports.
 """

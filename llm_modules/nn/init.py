@@ -13,7 +13,7 @@ which ``init_weights`` calls on every module that has it, children before parent
 plain layers are set: the component knows what its parameters must start at, nothing here
 switches on its type or name. Without these hooks, sandwich-norm models and every model using the
 example plugin's ``dyt`` norm learned only the unigram distribution on a copy task
-(``benchmarks/copy_task.py``, ``tests/test_defaults_learn.py``).
+(``benchmarks/copy_task.py``, ``tests/unit/test_defaults_learn.py``).
 """
 
 from __future__ import annotations

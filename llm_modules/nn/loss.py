@@ -6,7 +6,7 @@ gradient: three or four (tokens x vocab) tensors beside the logits (each 67 MB f
 of a 8192 vocabulary). Here the forward reads the logits in row chunks (fp32 per chunk only) and
 keeps one log-sum-exp per token; the backward writes the gradient, chunk by chunk, into one
 buffer of the logits' dtype. Same loss and gradient up to float rounding
-(``tests/test_fast_paths.py``).
+(``tests/unit/test_fast_paths.py``).
 """
 
 from __future__ import annotations

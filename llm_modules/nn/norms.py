@@ -51,7 +51,7 @@ class _RMSNormFP32(torch.autograd.Function):
     formula's autograd graph runs about a dozen full-size passes backward (the pow, mean, rsqrt and
     two products each differentiated on their own); this runs five, and saves the normalized
     tensor and the per-token scale only (not the input as well). Same math up to float rounding
-    (``tests/test_fast_paths.py``)."""
+    (``tests/unit/test_fast_paths.py``)."""
 
     @staticmethod
     def forward(ctx, x, weight, eps):

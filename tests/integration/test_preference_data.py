@@ -27,7 +27,7 @@ from llm_modules.data import PreferenceDataModule
 from llm_modules.registry import ConfigError
 
 X = -100
-TINY = Path(__file__).parent / "data" / "preferences" / "tiny.jsonl"
+TINY = Path(__file__).parents[1] / "data" / "preferences" / "tiny.jsonl"
 
 
 def batch_of(records, tok, tmp_path, **options):

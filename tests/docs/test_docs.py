@@ -40,10 +40,10 @@ import pytest
 
 from _fit_helpers import reap
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 PAGES = sorted(DOCS.rglob("*.md")) if DOCS.is_dir() else []
-# The tutorials, the longest pages, run from tests/test_docs_tutorials.py: a file of their own, so
+# The tutorials, the longest pages, run from tests/docs/test_docs_tutorials.py: a file of their own, so
 # that pytest-xdist (--dist loadfile) gives them a worker of their own beside the other pages.
 TUTORIALS = [page for page in PAGES if page.parent.name == "tutorials"]
 
@@ -352,3 +352,11 @@ def test_registry_placeholders_print_the_live_registry():
     assert hooks.fill_registry("{{ registry:norm:code }}", names) == ", ".join(f"`{n}`" for n in names["norm"])
     with pytest.raises(RuntimeError, match="unknown registry slot 'norms'"):
         hooks.fill_registry("{{ registry:norms }}", names)
+
+
+def test_the_plugin_tutorial_shows_the_example_plugin_as_it_is():
+    """The tutorial's file blocks are the plugin's files, so the page cannot drift from the code."""
+    shown = {b.directives["file"]: b.text for b in parse(ROOT / "docs/tutorials/plugin.md") if "file" in b.directives}
+    assert {"plugins/example/pyproject.toml", "plugins/example/llm_modules_example/dyt.py"} <= set(shown)
+    for path, text in shown.items():
+        assert (ROOT / path).read_text() == text, f"docs/tutorials/plugin.md shows an outdated {path}"

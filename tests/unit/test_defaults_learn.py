@@ -23,7 +23,7 @@ from llm_modules.models import KINDS
 from llm_modules.nn.init import InitScale, children_first
 from llm_modules.registry import NORMS, RESIDUALS
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 try:
     from copy_task import combinations, copy_task, tiny_config
 finally:

@@ -1,6 +1,6 @@
 """QLoRA (peft.qlora): a clear refusal without CUDA/bitsandbytes; on a GPU, LoRA over NF4 weights.
 
-GPU part: ``python -m pytest -q tests/test_peft_qlora.py`` on a CUDA machine with bitsandbytes.
+GPU part: ``python -m pytest -q tests/unit/test_peft_qlora.py`` on a CUDA machine with bitsandbytes.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from llm_modules.training.evaluation import (
     generate_texts,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
 
 # ---- reference-pair batches -------------------------------------------------------------------------------

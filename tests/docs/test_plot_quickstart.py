@@ -10,7 +10,7 @@ import pytest
 
 import matplotlib  # noqa: E402,F401  (a dev dependency; the script under test needs it)
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "plot_quickstart.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "plot_quickstart.py"
 
 # CSVLogger's shape: one row per logging call, empty cells for the metrics a row does not carry.
 METRICS = """epoch,step,train/loss,train/lr,val/bits_per_byte,val/loss

@@ -16,7 +16,7 @@ from llm_modules.checkpoint import load_checkpoint, save_checkpoint
 from llm_modules.data import PreferenceDataModule
 from llm_modules.registry import ConfigError
 
-PREFERENCES = Path(__file__).parent / "data" / "preferences" / "tiny.jsonl"
+PREFERENCES = Path(__file__).parents[1] / "data" / "preferences" / "tiny.jsonl"
 LORA = {"name": "lora", "r": 4, "targets": ["*.q", "*.v"]}
 
 

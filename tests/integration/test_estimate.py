@@ -47,7 +47,7 @@ from llm_modules.nn.lm import DecoderLM, EncoderDecoderLM, EncoderLM, count_para
 from llm_modules.registry import ConfigError
 from llm_modules.training.peak_memory import cpu_peak_allocated
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 GPT3 = {"vocab_size": 50257, "d_model": 12288, "n_layers": 96, "n_heads": 96, "norm": "layernorm", "activation": "gelu",
             "position": "learned", "attention": "sdpa", "bias": True, "tie_embeddings": True, "max_seq_len": 2048}
 

@@ -24,7 +24,7 @@ from llm_modules.data.instructions import fit_decoder
 from llm_modules.data.pairs import PairCollator, decoder_labels
 from llm_modules.registry import ConfigError
 
-TINY = Path(__file__).parent / "data" / "instructions"
+TINY = Path(__file__).parents[1] / "data" / "instructions"
 X = -100  # IGNORE_INDEX, short for the tables below
 
 # ---- a tokenizer whose ids are known: one piece per character --------------------------------------------

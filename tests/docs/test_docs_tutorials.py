@@ -1,4 +1,4 @@
-"""The tutorials run as written (the runner and its rules: tests/test_docs.py).
+"""The tutorials run as written (the runner and its rules: tests/docs/test_docs.py).
 
 In a file of their own because they are the longest pages: with ``--dist loadfile`` each test file
 runs on one worker, and all pages in one file kept one worker busy for most of the suite.

@@ -91,5 +91,5 @@ def test_ipo_regresses_the_gap_of_summed_log_probabilities_as_the_docs_state():
         h = chosen.item() + 1.0  # summed gap
         assert ipo == pytest.approx((h - 1 / (2 * beta)) ** 2, rel=1e-6)
         assert ipo != pytest.approx((h / tokens - 1 / (2 * beta)) ** 2, rel=1e-3)  # not TRL's per-token mean
-    text = (__import__("pathlib").Path(__file__).resolve().parent.parent / "docs/tutorials/align.md").read_text()
+    text = (__import__("pathlib").Path(__file__).resolve().parents[2] / "docs/tutorials/align.md").read_text()
     assert "IPO sums, TRL averages" in text

@@ -17,7 +17,7 @@ from llm_modules.alignment import DPO, RewardModel
 from llm_modules.checkpoint import load_checkpoint
 from llm_modules.cli import main
 
-PREFERENCES = Path(__file__).parent / "data" / "preferences" / "tiny.jsonl"
+PREFERENCES = Path(__file__).parents[1] / "data" / "preferences" / "tiny.jsonl"
 ALIGN = {name: CONFIGS / "align" / f"{name}.yaml" for name in ("reward", "dpo")}
 
 

@@ -4,7 +4,7 @@ without packed documents, and whole models train on them.
 Skipped without CUDA, and per backend without its package (pip install 'llm-modules-flash-attn[kernels]',
 pip install 'llm-modules-xformers[kernels]'). Run on a GPU machine with:
 
-    python -m pytest -q tests/test_attention_plugins_gpu.py
+    python -m pytest -q tests/gpu/test_attention_plugins_gpu.py
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from llm_modules import CausalLM, MaskedLM, ModelConfig, PrefixLM, Seq2SeqLM
 from llm_modules.config import preset_dir, preset_names
 from llm_modules.nn import count_parameters
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 #: which LM kind each preset family is meant for (presets are plain ModelConfig data, with no kind)
 KIND = {

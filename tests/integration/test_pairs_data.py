@@ -1,7 +1,7 @@
 """PairsDataModule files and figures, and ``llm-modules validate`` on a checkpoint with a pairs file:
 ``.json`` lists read like JSONL, bits per byte counted once over the references, every record of a
 file named on the command line evaluated with the checkpoint's own tokenizer (the logged loss equals
-one computed by hand). Batch layouts per LM kind: tests/test_evaluation.py."""
+one computed by hand). Batch layouts per LM kind: tests/integration/test_evaluation.py."""
 
 from __future__ import annotations
 

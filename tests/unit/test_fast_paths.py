@@ -25,7 +25,7 @@ from llm_modules.nn.norms import RMSNorm
 from llm_modules.nn.positions import RoPE
 from llm_modules.training.optim import OptimConfig, build_optimizer, fused_adamw_fits
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def grads(fn, *tensors):

@@ -18,7 +18,7 @@ import ast
 import collections
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent / "llm_modules"
+ROOT = Path(__file__).resolve().parents[2] / "llm_modules"
 TOP = "llm_modules"
 
 

@@ -7,7 +7,7 @@
 - the plugins' own code (mask translation, unpadding, packed documents, ALiBi slopes, GQA, KV-cache
   offsets) against the eager backend, with the CUDA kernels replaced by reference implementations
   of their documented semantics (tests/_attention_references.py). The kernels themselves are
-  compared with sdpa in tests/test_attention_plugins_gpu.py, on a GPU.
+  compared with sdpa in tests/gpu/test_attention_plugins_gpu.py, on a GPU.
 """
 
 from __future__ import annotations
