@@ -75,10 +75,13 @@ class SandwichNorm(ResidualLayout):
         super().__init__()
         self.norms_in = nn.ModuleList(make_norm() for _ in range(n_sublayers))
         self.norms_out = nn.ModuleList(make_norm() for _ in range(n_sublayers))
+        #: a fixed factor on each normalized output whose norm has no gain to start small (see default_init)
+        self.output_scales = [1.0] * n_sublayers
 
     def forward(self, x, sublayers):
-        for norm_in, norm_out, f in zip(self.norms_in, self.norms_out, sublayers):
-            x = x + norm_out(f(norm_in(x)))
+        for norm_in, norm_out, scale, f in zip(self.norms_in, self.norms_out, self.output_scales, sublayers):
+            h = norm_out(f(norm_in(x)))
+            x = x + (h if scale == 1.0 else h * scale)
         return x
 
     def default_init(self, init) -> None:
@@ -88,12 +91,16 @@ class SandwichNorm(ResidualLayout):
         identity would add 2 x n_layers unit-scale terms to it and drown the token's own embedding
         (50:1 at the default std), so that the model learned only token frequencies. At
         ``residual_std`` the sublayers together add about the embeddings' variance, as the scaled
-        output projections of a pre-norm model do. A norm without ``reset_gain`` stays at identity.
+        output projections of a pre-norm model do. A norm with a gain starts it there
+        (``reset_gain``); for a norm without one (non-parametric LayerNorm) the layout keeps that
+        factor itself, fixed: it follows from the config, so it is no state to save.
         """
-        for norm in self.norms_out:
+        for i, norm in enumerate(self.norms_out):
             reset_gain = getattr(norm, "reset_gain", None)
             if callable(reset_gain):
                 reset_gain(init.residual_std)
+            else:
+                self.output_scales[i] = init.residual_std
 
 
 @RESIDUALS.register("deepnorm")
