@@ -127,7 +127,7 @@ PLACEHOLDER = re.compile(r"\{\{\s*registry:([a-z_]+)(:code)?\s*\}\}")
 
 _CATALOGUE = """
 import json, sys
-from llm_modules.registry import catalogue
+from llm_modules.cli.registry_cmd import catalogue
 json.dump(catalogue(), sys.stdout)
 """
 
