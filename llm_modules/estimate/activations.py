@@ -30,7 +30,6 @@ import torch
 
 from llm_modules.estimate.trace import OUTSIDE, Trace, fake_mode, skip_init, to_dtype, trace
 from llm_modules.nn.loss import CHUNK_ELEMENTS
-from llm_modules.registry import ConfigError
 
 FP32 = 4
 #: the dtypes the trace runs half precision in (fp16 keeps the same bytes as bf16)
@@ -142,17 +141,16 @@ def _same_lora_in_every_block(cfg, kind: str, training: Training) -> bool:
     return True
 
 
-def _trace_or_fallback(cfg, kind, mode, training, batch_size, seq_len, decoder_len, device) -> Trace:
-    """Trace; an attention backend that cannot run on fake CPU tensors is traced as sdpa (``estimate.cuda``)."""
+def _trace_as_declared(cfg, kind, mode, training, batch_size, seq_len, decoder_len, device) -> Trace:
+    """Trace; an attention backend that declares it cannot run in the CPU trace is traced as sdpa
+    (``estimate.cuda.as_sdpa``), with a note."""
     from llm_modules.estimate.cuda import as_sdpa
 
-    try:
-        return _traced(cfg, kind, mode, training, batch_size, seq_len, decoder_len, device)
-    except (ConfigError, RuntimeError, NotImplementedError) as err:
-        cfg, note = as_sdpa(cfg, err)
-        result = _traced(cfg, kind, mode, training, batch_size, seq_len, decoder_len, device)
+    cfg, note = as_sdpa(cfg)
+    result = _traced(cfg, kind, mode, training, batch_size, seq_len, decoder_len, device)
+    if note:
         result.approximate.append(note)
-        return result
+    return result
 
 
 def _loss_transients(vocab: int, logits_bytes: int, element: int) -> tuple[float, float]:
@@ -194,7 +192,7 @@ def estimate_activations(cfg, *, kind: str, precision: str, params_half: bool, b
 def _measure(cfg, kind, mode, training, batch_size, seq_len, decoder_len, device) -> Activations:
     from llm_modules.estimate import cuda
 
-    result = _trace_or_fallback(cfg, kind, mode, training, batch_size, seq_len, decoder_len, device)
+    result = _trace_as_declared(cfg, kind, mode, training, batch_size, seq_len, decoder_len, device)
     size = cuda.bytes_on_gpu if device == "cuda" else (lambda storage: storage.nbytes)
     per_block: dict = {}
     outside = 0

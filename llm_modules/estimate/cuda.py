@@ -13,7 +13,8 @@ For a GPU target (``--device cuda``, the default) these differences are applied,
   and query (``kernels``).
 
 Attention backends that run only on CUDA (the ``flash_attn`` and ``xformers`` plugins) and
-``flex`` (no CPU backward) cannot be built or run in the trace: ``as_sdpa`` replaces them by
+``flex`` (no CPU backward) declare so (``runs_on_cpu``, ``cpu_backward``) and cannot run in the
+trace: ``as_sdpa`` replaces them by
 ``sdpa``, whose fused kernels keep the same tensors (q, k, v, output, a log-sum-exp), and the
 estimate says so. Parameter counts are unchanged by it: a backend holds no parameters
 (``AttentionBackend`` is no ``nn.Module``).
@@ -26,18 +27,19 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from llm_modules.estimate.trace import Storage
-from llm_modules.registry import split_spec
+from llm_modules.registry import ATTENTIONS, split_spec
 
 
-def as_sdpa(cfg, err: Exception):
-    """(the config with ``attention: sdpa``, a note) for a backend that failed with ``err`` on this
-    machine or in the trace; ``err`` again when the backend is sdpa already."""
+def as_sdpa(cfg):
+    """(the config to trace, a note or None): a backend that declares it cannot run here
+    (``runs_on_cpu``) or has no CPU backward (``cpu_backward``) is traced as ``sdpa``."""
     backend, _ = split_spec(cfg.attention, "attention")
-    if backend == "sdpa":
-        raise err
-    reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-    return cfg.replace(attention="sdpa"), (f"attention {backend!r} cannot run in the CPU trace ({reason}); traced "
-                                           "as 'sdpa', whose fused kernel keeps the same tensors")
+    declared = ATTENTIONS.get(backend).factory
+    if getattr(declared, "runs_on_cpu", True) and getattr(declared, "cpu_backward", True):
+        return cfg, None
+    why = "runs on CUDA only" if not getattr(declared, "runs_on_cpu", True) else "has no CPU backward"
+    return cfg.replace(attention="sdpa"), (f"attention {backend!r} cannot run in the CPU trace (it declares it {why}); "
+                                           "traced as 'sdpa', whose fused kernel keeps the same tensors")
 
 
 def bytes_on_gpu(storage: Storage) -> int:
@@ -63,8 +65,9 @@ class _EfficientAttention(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad):  # never run: the estimator does not call backward
-        raise NotImplementedError
+    def backward(ctx, grad):
+        raise RuntimeError("_EfficientAttention stands for a CUDA kernel in the estimator's trace, which never "
+                           "runs backward; it is no attention implementation")
 
 
 class kernels(TorchFunctionMode):

@@ -52,14 +52,11 @@ def estimate_flops(cfg, total_parameters: float, tokens: float, seq_len: int,
     encoder and ``decoder_len`` decoder tokens per row, tokens counting both)."""
     from llm_modules.estimate.cuda import as_sdpa
     from llm_modules.estimate.trace import skip_init
-    from llm_modules.registry import ConfigError
     from llm_modules.training.model_flops import flops_per_token
 
     with skip_init():  # it builds the model on the meta device: shapes only
-        try:
-            per_token = flops_per_token(cfg, seq_len, decoder_len)
-        except ConfigError as err:  # a CUDA-only attention backend: the FLOPs are sdpa's
-            per_token = flops_per_token(as_sdpa(cfg, err)[0], seq_len, decoder_len)
+        # a CUDA-only attention backend cannot be built here; its FLOPs are sdpa's
+        per_token = flops_per_token(as_sdpa(cfg)[0], seq_len, decoder_len)
     return FlopsEstimate(
         per_token=per_token,
         attention_per_token=attention_flops_per_token(cfg, seq_len, decoder_len),

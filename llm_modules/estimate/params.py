@@ -78,8 +78,8 @@ def build_model(cfg, kind: str = "causal"):
 def build_meta(cfg, kind: str = "causal"):
     """The torch model of this kind with meta tensors: real shapes, no memory, no initialization cost.
 
-    An attention backend that cannot be built on this machine (a CUDA-only kernel plugin) is
-    replaced by sdpa (``estimate.cuda.as_sdpa``): backends hold no parameters.
+    An attention backend that declares it cannot run here (a CUDA-only kernel plugin) is replaced by
+    sdpa (``estimate.cuda.as_sdpa``): backends hold no parameters.
     """
     import torch
 
@@ -87,10 +87,7 @@ def build_meta(cfg, kind: str = "causal"):
     from llm_modules.estimate.trace import skip_init
 
     with skip_init(), torch.device("meta"):
-        try:
-            return build_model(cfg, kind)
-        except ConfigError as err:
-            return build_model(as_sdpa(cfg, err)[0], kind)
+        return build_model(as_sdpa(cfg)[0], kind)
 
 
 def stacks(model) -> tuple:
