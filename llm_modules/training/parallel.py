@@ -49,7 +49,7 @@ def parallelize(lm) -> None:
         return
     tp_mesh, dp_mesh = mesh["tensor_parallel"], mesh["data_parallel"]
     if tp_mesh.size() > 1:
-        check_tensor_parallel(lm.config, lm.model, tp_mesh.size())
+        check_tensor_parallel(lm.model, tp_mesh.size())
         apply_tensor_parallel(lm.model, tp_mesh)
         replicate_the_rest(lm.model, tp_mesh)
     apply_fully_shard(lm.model, dp_mesh)
@@ -98,12 +98,11 @@ def _refused(module: nn.Module, refusal: TensorParallelRefusal, field: str | Non
     return ConfigError(f"{where}{type(module).__name__} {refusal.reason}; under tensor_parallel_size > 1, {refusal.fix}")
 
 
-def check_tensor_parallel(config, model: nn.Module, size: int) -> None:
+def check_tensor_parallel(model: nn.Module, size: int) -> None:
     """Refuse what cannot be split ``size`` ways, naming the field and the fix.
 
     Everything comes from the modules' declared plans: which parts must split, and which sizes
-    must be divisible by ``size`` (whole heads, whole hidden units). ``config`` is not read; it stays
-    in the signature for callers that pass it.
+    must be divisible by ``size`` (whole heads, whole hidden units).
     """
     fix = f" (or lower tensor_parallel_size: trainer.strategy.init_args.tensor_parallel_size={size})"
     for _, _, plan in tensor_parallel_plans(model):

@@ -360,7 +360,7 @@ def test_tensor_parallel_refuses_what_it_cannot_split(overrides, size, field):
 
     lm = _tiny_lm(**overrides)
     with pytest.raises(ConfigError) as err:
-        check_tensor_parallel(lm.config, lm.model, size)
+        check_tensor_parallel(lm.model, size)
     message = str(err.value)
     assert f"model.config.{field}" in message and "tensor_parallel_size" in message, message
 
@@ -370,4 +370,4 @@ def test_tensor_parallel_accepts_every_built_in_position_encoding(position):
     from llm_modules.training.parallel import check_tensor_parallel
 
     lm = _tiny_lm(position=position, n_heads=4, n_kv_heads=2)
-    check_tensor_parallel(lm.config, lm.model, 2)
+    check_tensor_parallel(lm.model, 2)
