@@ -203,20 +203,8 @@ def fake_mode():
 
     from llm_modules.nn import fast, loss
 
-    with FakeTensorMode(), _setting(fast, "_PLAIN", (*fast._PLAIN, FakeTensor)), \
-            _setting(loss, "CHUNK_ELEMENTS", 1 << 62):
+    with FakeTensorMode(), fast.also_plain(FakeTensor), loss.one_chunk():
         yield
-
-
-@contextlib.contextmanager
-def _setting(module, name: str, value):
-    """``module.name = value`` for the duration of the block."""
-    old = getattr(module, name)
-    setattr(module, name, value)
-    try:
-        yield
-    finally:
-        setattr(module, name, old)
 
 
 def to_dtype(model: nn.Module, dtype: torch.dtype) -> nn.Module:

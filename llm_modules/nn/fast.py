@@ -8,6 +8,9 @@ tracing) goes the reference way, whose ops every subclass already supports.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -17,3 +20,16 @@ _PLAIN = (torch.Tensor, nn.Parameter)
 def plain_tensors(*tensors: torch.Tensor) -> bool:
     """True when every tensor is a plain ``torch.Tensor`` (or a parameter of one)."""
     return all(type(t) in _PLAIN for t in tensors)
+
+
+@contextlib.contextmanager
+def also_plain(*types: type) -> Iterator[None]:
+    """Let tensors of ``types`` take the fast paths for the duration: for a subclass that stands for
+    a plain tensor (the estimator's fake tensors, which must run the ops a real run runs)."""
+    global _PLAIN
+    old = _PLAIN
+    _PLAIN = (*old, *types)
+    try:
+        yield
+    finally:
+        _PLAIN = old

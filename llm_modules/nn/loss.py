@@ -11,6 +11,9 @@ buffer of the logits' dtype. Same loss and gradient up to float rounding
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 
@@ -18,6 +21,19 @@ from llm_modules.nn.fast import plain_tensors
 
 #: fp32 elements per chunk (8 MB): large enough to amortize the loop, small enough to stay in cache
 CHUNK_ELEMENTS = 1 << 21
+
+
+@contextlib.contextmanager
+def one_chunk() -> Iterator[None]:
+    """Run the loss in one chunk of rows for the duration: the same tensors kept for the backward,
+    without the chunk loop (the estimator's trace, where the loop's workspace is counted apart)."""
+    global CHUNK_ELEMENTS
+    old = CHUNK_ELEMENTS
+    CHUNK_ELEMENTS = 1 << 62
+    try:
+        yield
+    finally:
+        CHUNK_ELEMENTS = old
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
