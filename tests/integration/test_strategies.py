@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -127,12 +128,29 @@ def runs(tmp_path_factory):
         family.start("tp2", *model_parallel(1, 2), batch=8)  # both ranks read the same 8 blocks
         family.start("fsdp", "--config", str(CONFIGS / "strategies" / "fsdp.yaml"), "--trainer.devices", "2",
                      batch=4)
+        remove_stale_build_locks()
         family.start("zero3", "--config", str(CONFIGS / "strategies" / "deepspeed-zero3.yaml"),
                      "--trainer.strategy.class_path", "_strategy_probe.CPUDeepSpeedStrategy",
                      "--trainer.devices", "2", batch=4)
         yield family
     finally:
         family.stop()
+
+
+def remove_stale_build_locks(older_than: float = 600.0) -> None:
+    """Remove the lock files of torch extension builds that were killed midway.
+
+    DeepSpeed builds its CPU ops on first use, under a lock file that the build removes when it
+    ends; a build killed midway (a test run interrupted while the zero3 run compiled) leaves the lock
+    behind, and every later build then waits on it for ever. A build here takes about a minute, so a
+    lock ten minutes old belongs to no running build.
+    """
+    from torch.utils.cpp_extension import get_default_build_root
+
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+    for lock in [*root.glob("*/*/lock"), *root.glob("*/*/.ninja_lock")]:
+        if time.time() - lock.stat().st_mtime > older_than:
+            lock.unlink(missing_ok=True)
 
 
 def losses(run: Path) -> dict[int, float]:
