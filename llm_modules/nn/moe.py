@@ -9,8 +9,8 @@ what transformers computes for it:
   size), scaled by a sigmoid gate of the token (``shared_gate``, Qwen2-MoE);
 - where the routing weights are rounded: the softmax is always taken in float32; Mixtral keeps the
   weights in float32 and scales each expert's output in float32 before adding it to the result in
-  the activations' dtype (``fp32_combine: true``), Qwen-MoE rounds the weights to the router's
-  output dtype first (false, the default). In float32 the two are the same;
+  the activations' dtype (``fp32_combine: true``, the default), Qwen-MoE rounds the weights to the
+  router's output dtype first (false). In float32 the two are the same;
 - Mixtral's router jitter (``jitter_noise``): in training, the tokens the router and the experts
   see are multiplied by noise uniform in [1 - j, 1 + j].
 
@@ -72,7 +72,7 @@ class MixtureOfExperts(nn.Module):
         normalize_top_k: bool = True,
         shared_d_ff: int | None = None,
         shared_gate: bool = True,
-        fp32_combine: bool = False,
+        fp32_combine: bool = True,
         aux_loss_form: str = "per_layer",
         jitter_noise: float = 0.0,
     ):
