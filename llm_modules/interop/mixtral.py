@@ -26,8 +26,14 @@ from llm_modules.interop.common import (
     untie_if_head_differs,
 )
 from llm_modules.interop.family import HF_FAMILIES, HFFamily
-from llm_modules.interop.llama import rope_theta_from_hf
-from llm_modules.interop.moe_experts import MoEActivation, expert_entries, moe_from_hf, moe_to_hf
+from llm_modules.interop.moe_experts import (
+    MoEActivation,
+    expert_entries,
+    moe_from_hf,
+    moe_to_hf,
+    n_experts,
+    rope_theta,
+)
 from llm_modules.interop.slots import component, ffn_hidden
 from llm_modules.interop.weights import Map, Repeat, WeightTable, rotary_halves
 
@@ -78,9 +84,9 @@ class MixtralFamily(HFFamily):
             head_dim=None if head_dim in (None, d_model // n_heads) else head_dim,
             norm="rmsnorm",
             residual="pre",
-            activation=moe_from_hf(hf, "mixtral", hf.get("num_local_experts", 8),
+            activation=moe_from_hf(hf, "mixtral", n_experts(hf) or 8,
                                    jitter_noise=float(hf.get("router_jitter_noise") or 0.0)),
-            position={"name": "rope", "theta": rope_theta_from_hf(hf)},
+            position={"name": "rope", "theta": rope_theta(hf, 1e6)},
             bias=False,
             sliding_window=hf.get("sliding_window") or None,
             max_seq_len=hf.get("max_position_embeddings", 4096 * 32),
@@ -122,7 +128,7 @@ class MixtralFamily(HFFamily):
 
     def weight_table(self, config: ModelConfig) -> WeightTable:
         interleaved = component(config, "position")[1]["interleaved"]
-        n_experts = component(config, "activation")[1]["n_experts"]
+        experts = component(config, "activation")[1]["n_experts"]
         heads = {"q": config.n_heads, "k": config.kv_heads}
         ours, theirs = "stack.layers.{i}", "model.layers.{i}"
         layer = (
@@ -133,7 +139,7 @@ class MixtralFamily(HFFamily):
                 **({"transform": rotary_halves(heads[a])} if interleaved and a in heads else {}))),
             Map(f"{ours}.ffn.router.weight", f"{theirs}.block_sparse_moe.gate.weight",
                 read=(f"{theirs}.block_sparse_moe.gate.weight", f"{theirs}.mlp.gate.weight")),
-            expert_entries(f"{ours}.ffn", f"{theirs}.block_sparse_moe.experts", f"{theirs}.mlp.experts", n_experts,
+            expert_entries(f"{ours}.ffn", f"{theirs}.block_sparse_moe.experts", f"{theirs}.mlp.experts", experts,
                            {"gate": "w1", "up": "w3", "down": "w2"}),
         )
         return WeightTable(

@@ -16,10 +16,12 @@ from typing import Any
 
 from llm_modules.config import ModelConfig
 from llm_modules.interop.allow import ANY, Slot
+from llm_modules.interop.common import hf_value
 from llm_modules.interop.llama import _GATED as GATED
+from llm_modules.interop.llama import rope_theta_from_hf
 from llm_modules.interop.slots import activation_from_hf, activation_to_hf, component
 from llm_modules.interop.weights import Layouts, Map, Repeat, stacked
-from llm_modules.registry import split_spec
+from llm_modules.registry import ConfigError, split_spec
 
 #: the feed-forward roles of our experts, in the order transformers fuses gate and up
 ROLES = ("gate", "up", "down")
@@ -59,15 +61,20 @@ class MoEActivation(Slot):
     feed-forwards config.json can name (``hidden_act``), with no options of their own beyond the
     ones that name fixes (their hidden size and bias are the moe's)."""
 
-    def __init__(self, **options: Any):
+    def __init__(self, shared_expert: bool = False, **options: Any):
         super().__init__("moe", expert=ANY, n_experts=ANY, top_k=ANY, aux_loss_weight=ANY, d_ff=ANY, dropout=ANY,
                          bias=False, **{"aux_loss_form": ANY, **options})
+        #: the family has a shared expert in every layer (its size: shared_d_ff, any)
+        object.__setattr__(self, "shared_expert", shared_expert)
 
     def problems(self, config: ModelConfig, field: str, family: str) -> list[str]:
         found = super().problems(config, field, family)
         name, options = component(config, field)
         if name != "moe":
             return found
+        if self.shared_expert and options["shared_d_ff"] is None:
+            found.append(f"activation 'moe' without a shared expert (the {family} family has one in every layer; "
+                         "set activation.shared_d_ff)")
         expert = options["expert"]
         expert_name, own = split_spec(expert, "activation.expert")
         names = ", ".join(dict.fromkeys(ours for ours, _ in GATED.values()))
@@ -79,6 +86,36 @@ class MoEActivation(Slot):
             f"take the moe's d_ff and bias; leave it out)"
             for key, value in own.items() if key not in fixed
         ]
+
+
+def rope_theta(hf: dict[str, Any], default: float) -> float:
+    """The RoPE base of config.json, or the family's ``default`` where it names none (transformers'
+    ``default_theta``: 1e6 for Mixtral, 1e4 for the others)."""
+    params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    if "rope_theta" not in params and hf.get("rope_theta") is None:
+        hf = {**hf, "rope_theta": default}
+    return rope_theta_from_hf(hf)
+
+
+def n_experts(hf: dict[str, Any]) -> int:
+    """The routed experts per layer: ``num_experts``, or ``num_local_experts`` (Mixtral's name, and
+    the name under which transformers' Qwen3-MoE config saves it)."""
+    return int(hf_value(hf, "num_experts", "num_local_experts", default=0))
+
+
+def refuse_dense_layers(hf: dict[str, Any], family: str) -> None:
+    """Refuse a Qwen-MoE config whose layers are not all MoE (``mlp_only_layers``, a
+    ``decoder_sparse_step`` > 1, no experts): our layers are all built from one activation slot."""
+    n_layers, step = hf["num_hidden_layers"], hf.get("decoder_sparse_step", 1) or 1
+    only, experts = set(hf.get("mlp_only_layers") or ()), n_experts(hf)
+    dense = [i for i in range(n_layers) if i in only or experts <= 0 or (i + 1) % step]
+    if dense:
+        raise ConfigError(
+            f"{family} config.json: layers {dense} are dense MLPs (mlp_only_layers={sorted(only)}, "
+            f"decoder_sparse_step={step}, num_experts={experts}), the others MoE; a model here has "
+            "the same feed-forward in every layer, so only configs with every layer MoE (mlp_only_layers empty, "
+            "decoder_sparse_step 1) are supported"
+        )
 
 
 def expert_entries(ours: str, theirs: str, fused: str, n_experts: int, names: dict[str, str]) -> Layouts:
