@@ -50,7 +50,8 @@ class MixtureOfExperts(nn.Module):
 
     After each forward, ``aux_loss`` holds the layer's loss (``aux_loss_form: per_layer``), or
     ``routing`` holds the router probabilities and choices that ``pooled_balance_loss`` combines
-    over all layers (``pooled``, then ``aux_loss`` is None). The LM adds the losses to its objective.
+    over all layers and then releases (``pooled``, then ``aux_loss`` is None). The LM adds the
+    losses to its objective.
     """
 
     #: each token reaches only its top-k experts, so an expert that no token chose in a step gets no
@@ -174,13 +175,17 @@ def pooled_balance_loss(model: nn.Module, attention_mask: torch.Tensor | None = 
     are left out there, as transformers leaves them out. Layers that route other rows (a decoder
     after an encoder, virtual tokens before the input) count every row. Layers with different
     expert counts or weights are pooled in separate groups, whose losses add.
+
+    Reading releases what the layers kept (a (tokens, n_experts) tensor each, which would otherwise
+    stay allocated until the next forward): each forward's routing is pooled once, and a second
+    call before the next forward finds none.
     """
     stacks = model.stacks() if callable(getattr(model, "stacks", None)) else [model]
     groups: dict[tuple[int, int, float], list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]] = {}
     for index, stack in enumerate(stacks):
         for m in stack.modules():
             if isinstance(m, MixtureOfExperts) and m.aux_loss_form == "pooled" and m.routing is not None:
-                probs, top_i = m.routing
+                (probs, top_i), m.routing = m.routing, None
                 mask = attention_mask if index == 0 else None
                 if mask is not None and mask.numel() != probs.shape[0]:
                     mask = None

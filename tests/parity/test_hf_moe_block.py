@@ -132,8 +132,11 @@ def test_pooled_loss_is_transformers_load_balancing_loss_without_padding():
     got = pooled_balance_loss(lm.model, mask)
     assert got.item() == pytest.approx(expected.item(), rel=1e-6)
     assert got.requires_grad
+    assert pooled_balance_loss(lm.model, mask) is None  # read once: the layers' routing is released
+    lm(ids, mask)
     assert aux_loss(lm.model, mask).item() == pytest.approx(expected.item(), rel=1e-6)
     # without the mask, every row counts, as transformers counts them without one
-    unmasked = 0.02 * load_balancing_loss_func(tuple(logits), 4, 2, None)
+    lm(ids, mask)
+    unmasked = 0.02 * load_balancing_loss_func(tuple(logits[:2]), 4, 2, None)
     assert pooled_balance_loss(lm.model).item() == pytest.approx(unmasked.item(), rel=1e-6)
     assert abs(unmasked.item() - expected.item()) > 1e-6

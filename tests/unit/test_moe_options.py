@@ -111,6 +111,7 @@ def test_layers_imbalanced_in_opposite_directions(form):
     else:
         assert moe_a.aux_loss is None and moe_b.aux_loss is None
         assert pooled_balance_loss(model).item() == pytest.approx(0.016)
+        model(_x(10, D))  # the loss was read: a new forward routes again
         assert aux_loss(model).item() == pytest.approx(0.016)
 
 
@@ -123,6 +124,8 @@ def test_pooled_form_in_an_lm_loss():
     mask[1, 5:] = 0
     out = lm.compute_loss({"input_ids": ids, "attention_mask": mask})
     extra = (out["loss"] - out["lm_loss"]).item()
+    assert all(block.ffn.routing is None for block in lm.model.stack.layers)  # released once pooled
+    lm(ids, mask)
     assert extra == pytest.approx(pooled_balance_loss(lm.model, mask).item(), rel=1e-5)
     assert extra >= 0.01 * 2 - 1e-6  # the pooled minimum: weight * top_k
 
