@@ -40,8 +40,8 @@ def read_hf_weights(path: str | Path) -> dict[str, torch.Tensor]:
     names (``shards.weight_files`` decides which files, like transformers), or pytorch_model*.bin
     (loaded with ``weights_only=True``).
 
-    Safetensors tensors are memory-mapped, not read: a page of the file is read when a tensor's data
-    is first used, and the finiteness check looks at one element per tensor unless that one is not
+    Tensors are memory-mapped, not read (safetensors always, .bin when it is torch's zip format): a
+    page of the file is read when a tensor's data is first used, and the finiteness check looks at one element per tensor unless that one is not
     finite, so reading holds no copy of the weights (``hf.from_hf`` assigns them to the model)."""
     folder = Path(path)
     files = weight_files(folder)
@@ -55,7 +55,7 @@ def read_hf_weights(path: str | Path) -> dict[str, torch.Tensor]:
     if bins:
         weights = {}
         for b in bins:
-            state = load_verified(b, what="weights file", check=False)
+            state = load_verified(b, what="weights file", check=False, mmap=True)
             if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
                 raise ConfigError(f"weights file {str(b)!r} is not a state dict (names to tensors)")
             weights.update(state)
