@@ -25,26 +25,35 @@ from torch import nn
 from llm_modules.registry import ConfigError
 
 _LOCK = threading.Lock()
+_LOCAL = threading.local()
+_ORIGINAL = nn.Module.register_parameter
+_USERS = 0  # blocks open in any thread: the patch is installed while there is one
+
+
+def _register(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+    _ORIGINAL(module, name, param)
+    if getattr(_LOCAL, "depth", 0) and param is not None and param.device.type != "meta":
+        module._parameters[name] = type(param)(param.to("meta"), requires_grad=param.requires_grad)
 
 
 @contextlib.contextmanager
 def parameters_on_meta() -> Iterator[None]:
-    """Within the block, every parameter a module registers is moved to the meta device (see the
-    module docstring). The patch of ``nn.Module.register_parameter`` is process-wide while it lasts:
-    one block at a time."""
-    original = nn.Module.register_parameter
-
-    def register(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        original(module, name, param)
-        if param is not None and param.device.type != "meta":
-            module._parameters[name] = type(param)(param.to("meta"), requires_grad=param.requires_grad)
-
+    """Within the block, every parameter a module registers in this thread is moved to the meta
+    device (see the module docstring); other threads build as usual. ``nn.Module.register_parameter``
+    is wrapped while any thread is inside such a block."""
+    global _USERS
     with _LOCK:
-        nn.Module.register_parameter = register
-        try:
-            yield
-        finally:
-            nn.Module.register_parameter = original
+        _USERS += 1
+        nn.Module.register_parameter = _register
+    _LOCAL.depth = getattr(_LOCAL, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _LOCAL.depth -= 1
+        with _LOCK:
+            _USERS -= 1
+            if not _USERS:
+                nn.Module.register_parameter = _ORIGINAL
 
 
 def assign(model: nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:

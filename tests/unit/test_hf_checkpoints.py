@@ -314,3 +314,19 @@ def test_loaded_weights_are_the_files_mapped_pages_not_a_copy(tmp_path):
     cast = llm_modules.from_hf(tmp_path, dtype="float32")
     shutil.rmtree(tmp_path)
     assert torch.isfinite(logits_of(cast, input_ids=ids())).all()
+
+
+def test_meta_building_is_confined_to_its_block_and_thread():
+    import threading
+
+    from llm_modules.empty_init import parameters_on_meta
+
+    original = torch.nn.Module.register_parameter
+    built = {}
+    with parameters_on_meta():
+        inside = torch.nn.Linear(4, 4)
+        worker = threading.Thread(target=lambda: built.setdefault("other", torch.nn.Linear(4, 4)))
+        worker.start()
+        worker.join(timeout=30)
+    assert inside.weight.is_meta and not built["other"].weight.is_meta
+    assert torch.nn.Module.register_parameter is original and not torch.nn.Linear(2, 2).weight.is_meta
