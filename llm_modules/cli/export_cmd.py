@@ -61,8 +61,8 @@ def add_hf_file_options(parser: argparse.ArgumentParser) -> None:
                         help="hf: the dtype of the weights written (default auto: the model's own)")
     parser.add_argument("--max-shard-size", default=None, metavar="SIZE",
                         help="hf: larger weights are written as model-0000i-of-0000N.safetensors shards + "
-                             f"model.safetensors.index.json; bytes or e.g. 500MB, 2GB (default {DEFAULT_MAX_SHARD_SIZE}, "
-                             "as transformers' save_pretrained)")
+                             "model.safetensors.index.json; bytes or e.g. 500MB, 2GB "
+                             f"(default {DEFAULT_MAX_SHARD_SIZE}, as transformers' save_pretrained)")
 
 
 def hf_file_options(args: argparse.Namespace) -> dict:

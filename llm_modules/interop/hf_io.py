@@ -1,8 +1,9 @@
 """Reading and writing Hugging Face checkpoint folders, without ever unpickling code.
 
 Reading checks each safetensors header against the file before loading it
-(``safetensors_check``), reads ``pytorch_model*.bin`` with ``weights_only=True``, and refuses a
-floating-point weight with no finite value at all: each as one line naming the file or tensor."""
+(``safetensors_check``) and a sharded folder's index against its shards (``shards``), reads
+``pytorch_model*.bin`` with ``weights_only=True``, and refuses a floating-point weight with no
+finite value at all: each as one line naming the file or tensor."""
 
 from __future__ import annotations
 
@@ -41,8 +42,9 @@ def read_hf_weights(path: str | Path) -> dict[str, torch.Tensor]:
     (loaded with ``weights_only=True``).
 
     Tensors are memory-mapped, not read (safetensors always, .bin when it is torch's zip format): a
-    page of the file is read when a tensor's data is first used, and the finiteness check looks at one element per tensor unless that one is not
-    finite, so reading holds no copy of the weights (``hf.from_hf`` assigns them to the model)."""
+    page of the file is read when a tensor's data is first used, and the finiteness check looks at
+    one element per tensor unless that one is not finite, so reading holds no copy of the weights
+    (``hf.from_hf`` assigns them to the model)."""
     folder = Path(path)
     files = weight_files(folder)
     if files:

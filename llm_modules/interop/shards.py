@@ -58,7 +58,7 @@ def parse_size(value: int | str, what: str = "max_shard_size") -> int:
         unit = found.group(2).upper() if found else ""
         if not found or (unit and unit not in UNITS):
             raise ConfigError(f"{what}: {value!r} is not a size; give bytes (an integer) or a number with a unit, "
-                              f"e.g. 500MB, 2GB, 5GiB (units: {', '.join(u if 'I' not in u else u[0] + 'iB' for u in UNITS)})")
+                              "e.g. 500MB, 2GB, 5GiB (units: KB, MB, GB, TB, KiB, MiB, GiB, TiB)")
         size = int(float(found.group(1)) * UNITS.get(unit, 1))
     if size <= 0:
         raise ConfigError(f"{what}: {value!r} is not a positive size; give e.g. 2GB")
