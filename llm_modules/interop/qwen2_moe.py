@@ -279,6 +279,7 @@ class Qwen2MoeFamily(QwenMoeFamily):
 
     def shared_entries(self, ours, theirs):
         return (
-            *(Map(f"{ours}.shared.{p}.weight", f"{theirs}.shared_expert.{p}_proj.weight") for p in ("gate", "up", "down")),
+            *(Map(f"{ours}.shared.{p}.weight", f"{theirs}.shared_expert.{p}_proj.weight")
+              for p in ("gate", "up", "down")),
             Map(f"{ours}.shared_gate.weight", f"{theirs}.shared_expert_gate.weight"),
         )

@@ -83,7 +83,8 @@ class MixtureOfExperts(nn.Module):
         if not 1 <= top_k <= n_experts:
             raise ConfigError(f"activation.top_k must be between 1 and n_experts={n_experts}; got {top_k}")
         if aux_loss_form not in AUX_LOSS_FORMS:
-            raise ConfigError(f"activation.aux_loss_form must be one of {', '.join(AUX_LOSS_FORMS)}; got {aux_loss_form!r}")
+            raise ConfigError(f"activation.aux_loss_form must be one of {', '.join(AUX_LOSS_FORMS)}; "
+                              f"got {aux_loss_form!r}")
         if shared_d_ff is not None and (isinstance(shared_d_ff, bool) or not isinstance(shared_d_ff, int)
                                         or shared_d_ff < 1):
             raise ConfigError(f"activation.shared_d_ff must be a positive integer or null (no shared expert); "

@@ -34,7 +34,8 @@ def tiny_mixtral(**overrides) -> "transformers.MixtralForCausalLM":
 
 def test_round_trip(tmp_path):
     batch = right_padded(VOCAB, LENGTHS)
-    ours = assert_round_trip(tiny_mixtral(), tmp_path, batch, batch["attention_mask"], transformers.AutoModelForCausalLM)
+    auto = transformers.AutoModelForCausalLM
+    ours = assert_round_trip(tiny_mixtral(), tmp_path, batch, batch["attention_mask"], auto)
     assert ours.config.activation == {
         "name": "moe", "expert": "swiglu", "n_experts": 4, "top_k": 2, "aux_loss_form": "pooled",
         "aux_loss_weight": 0.0, "bias": False, "jitter_noise": 0.0,

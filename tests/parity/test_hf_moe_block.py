@@ -55,7 +55,8 @@ def _copy_experts(ours, experts) -> None:
 def test_routing_is_transformers_bit_for_bit_in_float32(normalize):
     """softmax -> top-k -> (renormalize): the same weights and experts, exactly."""
     if normalize:
-        theirs = MixtralTopKRouter(transformers.MixtralConfig(hidden_size=D, num_local_experts=E, num_experts_per_tok=K))
+        config = transformers.MixtralConfig(hidden_size=D, num_local_experts=E, num_experts_per_tok=K)
+        theirs = MixtralTopKRouter(config)
     else:
         theirs = Qwen2MoeTopKRouter(transformers.Qwen2MoeConfig(hidden_size=D, num_experts=E, num_experts_per_tok=K))
     _random_(theirs)

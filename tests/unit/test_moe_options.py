@@ -47,7 +47,8 @@ def test_ungated_shared_expert_is_added_as_is():
     tokens = _x(4, D)
     plain = _moe()
     with torch.no_grad():
-        for ours, theirs in zip(plain.parameters(), [p for n, p in moe.named_parameters() if not n.startswith("shared")]):
+        routed = [p for n, p in moe.named_parameters() if not n.startswith("shared")]
+        for ours, theirs in zip(plain.parameters(), routed, strict=True):
             ours.copy_(theirs)
     torch.testing.assert_close(moe(tokens), plain(tokens) + moe.shared(tokens))
 
