@@ -14,7 +14,8 @@ import llm_modules  # noqa: E402
 from llm_modules import ConfigError  # noqa: E402
 
 from hf_helpers import (  # noqa: E402
-    assert_generate_matches, assert_round_trip, left_padded_prompts, randomize_, right_padded,
+    assert_generate_matches, assert_logits_match, assert_round_trip, left_padded_prompts, load_hf, logits_of,
+    randomize_, right_padded,
 )
 
 VOCAB = 97
@@ -112,3 +113,14 @@ def test_dynamic_export_needs_its_threshold_at_max_seq_len(tmp_path):
     with pytest.raises(ConfigError, match=r"original_max_position_embeddings=32 differs from max_seq_len=64.*set "
                                           r"scaling.original_max_position_embeddings: 64 or max_seq_len: 32"):
         llm_modules.to_hf(llm_modules.CausalLM(config), tmp_path / "out", family="llama")
+
+
+def test_llama3_tiny_preset_exports_and_matches_transformers_beyond_its_original_context(tmp_path):
+    config = llm_modules.ModelConfig.from_preset("llama3-tiny")
+    ours = llm_modules.CausalLM(config)
+    randomize_(ours.model, seed=4)
+    llm_modules.to_hf(ours, tmp_path)
+    hf = load_hf(transformers.AutoModelForCausalLM, tmp_path)
+    assert hf.config.rope_parameters["rope_type"] == "llama3"
+    batch = right_padded(config.vocab_size, [80, 50], seed=4)  # the preset's original context is 64
+    assert_logits_match(logits_of(hf, **batch), logits_of(ours, **batch), batch["attention_mask"])
