@@ -178,3 +178,15 @@ def test_learned_positions_with_an_offset_read_row_p_plus_offset():
         opt.embed(x, torch.tensor([[10]]))
     with pytest.raises(ConfigError, match="offset must be a non-negative integer"):
         LearnedAbsolute(8, 10, offset=-1)
+
+
+def test_a_bad_scaling_in_a_config_file_is_one_line_and_exit_2(tmp_path, capsys):
+    from llm_modules.cli import main
+
+    path = tmp_path / "model.yaml"
+    path.write_text("vocab_size: 64\nd_model: 32\nn_layers: 1\nn_heads: 2\n"
+                    "position: {name: rope, scaling: {type: yarn, factor: 4.0}}\n")
+    assert main(["estimate", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "position rope: scaling type 'yarn' needs original_max_position_embeddings" in err
