@@ -41,6 +41,10 @@ class ModelConfig:
     attention: Component = "sdpa"
 
     bias: bool = True
+    # Per-projection biases where a family differs from ``bias`` (Qwen2: q/k/v only); None: ``bias``.
+    # The feed-forward's bias is the activation slot's own option (``activation: {name: .., bias: ..}``).
+    qkv_bias: bool | None = None
+    out_bias: bool | None = None
     lm_head_bias: bool = False
     head_transform: bool = False
     max_seq_len: int = 512
@@ -50,11 +54,24 @@ class ModelConfig:
     attention_scale: float | None = None
     sliding_window: int | None = None
     sparse_stride: int | None = None
+    # Which layers attend through ``sliding_window``: one entry per layer, "sliding" or "full"
+    # (Gemma 2/3 alternate them); None: every layer is windowed when sliding_window is set.
+    layer_types: list[str] | None = None
+    # RMS-normalize queries and keys before RoPE: "head" (each head over head_dim: Qwen3, Gemma 3) or
+    # "all" (over all heads' features of the projection: OLMo 2); the norm is ``norm``'s kind.
+    qk_norm: str | None = None
+    # Soft-capping cap * tanh(x / cap) of attention scores (before the mask) and of the final logits
+    # (Gemma 2); None: off.
+    attention_softcap: float | None = None
+    logit_softcap: float | None = None
 
     tie_embeddings: bool = True
     embedding_norm: bool = False
     type_vocab_size: int = 0
     embedding_grad_scale: float = 1.0
+    # A factor on the token embeddings entering the stacks (Gemma: sqrt(d_model)), applied in the
+    # activations' dtype as transformers does.
+    embedding_scale: float = 1.0
     output_scale: float = 1.0
     init_std: float = 0.02
     pad_token_id: int = 0
@@ -119,6 +136,7 @@ class ModelConfig:
         for name in ("dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} must be in [0, 1); got {getattr(self, name)}")
+        self._validate_layer_features()
         if not 0.0 < self.embedding_grad_scale <= 1.0:
             raise ConfigError(f"embedding_grad_scale must be in (0, 1]; got {self.embedding_grad_scale}")
         if not 0 <= self.pad_token_id < self.vocab_size:
@@ -135,7 +153,48 @@ class ModelConfig:
         for slot, registry in MODEL_REGISTRIES.items():
             registry.validate(getattr(self, slot))
 
+    def _validate_layer_features(self) -> None:
+        """The fields of issue-21 features: per-layer windows, QK-norm, soft-caps, embedding scale."""
+        for name in ("attention_softcap", "logit_softcap"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+                raise ConfigError(f"{name} must be a positive number or null (off); got {value!r}")
+        if isinstance(self.embedding_scale, bool) or not isinstance(self.embedding_scale, (int, float)) \
+                or self.embedding_scale <= 0:
+            raise ConfigError(f"embedding_scale must be a positive number; got {self.embedding_scale!r}")
+        if self.qk_norm not in (None, "head", "all"):
+            raise ConfigError(f"qk_norm must be 'head' (per head), 'all' (over the whole projection) or null; "
+                              f"got {self.qk_norm!r}")
+        for name in ("qkv_bias", "out_bias"):
+            if getattr(self, name) not in (None, True, False):
+                raise ConfigError(f"{name} must be true, false or null (follow bias); got {getattr(self, name)!r}")
+        if self.layer_types is None:
+            return
+        types = self.layer_types
+        if not isinstance(types, (list, tuple)) or len(types) != self.n_layers:
+            raise ConfigError(f"layer_types must list one entry per layer (n_layers={self.n_layers}), each "
+                              f"'sliding' or 'full'; got {types!r}")
+        bad = [t for t in types if t not in ("sliding", "full")]
+        if bad:
+            import difflib
+
+            close = difflib.get_close_matches(str(bad[0]), ["sliding", "full"], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"layer_types: {bad[0]!r} is not a layer type{hint}; use 'sliding' or 'full'")
+        if "sliding" in types and self.sliding_window is None:
+            raise ConfigError("layer_types has 'sliding' layers but sliding_window is null; set sliding_window "
+                              "(the window size in tokens) or make every layer 'full'")
+
     # ---- derived ------------------------------------------------------------------------------------------
+
+    @property
+    def sliding_layers(self) -> list[bool]:
+        """Per layer, whether it attends through ``sliding_window``."""
+        if self.sliding_window is None:
+            return [False] * self.n_layers
+        if self.layer_types is None:
+            return [True] * self.n_layers
+        return [t == "sliding" for t in self.layer_types]
 
     @property
     def kv_heads(self) -> int:

@@ -61,11 +61,26 @@ def sizes(d_model: str, n_layers: str, n_heads: str) -> dict[str, Rule]:
     }
 
 
-#: features no HF family here has: each must stay at the value that turns it off
+def follows_bias(field: str) -> Check:
+    """A per-projection bias (``qkv_bias``, ``out_bias``) in a family with one bias for all
+    projections: null, or equal to ``bias``."""
+    return Check(lambda c: getattr(c, field) in (None, c.bias), f"one bias for every projection: {field} null",
+                 lambda c, f: f"{f}={getattr(c, f)!r} with bias={c.bias!r}")
+
+
+#: features the classic HF families (GPT-2, BLOOM, LLaMA, T5, BERT) lack: each must stay at the
+#: value that turns it off (families that have one map it instead)
 FEATURES_OFF: dict[str, Rule] = {
     "sliding_window": Fixed(None),
+    "layer_types": Fixed(None),
     "sparse_stride": Fixed(None),
     "embedding_grad_scale": Fixed(1.0),
+    "embedding_scale": Fixed(1.0),
+    "qk_norm": Fixed(None),
+    "attention_softcap": Fixed(None),
+    "logit_softcap": Fixed(None),
+    "qkv_bias": follows_bias("qkv_bias"),
+    "out_bias": follows_bias("out_bias"),
 }
 
 #: what a decoder-only family (llama, gpt2, bloom) fixes beyond FEATURES_OFF

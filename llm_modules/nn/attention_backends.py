@@ -29,6 +29,9 @@ class AttentionBackend(abc.ABC):
     supports_bias = True  # additive score bias (ALiBi, T5 relative positions)
     supports_dropout = True  # dropout on attention probabilities
     supports_masks = True  # arbitrary structured masks (padding, prefix, window, stride)
+    #: soft-capped scores ``cap * tanh(scores / cap)`` (Gemma 2): such a backend's ``__call__`` takes
+    #: ``softcap=`` (given only when the model asks for it)
+    supports_softcap = False
 
     def check(
         self,
@@ -48,7 +51,7 @@ class AttentionBackend(abc.ABC):
         ``masks`` name what asks for a bias / a structured mask, so the message names the whole
         combination (e.g. attention 'x' + position 't5'). ``features`` is the stack's mask structure
         as short keys (``bidirectional``, ``prefix``, ``cross``, ``sliding_window``,
-        ``sparse_stride``), for backends that serve some structures or biases and not others (a
+        ``sparse_stride``, ``softcap``), for backends that serve some structures or biases and not others (a
         plugin overrides this method, calls it via ``super()`` and adds its own refusals).
         """
         if encoding.adds_score_bias and not self.supports_bias:
@@ -60,6 +63,11 @@ class AttentionBackend(abc.ABC):
         if dropout and not self.supports_dropout:
             raise ConfigError(
                 f"attention {self.name!r} has no attention dropout; set attention_dropout: 0.0 or use 'sdpa'"
+            )
+        if "softcap" in features and not self.supports_softcap:
+            raise ConfigError(
+                f"attention {self.name!r} cannot soft-cap attention scores (attention_softcap); use attention "
+                "'eager' or 'flex'"
             )
         if needs_masks and not self.supports_masks:
             what = f" ({masks})" if masks else ""
@@ -103,10 +111,13 @@ class EagerAttention(AttentionBackend):
     """Reference attention in plain torch ops: any mask, any bias; the slowest and the easiest to read."""
 
     name = "eager"
+    supports_softcap = True
 
-    def __call__(self, q, k, v, mask, bias, scale, dropout=0.0):
+    def __call__(self, q, k, v, mask, bias, scale, dropout=0.0, softcap=None):
         k, v = repeat_kv(k, q.shape[1]), repeat_kv(v, q.shape[1])
         scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+        if softcap is not None:
+            scores = torch.tanh(scores / softcap) * softcap
         if bias is not None:
             scores = scores + bias
         if not mask.is_empty:
@@ -146,9 +157,10 @@ class FlexAttention(AttentionBackend):
 
     name = "flex"
     supports_dropout = False
+    supports_softcap = True
     cpu_backward = False
 
-    def __call__(self, q, k, v, mask, bias, scale, dropout=0.0):
+    def __call__(self, q, k, v, mask, bias, scale, dropout=0.0, softcap=None):
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
         if q.device.type == "cpu" and torch.is_grad_enabled() and q.requires_grad:
@@ -165,11 +177,15 @@ class FlexAttention(AttentionBackend):
             batch = mask.batch_size if mask.batch_size > 1 else None
             block_mask = create_block_mask(mask_mod, batch, None, q.shape[2], k.shape[2], device=q.device)
         score_mod = None
-        if bias is not None:
-            per_example = bias.shape[0] > 1
+        if bias is not None or softcap is not None:
+            per_example = bias is not None and bias.shape[0] > 1
 
             def score_mod(score, b, h, q_idx, kv_idx):
-                return score + bias[b if per_example else 0, h, q_idx, kv_idx]
+                if softcap is not None:
+                    score = torch.tanh(score / softcap) * softcap
+                if bias is not None:
+                    score = score + bias[b if per_example else 0, h, q_idx, kv_idx]
+                return score
 
         with warnings.catch_warnings():
             # Outside torch.compile, flex runs its unfused reference path and says so on every call.

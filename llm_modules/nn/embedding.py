@@ -42,7 +42,8 @@ class LMHead(nn.Module):
 
     ``transform`` adds BERT's prediction transform (dense, GELU, norm) before the projection;
     ``tied_to`` shares the projection with the token embedding table; ``scale`` multiplies the hidden
-    state first (T5 with tied embeddings uses d_model^-0.5).
+    state first (T5 with tied embeddings uses d_model^-0.5); ``softcap`` bounds the logits to
+    (-cap, cap) by ``cap * tanh(logits / cap)`` (Gemma 2).
     """
 
     def __init__(
@@ -54,6 +55,7 @@ class LMHead(nn.Module):
         transform_norm: nn.Module | None = None,
         tied_to: nn.Embedding | None = None,
         scale: float = 1.0,
+        softcap: float | None = None,
     ):
         super().__init__()
         self.transform = None
@@ -63,10 +65,14 @@ class LMHead(nn.Module):
         if tied_to is not None:
             self.proj.weight = tied_to.weight
         self.scale = scale
+        self.softcap = softcap
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if self.transform is not None:
             h = self.transform(h)
         if self.scale != 1.0:
             h = h * self.scale
-        return self.proj(h)
+        logits = self.proj(h)
+        if self.softcap is not None:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits

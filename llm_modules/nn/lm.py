@@ -82,6 +82,7 @@ class _SingleStackLM(StackedLM):
             cfg.d_model, cfg.vocab_size, bias=cfg.lm_head_bias,
             transform_norm=build_norm(cfg) if cfg.head_transform else None,
             tied_to=self.embed.tokens if cfg.tie_embeddings else None, scale=cfg.output_scale,
+            softcap=cfg.logit_softcap,
         )
         init_weights(self, cfg.init_std, cfg.n_layers)
 
@@ -156,6 +157,7 @@ class EncoderDecoderLM(StackedLM):
         self.head = LMHead(
             cfg.d_model, cfg.vocab_size, bias=cfg.lm_head_bias,
             tied_to=self.embed.tokens if cfg.tie_embeddings else None, scale=cfg.output_scale,
+            softcap=cfg.logit_softcap,
         )
         init_weights(self, cfg.init_std, cfg.encoder_layers + cfg.n_layers)
 

@@ -75,6 +75,31 @@ class _RMSNormFP32(torch.autograd.Function):
         return grad_x, grad_weight, None
 
 
+@NORMS.register("gemma_rmsnorm")
+class GemmaRMSNorm(nn.Module):
+    """RMSNorm whose gain is stored as an offset from one, ``x_normed * (1 + weight)``, computed
+    in fp32 and cast back at the end (Gemma 1-3). The same function as ``rmsnorm`` with gain
+    1 + weight in fp32, but a checkpoint stores ``weight`` (zeros at init): this norm keeps that
+    tensor as it is, so weights round-trip bit for bit."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (h * (1.0 + self.weight.float())).to(x.dtype)
+
+    def reset_gain(self, gain: float) -> None:
+        """Start the output at ``gain`` times unit scale (``nn.init``: a layout's ``default_init``)."""
+        self.weight.fill_(gain - 1.0)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
 @NORMS.register("scalenorm")
 class ScaleNorm(nn.Module):
     """ScaleNorm (Nguyen & Salazar): ``g * x / ||x||`` with one learned scalar g, initialised to sqrt(dim)."""

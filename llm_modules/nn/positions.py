@@ -84,6 +84,11 @@ class PositionEncoding(nn.Module):
             )
         return TensorParallelPlan()
 
+    def for_sliding_layers(self) -> "PositionEncoding":
+        """The encoding that layers attending through a sliding window use (``layer_types``); the
+        same one by default. RoPE with ``local_theta`` gives such layers their own base (Gemma 3)."""
+        return self
+
     def check_length(self, length: int) -> None:
         if self.max_len is not None and length > self.max_len:
             raise ConfigError(

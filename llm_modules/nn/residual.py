@@ -85,22 +85,50 @@ class SandwichNorm(ResidualLayout):
         return x
 
     def default_init(self, init) -> None:
-        """Each normalized sublayer output starts at ``init.residual_std``, not at unit scale.
+        """Each normalized sublayer output starts small (``start_outputs_small``)."""
+        start_outputs_small(self.norms_out, self.output_scales, init)
 
-        The residual stream starts at the embeddings' scale (``init.std``, 0.02); output norms at
-        identity would add 2 x n_layers unit-scale terms to it and drown the token's own embedding
-        (50:1 at the default std), so that the model learned only token frequencies. At
-        ``residual_std`` the sublayers together add about the embeddings' variance, as the scaled
-        output projections of a pre-norm model do. A norm with a gain starts it there
-        (``reset_gain``); for a norm without one (non-parametric LayerNorm) the layout keeps that
-        factor itself, fixed: it follows from the config, so it is no state to save.
-        """
-        for i, norm in enumerate(self.norms_out):
-            reset_gain = getattr(norm, "reset_gain", None)
-            if callable(reset_gain):
-                reset_gain(init.residual_std)
-            else:
-                self.output_scales[i] = init.residual_std
+
+@RESIDUALS.register("post_sublayer")
+class PostSublayerNorm(ResidualLayout):
+    """``x + norm(f(x))``: each sublayer's output is normalized before it joins the residual
+    stream, and its input is not (OLMo 2). The stream itself stays unnormalized, so the stack ends
+    with a final norm as in pre-norm."""
+
+    def __init__(self, make_norm: NormFactory, n_sublayers: int):
+        super().__init__()
+        self.norms = nn.ModuleList(make_norm() for _ in range(n_sublayers))
+        #: a fixed factor on each normalized output whose norm has no gain to start small
+        self.output_scales = [1.0] * n_sublayers
+
+    def forward(self, x, sublayers):
+        for norm, scale, f in zip(self.norms, self.output_scales, sublayers):
+            h = norm(f(x))
+            x = x + (h if scale == 1.0 else h * scale)
+        return x
+
+    def default_init(self, init) -> None:
+        """Each normalized sublayer output starts small (``start_outputs_small``)."""
+        start_outputs_small(self.norms, self.output_scales, init)
+
+
+def start_outputs_small(norms: nn.ModuleList, scales: list[float], init) -> None:
+    """Each normalized sublayer output starts at ``init.residual_std``, not at unit scale.
+
+    The residual stream starts at the embeddings' scale (``init.std``, 0.02); output norms at
+    identity would add 2 x n_layers unit-scale terms to it and drown the token's own embedding
+    (50:1 at the default std), so that the model learned only token frequencies. At
+    ``residual_std`` the sublayers together add about the embeddings' variance, as the scaled
+    output projections of a pre-norm model do. A norm with a gain starts it there
+    (``reset_gain``); for a norm without one (non-parametric LayerNorm) the layout keeps that
+    factor itself in ``scales``, fixed: it follows from the config, so it is no state to save.
+    """
+    for i, norm in enumerate(norms):
+        reset_gain = getattr(norm, "reset_gain", None)
+        if callable(reset_gain):
+            reset_gain(init.residual_std)
+        else:
+            scales[i] = init.residual_std
 
 
 @RESIDUALS.register("deepnorm")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
@@ -16,11 +17,12 @@ from llm_modules.nn.kv_cache import KVCache, LayerCache
 from llm_modules.nn.masks import AttentionMask
 from llm_modules.nn.positions import check_declarations
 from llm_modules.nn.tensor_parallel import TensorParallelPlan
-from llm_modules.registry import ACTIVATIONS, ATTENTIONS, NORMS, POSITIONS, RESIDUALS, split_spec
+from llm_modules.registry import ACTIVATIONS, ATTENTIONS, NORMS, POSITIONS, RESIDUALS, ConfigError, split_spec
 
 
-def build_norm(cfg: Any) -> nn.Module:
-    return NORMS.build(cfg.norm, dim=cfg.d_model, eps=cfg.norm_eps)
+def build_norm(cfg: Any, dim: int | None = None) -> nn.Module:
+    """A norm of the config's kind over ``dim`` features (default: the hidden size)."""
+    return NORMS.build(cfg.norm, dim=cfg.d_model if dim is None else dim, eps=cfg.norm_eps)
 
 
 class Block(nn.Module):
@@ -31,8 +33,10 @@ class Block(nn.Module):
 
         def attention() -> Attention:
             return Attention(
-                cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.dim_per_head, cfg.bias, backend,
-                cfg.attention_scale, cfg.attention_dropout,
+                cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.dim_per_head,
+                cfg.bias if cfg.qkv_bias is None else cfg.qkv_bias, backend, cfg.attention_scale,
+                cfg.attention_dropout, out_bias=cfg.bias if cfg.out_bias is None else cfg.out_bias,
+                qk_norm=cfg.qk_norm, make_norm=lambda dim: build_norm(cfg, dim), softcap=cfg.attention_softcap,
             )
 
         self.attn = attention()
@@ -104,6 +108,10 @@ class Stack(nn.Module):
     after), which some backends cannot compute.
     ``checkpointed`` holds the indices of the blocks whose activations are recomputed in the
     backward pass instead of kept (set with ``checkpoint_blocks``; empty by default).
+
+    Layers may differ in their attention span (``cfg.layer_types``: "sliding" layers see the last
+    ``sliding_window`` tokens, "full" ones everything); sliding layers rotate with the position
+    encoding's ``for_sliding_layers()`` (Gemma 3's local RoPE base), the others with ``position``.
     """
 
     def __init__(
@@ -118,6 +126,18 @@ class Stack(nn.Module):
         # One backend for the whole stack, checked before any layer is built: a combination it
         # cannot serve fails here, naming the combination.
         backend = ATTENTIONS.build(cfg.attention, head_dim=cfg.dim_per_head)
+        sliding = cfg.sliding_layers
+        if len(sliding) != n_layers and cfg.layer_types is not None:
+            raise ConfigError(
+                f"layer_types lists {len(sliding)} layers, but a stack of this model has {n_layers} (an "
+                "encoder-decoder's encoder); layer_types serves single-stack models: set it to null"
+            )
+        #: per block, whether it attends through the sliding window (all alike without layer_types)
+        self.sliding = tuple(sliding[:n_layers]) if cfg.layer_types is not None else None
+        local = self.position.for_sliding_layers() if self.sliding and any(self.sliding) else self.position
+        self.sliding_position = None if local is self.position else local
+        self.embedding_scale = float(cfg.embedding_scale)
+        self.window = cfg.sliding_window
         # What needs more than a plain causal mask (padding is only known at run time, where the
         # backend itself must refuse a mask it cannot serve).
         masks = [
@@ -135,6 +155,7 @@ class Stack(nn.Module):
             for key, needed in (
                 ("bidirectional", bidirectional and not prefix), ("prefix", prefix), ("cross", cross),
                 ("sliding_window", cfg.sliding_window), ("sparse_stride", cfg.sparse_stride),
+                ("softcap", cfg.attention_softcap),
             )
             if needed
         }
@@ -157,8 +178,11 @@ class Stack(nn.Module):
         self.checkpointed: frozenset[int] = frozenset()
 
     def tensor_parallel_plan(self) -> TensorParallelPlan:
-        """The position encoding must declare how its per-head state splits (blocks declare their own)."""
-        return TensorParallelPlan(parts={"position": "position"})
+        """The position encodings must declare how their per-head state splits (blocks declare their own)."""
+        parts = {"position": "position"}
+        if self.sliding_position is not None:
+            parts["sliding_position"] = "position"
+        return TensorParallelPlan(parts=parts)
 
     def fsdp_units(self) -> list[nn.Module]:
         """What FSDP wraps one by one: each entry of ``layers`` (a block, or the wrapper that
@@ -188,6 +212,8 @@ class Stack(nn.Module):
     ) -> torch.Tensor:
         """``positions`` (B, T) are the positions of the tokens in ``x``; with a ``cache`` these are
         the new tokens only, and ``mask`` spans the cached keys too (``q_offset`` = cached length)."""
+        if self.embedding_scale != 1.0:  # in the activations' dtype, as transformers' Gemma
+            x = x * torch.tensor(self.embedding_scale, dtype=x.dtype, device=x.device)
         x = self.position.embed(x, positions)
         if self.embedding_norm is not None:
             x = self.embedding_norm(x)
@@ -195,10 +221,21 @@ class Stack(nn.Module):
         self.position.check_length(mask.q_len + mask.q_offset)
         bias = self.backend.score_bias(self.position, mask.q_len, mask.k_len, mask.q_offset)
         recompute = self.checkpointed and torch.is_grad_enabled()
+        masks = self._layer_masks(mask)
         for i, layer in enumerate(self.layers):
+            layer_mask, position = masks[i]
             if recompute and cache is None and i in self.checkpointed:
-                x = checkpoint(layer, x, mask, self.position, positions, bias, memory, memory_mask, use_reentrant=False)
+                x = checkpoint(layer, x, layer_mask, position, positions, bias, memory, memory_mask, use_reentrant=False)
             else:
                 layer_cache = cache.layer(i) if cache is not None else None
-                x = layer(x, mask, self.position, positions, bias, memory, memory_mask, layer_cache)
+                x = layer(x, layer_mask, position, positions, bias, memory, memory_mask, layer_cache)
         return self.final_norm(x)
+
+    def _layer_masks(self, mask: AttentionMask) -> list[tuple[AttentionMask, nn.Module]]:
+        """Each block's (self-attention mask, position encoding). ``mask`` comes without a window
+        when layers differ (``nn.mask_inputs``); sliding layers get the window added here."""
+        if self.sliding is None:
+            return [(mask, self.position)] * len(self.layers)
+        windowed = dataclasses.replace(mask, window=self.window)
+        local = self.sliding_position or self.position
+        return [(windowed, local) if s else (mask, self.position) for s in self.sliding]
