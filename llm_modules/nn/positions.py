@@ -69,12 +69,6 @@ class PositionEncoding(nn.Module):
     def bias(self, q_len: int, k_len: int, q_offset: int = 0) -> torch.Tensor | None:
         return None
 
-    def for_sliding_layers(self) -> PositionEncoding:
-        """The encoding of the layers whose attention is a sliding window ("sliding" in
-        ``layer_types``): by default the same one. RoPE with ``local_theta`` gives another base there
-        (Gemma 3: local layers rotate with base 10k and no scaling, global ones with ``theta``)."""
-        return self
-
     def tensor_parallel_plan(self) -> TensorParallelPlan | TensorParallelRefusal:
         """Nothing per head: replicated. An encoding with a per-head score bias overrides this."""
         if self.adds_score_bias:
