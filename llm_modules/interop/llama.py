@@ -54,7 +54,8 @@ FIELDS = {
     "residual": Slot("pre"),
     "activation": Activation(_GATED, d_ff=ANY, bias=ANY, dropout=ANY),
     # interleaved rotary pairs export with q/k rows permuted into LLaMA's halves (weight_table)
-    "position": Slot("rope", theta=ANY, fraction=1.0, interleaved=ANY, scaling=ANY, local_theta=None),
+    "position": Slot("rope", theta=ANY, fraction=1.0, interleaved=ANY, scaling=ANY, local_theta=None,
+                     longrope_recompute=False),
     "bias": Mapped("attention_bias"),
     "dropout": Ignored("LLaMA has no hidden-state dropout, and dropout is off at inference"),
     "attention_dropout": Mapped("attention_dropout"),

@@ -54,6 +54,9 @@ class PositionEncoding(nn.Module):
     adds_score_bias: bool = False
     #: the bias is ``-slopes * |q - k|`` from a per-head buffer ``slopes`` (ALiBi's form)
     linear_bias_slopes: bool = False
+    #: keys cached while a sequence was at most this long are stale once it grows past it
+    #: (longrope switching to its long factors): generation recomputes its cache then, once
+    cache_stale_after: int | None = None
 
     def __init__(self):  # explicit, so the registry sees a signature without **kwargs
         super().__init__()
@@ -252,14 +255,17 @@ class RoPE(PositionEncoding):
     ``interleaved`` pairs adjacent features (GPT-J, original paper) instead of the two halves (LLaMA);
     ``scaling`` stretches the frequencies for longer contexts (linear, dynamic, yarn, llama3,
     longrope: see ``rope_scaling``), with transformers' parameter names;
-    ``local_theta`` is the base of the sliding-window layers (Gemma 3), which rotate unscaled.
+    ``local_theta`` is the base of the sliding-window layers (Gemma 3), which rotate unscaled;
+    ``longrope_recompute``: when a generated sequence first grows past the original length, the
+    keys cached so far (rotated with the short factors) are recomputed with the long ones, as
+    Phi-3's generate does (transformers' LLaMA with longrope keeps them: leave it false there).
     """
 
     rotates_qk = True
 
     def __init__(
         self, head_dim: int, theta: float = 10000.0, fraction: float = 1.0, interleaved: bool = False,
-        scaling: dict | None = None, local_theta: float | None = None,
+        scaling: dict | None = None, local_theta: float | None = None, longrope_recompute: bool = False,
     ):
         super().__init__()
         rot = int(head_dim * fraction)
@@ -284,6 +290,12 @@ class RoPE(PositionEncoding):
         # and the frequencies for it (transformers keeps the same state: see frequencies_for)
         self._dynamic_len = self.scaling["original_max_position_embeddings"] if kind == "dynamic" else None
         self._dynamic_freq: tuple[int, torch.Tensor] | None = None
+        if longrope_recompute and kind != "longrope":
+            raise ConfigError("position rope: longrope_recompute is for longrope scaling (scaling: {type: longrope, "
+                              "...}); set it false or use longrope")
+        self.longrope_recompute = bool(longrope_recompute)
+        if self.longrope_recompute:
+            self.cache_stale_after = self.scaling["original_max_position_embeddings"]
 
     def for_sliding_layers(self) -> PositionEncoding:
         """With ``local_theta``: an unscaled RoPE of that base, the same rotary dims and pairing."""
