@@ -190,3 +190,15 @@ def test_a_bad_scaling_in_a_config_file_is_one_line_and_exit_2(tmp_path, capsys)
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert "position rope: scaling type 'yarn' needs original_max_position_embeddings" in err
+
+
+def test_a_model_with_local_theta_rotates_its_sliding_layers_with_the_local_base_unscaled():
+    from llm_modules import CausalLM, ModelConfig
+
+    config = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=2, max_seq_len=32, sliding_window=4,
+                         layer_types=["sliding", "full"],
+                         position={"name": "rope", "theta": 1e6, "local_theta": 1e4,
+                                   "scaling": {"type": "linear", "factor": 8.0}})
+    stack = CausalLM(config).model.stack
+    assert (stack.sliding_position.theta, stack.sliding_position.scaling) == (1e4, None)
+    assert (stack.position.theta, stack.position.scaling["type"]) == (1e6, "linear")
