@@ -1,6 +1,7 @@
-"""Published Llama 3.x and SmolLM2 presets: the parameter count of our model equals transformers'
-own model built from the published config.json values (written out here by hand, an independent
-oracle), both on the meta device; and the preset exports to that same config."""
+"""Published Llama 3.x and SmolLM2 presets: the preset exports to the published config.json values
+(written out here by hand) and has the published parameter count, equal to transformers' own model
+for that config (both on the meta device; tests/parity/test_families.py checks the same counts from
+tests/family_models/llama3.py)."""
 
 from __future__ import annotations
 
