@@ -25,6 +25,7 @@ from llm_modules.interop.common import (
     sizes,
     untie_if_head_differs,
 )
+from llm_modules.interop.rope import rope_from_hf, rope_to_hf
 from llm_modules.interop.family import HF_FAMILIES, HFFamily
 from llm_modules.interop.moe_experts import (
     MoEActivation,
@@ -32,7 +33,6 @@ from llm_modules.interop.moe_experts import (
     moe_from_hf,
     moe_to_hf,
     n_experts,
-    rope_theta,
 )
 from llm_modules.interop.slots import component, ffn_hidden
 from llm_modules.interop.weights import Map, Repeat, WeightTable, rotary_halves
@@ -54,7 +54,8 @@ FIELDS = {
     "activation": MoEActivation(normalize_top_k=True, fp32_combine=True, shared_d_ff=None, shared_gate=ANY,
                                 jitter_noise=ANY),
     # interleaved rotary pairs export with q/k rows permuted into halves, as LLaMA's (weight_table)
-    "position": Slot("rope", theta=ANY, fraction=1.0, interleaved=ANY),
+    "position": Slot("rope", theta=ANY, fraction=1.0, interleaved=ANY, scaling=ANY, local_theta=None,
+                     longrope_recompute=False),
     "bias": Fixed(False),
     "dropout": Ignored("Mixtral has no hidden-state dropout, and dropout is off at inference"),
     "attention_dropout": Mapped("attention_dropout"),
@@ -86,7 +87,7 @@ class MixtralFamily(HFFamily):
             residual="pre",
             activation=moe_from_hf(hf, "mixtral", n_experts(hf) or 8,
                                    jitter_noise=float(hf.get("router_jitter_noise") or 0.0)),
-            position={"name": "rope", "theta": rope_theta(hf, 1e6)},
+            position=rope_from_hf(hf, "mixtral", 1e6),
             bias=False,
             sliding_window=hf.get("sliding_window") or None,
             max_seq_len=hf.get("max_position_embeddings", 4096 * 32),
@@ -101,7 +102,6 @@ class MixtralFamily(HFFamily):
         return untie_if_head_differs(config, weights, "embed_tokens.weight", ("model.", ""))
 
     def config_to_hf(self, config: ModelConfig) -> dict[str, Any]:
-        theta = float(component(config, "position")[1]["theta"])
         options = component(config, "activation")[1]
         return {
             "model_type": "mixtral",
@@ -115,9 +115,7 @@ class MixtralFamily(HFFamily):
             "head_dim": config.dim_per_head,
             "max_position_embeddings": config.max_seq_len,
             "rms_norm_eps": component(config, "norm")[1]["eps"],
-            # transformers 5 reads rope_parameters; older versions read rope_theta.
-            "rope_parameters": {"rope_type": "default", "rope_theta": theta},
-            "rope_theta": theta,
+            **rope_to_hf(config),
             "sliding_window": config.sliding_window,
             "attention_dropout": config.attention_dropout,
             "num_local_experts": options["n_experts"],

@@ -18,7 +18,6 @@ from llm_modules.config import ModelConfig
 from llm_modules.interop.allow import ANY, Slot
 from llm_modules.interop.common import hf_value
 from llm_modules.interop.llama import _GATED as GATED
-from llm_modules.interop.llama import rope_theta_from_hf
 from llm_modules.interop.slots import activation_from_hf, activation_to_hf, component
 from llm_modules.interop.weights import Layouts, Map, Repeat, stacked
 from llm_modules.registry import ConfigError, split_spec
@@ -86,15 +85,6 @@ class MoEActivation(Slot):
             f"take the moe's d_ff and bias; leave it out)"
             for key, value in own.items() if key not in fixed
         ]
-
-
-def rope_theta(hf: dict[str, Any], default: float) -> float:
-    """The RoPE base of config.json, or the family's ``default`` where it names none (transformers'
-    ``default_theta``: 1e6 for Mixtral, 1e4 for the others)."""
-    params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    if "rope_theta" not in params and hf.get("rope_theta") is None:
-        hf = {**hf, "rope_theta": default}
-    return rope_theta_from_hf(hf)
 
 
 def n_experts(hf: dict[str, Any]) -> int:

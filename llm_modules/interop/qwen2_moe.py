@@ -33,6 +33,7 @@ from llm_modules.interop.common import (
     sizes,
     untie_if_head_differs,
 )
+from llm_modules.interop.rope import rope_from_hf, rope_to_hf
 from llm_modules.interop.family import HF_FAMILIES, HFFamily
 from llm_modules.interop.moe_experts import (
     MoEActivation,
@@ -41,7 +42,6 @@ from llm_modules.interop.moe_experts import (
     moe_to_hf,
     n_experts,
     refuse_dense_layers,
-    rope_theta,
 )
 from llm_modules.interop.slots import component, ffn_hidden
 from llm_modules.interop.weights import Map, Repeat, WeightTable, rotary_halves
@@ -63,7 +63,8 @@ QWEN_MOE_FIELDS: dict[str, Rule] = {
     "norm_eps": Mapped("rms_norm_eps"),
     "residual": Slot("pre"),
     # interleaved rotary pairs export with q/k rows permuted into halves, as LLaMA's (weight_table)
-    "position": Slot("rope", theta=ANY, fraction=1.0, interleaved=ANY),
+    "position": Slot("rope", theta=ANY, fraction=1.0, interleaved=ANY, scaling=ANY, local_theta=None,
+                     longrope_recompute=False),
     "dropout": Ignored("Qwen-MoE has no hidden-state dropout, and dropout is off at inference"),
     "attention_dropout": Mapped("attention_dropout"),
     "attention_scale": SCALED_ATTENTION,
@@ -139,7 +140,7 @@ class QwenMoeFamily(HFFamily):
             residual="pre",
             activation=moe_from_hf(hf, self.name, n_experts(hf), normalize_top_k=bool(hf.get("norm_topk_prob")),
                                    fp32_combine=False, **self.shared_from_hf(hf)),
-            position={"name": "rope", "theta": rope_theta(hf, 10000.0)},
+            position=rope_from_hf(hf, "qwen2_moe", 10000.0),
             max_seq_len=hf.get("max_position_embeddings", 32768),
             norm_eps=hf.get("rms_norm_eps", 1e-6),
             attention_dropout=float(hf.get("attention_dropout") or 0.0),
@@ -154,7 +155,6 @@ class QwenMoeFamily(HFFamily):
         return untie_if_head_differs(config, weights, "embed_tokens.weight", ("model.", ""))
 
     def config_to_hf(self, config: ModelConfig) -> dict[str, Any]:
-        theta = float(component(config, "position")[1]["theta"])
         options = component(config, "activation")[1]
         return {
             "model_type": self.model_type,
@@ -167,9 +167,7 @@ class QwenMoeFamily(HFFamily):
             "head_dim": config.dim_per_head,
             "max_position_embeddings": config.max_seq_len,
             "rms_norm_eps": component(config, "norm")[1]["eps"],
-            # transformers 5 reads rope_parameters; older versions read rope_theta.
-            "rope_parameters": {"rope_type": "default", "rope_theta": theta},
-            "rope_theta": theta,
+            **rope_to_hf(config),
             "attention_dropout": config.attention_dropout,
             "num_experts": options["n_experts"],
             "moe_intermediate_size": ffn_hidden(config, gated=True),

@@ -43,13 +43,17 @@ AS_IS = Transform("as is", lambda t: (t,), lambda ts: ts[0])
 TRANSPOSE = Transform("transposed", lambda t: (t.t(),), lambda ts: ts[0].t())
 
 
-def side_by_side(parts: int, dim: int, transpose: bool = False) -> Transform:
-    """``parts`` tensors concatenated along ``dim`` (GPT-2's ``c_attn``: [q | k | v]), each
-    transposed too when ``transpose`` (Conv1D)."""
+def side_by_side(parts: int | tuple[int, ...], dim: int, transpose: bool = False) -> Transform:
+    """Tensors concatenated along ``dim`` (GPT-2's ``c_attn``: [q | k | v]): ``parts`` equal
+    ones, or ones of the given sizes along ``dim`` (Phi-3's ``qkv_proj`` with fewer key/value
+    heads), each transposed too when ``transpose`` (Conv1D)."""
     flip = (lambda t: t.t()) if transpose else (lambda t: t)
+    count = parts if isinstance(parts, int) else len(parts)
+    cut = (lambda t: t.chunk(parts, dim=dim)) if isinstance(parts, int) else (lambda t: t.split(list(parts), dim=dim))
     return Transform(
-        f"{parts} side by side on dim {dim}" + (", transposed" if transpose else ""),
-        lambda t: tuple(flip(p) for p in t.chunk(parts, dim=dim)),
+        f"{count} side by side on dim {dim}" + ("" if isinstance(parts, int) else f" (sizes {list(parts)})")
+        + (", transposed" if transpose else ""),
+        lambda t: tuple(flip(p) for p in cut(t)),
         lambda ts: torch.cat([flip(t) for t in ts], dim=dim),
     )
 
