@@ -349,7 +349,9 @@ class LanguageModel(L.LightningModule, abc.ABC):
         than the position encoding allows. (The data module is set up before the model.)"""
         datamodule = self._datamodule()
         tokenizer = getattr(datamodule, "tokenizer", None)
-        if tokenizer is not None and tokenizer.vocab_size != self.config.vocab_size:
+        own = tokenizer is not None and self.tokenizer_bytes is not None and tokenizer.to_bytes() == self.tokenizer_bytes
+        if tokenizer is not None and tokenizer.vocab_size != self.config.vocab_size and not (
+                own and tokenizer.vocab_size < self.config.vocab_size):  # an imported model's padded table (Qwen)
             # Larger than the tokenizer would only waste rows that no id reaches; smaller would
             # index past the table. Either way the two configs disagree, so say which to change.
             raise ConfigError(
@@ -403,9 +405,9 @@ class LanguageModel(L.LightningModule, abc.ABC):
             return None
         cached = getattr(self, "_tokenizer", None)
         if cached is None or cached[0] is not self.tokenizer_bytes:
-            from llm_modules.data.tokenizer import Tokenizer
+            from llm_modules.data.hf_tokenizer import tokenizer_from_bytes
 
-            cached = (self.tokenizer_bytes, Tokenizer.from_bytes(self.tokenizer_bytes))
+            cached = (self.tokenizer_bytes, tokenizer_from_bytes(self.tokenizer_bytes))
             self._tokenizer = cached
         return cached[1]
 

@@ -64,7 +64,7 @@ PREFIX = "model."  # the torch model's keys inside the LightningModule's state d
 @dataclasses.dataclass
 class Base:
     """What ``init_from`` names, read once: the LM kind, its config, the torch model's weights and
-    (for our checkpoints) the tokenizer it was trained with."""
+    the tokenizer it was trained with (our checkpoints) or that its folder holds (``folder_tokenizer_bytes``)."""
 
     source: str
     kind: str
@@ -130,7 +130,17 @@ def _read_hf_folder(path: Path) -> Base:
         read = read_hf_model(path)
     except ConfigError as err:
         raise ConfigError(f"model.init_from: {err}") from None
-    return Base(str(path), read.kind, read.config, read.state)
+    return Base(str(path), read.kind, read.config, read.state, folder_tokenizer_bytes(path))
+
+
+def folder_tokenizer_bytes(path: Path) -> bytes | None:
+    """The tokenizer of a Hugging Face folder as a checkpoint keeps it: ``tokenizer.json`` (with its
+    ``tokenizer_config.json``, chat template and ``generation_config.json``: ``HFTokenizer.to_bytes``)
+    when the folder has one, as transformers' AutoTokenizer prefers it too; else ``tokenizer.model``."""
+    from llm_modules.data.hf_tokenizer import folder_tokenizer
+
+    found = folder_tokenizer(path, field=f"model.init_from {str(path)!r}", prefer="tokenizer.json")
+    return None if found is None else found.to_bytes()
 
 
 def resolve_config(given: ModelConfig | None, base: Base | None) -> ModelConfig:
