@@ -37,7 +37,8 @@ class HFTokenizer:
 
     Special tokens come from ``tokenizer_config.json`` / ``special_tokens_map.json`` beside the file
     (``tokenizer.json`` itself does not say which added token is BOS or EOS); a missing one is -1
-    (``mask_id``: None), as in ``Tokenizer``. ``config``: the folder's ``tokenizer_config.json``
+    (``mask_id``: None), as in ``Tokenizer``, except ``pad_id``: batches need one, and without a pad
+    token (Llama 3) it is the EOS id (padded positions are masked out of attention and loss). ``config``: the folder's ``tokenizer_config.json``
     (with ``chat_template``); ``generation``: its ``generation_config.json`` (or None).
     """
 
@@ -62,6 +63,8 @@ class HFTokenizer:
         mask = self._id(self.mask_token)
         self.mask_id = mask if mask >= 0 else None
         self.special_tokens = specials
+        if self.pad_id < 0:  # Llama 3 has none; padding is masked out, so EOS serves (as transformers users set it)
+            self.pad_id = max(self.eos_id, 0)
 
     # ---- construction -----------------------------------------------------------------------------------
 
