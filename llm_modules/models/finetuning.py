@@ -284,9 +284,9 @@ class FineTuning:
         if to_bytes is not None and to_bytes() != lm.tokenizer_bytes:
             raise ConfigError(
                 f"data.tokenizer: the data module's tokenizer is not the one model.init_from={self.init_from!r} was "
-                "trained with, so its ids would mean other pieces; leave data.tokenizer out for instruction or pair "
-                "data (they read with the model's), or give the checkpoint's own tokenizer file "
-                "(llm-modules export writes it as tokenizer.model) with data.train_tokenizer: false"
+                "trained with, so its ids would mean other pieces; leave data.tokenizer out (the data is then read "
+                "with the base's own), or give the base's own tokenizer file (a Hugging Face folder's "
+                "tokenizer.json or tokenizer.model; llm-modules export writes it) with data.train_tokenizer: false"
             )
 
     def check_strategy(self, lm: LanguageModel) -> None:
