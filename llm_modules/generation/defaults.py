@@ -47,3 +47,40 @@ def pad_id(module: Any, tokenizer: Any = None) -> int | None:
         pad = generation_settings(module, tokenizer).get("pad_token_id")
         pad = pad if isinstance(pad, int) and not isinstance(pad, bool) else None
     return pad
+
+
+#: transformers' own value for a sampling generation config that names no top_k
+HF_TOP_K = 50
+
+
+def decoding(module: Any, tokenizer: Any = None) -> dict[str, Any]:
+    """The decoding options the model's generation config sets, as ``generate`` keyword arguments:
+    ``max_new_tokens`` and ``repetition_penalty`` when given, and with ``do_sample: true`` sampling
+    with its ``temperature`` / ``top_k`` / ``top_p`` (``top_k`` 50 when unnamed, as transformers'
+    ``generate`` samples). What ``llm-modules generate`` starts from, under the flags given; {} for a
+    model without one. Values that are not numbers of the right kind are left out (the option's own
+    default applies)."""
+    settings = generation_settings(module, tokenizer)
+    found: dict[str, Any] = {}
+    if _is_int(settings.get("max_new_tokens")):
+        found["max_new_tokens"] = settings["max_new_tokens"]
+    if _is_number(settings.get("repetition_penalty")):
+        found["repetition_penalty"] = float(settings["repetition_penalty"])
+    if settings.get("do_sample") is True and settings.get("num_beams") in (None, 1):
+        found["do_sample"] = True
+        if _is_number(settings.get("temperature")):
+            found["temperature"] = float(settings["temperature"])
+        found["top_k"] = settings["top_k"] if _is_int(settings.get("top_k")) else HF_TOP_K
+        if found["top_k"] == 0:  # transformers: 0 turns top-k filtering off
+            found["top_k"] = None
+        if _is_number(settings.get("top_p")) and settings["top_p"] < 1.0:
+            found["top_p"] = float(settings["top_p"])
+    return found
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

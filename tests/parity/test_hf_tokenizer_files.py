@@ -109,3 +109,33 @@ def test_export_writes_tokenizer_chat_template_and_eos_list_back(folder, tmp_pat
     original, written = GenerationConfig.from_pretrained(folder), GenerationConfig.from_pretrained(out)
     assert written.eos_token_id == original.eos_token_id == eos_list(folder)
     assert written.bos_token_id == original.bos_token_id
+
+
+def test_generate_cli_decodes_as_the_generation_config_says_under_the_flags(tmp_path):
+    from llm_modules.generation.defaults import decoding
+
+    folder = write_llama_folder(tmp_path / "sampling", seed=1)
+    settings = json.loads((folder / "generation_config.json").read_text())
+    settings.update(do_sample=True, temperature=0.7, top_p=0.9, max_new_tokens=5)
+    (folder / "generation_config.json").write_text(json.dumps(settings))
+    module = carrying(folder)
+    assert decoding(module) == {"max_new_tokens": 5, "do_sample": True, "temperature": 0.7, "top_k": 50, "top_p": 0.9}
+    prompt = torch.tensor([module.tokenizer.encode_prompt("Hello world!")])
+
+    def cli(*flags):
+        out = tmp_path / "out.jsonl"
+        assert main(["generate", str(folder), "--prompt", "Hello world!", "--output", str(out), "--overwrite",
+                     *flags]) == 0
+        return json.loads(out.read_text())["tokens"]
+
+    def ours(**options):
+        row = module.generate(prompt, **options)[0, prompt.shape[1]:].tolist()
+        return [t for t in row if t != module.config.pad_token_id][:next(
+            (i + 1 for i, t in enumerate(row) if t in eos_list(folder)), len(row))]
+
+    sampled = cli("--seed", "3")
+    assert sampled == ours(max_new_tokens=5, do_sample=True, temperature=0.7, top_k=50, top_p=0.9, seed=3)
+    assert cli("--greedy") == ours(max_new_tokens=5) != sampled  # the model samples; --greedy does not
+    assert len(cli("--greedy", "--max-new-tokens", "2")) <= 2
+    assert cli("--seed", "3", "--temperature", "0.1") == ours(max_new_tokens=5, do_sample=True, temperature=0.1,
+                                                               top_k=50, top_p=0.9, seed=3)
