@@ -85,12 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_model(path: str):
-    """A LanguageModel from a checkpoint file or a Hugging Face folder, in eval mode."""
+    """A LanguageModel from a checkpoint file or a Hugging Face folder, in eval mode; a folder's
+    generation_config.json goes with it (``generation.defaults``: where generation stops, how it samples)."""
     p = Path(path)
     if p.is_dir():
+        from llm_modules.generation.defaults import FOLDER_SETTINGS, read_folder_settings
         from llm_modules.hf import from_hf
 
-        return from_hf(p)
+        module = from_hf(p)
+        setattr(module, FOLDER_SETTINGS, read_folder_settings(p))
+        return module
     if not p.is_file():
         raise ConfigError(f"MODEL {path!r} does not exist; give a .ckpt file or a Hugging Face model folder")
     from llm_modules.checkpoint import load_checkpoint

@@ -38,7 +38,8 @@ class HFTokenizer:
     Special tokens come from ``tokenizer_config.json`` / ``special_tokens_map.json`` beside the file
     (``tokenizer.json`` itself does not say which added token is BOS or EOS); a missing one is -1
     (``mask_id``: None), as in ``Tokenizer``, except ``pad_id``: batches need one, and without a pad
-    token (Llama 3) it is the EOS id (padded positions are masked out of attention and loss). ``config``: the folder's ``tokenizer_config.json``
+    token (Llama 3) it is the EOS id (padded positions are masked out of attention and loss).
+    ``config``: the folder's ``tokenizer_config.json``
     (with ``chat_template``); ``generation``: its ``generation_config.json`` (or None).
     """
 
@@ -159,8 +160,9 @@ class HFTokenizer:
 
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
         """The text's ids alone; ``bos`` / ``eos`` add those tokens where the tokenizer has them."""
-        ids = self.tk.encode(text, add_special_tokens=False).ids
-        return ([self.bos_id] if bos and self.bos_id >= 0 else []) + ids + ([self.eos_id] if eos and self.eos_id >= 0 else [])
+        if bos or eos:
+            return self.encode_batch([text], bos, eos)[0]
+        return self.tk.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: Sequence[str], bos: bool = False, eos: bool = False) -> list[list[int]]:
         rows = [e.ids for e in self.tk.encode_batch(list(texts), add_special_tokens=False)]

@@ -1,11 +1,14 @@
-"""Where a model's own generation defaults come from: the ids a row stops at, and its pad id.
+"""Where a model's own generation defaults come from: the ids a row stops at, its pad id, and how
+``llm-modules generate`` decodes when no flag says otherwise.
 
 A Hugging Face model keeps them in ``generation_config.json``, which may list several EOS ids
-(Llama 3 instruct ends a turn with ``<|eot_id|>`` and a text with ``<|end_of_text|>``). That file
-travels with the model's tokenizer (``HFTokenizer.generation``: imported with the folder, kept in
-checkpoints, written back on export), so the defaults are, in order: the generation config's EOS
-list, else the model config's ``eos_token_id``, else the tokenizer's EOS. Ids outside the model's
-vocabulary are left out (a tokenizer from elsewhere may have more tokens than the model).
+(Llama 3 instruct ends a turn with ``<|eot_id|>`` and a text with ``<|end_of_text|>``) and may ask
+for sampling. That file travels with the model's tokenizer (``HFTokenizer.generation``: imported
+with the folder, kept in checkpoints, written back on export), and a model loaded from a folder for
+generation keeps the folder's own (``FOLDER_SETTINGS``, whatever its tokenizer file). Stop ids are,
+in order: the generation config's EOS list, else the model config's ``eos_token_id``, else the
+tokenizer's EOS; ids outside the model's vocabulary are left out (a tokenizer from elsewhere may
+have more tokens than the model).
 """
 
 from __future__ import annotations
@@ -13,13 +16,33 @@ from __future__ import annotations
 from typing import Any
 
 
+#: the attribute of a module loaded from a Hugging Face folder that holds the folder's generation_config.json
+FOLDER_SETTINGS = "hf_generation_config"
+
+
 def generation_settings(module: Any, tokenizer: Any = None) -> dict[str, Any]:
-    """The generation config (``generation_config.json``) that comes with ``tokenizer`` or the module's own, or {}."""
-    for source in (tokenizer, getattr(module, "tokenizer", None)):
-        settings = getattr(source, "generation", None)
+    """The model's generation config (``generation_config.json``), or {}: the one read from the folder
+    the module was loaded from (``FOLDER_SETTINGS``), else the one its own tokenizer carries, else the
+    one of ``tokenizer`` (given from elsewhere)."""
+    own = getattr(module, "tokenizer", None)
+    for settings in (getattr(module, FOLDER_SETTINGS, None), getattr(own, "generation", None),
+                     getattr(tokenizer, "generation", None)):
         if isinstance(settings, dict):
             return settings
     return {}
+
+
+def read_folder_settings(folder) -> dict[str, Any] | None:
+    """A Hugging Face folder's ``generation_config.json`` (None when it has none or it is not a JSON object)."""
+    import json
+    from pathlib import Path
+
+    path = Path(folder) / "generation_config.json"
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return settings if isinstance(settings, dict) else None
 
 
 def stop_ids(module: Any, tokenizer: Any = None) -> list[int]:

@@ -349,7 +349,7 @@ class LanguageModel(L.LightningModule, abc.ABC):
         than the position encoding allows. (The data module is set up before the model.)"""
         datamodule = self._datamodule()
         tokenizer = getattr(datamodule, "tokenizer", None)
-        own = tokenizer is not None and self.tokenizer_bytes is not None and tokenizer.to_bytes() == self.tokenizer_bytes
+        own = tokenizer is not None and tokenizer.to_bytes() == self.tokenizer_bytes
         if tokenizer is not None and tokenizer.vocab_size != self.config.vocab_size and not (
                 own and tokenizer.vocab_size < self.config.vocab_size):  # an imported model's padded table (Qwen)
             # Larger than the tokenizer would only waste rows that no id reaches; smaller would

@@ -75,7 +75,8 @@ def test_text_data_reads_with_the_folder_tokenizer_and_a_conflicting_one_is_refu
     for i, w in enumerate(WORDS * 3):  # one document per file
         (text / f"{i}.txt").write_text(f"The quick {w} jumps over the lazy {w}. " * 4)
     common = ["fit", "--model", "llm_modules.CausalLM", "--model.init_from", str(folder),
-              "--data", "llm_modules.data.TextDataModule", "--data.paths", f"[{text}]", "--data.seq_len", "16", "--data.val_fraction", "0.2",
+              "--data", "llm_modules.data.TextDataModule", "--data.paths", f"[{text}]", "--data.seq_len", "16",
+              "--data.val_fraction", "0.2",
               "--data.batch_size", "4", "--data.cache_dir", str(tmp_path / "cache"), "--trainer.max_steps", "2",
               "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false",
               "--trainer.enable_model_summary", "false"]

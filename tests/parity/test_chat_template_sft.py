@@ -62,7 +62,8 @@ def test_a_conversation_is_transformers_chat_tokens_with_assistant_labels(folder
 
 def test_an_instruction_record_is_one_user_turn_and_its_reply(folder, tmp_path):
     got = batch(folder, [INSTRUCTION], tmp_path)
-    messages = [{"role": "user", "content": "Say hello.\n\nTo the world"}, {"role": "assistant", "content": "Hello world!"}]
+    messages = [{"role": "user", "content": "Say hello.\n\nTo the world"},
+                {"role": "assistant", "content": "Hello world!"}]
     ids, labels = expected(folder, messages, "last")
     assert got["input_ids"][0].tolist() == ids and got["labels"][0].tolist() == labels
 

@@ -139,3 +139,15 @@ def test_generate_cli_decodes_as_the_generation_config_says_under_the_flags(tmp_
     assert len(cli("--greedy", "--max-new-tokens", "2")) <= 2
     assert cli("--seed", "3", "--temperature", "0.1") == ours(max_new_tokens=5, do_sample=True, temperature=0.1,
                                                                top_k=50, top_p=0.9, seed=3)
+
+
+def test_a_folder_generation_config_counts_whatever_tokenizer_reads_the_prompt(folder, tmp_path):
+    """--tokenizer from elsewhere (here: the same tokenizer.json without the files beside it): the
+    folder's own generation_config.json still says where generation stops."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "tokenizer.json").write_bytes((folder / "tokenizer.json").read_bytes())
+    out = tmp_path / "out.jsonl"
+    assert main(["generate", str(folder), "--prompt", "Hello world!", "--max-new-tokens", "6",
+                 "--tokenizer", str(elsewhere / "tokenizer.json"), "--output", str(out)]) == 0
+    assert json.loads(out.read_text())["tokens"] == [eos_list(folder)[1]]
