@@ -60,8 +60,9 @@ def eos_list(folder: Path) -> list[int]:
     return [tk.token_to_id(EOS), tk.token_to_id(EOT)]
 
 
-def write_llama_folder(folder: Path, seed: int = 0) -> Path:
-    """A tiny random LLaMA with the tokenizer above and generation_config.json's EOS list."""
+def write_llama_folder(folder: Path, seed: int = 0, padded_vocab: int | None = None) -> Path:
+    """A tiny random LLaMA with the tokenizer above and generation_config.json's EOS list;
+    ``padded_vocab``: an embedding table larger than the tokenizer (as Qwen's)."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
@@ -70,7 +71,7 @@ def write_llama_folder(folder: Path, seed: int = 0) -> Path:
 
     tk = Tokenizer.from_file(str(folder / "tokenizer.json"))
     eos = eos_list(folder)
-    config = LlamaConfig(vocab_size=tk.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    config = LlamaConfig(vocab_size=padded_vocab or tk.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                          bos_token_id=tk.token_to_id(BOS), eos_token_id=eos[0], tie_word_embeddings=False)
     torch.manual_seed(seed)

@@ -349,6 +349,7 @@ class LanguageModel(L.LightningModule, abc.ABC):
         than the position encoding allows. (The data module is set up before the model.)"""
         datamodule = self._datamodule()
         tokenizer = getattr(datamodule, "tokenizer", None)
+        self.finetuning.check_tokenizer(self, tokenizer)  # another tokenizer than the base's: say that first
         own = tokenizer is not None and tokenizer.to_bytes() == self.tokenizer_bytes
         if tokenizer is not None and tokenizer.vocab_size != self.config.vocab_size and not (
                 own and tokenizer.vocab_size < self.config.vocab_size):  # an imported model's padded table (Qwen)
@@ -369,7 +370,6 @@ class LanguageModel(L.LightningModule, abc.ABC):
                         f"data.seq_len={seq_len} is beyond what position {type(position).__name__} allows "
                         f"(model.config.max_seq_len={position.max_len}); raise max_seq_len or lower seq_len"
                     )
-        self.finetuning.check_tokenizer(self, tokenizer)
         if tokenizer is not None and self.tokenizer_bytes is None:
             self.tokenizer_bytes = tokenizer.to_bytes()
 
