@@ -1,5 +1,11 @@
 """The tokenizer a model carries, and its special token ids, as the files of a Hugging Face folder.
 
+A model fine-tuned from a Hugging Face folder carries that folder's tokenizer (``HFTokenizer``:
+``tokenizer.json``, ``tokenizer_config.json`` with its ``chat_template``, ``generation_config.json``);
+export writes the first two back as they were read, and generation_config.json with the imported
+settings (its EOS list) over the ids config.json names, so transformers' AutoTokenizer and
+GenerationConfig load what the original folder held.
+
 A model trained here keeps its SentencePiece tokenizer in its checkpoints (``tokenizer_bytes``). An
 exported folder holds it as ``tokenizer.model`` (what ``llm-modules generate`` reads) with a
 ``tokenizer_config.json`` that makes ``transformers.AutoTokenizer.from_pretrained(folder)`` build
