@@ -47,6 +47,9 @@ class HFTokenizer:
     lines_encode_independently = False
     spaces_encode_independently = False
     sentinel_ids: list[int] = []
+    #: Hugging Face models often pad the embedding table past the tokenizer (Qwen: 151,936 rows for
+    #: 151,665 tokens), so a model may have more rows than this tokenizer has ids (never fewer)
+    fits_padded_table = True
 
     def __init__(self, tokenizer, specials: dict[str, str] | None = None, source: str | None = None,
                  config: dict[str, Any] | None = None, generation: dict[str, Any] | None = None,

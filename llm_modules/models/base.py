@@ -350,9 +350,9 @@ class LanguageModel(L.LightningModule, abc.ABC):
         datamodule = self._datamodule()
         tokenizer = getattr(datamodule, "tokenizer", None)
         self.finetuning.check_tokenizer(self, tokenizer)  # another tokenizer than the base's: say that first
-        own = tokenizer is not None and tokenizer.to_bytes() == self.tokenizer_bytes
+        padded = getattr(tokenizer, "fits_padded_table", False)  # an imported model's table may be larger (Qwen)
         if tokenizer is not None and tokenizer.vocab_size != self.config.vocab_size and not (
-                own and tokenizer.vocab_size < self.config.vocab_size):  # an imported model's padded table (Qwen)
+                padded and tokenizer.vocab_size < self.config.vocab_size):
             # Larger than the tokenizer would only waste rows that no id reaches; smaller would
             # index past the table. Either way the two configs disagree, so say which to change.
             raise ConfigError(

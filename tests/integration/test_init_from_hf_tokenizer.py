@@ -84,8 +84,13 @@ def test_text_data_reads_with_the_folder_tokenizer_and_a_conflicting_one_is_refu
               "--trainer.enable_model_summary", "false"]
     assert main(common) == 0
     assert not (tmp_path / "cache" / "tokenizers").exists()  # none trained: the folder's was used
-    saved = torch.load(next((tmp_path / "runs").rglob("last.ckpt")), map_location="cpu", weights_only=True)
+    ckpt = next((tmp_path / "runs").rglob("last.ckpt"))
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert saved["tokenizer"] == load_tokenizer(folder / "tokenizer.json").to_bytes()
+    # evaluating the checkpoint on text reads it with the checkpoint's tokenizer (written out as a file)
+    assert main(["validate", "--ckpt_path", str(ckpt), "--data.paths", f"[{text}]", "--data.seq_len", "16",
+                 "--data.cache_dir", str(tmp_path / "cache"), "--trainer.enable_progress_bar", "false"]) == 0
+    assert not (tmp_path / "cache" / "tokenizers").exists()
 
     other = tmp_path / "other"
     other.mkdir()
