@@ -92,3 +92,16 @@ def test_the_sandbox_keeps_a_template_out_of_python(folder):
     mutate = ChatTemplate("{% set _ = messages.append(1) %}x", {})
     with pytest.raises(Exception, match="chat template failed"):
         mutate.render(list(CHAT))
+
+
+def test_a_template_that_rewrites_earlier_turns_is_refused_for_them():
+    """Qwen3-style: a template that renders a turn differently once the conversation goes on; the
+    earlier replies' tokens cannot be found in the whole, so all_assistant is refused, last works."""
+    from llm_modules.data.chat_template import TemplateRecordError
+
+    rewriting = ChatTemplate("{% for m in messages %}{{ m.role }}: "
+                             "{% if m.role == 'assistant' and not loop.last %}(earlier) {% endif %}{{ m.content }}\n"
+                             "{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}", {})
+    with pytest.raises(TemplateRecordError, match=r"up to messages\[2\] differently.*data.train_on: last"):
+        rewriting.segments(CHAT, "all_assistant")
+    assert rewriting.segments(CHAT, "last")[-1] == ("12345 and symbols like {}.\n", True)
