@@ -85,12 +85,12 @@ def test_generate_stops_at_any_eos_of_the_generation_config(folder):
     assert longer.shape[1] == prompt.shape[1] + 6  # only the config's EOS: it goes on
 
 
-def test_generate_cli_stops_at_the_list_on_a_folder(folder, capsys):
+def test_generate_cli_stops_at_the_list_on_a_folder(folder, tmp_path, capsys):
     assert main(["generate", str(folder), "--prompt", "Hello world!", "--max-new-tokens", "6"]) == 0
     record = capsys.readouterr().out
     assert main(["generate", str(folder), "--prompt", "Hello world!", "--max-new-tokens", "6", "--output",
-                 str(folder.parent / "out.jsonl")]) == 0
-    tokens = json.loads((folder.parent / "out.jsonl").read_text())["tokens"]
+                 str(tmp_path / "out.jsonl")]) == 0
+    tokens = json.loads((tmp_path / "out.jsonl").read_text())["tokens"]
     assert tokens == [eos_list(folder)[1]], record
 
 
