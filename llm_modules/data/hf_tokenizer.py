@@ -275,6 +275,15 @@ def load_tokenizer(path: str | os.PathLike, field: str = "tokenizer"):
     return Tokenizer.load(p, field)
 
 
+def folder_tokenizer_bytes(folder: str | os.PathLike, field: str = "tokenizer") -> bytes | None:
+    """The tokenizer of a Hugging Face model folder as a checkpoint keeps it (None without one):
+    ``tokenizer.json`` with its ``tokenizer_config.json``, chat template and ``generation_config.json``
+    (``HFTokenizer.to_bytes``) when the folder has one, as transformers' AutoTokenizer prefers it too;
+    else the SentencePiece ``tokenizer.model``."""
+    found = folder_tokenizer(folder, field, prefer="tokenizer.json")
+    return None if found is None else found.to_bytes()
+
+
 def folder_tokenizer(folder: str | os.PathLike, field: str = "tokenizer", prefer: str = "tokenizer.model"):
     """The tokenizer of a model folder, or None: ``prefer`` (``tokenizer.model`` or ``tokenizer.json``)
     when the folder has both, else whichever it has."""

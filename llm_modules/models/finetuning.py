@@ -130,17 +130,10 @@ def _read_hf_folder(path: Path) -> Base:
         read = read_hf_model(path)
     except ConfigError as err:
         raise ConfigError(f"model.init_from: {err}") from None
-    return Base(str(path), read.kind, read.config, read.state, folder_tokenizer_bytes(path))
+    from llm_modules.data.hf_tokenizer import folder_tokenizer_bytes
 
-
-def folder_tokenizer_bytes(path: Path) -> bytes | None:
-    """The tokenizer of a Hugging Face folder as a checkpoint keeps it: ``tokenizer.json`` (with its
-    ``tokenizer_config.json``, chat template and ``generation_config.json``: ``HFTokenizer.to_bytes``)
-    when the folder has one, as transformers' AutoTokenizer prefers it too; else ``tokenizer.model``."""
-    from llm_modules.data.hf_tokenizer import folder_tokenizer
-
-    found = folder_tokenizer(path, field=f"model.init_from {str(path)!r}", prefer="tokenizer.json")
-    return None if found is None else found.to_bytes()
+    tokenizer = folder_tokenizer_bytes(path, field=f"model.init_from {str(path)!r}")
+    return Base(str(path), read.kind, read.config, read.state, tokenizer)
 
 
 def resolve_config(given: ModelConfig | None, base: Base | None) -> ModelConfig:

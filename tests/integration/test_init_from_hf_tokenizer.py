@@ -13,6 +13,7 @@ import torch
 from llm_modules.cli import main
 from llm_modules.data.hf_tokenizer import load_tokenizer
 
+from _finetune_helpers import INSTRUCTIONS, base  # noqa: F401  (base: the fixture)
 from _fit_helpers import CONFIGS
 from _hf_tokenizer_helpers import EOT, eos_list, write_llama_folder
 
@@ -114,3 +115,23 @@ def test_from_checkpoint_without_a_template_is_one_line(folder, tmp_path, monkey
     assert main(fit_args(bare, chats(tmp_path / "chat.jsonl"))) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("llm-modules fit: error: data.template: from_checkpoint needs the model's chat template")
+
+
+def test_a_folder_with_a_sentencepiece_tokenizer_model_carries_it(base, tmp_path, monkeypatch):
+    """LLaMA-2-style folders hold tokenizer.model only: that is the run's tokenizer then."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    hf_config = LlamaConfig(vocab_size=base.config.vocab_size, hidden_size=32, intermediate_size=64,
+                            num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=4,
+                            max_position_embeddings=128, tie_word_embeddings=False)
+    llama2 = tmp_path / "llama2"
+    LlamaForCausalLM(hf_config).save_pretrained(llama2)
+    (llama2 / "tokenizer.model").write_bytes(base.tokenizer.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", "--config", str(LORA), "--model.init_args.init_from", str(llama2),
+                 "--data.init_args.paths", f"[{INSTRUCTIONS}]", "--trainer.max_steps", "1",
+                 "--trainer.num_sanity_val_steps", "0", "--trainer.limit_val_batches", "1",
+                 "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]) == 0
+    saved = torch.load(next((tmp_path / "runs").rglob("last.ckpt")), map_location="cpu", weights_only=True)
+    assert saved["tokenizer"] == base.tokenizer.read_bytes()
