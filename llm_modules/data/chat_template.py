@@ -86,6 +86,7 @@ class ChatTemplate:
 def _compile(source: str, field: str):
     try:
         import jinja2
+        from jinja2 import nodes
         from jinja2.ext import Extension, loopcontrols
         from jinja2.sandbox import ImmutableSandboxedEnvironment
     except ImportError:
@@ -100,7 +101,7 @@ def _compile(source: str, field: str):
         def parse(self, parser):
             lineno = next(parser.stream).lineno
             body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
-            return jinja2.nodes.Scope(body, lineno=lineno)
+            return nodes.Scope(body, lineno=lineno)
 
     def raise_exception(message):
         raise TemplateRecordError(f"the chat template refuses it: {message}")

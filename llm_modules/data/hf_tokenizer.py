@@ -39,8 +39,8 @@ class HFTokenizer:
     (``tokenizer.json`` itself does not say which added token is BOS or EOS); a missing one is -1
     (``mask_id``: None), as in ``Tokenizer``, except ``pad_id``: batches need one, and without a pad
     token (Llama 3) it is the EOS id (padded positions are masked out of attention and loss).
-    ``config``: the folder's ``tokenizer_config.json``
-    (with ``chat_template``); ``generation``: its ``generation_config.json`` (or None).
+    ``config``: the folder's ``tokenizer_config.json`` (with ``chat_template``); ``generation``: its
+    ``generation_config.json`` (or None). Both are read-only: ``to_bytes`` and ``files`` write them out.
     """
 
     #: a tokenizer from elsewhere may merge across a newline or a space: the token cache encodes whole documents
@@ -97,8 +97,10 @@ class HFTokenizer:
             bundle = json.loads(bytes(data).decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as err:
             raise ConfigError(f"{field}: not a tokenizer bundle ({err})") from None
-        if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
-            raise ConfigError(f"{field}: not a tokenizer bundle (format {BUNDLE_FORMAT!r} expected)")
+        if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT \
+                or not isinstance(bundle.get("tokenizer.json"), str):
+            raise ConfigError(f"{field}: not a tokenizer bundle (format {BUNDLE_FORMAT!r} with its tokenizer.json "
+                              "expected); the checkpoint is damaged or was written by another program")
         text = bundle["tokenizer.json"]
         return cls(_backend(text, "the checkpoint's tokenizer", field), bundle.get("special_tokens") or {},
                    config=bundle.get("tokenizer_config.json"), generation=bundle.get("generation_config.json"),

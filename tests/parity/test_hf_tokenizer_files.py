@@ -151,3 +151,11 @@ def test_a_folder_generation_config_counts_whatever_tokenizer_reads_the_prompt(f
     assert main(["generate", str(folder), "--prompt", "Hello world!", "--max-new-tokens", "6",
                  "--tokenizer", str(elsewhere / "tokenizer.json"), "--output", str(out)]) == 0
     assert json.loads(out.read_text())["tokens"] == [eos_list(folder)[1]]
+
+
+def test_a_damaged_bundle_is_one_line():
+    from llm_modules.registry import ConfigError
+
+    for data in (b'{"format": "llm-modules/hf-tokenizer"}', b"{not json", b'{"format": "other"}'):
+        with pytest.raises(ConfigError, match="not a tokenizer bundle"):
+            tokenizer_from_bytes(data)
