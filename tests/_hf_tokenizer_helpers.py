@@ -71,8 +71,8 @@ def write_llama_folder(folder: Path, seed: int = 0, padded_vocab: int | None = N
 
     tk = Tokenizer.from_file(str(folder / "tokenizer.json"))
     eos = eos_list(folder)
-    config = LlamaConfig(vocab_size=padded_vocab or tk.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+    config = LlamaConfig(vocab_size=padded_vocab or tk.get_vocab_size(), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                          bos_token_id=tk.token_to_id(BOS), eos_token_id=eos[0], tie_word_embeddings=False)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)

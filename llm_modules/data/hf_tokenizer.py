@@ -150,17 +150,6 @@ class HFTokenizer:
             template = named.get("default")
         return template if isinstance(template, str) and template else None
 
-    @property
-    def eos_ids(self) -> list[int]:
-        """The ids generation stops at by default: ``generation_config.json``'s ``eos_token_id`` (an id or
-        a list), else the tokenizer's EOS; [] when neither."""
-        value = (self.generation or {}).get("eos_token_id")
-        if isinstance(value, int) and not isinstance(value, bool):
-            return [value]
-        if isinstance(value, list) and value and all(isinstance(v, int) for v in value):
-            return list(value)
-        return [self.eos_id] if self.eos_id >= 0 else []
-
     # ---- encode / decode --------------------------------------------------------------------------------
 
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:

@@ -71,12 +71,12 @@ class InstructionDataModule(PairsDataModule):
     Args:
         paths: files split into train/validation by ``val_fraction``.
         train_paths / val_paths: the splits as files instead of ``paths``.
-        tokenizer: SentencePiece ``.model`` path; default: the model's own.
+        tokenizer: a SentencePiece ``.model`` or a Hugging Face ``tokenizer.json``; default: the model's own.
         template: a built-in template name (``alpaca``, ``plain``, ``chatml``) or a mapping of template
             strings (``prompt``, ``prompt_no_input``, ``system``, ``user``, ``assistant``; ``base``: the
             built-in the other keys default to); or ``from_checkpoint``: the model's own Jinja chat
-            template (its tokenizer's ``chat_template``), where each reply ends
-            with the template's end of turn instead of an added EOS.
+            template (its tokenizer's ``chat_template``; ``llm_modules.data.chat_template``), where
+            each reply ends with the template's end of turn instead of an added EOS.
         train_on: ``last``: the response is the last assistant message; ``all_assistant``: every
             assistant turn of a chat is trained on (CausalLM only).
         max_len: decoder kinds: the longest example in tokens (default: the model's ``max_seq_len``);
