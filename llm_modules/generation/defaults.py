@@ -8,7 +8,9 @@ with the folder, kept in checkpoints, written back on export), and a model loade
 generation keeps the folder's own (``FOLDER_SETTINGS``, whatever its tokenizer file). Stop ids are,
 in order: the generation config's EOS list, else the model config's ``eos_token_id``, else the
 tokenizer's EOS; ids outside the model's vocabulary are left out (a tokenizer from elsewhere may
-have more tokens than the model).
+have more tokens than the model). Stop ids and pad id are ``generate``'s defaults everywhere; the
+sampling settings (``decoding``) are where ``llm-modules generate`` starts, while the Python
+``generate`` keeps its explicit keyword defaults (``lm.generate(ids, **decoding(lm))`` takes the model's).
 """
 
 from __future__ import annotations
