@@ -105,3 +105,60 @@ def test_a_template_that_rewrites_earlier_turns_is_refused_for_them():
     with pytest.raises(TemplateRecordError, match=r"up to messages\[2\] differently.*data.train_on: last"):
         rewriting.segments(CHAT, "all_assistant")
     assert rewriting.segments(CHAT, "last")[-1] == ("12345 and symbols like {}.\n", True)
+
+
+#: shortened from Qwen2.5's and Llama 3.1's published templates, with their whitespace control
+QWEN = (
+    "{%- if messages[0]['role'] == 'system' %}\n"
+    "    {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}\n"
+    "{%- else %}\n"
+    "    {{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}\n"
+    "{%- endif %}\n"
+    "{%- for message in messages %}\n"
+    "    {%- if (message.role == \"user\") or (message.role == \"system\" and not loop.first) or "
+    "(message.role == \"assistant\") %}\n"
+    "        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}\n"
+    "    {%- endif %}\n"
+    "{%- endfor %}\n"
+    "{%- if add_generation_prompt %}\n"
+    "    {{- '<|im_start|>assistant\\n' }}\n"
+    "{%- endif %}\n"
+)
+LLAMA31 = (
+    "{{- bos_token }}\n"
+    "{%- if not date_string is defined %}{%- set date_string = \"26 Jul 2024\" %}{%- endif %}\n"
+    "{%- if messages[0]['role'] == 'system' %}\n"
+    "    {%- set system_message = messages[0]['content']|trim %}\n"
+    "    {%- set messages = messages[1:] %}\n"
+    "{%- else %}\n"
+    "    {%- set system_message = \"\" %}\n"
+    "{%- endif %}\n"
+    "{{- \"<|start_header_id|>system<|end_header_id|>\\n\\n\" }}\n"
+    "{{- \"Today Date: \" + date_string + \"\\n\\n\" }}\n"
+    "{{- system_message }}\n"
+    "{{- \"<|eot_id|>\" }}\n"
+    "{%- for message in messages %}\n"
+    "    {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + "
+    "'<|eot_id|>' }}\n"
+    "{%- endfor %}\n"
+    "{%- if add_generation_prompt %}\n"
+    "    {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}\n"
+    "{%- endif %}\n"
+)
+
+
+@pytest.mark.parametrize("template, reply_end", [(QWEN, "<|im_end|>\n"), (LLAMA31, "<|eot_id|>")],
+                         ids=["qwen2.5", "llama3.1"])
+def test_published_template_layouts_give_transformers_tokens(folder, tmp_path, template, reply_end):
+    from transformers import AutoTokenizer
+
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "tokenizer.json").write_bytes((folder / "tokenizer.json").read_bytes())
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (own / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": template}))
+    got = batch(own, [{"messages": CHAT}], tmp_path)
+    ids = AutoTokenizer.from_pretrained(own).apply_chat_template(CHAT, tokenize=True, return_dict=True)["input_ids"]
+    assert got["input_ids"][0].tolist() == ids
+    labelled = [t for t in got["labels"][0].tolist() if t != -100]
+    assert load_tokenizer(own / "tokenizer.json").decode(labelled, skip_special=False) == CHAT[-1]["content"] + reply_end
