@@ -120,7 +120,7 @@ def to_hf(module: Any, path: str | Path, family: str | None = None, prune: bool 
     hf_config.update(dtypes.hf_fields(weights))
     files = tokenizer_files(module)
     if chosen.generates:  # transformers keeps generation defaults there
-        files["generation_config.json"] = (json.dumps(generation_config(hf_config), indent=2, sort_keys=True)
+        files["generation_config.json"] = (json.dumps(generation_config(hf_config, module), indent=2, sort_keys=True)
                                            + "\n").encode()
     return write_hf_checkpoint(path, hf_config, weights, files, prune=prune, max_shard_size=max_shard_size)
 
