@@ -64,7 +64,7 @@ FIELDS = {
 }
 
 
-def rope_theta_from_hf(hf: dict[str, Any]) -> float:
+def rope_theta_from_hf(hf: dict[str, Any], family: str = "llama") -> float:
     """RoPE base from ``rope_parameters`` (transformers 5) or ``rope_theta`` + ``rope_scaling`` (older).
 
     Only plain RoPE is representable; scaled variants (linear, dynamic, yarn, llama3, ...) change
@@ -74,7 +74,7 @@ def rope_theta_from_hf(hf: dict[str, Any]) -> float:
     rope_type = params.get("rope_type", params.get("type", "default"))
     if rope_type != "default":
         raise ConfigError(
-            f"llama config.json: rope type {rope_type!r} is not supported (only plain RoPE, rope_type 'default'); "
+            f"{family} config.json: rope type {rope_type!r} is not supported (only plain RoPE, rope_type 'default'); "
             "remove the rope scaling from config.json or use a model without it"
         )
     return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
@@ -101,9 +101,9 @@ class LlamaFamily(HFFamily):
             norm="rmsnorm",
             residual="pre",
             activation=activation_from_hf(
-                hf.get("hidden_act", "silu"), _GATED, "llama", **({"bias": mlp_bias} if mlp_bias != attention_bias else {})
+                hf.get("hidden_act", "silu"), _GATED, self.model_type, **({"bias": mlp_bias} if mlp_bias != attention_bias else {})
             ),
-            position={"name": "rope", "theta": rope_theta_from_hf(hf)},
+            position={"name": "rope", "theta": rope_theta_from_hf(hf, self.model_type)},
             bias=attention_bias,
             max_seq_len=hf.get("max_position_embeddings", 2048),
             norm_eps=hf.get("rms_norm_eps", 1e-6),
