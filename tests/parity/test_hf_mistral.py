@@ -16,6 +16,7 @@ from llm_modules import CausalLM, ConfigError, ModelConfig  # noqa: E402
 from llm_modules.generation import generate  # noqa: E402
 from llm_modules.interop.mistral import MistralFamily  # noqa: E402
 
+from family_models import mistral as published  # noqa: E402
 from hf_helpers import assert_logits_match, assert_round_trip, load_hf, logits_of, randomize_, right_padded  # noqa: E402
 
 VOCAB = 97
@@ -101,8 +102,7 @@ REFUSED = [
     ({"layer_types": ["full_attention", "sliding_attention"]},
      "layer_types lists 'full_attention', but MistralForCausalLM gives every layer the sliding window"),
     ({"hidden_act": "tanh"}, "mistral config.json: activation 'tanh' is not supported"),
-    ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e6}},
-     "mistral config.json: rope type 'yarn' is not supported"),
+    ({"rope_parameters": {"rope_type": "made_up", "factor": 4.0, "rope_theta": 1e6}}, "'made_up'"),
 ]
 
 
@@ -122,3 +122,8 @@ def test_export_refuses_biases_and_alternating_windows():
         llm_modules.to_hf(CausalLM(config), "/nonexistent/never-written", family="mistral")
     assert "bias=True (the mistral family has bias=False" in str(err.value)
     assert "layer_types=['sliding', 'full'] (the mistral family has layer_types=None" in str(err.value)
+
+
+@pytest.mark.parametrize("preset", list(published.PUBLISHED))
+def test_the_published_config_json_reads_as_the_preset(preset):
+    assert MistralFamily().config_from_hf(published.PUBLISHED[preset]) == ModelConfig.from_preset(preset)

@@ -15,6 +15,7 @@ import llm_modules  # noqa: E402
 from llm_modules import CausalLM, ConfigError, ModelConfig  # noqa: E402
 from llm_modules.interop.qwen2 import Qwen2Family  # noqa: E402
 
+from family_models import qwen2 as published  # noqa: E402
 from hf_helpers import assert_logits_match, assert_round_trip, load_hf, logits_of, randomize_, right_padded  # noqa: E402
 
 VOCAB = 97
@@ -106,7 +107,7 @@ REFUSED = [
      "qwen2 config.json: layer_types must list one entry per layer (num_hidden_layers=2)"),
     (dict(use_sliding_window=True, sliding_window=-1), "qwen2 config.json: sliding_window=-1 is not a window"),
     (dict(hidden_act="tanh"), "qwen2 config.json: activation 'tanh' is not supported"),
-    (dict(rope_scaling={"type": "yarn", "factor": 4.0}), "qwen2 config.json: rope type 'yarn' is not supported"),
+    (dict(rope_scaling={"type": "made_up", "factor": 4.0}), "'made_up'"),
 ]
 
 
@@ -133,3 +134,8 @@ def test_export_refuses_other_biases():
         llm_modules.to_hf(CausalLM(config), "/nonexistent/never-written", family="qwen2")
     assert "output projection with a bias (out_bias=True, bias=False)" in str(err.value)
     assert "activation 'swiglu' with bias=True (the qwen2 family has bias=False)" in str(err.value)
+
+
+@pytest.mark.parametrize("preset", list(published.PUBLISHED))
+def test_the_published_config_json_reads_as_the_preset(preset):
+    assert Qwen2Family().config_from_hf(published.PUBLISHED[preset]) == ModelConfig.from_preset(preset)

@@ -15,6 +15,7 @@ import llm_modules  # noqa: E402
 from llm_modules import CausalLM, ConfigError, ModelConfig  # noqa: E402
 from llm_modules.interop.qwen3 import Qwen3Family  # noqa: E402
 
+from family_models import qwen3 as published  # noqa: E402
 from hf_helpers import assert_logits_match, assert_round_trip, load_hf, logits_of, randomize_, right_padded  # noqa: E402
 
 VOCAB = 97
@@ -74,8 +75,7 @@ REFUSED = [
     (dict(use_sliding_window=False, layer_types=["sliding_attention", "sliding_attention"]),
      "qwen3 config.json: layer_types lists sliding_attention layers but there is no window"),
     (dict(hidden_act="tanh"), "qwen3 config.json: activation 'tanh' is not supported"),
-    (dict(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6}),
-     "qwen3 config.json: rope type 'linear' is not supported"),
+    (dict(rope_parameters={"rope_type": "made_up", "factor": 2.0, "rope_theta": 1e6}), "'made_up'"),
 ]
 
 
@@ -96,3 +96,8 @@ def test_export_refuses_other_qk_norms_and_q_k_v_only_biases():
         llm_modules.to_hf(CausalLM(config), "/nonexistent/never-written", family="qwen3")
     assert "qk_norm='all' (the qwen3 family has qk_norm='head'" in str(err.value)
     assert "qkv_bias=True with bias=False (the qwen3 family has one bias for every projection" in str(err.value)
+
+
+@pytest.mark.parametrize("preset", list(published.PUBLISHED))
+def test_the_published_config_json_reads_as_the_preset(preset):
+    assert Qwen3Family().config_from_hf(published.PUBLISHED[preset]) == ModelConfig.from_preset(preset)
