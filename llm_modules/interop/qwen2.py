@@ -38,7 +38,8 @@ def mlp_bias(config: ModelConfig) -> bool:
     return bool(component(config, "activation")[1]["bias"])
 
 
-#: the sliding-window fields of Qwen2 and Qwen3 (use_sliding_window, layer_types)
+#: the window fields of Qwen2 and Qwen3 (config.json: use_sliding_window, sliding_window, max_window_layers,
+#: layer_types; windows_from_hf / windows_to_hf)
 WINDOWS = {
     "sliding_window": Mapped("sliding_window"),
     "layer_types": Mapped("layer_types"),
