@@ -127,3 +127,17 @@ def test_export_refuses_biases_and_alternating_windows():
 @pytest.mark.parametrize("preset", list(published.PUBLISHED))
 def test_the_published_config_json_reads_as_the_preset(preset):
     assert MistralFamily().config_from_hf(published.PUBLISHED[preset]) == ModelConfig.from_preset(preset)
+
+
+def test_a_windowed_phi3_without_longrope_exports_as_mistral_unless_asked(tmp_path):
+    """A Phi-3 with plain RoPE over whole heads and a window (Phi-3-mini-4k) computes what a Mistral
+    does: export takes the first family by name (mistral); family="phi3" writes Phi-3's fused layout."""
+    torch.manual_seed(0)
+    ours = CausalLM(ModelConfig.from_preset("mistral-tiny", vocab_size=VOCAB, sliding_window=4))
+    randomize_(ours.model, seed=8)
+    batch = right_padded(VOCAB, [12, 8], seed=8)
+    for family, cls in ((None, "MistralForCausalLM"), ("phi3", "Phi3ForCausalLM")):
+        llm_modules.to_hf(ours, tmp_path / str(family), family=family)
+        hf = load_hf(transformers.AutoModelForCausalLM, tmp_path / str(family))
+        assert type(hf).__name__ == cls
+        assert_logits_match(logits_of(hf, **batch), logits_of(ours, **batch), batch["attention_mask"])

@@ -139,3 +139,17 @@ def test_export_refuses_other_biases():
 @pytest.mark.parametrize("preset", list(published.PUBLISHED))
 def test_the_published_config_json_reads_as_the_preset(preset):
     assert Qwen2Family().config_from_hf(published.PUBLISHED[preset]) == ModelConfig.from_preset(preset)
+
+
+@pytest.mark.parametrize("rope", [
+    {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16, "rope_theta": 10000.0},
+    {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0},
+], ids=["yarn", "linear"])
+def test_scaled_rope_round_trips(tmp_path, rope):
+    """Qwen2.5's long-context recipe (YaRN, factor 4) and linear scaling read and export exactly,
+    on rows longer than the original context."""
+    hf = tiny_qwen2(rope_parameters=rope)
+    batch = right_padded(VOCAB, [24, 17, 20], seed=6)
+    ours = assert_round_trip(hf, tmp_path, batch, batch["attention_mask"], transformers.AutoModelForCausalLM)
+    assert ours.config.position["scaling"]["type"] == rope["rope_type"]
+    assert json.loads((tmp_path / "exported" / "config.json").read_text())["rope_parameters"] == rope

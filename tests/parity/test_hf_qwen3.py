@@ -101,3 +101,12 @@ def test_export_refuses_other_qk_norms_and_q_k_v_only_biases():
 @pytest.mark.parametrize("preset", list(published.PUBLISHED))
 def test_the_published_config_json_reads_as_the_preset(preset):
     assert Qwen3Family().config_from_hf(published.PUBLISHED[preset]) == ModelConfig.from_preset(preset)
+
+
+def test_yarn_rope_round_trips(tmp_path):
+    """Qwen3's long-context recipe (YaRN) with the per-head QK-norm, on rows past the original context."""
+    rope = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16, "rope_theta": 10000.0}
+    hf = tiny_qwen3(rope_parameters=rope)
+    batch = right_padded(VOCAB, [24, 17, 20], seed=7)
+    ours = assert_round_trip(hf, tmp_path, batch, batch["attention_mask"], transformers.AutoModelForCausalLM)
+    assert ours.config.position["scaling"]["type"] == "yarn"
