@@ -141,3 +141,11 @@ def test_a_windowed_phi3_without_longrope_exports_as_mistral_unless_asked(tmp_pa
         hf = load_hf(transformers.AutoModelForCausalLM, tmp_path / str(family))
         assert type(hf).__name__ == cls
         assert_logits_match(logits_of(hf, **batch), logits_of(ours, **batch), batch["attention_mask"])
+
+
+def test_scaled_rope_round_trips(tmp_path):
+    rope = {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 8, "rope_theta": 1000.0}
+    hf = tiny_mistral(rope_parameters=rope, sliding_window=6)
+    batch = right_padded(VOCAB, [16, 11], seed=9)
+    ours = assert_round_trip(hf, tmp_path, batch, batch["attention_mask"], transformers.AutoModelForCausalLM)
+    assert ours.config.position["scaling"]["type"] == "yarn"
