@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from llm_modules.data.hf_tokenizer import folder_tokenizer_bytes
 from llm_modules.empty_init import assign, parameters_on_meta
 from llm_modules.interop import read_hf_model, to_hf
 from llm_modules.interop import dtypes
@@ -31,13 +32,19 @@ def from_hf(path: str | Path, dtype: str | torch.dtype = "auto") -> LanguageMode
 
     The model is built with its parameters on the meta device and the checkpoint's tensors are
     assigned to it (``empty_init``): safetensors are memory-mapped, so loading holds one copy of the
-    weights (the file's pages), not a model's worth of freshly initialised memory plus the file."""
+    weights (the file's pages), not a model's worth of freshly initialised memory plus the file.
+
+    The folder's tokenizer comes along (``tokenizer_bytes``), as ``model.init_from`` brings it."""
     target = dtypes.resolve(dtype)
     read = read_hf_model(path)
     state = dtypes.cast(read.state, target)
     with parameters_on_meta():
         module = KINDS[read.kind](read.config)
     assign(module.model, state, str(path))
+    # The folder's tokenizer travels with the module (tokenizer.json with its config, chat template
+    # and generation config, else tokenizer.model): generate stops where the model's own config says,
+    # and to_hf writes the same files back.
+    module.tokenizer_bytes = folder_tokenizer_bytes(path)
     module.eval()
     return module
 

@@ -64,9 +64,10 @@ def test_the_bundle_carries_everything_the_folder_says(folder):
 
 
 def carrying(folder):
-    """The folder as a module whose checkpoint would carry its tokenizer (as init_from gives it)."""
+    """The folder as ``from_hf`` loads it: with its tokenizer bundle (tokenizer.json, its config,
+    chat template and generation config), as init_from gives it too."""
     module = llm_modules.from_hf(folder)
-    module.tokenizer_bytes = load_tokenizer(folder / "tokenizer.json").to_bytes()
+    assert module.tokenizer_bytes == load_tokenizer(folder / "tokenizer.json").to_bytes()
     return module
 
 
