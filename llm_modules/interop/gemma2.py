@@ -61,19 +61,23 @@ class Gemma2Family(GemmaFamily):
     defaults: ClassVar[dict[str, Any]] = GEMMA2_DEFAULTS
     activations: ClassVar[dict] = GATED
     activation_key: ClassVar[str] = "hidden_activation"
-    #: transformers' default pattern without ``layer_types``: every ``pattern``-th layer is full
-    pattern: ClassVar[int] = 2
 
     def activation_name(self, hf: dict[str, Any]) -> str:
         """Gemma 2 and 3 read ``hidden_activation`` (``hidden_act``, also in some configs, is unused)."""
         return self.setting(hf, "hidden_activation")
+
+    def full_layer_every(self, hf: dict[str, Any]) -> int:
+        """transformers' layer pattern for a config.json without ``layer_types``: every n-th layer is
+        full, the others slide (Gemma 2: every other one)."""
+        return 2
 
     def layer_types_from_hf(self, hf: dict[str, Any]) -> list[str]:
         """config.json's ``layer_types``, or transformers' default pattern."""
         n = hf["num_hidden_layers"]
         types = hf.get("layer_types")
         if types is None:
-            return ["sliding_attention" if (i + 1) % self.pattern else "full_attention" for i in range(n)]
+            every = self.full_layer_every(hf)
+            return ["sliding_attention" if (i + 1) % every else "full_attention" for i in range(n)]
         unknown = [t for t in types if t not in LAYER_TYPES]
         if unknown or len(types) != n:
             raise ConfigError(f"{self.model_type} config.json: layer_types {types!r} must list num_hidden_layers={n} "

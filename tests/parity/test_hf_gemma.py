@@ -43,7 +43,7 @@ def saved(tmp_path, hf, drop: tuple[str, ...] = (), **config_changes) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", ["gemma", "gemma2"])
+@pytest.mark.parametrize("name", ["gemma", "gemma2", "gemma3_text"])
 def test_families_declare_exactly_the_config_fields(name):
     family = HF_FAMILIES.get(name).factory()
     assert set(family.fields) == {f.name for f in dataclasses.fields(ModelConfig)}
