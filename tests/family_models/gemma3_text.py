@@ -7,8 +7,9 @@ from hf_helpers import randomize_
 
 MODEL_TYPE = "gemma3_text"
 
-#: google/gemma-3-1b-pt as published (config.json)
-PUBLISHED = {
+#: google/gemma-3-1b-pt as published (config.json); its preset needs RoPE's local_theta (sliding
+#: layers' base 10000, full layers' 1e6), so it is checked once that is on main
+GEMMA_3_1B = {
     "gemma-3-1b": dict(model_type="gemma3_text", vocab_size=262144, hidden_size=1152, intermediate_size=6912,
                        num_hidden_layers=26, num_attention_heads=4, num_key_value_heads=1, head_dim=256,
                        hidden_activation="gelu_pytorch_tanh", max_position_embeddings=32768, rms_norm_eps=1e-6,
@@ -16,6 +17,7 @@ PUBLISHED = {
                        rope_theta=1_000_000.0, rope_local_base_freq=10_000.0, attn_logit_softcapping=None,
                        final_logit_softcapping=None, tie_word_embeddings=True),
 }
+PUBLISHED: dict = {}
 
 
 def build(vocab_size: int = 97) -> "transformers.Gemma3ForCausalLM":
