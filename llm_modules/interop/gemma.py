@@ -31,6 +31,7 @@ from llm_modules.interop.common import (
     untie_if_head_differs,
 )
 from llm_modules.interop.family import HF_FAMILIES, HFFamily
+from llm_modules.interop.rope import rope_from_hf, rope_to_hf
 from llm_modules.interop.slots import activation_from_hf, activation_to_hf, component, ffn_hidden
 from llm_modules.interop.weights import Map, Repeat, StateDict, WeightTable
 from llm_modules.registry import ConfigError
@@ -77,7 +78,8 @@ FIELDS = {
     "norm_eps": Mapped("rms_norm_eps"),
     "residual": Slot("pre"),
     "activation": Activation(GEMMA1_GATED, d_ff=ANY, bias=False, dropout=ANY),
-    "position": Slot("rope", theta=ANY, fraction=1.0, interleaved=False),
+    "position": Slot("rope", theta=ANY, fraction=1.0, interleaved=False, scaling=ANY, local_theta=None,
+                     longrope_recompute=False),
     "bias": Mapped("attention_bias"),
     "dropout": Ignored("Gemma has no hidden-state dropout, and dropout is off at inference"),
     "attention_dropout": Mapped("attention_dropout"),
@@ -88,15 +90,13 @@ FIELDS = {
 }
 
 
-def plain_rope_theta(hf: dict[str, Any], family: str, default: float) -> float:
-    """The RoPE base of a config with plain RoPE (``rope_parameters`` in transformers 5, or the older
-    ``rope_theta`` + ``rope_scaling``); a scaled RoPE is refused, not dropped."""
-    params = hf.get("rope_scaling") or hf.get("rope_parameters") or {}
-    rope_type = params.get("rope_type", params.get("type", "default"))
-    if rope_type != "default":
-        raise ConfigError(f"{family} config.json: rope type {rope_type!r} is not supported (only plain RoPE, "
-                          "rope_type 'default'); remove the rope scaling from config.json or use a model without it")
-    return float(params.get("rope_theta", hf.get("rope_theta", default)))
+def no_partial_rotary(spec: dict[str, Any], family: str) -> dict[str, Any]:
+    """``spec`` unless it rotates part of each head: Gemma's RoPE rotates all of head_dim
+    (transformers' Gemma reads no ``partial_rotary_factor``)."""
+    if "fraction" in spec:
+        raise ConfigError(f"{family} config.json: partial_rotary_factor {spec['fraction']} is not a Gemma setting "
+                          "(Gemma rotates the whole head); remove it from config.json")
+    return spec
 
 
 @HF_FAMILIES.register("gemma")
@@ -163,7 +163,14 @@ class GemmaFamily(HFFamily):
         return act
 
     def position_from_hf(self, hf: dict[str, Any]) -> dict[str, Any]:
-        return {"name": "rope", "theta": plain_rope_theta(hf, self.model_type, self.defaults["rope_theta"])}
+        """RoPE as ``rope_from_hf`` reads it (scaled or not), one base for every layer: transformers'
+        Gemma and Gemma 2 ignore ``rope_local_base_freq``, and have no RoPE per layer type."""
+        spec = rope_from_hf({k: v for k, v in hf.items() if k != "rope_local_base_freq"}, self.model_type,
+                            self.defaults["rope_theta"])
+        if "local_theta" in spec:
+            raise ConfigError(f"{self.model_type} config.json: rope_parameters per layer type (full_attention / "
+                              f"sliding_attention) are Gemma 3's; {self.model_type} has one RoPE for every layer")
+        return no_partial_rotary(spec, self.model_type)
 
     def layer_settings_from_hf(self, hf: dict[str, Any]) -> dict[str, Any]:
         """ModelConfig fields the later Gemmas set or change (layout, windows, soft-caps); none in Gemma 1."""
@@ -195,9 +202,7 @@ class GemmaFamily(HFFamily):
         }
 
     def position_to_hf(self, config: ModelConfig) -> dict[str, Any]:
-        theta = float(component(config, "position")[1]["theta"])
-        # transformers 5 reads rope_parameters; older versions read rope_theta.
-        return {"rope_parameters": {"rope_type": "default", "rope_theta": theta}, "rope_theta": theta}
+        return rope_to_hf(config)
 
     # ---- weights -------------------------------------------------------------------------------------------
 

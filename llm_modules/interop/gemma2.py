@@ -92,8 +92,8 @@ class Gemma2Family(GemmaFamily):
                               "layers' mask for every model of the family and needs a window size: set it")
         if "sliding" not in types:  # no layer is windowed: the window size changes nothing
             window_fields: dict[str, Any] = {"sliding_window": None, "layer_types": None}
-        else:
-            window_fields = {"sliding_window": window, "layer_types": None if "full" not in types else types}
+        else:  # listed even when all slide: sliding layers rotate with their own RoPE base (Gemma 3)
+            window_fields = {"sliding_window": window, "layer_types": types}
         scalar = self.setting(hf, "query_pre_attn_scalar")
         head_dim = self.setting(hf, "head_dim")
         softcap = self.setting(hf, "attn_logit_softcapping")

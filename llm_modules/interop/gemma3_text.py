@@ -12,21 +12,43 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from llm_modules.config import ModelConfig
-from llm_modules.interop.allow import Fixed
+from llm_modules.interop.allow import ANY, Fixed, Slot
 from llm_modules.interop.family import HF_FAMILIES
-from llm_modules.interop.gemma import plain_rope_theta
+from llm_modules.interop.gemma import no_partial_rotary
 from llm_modules.interop.gemma2 import FIELDS as GEMMA2_FIELDS, GEMMA2_DEFAULTS, Gemma2Family
+from llm_modules.interop.rope import GLOBAL, LOCAL, rope_from_hf, rope_to_hf
 from llm_modules.interop.slots import component
 from llm_modules.registry import ConfigError
 
-#: the per-layer-type keys of Gemma 3's ``rope_parameters``
-GLOBAL, LOCAL = "full_attention", "sliding_attention"
+
+class UnscaledSlidingRope(Slot):
+    """Gemma 3's RoPE: its own base on the sliding layers (``local_theta``), which rotate unscaled.
+    A scaled RoPE without ``local_theta`` would scale the sliding layers too, which the family's
+    config.json can say but ``rope_from_hf`` does not read back, so it is refused; so is a
+    ``local_theta`` that the model does not use (windowed layers not listed in ``layer_types``)."""
+
+    def problems(self, config: ModelConfig, field: str, family: str) -> list[str]:
+        found = super().problems(config, field, family)
+        options = component(config, field)[1]
+        if found:
+            return found
+        if options.get("scaling") and options.get("local_theta") is None and any(config.sliding_layers):
+            found.append(f"position 'rope' with scaling and local_theta=None (the {family} family rotates the sliding "
+                         "layers unscaled, with their own base: set local_theta, e.g. to theta)")
+        if options.get("local_theta") is not None and config.sliding_window is not None and config.layer_types is None:
+            # without layer_types every layer is windowed but rotates with ``theta`` (nn.transformer.Stack)
+            found.append(f"position 'rope' with local_theta and layer_types=None (in the {family} family the sliding "
+                         "layers rotate with local_theta: list layer_types, e.g. all 'sliding')")
+        return found
+
 
 #: what the gemma3_text family represents: every ModelConfig field (``allow``)
 FIELDS = {
     **GEMMA2_FIELDS,
     "qk_norm": Fixed("head"),
     "attention_softcap": Fixed(None),  # transformers' Gemma 3 has none (see the module docstring)
+    "position": UnscaledSlidingRope("rope", theta=ANY, fraction=1.0, interleaved=False, scaling=ANY, local_theta=ANY,
+                                    longrope_recompute=False),
 }
 
 #: transformers 5.25's Gemma3TextConfig defaults
@@ -73,20 +95,21 @@ class Gemma3TextFamily(Gemma2Family):
         return {**settings, "qk_norm": "head", "attention_softcap": None}
 
     def position_from_hf(self, hf: dict[str, Any]) -> dict[str, Any]:
-        per_type = rope_parameters_per_layer_type(hf)
-        theta = plain_rope_theta({"rope_parameters": per_type[GLOBAL]}, self.model_type, 0.0)
-        local = plain_rope_theta({"rope_parameters": per_type[LOCAL]}, self.model_type, 0.0)
-        if local != theta:
-            raise ConfigError(f"{self.model_type} config.json: the sliding layers' RoPE base {local} differs from the "
-                              f"full layers' {theta}; a RoPE base per layer type is not supported yet")
-        return {"name": "rope", "theta": theta}
+        """RoPE per layer type as transformers builds it (``rope_parameters_per_layer_type``), read by
+        ``rope_from_hf``: the full layers' base and scaling, and the sliding layers' base."""
+        nested = {"rope_parameters": rope_parameters_per_layer_type(hf),
+                  "max_position_embeddings": self.setting(hf, "max_position_embeddings")}
+        return no_partial_rotary(rope_from_hf(nested, self.model_type), self.model_type)
 
     def position_to_hf(self, config: ModelConfig) -> dict[str, Any]:
-        theta = float(component(config, "position")[1]["theta"])
-        plain = {"rope_type": "default", "rope_theta": theta}
-        # transformers 5 reads rope_parameters per layer type; older versions rope_theta and rope_local_base_freq
-        return {"rope_parameters": {GLOBAL: plain, LOCAL: dict(plain)}, "rope_theta": theta,
-                "rope_local_base_freq": theta}
+        """Always per layer type: transformers' Gemma 3 gives the sliding layers a base of 10000 unless
+        config.json says otherwise, whatever ``rope_theta`` is."""
+        written = rope_to_hf(config)
+        if GLOBAL not in written["rope_parameters"]:  # no local_theta: the sliding layers rotate as the full ones
+            full = written["rope_parameters"]
+            written["rope_parameters"] = {GLOBAL: full, LOCAL: dict(full)}
+            written["rope_local_base_freq"] = full["rope_theta"]
+        return written
 
     def config_to_hf(self, config: ModelConfig) -> dict[str, Any]:
         return {**super().config_to_hf(config), "use_bidirectional_attention": False}

@@ -32,7 +32,7 @@ KIND = {
 }
 TINY = ["llama-tiny", "gpt2-tiny", "bloom-tiny", "t5-v1_1-tiny", "bert-tiny", "glm-tiny", "palm-tiny", "llama3-tiny",
         "smollm2-tiny", "phi3-tiny"]
-TINY += ["gemma-tiny", "gemma-2-tiny"]
+TINY += ["gemma-tiny", "gemma-2-tiny", "gemma-3-tiny"]
 PUBLISHED = ["llama-7b", "gpt2", "bloom-560m", "t5-v1_1-base", "bert-base", "glm-130b", "palm-8b", "llama-3.2-1b",
              "llama-3.1-8b", "smollm2-135m", "phi3-mini-4k"]
 

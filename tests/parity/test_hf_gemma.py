@@ -99,7 +99,8 @@ def test_export_picks_the_gemma_families_by_structure(tmp_path):
     """Models built from the shipped presets export as the family they are, and nothing else fits."""
     batch = right_padded(VOCAB, LENGTHS, seed=3)
     for preset, model_type, architecture in (("gemma-tiny", "gemma", "GemmaForCausalLM"),
-                                             ("gemma-2-tiny", "gemma2", "Gemma2ForCausalLM")):
+                                             ("gemma-2-tiny", "gemma2", "Gemma2ForCausalLM"),
+                                             ("gemma-3-tiny", "gemma3_text", "Gemma3ForCausalLM")):
         torch.manual_seed(0)
         ours = CausalLM(ModelConfig.from_preset(preset, vocab_size=VOCAB, pad_token_id=0))
         randomize_(ours.model, seed=3)
@@ -142,8 +143,12 @@ def test_export_refuses_what_the_family_cannot_express(changes, family, expected
 
 @pytest.mark.parametrize("family, changes, expected", [
     ("gemma", dict(use_bidirectional_attention=True), "use_bidirectional_attention is true"),
-    ("gemma", dict(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0}),
-     "gemma config.json: rope type 'linear' is not supported"),
+    ("gemma", dict(rope_parameters={"rope_type": "mrope", "rope_theta": 500.0}),
+     "gemma config.json: rope type 'mrope' is not supported"),
+    ("gemma", dict(partial_rotary_factor=0.5), "partial_rotary_factor 0.5 is not a Gemma setting"),
+    ("gemma2", dict(rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1e6},
+                                     "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}),
+     "gemma2 config.json: rope_parameters per layer type (full_attention / sliding_attention) are Gemma 3's"),
     ("gemma", dict(hidden_act="gelu", hidden_activation="gelu_python"),
      "hidden_activation 'gelu_python' differs from hidden_act 'gelu'"),
     ("gemma", dict(hidden_act="tanh"), "gemma config.json: activation 'tanh' is not supported"),

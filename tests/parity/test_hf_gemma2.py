@@ -1,7 +1,7 @@
 """Gemma 2 interop beyond the generic family checks: sequences much longer than the sliding window
 (logits, and generation with a KV cache far past it), every layer sliding or none, the default
 layer pattern of configs without ``layer_types``, soft-caps off, and exports of models whose
-layers are all full (transformers still needs a window size)."""
+layers are all full (transformers still needs a window size), scaled RoPE."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def test_generation_with_the_cache_far_past_the_window(tmp_path, beams):
 
 
 @pytest.mark.parametrize("layer_types, ours", [
-    (["sliding_attention"] * 3, dict(layer_types=None, sliding_window=4)),
+    (["sliding_attention"] * 3, dict(layer_types=["sliding"] * 3, sliding_window=4)),
     (["full_attention"] * 3, dict(layer_types=None, sliding_window=None)),
     (None, dict(layer_types=["sliding", "full", "sliding"], sliding_window=4)),  # transformers' default pattern
 ])
@@ -113,3 +113,10 @@ def test_export_of_a_model_with_no_sliding_layers(tmp_path):
     assert_logits_match(logits_of(load_hf(transformers.AutoModelForCausalLM, tmp_path), **batch),
                         logits_of(ours, **batch), batch["attention_mask"])
     assert llm_modules.from_hf(tmp_path).config.sliding_window is None
+
+
+def test_scaled_rope_round_trip(tmp_path):
+    hf = tiny_gemma2(rope_parameters={"rope_type": "linear", "factor": 4.0, "rope_theta": 500.0})
+    batch = right_padded(VOCAB, [16, 9], seed=6)
+    ours = assert_round_trip(hf, tmp_path, batch, batch["attention_mask"], transformers.AutoModelForCausalLM)
+    assert ours.config.position == {"name": "rope", "theta": 500.0, "scaling": {"type": "linear", "factor": 4.0}}
