@@ -34,7 +34,8 @@ def scale_is_a_scalar(config: ModelConfig) -> bool:
 FIELDS = {
     **GEMMA_FIELDS,
     "d_model": Check(lambda c: c.d_model % c.n_heads == 0,
-                     "d_model a multiple of n_heads (transformers' Gemma2Config refuses others even with head_dim set)"),
+                     "d_model a multiple of n_heads (transformers' Gemma2Config refuses others, even with "
+                     "head_dim set)"),
     "residual": Slot("sandwich"),
     "activation": Activation(GATED, d_ff=ANY, bias=False, dropout=ANY),
     "attention_scale": Check(scale_is_a_scalar, "attention_scale = query_pre_attn_scalar ** -0.5 for a whole number "
@@ -121,6 +122,8 @@ class Gemma2Family(GemmaFamily):
 
     def block_norms(self) -> tuple[tuple[str, str], ...]:
         return (
-            ("residual.norms_in.0", "input_layernorm"), ("residual.norms_out.0", "post_attention_layernorm"),
-            ("residual.norms_in.1", "pre_feedforward_layernorm"), ("residual.norms_out.1", "post_feedforward_layernorm"),
+            ("residual.norms_in.0", "input_layernorm"),
+            ("residual.norms_out.0", "post_attention_layernorm"),
+            ("residual.norms_in.1", "pre_feedforward_layernorm"),
+            ("residual.norms_out.1", "post_feedforward_layernorm"),
         )

@@ -17,7 +17,9 @@ import llm_modules  # noqa: E402
 from llm_modules import CausalLM, ConfigError, ModelConfig  # noqa: E402
 from llm_modules.interop import HF_FAMILIES  # noqa: E402
 
-from hf_helpers import assert_logits_match, assert_round_trip, load_hf, logits_of, randomize_, right_padded  # noqa: E402
+from hf_helpers import (  # noqa: E402
+    assert_logits_match, assert_round_trip, load_hf, logits_of, randomize_, right_padded,
+)
 
 VOCAB = 97
 LENGTHS = [9, 5, 7]

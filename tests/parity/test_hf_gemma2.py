@@ -16,7 +16,9 @@ import llm_modules  # noqa: E402
 from llm_modules import CausalLM, ModelConfig  # noqa: E402
 from llm_modules.generation import generate  # noqa: E402
 
-from hf_helpers import assert_logits_match, assert_round_trip, load_hf, logits_of, randomize_, right_padded  # noqa: E402
+from hf_helpers import (  # noqa: E402
+    assert_logits_match, assert_round_trip, load_hf, logits_of, randomize_, right_padded,
+)
 
 VOCAB = 97
 PAD = 1

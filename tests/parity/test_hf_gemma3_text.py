@@ -1,7 +1,7 @@
 """Gemma 3 (text) interop beyond the generic family checks: the released configs' keys
 (``sliding_window_pattern``, top-level ``rope_theta`` / ``rope_local_base_freq`` / ``rope_scaling``),
-rows far longer than the window, RoPE scaled on the full layers only, ``attn_logit_softcapping`` (read and unused by transformers), the export layout,
-and the refusals."""
+rows far longer than the window, RoPE scaled on the full layers only, ``attn_logit_softcapping``
+(read and unused by transformers), the export layout, and the refusals."""
 
 from __future__ import annotations
 
