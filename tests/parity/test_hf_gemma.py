@@ -17,6 +17,7 @@ import llm_modules  # noqa: E402
 from llm_modules import CausalLM, ConfigError, ModelConfig  # noqa: E402
 from llm_modules.interop import HF_FAMILIES  # noqa: E402
 
+from family_models import family_modules  # noqa: E402
 from hf_helpers import (  # noqa: E402
     assert_logits_match, assert_round_trip, load_hf, logits_of, randomize_, right_padded,
 )
@@ -169,3 +170,22 @@ def test_import_refuses_what_the_family_cannot_represent(tmp_path, family, chang
     with pytest.raises(ConfigError) as err:
         llm_modules.from_hf(path)
     assert expected in str(err.value)
+
+
+PUBLISHED = [(preset, hf) for name in ("gemma", "gemma2", "gemma3_text")
+             for preset, hf in family_modules()[name].PUBLISHED.items()]
+
+
+@pytest.mark.parametrize("preset, published", PUBLISHED, ids=[p for p, _ in PUBLISHED])
+def test_presets_are_the_published_configs(preset, published):
+    """Beyond the parameter counts: the published config.json, read by its family, is the preset
+    (windows, soft-caps, RoPE bases, scales, norms ...), and the preset exports to those values."""
+    family = HF_FAMILIES.get(published["model_type"]).factory()
+    read = family.config_from_hf(dict(published)).replace(bos_token_id=2, eos_token_id=1)
+    config = ModelConfig.from_preset(preset)
+    assert read.replace(head_dim=read.dim_per_head) == config.replace(head_dim=config.dim_per_head)
+    written = family.config_to_hf(config)
+    legacy = {"hidden_act": "gelu"}  # google/gemma-2b's name for the tanh GELU, which export spells out
+    for key, value in published.items():
+        if key in written and legacy.get(key) != value:
+            assert written[key] == value, (key, written[key], value)
