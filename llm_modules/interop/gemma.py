@@ -33,7 +33,7 @@ from llm_modules.interop.common import (
 from llm_modules.interop.family import HF_FAMILIES, HFFamily
 from llm_modules.interop.rope import rope_from_hf, rope_to_hf
 from llm_modules.interop.slots import activation_from_hf, activation_to_hf, component, ffn_hidden
-from llm_modules.interop.weights import Map, Repeat, StateDict, WeightTable
+from llm_modules.interop.weights import Map, Repeat, StateDict, WeightTable, rotary_halves
 from llm_modules.registry import ConfigError
 
 #: HF activation names a Gemma MLP (gate * up, then down) can have, first the one export writes
@@ -78,7 +78,8 @@ FIELDS = {
     "norm_eps": Mapped("rms_norm_eps"),
     "residual": Slot("pre"),
     "activation": Activation(GEMMA1_GATED, d_ff=ANY, bias=False, dropout=ANY),
-    "position": Slot("rope", theta=ANY, fraction=1.0, interleaved=False, scaling=ANY, local_theta=None,
+    # interleaved rotary pairs export with q/k rows permuted into Gemma's halves (weight_table)
+    "position": Slot("rope", theta=ANY, fraction=1.0, interleaved=ANY, scaling=ANY, local_theta=None,
                      longrope_recompute=False),
     "bias": Mapped("attention_bias"),
     "dropout": Ignored("Gemma has no hidden-state dropout, and dropout is off at inference"),
@@ -210,16 +211,25 @@ class GemmaFamily(HFFamily):
         """(our name, HF name) of each block's norms."""
         return (("residual.norms.0", "input_layernorm"), ("residual.norms.1", "post_attention_layernorm"))
 
-    def attention_norms(self, config: ModelConfig) -> tuple[tuple[str, str], ...]:
-        """(our name, HF name) of the attention's own norms (Gemma 3's QK-norm)."""
-        return ()
+    #: whether queries and keys are normalized per head (Gemma 3's q_norm / k_norm)
+    qk_norms: ClassVar[bool] = False
 
     def weight_table(self, config: ModelConfig) -> WeightTable:
         ours, theirs = "stack.layers.{i}", "model.layers.{i}"
-        norms = (*self.block_norms(), *(("attn." + o, "self_attn." + t) for o, t in self.attention_norms(config)))
+        # interleaved rotary pairs export with each head's q/k features permuted into Gemma's halves
+        # (as llama's table does), and so do the per-head QK-norm gains, applied before the rotation
+        interleaved = component(config, "position")[1]["interleaved"]
+
+        def rotary(heads: int | None) -> dict[str, Any]:
+            return {"transform": rotary_halves(heads)} if interleaved and heads else {}
+
+        heads = {"q": config.n_heads, "k": config.kv_heads, "v": None, "o": None}
         layer = (
-            *(Map(f"{ours}.{o}.weight", f"{theirs}.{t}.weight") for o, t in norms),
-            *(m for a in "qkvo" for m in linear(f"{ours}.attn.{a}", f"{theirs}.self_attn.{a}_proj", config.bias)),
+            *(Map(f"{ours}.{o}.weight", f"{theirs}.{t}.weight") for o, t in self.block_norms()),
+            *(Map(f"{ours}.attn.{a}_norm.weight", f"{theirs}.self_attn.{a}_norm.weight", **rotary(1))
+              for a in ("q", "k") if self.qk_norms),
+            *(m for a, n in heads.items()
+              for m in linear(f"{ours}.attn.{a}", f"{theirs}.self_attn.{a}_proj", config.bias, **rotary(n))),
             *(m for a in ("gate", "up", "down") for m in linear(f"{ours}.ffn.{a}", f"{theirs}.mlp.{a}_proj", False)),
         )
         return WeightTable(

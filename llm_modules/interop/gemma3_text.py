@@ -47,7 +47,7 @@ FIELDS = {
     **GEMMA2_FIELDS,
     "qk_norm": Fixed("head"),
     "attention_softcap": Fixed(None),  # transformers' Gemma 3 has none (see the module docstring)
-    "position": UnscaledSlidingRope("rope", theta=ANY, fraction=1.0, interleaved=False, scaling=ANY, local_theta=ANY,
+    "position": UnscaledSlidingRope("rope", theta=ANY, fraction=1.0, interleaved=ANY, scaling=ANY, local_theta=ANY,
                                     longrope_recompute=False),
 }
 
@@ -79,6 +79,7 @@ class Gemma3TextFamily(Gemma2Family):
     model_type, fields = "gemma3_text", FIELDS
     architecture: ClassVar[str] = "Gemma3ForCausalLM"
     defaults: ClassVar[dict[str, Any]] = GEMMA3_DEFAULTS
+    qk_norms: ClassVar[bool] = True
 
     def full_layer_every(self, hf: dict[str, Any]) -> int:
         """Gemma 3's released configs give the pattern as ``sliding_window_pattern`` (6: five sliding
@@ -113,6 +114,3 @@ class Gemma3TextFamily(Gemma2Family):
 
     def config_to_hf(self, config: ModelConfig) -> dict[str, Any]:
         return {**super().config_to_hf(config), "use_bidirectional_attention": False}
-
-    def attention_norms(self, config: ModelConfig) -> tuple[tuple[str, str], ...]:
-        return (("q_norm", "q_norm"), ("k_norm", "k_norm"))

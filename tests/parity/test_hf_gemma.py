@@ -116,6 +116,21 @@ def test_export_picks_the_gemma_families_by_structure(tmp_path):
         assert_logits_match(logits_of(hf, **batch), logits_of(ours, **batch), batch["attention_mask"])
 
 
+@pytest.mark.parametrize("preset", ["gemma-tiny", "gemma-2-tiny", "gemma-3-tiny"])
+def test_interleaved_rope_exports_with_permuted_projections(tmp_path, preset):
+    """GPT-J-style RoPE (adjacent pairs) is Gemma's (halves) once each head's q/k rows, their biases and
+    Gemma 3's per-head QK-norm gains are permuted, which the weight table declares."""
+    torch.manual_seed(0)
+    position = {**ModelConfig.from_preset(preset).position, "interleaved": True}
+    ours = CausalLM(ModelConfig.from_preset(preset, vocab_size=VOCAB, position=position, bias=True,
+                                            activation={"name": "geglu", "approximate": "tanh", "bias": False}))
+    randomize_(ours.model, std=0.1, seed=6)
+    llm_modules.to_hf(ours, tmp_path)
+    batch = right_padded(VOCAB, [20, 13], seed=6)
+    hf = load_hf(transformers.AutoModelForCausalLM, tmp_path)
+    assert_logits_match(logits_of(hf, **batch), logits_of(ours, **batch), batch["attention_mask"])
+
+
 def base_gemma(**changes) -> ModelConfig:
     fields = dict(vocab_size=VOCAB, d_model=48, n_layers=2, n_heads=4, head_dim=16, norm="gemma_rmsnorm",
                   activation={"name": "geglu", "approximate": "tanh"}, position="rope", bias=False,
