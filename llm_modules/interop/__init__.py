@@ -19,7 +19,10 @@ from pathlib import Path
 from typing import Any
 
 # Importing the family modules registers them.
-from llm_modules.interop import bert, bloom, gpt2, llama, mistral, mixtral, phi3, qwen2, qwen2_moe, qwen3, qwen3_moe, t5  # noqa: E402,F401
+from llm_modules.interop import (  # noqa: E402,F401
+    bert, bloom, gemma, gemma2, gemma3_text, gpt2, llama, mistral, mixtral, phi3, qwen2, qwen2_moe, qwen3, qwen3_moe,
+    t5,
+)
 from llm_modules.config import ModelConfig
 from llm_modules.interop import dtypes
 from llm_modules.interop.family import HF_FAMILIES, HFFamily
