@@ -126,15 +126,16 @@ class Stack(nn.Module):
         # One backend for the whole stack, checked before any layer is built: a combination it
         # cannot serve fails here, naming the combination.
         backend = ATTENTIONS.build(cfg.attention, head_dim=cfg.dim_per_head)
-        sliding = cfg.sliding_layers
-        if len(sliding) != n_layers and cfg.layer_types is not None:
+        if cfg.layer_types is not None and len(cfg.layer_types) != n_layers:
             raise ConfigError(
-                f"layer_types lists {len(sliding)} layers, but a stack of this model has {n_layers} (an "
+                f"layer_types lists {len(cfg.layer_types)} layers, but a stack of this model has {n_layers} (an "
                 "encoder-decoder's encoder); layer_types serves single-stack models: set it to null"
             )
-        #: per block, whether it attends through the sliding window (all alike without layer_types)
-        self.sliding = tuple(sliding[:n_layers]) if cfg.layer_types is not None else None
-        local = self.position.for_sliding_layers() if self.sliding and any(self.sliding) else self.position
+        #: per block, whether it attends through the sliding window (every block when the window is
+        #: set without layer_types)
+        self.sliding = tuple(cfg.sliding_layers) if cfg.layer_types is not None \
+            else (cfg.sliding_window is not None,) * n_layers
+        local = self.position.for_sliding_layers() if any(self.sliding) else self.position
         self.sliding_position = None if local is self.position else local
         self.embedding_scale = float(cfg.embedding_scale)
         self.window = cfg.sliding_window
@@ -234,7 +235,7 @@ class Stack(nn.Module):
     def _layer_masks(self, mask: AttentionMask) -> list[tuple[AttentionMask, nn.Module]]:
         """Each block's (self-attention mask, position encoding). ``mask`` comes without a window
         when layers differ (``nn.mask_inputs``); sliding layers get the window added here."""
-        if self.sliding is None:
+        if not any(self.sliding):
             return [(mask, self.position)] * len(self.layers)
         windowed = dataclasses.replace(mask, window=self.window)
         local = self.sliding_position or self.position

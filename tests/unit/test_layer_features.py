@@ -194,3 +194,16 @@ def test_post_sublayer_layout_normalizes_each_sublayer_output():
 def test_bad_values_are_refused_naming_the_field(change, message):
     with pytest.raises(ConfigError, match=message):
         tiny(**change)
+
+
+def test_a_window_on_every_layer_rotates_with_the_sliding_layers_encoding():
+    """Without layer_types, sliding_window makes every layer a sliding one: all rotate with
+    rope's local_theta, as the same model with every layer listed as 'sliding'."""
+    rope = {"name": "rope", "theta": 1e6, "local_theta": 10.0}
+    implicit = model(seed=6, position=rope, sliding_window=4)
+    explicit = model(seed=6, position=rope, sliding_window=4, layer_types=["sliding", "sliding"])
+    plain = model(seed=6, position={"name": "rope", "theta": 10.0}, sliding_window=4)
+    assert implicit.model.stack.sliding_position is not None
+    with torch.no_grad():
+        torch.testing.assert_close(implicit.model(IDS), explicit.model(IDS))
+        torch.testing.assert_close(implicit.model(IDS), plain.model(IDS))
