@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 # Importing the family modules registers them.
-from llm_modules.interop import bert, bloom, gpt2, gpt_neox, llama, olmo2, t5  # noqa: E402,F401
+from llm_modules.interop import bert, bloom, falcon, gpt2, gpt_neox, llama, olmo2, t5  # noqa: E402,F401
 from llm_modules.config import ModelConfig
 from llm_modules.interop.family import HF_FAMILIES, HFFamily
 from llm_modules.interop.hf_io import (

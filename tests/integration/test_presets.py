@@ -27,10 +27,10 @@ ROOT = Path(__file__).resolve().parents[2]
 KIND = {
     "llama": CausalLM, "gpt2": CausalLM, "bloom": CausalLM, "palm": CausalLM,
     "t5": Seq2SeqLM, "bert": MaskedLM, "glm": PrefixLM,
-    "pythia": CausalLM, "olmo": CausalLM,
+    "pythia": CausalLM, "olmo": CausalLM, "falcon": CausalLM,
 }
 TINY = ["llama-tiny", "gpt2-tiny", "bloom-tiny", "t5-v1_1-tiny", "bert-tiny", "glm-tiny", "palm-tiny"]
-TINY += ["pythia-tiny", "olmo-2-tiny"]
+TINY += ["pythia-tiny", "olmo-2-tiny", "falcon-tiny"]
 PUBLISHED = ["llama-7b", "gpt2", "bloom-560m", "t5-v1_1-base", "bert-base", "glm-130b", "palm-8b"]
 
 
