@@ -29,13 +29,16 @@ def _attend(scores: torch.Tensor, keep: torch.Tensor, v: torch.Tensor, pattern: 
 
 
 def _flash_one(q, k, v, *, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
-               alibi_slopes=None, deterministic=False):
-    """One sequence: q (Tq, H, D), k/v (Tk, Hkv, D) -> (Tq, H, D)."""
+               alibi_slopes=None, deterministic=False, softcap=0.0):
+    """One sequence: q (Tq, H, D), k/v (Tk, Hkv, D) -> (Tq, H, D). ``softcap`` > 0 caps the scaled
+    scores, ``softcap * tanh(s / softcap)``, before ALiBi and the mask (flash-attn >= 2.6)."""
     assert dropout_p == 0.0
     tq, tk, heads = q.shape[0], k.shape[0], q.shape[1]
     k, v = (x.repeat_interleave(heads // x.shape[1], dim=1) for x in (k, v))
     scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
     scores = torch.einsum("qhd,khd->hqk", q.float(), k.float()) * scale
+    if softcap > 0:
+        scores = torch.tanh(scores / softcap) * softcap
     i = torch.arange(tq).view(-1, 1) + tk - tq
     j = torch.arange(tk).view(1, -1)
     if alibi_slopes is not None:

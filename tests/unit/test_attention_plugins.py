@@ -185,6 +185,16 @@ def test_flash_attn_plugin_matches_eager(flash, name, alibi):
     torch.testing.assert_close(out[real], expected[real], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("name", sorted(MASKS))
+def test_flash_attn_plugin_soft_caps_like_eager(flash, name):
+    q, k, v, mask, real = _case(name)
+    q = q * 4  # scores large enough that the cap bites
+    out = flash()(q, k, v, mask, None, 0.3, softcap=1.5)
+    expected = EagerAttention()(q, k, v, mask, None, 0.3, softcap=1.5)
+    assert not torch.allclose(expected, EagerAttention()(q, k, v, mask, None, 0.3))
+    torch.testing.assert_close(out[real], expected[real], atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("bias", ["none", "alibi", "learned"])
 @pytest.mark.parametrize("name", sorted(MASKS))
 def test_xformers_plugin_matches_eager(xformers, name, bias):

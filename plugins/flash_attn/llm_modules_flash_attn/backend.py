@@ -74,6 +74,8 @@ class FlashAttention(AttentionBackend):
 
     #: CUDA and the flash-attn package only (``check`` refuses elsewhere, saying why)
     runs_on_cpu = False
+    #: flash-attn >= 2.6 caps scores in the kernel (``softcap``); older versions refuse the argument
+    supports_softcap = True
 
     def check(self, *, encoding, position=None, features=frozenset(), **context):
         what = f"position {position!r}" if position else "this position encoding"
@@ -103,7 +105,7 @@ class FlashAttention(AttentionBackend):
             return encoding.slopes  # (H,): the kernel adds -slope * |i - j| itself
         return super().score_bias(encoding, q_len, k_len, q_offset)
 
-    def __call__(self, q, k, v, mask, bias, scale, dropout=0.0):
+    def __call__(self, q, k, v, mask, bias, scale, dropout=0.0, softcap=None):
         self.require_tensors(q)
         if mask.prefix_lengths is not None or mask.stride is not None:
             raise RuntimeError("attention 'flash_attn' cannot compute a prefix or sparse-stride mask; use 'sdpa'")
@@ -118,6 +120,8 @@ class FlashAttention(AttentionBackend):
         dense, varlen = self.kernels()
         options = dict(dropout_p=dropout, softmax_scale=scale, causal=mask.causal, window_size=window_size(mask),
                        alibi_slopes=slopes, deterministic=self.deterministic)
+        if softcap is not None:  # flash-attn >= 2.6 caps the scores in the kernel (Gemma 2)
+            options["softcap"] = softcap
         batch, _, q_len, _ = q.shape
         q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # (B, T, heads, D), flash-attn's layout
         if not needs_segments(mask):
