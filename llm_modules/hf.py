@@ -9,22 +9,35 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
+from llm_modules.empty_init import assign, parameters_on_meta
 from llm_modules.interop import read_hf_model, to_hf
+from llm_modules.interop import dtypes
 from llm_modules.models import KINDS, LanguageModel
-from llm_modules.registry import ConfigError
 
 
-def from_hf(path: str | Path) -> LanguageModel:
-    """Load a Hugging Face checkpoint directory (config.json + safetensors or .bin) as the matching
-    LightningModule (CausalLM, Seq2SeqLM, MaskedLM), in eval mode."""
+def from_hf(path: str | Path, dtype: str | torch.dtype = "auto") -> LanguageModel:
+    """Load a Hugging Face checkpoint directory (config.json + safetensors, one file or the shards of
+    ``model.safetensors.index.json``, or .bin) as the matching LightningModule (CausalLM, Seq2SeqLM,
+    MaskedLM), in eval mode.
+
+    ``dtype``: ``"auto"`` (default) keeps the weights in the dtype they are stored in, so a bf16
+    checkpoint is a bf16 model of the file's size, as transformers 5 loads it; ``"float32"``,
+    ``"bfloat16"``, ``"float16"`` cast the floating-point weights. (Fine-tuning from a folder,
+    ``model.init_from``, is another path: the base weights are copied into the fp32 model that
+    Lightning's precision plugins expect as master weights, and ``trainer.precision`` decides what
+    computes in lower precision; ``convert from-hf --dtype`` and ``export --dtype`` choose for files.)
+
+    The model is built with its parameters on the meta device and the checkpoint's tensors are
+    assigned to it (``empty_init``): safetensors are memory-mapped, so loading holds one copy of the
+    weights (the file's pages), not a model's worth of freshly initialised memory plus the file."""
+    target = dtypes.resolve(dtype)
     read = read_hf_model(path)
-    module = KINDS[read.kind](read.config)
-    missing, unexpected = module.model.load_state_dict(read.state, strict=False)
-    if missing or unexpected:
-        raise ConfigError(
-            f"{path}: the checkpoint does not match its config.json "
-            f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})"
-        )
+    state = dtypes.cast(read.state, target)
+    with parameters_on_meta():
+        module = KINDS[read.kind](read.config)
+    assign(module.model, state, str(path))
     module.eval()
     return module
 

@@ -2,6 +2,7 @@
 
     llm-modules export CKPT OUT_DIR                        # --format hf: the method merged, transformers loads it
     llm-modules export CKPT OUT_DIR --overwrite            # replace an earlier export (files of a model folder only)
+    llm-modules export CKPT OUT_DIR --dtype bfloat16 --max-shard-size 2GB   # bf16, in 2 GB shards + index
     llm-modules export CKPT OUT.ckpt --format ckpt --merge # a plain checkpoint (another run's init_from)
     llm-modules export CKPT OUT.ckpt --format ckpt         # self-contained: base and method's tensors, no base needed
     llm-modules export CKPT OUT.safetensors --format adapter   # the method's tensors alone (peft.io)
@@ -46,18 +47,41 @@ def build_parser() -> argparse.ArgumentParser:
                              "exactly)")
     parser.add_argument("--init-from", default=None, metavar="BASE",
                         help="where an adapter-only checkpoint's base is now, if it has moved since training")
+    add_hf_file_options(parser)
     outputs.add_flag(parser, folder="for --format hf")
     return parser
 
 
-def export_hf(module, out: str, family: str | None) -> str:
-    """The module (its PEFT method merged) as a Hugging Face folder, its tokenizer included (``to_hf``),
-    so that transformers and ``llm-modules generate OUT`` load it; returns what was written, for the
-    report line. ``llm-modules convert to-hf`` writes through here too."""
+def add_hf_file_options(parser: argparse.ArgumentParser) -> None:
+    """--dtype and --max-shard-size of the commands that write a Hugging Face folder (export, convert to-hf)."""
+    from llm_modules.interop.dtypes import CHOICES
+    from llm_modules.interop.shards import DEFAULT_MAX_SHARD_SIZE
+
+    parser.add_argument("--dtype", choices=CHOICES, default=None,
+                        help="hf: the dtype of the weights written (default auto: the model's own)")
+    parser.add_argument("--max-shard-size", default=None, metavar="SIZE",
+                        help="hf: larger weights are written as model-0000i-of-0000N.safetensors shards + "
+                             "model.safetensors.index.json; bytes or e.g. 500MB, 2GB "
+                             f"(default {DEFAULT_MAX_SHARD_SIZE}, as transformers' save_pretrained)")
+
+
+def hf_file_options(args: argparse.Namespace) -> dict:
+    """The to_hf keywords of those options, checked before anything is loaded."""
+    from llm_modules.interop.shards import DEFAULT_MAX_SHARD_SIZE, parse_size
+
+    size = DEFAULT_MAX_SHARD_SIZE if args.max_shard_size is None else args.max_shard_size
+    return {"dtype": args.dtype or "auto", "max_shard_size": parse_size(size, "--max-shard-size")}
+
+
+def export_hf(module, out: str, family: str | None, **options) -> str:
+    """The module (its PEFT method merged) as a Hugging Face folder, its tokenizer included (``to_hf``;
+    ``options``: its ``dtype`` and ``max_shard_size``), so that transformers and ``llm-modules generate
+    OUT`` load it; returns what was written, for the report line. ``llm-modules convert to-hf`` writes
+    through here too."""
     from llm_modules.interop import to_hf
     from llm_modules.models.finetuning import fold
 
-    path = to_hf(fold(module), out, family=family, prune=True)  # OUT passed outputs.check_folder
+    path = to_hf(fold(module), out, family=family, prune=True, **options)  # OUT passed outputs.check_folder
     names = sorted(p.name for p in Path(path).iterdir() if p.is_file() and not p.name.startswith("."))
     return f"{path}/ ({', '.join(names)})"
 
@@ -92,11 +116,15 @@ def run(argv: list[str]) -> int:
         raise ConfigError("--merge is for --format ckpt (--format hf always merges, --format adapter never does)")
     if args.family and args.format != "hf":
         raise ConfigError("--family is for --format hf")
+    for flag, value in (("--dtype", args.dtype), ("--max-shard-size", args.max_shard_size)):
+        if value is not None and args.format != "hf":
+            raise ConfigError(f"{flag} is for --format hf (a checkpoint keeps the model's dtype, in one file)")
+    options = hf_file_options(args)
     check_output(args.out, args.format, args.overwrite)
     module = load_checkpoint(source, init_from=args.init_from)
     method = module.peft_method.name if module.peft_method is not None else None
     if args.format == "hf":
-        written = export_hf(module, args.out, args.family)
+        written = export_hf(module, args.out, args.family, **options)
     elif args.format == "ckpt":
         written = export_ckpt(module, args.out, args.merge)
     else:

@@ -21,12 +21,14 @@ from typing import Any
 # Importing the family modules registers them.
 from llm_modules.interop import bert, bloom, falcon, gpt2, gpt_neox, llama, olmo2, t5  # noqa: E402,F401
 from llm_modules.config import ModelConfig
+from llm_modules.interop import dtypes
 from llm_modules.interop.family import HF_FAMILIES, HFFamily
 from llm_modules.interop.hf_io import (
     read_hf_config,
     read_hf_weights,
     write_hf_checkpoint,
 )
+from llm_modules.interop.shards import DEFAULT_MAX_SHARD_SIZE
 from llm_modules.interop.tokenizer_files import generation_config, special_token_ids, tokenizer_files
 from llm_modules.interop.weights import StateDict
 from llm_modules.registry import ConfigError
@@ -75,7 +77,8 @@ def special_tokens_from_hf(hf_config: dict, vocab_size: int) -> dict[str, int | 
     return found
 
 
-def to_hf(module: Any, path: str | Path, family: str | None = None, prune: bool = False) -> Path:
+def to_hf(module: Any, path: str | Path, family: str | None = None, prune: bool = False,
+          dtype: str | None = None, max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE) -> Path:
     """Write ``config.json`` + ``model.safetensors`` that transformers' Auto classes load, the
     model's tokenizer when it carries one (``tokenizer.model`` + ``tokenizer_config.json``, which
     ``AutoTokenizer`` loads) and, for models that generate, ``generation_config.json``.
@@ -85,7 +88,13 @@ def to_hf(module: Any, path: str | Path, family: str | None = None, prune: bool 
     ``family`` forces a model_type; by default the one family that can represent the model exactly.
     Files of the same names in ``path`` are replaced; ``prune`` also removes an older model's other
     weight, config and tokenizer files (``hf_io.write_hf_checkpoint``).
+
+    ``dtype``: the floating-point dtype written (``"float32"``, ``"bfloat16"``, ``"float16"``); by
+    default (None or ``"auto"``) the model's own, recorded in config.json's ``dtype``/``torch_dtype``.
+    ``max_shard_size`` (bytes, ``"2GB"``, ``"500MB"``): larger weights are written as
+    ``model-0000i-of-0000N.safetensors`` shards + ``model.safetensors.index.json`` (``shards``).
     """
+    target_dtype = dtypes.resolve(dtype)
     config = module.config
     fix = "change those fields of the model's config, or export with --format ckpt"
     if family is not None:
@@ -107,11 +116,13 @@ def to_hf(module: Any, path: str | Path, family: str | None = None, prune: bool 
     hf_config = chosen.config_to_hf(config)
     hf_config.update(special_token_ids(module))
     weights = chosen.weights_to_hf(getattr(module, "model", module).state_dict(), config)
+    weights = dtypes.cast(weights, target_dtype) if target_dtype is not None else weights
+    hf_config.update(dtypes.hf_fields(weights))
     files = tokenizer_files(module)
     if chosen.generates:  # transformers keeps generation defaults there
         files["generation_config.json"] = (json.dumps(generation_config(hf_config), indent=2, sort_keys=True)
                                            + "\n").encode()
-    return write_hf_checkpoint(path, hf_config, weights, files, prune=prune)
+    return write_hf_checkpoint(path, hf_config, weights, files, prune=prune, max_shard_size=max_shard_size)
 
 
 __all__ = ["read_hf_model", "HFModel", "to_hf", "special_tokens_from_hf", "HF_FAMILIES", "HFFamily"]

@@ -1,8 +1,9 @@
 """Reading and writing Hugging Face checkpoint folders, without ever unpickling code.
 
 Reading checks each safetensors header against the file before loading it
-(``safetensors_check``), reads ``pytorch_model*.bin`` with ``weights_only=True``, and refuses a
-floating-point weight with no finite value at all: each as one line naming the file or tensor."""
+(``safetensors_check``) and a sharded folder's index against its shards (``shards``), reads
+``pytorch_model*.bin`` with ``weights_only=True``, and refuses a floating-point weight with no
+finite value at all: each as one line naming the file or tensor."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from safetensors.torch import save_file
 
 from llm_modules.atomic_files import fsync_file, plain_mode, restore_mode
 from llm_modules.integrity import check_finite, load_verified
+from llm_modules.interop.shards import DEFAULT_MAX_SHARD_SIZE, INDEX, index_bytes, is_weights_name, plan, weight_files
 from llm_modules.registry import ConfigError
 from llm_modules.safetensors_check import load_safetensors
 
@@ -35,21 +37,27 @@ def read_hf_config(path: str | Path) -> dict[str, Any]:
 
 
 def read_hf_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of a folder: model.safetensors, a sharded safetensors index, or pytorch_model.bin
-    (loaded with ``weights_only=True``)."""
+    """All tensors of a folder: model.safetensors, the shards a ``model.safetensors.index.json``
+    names (``shards.weight_files`` decides which files, like transformers), or pytorch_model*.bin
+    (loaded with ``weights_only=True``).
+
+    Tensors are memory-mapped, not read (safetensors always, .bin when it is torch's zip format): a
+    page of the file is read when a tensor's data is first used, and the finiteness check looks at
+    one element per tensor unless that one is not finite, so reading holds no copy of the weights
+    (``hf.from_hf`` assigns them to the model)."""
     folder = Path(path)
-    shards = sorted(folder.glob("*.safetensors"))
-    if shards:
+    files = weight_files(folder)
+    if files:
         weights: dict[str, torch.Tensor] = {}
-        for shard in shards:
-            weights.update(load_safetensors(shard))
+        for file in files:
+            weights.update(load_safetensors(file))
         check_finite(weights, str(path))
         return weights
     bins = sorted(folder.glob("pytorch_model*.bin"))
     if bins:
         weights = {}
         for b in bins:
-            state = load_verified(b, what="weights file", check=False)
+            state = load_verified(b, what="weights file", check=False, mmap=True)
             if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
                 raise ConfigError(f"weights file {str(b)!r} is not a state dict (names to tensors)")
             weights.update(state)
@@ -91,8 +99,15 @@ def foreign_entries(folder: str | Path) -> list[str]:
 
 
 def write_hf_checkpoint(path: str | Path, config: dict[str, Any], weights: dict[str, torch.Tensor],
-                        files: dict[str, bytes] | None = None, prune: bool = False) -> Path:
+                        files: dict[str, bytes] | None = None, prune: bool = False,
+                        max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE) -> Path:
     """Write config.json + model.safetensors (and ``files``: name -> content, e.g. the tokenizer's).
+
+    Weights larger than ``max_shard_size`` (bytes, or ``"2GB"``, ``"500MB"``) are written as shards
+    ``model-00001-of-0000N.safetensors`` + ``model.safetensors.index.json`` (``shards.plan``). Weight
+    files of those names that the new set does not hold are removed even without ``prune``: a stale
+    ``model.safetensors`` would win over new shards in transformers, a stale shard or index would
+    mix two models; files of other names (``adapter.safetensors``) are left alone.
 
     Everything is written into a staging folder inside ``path`` first and moved into place only when
     complete, so a failure leaves whatever was at ``path`` untouched (and no folder, if there was
@@ -108,9 +123,11 @@ def write_hf_checkpoint(path: str | Path, config: dict[str, Any], weights: dict[
     try:
         staging.mkdir()
         tensors = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
-        save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})
+        layout = plan(tensors, max_shard_size)
+        for file, names in layout.items():
+            save_file({name: tensors[name] for name in names}, str(staging / file), metadata={"format": "pt"})
         contents = {"config.json": (json.dumps(config, indent=2, sort_keys=True) + "\n").encode(),
-                    **(files or {})}
+                    **({INDEX: index_bytes(layout, tensors)} if len(layout) > 1 else {}), **(files or {})}
         for name, data in contents.items():
             (staging / name).write_bytes(data)
         mode = plain_mode(staging / "config.json")  # what open() gives: 0644 under umask 022
@@ -127,9 +144,9 @@ def write_hf_checkpoint(path: str | Path, config: dict[str, Any], weights: dict[
     for name in written:
         os.replace(staging / name, target / name)
     staging.rmdir()
-    if prune:
-        roles = {role_of(name) for name in written} - {None}
-        for old in os.listdir(target):
-            if old not in written and role_of(old) in roles and (target / old).is_file():
-                (target / old).unlink()
+    roles = {role_of(name) for name in written} - {None} if prune else set()
+    for old in os.listdir(target):
+        stale = role_of(old) in roles or is_weights_name(old)
+        if old not in written and stale and (target / old).is_file():
+            (target / old).unlink()
     return target
