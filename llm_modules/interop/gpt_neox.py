@@ -77,12 +77,14 @@ class GPTNeoXFamily(HFFamily):
     def config_from_hf(self, hf: dict[str, Any]) -> ModelConfig:
         vocab = hf["vocab_size"]
         parallel = bool(hf.get("use_parallel_residual", True))
-        for key in ("head_dim", "num_key_value_heads"):
-            if hf.get(key) not in (None, hf["hidden_size"] // hf["num_attention_heads"] if key == "head_dim"
-                                   else hf["num_attention_heads"]):
+        # keys transformers' GPT-NeoX does not read: a value other than what it computes is refused
+        computed = {"head_dim": hf["hidden_size"] // hf["num_attention_heads"],
+                    "num_key_value_heads": hf["num_attention_heads"]}
+        for key, value in computed.items():
+            if hf.get(key) not in (None, value):
                 raise ConfigError(f"gpt_neox config.json: {key}={hf[key]!r} is not read by transformers' GPT-NeoX "
-                                  "(every head has its own key/value of hidden_size / num_attention_heads features); "
-                                  f"remove {key} from config.json")
+                                  f"(every head has its own key/value of hidden_size / num_attention_heads features, "
+                                  f"{key} {value}); remove {key} from config.json")
         return ModelConfig(
             vocab_size=vocab,
             d_model=hf["hidden_size"],
