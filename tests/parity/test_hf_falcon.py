@@ -13,6 +13,7 @@ import transformers  # noqa: E402  (a dev dependency: the oracle these tests com
 
 import llm_modules  # noqa: E402
 from llm_modules import CausalLM, ConfigError, ModelConfig  # noqa: E402
+from llm_modules.interop import HF_FAMILIES  # noqa: E402
 
 from hf_helpers import assert_logits_match, assert_round_trip, load_hf, logits_of, randomize_, right_padded  # noqa: E402
 
@@ -71,7 +72,7 @@ def test_export_picks_falcon_by_structure_and_family_chooses_between_overlaps(tm
 
 
 def test_refusals(tmp_path):
-    family = llm_modules.interop.HF_FAMILIES.get("falcon").factory()
+    family = HF_FAMILIES.get("falcon").factory()
     for extra, words in [
         (dict(alibi=True), "alibi=True"),
         (dict(n_head=6), "n_head=6 is a RefinedWeb-era key"),

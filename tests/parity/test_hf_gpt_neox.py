@@ -13,6 +13,7 @@ import transformers  # noqa: E402  (a dev dependency: the oracle these tests com
 
 import llm_modules  # noqa: E402
 from llm_modules import CausalLM, ConfigError, ModelConfig  # noqa: E402
+from llm_modules.interop import HF_FAMILIES  # noqa: E402
 
 from hf_helpers import assert_logits_match, assert_round_trip, load_hf, logits_of, randomize_, right_padded  # noqa: E402
 
@@ -43,7 +44,7 @@ def test_variants_round_trip(tmp_path, overrides, residual, bias):
 
 
 def test_legacy_rotary_keys_are_read():
-    config = llm_modules.interop.HF_FAMILIES.get("gpt_neox").factory().config_from_hf(
+    config = HF_FAMILIES.get("gpt_neox").factory().config_from_hf(
         dict(vocab_size=VOCAB, hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
              rotary_pct=0.5, rotary_emb_base=300))
     assert config.position == {"name": "rope", "theta": 300.0, "fraction": 0.5}
@@ -75,7 +76,7 @@ def test_export_picks_gpt_neox_by_structure(tmp_path):
 
 
 def test_refusals(tmp_path):
-    family = llm_modules.interop.HF_FAMILIES.get("gpt_neox").factory()
+    family = HF_FAMILIES.get("gpt_neox").factory()
     base = dict(vocab_size=VOCAB, hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4)
     for extra, words in [
         (dict(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}), "rope type 'linear'"),

@@ -12,6 +12,7 @@ import transformers  # noqa: E402  (a dev dependency: the oracle these tests com
 
 import llm_modules  # noqa: E402
 from llm_modules import CausalLM, ConfigError, ModelConfig  # noqa: E402
+from llm_modules.interop import HF_FAMILIES  # noqa: E402
 
 from hf_helpers import assert_logits_match, assert_round_trip, load_hf, logits_of, randomize_, right_padded  # noqa: E402
 
@@ -48,7 +49,7 @@ def test_export_picks_olmo2_by_structure(tmp_path):
 
 
 def test_refusals(tmp_path):
-    family = llm_modules.interop.HF_FAMILIES.get("olmo2").factory()
+    family = HF_FAMILIES.get("olmo2").factory()
     base = dict(vocab_size=VOCAB, hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4)
     for extra, words in [
         (dict(rope_scaling={"rope_type": "yarn", "factor": 2.0}), "rope type 'yarn'"),
