@@ -73,3 +73,28 @@ def assert_round_trip(hf_model, tmp_path: Path, inputs: dict[str, torch.Tensor],
     llm_modules.to_hf(ours, out_dir)
     assert_logits_match(logits_of(load_hf(auto_class, out_dir), **inputs), expected, real)
     return ours
+
+
+def left_padded_prompts(vocab_size: int, lengths: tuple[int, ...] = (7, 4, 2), pad_id: int = 1, seed: int = 1):
+    """``(ids, mask)``: prompts of the given lengths, padded on the left (as decoders generate)."""
+    width = max(lengths)
+    ids = torch.randint(3, vocab_size, (len(lengths), width), generator=torch.Generator().manual_seed(seed))
+    mask = (torch.arange(width).unsqueeze(0) >= width - torch.tensor(lengths).unsqueeze(1)).long()
+    return ids.masked_fill(mask == 0, pad_id), mask
+
+
+def assert_generate_matches(hf_model, ours, ids: torch.Tensor, mask: torch.Tensor, new_tokens: int = 12,
+                            pad_id: int = 1, searches: tuple[dict, ...] = ({}, {"num_beams": 4})) -> None:
+    """Our ``generate`` gives the same ids as transformers' for greedy and beam search (by default),
+    stopping at a token our model really emits after a few steps, so rows end at different steps."""
+    from llm_modules.generation import generate
+
+    free = generate(ours, ids, mask, max_new_tokens=new_tokens, eos_token_id=[])
+    values, counts = free[:, -new_tokens:][:, 2:].unique(return_counts=True)
+    eos = [int(values[counts.argmax()])]
+    for options in searches:
+        with torch.no_grad():
+            expected = hf_model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, pad_token_id=pad_id,
+                                         eos_token_id=eos, do_sample=False, **options)
+        got = generate(ours, ids, mask, max_new_tokens=new_tokens, pad_token_id=pad_id, eos_token_id=eos, **options)
+        assert torch.equal(got, expected), f"{options or 'greedy'} with eos {eos}:\nours {got.tolist()}\nhf   {expected.tolist()}"

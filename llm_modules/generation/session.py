@@ -33,7 +33,8 @@ class DecoderSession:
         if model.prefix and prefix_lengths is None:
             prefix_lengths = self.prefix_mask.sum(1)
         self.prefix_lengths = prefix_lengths if model.prefix else None
-        self.cache = KVCache(_capacity(input_ids, max_new_tokens)) if use_cache else None
+        self.capacity = _capacity(input_ids, max_new_tokens)
+        self.cache = KVCache(self.capacity) if use_cache else None
 
     @property
     def prefix_mask(self) -> torch.Tensor:
@@ -56,6 +57,9 @@ class DecoderSession:
             self.mask = torch.cat((self.mask, torch.ones_like(new)), dim=1)
         if self.cache is None:
             return self.model(self.ids, self.mask, self.prefix_lengths)[:, -1].float()
+        if _cache_goes_stale(self.model, self.ids.shape[1]):  # recompute every key, as transformers' Phi-3 does
+            self.cache = KVCache(self.capacity)
+            return self.model(self.ids, self.mask, self.prefix_lengths, cache=self.cache)[:, -1].float()
         return self.model(new, self.mask, self.prefix_lengths, cache=self.cache)[:, -1].float()
 
     def reorder(self, index: torch.Tensor) -> None:
@@ -169,6 +173,12 @@ def _padding(attention_mask: torch.Tensor | None, input_ids: torch.Tensor, left_
             "the next token of every row must follow its last real token"
         )
     return attention_mask.long()
+
+
+def _cache_goes_stale(model: DecoderLM, width: int) -> bool:
+    """Whether the sequences, now ``width`` long, have just grown past a length beyond which a
+    position encoding's cached keys are stale (``PositionEncoding.cache_stale_after``)."""
+    return any(getattr(p, "cache_stale_after", None) == width - 1 for p in model.position_encodings())
 
 
 def _capacity(ids: torch.Tensor, max_new_tokens: int | None) -> int | None:

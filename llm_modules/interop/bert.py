@@ -63,7 +63,7 @@ FIELDS = {
     "residual": Slot("post"),
     # HF applies hidden_act in the head transform too, and that transform is exact GELU here
     "activation": Slot("gelu", approximate="none", d_ff=ANY, bias=True, dropout=ANY),
-    "position": Slot("learned"),
+    "position": Slot("learned", offset=0),
     "bias": Fixed(True),
     "lm_head_bias": Ignored("HF's head always has a bias: a model without one exports zeros, the same logits"),
     "head_transform": Fixed(True),

@@ -52,7 +52,7 @@ FIELDS = {
     "norm_eps": Mapped("layer_norm_epsilon"),
     "residual": Slot("pre"),
     "activation": Activation(_ACTIVATIONS, d_ff=ANY, bias=True, dropout=ANY),
-    "position": Slot("learned"),
+    "position": Slot("learned", offset=0),
     "bias": Fixed(True),
     "dropout": Mapped("resid_pdrop"),
     "attention_dropout": Mapped("attn_pdrop"),

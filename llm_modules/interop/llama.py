@@ -23,6 +23,7 @@ from llm_modules.interop.common import (
     untie_if_head_differs,
 )
 from llm_modules.interop.family import HF_FAMILIES, HFFamily
+from llm_modules.interop.rope import rope_from_hf, rope_to_hf
 from llm_modules.interop.slots import activation_from_hf, activation_to_hf, component, ffn_hidden
 from llm_modules.interop.weights import Map, Repeat, StateDict, WeightTable, rotary_halves
 from llm_modules.registry import ConfigError
@@ -53,7 +54,8 @@ FIELDS = {
     "residual": Slot("pre"),
     "activation": Activation(_GATED, d_ff=ANY, bias=ANY, dropout=ANY),
     # interleaved rotary pairs export with q/k rows permuted into LLaMA's halves (weight_table)
-    "position": Slot("rope", theta=ANY, fraction=1.0, interleaved=ANY),
+    "position": Slot("rope", theta=ANY, fraction=1.0, interleaved=ANY, scaling=ANY, local_theta=None,
+                     longrope_recompute=False),
     "bias": Mapped("attention_bias"),
     "dropout": Ignored("LLaMA has no hidden-state dropout, and dropout is off at inference"),
     "attention_dropout": Mapped("attention_dropout"),
@@ -64,20 +66,14 @@ FIELDS = {
 }
 
 
-def rope_theta_from_hf(hf: dict[str, Any]) -> float:
-    """RoPE base from ``rope_parameters`` (transformers 5) or ``rope_theta`` + ``rope_scaling`` (older).
-
-    Only plain RoPE is representable; scaled variants (linear, dynamic, yarn, llama3, ...) change
-    the frequencies in ways our RoPE does not, so they are refused rather than silently dropped.
-    """
-    params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    rope_type = params.get("rope_type", params.get("type", "default"))
-    if rope_type != "default":
-        raise ConfigError(
-            f"llama config.json: rope type {rope_type!r} is not supported (only plain RoPE, rope_type 'default'); "
-            "remove the rope scaling from config.json or use a model without it"
-        )
-    return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+def llama_rope(hf: dict[str, Any]) -> dict[str, Any]:
+    """LLaMA's RoPE: plain or scaled, always over the whole head (transformers' LLaMA ignores a
+    partial_rotary_factor for plain RoPE and cannot apply one with scaling, so one is refused)."""
+    spec = rope_from_hf(hf, "llama")
+    if "fraction" in spec:
+        raise ConfigError(f"llama config.json: partial_rotary_factor={spec['fraction']} is not supported (LLaMA "
+                          "rotates whole heads); remove it from config.json")
+    return spec
 
 
 @HF_FAMILIES.register("llama")
@@ -103,7 +99,7 @@ class LlamaFamily(HFFamily):
             activation=activation_from_hf(
                 hf.get("hidden_act", "silu"), _GATED, "llama", **({"bias": mlp_bias} if mlp_bias != attention_bias else {})
             ),
-            position={"name": "rope", "theta": rope_theta_from_hf(hf)},
+            position=llama_rope(hf),
             bias=attention_bias,
             max_seq_len=hf.get("max_position_embeddings", 2048),
             norm_eps=hf.get("rms_norm_eps", 1e-6),
@@ -117,7 +113,6 @@ class LlamaFamily(HFFamily):
         return untie_if_head_differs(config, weights, "embed_tokens.weight", ("model.", ""))
 
     def config_to_hf(self, config: ModelConfig) -> dict[str, Any]:
-        theta = float(component(config, "position")[1]["theta"])
         return {
             "model_type": "llama",
             "architectures": ["LlamaForCausalLM"],
@@ -131,9 +126,7 @@ class LlamaFamily(HFFamily):
             "hidden_act": activation_to_hf(config, _GATED),
             "max_position_embeddings": config.max_seq_len,
             "rms_norm_eps": component(config, "norm")[1]["eps"],
-            # transformers 5 reads rope_parameters; older versions read rope_theta.
-            "rope_parameters": {"rope_type": "default", "rope_theta": theta},
-            "rope_theta": theta,
+            **rope_to_hf(config),
             "attention_bias": config.bias,
             "mlp_bias": bool(component(config, "activation")[1]["bias"]),
             "attention_dropout": config.attention_dropout,

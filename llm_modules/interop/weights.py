@@ -4,7 +4,10 @@ A family describes its checkpoint layout as a ``WeightTable``: entries that map 
 names to HF names, non-layer ones as they are and per-layer ones with ``{i}`` (``Repeat``). How a
 tensor changes on the way is declared in the entry (``Transform``): GPT-2's Conv1D transpose, the
 q/k/v fusions of GPT-2 (side by side) and BLOOM (grouped per head), the rotary permutation that
-exports interleaved RoPE as LLaMA's. A head tied to the embedding is an entry too (``Tied``).
+exports interleaved RoPE as LLaMA's, transformers 5's fused MoE experts (``stacked``). A head tied
+to the embedding is an entry too (``Tied``). Per-expert entries nest a second ``Repeat`` (``{j}``),
+and tensors that checkpoints store in two layouts (per expert on the Hub, fused in memory) are
+read from either and written in one (``Layouts``).
 
 The converter accounts strictly: on import every HF tensor is read exactly once (except the
 table's ``ignorable`` buffers), a missing one is named, and a tensor left over means config.json
@@ -40,13 +43,17 @@ AS_IS = Transform("as is", lambda t: (t,), lambda ts: ts[0])
 TRANSPOSE = Transform("transposed", lambda t: (t.t(),), lambda ts: ts[0].t())
 
 
-def side_by_side(parts: int, dim: int, transpose: bool = False) -> Transform:
-    """``parts`` tensors concatenated along ``dim`` (GPT-2's ``c_attn``: [q | k | v]), each
-    transposed too when ``transpose`` (Conv1D)."""
+def side_by_side(parts: int | tuple[int, ...], dim: int, transpose: bool = False) -> Transform:
+    """Tensors concatenated along ``dim`` (GPT-2's ``c_attn``: [q | k | v]): ``parts`` equal
+    ones, or ones of the given sizes along ``dim`` (Phi-3's ``qkv_proj`` with fewer key/value
+    heads), each transposed too when ``transpose`` (Conv1D)."""
     flip = (lambda t: t.t()) if transpose else (lambda t: t)
+    count = parts if isinstance(parts, int) else len(parts)
+    cut = (lambda t: t.chunk(parts, dim=dim)) if isinstance(parts, int) else (lambda t: t.split(list(parts), dim=dim))
     return Transform(
-        f"{parts} side by side on dim {dim}" + (", transposed" if transpose else ""),
-        lambda t: tuple(flip(p) for p in t.chunk(parts, dim=dim)),
+        f"{count} side by side on dim {dim}" + ("" if isinstance(parts, int) else f" (sizes {list(parts)})")
+        + (", transposed" if transpose else ""),
+        lambda t: tuple(flip(p) for p in cut(t)),
         lambda ts: torch.cat([flip(t) for t in ts], dim=dim),
     )
 
@@ -72,6 +79,17 @@ def rotary_halves(n_heads: int) -> Transform:
     )
 
 
+def stacked(count: int, parts: int = 1) -> Transform:
+    """``count`` tensors stacked along a new dim 0, each the concatenation of ``parts`` of ours
+    along its dim 0: transformers 5's fused experts (``gate_up_proj`` (E, 2F, D): each expert's
+    gate then up; ``down_proj`` (E, D, F)). Our names run expert by expert, part by part."""
+    return Transform(
+        f"{count} stacked" + (f", {parts} concatenated in each" if parts > 1 else ""),
+        lambda t: tuple(p for each in t.unbind(0) for p in each.chunk(parts, dim=0)),
+        lambda ts: torch.stack([torch.cat(ts[k: k + parts], dim=0) for k in range(0, len(ts), parts)]),
+    )
+
+
 @dataclass(frozen=True)
 class Map:
     """Our tensor(s) ``ours`` <-> the HF tensor ``theirs``, through ``transform``.
@@ -93,8 +111,8 @@ class Map:
     def our_names(self) -> tuple[str, ...]:
         return (self.ours,) if isinstance(self.ours, str) else self.ours
 
-    def at(self, i: int) -> "Map":
-        fmt = lambda s: s.format(i=i)  # noqa: E731
+    def at(self, i: int, index: str = "i") -> "Map":
+        fmt = lambda s: s.replace(f"{{{index}}}", str(i))  # noqa: E731
         return Map(tuple(map(fmt, self.our_names)), fmt(self.theirs), self.transform, tuple(map(fmt, self.read)),
                    tuple(map(fmt, self.copies)), self.fill)
 
@@ -136,7 +154,7 @@ class Tied:
     stored_copy: str | None = None
     export_copy: bool = False
 
-    def at(self, i: int) -> "Tied":
+    def at(self, i: int, index: str = "i") -> "Tied":
         return self
 
     def load(self, reader: "Reader", state: StateDict) -> None:
@@ -151,15 +169,55 @@ class Tied:
             put(out, self.stored_copy, state[self.ours].clone(), "the table writes two of our tensors to HF")
 
 
-Entry = Map | Tied
+@dataclass(frozen=True)
+class Repeat:
+    """``entries`` once per ``i`` in ``range(count)`` (names hold ``{i}``): once per layer, and
+    nested with another ``index`` once per expert of a layer (``{j}``)."""
+
+    count: int
+    entries: tuple["Entry | Repeat", ...]
+    index: str = "i"
+
+    def at(self, i: int, index: str = "i") -> "Repeat":
+        return Repeat(self.count, tuple(e.at(i, index) for e in self.entries), self.index)
+
+    def expanded(self) -> Iterator["Map | Tied | Layouts"]:
+        for i in range(self.count):
+            for entry in self.entries:
+                placed = entry.at(i, self.index)
+                yield from placed.expanded() if isinstance(placed, Repeat) else (placed,)
 
 
 @dataclass(frozen=True)
-class Repeat:
-    """``entries`` once per layer ``i`` in ``range(count)`` (names hold ``{i}``)."""
+class Layouts:
+    """Tensors that checkpoints store in either of two layouts: ``written`` (what export writes)
+    or ``alternative``, read instead when the checkpoint holds the alternative's first HF tensor.
+    Transformers 5 keeps MoE experts fused in memory (one (E, 2F, D) ``gate_up_proj`` per layer)
+    and loads them from the per-expert files of the Hub as well as from that fused layout."""
 
-    count: int
-    entries: tuple[Entry, ...]
+    written: tuple["Entry | Repeat", ...]
+    alternative: tuple["Entry | Repeat", ...]
+
+    def at(self, i: int, index: str = "i") -> "Layouts":
+        return Layouts(tuple(e.at(i, index) for e in self.written), tuple(e.at(i, index) for e in self.alternative))
+
+    def load(self, reader: "Reader", state: StateDict) -> None:
+        alternative = list(_flat(self.alternative))
+        probe = next(e for e in alternative if isinstance(e, Map)).theirs
+        for entry in alternative if reader.has(probe) else _flat(self.written):
+            entry.load(reader, state)
+
+    def save(self, state: StateDict, out: StateDict, used: set[str]) -> None:
+        for entry in _flat(self.written):
+            entry.save(state, out, used)
+
+
+Entry = Map | Tied | Layouts
+
+
+def _flat(entries: Iterable[Entry | Repeat]) -> Iterator[Entry]:
+    for entry in entries:
+        yield from entry.expanded() if isinstance(entry, Repeat) else (entry,)
 
 
 @dataclass(frozen=True)
@@ -177,12 +235,7 @@ class WeightTable:
     renames: tuple[tuple[str, str], ...] = field(default=())
 
     def expanded(self) -> Iterator[Entry]:
-        for entry in self.entries:
-            if isinstance(entry, Repeat):
-                for i in range(entry.count):
-                    yield from (e.at(i) for e in entry.entries)
-            else:
-                yield entry
+        return _flat(self.entries)
 
     def from_hf(self, weights: StateDict) -> StateDict:
         """HF tensors -> our state dict; every HF tensor read exactly once."""

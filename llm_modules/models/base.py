@@ -152,7 +152,7 @@ class LanguageModel(L.LightningModule, abc.ABC):
         logits, targets = self.logits_and_targets(batch)
         # fp32 cross-entropy in row chunks: no full-size fp32 copy or log-softmax (nn.loss)
         lm_loss = cross_entropy(logits, targets, ignore_index=IGNORE_INDEX)
-        extra = aux_loss(self.model)
+        extra = aux_loss(self.model, batch.get("attention_mask"))
         total = lm_loss if extra is None else lm_loss + extra
         return {"loss": total, "lm_loss": lm_loss, "tokens": (targets != IGNORE_INDEX).sum()}
 

@@ -10,6 +10,7 @@ from llm_modules.nn.init import init_weights
 from llm_modules.nn.kv_cache import KVCache
 from llm_modules.nn.mask_inputs import MaskInputs, self_attention_mask
 from llm_modules.nn.masks import AttentionMask
+from llm_modules.nn.moe import pooled_balance_loss
 from llm_modules.nn.residual import deepnorm_constants
 from llm_modules.nn.transformer import Stack, build_norm
 
@@ -34,9 +35,13 @@ def run_stack(cfg, stack: Stack, x: torch.Tensor, inputs: MaskInputs, memory=Non
     return hidden
 
 
-def aux_loss(model: nn.Module) -> torch.Tensor | None:
-    """Sum of the auxiliary losses (MoE load balancing) left by the last forward, or None."""
+def aux_loss(model: nn.Module, attention_mask: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Sum of the auxiliary losses (MoE load balancing) left by the last forward, or None: each
+    module's own ``aux_loss``, and the loss pooled over MoE layers (``nn.moe.pooled_balance_loss``),
+    which leaves out the padding of ``attention_mask``, the batch's (B, T) mask."""
     losses = [m.aux_loss for m in model.modules() if isinstance(getattr(m, "aux_loss", None), torch.Tensor)]
+    pooled = pooled_balance_loss(model, attention_mask)
+    losses += [] if pooled is None else [pooled]
     return torch.stack([l.float() for l in losses]).sum() if losses else None
 
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from llm_modules.nn.fast import plain_tensors
+from llm_modules.nn.rope_scaling import check_scaling, dynamic_frequencies, frequencies, longrope_frequencies
 from llm_modules.nn.tensor_parallel import COLWISE, Divisible, TensorParallelPlan, TensorParallelRefusal
 from llm_modules.registry import POSITIONS, ConfigError
 
@@ -53,6 +54,9 @@ class PositionEncoding(nn.Module):
     adds_score_bias: bool = False
     #: the bias is ``-slopes * |q - k|`` from a per-head buffer ``slopes`` (ALiBi's form)
     linear_bias_slopes: bool = False
+    #: keys cached while a sequence was at most this long are stale once it grows past it
+    #: (longrope switching to its long factors): generation recomputes its cache then, once
+    cache_stale_after: int | None = None
 
     def __init__(self):  # explicit, so the registry sees a signature without **kwargs
         super().__init__()
@@ -131,18 +135,25 @@ class Sinusoidal(PositionEncoding):
 
 @POSITIONS.register("learned")
 class LearnedAbsolute(PositionEncoding):
-    """A learned embedding per absolute position, added to the token embeddings (GPT-2, BERT)."""
+    """A learned embedding per absolute position, added to the token embeddings (GPT-2, BERT).
+
+    ``offset``: position p reads row p + offset of a table of max_seq_len + offset rows (OPT
+    stores its table with 2 leading rows that no position reads).
+    """
 
     embeds = True
 
-    def __init__(self, d_model: int, max_seq_len: int):
+    def __init__(self, d_model: int, max_seq_len: int, offset: int = 0):
         super().__init__()
-        self.max_len = max_seq_len
-        self.table = nn.Embedding(max_seq_len, d_model)
+        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+            raise ConfigError(f"position learned: offset must be a non-negative integer (rows before position 0); "
+                              f"got {offset!r}")
+        self.max_len, self.offset = max_seq_len, offset
+        self.table = nn.Embedding(max_seq_len + offset, d_model)
 
     def embed(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         self.check_length(int(positions.max()) + 1 if positions.numel() else 0)
-        return x + self.table(positions)
+        return x + self.table(positions + self.offset if self.offset else positions)
 
 
 @POSITIONS.register("alibi")
@@ -241,12 +252,21 @@ class RoPE(PositionEncoding):
     """Rotary embeddings (Su et al.): rotate query/key feature pairs by position-dependent angles.
 
     ``fraction`` rotates only the first part of each head (GPT-NeoX/GPT-J partial rotary);
-    ``interleaved`` pairs adjacent features (GPT-J, original paper) instead of the two halves (LLaMA).
+    ``interleaved`` pairs adjacent features (GPT-J, original paper) instead of the two halves (LLaMA);
+    ``scaling`` stretches the frequencies for longer contexts (linear, dynamic, yarn, llama3,
+    longrope: see ``rope_scaling``), with transformers' parameter names;
+    ``local_theta`` is the base of the sliding-window layers (Gemma 3), which rotate unscaled;
+    ``longrope_recompute``: when a generated sequence first grows past the original length, the
+    keys cached so far (rotated with the short factors) are recomputed with the long ones, as
+    Phi-3's generate does (transformers' LLaMA with longrope keeps them: leave it false there).
     """
 
     rotates_qk = True
 
-    def __init__(self, head_dim: int, theta: float = 10000.0, fraction: float = 1.0, interleaved: bool = False):
+    def __init__(
+        self, head_dim: int, theta: float = 10000.0, fraction: float = 1.0, interleaved: bool = False,
+        scaling: dict | None = None, local_theta: float | None = None, longrope_recompute: bool = False,
+    ):
         super().__init__()
         rot = int(head_dim * fraction)
         if not 0.0 < fraction <= 1.0 or rot <= 0 or rot % 2:
@@ -254,9 +274,63 @@ class RoPE(PositionEncoding):
                 f"position rope: fraction must be in (0, 1] and rotary dims = head_dim*fraction = "
                 f"{head_dim}*{fraction} a positive even number; change fraction or head_dim"
             )
+        if local_theta is not None and (not isinstance(local_theta, (int, float)) or local_theta <= 0):
+            raise ConfigError(f"position rope: local_theta must be a positive number (the base of sliding-window "
+                              f"layers) or null; got {local_theta!r}")
+        self.head_dim, self.fraction, self.local_theta = head_dim, fraction, local_theta
         self.rot_dim, self.interleaved, self.theta = rot, interleaved, theta
-        inv_freq = 1.0 / (theta ** (torch.arange(0, rot, 2, dtype=torch.float32) / rot))
+        self.scaling = check_scaling(scaling, rot)
+        inv_freq, self.attention_factor = frequencies(theta, rot, self.scaling)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+        kind = self.scaling["type"] if self.scaling else None
+        if kind == "longrope":
+            long = longrope_frequencies(theta, rot, self.scaling["long_factor"])
+            self.register_buffer("long_inv_freq", long, persistent=False)
+        # dynamic NTK: the longest sequence seen since the last one within the original length,
+        # and the frequencies for it (transformers keeps the same state: see frequencies_for)
+        self._dynamic_len = self.scaling["original_max_position_embeddings"] if kind == "dynamic" else None
+        self._dynamic_freq: tuple[int, torch.Tensor] | None = None
+        if longrope_recompute and kind != "longrope":
+            raise ConfigError("position rope: longrope_recompute is for longrope scaling (scaling: {type: longrope, "
+                              "...}); set it false or use longrope")
+        self.longrope_recompute = bool(longrope_recompute)
+        if self.longrope_recompute:
+            self.cache_stale_after = self.scaling["original_max_position_embeddings"]
+
+    def for_sliding_layers(self) -> PositionEncoding:
+        """With ``local_theta``: an unscaled RoPE of that base, the same rotary dims and pairing."""
+        if self.local_theta is None:
+            return self
+        local = RoPE(self.head_dim, theta=self.local_theta, fraction=self.fraction, interleaved=self.interleaved)
+        return local.to(self.inv_freq.device)
+
+    def frequencies_for(self, positions: torch.Tensor) -> torch.Tensor:
+        """The inverse frequencies that rotate ``positions``, as transformers chooses them per call
+        from the longest position ``L = max + 1``: longrope takes the long factors when L exceeds the
+        original length (a tensor choice, no host sync); dynamic NTK recomputes them when L exceeds
+        the longest length seen so far, and returns to the original ones when L is back within
+        the original length after having exceeded it (the state lives on between calls, so
+        cached keys keep the frequencies they were rotated with, as in transformers' generate)."""
+        kind = self.scaling["type"] if self.scaling else None
+        if kind == "longrope":
+            longest = positions.max() + 1 if positions.numel() else 0
+            return torch.where(longest > self.scaling["original_max_position_embeddings"], self.long_inv_freq,
+                               self.inv_freq)
+        if kind != "dynamic":
+            return self.inv_freq
+        longest = int(positions.max()) + 1 if positions.numel() else 0
+        original = self.scaling["original_max_position_embeddings"]
+        if longest > self._dynamic_len:
+            self._dynamic_len = longest
+        if longest < original and self._dynamic_len > original:
+            self._dynamic_len = original
+        if self._dynamic_len <= original:
+            return self.inv_freq
+        cached = self._dynamic_freq
+        if cached is None or cached[0] != self._dynamic_len or cached[1].device != self.inv_freq.device:
+            freq = dynamic_frequencies(self.theta, self.rot_dim, self.scaling, self._dynamic_len)
+            self._dynamic_freq = cached = (self._dynamic_len, freq.to(self.inv_freq.device))
+        return cached[1]
 
     def rotate(self, q, k, q_pos, k_pos):
         q_tables = self.tables(q_pos)
@@ -282,8 +356,10 @@ class RoPE(PositionEncoding):
                 and cached[2] == (positions._version, self.inv_freq._version):
             return cached[3]
         rows = positions[:1] if positions.dim() == 2 and positions.stride(0) == 0 else positions
-        angles = rows.float().unsqueeze(-1) * self.inv_freq  # (B or 1, T, rot/2)
+        angles = rows.float().unsqueeze(-1) * self.frequencies_for(positions)  # (B or 1, T, rot/2)
         cos, sin = angles.cos(), angles.sin()
+        if self.attention_factor != 1.0:  # YaRN / longrope: scale cos and sin, as transformers does
+            cos, sin = cos * self.attention_factor, sin * self.attention_factor
         if self.interleaved:
             cos = cos.repeat_interleave(2, dim=-1)
             signed_sin = torch.stack((-sin, sin), dim=-1).flatten(-2)

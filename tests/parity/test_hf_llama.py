@@ -63,20 +63,6 @@ def test_legacy_rope_theta_and_pytorch_bin(tmp_path):
     assert_logits_match(logits_of(ours, **batch), logits_of(hf, **batch), batch["attention_mask"])
 
 
-@pytest.mark.parametrize("scaling", [
-    {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}},
-    {"rope_scaling": {"type": "dynamic", "factor": 2.0}},
-])
-def test_refuses_rope_scaling(tmp_path, scaling):
-    tiny_llama().save_pretrained(tmp_path)
-    config = json.loads((tmp_path / "config.json").read_text())
-    config.pop("rope_parameters")
-    config.update(scaling)
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ConfigError, match="rope type .* not supported"):
-        llm_modules.from_hf(tmp_path)
-
-
 def test_export_picks_llama_by_structure(tmp_path):
     """A model built from our own config (MQA, default head size) exports as llama and matches."""
     torch.manual_seed(0)

@@ -77,16 +77,16 @@ def test_a_new_config_field_is_refused_by_every_family_until_mapped(tmp_path):
 
 def test_a_new_component_or_option_is_refused(monkeypatch):
     """A norm registered later is not any family's norm, and a new option of an allowed
-    component (here RoPE with a scaling factor) is refused rather than silently dropped."""
+    component (here RoPE with a made-up stretch option) is refused rather than silently dropped."""
     rope = REGISTRIES["position"].get("rope").factory
 
-    def scaled_rope(head_dim, theta=10000.0, fraction=1.0, interleaved=False, scaling=1.0):
+    def scaled_rope(head_dim, theta=10000.0, fraction=1.0, interleaved=False, scaling=None, local_theta=None, stretch=1.0):
         return rope(head_dim, theta=theta, fraction=fraction, interleaved=interleaved)
 
     monkeypatch.setitem(REGISTRIES["position"]._entries, "rope", RegistryEntry("rope", scaled_rope, "tests"))
     kind, config = fitting("llama")
     problems = family("llama").mismatches(config, kind)
-    assert problems == ["position 'rope' with scaling=1.0 (the llama family does not map the option 'scaling'; "
+    assert problems == ["position 'rope' with stretch=1.0 (the llama family does not map the option 'stretch'; "
                         "leave it out)"]
 
     rmsnorm = REGISTRIES["norm"].get("rmsnorm").factory
