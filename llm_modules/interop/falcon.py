@@ -38,7 +38,7 @@ from llm_modules.interop.common import (
 )
 from llm_modules.interop.family import HF_FAMILIES, HFFamily
 from llm_modules.interop.gpt_neox import _ACTIVATIONS
-from llm_modules.interop.plain_rope import plain_rope_from_hf
+from llm_modules.interop.rope import rope_from_hf, rope_to_hf
 from llm_modules.interop.slots import activation_from_hf, activation_to_hf, component, ffn_hidden
 from llm_modules.interop.weights import Map, Repeat, StateDict, Transform, WeightTable
 from llm_modules.registry import ConfigError
@@ -66,7 +66,7 @@ FIELDS = {
     "norm_eps": Mapped("layer_norm_epsilon"),
     "residual": Slot(("parallel", "pre"), shared_norm=ANY),
     "activation": Activation(_ACTIVATIONS, d_ff=ANY, bias=ANY, dropout=ANY),
-    "position": Slot("rope", theta=ANY, fraction=1.0, interleaved=False),
+    "position": Slot("rope", theta=ANY, fraction=1.0, interleaved=False, scaling=ANY, local_theta=None),
     # one bias for every projection, the MLP's included
     "bias": Check(lambda c: bool(component(c, "activation")[1]["bias"]) == c.bias,
                   "one bias for every projection, the MLP's included (activation bias = bias)",
@@ -129,7 +129,7 @@ class FalconFamily(HFFamily):
             norm="layernorm",
             residual=residual,
             activation=activation_from_hf(hf.get("activation") or "gelu", _ACTIVATIONS, "falcon", bias=bias),
-            position=plain_rope_from_hf(hf, "falcon"),
+            position=rope_from_hf(hf, "falcon"),
             bias=bias,
             max_seq_len=hf.get("max_position_embeddings", 2048),
             norm_eps=hf.get("layer_norm_epsilon") or 1e-5,
@@ -191,7 +191,7 @@ class FalconFamily(HFFamily):
             "alibi": False,
             "max_position_embeddings": config.max_seq_len,
             "layer_norm_epsilon": component(config, "norm")[1]["eps"],
-            "rope_parameters": {"rope_type": "default", "rope_theta": float(component(config, "position")[1]["theta"])},
+            **rope_to_hf(config),
             "hidden_dropout": config.dropout,
             "attention_dropout": config.attention_dropout,
             **decoder_hf_fields(config),

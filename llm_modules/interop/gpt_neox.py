@@ -25,7 +25,7 @@ from llm_modules.interop.common import (
     untie_if_head_differs,
 )
 from llm_modules.interop.family import HF_FAMILIES, HFFamily
-from llm_modules.interop.plain_rope import plain_rope_from_hf
+from llm_modules.interop.rope import rope_from_hf, rope_to_hf
 from llm_modules.interop.slots import activation_from_hf, activation_to_hf, component, ffn_hidden
 from llm_modules.interop.weights import Map, Repeat, StateDict, Tied, WeightTable, grouped_per_head
 from llm_modules.registry import ConfigError
@@ -55,7 +55,7 @@ FIELDS = {
     "residual": Slot(("parallel", "pre"), shared_norm=False),
     # the feed-forward always has biases; attention_bias is q/k/v and the output's
     "activation": Activation(_ACTIVATIONS, d_ff=ANY, bias=True, dropout=ANY),
-    "position": Slot("rope", theta=ANY, fraction=ANY, interleaved=False),
+    "position": Slot("rope", theta=ANY, fraction=ANY, interleaved=False, scaling=ANY, local_theta=None),
     "bias": Mapped("attention_bias"),
     "qkv_bias": follows_bias("qkv_bias"),
     "out_bias": follows_bias("out_bias"),
@@ -66,6 +66,29 @@ FIELDS = {
     "embedding_norm": Fixed(False),
     "init_std": Mapped("initializer_range"),
 }
+
+
+def neox_rope(hf: dict[str, Any]) -> dict[str, Any]:
+    """Our RoPE spec: GPT-NeoX's own keys (``rotary_emb_base``, ``rotary_pct``, whose default is 0.25)
+    where the standard ones (``rope_theta``, ``partial_rotary_factor``) are absent, as transformers
+    reads them."""
+    legacy = {}
+    if "rotary_emb_base" in hf and "rope_theta" not in hf:
+        legacy["rope_theta"] = hf["rotary_emb_base"]
+    if "partial_rotary_factor" not in hf:
+        legacy["partial_rotary_factor"] = hf.get("rotary_pct", 0.25)
+    return rope_from_hf({**hf, **legacy}, "gpt_neox")
+
+
+def neox_rope_to_hf(config: ModelConfig) -> dict[str, Any]:
+    """``rope_to_hf`` with the rotary fraction always written (GPT-NeoX's default is 0.25, not 1), also
+    under GPT-NeoX's own keys: with a legacy ``rope_scaling`` present, transformers takes the base
+    and the fraction from ``rotary_emb_base`` and ``rotary_pct``, not from ``rope_parameters``."""
+    fields = rope_to_hf(config)
+    fraction = float(component(config, "position")[1]["fraction"])
+    fields["rope_parameters"]["partial_rotary_factor"] = fraction
+    fields.update(partial_rotary_factor=fraction, rotary_pct=fraction, rotary_emb_base=fields["rope_theta"])
+    return fields
 
 
 @HF_FAMILIES.register("gpt_neox")
@@ -95,8 +118,7 @@ class GPTNeoXFamily(HFFamily):
             residual={"name": "parallel", "shared_norm": False} if parallel else "pre",
             activation=activation_from_hf(hf.get("hidden_act", "gelu"), _ACTIVATIONS, "gpt_neox",
                                           **({} if hf.get("attention_bias", True) else {"bias": True})),
-            position=plain_rope_from_hf(hf, "gpt_neox", theta_key="rotary_emb_base", fraction_key="rotary_pct",
-                                        default_fraction=0.25),
+            position=neox_rope(hf),
             bias=bool(hf.get("attention_bias", True)),
             max_seq_len=hf.get("max_position_embeddings", 2048),
             norm_eps=hf.get("layer_norm_eps", 1e-5),
@@ -113,7 +135,6 @@ class GPTNeoXFamily(HFFamily):
         return config
 
     def config_to_hf(self, config: ModelConfig) -> dict[str, Any]:
-        rope = component(config, "position")[1]
         return {
             "model_type": "gpt_neox",
             "architectures": ["GPTNeoXForCausalLM"],
@@ -126,8 +147,7 @@ class GPTNeoXFamily(HFFamily):
             "max_position_embeddings": config.max_seq_len,
             "layer_norm_eps": component(config, "norm")[1]["eps"],
             "use_parallel_residual": component(config, "residual")[0] == "parallel",
-            "rope_parameters": {"rope_type": "default", "rope_theta": float(rope["theta"]),
-                                "partial_rotary_factor": float(rope["fraction"])},
+            **neox_rope_to_hf(config),
             "attention_bias": config.bias,
             "hidden_dropout": config.dropout,
             "attention_dropout": config.attention_dropout,

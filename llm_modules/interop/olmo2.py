@@ -25,7 +25,7 @@ from llm_modules.interop.common import (
 )
 from llm_modules.interop.family import HF_FAMILIES, HFFamily
 from llm_modules.interop.llama import _GATED
-from llm_modules.interop.plain_rope import plain_rope_from_hf
+from llm_modules.interop.rope import rope_from_hf, rope_to_hf
 from llm_modules.interop.slots import activation_from_hf, activation_to_hf, component, ffn_hidden
 from llm_modules.interop.weights import Map, Repeat, StateDict, WeightTable
 from llm_modules.registry import ConfigError
@@ -47,7 +47,7 @@ FIELDS = {
     "qk_norm": Fixed("all"),
     # the feed-forward never has biases; attention_bias is q/k/v and the output's
     "activation": Activation(_GATED, d_ff=ANY, bias=False, dropout=ANY),
-    "position": Slot("rope", theta=ANY, fraction=1.0, interleaved=False),
+    "position": Slot("rope", theta=ANY, fraction=1.0, interleaved=False, scaling=ANY, local_theta=None),
     "bias": Mapped("attention_bias"),
     "qkv_bias": follows_bias("qkv_bias"),
     "out_bias": follows_bias("out_bias"),
@@ -85,7 +85,7 @@ class Olmo2Family(HFFamily):
             qk_norm="all",
             activation=activation_from_hf(hf.get("hidden_act", "silu"), _GATED, "olmo2",
                                           **({"bias": False} if attention_bias else {})),
-            position=plain_rope_from_hf(hf, "olmo2"),
+            position=rope_from_hf(hf, "olmo2"),
             bias=attention_bias,
             max_seq_len=hf.get("max_position_embeddings", 2048),
             norm_eps=hf.get("rms_norm_eps", 1e-5),
@@ -99,7 +99,6 @@ class Olmo2Family(HFFamily):
         return untie_if_head_differs(config, weights, "embed_tokens.weight", ("model.", ""))
 
     def config_to_hf(self, config: ModelConfig) -> dict[str, Any]:
-        theta = float(component(config, "position")[1]["theta"])
         return {
             "model_type": "olmo2",
             "architectures": ["Olmo2ForCausalLM"],
@@ -112,7 +111,7 @@ class Olmo2Family(HFFamily):
             "hidden_act": activation_to_hf(config, _GATED),
             "max_position_embeddings": config.max_seq_len,
             "rms_norm_eps": component(config, "norm")[1]["eps"],
-            "rope_parameters": {"rope_type": "default", "rope_theta": theta},
+            **rope_to_hf(config),
             "attention_bias": config.bias,
             "attention_dropout": config.attention_dropout,
             **decoder_hf_fields(config),

@@ -33,6 +33,8 @@ LAYOUTS = {
                                  tie_word_embeddings=False, ffn_hidden_size=72), 3, True),
     "old-multi-head": (dict(multi_query=False, parallel_attn=True, bias=True), 6, True),
     "sequential-multi-query": (dict(multi_query=True, parallel_attn=False, activation="relu"), 1, None),
+    "yarn-scaled": (dict(rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 500.0,
+                                          "original_max_position_embeddings": 16}), 1, True),
 }
 
 
@@ -80,7 +82,7 @@ def test_refusals(tmp_path):
         (dict(new_decoder_architecture=True, parallel_attn=False), "parallel_attn=False"),
         (dict(num_ln_in_parallel_attn=2), "num_ln_in_parallel_attn=2 without new_decoder_architecture"),
         (dict(multi_query=False, num_kv_heads=2), "num_kv_heads=2"),
-        (dict(rope_parameters={"rope_type": "dynamic", "factor": 2.0}), "rope type 'dynamic'"),
+        (dict(rope_parameters={"rope_type": "mrope", "mrope_section": [1, 1]}), "rope type 'mrope'"),
         (dict(activation="gelu_fast"), "activation 'gelu_fast'"),
     ]:
         with pytest.raises(ConfigError, match=words):

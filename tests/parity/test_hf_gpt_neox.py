@@ -31,7 +31,9 @@ def tiny_neox(**overrides) -> "transformers.GPTNeoXForCausalLM":
 @pytest.mark.parametrize("overrides, residual, bias", [
     (dict(use_parallel_residual=False, rotary_pct=0.5, rotary_emb_base=300), "pre", True),
     (dict(attention_bias=False, hidden_act="gelu_new", tie_word_embeddings=True), "parallel", False),
-], ids=["sequential-legacy-keys", "no-attention-bias-tied"])
+    (dict(rope_parameters={"rope_type": "linear", "factor": 4.0, "rope_theta": 1000.0, "partial_rotary_factor": 0.5}),
+     "parallel", True),
+], ids=["sequential-legacy-keys", "no-attention-bias-tied", "linear-scaling-partial"])
 def test_variants_round_trip(tmp_path, overrides, residual, bias):
     batch = right_padded(VOCAB, LENGTHS)
     ours = assert_round_trip(tiny_neox(**overrides), tmp_path, batch, batch["attention_mask"],
@@ -79,7 +81,7 @@ def test_refusals(tmp_path):
     family = HF_FAMILIES.get("gpt_neox").factory()
     base = dict(vocab_size=VOCAB, hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4)
     for extra, words in [
-        (dict(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}), "rope type 'linear'"),
+        (dict(rope_parameters={"rope_type": "linear", "factor": 2.0, "beta": 1.0}), "rope parameter 'beta'"),
         (dict(hidden_act="quick_gelu"), "activation 'quick_gelu'"),
         (dict(num_key_value_heads=2), "num_key_value_heads=2"),
     ]:

@@ -38,6 +38,15 @@ def test_attention_bias_and_tied_head_round_trip(tmp_path):
     assert exported["attention_bias"] is True and exported["tie_word_embeddings"] is True
 
 
+def test_llama3_scaled_rope_round_trip(tmp_path):
+    batch = right_padded(VOCAB, LENGTHS, seed=1)
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 8, "rope_theta": 500.0}
+    ours = assert_round_trip(tiny_olmo2(rope_parameters=scaling), tmp_path, batch, batch["attention_mask"],
+                             transformers.AutoModelForCausalLM)
+    assert ours.config.position["scaling"]["type"] == "llama3"
+
+
 def test_export_picks_olmo2_by_structure(tmp_path):
     ours = CausalLM(ModelConfig.from_preset("olmo-2-tiny", vocab_size=VOCAB, attention="eager"))
     randomize_(ours.model, seed=4)
@@ -52,7 +61,7 @@ def test_refusals(tmp_path):
     family = HF_FAMILIES.get("olmo2").factory()
     base = dict(vocab_size=VOCAB, hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4)
     for extra, words in [
-        (dict(rope_scaling={"rope_type": "yarn", "factor": 2.0}), "rope type 'yarn'"),
+        (dict(rope_scaling={"rope_type": "linear", "factor": 2.0, "beta": 1.0}), "rope parameter 'beta'"),
         (dict(hidden_act="tanh"), "activation 'tanh'"),
         (dict(head_dim=16), "head_dim=16"),
     ]:
