@@ -20,7 +20,7 @@ from typing import Any
 
 # Importing the family modules registers them.
 from llm_modules.interop import (  # noqa: E402,F401
-    bert, bloom, falcon, gpt2, gpt_neox, llama, mixtral, olmo2, phi3, qwen2_moe, qwen3_moe, t5,
+    bert, bloom, falcon, gpt2, gpt_neox, llama, mixtral, olmo2, opt, phi3, qwen2_moe, qwen3_moe, t5,
 )
 from llm_modules.config import ModelConfig
 from llm_modules.interop import dtypes
