@@ -66,7 +66,8 @@ FIELDS = {
     "norm_eps": Mapped("layer_norm_epsilon"),
     "residual": Slot(("parallel", "pre"), shared_norm=ANY),
     "activation": Activation(_ACTIVATIONS, d_ff=ANY, bias=ANY, dropout=ANY),
-    "position": Slot("rope", theta=ANY, fraction=1.0, interleaved=False, scaling=ANY, local_theta=None),
+    "position": Slot("rope", theta=ANY, fraction=1.0, interleaved=False, scaling=ANY, local_theta=None,
+                      longrope_recompute=False),
     # one bias for every projection, the MLP's included
     "bias": Check(lambda c: bool(component(c, "activation")[1]["bias"]) == c.bias,
                   "one bias for every projection, the MLP's included (activation bias = bias)",

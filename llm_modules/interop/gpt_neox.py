@@ -55,7 +55,8 @@ FIELDS = {
     "residual": Slot(("parallel", "pre"), shared_norm=False),
     # the feed-forward always has biases; attention_bias is q/k/v and the output's
     "activation": Activation(_ACTIVATIONS, d_ff=ANY, bias=True, dropout=ANY),
-    "position": Slot("rope", theta=ANY, fraction=ANY, interleaved=False, scaling=ANY, local_theta=None),
+    "position": Slot("rope", theta=ANY, fraction=ANY, interleaved=False, scaling=ANY, local_theta=None,
+                      longrope_recompute=False),
     "bias": Mapped("attention_bias"),
     "qkv_bias": follows_bias("qkv_bias"),
     "out_bias": follows_bias("out_bias"),

@@ -47,7 +47,8 @@ FIELDS = {
     "qk_norm": Fixed("all"),
     # the feed-forward never has biases; attention_bias is q/k/v and the output's
     "activation": Activation(_GATED, d_ff=ANY, bias=False, dropout=ANY),
-    "position": Slot("rope", theta=ANY, fraction=1.0, interleaved=False, scaling=ANY, local_theta=None),
+    "position": Slot("rope", theta=ANY, fraction=1.0, interleaved=False, scaling=ANY, local_theta=None,
+                      longrope_recompute=False),
     "bias": Mapped("attention_bias"),
     "qkv_bias": follows_bias("qkv_bias"),
     "out_bias": follows_bias("out_bias"),
