@@ -15,7 +15,10 @@ import llm_modules  # noqa: E402
 from llm_modules import CausalLM, ConfigError, ModelConfig  # noqa: E402
 from llm_modules.interop import HF_FAMILIES  # noqa: E402
 
-from hf_helpers import assert_logits_match, assert_round_trip, load_hf, logits_of, randomize_, right_padded  # noqa: E402
+from hf_helpers import (  # noqa: E402
+    assert_generate_matches, assert_logits_match, assert_round_trip, left_padded_prompts, load_hf, logits_of, randomize_,
+    right_padded,
+)
 
 VOCAB = 89
 LENGTHS = [9, 4, 6]
@@ -52,6 +55,14 @@ def test_layouts_round_trip(tmp_path, name):
     assert exported["model_type"] == "falcon"
     for key in ("new_decoder_architecture", "bias"):
         assert exported[key] == overrides.get(key, False)
+
+
+@pytest.mark.parametrize("name", ["40b-grouped-two-norms", "sequential-multi-query"])
+def test_generation_matches_transformers(tmp_path, name):
+    hf = tiny_falcon(**LAYOUTS[name][0])
+    hf.save_pretrained(tmp_path)
+    ids, mask = left_padded_prompts(VOCAB)
+    assert_generate_matches(hf, llm_modules.from_hf(tmp_path), ids, mask)
 
 
 def test_export_picks_falcon_by_structure_and_family_chooses_between_overlaps(tmp_path):

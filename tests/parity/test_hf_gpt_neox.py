@@ -15,7 +15,10 @@ import llm_modules  # noqa: E402
 from llm_modules import CausalLM, ConfigError, ModelConfig  # noqa: E402
 from llm_modules.interop import HF_FAMILIES  # noqa: E402
 
-from hf_helpers import assert_logits_match, assert_round_trip, load_hf, logits_of, randomize_, right_padded  # noqa: E402
+from hf_helpers import (  # noqa: E402
+    assert_generate_matches, assert_logits_match, assert_round_trip, left_padded_prompts, load_hf, logits_of, randomize_,
+    right_padded,
+)
 
 VOCAB = 89
 LENGTHS = [9, 4, 6]
@@ -43,6 +46,13 @@ def test_variants_round_trip(tmp_path, overrides, residual, bias):
     exported = json.loads((tmp_path / "exported" / "config.json").read_text())
     assert exported["use_parallel_residual"] is (residual == "parallel")
     assert exported["tie_word_embeddings"] is overrides.get("tie_word_embeddings", False)
+
+
+def test_sequential_generation_matches_transformers(tmp_path):
+    hf = tiny_neox(use_parallel_residual=False)
+    hf.save_pretrained(tmp_path)
+    ids, mask = left_padded_prompts(VOCAB)
+    assert_generate_matches(hf, llm_modules.from_hf(tmp_path), ids, mask)
 
 
 def test_legacy_rotary_keys_are_read():

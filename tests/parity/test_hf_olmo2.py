@@ -14,7 +14,10 @@ import llm_modules  # noqa: E402
 from llm_modules import CausalLM, ConfigError, ModelConfig  # noqa: E402
 from llm_modules.interop import HF_FAMILIES  # noqa: E402
 
-from hf_helpers import assert_logits_match, assert_round_trip, load_hf, logits_of, randomize_, right_padded  # noqa: E402
+from hf_helpers import (  # noqa: E402
+    assert_generate_matches, assert_logits_match, assert_round_trip, left_padded_prompts, load_hf, logits_of, randomize_,
+    right_padded,
+)
 
 VOCAB = 89
 LENGTHS = [9, 4, 6]
@@ -45,6 +48,13 @@ def test_llama3_scaled_rope_round_trip(tmp_path):
     ours = assert_round_trip(tiny_olmo2(rope_parameters=scaling), tmp_path, batch, batch["attention_mask"],
                              transformers.AutoModelForCausalLM)
     assert ours.config.position["scaling"]["type"] == "llama3"
+
+
+def test_attention_bias_generation_matches_transformers(tmp_path):
+    hf = tiny_olmo2(attention_bias=True, num_key_value_heads=2)
+    hf.save_pretrained(tmp_path)
+    ids, mask = left_padded_prompts(VOCAB)
+    assert_generate_matches(hf, llm_modules.from_hf(tmp_path), ids, mask)
 
 
 def test_export_picks_olmo2_by_structure(tmp_path):

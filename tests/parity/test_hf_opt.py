@@ -15,7 +15,10 @@ import llm_modules  # noqa: E402
 from llm_modules import CausalLM, ConfigError, ModelConfig  # noqa: E402
 from llm_modules.interop import HF_FAMILIES  # noqa: E402
 
-from hf_helpers import assert_logits_match, assert_round_trip, load_hf, logits_of, randomize_, right_padded  # noqa: E402
+from hf_helpers import (  # noqa: E402
+    assert_generate_matches, assert_logits_match, assert_round_trip, left_padded_prompts, load_hf, logits_of, randomize_,
+    right_padded,
+)
 
 VOCAB = 89
 LENGTHS = [9, 4, 6]
@@ -40,6 +43,13 @@ def test_variants_round_trip(tmp_path, overrides, residual):
     exported = json.loads((tmp_path / "exported" / "config.json").read_text())
     assert exported["do_layer_norm_before"] is (residual == "pre")
     assert exported["enable_bias"] is overrides.get("enable_bias", True)
+
+
+def test_post_norm_generation_matches_transformers(tmp_path):
+    hf = tiny_opt(do_layer_norm_before=False)
+    hf.save_pretrained(tmp_path)
+    ids, mask = left_padded_prompts(VOCAB)
+    assert_generate_matches(hf, llm_modules.from_hf(tmp_path), ids, mask)
 
 
 def test_checkpoint_without_model_prefix_loads(tmp_path):
