@@ -92,3 +92,17 @@ def test_refusals(tmp_path):
         llm_modules.to_hf(CausalLM(other), tmp_path / "never", family="opt")
     for reason in ("offset=0", "norm_eps=1e-06", "n_kv_heads=2", "bias=True with activation bias=False"):
         assert reason in str(err.value)
+
+
+def test_opt_350m_layout_is_one_line_exit_2_from_the_cli(tmp_path, capsys):
+    """A user converting an OPT-350M-style folder gets the reason on one line, no traceback."""
+    from llm_modules.cli import main
+
+    tiny_opt(word_embed_proj_dim=32).save_pretrained(tmp_path / "opt")
+    capsys.readouterr()  # transformers' progress bar
+    code = main(["convert", "from-hf", str(tmp_path / "opt"), str(tmp_path / "opt.ckpt")])
+    out, err = capsys.readouterr()
+    assert code == 2 and "Traceback" not in out + err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "word_embed_proj_dim=32" in lines[0] and "project_in/project_out" in lines[0], err
+    assert not (tmp_path / "opt.ckpt").exists()
