@@ -37,7 +37,7 @@ from llm_modules.interop.common import (
     untie_if_head_differs,
 )
 from llm_modules.interop.family import HF_FAMILIES, HFFamily
-from llm_modules.interop.gpt_neox import _ACTIVATIONS
+from llm_modules.interop.gpt_neox import PLAIN_ACTIVATIONS
 from llm_modules.interop.rope import rope_from_hf, rope_to_hf
 from llm_modules.interop.slots import activation_from_hf, activation_to_hf, component, ffn_hidden
 from llm_modules.interop.weights import Map, Repeat, StateDict, Transform, WeightTable
@@ -65,7 +65,7 @@ FIELDS = {
     "norm": Slot("layernorm", eps=ANY, bias=True),
     "norm_eps": Mapped("layer_norm_epsilon"),
     "residual": Slot(("parallel", "pre"), shared_norm=ANY),
-    "activation": Activation(_ACTIVATIONS, d_ff=ANY, bias=ANY, dropout=ANY),
+    "activation": Activation(PLAIN_ACTIVATIONS, d_ff=ANY, bias=ANY, dropout=ANY),
     "position": Slot("rope", theta=ANY, fraction=1.0, interleaved=False, scaling=ANY, local_theta=None,
                       longrope_recompute=False),
     # one bias for every projection, the MLP's included
@@ -129,7 +129,7 @@ class FalconFamily(HFFamily):
             d_ff=hf.get("ffn_hidden_size") or 4 * d_model,
             norm="layernorm",
             residual=residual,
-            activation=activation_from_hf(hf.get("activation") or "gelu", _ACTIVATIONS, "falcon", bias=bias),
+            activation=activation_from_hf(hf.get("activation") or "gelu", PLAIN_ACTIVATIONS, "falcon", bias=bias),
             position=rope_from_hf(hf, "falcon"),
             bias=bias,
             max_seq_len=hf.get("max_position_embeddings", 2048),
@@ -187,7 +187,7 @@ class FalconFamily(HFFamily):
             "num_attention_heads": config.n_heads,
             **layout,
             "ffn_hidden_size": ffn_hidden(config, gated=False),
-            "activation": activation_to_hf(config, _ACTIVATIONS),
+            "activation": activation_to_hf(config, PLAIN_ACTIVATIONS),
             "bias": config.bias,
             "alibi": False,
             "max_position_embeddings": config.max_seq_len,

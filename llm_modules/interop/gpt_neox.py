@@ -30,8 +30,9 @@ from llm_modules.interop.slots import activation_from_hf, activation_to_hf, comp
 from llm_modules.interop.weights import Map, Repeat, StateDict, Tied, WeightTable, grouped_per_head
 from llm_modules.registry import ConfigError
 
-#: HF ``hidden_act`` -> our plain feed-forward (the first HF name wins on export)
-_ACTIVATIONS = {
+#: HF activation name -> our plain (two-matrix) feed-forward, the first HF name winning on export; GPT-NeoX,
+#: Falcon and OPT share it (exact GELU first: their default)
+PLAIN_ACTIVATIONS = {
     "gelu": ("gelu", {"approximate": "none"}),
     "gelu_new": ("gelu", {"approximate": "tanh"}),
     "gelu_pytorch_tanh": ("gelu", {"approximate": "tanh"}),
@@ -54,7 +55,7 @@ FIELDS = {
     # use_parallel_residual: attention and feed-forward side by side, each with its own norm
     "residual": Slot(("parallel", "pre"), shared_norm=False),
     # the feed-forward always has biases; attention_bias is q/k/v and the output's
-    "activation": Activation(_ACTIVATIONS, d_ff=ANY, bias=True, dropout=ANY),
+    "activation": Activation(PLAIN_ACTIVATIONS, d_ff=ANY, bias=True, dropout=ANY),
     "position": Slot("rope", theta=ANY, fraction=ANY, interleaved=False, scaling=ANY, local_theta=None,
                       longrope_recompute=False),
     "bias": Mapped("attention_bias"),
@@ -117,7 +118,7 @@ class GPTNeoXFamily(HFFamily):
             d_ff=hf["intermediate_size"],
             norm="layernorm",
             residual={"name": "parallel", "shared_norm": False} if parallel else "pre",
-            activation=activation_from_hf(hf.get("hidden_act", "gelu"), _ACTIVATIONS, "gpt_neox",
+            activation=activation_from_hf(hf.get("hidden_act", "gelu"), PLAIN_ACTIVATIONS, "gpt_neox",
                                           **({} if hf.get("attention_bias", True) else {"bias": True})),
             position=neox_rope(hf),
             bias=bool(hf.get("attention_bias", True)),
@@ -144,7 +145,7 @@ class GPTNeoXFamily(HFFamily):
             "intermediate_size": ffn_hidden(config, gated=False),
             "num_hidden_layers": config.n_layers,
             "num_attention_heads": config.n_heads,
-            "hidden_act": activation_to_hf(config, _ACTIVATIONS),
+            "hidden_act": activation_to_hf(config, PLAIN_ACTIVATIONS),
             "max_position_embeddings": config.max_seq_len,
             "layer_norm_eps": component(config, "norm")[1]["eps"],
             "use_parallel_residual": component(config, "residual")[0] == "parallel",

@@ -26,7 +26,7 @@ from llm_modules.interop.common import (
     untie_if_head_differs,
 )
 from llm_modules.interop.family import HF_FAMILIES, HFFamily
-from llm_modules.interop.gpt_neox import _ACTIVATIONS
+from llm_modules.interop.gpt_neox import PLAIN_ACTIVATIONS
 from llm_modules.interop.slots import activation_from_hf, activation_to_hf, component, ffn_hidden
 from llm_modules.interop.weights import Map, Repeat, StateDict, WeightTable
 from llm_modules.registry import ConfigError
@@ -49,7 +49,7 @@ FIELDS = {
     "norm_eps": Fixed(EPS),
     # do_layer_norm_before: pre-norm with a final norm; false: post-norm
     "residual": Slot(("pre", "post")),
-    "activation": Activation(_ACTIVATIONS, d_ff=ANY, bias=ANY, dropout=ANY),
+    "activation": Activation(PLAIN_ACTIVATIONS, d_ff=ANY, bias=ANY, dropout=ANY),
     "position": Slot("learned", offset=OFFSET),
     "bias": Check(lambda c: bool(component(c, "activation")[1]["bias"]) == c.bias,
                   "one bias for every projection, the MLP's included (activation bias = bias)",
@@ -96,7 +96,7 @@ class OPTFamily(HFFamily):
             norm="layernorm",
             norm_eps=EPS,
             residual="pre" if hf.get("do_layer_norm_before", True) else "post",
-            activation=activation_from_hf(hf.get("activation_function", "relu"), _ACTIVATIONS, "opt", bias=bias),
+            activation=activation_from_hf(hf.get("activation_function", "relu"), PLAIN_ACTIVATIONS, "opt", bias=bias),
             position={"name": "learned", "offset": OFFSET},
             bias=bias,
             max_seq_len=hf.get("max_position_embeddings", 2048),
@@ -122,7 +122,7 @@ class OPTFamily(HFFamily):
             "num_attention_heads": config.n_heads,
             "max_position_embeddings": config.max_seq_len,
             "do_layer_norm_before": component(config, "residual")[0] == "pre",
-            "activation_function": activation_to_hf(config, _ACTIVATIONS),
+            "activation_function": activation_to_hf(config, PLAIN_ACTIVATIONS),
             "enable_bias": config.bias,
             "layer_norm_elementwise_affine": True,
             "dropout": config.dropout,
