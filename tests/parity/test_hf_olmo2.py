@@ -15,8 +15,8 @@ from llm_modules import CausalLM, ConfigError, ModelConfig  # noqa: E402
 from llm_modules.interop import HF_FAMILIES  # noqa: E402
 
 from hf_helpers import (  # noqa: E402
-    assert_generate_matches, assert_logits_match, assert_round_trip, left_padded_prompts, load_hf, logits_of, randomize_,
-    right_padded,
+    assert_generate_matches, assert_logits_match, assert_round_trip, left_padded_prompts, load_hf, logits_of,
+    randomize_, right_padded,
 )
 
 VOCAB = 89
