@@ -234,7 +234,7 @@ class FalconFamily(HFFamily):
                 head_entry(config),
             ),
             prefix="transformer.",
-            ignorable=("rotary_emb.inv_freq",),
+            ignorable=("inv_freq",),  # rotary buffers (rotary_emb, or maybe_rotary in RW-era checkpoints)
         )
 
 
