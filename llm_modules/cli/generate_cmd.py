@@ -52,9 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--prompts-file", metavar="FILE",
                         help="one prompt per line, or .jsonl records with a 'prompt' field")
     source.add_argument("--prompt-ids", metavar="IDS", help="token ids to continue, e.g. '5 17 42' (no tokenizer needed)")
-    parser.add_argument("--max-new-tokens", type=int, default=64, metavar="N")
+    parser.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
+                        help="default: the model's generation config's, else 64")
     method = parser.add_mutually_exclusive_group()
-    method.add_argument("--greedy", action="store_true", help="take the most likely token (the default)")
+    method.add_argument("--greedy", action="store_true",
+                        help="take the most likely token (the default, unless the model's generation config samples)")
     method.add_argument("--sample", action="store_true", help="sample instead of taking the most likely token")
     parser.add_argument("--temperature", type=float, default=None, metavar="T", help="with --sample")
     parser.add_argument("--top-k", type=int, default=None, metavar="K",
@@ -83,12 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_model(path: str):
-    """A LanguageModel from a checkpoint file or a Hugging Face folder, in eval mode."""
+    """A LanguageModel from a checkpoint file or a Hugging Face folder, in eval mode; a folder's
+    generation_config.json goes with it (``generation.defaults``: where generation stops, how it samples)."""
     p = Path(path)
     if p.is_dir():
+        from llm_modules.generation.defaults import FOLDER_SETTINGS, read_folder_settings
         from llm_modules.hf import from_hf
 
-        return from_hf(p)
+        module = from_hf(p)
+        setattr(module, FOLDER_SETTINGS, read_folder_settings(p))
+        return module
     if not p.is_file():
         raise ConfigError(f"MODEL {path!r} does not exist; give a .ckpt file or a Hugging Face model folder")
     from llm_modules.checkpoint import load_checkpoint
@@ -122,11 +128,21 @@ def place(module, device: str, dtype: str | None):
         raise ConfigError(f"--device {device!r}: {err}") from None
 
 
-def generation_options(args: argparse.Namespace) -> dict:
-    """The flags as ``generate`` keyword arguments; flags left unset are not passed, so an option
-    that needs another (``--temperature`` needs ``--sample``) is refused only when given."""
-    options = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams,
-               "repetition_penalty": args.repetition_penalty}
+def generation_options(args: argparse.Namespace, model_defaults: dict | None = None) -> dict:
+    """The flags as ``generate`` keyword arguments over the model's own decoding defaults
+    (``generation.defaults.decoding``: a Hugging Face generation_config.json that samples, say);
+    flags left unset are not passed, so an option that needs another (``--temperature`` needs
+    ``--sample``) is refused only when given. ``--greedy`` or ``--num-beams`` drop the model's sampling."""
+    options = dict(model_defaults or {})
+    if args.greedy or args.num_beams > 1:
+        for name in ("do_sample", "temperature", "top_k", "top_p"):
+            options.pop(name, None)
+    options.setdefault("max_new_tokens", 64)
+    if args.max_new_tokens is not None:
+        options["max_new_tokens"] = args.max_new_tokens
+    options["num_beams"] = args.num_beams
+    if args.repetition_penalty != 1.0 or "repetition_penalty" not in options:
+        options["repetition_penalty"] = args.repetition_penalty
     if args.sample:
         options["do_sample"] = True
     for name in ("temperature", "top_k", "top_p", "seed", "length_penalty"):
@@ -239,12 +255,13 @@ def run(argv: list[str]) -> int:
 def _generate(args, module, tokenizer, texts: list[str], rows: list[list[int]]) -> list[dict]:
     """Generate for every row in batches; stream a single greedy or sampled row to the terminal,
     print whole results otherwise (unless they go to JSONL); one record per row."""
+    from llm_modules.generation.defaults import decoding
     from llm_modules.generation.prompts import continuation_text, left_pad, new_tokens, stop_ids
 
     seq2seq = getattr(module, "kind", None) == "Seq2SeqLM"
     if any(not r for r in rows) and not seq2seq:
         raise ConfigError("a prompt encodes to no tokens; a decoder needs at least one token to continue from")
-    options = generation_options(args)
+    options = generation_options(args, decoding(module, tokenizer))
     if tokenizer is not None:
         options["tokenizer"] = tokenizer
     eos_ids = stop_ids(module, tokenizer)

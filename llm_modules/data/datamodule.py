@@ -507,10 +507,14 @@ class TextDataModule(L.LightningDataModule):
 
     def _load_or_train_tokenizer(self) -> Tokenizer:
         path = Path(self.tokenizer_path).expanduser() if self.tokenizer_path else None
+        if path is None and (base := self._base_tokenizer()) is not None:
+            return base
         if path is not None and not path.exists() and path.suffix != ".model":
             path = path.with_name(path.name + ".model")  # Tokenizer.train saves under this name
         if path is not None and path.exists():
-            return Tokenizer.load(path, field="data.tokenizer")
+            from llm_modules.data.hf_tokenizer import load_tokenizer
+
+            return load_tokenizer(path, field="data.tokenizer")  # a .model, a tokenizer.json, or a folder
         if not self.train_tokenizer:
             if path is None:
                 raise ConfigError("data.tokenizer: no tokenizer given; give the path to a SentencePiece .model "
@@ -537,6 +541,19 @@ class TextDataModule(L.LightningDataModule):
         tok.source = str(path)
         log.info("data: tokenizer saved to %s", path)
         return tok
+
+    def _base_tokenizer(self):
+        """The tokenizer of the model's ``init_from`` base (a checkpoint's, or a Hugging Face folder's),
+        when the model started from one: its ids are what the base weights read, so a tokenizer
+        trained here would give them other meanings. None without a base or a trainer."""
+        trainer = getattr(self, "trainer", None)
+        model = getattr(trainer, "lightning_module", None) if trainer is not None else None
+        if model is None or getattr(model, "init_from", None) is None:
+            return None
+        tokenizer = getattr(model, "tokenizer", None)
+        if tokenizer is not None:
+            log.info("data: tokenizing with the tokenizer of model.init_from=%s", model.init_from)
+        return tokenizer
 
     def _log_summary(self) -> None:
         planned = self._planned_train_tokens() if self.val_fraction < 1 else 0

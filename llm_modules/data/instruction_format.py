@@ -20,7 +20,9 @@ tokenizer would merge text across a boundary.
 
 Templates are plain ``str.format`` strings, so a config can hold them (``{{`` writes a brace). A
 few are built in and selectable by name (``BUILTIN_TEMPLATES``); a mapping gives a custom one, its
-missing keys taken from ``base`` (default ``plain``).
+missing keys taken from ``base`` (default ``plain``). ``from_checkpoint`` (``FROM_CHECKPOINT``)
+formats with the model's own Jinja chat template instead (``chat_template``); records are then
+conversations (``messages_of``: an instruction record is one user turn and its reply).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from typing import Any
 from llm_modules.registry import ConfigError
 
 ROLES = ("system", "user", "assistant")
+#: ``data.template`` value: the model's own chat template (``llm_modules.data.chat_template``)
+FROM_CHECKPOINT = "from_checkpoint"
 TRAIN_ON = ("last", "all_assistant")
 Segment = tuple[str, bool]  # (text, trained on)
 
@@ -119,8 +123,11 @@ BUILTIN_TEMPLATES: dict[str, Template] = {
 }
 
 
-def resolve_template(value: str | Mapping[str, str], field: str = "data.template") -> Template:
-    """A built-in template by name, or a mapping of template strings over ``base`` (default ``plain``)."""
+def resolve_template(value: str | Mapping[str, str], field: str = "data.template") -> Template | str:
+    """A built-in template by name, or a mapping of template strings over ``base`` (default ``plain``);
+    ``from_checkpoint`` is returned as it is (the model's template is known once the tokenizer is)."""
+    if value == FROM_CHECKPOINT:
+        return FROM_CHECKPOINT
     if isinstance(value, str):
         return _builtin(value, field)
     if not isinstance(value, Mapping):
@@ -164,7 +171,41 @@ def _instruction(record: dict[str, Any], template: Template) -> list[Segment]:
     return [(prompt, False), (output, True)]
 
 
+def messages_of(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The record as a conversation that ends with the reply to train on: its ``messages``, or an
+    instruction record as one user turn (the instruction, then the input after a blank line) and the
+    assistant's ``output``. Raises RecordError naming the field at fault."""
+    if "messages" in record:
+        _check_messages(record["messages"])
+        return record["messages"]
+    if "instruction" in record or "output" in record:
+        instruction, output = _string(record, "instruction"), _string(record, "output")
+        given = record.get("input")
+        if given is not None and not isinstance(given, str):
+            raise RecordError(f"field 'input' must be a string (or empty, or absent); got {type(given).__name__}")
+        user = instruction + (f"\n\n{given}" if given else "")
+        return [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+    raise RecordError(f"has neither 'instruction'/'output' (an instruction record) nor 'messages' (a chat); "
+                      f"its keys: {sorted(record)}")
+
+
 def _chat(messages: Any, template: Template, train_on: str) -> list[Segment]:
+    last = _check_messages(messages)
+    before, after = template.assistant_parts()
+    segments: list[Segment] = []
+    text = ""
+    for message in messages[:last]:
+        role, content = message["role"], message["content"]
+        if role == "assistant" and train_on == "all_assistant":
+            segments += [(text + before, False), (content + after, True)]
+            text = ""
+        else:
+            text += getattr(template, role).format(content=content)
+    return segments + [(text + before, False), (messages[last]["content"], True)]
+
+
+def _check_messages(messages: Any) -> int:
+    """Refuse a malformed conversation (RecordError naming the field); the index of its last reply."""
     if not isinstance(messages, list) or not messages:
         raise RecordError("field 'messages' must be a non-empty list of {role, content} objects")
     for i, message in enumerate(messages):
@@ -181,17 +222,7 @@ def _chat(messages: Any, template: Template, train_on: str) -> list[Segment]:
     if last != len(messages) - 1:
         raise RecordError(f"field 'messages[{last + 1}]' ({messages[last + 1]['role']}) comes after the last "
                           "assistant reply, which is the response; end the conversation with the reply to train on")
-    before, after = template.assistant_parts()
-    segments: list[Segment] = []
-    text = ""
-    for message in messages[:last]:
-        role, content = message["role"], message["content"]
-        if role == "assistant" and train_on == "all_assistant":
-            segments += [(text + before, False), (content + after, True)]
-            text = ""
-        else:
-            text += getattr(template, role).format(content=content)
-    return segments + [(text + before, False), (messages[last]["content"], True)]
+    return last
 
 
 def _string(record: dict[str, Any], field: str) -> str:

@@ -48,7 +48,15 @@ from typing import Any
 import torch
 
 from llm_modules.data.collators import pad_sequences
-from llm_modules.data.instruction_format import TRAIN_ON, RecordError, format_record, resolve_template
+from llm_modules.data.chat_template import ChatTemplate, TemplateRecordError
+from llm_modules.data.instruction_format import (
+    FROM_CHECKPOINT,
+    TRAIN_ON,
+    RecordError,
+    format_record,
+    messages_of,
+    resolve_template,
+)
 from llm_modules.data.pairs import IGNORE_INDEX, Pair, PairsDataModule, decoder_labels
 from llm_modules.registry import ConfigError
 
@@ -63,10 +71,12 @@ class InstructionDataModule(PairsDataModule):
     Args:
         paths: files split into train/validation by ``val_fraction``.
         train_paths / val_paths: the splits as files instead of ``paths``.
-        tokenizer: SentencePiece ``.model`` path; default: the model's own.
+        tokenizer: a SentencePiece ``.model`` or a Hugging Face ``tokenizer.json``; default: the model's own.
         template: a built-in template name (``alpaca``, ``plain``, ``chatml``) or a mapping of template
             strings (``prompt``, ``prompt_no_input``, ``system``, ``user``, ``assistant``; ``base``: the
-            built-in the other keys default to).
+            built-in the other keys default to); or ``from_checkpoint``: the model's own Jinja chat
+            template (its tokenizer's ``chat_template``; ``llm_modules.data.chat_template``), where
+            each reply ends with the template's end of turn instead of an added EOS.
         train_on: ``last``: the response is the last assistant message; ``all_assistant``: every
             assistant turn of a chat is trained on (CausalLM only).
         max_len: decoder kinds: the longest example in tokens (default: the model's ``max_seq_len``);
@@ -116,6 +126,7 @@ class InstructionDataModule(PairsDataModule):
         self.train_on, self.max_len, self.min_response_len = train_on, max_len, min_response_len
         self.truncation, self.pack = truncation, pack
         self.counts: Counter = Counter()  # records read, prompts/responses cut, dropped: see _report
+        self._chat: ChatTemplate | None = None  # template: from_checkpoint, compiled once the tokenizer is known
         self._blocks: list[list[Pair]] | None = None
         if kind is not None:
             self._check_kind(kind)
@@ -141,11 +152,11 @@ class InstructionDataModule(PairsDataModule):
 
     def _pair(self, record: dict[str, Any], fmt: Callable, path: str, where: str, key: str) -> Pair | None:
         location = f"{path}:{where.split()[-1]}"
-        try:
-            segments = format_record(record, self.template, self.train_on)
-        except RecordError as err:
-            raise ConfigError(f"data: {location}: {err}") from None
         tok = self._tokenizer
+        try:
+            segments = self._segments(record, tok)
+        except (RecordError, TemplateRecordError) as err:
+            raise ConfigError(f"data: {location}: {err}") from None
         source: list[int] = []
         scored: list[tuple[int, int]] = []
         for text, trained in segments[:-1]:
@@ -157,7 +168,12 @@ class InstructionDataModule(PairsDataModule):
             raise ConfigError(f"data: {location}: the prompt is empty; a model needs something to answer (give the "
                               "record an instruction, or a data.template that writes some text)")
         response = segments[-1][0]
-        target = tok.encode(response)
+        target, end = tok.encode(response), tok.eos_id
+        if self._chat is not None:  # the template wrote the turn's end (<|eot_id|>): it ends the target
+            if not target:
+                raise ConfigError(f"data: {location}: the chat template renders the reply as no text")
+            target, end = target[:-1], target[-1]
+            response = tok.decode(target)
         self.counts["records"] += 1
         if self.kind == "Seq2SeqLM":
             fitted = fit_seq2seq(source, target, self.max_source_len, self.max_target_len, self.truncation)
@@ -169,7 +185,15 @@ class InstructionDataModule(PairsDataModule):
         source, scored, target, prompt_cut, response_cut = fitted
         self.counts["prompts_cut"] += prompt_cut
         self.counts["responses_cut"] += response_cut
-        return Pair(source, target + [tok.eos_id], response, key, tuple(scored))
+        return Pair(source, target + [end], response, key, tuple(scored))
+
+    def _segments(self, record: dict[str, Any], tok) -> list[tuple[str, bool]]:
+        """The record's text segments: through a built-in or given template, or the model's chat template."""
+        if self.template != FROM_CHECKPOINT:
+            return format_record(record, self.template, self.train_on)
+        if self._chat is None:
+            self._chat = ChatTemplate.of(tok)
+        return self._chat.segments(messages_of(record), self.train_on)
 
     def _training_items(self) -> tuple[Sequence, Callable]:
         if not self.pack:

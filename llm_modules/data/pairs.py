@@ -200,7 +200,9 @@ class PairsDataModule(L.LightningDataModule):
     def tokenizer(self) -> Tokenizer | None:
         """The tokenizer (``data.tokenizer``, else the model's; known after ``setup``)."""
         if self._tokenizer is None and self.tokenizer_path:
-            self._tokenizer = Tokenizer.load(self.tokenizer_path, field="data.tokenizer")
+            from llm_modules.data.hf_tokenizer import load_tokenizer  # a .model, a tokenizer.json or a folder
+
+            self._tokenizer = load_tokenizer(self.tokenizer_path, field="data.tokenizer")
         return self._tokenizer
 
     @property

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from llm_modules.generation import defaults
 from llm_modules.generation.config import GenerationConfig
 from llm_modules.generation.fill import MaskPredictions, fill_mask
 from llm_modules.generation.inference import evaluating
@@ -53,8 +54,9 @@ def generate(
     the decoder start token (``config.pad_token_id``, T5's convention). n <= ``max_new_tokens``, fewer
     only when every row stopped early; rows that stopped are padded with ``pad_token_id``.
 
-    Defaults: ``eos_token_id`` is the model config's, else its tokenizer's, else none (``[]`` turns
-    stopping on EOS off); ``pad_token_id`` is the model config's; ``tokenizer`` (needed by
+    Defaults (``generation.defaults``): ``eos_token_id`` is the model's generation config's (a list
+    for Llama 3), else its config's, else its tokenizer's, else none (``[]`` turns stopping on EOS
+    off); ``pad_token_id`` is the model config's, else its generation config's; ``tokenizer`` (needed by
     ``stop_strings``) is the one the checkpoint carries.
     Sampling (``do_sample=True``) draws from ``generator``, or a fresh one seeded with ``seed``
     (from OS entropy without one): never from torch's global generator.
@@ -62,14 +64,11 @@ def generate(
     """
     config = getattr(module, "config", None)
     if eos_token_id is None:
-        eos_token_id = getattr(config, "eos_token_id", None)
-    if eos_token_id is None or (stop_strings and tokenizer is None):
-        module_tokenizer = getattr(module, "tokenizer", None)
-        tokenizer = tokenizer if tokenizer is not None else module_tokenizer
-        if eos_token_id is None and module_tokenizer is not None:
-            eos_token_id = module_tokenizer.eos_id
+        eos_token_id = defaults.stop_ids(module)
+    if stop_strings and tokenizer is None:
+        tokenizer = getattr(module, "tokenizer", None)
     if pad_token_id is None:
-        pad_token_id = getattr(config, "pad_token_id", None)
+        pad_token_id = defaults.pad_id(module)
     options = GenerationConfig(
         max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
         repetition_penalty=repetition_penalty, num_beams=num_beams, length_penalty=length_penalty,

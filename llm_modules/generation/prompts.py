@@ -56,12 +56,12 @@ def encode_prompt(tokenizer, module, text: str) -> list[int]:
 
 
 def stop_ids(module, tokenizer) -> list[int]:
-    """The ids that end a row by default: the model's EOS, else its tokenizer's (none if neither).
-    Passed to ``generate`` explicitly, so a tokenizer given from outside the checkpoint counts too."""
-    if module.config.eos_token_id is not None:
-        return [module.config.eos_token_id]
-    eos = getattr(tokenizer, "eos_id", -1) if tokenizer is not None else -1
-    return [eos] if eos is not None and 0 <= eos < module.config.vocab_size else []
+    """The ids that end a row by default (``generation.defaults.stop_ids``: the generation config's
+    EOS list, else the model's EOS, else its tokenizer's). Passed to ``generate`` explicitly, so a
+    tokenizer given from outside the checkpoint counts too."""
+    from llm_modules.generation.defaults import stop_ids as default_stop_ids
+
+    return default_stop_ids(module, tokenizer)
 
 
 def continuation_text(tokenizer, prompt_ids: Sequence[int], new_ids: Sequence[int]) -> str:

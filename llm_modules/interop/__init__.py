@@ -20,7 +20,8 @@ from typing import Any
 
 # Importing the family modules registers them.
 from llm_modules.interop import (  # noqa: E402,F401
-    bert, bloom, falcon, gpt2, gpt_neox, llama, mixtral, olmo2, opt, phi3, qwen2_moe, qwen3_moe, t5,
+    bert, bloom, falcon, gpt2, gpt_neox, llama, mistral, mixtral, olmo2, opt, phi3, qwen2, qwen2_moe, qwen3, qwen3_moe,
+    t5,
 )
 from llm_modules.config import ModelConfig
 from llm_modules.interop import dtypes
@@ -122,7 +123,7 @@ def to_hf(module: Any, path: str | Path, family: str | None = None, prune: bool 
     hf_config.update(dtypes.hf_fields(weights))
     files = tokenizer_files(module)
     if chosen.generates:  # transformers keeps generation defaults there
-        files["generation_config.json"] = (json.dumps(generation_config(hf_config), indent=2, sort_keys=True)
+        files["generation_config.json"] = (json.dumps(generation_config(hf_config, module), indent=2, sort_keys=True)
                                            + "\n").encode()
     return write_hf_checkpoint(path, hf_config, weights, files, prune=prune, max_shard_size=max_shard_size)
 

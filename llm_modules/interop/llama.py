@@ -66,13 +66,13 @@ FIELDS = {
 }
 
 
-def llama_rope(hf: dict[str, Any]) -> dict[str, Any]:
+def llama_rope(hf: dict[str, Any], family: str = "llama") -> dict[str, Any]:
     """LLaMA's RoPE: plain or scaled, always over the whole head (transformers' LLaMA ignores a
     partial_rotary_factor for plain RoPE and cannot apply one with scaling, so one is refused)."""
-    spec = rope_from_hf(hf, "llama")
+    spec = rope_from_hf(hf, family)
     if "fraction" in spec:
-        raise ConfigError(f"llama config.json: partial_rotary_factor={spec['fraction']} is not supported (LLaMA "
-                          "rotates whole heads); remove it from config.json")
+        raise ConfigError(f"{family} config.json: partial_rotary_factor={spec['fraction']} is not supported (the "
+                          f"{family} family rotates whole heads); remove it from config.json")
     return spec
 
 
@@ -97,9 +97,9 @@ class LlamaFamily(HFFamily):
             norm="rmsnorm",
             residual="pre",
             activation=activation_from_hf(
-                hf.get("hidden_act", "silu"), _GATED, "llama", **({"bias": mlp_bias} if mlp_bias != attention_bias else {})
+                hf.get("hidden_act", "silu"), _GATED, self.model_type, **({"bias": mlp_bias} if mlp_bias != attention_bias else {})
             ),
-            position=llama_rope(hf),
+            position=llama_rope(hf, self.model_type),
             bias=attention_bias,
             max_seq_len=hf.get("max_position_embeddings", 2048),
             norm_eps=hf.get("rms_norm_eps", 1e-6),

@@ -1,5 +1,11 @@
 """The tokenizer a model carries, and its special token ids, as the files of a Hugging Face folder.
 
+A model fine-tuned from a Hugging Face folder carries that folder's tokenizer (``HFTokenizer``:
+``tokenizer.json``, ``tokenizer_config.json`` with its ``chat_template``, ``generation_config.json``);
+export writes the first two back as they were read, and generation_config.json with the imported
+settings (its EOS list) over the ids config.json names, so transformers' AutoTokenizer and
+GenerationConfig load what the original folder held.
+
 A model trained here keeps its SentencePiece tokenizer in its checkpoints (``tokenizer_bytes``). An
 exported folder holds it as ``tokenizer.model`` (what ``llm-modules generate`` reads) with a
 ``tokenizer_config.json`` that makes ``transformers.AutoTokenizer.from_pretrained(folder)`` build
@@ -37,16 +43,26 @@ def special_token_ids(module) -> dict[str, int]:
     return found
 
 
-def generation_config(hf_config: dict[str, Any]) -> dict[str, Any]:
-    """generation_config.json of a folder whose config.json is ``hf_config``: its special token ids."""
-    return {k: hf_config[k] for k in GENERATION_KEYS if hf_config.get(k) is not None}
+def generation_config(hf_config: dict[str, Any], module=None) -> dict[str, Any]:
+    """generation_config.json of a folder whose config.json is ``hf_config``: its special token ids,
+    under the generation config the model imported with its tokenizer (``HFTokenizer.generation``),
+    which wins where both say something: its EOS list (Llama 3) is what generation stops at."""
+    found = {k: hf_config[k] for k in GENERATION_KEYS if hf_config.get(k) is not None}
+    imported = getattr(getattr(module, "tokenizer", None), "generation", None)
+    if isinstance(imported, dict):
+        found.update({k: v for k, v in imported.items() if k != "transformers_version"})
+    return found
 
 
 def tokenizer_files(module) -> dict[str, bytes]:
-    """``tokenizer.model`` and ``tokenizer_config.json`` of the model's own tokenizer; {} when it has none."""
+    """The model's own tokenizer as a folder's files ({} when it has none): a Hugging Face tokenizer's
+    ``tokenizer.json`` and ``tokenizer_config.json`` (chat template included) as imported, or a
+    SentencePiece ``tokenizer.model`` with the ``tokenizer_config.json`` the module docstring describes."""
     tokenizer = module.tokenizer
     if tokenizer is None:
         return {}
+    if hasattr(tokenizer, "files"):
+        return tokenizer.files()
     piece = tokenizer.sp.id_to_piece
     settings: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast"}
     for name, token_id in (("bos_token", tokenizer.bos_id), ("eos_token", tokenizer.eos_id),

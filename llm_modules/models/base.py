@@ -349,7 +349,10 @@ class LanguageModel(L.LightningModule, abc.ABC):
         than the position encoding allows. (The data module is set up before the model.)"""
         datamodule = self._datamodule()
         tokenizer = getattr(datamodule, "tokenizer", None)
-        if tokenizer is not None and tokenizer.vocab_size != self.config.vocab_size:
+        self.finetuning.check_tokenizer(self, tokenizer)  # another tokenizer than the base's: say that first
+        padded = getattr(tokenizer, "fits_padded_table", False)  # an imported model's table may be larger (Qwen)
+        if tokenizer is not None and tokenizer.vocab_size != self.config.vocab_size and not (
+                padded and tokenizer.vocab_size < self.config.vocab_size):
             # Larger than the tokenizer would only waste rows that no id reaches; smaller would
             # index past the table. Either way the two configs disagree, so say which to change.
             raise ConfigError(
@@ -367,7 +370,6 @@ class LanguageModel(L.LightningModule, abc.ABC):
                         f"data.seq_len={seq_len} is beyond what position {type(position).__name__} allows "
                         f"(model.config.max_seq_len={position.max_len}); raise max_seq_len or lower seq_len"
                     )
-        self.finetuning.check_tokenizer(self, tokenizer)
         if tokenizer is not None and self.tokenizer_bytes is None:
             self.tokenizer_bytes = tokenizer.to_bytes()
 
@@ -403,9 +405,9 @@ class LanguageModel(L.LightningModule, abc.ABC):
             return None
         cached = getattr(self, "_tokenizer", None)
         if cached is None or cached[0] is not self.tokenizer_bytes:
-            from llm_modules.data.tokenizer import Tokenizer
+            from llm_modules.data.hf_tokenizer import tokenizer_from_bytes
 
-            cached = (self.tokenizer_bytes, Tokenizer.from_bytes(self.tokenizer_bytes))
+            cached = (self.tokenizer_bytes, tokenizer_from_bytes(self.tokenizer_bytes))
             self._tokenizer = cached
         return cached[1]
 

@@ -64,7 +64,7 @@ PREFIX = "model."  # the torch model's keys inside the LightningModule's state d
 @dataclasses.dataclass
 class Base:
     """What ``init_from`` names, read once: the LM kind, its config, the torch model's weights and
-    (for our checkpoints) the tokenizer it was trained with."""
+    the tokenizer it was trained with (our checkpoints) or that its folder holds (``folder_tokenizer_bytes``)."""
 
     source: str
     kind: str
@@ -130,7 +130,10 @@ def _read_hf_folder(path: Path) -> Base:
         read = read_hf_model(path)
     except ConfigError as err:
         raise ConfigError(f"model.init_from: {err}") from None
-    return Base(str(path), read.kind, read.config, read.state)
+    from llm_modules.data.hf_tokenizer import folder_tokenizer_bytes
+
+    tokenizer = folder_tokenizer_bytes(path, field=f"model.init_from {str(path)!r}")
+    return Base(str(path), read.kind, read.config, read.state, tokenizer)
 
 
 def resolve_config(given: ModelConfig | None, base: Base | None) -> ModelConfig:
@@ -274,9 +277,9 @@ class FineTuning:
         if to_bytes is not None and to_bytes() != lm.tokenizer_bytes:
             raise ConfigError(
                 f"data.tokenizer: the data module's tokenizer is not the one model.init_from={self.init_from!r} was "
-                "trained with, so its ids would mean other pieces; leave data.tokenizer out for instruction or pair "
-                "data (they read with the model's), or give the checkpoint's own tokenizer file "
-                "(llm-modules export writes it as tokenizer.model) with data.train_tokenizer: false"
+                "trained with, so its ids would mean other pieces; leave data.tokenizer out (the data is then read "
+                "with the base's own), or give the base's own tokenizer file (a Hugging Face folder's "
+                "tokenizer.json or tokenizer.model; llm-modules export writes it) with data.train_tokenizer: false"
             )
 
     def check_strategy(self, lm: LanguageModel) -> None:

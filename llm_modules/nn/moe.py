@@ -174,7 +174,7 @@ def pooled_balance_loss(model: nn.Module, attention_mask: torch.Tensor | None = 
     ``attention_mask`` (B, T) is the padding of the tokens the model's first stack reads (its
     ``stacks()``, in data-flow order; the whole model when it declares none): padding positions
     are left out there, as transformers leaves them out. Layers that route other rows (a decoder
-    after an encoder, virtual tokens before the input) count every row. Layers with different
+    after an encoder, a learned prompt before the input) count every row. Layers with different
     expert counts or weights are pooled in separate groups, whose losses add.
 
     Reading releases what the layers kept (a (tokens, n_experts) tensor each, which would otherwise

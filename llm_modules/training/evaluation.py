@@ -29,7 +29,7 @@ from torch import nn
 from torchmetrics import Metric
 from torchmetrics.text import ROUGEScore, SacreBLEUScore
 
-from llm_modules.generation.prompts import new_tokens
+from llm_modules.generation.prompts import new_tokens, stop_ids
 from llm_modules.registry import ConfigError
 
 METRICS = ("bleu", "rouge", "exact_match")
@@ -192,7 +192,8 @@ def generate_texts(lm, batch: dict, config: GenerationEvalConfig) -> list[str]:
         raise ConfigError("model.evaluation.metrics needs a tokenizer to decode generations; the model carries "
                           "none and the data module has none (give data.tokenizer)")
     prompt_ids, prompt_mask = batch["prompt_ids"], batch.get("prompt_mask")
-    out = lm.generate(prompt_ids, prompt_mask, max_new_tokens=config.max_new_tokens, num_beams=config.num_beams)
-    eos = lm.config.eos_token_id if lm.config.eos_token_id is not None else tokenizer.eos_id
-    rows = new_tokens(lm, out, prompt_ids.shape[1], [eos] if eos is not None and eos >= 0 else [], lm.config.pad_token_id)
-    return [tokenizer.decode([t for t in row if t != eos]) for row in rows]
+    stops = stop_ids(lm, tokenizer)  # the model's generation config's EOS list, else its EOS (generation.defaults)
+    out = lm.generate(prompt_ids, prompt_mask, max_new_tokens=config.max_new_tokens, num_beams=config.num_beams,
+                      eos_token_id=stops)
+    rows = new_tokens(lm, out, prompt_ids.shape[1], stops, lm.config.pad_token_id)
+    return [tokenizer.decode([t for t in row if t not in stops]) for row in rows]

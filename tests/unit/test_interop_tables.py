@@ -34,6 +34,10 @@ FITTING = {
                            n_encoder_layers=1)),
     "bert": (MaskedLM, dict(residual="post", activation="gelu", embedding_norm=True, head_transform=True,
                             lm_head_bias=True, type_vocab_size=2)),
+    "mistral": (CausalLM, dict(norm="rmsnorm", activation="swiglu", position="rope", bias=False, sliding_window=8)),
+    "qwen2": (CausalLM, dict(norm="rmsnorm", activation="swiglu", position="rope", bias=False, qkv_bias=True,
+                             sliding_window=8, layer_types=["full", "sliding"])),
+    "qwen3": (CausalLM, dict(norm="rmsnorm", activation="swiglu", position="rope", bias=False, qk_norm="head")),
 }
 
 
