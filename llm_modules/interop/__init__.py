@@ -20,7 +20,8 @@ from typing import Any
 
 # Importing the family modules registers them.
 from llm_modules.interop import (  # noqa: E402,F401
-    bert, bloom, gemma, gemma2, gemma3_text, gpt2, llama, mistral, mixtral, phi3, qwen2, qwen2_moe, qwen3, qwen3_moe,
+    bert, bloom, falcon, gemma, gemma2, gemma3_text, gpt2, gpt_neox, llama, mistral, mixtral, olmo2, opt, phi3,
+    qwen2, qwen2_moe, qwen3, qwen3_moe,
     t5,
 )
 from llm_modules.config import ModelConfig

@@ -29,11 +29,12 @@ KIND = {
     "t5": Seq2SeqLM, "bert": MaskedLM, "glm": PrefixLM,
     "mixtral": CausalLM, "qwen2": CausalLM, "qwen3": CausalLM, "llama3": CausalLM, "smollm2": CausalLM,
     "phi3": CausalLM, "mistral": CausalLM, "qwen2.5": CausalLM,
-    "gemma": CausalLM,
+    "gemma": CausalLM, "pythia": CausalLM, "olmo": CausalLM, "falcon": CausalLM, "opt": CausalLM,
 }
 TINY = ["llama-tiny", "gpt2-tiny", "bloom-tiny", "t5-v1_1-tiny", "bert-tiny", "glm-tiny", "palm-tiny", "llama3-tiny",
         "smollm2-tiny", "phi3-tiny", "mistral-tiny", "qwen2.5-tiny", "qwen3-tiny"]
 TINY += ["gemma-tiny", "gemma-2-tiny", "gemma-3-tiny"]
+TINY += ["pythia-tiny", "olmo-2-tiny", "falcon-tiny", "opt-tiny"]
 PUBLISHED = ["llama-7b", "gpt2", "bloom-560m", "t5-v1_1-base", "bert-base", "glm-130b", "palm-8b", "llama-3.2-1b",
              "llama-3.1-8b", "smollm2-135m", "phi3-mini-4k", "mistral-7b", "qwen2.5-0.5b", "qwen2.5-7b", "qwen3-0.6b"]
 
