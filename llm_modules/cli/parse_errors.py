@@ -264,10 +264,11 @@ def _unknown_class(where: str, value: str, subtypes: str) -> str:
     looks_like_file = "/" in value or value.endswith((".yaml", ".yml", ".json"))
     if ModelConfig in classes:
         presets = preset_names()
+        # every preset, however many: the one place a user sees the names without opening the docs
+        every = f"; presets: {', '.join(presets)}"
         if looks_like_file:
-            return f"{where}: {value!r} is not a readable file; give a YAML file or a preset{listing(presets, 'presets')}"
-        return (f"{where}: {value!r} is neither a preset nor a YAML file{did_you_mean(value, presets)}"
-                f"{listing(presets, 'presets')}")
+            return f"{where}: {value!r} is not a readable file; give a YAML file or a preset{every}"
+        return f"{where}: {value!r} is neither a preset nor a YAML file{did_you_mean(value, presets)}{every}"
     if looks_like_file:
         return f"{where}: {value!r} is not a readable file; check the path"
     names = [n for n in subclass_names(classes) if n not in {c.__name__ for c in classes}]

@@ -187,6 +187,9 @@ def test_read_hf_model_is_plain_data_and_from_hf_builds_it(tmp_path):
     read = read_hf_model(tmp_path)
     assert read.kind == "MaskedLM" and read.config.d_model == 32 and read.tokenizer == b"not really sentencepiece"
     assert sorted(read.state) == sorted(module.model.state_dict())
+    with pytest.raises(ConfigError, match="is not a SentencePiece model"):  # from_hf brings the tokenizer along
+        llm_modules.from_hf(tmp_path)
+    (tmp_path / "tokenizer.model").unlink()
     built = llm_modules.from_hf(tmp_path)
     assert type(built) is MaskedLM
     for key, tensor in module.model.state_dict().items():
