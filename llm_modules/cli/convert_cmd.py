@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     directions = parser.add_subparsers(dest="direction", metavar="{from-hf,to-hf}", required=True)
     source = directions.add_parser(
         "from-hf", help="HF folder (config.json + weights) -> .ckpt",
-        description="Load a Hugging Face model folder (LLaMA, GPT-2, BLOOM, T5, BERT) and save it as a checkpoint.",
+        description="Load a Hugging Face model folder (any supported model_type: llama, mistral, qwen2, gemma2, "
+                    "phi3, gpt2, t5, ...; see the Hugging Face interop docs) and save it as a checkpoint.",
     )
     source.add_argument("hf_dir", metavar="HF_DIR", help="folder with config.json and *.safetensors or pytorch_model.bin")
     source.add_argument("out", metavar="OUT.ckpt", help="checkpoint file to write")

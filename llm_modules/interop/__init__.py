@@ -1,6 +1,6 @@
 """Hugging Face interop: read HF checkpoint folders as plain data, and write models back.
 
-Each supported family (LLaMA, GPT-2, BLOOM, T5, BERT) is a small module that declares what it can
+Each supported family (by ``model_type``: llama, mistral, qwen2, gemma2, gpt2, t5, ...) is a small module that declares what it can
 represent (``FIELDS``, an allow-list over every ModelConfig field: ``allow``), maps config.json both
 ways, and lays out its weights as a table (``weights``); they register in ``HF_FAMILIES`` under
 their ``model_type``. Export picks the family by the model's structure (not by a name), and says
