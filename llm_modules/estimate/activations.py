@@ -98,7 +98,11 @@ def _traced(cfg, kind: str, mode: str, training: Training, batch_size: int, seq_
     short = cfg
     if not training.lora_rank or _same_lora_in_every_block(cfg, kind, training):
         depth = 3 if training.lora_rank else 2
-        short = cfg.replace(n_layers=min(cfg.n_layers, depth), n_encoder_layers=min(cfg.encoder_layers, depth))
+        layers = min(cfg.n_layers, depth)
+        # per-layer attention spans keep the pattern's first layers; a sliding and a full layer keep
+        # the same tensors for the backward (a window changes the mask's values, not its size)
+        short = cfg.replace(n_layers=layers, n_encoder_layers=min(cfg.encoder_layers, depth),
+                            layer_types=None if cfg.layer_types is None else list(cfg.layer_types[:layers]))
     with fake_mode():
         with skip_init():
             model = build_model(short, kind)

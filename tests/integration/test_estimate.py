@@ -481,3 +481,11 @@ def test_the_table_says_what_the_trace_assumed(capsys, tmp_path):
     assert "(approximate: see the notes)" in out
     assert "note: MixtureOfExperts: routing assumed even over its 4 experts" in out
     assert "note: attention 'flash_attn' cannot run in the CPU trace" in out and "traced as 'sdpa'" in out
+
+
+@pytest.mark.parametrize("name", [n for n in preset_names() if "layer_types" in preset_dir().joinpath(f"{n}.yaml").read_text()])
+def test_models_whose_layers_differ_in_attention_span_are_estimated(name, capsys):
+    """The trace runs fewer blocks than the model has: per-layer attention spans (layer_types, Gemma 2/3)
+    keep the pattern's first layers for it, at the published size too."""
+    assert main(["estimate", "--preset", name]) == 0
+    assert "peak" in capsys.readouterr().out
