@@ -14,7 +14,7 @@ import torch
 
 from llm_modules.config import ModelConfig
 from llm_modules.interop.allow import Check, Fixed, Ignored, Mapped, Rule
-from llm_modules.interop.weights import Map, StateDict, Tied
+from llm_modules.interop.weights import Map, Repeat, StateDict, Tied, WeightTable
 
 
 def hf_value(hf: dict[str, Any], *names: str, default: Any = None) -> Any:
@@ -112,6 +112,24 @@ def head_entry(config: ModelConfig, theirs: str = "lm_head.weight", export_copy:
     if config.tie_embeddings:
         return Tied("head.proj.weight", "embed.tokens.weight", stored_copy=theirs, export_copy=export_copy)
     return Map("head.proj.weight", theirs)
+
+
+def llama_layout(family: str, config: ModelConfig, layer: tuple, ignorable: tuple[str, ...] = ("rotary_emb.inv_freq",)
+                 ) -> WeightTable:
+    """The checkpoint layout LLaMA set and most decoders since share: ``model.embed_tokens``, the
+    blocks under ``model.layers.{i}`` (``layer``: one block's entries), ``model.norm`` and the head
+    (``lm_head``, or the embedding when tied); ``ignorable``: RoPE buffers older checkpoints saved."""
+    return WeightTable(
+        family,
+        (
+            Map("embed.tokens.weight", "model.embed_tokens.weight"),
+            Map("stack.final_norm.weight", "model.norm.weight"),
+            Repeat(config.n_layers, layer),
+            head_entry(config),
+        ),
+        prefix="model.",
+        ignorable=ignorable,
+    )
 
 
 def linear(ours: str, theirs: str, bias: bool, **options: Any) -> tuple[Map, ...]:

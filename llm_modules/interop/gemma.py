@@ -19,12 +19,12 @@ from typing import Any, ClassVar
 from llm_modules.config import ModelConfig
 from llm_modules.interop.allow import ANY, Activation, Check, Fixed, Ignored, Mapped, Slot
 from llm_modules.interop.common import (
+    llama_layout,
     DECODER_HEAD,
     FEATURES_OFF,
     RUN_SETTINGS,
     SCALED_ATTENTION,
     decoder_hf_fields,
-    head_entry,
     linear,
     pad_token,
     sizes,
@@ -33,7 +33,7 @@ from llm_modules.interop.common import (
 from llm_modules.interop.family import HF_FAMILIES, HFFamily
 from llm_modules.interop.rope import rope_from_hf, rope_to_hf
 from llm_modules.interop.slots import activation_from_hf, activation_to_hf, component, ffn_hidden
-from llm_modules.interop.weights import Map, Repeat, StateDict, WeightTable, rotary_halves
+from llm_modules.interop.weights import Map, StateDict, WeightTable, rotary_halves
 from llm_modules.registry import ConfigError
 
 #: HF activation names a Gemma MLP (gate * up, then down) can have, first the one export writes
@@ -232,14 +232,4 @@ class GemmaFamily(HFFamily):
               for m in linear(f"{ours}.attn.{a}", f"{theirs}.self_attn.{a}_proj", config.bias, **rotary(n))),
             *(m for a in ("gate", "up", "down") for m in linear(f"{ours}.ffn.{a}", f"{theirs}.mlp.{a}_proj", False)),
         )
-        return WeightTable(
-            self.model_type,
-            (
-                Map("embed.tokens.weight", "model.embed_tokens.weight"),
-                Map("stack.final_norm.weight", "model.norm.weight"),
-                Repeat(config.n_layers, layer),
-                head_entry(config),
-            ),
-            prefix="model.",
-            ignorable=("inv_freq",),
-        )
+        return llama_layout(self.model_type, config, layer, ignorable=("inv_freq",))

@@ -11,12 +11,12 @@ from typing import Any
 from llm_modules.config import ModelConfig
 from llm_modules.interop.allow import ANY, Activation, Check, Fixed, Ignored, Mapped, Slot
 from llm_modules.interop.common import (
+    llama_layout,
     DECODER_HEAD,
     FEATURES_OFF,
     RUN_SETTINGS,
     SCALED_ATTENTION,
     decoder_hf_fields,
-    head_entry,
     linear,
     pad_token,
     sizes,
@@ -25,7 +25,7 @@ from llm_modules.interop.common import (
 from llm_modules.interop.family import HF_FAMILIES, HFFamily
 from llm_modules.interop.rope import rope_from_hf, rope_to_hf
 from llm_modules.interop.slots import activation_from_hf, activation_to_hf, component, ffn_hidden
-from llm_modules.interop.weights import Map, Repeat, StateDict, WeightTable, rotary_halves
+from llm_modules.interop.weights import Map, StateDict, WeightTable, rotary_halves
 from llm_modules.registry import ConfigError
 
 _GATED = {
@@ -146,14 +146,4 @@ class LlamaFamily(HFFamily):
                 **({"transform": rotary_halves(heads[a])} if interleaved and a in heads else {}))),
             *(m for a in ("gate", "up", "down") for m in linear(f"{ours}.ffn.{a}", f"{theirs}.mlp.{a}_proj", mlp_bias)),
         )
-        return WeightTable(
-            "llama",
-            (
-                Map("embed.tokens.weight", "model.embed_tokens.weight"),
-                Map("stack.final_norm.weight", "model.norm.weight"),
-                Repeat(config.n_layers, layer),
-                head_entry(config),
-            ),
-            prefix="model.",
-            ignorable=("rotary_emb.inv_freq",),
-        )
+        return llama_layout("llama", config, layer)

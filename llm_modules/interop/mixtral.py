@@ -14,12 +14,12 @@ from typing import Any
 from llm_modules.config import ModelConfig
 from llm_modules.interop.allow import ANY, Fixed, Ignored, Mapped, Slot
 from llm_modules.interop.common import (
+    llama_layout,
     DECODER_HEAD,
     FEATURES_OFF,
     RUN_SETTINGS,
     SCALED_ATTENTION,
     decoder_hf_fields,
-    head_entry,
     linear,
     pad_token,
     sizes,
@@ -35,7 +35,7 @@ from llm_modules.interop.moe_experts import (
     n_experts,
 )
 from llm_modules.interop.slots import component, ffn_hidden
-from llm_modules.interop.weights import Map, Repeat, WeightTable, rotary_halves
+from llm_modules.interop.weights import Map, WeightTable, rotary_halves
 
 #: what the mixtral family represents: every ModelConfig field (``allow``)
 FIELDS = {
@@ -140,14 +140,4 @@ class MixtralFamily(HFFamily):
             expert_entries(f"{ours}.ffn", f"{theirs}.block_sparse_moe.experts", f"{theirs}.mlp.experts", experts,
                            {"gate": "w1", "up": "w3", "down": "w2"}),
         )
-        return WeightTable(
-            "mixtral",
-            (
-                Map("embed.tokens.weight", "model.embed_tokens.weight"),
-                Map("stack.final_norm.weight", "model.norm.weight"),
-                Repeat(config.n_layers, layer),
-                head_entry(config),
-            ),
-            prefix="model.",
-            ignorable=("rotary_emb.inv_freq",),
-        )
+        return llama_layout("mixtral", config, layer)

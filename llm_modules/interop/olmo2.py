@@ -11,13 +11,13 @@ from typing import Any
 from llm_modules.config import ModelConfig
 from llm_modules.interop.allow import ANY, Activation, Check, Fixed, Ignored, Mapped, Slot
 from llm_modules.interop.common import (
+    llama_layout,
     DECODER_HEAD,
     FEATURES_OFF,
     RUN_SETTINGS,
     SCALED_ATTENTION,
     decoder_hf_fields,
     follows_bias,
-    head_entry,
     linear,
     pad_token,
     sizes,
@@ -27,7 +27,7 @@ from llm_modules.interop.family import HF_FAMILIES, HFFamily
 from llm_modules.interop.llama import _GATED
 from llm_modules.interop.rope import rope_from_hf, rope_to_hf
 from llm_modules.interop.slots import activation_from_hf, activation_to_hf, component, ffn_hidden
-from llm_modules.interop.weights import Map, Repeat, StateDict, WeightTable
+from llm_modules.interop.weights import Map, StateDict, WeightTable
 from llm_modules.registry import ConfigError
 
 #: what the olmo2 family represents: every ModelConfig field (``allow``)
@@ -128,14 +128,4 @@ class Olmo2Family(HFFamily):
             Map(f"{ours}.residual.norms.1.weight", f"{theirs}.post_feedforward_layernorm.weight"),
             *(Map(f"{ours}.ffn.{a}.weight", f"{theirs}.mlp.{a}_proj.weight") for a in ("gate", "up", "down")),
         )
-        return WeightTable(
-            "olmo2",
-            (
-                Map("embed.tokens.weight", "model.embed_tokens.weight"),
-                Map("stack.final_norm.weight", "model.norm.weight"),
-                Repeat(config.n_layers, layer),
-                head_entry(config),
-            ),
-            prefix="model.",
-            ignorable=("rotary_emb.inv_freq",),
-        )
+        return llama_layout("olmo2", config, layer)

@@ -14,12 +14,12 @@ from typing import Any
 from llm_modules.config import ModelConfig
 from llm_modules.interop.allow import ANY, Activation, Check, Fixed, Ignored, Mapped, Slot
 from llm_modules.interop.common import (
+    llama_layout,
     DECODER_HEAD,
     FEATURES_OFF,
     RUN_SETTINGS,
     SCALED_ATTENTION,
     decoder_hf_fields,
-    head_entry,
     pad_token,
     sizes,
     untie_if_head_differs,
@@ -28,7 +28,7 @@ from llm_modules.interop.family import HF_FAMILIES, HFFamily
 from llm_modules.interop.llama import _GATED
 from llm_modules.interop.rope import rope_from_hf, rope_to_hf
 from llm_modules.interop.slots import activation_from_hf, activation_to_hf, component, ffn_hidden
-from llm_modules.interop.weights import Map, Repeat, StateDict, WeightTable, side_by_side
+from llm_modules.interop.weights import Map, StateDict, WeightTable, side_by_side
 
 #: transformers' Phi3Config reads these legacy rope_scaling types as longrope
 _LONGROPE_ALIASES = ("su", "yarn")
@@ -168,14 +168,4 @@ class Phi3Family(HFFamily):
                 side_by_side(2, dim=0)),
             Map(f"{ours}.ffn.down.weight", f"{theirs}.mlp.down_proj.weight"),
         )
-        return WeightTable(
-            "phi3",
-            (
-                Map("embed.tokens.weight", "model.embed_tokens.weight"),
-                Map("stack.final_norm.weight", "model.norm.weight"),
-                Repeat(config.n_layers, layer),
-                head_entry(config),
-            ),
-            prefix="model.",
-            ignorable=("rotary_emb.inv_freq",),
-        )
+        return llama_layout("phi3", config, layer)

@@ -14,11 +14,11 @@ from typing import Any
 from llm_modules.config import ModelConfig
 from llm_modules.interop import llama
 from llm_modules.interop.allow import ANY, Activation, Check, Ignored, Mapped
-from llm_modules.interop.common import head_entry, linear
+from llm_modules.interop.common import llama_layout, linear
 from llm_modules.interop.family import HF_FAMILIES
 from llm_modules.interop.llama import LlamaFamily
 from llm_modules.interop.slots import component
-from llm_modules.interop.weights import Map, Repeat, WeightTable, rotary_halves
+from llm_modules.interop.weights import Map, WeightTable, rotary_halves
 from llm_modules.registry import ConfigError
 
 _HF_LAYER_TYPES = {"sliding_attention": "sliding", "full_attention": "full"}
@@ -158,14 +158,4 @@ class Qwen2Family(LlamaFamily):
             *(m for a in ("gate", "up", "down")
               for m in linear(f"{ours}.ffn.{a}", f"{theirs}.mlp.{a}_proj", mlp_bias(config))),
         )
-        return WeightTable(
-            self.model_type,
-            (
-                Map("embed.tokens.weight", "model.embed_tokens.weight"),
-                Map("stack.final_norm.weight", "model.norm.weight"),
-                Repeat(config.n_layers, layer),
-                head_entry(config),
-            ),
-            prefix="model.",
-            ignorable=("rotary_emb.inv_freq",),
-        )
+        return llama_layout(self.model_type, config, layer)

@@ -21,13 +21,13 @@ from typing import Any, ClassVar
 from llm_modules.config import ModelConfig
 from llm_modules.interop.allow import ANY, Fixed, Ignored, Mapped, Rule, Slot
 from llm_modules.interop.common import (
+    llama_layout,
     DECODER_HEAD,
     FEATURES_OFF,
     RUN_SETTINGS,
     SCALED_ATTENTION,
     decoder_hf_fields,
     follows_bias,
-    head_entry,
     linear,
     pad_token,
     sizes,
@@ -44,7 +44,7 @@ from llm_modules.interop.moe_experts import (
     refuse_dense_layers,
 )
 from llm_modules.interop.slots import component, ffn_hidden
-from llm_modules.interop.weights import Map, Repeat, WeightTable, rotary_halves
+from llm_modules.interop.weights import Map, WeightTable, rotary_halves
 from llm_modules.registry import ConfigError
 
 #: the fields both Qwen-MoE families map the same way (``allow``)
@@ -196,17 +196,7 @@ class QwenMoeFamily(HFFamily):
                            {"gate": "gate_proj", "up": "up_proj", "down": "down_proj"}),
             *self.shared_entries(f"{ours}.ffn", f"{theirs}.mlp"),
         )
-        return WeightTable(
-            self.model_type,
-            (
-                Map("embed.tokens.weight", "model.embed_tokens.weight"),
-                Map("stack.final_norm.weight", "model.norm.weight"),
-                Repeat(config.n_layers, layer),
-                head_entry(config),
-            ),
-            prefix="model.",
-            ignorable=("rotary_emb.inv_freq",),
-        )
+        return llama_layout(self.model_type, config, layer)
 
 
 def projections(ours: str, theirs: str, biases: dict[str, bool], halves: dict[str, Any]) -> tuple[Map, ...]:
