@@ -14,6 +14,8 @@ import torch
 
 from llm_modules.config import ModelConfig
 from llm_modules.interop.allow import Check, Fixed, Ignored, Mapped, Rule
+from llm_modules.interop.rope import rope_to_hf
+from llm_modules.interop.slots import component
 from llm_modules.interop.weights import Map, Repeat, StateDict, Tied, WeightTable
 
 
@@ -148,6 +150,29 @@ def untie_if_head_differs(
     if config.tie_embeddings and table is not None and stored is not None and not torch.equal(table, stored):
         return config.replace(tie_embeddings=False)
     return config
+
+
+def llama_hf_fields(config: ModelConfig, model_type: str, architecture: str, rope: dict[str, Any] | None = None,
+                    head_dim: bool = True) -> dict[str, Any]:
+    """config.json keys that LLaMA named and most decoders since share, with the same meaning: the
+    model type, the sizes (not the feed-forward's, which MoE families name otherwise), the context,
+    RMSNorm's eps, RoPE (``rope``: the family's own fields, default ``rope.rope_to_hf``), attention
+    dropout and ``decoder_hf_fields``. ``head_dim``: whether the family's config has that key."""
+    return {
+        "model_type": model_type,
+        "architectures": [architecture],
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.d_model,
+        "num_hidden_layers": config.n_layers,
+        "num_attention_heads": config.n_heads,
+        "num_key_value_heads": config.kv_heads,
+        **({"head_dim": config.dim_per_head} if head_dim else {}),
+        "max_position_embeddings": config.max_seq_len,
+        "rms_norm_eps": component(config, "norm")[1]["eps"],
+        **(rope_to_hf(config) if rope is None else rope),
+        "attention_dropout": config.attention_dropout,
+        **decoder_hf_fields(config),
+    }
 
 
 def decoder_hf_fields(config: ModelConfig) -> dict[str, Any]:

@@ -19,12 +19,12 @@ from typing import Any, ClassVar
 from llm_modules.config import ModelConfig
 from llm_modules.interop.allow import ANY, Activation, Check, Fixed, Ignored, Mapped, Slot
 from llm_modules.interop.common import (
+    llama_hf_fields,
     llama_layout,
     DECODER_HEAD,
     FEATURES_OFF,
     RUN_SETTINGS,
     SCALED_ATTENTION,
-    decoder_hf_fields,
     linear,
     pad_token,
     sizes,
@@ -184,22 +184,10 @@ class GemmaFamily(HFFamily):
 
     def config_to_hf(self, config: ModelConfig) -> dict[str, Any]:
         return {
-            "model_type": self.model_type,
-            "architectures": [self.architecture],
-            "vocab_size": config.vocab_size,
-            "hidden_size": config.d_model,
+            **llama_hf_fields(config, self.model_type, self.architecture, rope=self.position_to_hf(config)),
             "intermediate_size": ffn_hidden(config, gated=True),
-            "num_hidden_layers": config.n_layers,
-            "num_attention_heads": config.n_heads,
-            "num_key_value_heads": config.kv_heads,
-            "head_dim": config.dim_per_head,
             self.activation_key: activation_to_hf(config, self.activations),
-            "max_position_embeddings": config.max_seq_len,
-            "rms_norm_eps": component(config, "norm")[1]["eps"],
-            **self.position_to_hf(config),
             "attention_bias": config.bias,
-            "attention_dropout": config.attention_dropout,
-            **decoder_hf_fields(config),
         }
 
     def position_to_hf(self, config: ModelConfig) -> dict[str, Any]:

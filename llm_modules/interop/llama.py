@@ -11,19 +11,19 @@ from typing import Any
 from llm_modules.config import ModelConfig
 from llm_modules.interop.allow import ANY, Activation, Check, Fixed, Ignored, Mapped, Slot
 from llm_modules.interop.common import (
+    llama_hf_fields,
     llama_layout,
     DECODER_HEAD,
     FEATURES_OFF,
     RUN_SETTINGS,
     SCALED_ATTENTION,
-    decoder_hf_fields,
     linear,
     pad_token,
     sizes,
     untie_if_head_differs,
 )
 from llm_modules.interop.family import HF_FAMILIES, HFFamily
-from llm_modules.interop.rope import rope_from_hf, rope_to_hf
+from llm_modules.interop.rope import rope_from_hf
 from llm_modules.interop.slots import activation_from_hf, activation_to_hf, component, ffn_hidden
 from llm_modules.interop.weights import Map, StateDict, WeightTable, rotary_halves
 from llm_modules.registry import ConfigError
@@ -114,23 +114,11 @@ class LlamaFamily(HFFamily):
 
     def config_to_hf(self, config: ModelConfig) -> dict[str, Any]:
         return {
-            "model_type": "llama",
-            "architectures": ["LlamaForCausalLM"],
-            "vocab_size": config.vocab_size,
-            "hidden_size": config.d_model,
+            **llama_hf_fields(config, "llama", "LlamaForCausalLM"),
             "intermediate_size": ffn_hidden(config, gated=True),
-            "num_hidden_layers": config.n_layers,
-            "num_attention_heads": config.n_heads,
-            "num_key_value_heads": config.kv_heads,
-            "head_dim": config.dim_per_head,
             "hidden_act": activation_to_hf(config, _GATED),
-            "max_position_embeddings": config.max_seq_len,
-            "rms_norm_eps": component(config, "norm")[1]["eps"],
-            **rope_to_hf(config),
             "attention_bias": config.bias,
             "mlp_bias": bool(component(config, "activation")[1]["bias"]),
-            "attention_dropout": config.attention_dropout,
-            **decoder_hf_fields(config),
         }
 
     def weight_table(self, config: ModelConfig) -> WeightTable:

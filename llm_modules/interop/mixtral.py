@@ -14,18 +14,18 @@ from typing import Any
 from llm_modules.config import ModelConfig
 from llm_modules.interop.allow import ANY, Fixed, Ignored, Mapped, Slot
 from llm_modules.interop.common import (
+    llama_hf_fields,
     llama_layout,
     DECODER_HEAD,
     FEATURES_OFF,
     RUN_SETTINGS,
     SCALED_ATTENTION,
-    decoder_hf_fields,
     linear,
     pad_token,
     sizes,
     untie_if_head_differs,
 )
-from llm_modules.interop.rope import rope_from_hf, rope_to_hf
+from llm_modules.interop.rope import rope_from_hf
 from llm_modules.interop.family import HF_FAMILIES, HFFamily
 from llm_modules.interop.moe_experts import (
     MoEActivation,
@@ -104,24 +104,12 @@ class MixtralFamily(HFFamily):
     def config_to_hf(self, config: ModelConfig) -> dict[str, Any]:
         options = component(config, "activation")[1]
         return {
-            "model_type": "mixtral",
-            "architectures": ["MixtralForCausalLM"],
-            "vocab_size": config.vocab_size,
-            "hidden_size": config.d_model,
+            **llama_hf_fields(config, "mixtral", "MixtralForCausalLM"),
             "intermediate_size": ffn_hidden(config, gated=True),
-            "num_hidden_layers": config.n_layers,
-            "num_attention_heads": config.n_heads,
-            "num_key_value_heads": config.kv_heads,
-            "head_dim": config.dim_per_head,
-            "max_position_embeddings": config.max_seq_len,
-            "rms_norm_eps": component(config, "norm")[1]["eps"],
-            **rope_to_hf(config),
             "sliding_window": config.sliding_window,
-            "attention_dropout": config.attention_dropout,
             "num_local_experts": options["n_experts"],
             "router_jitter_noise": float(options["jitter_noise"]),
             **moe_to_hf(config),
-            **decoder_hf_fields(config),
         }
 
     def weight_table(self, config: ModelConfig) -> WeightTable:

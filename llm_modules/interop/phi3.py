@@ -14,12 +14,12 @@ from typing import Any
 from llm_modules.config import ModelConfig
 from llm_modules.interop.allow import ANY, Activation, Check, Fixed, Ignored, Mapped, Slot
 from llm_modules.interop.common import (
+    llama_hf_fields,
     llama_layout,
     DECODER_HEAD,
     FEATURES_OFF,
     RUN_SETTINGS,
     SCALED_ATTENTION,
-    decoder_hf_fields,
     pad_token,
     sizes,
     untie_if_head_differs,
@@ -135,24 +135,13 @@ class Phi3Family(HFFamily):
         # Phi3Config prefers its top-level original length (default 4096) to the rope parameters'
         original = scaling["original_max_position_embeddings"] if scaling else config.max_seq_len
         return {
-            "model_type": "phi3",
-            "architectures": ["Phi3ForCausalLM"],
-            "vocab_size": config.vocab_size,
-            "hidden_size": config.d_model,
+            **llama_hf_fields(config, "phi3", "Phi3ForCausalLM", rope=rope, head_dim=False),
             "intermediate_size": ffn_hidden(config, gated=True),
-            "num_hidden_layers": config.n_layers,
-            "num_attention_heads": config.n_heads,
-            "num_key_value_heads": config.kv_heads,
             "hidden_act": activation_to_hf(config, _GATED),
-            "max_position_embeddings": config.max_seq_len,
             "original_max_position_embeddings": original,
-            "rms_norm_eps": component(config, "norm")[1]["eps"],
-            **rope,
             "sliding_window": config.sliding_window,
-            "attention_dropout": config.attention_dropout,
             "resid_pdrop": 0.0,
             "embd_pdrop": 0.0,
-            **decoder_hf_fields(config),
         }
 
     def weight_table(self, config: ModelConfig) -> WeightTable:

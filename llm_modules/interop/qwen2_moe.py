@@ -21,19 +21,19 @@ from typing import Any, ClassVar
 from llm_modules.config import ModelConfig
 from llm_modules.interop.allow import ANY, Fixed, Ignored, Mapped, Rule, Slot
 from llm_modules.interop.common import (
+    llama_hf_fields,
     llama_layout,
     DECODER_HEAD,
     FEATURES_OFF,
     RUN_SETTINGS,
     SCALED_ATTENTION,
-    decoder_hf_fields,
     follows_bias,
     linear,
     pad_token,
     sizes,
     untie_if_head_differs,
 )
-from llm_modules.interop.rope import rope_from_hf, rope_to_hf
+from llm_modules.interop.rope import rope_from_hf
 from llm_modules.interop.family import HF_FAMILIES, HFFamily
 from llm_modules.interop.moe_experts import (
     MoEActivation,
@@ -157,18 +157,7 @@ class QwenMoeFamily(HFFamily):
     def config_to_hf(self, config: ModelConfig) -> dict[str, Any]:
         options = component(config, "activation")[1]
         return {
-            "model_type": self.model_type,
-            "architectures": [self.architecture],
-            "vocab_size": config.vocab_size,
-            "hidden_size": config.d_model,
-            "num_hidden_layers": config.n_layers,
-            "num_attention_heads": config.n_heads,
-            "num_key_value_heads": config.kv_heads,
-            "head_dim": config.dim_per_head,
-            "max_position_embeddings": config.max_seq_len,
-            "rms_norm_eps": component(config, "norm")[1]["eps"],
-            **rope_to_hf(config),
-            "attention_dropout": config.attention_dropout,
+            **llama_hf_fields(config, self.model_type, self.architecture),
             "num_experts": options["n_experts"],
             "moe_intermediate_size": ffn_hidden(config, gated=True),
             "norm_topk_prob": bool(options["normalize_top_k"]),
@@ -178,7 +167,6 @@ class QwenMoeFamily(HFFamily):
             **moe_to_hf(config),
             **self.attention_to_hf(config),
             **self.window_to_hf(config),
-            **decoder_hf_fields(config),
         }
 
     def weight_table(self, config: ModelConfig) -> WeightTable:
