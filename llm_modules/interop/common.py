@@ -175,6 +175,27 @@ def llama_hf_fields(config: ModelConfig, model_type: str, architecture: str, rop
     }
 
 
+def llama_fields_from_hf(hf: dict[str, Any], *, max_seq_len: int, norm_eps: float) -> dict[str, Any]:
+    """The ModelConfig values of the keys ``llama_hf_fields`` writes, read back; ``max_seq_len`` and
+    ``norm_eps`` are the family's config-class defaults, for a config.json without them."""
+    d_model, n_heads = hf["hidden_size"], hf["num_attention_heads"]
+    head_dim = hf.get("head_dim")
+    return dict(
+        vocab_size=hf["vocab_size"],
+        d_model=d_model,
+        n_layers=hf["num_hidden_layers"],
+        n_heads=n_heads,
+        n_kv_heads=hf.get("num_key_value_heads") or n_heads,
+        head_dim=None if head_dim in (None, d_model // n_heads) else head_dim,
+        max_seq_len=hf.get("max_position_embeddings", max_seq_len),
+        norm_eps=hf.get("rms_norm_eps", norm_eps),
+        attention_dropout=float(hf.get("attention_dropout") or 0.0),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        init_std=hf.get("initializer_range", 0.02),
+        pad_token_id=pad_token(hf, hf["vocab_size"]),
+    )
+
+
 def decoder_hf_fields(config: ModelConfig) -> dict[str, Any]:
     """config.json fields every HF causal decoder shares. BOS/EOS are the config's (None when it
     has none: they belong to a tokenizer)."""

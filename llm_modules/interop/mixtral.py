@@ -14,6 +14,7 @@ from typing import Any
 from llm_modules.config import ModelConfig
 from llm_modules.interop.allow import ANY, Fixed, Ignored, Mapped, Slot
 from llm_modules.interop.common import (
+    llama_fields_from_hf,
     llama_hf_fields,
     llama_layout,
     DECODER_HEAD,
@@ -21,7 +22,6 @@ from llm_modules.interop.common import (
     RUN_SETTINGS,
     SCALED_ATTENTION,
     linear,
-    pad_token,
     sizes,
     untie_if_head_differs,
 )
@@ -73,16 +73,9 @@ class MixtralFamily(HFFamily):
     model_type, kind, kind_words, fields = "mixtral", "CausalLM", "a causal decoder", FIELDS
 
     def config_from_hf(self, hf: dict[str, Any]) -> ModelConfig:
-        d_model, n_heads = hf["hidden_size"], hf["num_attention_heads"]
-        head_dim = hf.get("head_dim")
         return ModelConfig(
-            vocab_size=hf["vocab_size"],
-            d_model=d_model,
-            n_layers=hf["num_hidden_layers"],
-            n_heads=n_heads,
-            n_kv_heads=hf.get("num_key_value_heads") or n_heads,
+            **llama_fields_from_hf(hf, max_seq_len=4096 * 32, norm_eps=1e-5),
             d_ff=hf["intermediate_size"],
-            head_dim=None if head_dim in (None, d_model // n_heads) else head_dim,
             norm="rmsnorm",
             residual="pre",
             activation=moe_from_hf(hf, "mixtral", n_experts(hf) or 8,
@@ -90,12 +83,6 @@ class MixtralFamily(HFFamily):
             position=rope_from_hf(hf, "mixtral", 1e6),
             bias=False,
             sliding_window=hf.get("sliding_window") or None,
-            max_seq_len=hf.get("max_position_embeddings", 4096 * 32),
-            norm_eps=hf.get("rms_norm_eps", 1e-5),
-            attention_dropout=float(hf.get("attention_dropout") or 0.0),
-            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            init_std=hf.get("initializer_range", 0.02),
-            pad_token_id=pad_token(hf, hf["vocab_size"]),
         )
 
     def refine_config(self, config: ModelConfig, weights) -> ModelConfig:

@@ -11,6 +11,7 @@ from typing import Any
 from llm_modules.config import ModelConfig
 from llm_modules.interop.allow import ANY, Activation, Check, Fixed, Ignored, Mapped, Slot
 from llm_modules.interop.common import (
+    llama_fields_from_hf,
     llama_hf_fields,
     llama_layout,
     DECODER_HEAD,
@@ -19,7 +20,6 @@ from llm_modules.interop.common import (
     SCALED_ATTENTION,
     follows_bias,
     linear,
-    pad_token,
     sizes,
     untie_if_head_differs,
 )
@@ -68,18 +68,14 @@ class Olmo2Family(HFFamily):
     model_type, kind, kind_words, fields = "olmo2", "CausalLM", "a causal decoder", FIELDS
 
     def config_from_hf(self, hf: dict[str, Any]) -> ModelConfig:
-        d_model, n_heads, vocab = hf["hidden_size"], hf["num_attention_heads"], hf["vocab_size"]
+        d_model, n_heads = hf["hidden_size"], hf["num_attention_heads"]
         if hf.get("head_dim") not in (None, d_model // n_heads):
             raise ConfigError(f"olmo2 config.json: head_dim={hf['head_dim']!r} differs from hidden_size / "
                               f"num_attention_heads = {d_model // n_heads}, which the olmo2 family does not map; "
                               "remove head_dim or use a model without it")
         attention_bias = bool(hf.get("attention_bias", False))
         return ModelConfig(
-            vocab_size=vocab,
-            d_model=d_model,
-            n_layers=hf["num_hidden_layers"],
-            n_heads=n_heads,
-            n_kv_heads=hf.get("num_key_value_heads") or n_heads,
+            **llama_fields_from_hf(hf, max_seq_len=2048, norm_eps=1e-5),
             d_ff=hf["intermediate_size"],
             norm="rmsnorm",
             residual="post_sublayer",
@@ -88,12 +84,6 @@ class Olmo2Family(HFFamily):
                                           **({"bias": False} if attention_bias else {})),
             position=rope_from_hf(hf, "olmo2"),
             bias=attention_bias,
-            max_seq_len=hf.get("max_position_embeddings", 2048),
-            norm_eps=hf.get("rms_norm_eps", 1e-5),
-            attention_dropout=float(hf.get("attention_dropout") or 0.0),
-            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            init_std=hf.get("initializer_range", 0.02),
-            pad_token_id=pad_token(hf, vocab),
         )
 
     def refine_config(self, config: ModelConfig, weights: StateDict) -> ModelConfig:

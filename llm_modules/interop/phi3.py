@@ -14,13 +14,13 @@ from typing import Any
 from llm_modules.config import ModelConfig
 from llm_modules.interop.allow import ANY, Activation, Check, Fixed, Ignored, Mapped, Slot
 from llm_modules.interop.common import (
+    llama_fields_from_hf,
     llama_hf_fields,
     llama_layout,
     DECODER_HEAD,
     FEATURES_OFF,
     RUN_SETTINGS,
     SCALED_ATTENTION,
-    pad_token,
     sizes,
     untie_if_head_differs,
 )
@@ -106,11 +106,7 @@ class Phi3Family(HFFamily):
 
     def config_from_hf(self, hf: dict[str, Any]) -> ModelConfig:
         return ModelConfig(
-            vocab_size=hf["vocab_size"],
-            d_model=hf["hidden_size"],
-            n_layers=hf["num_hidden_layers"],
-            n_heads=hf["num_attention_heads"],
-            n_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+            **llama_fields_from_hf(hf, max_seq_len=4096, norm_eps=1e-5),
             d_ff=hf["intermediate_size"],
             norm="rmsnorm",
             residual="pre",
@@ -118,12 +114,6 @@ class Phi3Family(HFFamily):
             position=phi3_rope(hf),
             bias=False,
             sliding_window=hf.get("sliding_window"),
-            max_seq_len=hf.get("max_position_embeddings", 4096),
-            norm_eps=hf.get("rms_norm_eps", 1e-5),
-            attention_dropout=float(hf.get("attention_dropout") or 0.0),
-            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            init_std=hf.get("initializer_range", 0.02),
-            pad_token_id=pad_token(hf, hf["vocab_size"]),
         )
 
     def refine_config(self, config: ModelConfig, weights: StateDict) -> ModelConfig:

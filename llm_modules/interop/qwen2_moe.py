@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 from llm_modules.config import ModelConfig
 from llm_modules.interop.allow import ANY, Fixed, Ignored, Mapped, Rule, Slot
 from llm_modules.interop.common import (
+    llama_fields_from_hf,
     llama_hf_fields,
     llama_layout,
     DECODER_HEAD,
@@ -29,7 +30,6 @@ from llm_modules.interop.common import (
     SCALED_ATTENTION,
     follows_bias,
     linear,
-    pad_token,
     sizes,
     untie_if_head_differs,
 )
@@ -126,27 +126,14 @@ class QwenMoeFamily(HFFamily):
 
     def config_from_hf(self, hf: dict[str, Any]) -> ModelConfig:
         refuse_dense_layers(hf, self.name)
-        d_model, n_heads = hf["hidden_size"], hf["num_attention_heads"]
-        head_dim = hf.get("head_dim")
         return ModelConfig(
-            vocab_size=hf["vocab_size"],
-            d_model=d_model,
-            n_layers=hf["num_hidden_layers"],
-            n_heads=n_heads,
-            n_kv_heads=hf.get("num_key_value_heads") or n_heads,
+            **llama_fields_from_hf(hf, max_seq_len=32768, norm_eps=1e-6),
             d_ff=hf["moe_intermediate_size"],
-            head_dim=None if head_dim in (None, d_model // n_heads) else head_dim,
             norm="rmsnorm",
             residual="pre",
             activation=moe_from_hf(hf, self.name, n_experts(hf), normalize_top_k=bool(hf.get("norm_topk_prob")),
                                    fp32_combine=False, **self.shared_from_hf(hf)),
-            position=rope_from_hf(hf, "qwen2_moe", 10000.0),
-            max_seq_len=hf.get("max_position_embeddings", 32768),
-            norm_eps=hf.get("rms_norm_eps", 1e-6),
-            attention_dropout=float(hf.get("attention_dropout") or 0.0),
-            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            init_std=hf.get("initializer_range", 0.02),
-            pad_token_id=pad_token(hf, hf["vocab_size"]),
+            position=rope_from_hf(hf, self.model_type, 10000.0),
             **self.attention_from_hf(hf),
             **self.window_from_hf(hf),
         )
