@@ -1,10 +1,11 @@
 """Hugging Face interop: read HF checkpoint folders as plain data, and write models back.
 
-Each supported family (by ``model_type``: llama, mistral, qwen2, gemma2, gpt2, t5, ...) is a small module that declares what it can
-represent (``FIELDS``, an allow-list over every ModelConfig field: ``allow``), maps config.json both
-ways, and lays out its weights as a table (``weights``); they register in ``HF_FAMILIES`` under
-their ``model_type``. Export picks the family by the model's structure (not by a name), and says
-why each family does not fit when none does.
+Each supported family (by ``model_type``: llama, mistral, qwen2, gemma2, gpt2, t5, ...) is a small
+module that declares what it can represent (``FIELDS``, an allow-list over every ModelConfig field:
+``allow``), maps config.json both ways, and lays out its weights as a table (``weights``); they
+register in ``HF_FAMILIES`` under their ``model_type``. Export picks the family by the model's
+structure (not by a name; where several fit, the first in the import order below), and says why
+each family does not fit when none does.
 
 This package sits below ``models``: it reads and writes configs, kind names and state dicts, and
 never builds a LightningModule. ``llm_modules.hf.from_hf`` builds one from ``read_hf_model``;

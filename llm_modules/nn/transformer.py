@@ -226,7 +226,8 @@ class Stack(nn.Module):
         for i, layer in enumerate(self.layers):
             layer_mask, position = masks[i]
             if recompute and cache is None and i in self.checkpointed:
-                x = checkpoint(layer, x, layer_mask, position, positions, bias, memory, memory_mask, use_reentrant=False)
+                x = checkpoint(layer, x, layer_mask, position, positions, bias, memory, memory_mask,
+                               use_reentrant=False)
             else:
                 layer_cache = cache.layer(i) if cache is not None else None
                 x = layer(x, layer_mask, position, positions, bias, memory, memory_mask, layer_cache)
