@@ -84,15 +84,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_model(path: str):
+def load_model(path: str, dtype: str | None = None):
     """A LanguageModel from a checkpoint file or a Hugging Face folder, in eval mode; a folder's
-    generation_config.json goes with it (``generation.defaults``: where generation stops, how it samples)."""
+    generation_config.json goes with it (``generation.defaults``: where generation stops, how it samples).
+    ``dtype``: a folder's weights are loaded in it (``from_hf``, which keeps RoPE's tables in fp32);
+    a checkpoint is cast afterwards (``place``)."""
     p = Path(path)
     if p.is_dir():
         from llm_modules.generation.defaults import FOLDER_SETTINGS, read_folder_settings
         from llm_modules.hf import from_hf
 
-        module = from_hf(p)
+        module = from_hf(p, dtype=dtype or "auto")
         setattr(module, FOLDER_SETTINGS, read_folder_settings(p))
         return module
     if not p.is_file():
@@ -117,7 +119,8 @@ def place(module, device: str, dtype: str | None):
     """The model cast to ``--dtype`` and moved to ``--device``; a bad device is a one-line error."""
     import torch
 
-    if dtype is not None and dtype != "float32":
+    if dtype is not None and any(p.is_floating_point() and p.dtype != getattr(torch, dtype)
+                                 for p in module.parameters()):
         if getattr(module, "quantization", None):
             raise ConfigError(f"--dtype {dtype}: a quantized checkpoint keeps the number formats it was saved "
                               "with (its layers compute in their input's dtype); drop --dtype")
@@ -210,7 +213,7 @@ def run(argv: list[str]) -> int:
     if args.fill_mask:
         fill_mask.check_flags(args)
     prompts = read_prompts(args.prompts_file) if args.prompts_file else None
-    module = load_model(args.model)
+    module = load_model(args.model, args.dtype)
     masked = isinstance(module, MaskedLM)
     if masked and not args.fill_mask:
         raise ConfigError("a MaskedLM does not generate left to right; pass --fill-mask and mark the "

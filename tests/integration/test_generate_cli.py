@@ -230,3 +230,21 @@ def test_errors_are_one_line_and_leave_the_output_alone(tok, tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, (args, err)
     assert out.read_text() == "keep me\n"
+
+
+def test_a_bf16_folder_loads_in_the_dtype_asked(tmp_path, capsys):
+    """--dtype on a folder is the load's dtype (RoPE's tables stay fp32); without it, as stored."""
+    transformers = pytest.importorskip("transformers")
+    from llm_modules.cli.generate_cmd import load_model, place
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    transformers.LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(tmp_path / "hf")
+    for asked, expected in ((None, torch.bfloat16), ("float32", torch.float32), ("float16", torch.float16)):
+        module = place(load_model(str(tmp_path / "hf"), asked), "cpu", asked)
+        assert {p.dtype for p in module.parameters()} == {expected}, asked
+        assert module.model.stack.position.inv_freq.dtype == torch.float32
+    assert main(["generate", str(tmp_path / "hf"), "--prompt-ids", "1 7 9", "--max-new-tokens", "3",
+                 "--dtype", "float32"]) == 0
+    assert capsys.readouterr().out.startswith("1 7 9 -> ")
