@@ -19,13 +19,13 @@ from typing import Any, ClassVar
 from llm_modules.config import ModelConfig
 from llm_modules.interop.allow import ANY, Activation, Check, Fixed, Ignored, Mapped, Slot
 from llm_modules.interop.common import (
-    llama_hf_fields,
-    llama_layout,
     DECODER_HEAD,
     FEATURES_OFF,
     RUN_SETTINGS,
     SCALED_ATTENTION,
     linear,
+    llama_hf_fields,
+    llama_layout,
     pad_token,
     sizes,
     untie_if_head_differs,

@@ -11,14 +11,14 @@ from typing import Any
 from llm_modules.config import ModelConfig
 from llm_modules.interop.allow import ANY, Activation, Check, Fixed, Ignored, Mapped, Slot
 from llm_modules.interop.common import (
-    llama_fields_from_hf,
-    llama_hf_fields,
-    llama_layout,
     DECODER_HEAD,
     FEATURES_OFF,
     RUN_SETTINGS,
     SCALED_ATTENTION,
     linear,
+    llama_fields_from_hf,
+    llama_hf_fields,
+    llama_layout,
     sizes,
     untie_if_head_differs,
 )
@@ -90,7 +90,8 @@ class LlamaFamily(HFFamily):
             norm="rmsnorm",
             residual="pre",
             activation=activation_from_hf(
-                hf.get("hidden_act", "silu"), _GATED, self.model_type, **({"bias": mlp_bias} if mlp_bias != attention_bias else {})
+                hf.get("hidden_act", "silu"), _GATED, self.model_type,
+                **({"bias": mlp_bias} if mlp_bias != attention_bias else {}),
             ),
             position=llama_rope(hf, self.model_type),
             bias=attention_bias,

@@ -14,18 +14,17 @@ from typing import Any
 from llm_modules.config import ModelConfig
 from llm_modules.interop.allow import ANY, Fixed, Ignored, Mapped, Slot
 from llm_modules.interop.common import (
-    llama_fields_from_hf,
-    llama_hf_fields,
-    llama_layout,
     DECODER_HEAD,
     FEATURES_OFF,
     RUN_SETTINGS,
     SCALED_ATTENTION,
     linear,
+    llama_fields_from_hf,
+    llama_hf_fields,
+    llama_layout,
     sizes,
     untie_if_head_differs,
 )
-from llm_modules.interop.rope import rope_from_hf
 from llm_modules.interop.family import HF_FAMILIES, HFFamily
 from llm_modules.interop.moe_experts import (
     MoEActivation,
@@ -34,6 +33,7 @@ from llm_modules.interop.moe_experts import (
     moe_to_hf,
     n_experts,
 )
+from llm_modules.interop.rope import rope_from_hf
 from llm_modules.interop.slots import component, ffn_hidden
 from llm_modules.interop.weights import Map, WeightTable, rotary_halves
 

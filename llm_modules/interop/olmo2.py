@@ -11,15 +11,15 @@ from typing import Any
 from llm_modules.config import ModelConfig
 from llm_modules.interop.allow import ANY, Activation, Check, Fixed, Ignored, Mapped, Slot
 from llm_modules.interop.common import (
-    llama_fields_from_hf,
-    llama_hf_fields,
-    llama_layout,
     DECODER_HEAD,
     FEATURES_OFF,
     RUN_SETTINGS,
     SCALED_ATTENTION,
     follows_bias,
     linear,
+    llama_fields_from_hf,
+    llama_hf_fields,
+    llama_layout,
     sizes,
     untie_if_head_differs,
 )

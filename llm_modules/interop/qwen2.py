@@ -14,7 +14,7 @@ from typing import Any
 from llm_modules.config import ModelConfig
 from llm_modules.interop import llama
 from llm_modules.interop.allow import ANY, Activation, Check, Ignored, Mapped
-from llm_modules.interop.common import llama_layout, linear
+from llm_modules.interop.common import linear, llama_layout
 from llm_modules.interop.family import HF_FAMILIES
 from llm_modules.interop.llama import LlamaFamily
 from llm_modules.interop.slots import component

@@ -16,24 +16,24 @@ all-MoE model does not have) is not kept; export writes the shared expert's size
 
 from __future__ import annotations
 
+import abc
 from typing import Any, ClassVar
 
 from llm_modules.config import ModelConfig
 from llm_modules.interop.allow import ANY, Fixed, Ignored, Mapped, Rule, Slot
 from llm_modules.interop.common import (
-    llama_fields_from_hf,
-    llama_hf_fields,
-    llama_layout,
     DECODER_HEAD,
     FEATURES_OFF,
     RUN_SETTINGS,
     SCALED_ATTENTION,
     follows_bias,
     linear,
+    llama_fields_from_hf,
+    llama_hf_fields,
+    llama_layout,
     sizes,
     untie_if_head_differs,
 )
-from llm_modules.interop.rope import rope_from_hf
 from llm_modules.interop.family import HF_FAMILIES, HFFamily
 from llm_modules.interop.moe_experts import (
     MoEActivation,
@@ -43,6 +43,7 @@ from llm_modules.interop.moe_experts import (
     n_experts,
     refuse_dense_layers,
 )
+from llm_modules.interop.rope import rope_from_hf
 from llm_modules.interop.slots import component, ffn_hidden
 from llm_modules.interop.weights import Map, WeightTable, rotary_halves
 from llm_modules.registry import ConfigError
@@ -94,19 +95,21 @@ class QwenMoeFamily(HFFamily):
 
     # ---- hooks ----------------------------------------------------------------------------------------------
 
+    @abc.abstractmethod
     def attention_from_hf(self, hf: dict[str, Any]) -> dict[str, Any]:
         """ModelConfig fields of the attention's biases and norms."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def attention_to_hf(self, config: ModelConfig) -> dict[str, Any]:
-        raise NotImplementedError
+        """config.json keys of the attention's biases."""
 
+    @abc.abstractmethod
     def window_from_hf(self, hf: dict[str, Any]) -> dict[str, Any]:
         """``sliding_window`` and ``layer_types``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def window_to_hf(self, config: ModelConfig) -> dict[str, Any]:
-        raise NotImplementedError
+        """config.json keys of the sliding window."""
 
     def shared_from_hf(self, hf: dict[str, Any]) -> dict[str, Any]:
         """The moe slot's shared-expert options."""
@@ -115,9 +118,9 @@ class QwenMoeFamily(HFFamily):
     def shared_to_hf(self, config: ModelConfig) -> dict[str, Any]:
         return {}
 
+    @abc.abstractmethod
     def attention_entries(self, ours: str, theirs: str, config: ModelConfig, halves: dict[str, Any]) -> tuple[Map, ...]:
         """The attention's weight entries; ``halves[p]``: the rotary transform of projection p, if any."""
-        raise NotImplementedError
 
     def shared_entries(self, ours: str, theirs: str) -> tuple[Map, ...]:
         return ()
