@@ -26,7 +26,6 @@ from llm_modules.interop.common import (
     FEATURES_OFF,
     RUN_SETTINGS,
     SCALED_ATTENTION,
-    follows_bias,
     linear,
     llama_fields_from_hf,
     llama_hf_fields,
@@ -81,7 +80,6 @@ FIELDS = {
     "layer_types": Mapped("layer_types"),
     "bias": Fixed(False),
     "qkv_bias": Mapped("qkv_bias"),
-    "out_bias": follows_bias("out_bias"),
 }
 
 

@@ -26,7 +26,6 @@ FIELDS = {
     "qk_norm": Fixed("head"),
     "bias": Mapped("attention_bias"),
     "qkv_bias": follows_bias("qkv_bias"),
-    "out_bias": follows_bias("out_bias"),
 }
 
 
