@@ -80,8 +80,7 @@ def self_attention_mask(cfg, inputs: MaskInputs, x: torch.Tensor) -> tuple[Atten
     mask = AttentionMask(
         new, total, causal=inputs.causal, prefix_lengths=inputs.prefix_lengths,
         key_padding=None if padding is None else padding.bool(),
-        # per-layer windows (layer_types) are added by the stack to its sliding layers only
-        window=cfg.sliding_window if cfg.layer_types is None else None,
+        # no window: it is per layer, and the stack adds it to its sliding layers (Stack._layer_masks)
         stride=cfg.sparse_stride, q_offset=past, positions=structure, documents=inputs.document_ids,
     )
     return mask, positions[:, past:]

@@ -234,8 +234,8 @@ class Stack(nn.Module):
         return self.final_norm(x)
 
     def _layer_masks(self, mask: AttentionMask) -> list[tuple[AttentionMask, nn.Module]]:
-        """Each block's (self-attention mask, position encoding). ``mask`` comes without a window
-        when layers differ (``nn.mask_inputs``); sliding layers get the window added here."""
+        """Each block's (self-attention mask, position encoding): sliding layers see ``mask`` with
+        the window added and rotate with ``sliding_position`` (when the encoding has one)."""
         if not any(self.sliding):
             return [(mask, self.position)] * len(self.layers)
         windowed = dataclasses.replace(mask, window=self.window)
