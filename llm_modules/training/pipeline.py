@@ -1,0 +1,211 @@
+"""Pipeline parallelism: a decoder-only LM cut into consecutive stages, run by ``torch.distributed.pipelining``.
+
+Each of ``pp`` ranks holds one stage: a run of consecutive blocks; the first stage also owns the
+token embedding (and what its stack does before the first block: absolute positions, embedding
+norm), the last one the final norm and the head and returns logits, on which the schedule's
+``loss_fn`` computes the loss. Between stages only hidden states (B, T, D) travel, so a stage is a
+pure function of them: it rebuilds the self-attention mask and positions itself (pretraining
+batches carry no padding: a plain causal mask, ``nn.mask_inputs.self_attention_mask``).
+
+The schedule (GPipe or 1F1B) is PyTorch's own; this module only cuts the model and runs one
+training step. Each stage keeps the parameter names of the whole model (``stack.layers.3...``), so
+the stages' state dicts together are the model's.
+
+Not built yet (refused with the reason, see ``check_pipelinable``): embeddings tied to the head
+across stages, MoE auxiliary losses, position encodings whose parameters every block reads (T5's
+relative bias), prefix and encoder kinds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from llm_modules.nn.lm import DecoderLM, embedded
+from llm_modules.nn.loss import cross_entropy
+from llm_modules.nn.mask_inputs import MaskInputs, self_attention_mask
+from llm_modules.nn.moe import MixtureOfExperts
+from llm_modules.nn.positions import NoPosition
+from llm_modules.registry import ConfigError
+
+#: the schedules a single stage per rank can run, by the name a user gives
+SCHEDULES = ("gpipe", "1f1b")
+
+
+def _numel(module: nn.Module | None) -> int:
+    return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+
+def check_pipelinable(lm: nn.Module, pp: int) -> None:
+    """Refuse, with the reason, a model these stages cannot split into ``pp`` pieces."""
+    if pp < 1:
+        raise ConfigError(f"pipeline_parallel_size must be at least 1, got {pp}")
+    if type(lm) is not DecoderLM or lm.prefix:
+        raise ConfigError(
+            f"pipeline parallelism splits a causal decoder-only LM (CausalLM) so far, not a {type(lm).__name__}"
+            + (" with a prefix (PrefixLM)" if getattr(lm, "prefix", False) else "")
+            + "; use pipeline_parallel_size: 1"
+        )
+    if pp == 1:
+        return
+    n_layers = len(lm.stack.layers)
+    if pp > n_layers:
+        raise ConfigError(
+            f"pipeline_parallel_size {pp} is more than the model's {n_layers} blocks: each stage needs at least one"
+        )
+    if lm.config.tie_embeddings:
+        raise ConfigError(
+            "tie_embeddings: the head would share its weight with the embedding on another pipeline stage, "
+            "and keeping the two copies equal is not built yet; set tie_embeddings: false or "
+            "pipeline_parallel_size: 1"
+        )
+    if any(isinstance(m, MixtureOfExperts) for m in lm.modules()):
+        raise ConfigError(
+            "an MoE layer's auxiliary (load-balancing) loss arises on every pipeline stage, and only the "
+            "last stage's loss is back-propagated so far; use a dense activation or pipeline_parallel_size: 1"
+        )
+    position = lm.stack.position
+    if _numel(position) and not (position.embeds and not position.rotates_qk and not position.adds_score_bias):
+        raise ConfigError(
+            f"position {type(position).__name__} has parameters that every block reads, which pipeline stages "
+            "cannot share yet; use position rope, alibi or learned, or pipeline_parallel_size: 1"
+        )
+
+
+def split_blocks(lm: DecoderLM, pp: int, blocks: Sequence[int] | None = None) -> list[range]:
+    """Each stage's blocks (consecutive ranges covering the stack in order).
+
+    ``blocks``: how many blocks each stage gets; by default the split that makes the largest
+    stage, counted in parameters, as small as it can be (the first stage counts the embedding
+    too, the last the final norm and the head), each stage at least one block.
+    """
+    check_pipelinable(lm, pp)
+    n_layers = len(lm.stack.layers)
+    if blocks is not None:
+        blocks = [int(b) for b in blocks]
+        if len(blocks) != pp or sum(blocks) != n_layers or min(blocks) < 1:
+            raise ConfigError(
+                f"pipeline blocks {blocks} must list {pp} counts (one per stage), each at least 1, adding up to "
+                f"the model's {n_layers} blocks"
+            )
+        return _ranges(blocks)
+    cost = [_numel(layer) for layer in lm.stack.layers]
+    first = _numel(lm.embed) + _numel(lm.stack.embedding_norm) + _numel(lm.stack.position)
+    last = _numel(lm.stack.final_norm) + _numel(lm.head)
+    return _ranges(_balanced(cost, pp, first, last))
+
+
+def _balanced(cost: list[int], pp: int, first: int, last: int) -> list[int]:
+    """Block counts per stage minimizing the largest stage's cost (dynamic programming over cut points)."""
+    n = len(cost)
+    prefix = [0]
+    for c in cost:
+        prefix.append(prefix[-1] + c)
+
+    def stage_cost(s: int, a: int, b: int) -> int:  # stage s holding blocks a..b-1
+        return prefix[b] - prefix[a] + (first if s == 0 else 0) + (last if s == pp - 1 else 0)
+
+    # best[s][b]: the smallest largest cost of stages 0..s holding blocks 0..b-1, and where stage s starts
+    best = [[(float("inf"), 0)] * (n + 1) for _ in range(pp)]
+    for b in range(1, n + 1):
+        best[0][b] = (stage_cost(0, 0, b), 0)
+    for s in range(1, pp):
+        for b in range(s + 1, n + 1):
+            best[s][b] = min((max(best[s - 1][a][0], stage_cost(s, a, b)), a) for a in range(s, b))
+    counts, b = [], n
+    for s in range(pp - 1, -1, -1):
+        a = best[s][b][1]
+        counts.append(b - a)
+        b = a
+    return counts[::-1]
+
+
+def _ranges(counts: list[int]) -> list[range]:
+    starts = [sum(counts[:i]) for i in range(len(counts))]
+    return [range(start, start + count) for start, count in zip(starts, counts)]
+
+
+class CausalStage(nn.Module):
+    """One pipeline stage of a ``DecoderLM``: token ids (first stage) or hidden states (B, T, D) in,
+    hidden states or, on the last stage, logits (B, T, V) out.
+
+    Built by taking the model apart in place: the blocks of other stages are replaced by
+    parameter-free placeholders (so the remaining ones keep their numbers and names), the
+    embedding side stays on the first stage, the final norm and head on the last.
+    """
+
+    def __init__(self, lm: DecoderLM, index: int, blocks: Sequence[range]):
+        super().__init__()
+        self.config, self.causal = lm.config, lm.causal
+        self.index, self.num_stages, self.blocks = index, len(blocks), blocks[index]
+        self.is_first, self.is_last = index == 0, index == len(blocks) - 1
+        stack = lm.stack
+        for i in range(len(stack.layers)):
+            if i not in self.blocks:
+                stack.layers[i] = nn.Identity()
+        if not self.is_first:
+            stack.embedding_norm = None
+            if _numel(stack.position):  # embed-only (check_pipelinable): the first stage adds it
+                stand_in = NoPosition()
+                stand_in.max_len = stack.position.max_len  # sequence-length checks stay on every stage
+                stack.position = stand_in
+        if not self.is_last:
+            stack.final_norm = nn.Identity()
+        self.embed = lm.embed if self.is_first else None
+        self.stack = stack
+        self.head = lm.head if self.is_last else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.is_first:
+            x = embedded(self.embed, x, None)
+        mask, positions = self_attention_mask(self.config, MaskInputs(self.causal), x)
+        if self.is_first:
+            x = self.stack.enter(x, positions)
+        x = self.stack.run_blocks(x, mask, positions, self.blocks)
+        return self.head(self.stack.final_norm(x)) if self.is_last else x
+
+
+def build_stage(lm: DecoderLM, index: int, pp: int, blocks: Sequence[int] | None = None) -> CausalStage:
+    """Stage ``index`` of ``pp`` cut from ``lm`` (which it takes apart; build the model once per rank)."""
+    if not 0 <= index < pp:
+        raise ValueError(f"stage index {index} is outside 0..{pp - 1}")
+    return CausalStage(lm, index, split_blocks(lm, pp, blocks))
+
+
+def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy of one micro-batch (targets -100 where no loss is taken)."""
+    return cross_entropy(logits, targets)
+
+
+def pipeline_schedule(
+    stage: CausalStage, schedule: str, microbatches: int, device: torch.device | str = "cpu",
+    group=None, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = token_loss,
+):
+    """A ``torch.distributed.pipelining`` schedule running ``stage`` on this rank (one stage per
+    rank; ``group``: the pipeline's process group, the default one when None). Gradients are
+    averaged over micro-batches (``scale_grads``), matching a ``loss_fn`` that averages."""
+    from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+
+    kinds = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
+    if schedule not in kinds:
+        raise ConfigError(f"pipeline schedule {schedule!r} is not one of {', '.join(SCHEDULES)}")
+    if microbatches < 1:
+        raise ConfigError(f"pipeline microbatches must be at least 1, got {microbatches}")
+    torch_stage = PipelineStage(stage, stage.index, stage.num_stages, torch.device(device), group=group)
+    return kinds[schedule](torch_stage, n_microbatches=microbatches, loss_fn=loss_fn, scale_grads=True)
+
+
+def train_step(schedule, stage: CausalStage, optimizer: torch.optim.Optimizer, input_ids, targets) -> torch.Tensor | None:
+    """One optimizer step over a whole batch, cut into the schedule's micro-batches (the batch
+    size must divide by their number). Returns the batch's loss (the mean of the micro-batches')
+    on the last stage, None elsewhere."""
+    optimizer.zero_grad(set_to_none=True)
+    losses: list[torch.Tensor] = []
+    if stage.is_first:
+        schedule.step(input_ids, target=targets, losses=losses)
+    else:
+        schedule.step(target=targets, losses=losses)
+    optimizer.step()
+    return torch.stack([loss.detach() for loss in losses]).mean() if stage.is_last else None

@@ -1,0 +1,76 @@
+"""One rank of the pipeline-parallel probe (tests/integration/test_pipeline_probe.py), and the model and
+data that the probe's single-process reference shares with it.
+
+Run as ``python tests/_pipeline_worker.py RANK WORLD PORT OUT``: joins a gloo group on 127.0.0.1:PORT,
+trains each schedule's copy of the same tiny CausalLM for ``STEPS`` AdamW steps as stage RANK, and
+writes ``OUT/rank<RANK>.json`` with the per-step losses (on the last stage; empty lists elsewhere).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from llm_modules.config import ModelConfig
+from llm_modules.nn.lm import DecoderLM
+
+STEPS, BATCH, SEQ, MICROBATCHES, VOCAB = 5, 8, 16, 4, 64
+SCHEDULES = ("gpipe", "1f1b")
+
+
+def model(**overrides) -> DecoderLM:
+    """The probe's tiny CausalLM (4 blocks, d 32, vocab 64), the same weights on every call."""
+    torch.manual_seed(0)
+    fields = dict(
+        vocab_size=VOCAB, d_model=32, n_layers=4, n_heads=4, max_seq_len=32, attention="eager",
+        position="learned", dropout=0.0, attention_dropout=0.0, tie_embeddings=False,
+    )
+    fields.update(overrides)
+    return DecoderLM(ModelConfig(**fields))
+
+
+def batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``STEPS`` (input_ids, next-token targets) batches, no padding: rows that count up from a
+    random start (mod VOCAB), so that the loss falls within a few steps."""
+    generator = torch.Generator().manual_seed(1)
+    out = []
+    for _ in range(STEPS):
+        ids = (torch.randint(0, VOCAB, (BATCH, 1), generator=generator) + torch.arange(SEQ)) % VOCAB
+        targets = torch.full_like(ids, -100)
+        targets[:, :-1] = ids[:, 1:]
+        out.append((ids, targets))
+    return out
+
+
+def optimizer(params) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1)
+
+
+def main(rank: int, world: int, port: int, out: Path) -> None:
+    import torch.distributed as dist
+
+    from llm_modules.training.pipeline import build_stage, pipeline_schedule, train_step
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        result = {}
+        for name in SCHEDULES:
+            stage = build_stage(model(), rank, world)
+            schedule = pipeline_schedule(stage, name, MICROBATCHES)
+            opt = optimizer(stage.parameters())
+            losses = [train_step(schedule, stage, opt, ids, targets) for ids, targets in batches()]
+            result[name] = [loss.item() for loss in losses if loss is not None]
+            result[f"{name}_blocks"] = [stage.blocks.start, stage.blocks.stop]
+        (out / f"rank{rank}.json").write_text(json.dumps(result))
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]))

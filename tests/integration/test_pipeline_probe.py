@@ -1,0 +1,73 @@
+"""Pipeline parallelism on CPU processes: a tiny CausalLM cut into 2 stages on 2 gloo processes, 4
+micro-batches, 5 AdamW steps, follows the single-process loss curve within 1e-5, for GPipe and 1F1B
+(llm_modules.training.pipeline on torch.distributed.pipelining)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import _pipeline_worker as worker
+from _fit_helpers import free_port, reap
+from llm_modules.nn.loss import cross_entropy
+
+pytestmark = pytest.mark.multiprocess
+TESTS = Path(__file__).resolve().parents[1]
+
+
+def single_process_losses() -> list[float]:
+    """The reference: the whole model, the whole batch, the same optimizer."""
+    lm = worker.model()
+    opt = worker.optimizer(lm.parameters())
+    losses = []
+    for ids, targets in worker.batches():
+        opt.zero_grad(set_to_none=True)
+        loss = cross_entropy(lm(ids), targets)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def run_ranks(world: int, out: Path, timeout: float = 120) -> list[dict]:
+    """Start ``world`` worker processes, wait for all (killing every one on failure or timeout)."""
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(TESTS / "_pipeline_worker.py"), str(rank), str(world), str(port), str(out)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )
+        for rank in range(world)
+    ]
+    outputs = []
+    try:
+        deadline = time.monotonic() + timeout
+        for proc in procs:
+            output, _ = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            outputs.append(output)
+    finally:
+        for proc in procs:
+            reap(proc)
+    for proc, output in zip(procs, outputs):
+        assert proc.returncode == 0, f"rank exited {proc.returncode}:\n{output[-6000:]}"
+    return [json.loads((out / f"rank{rank}.json").read_text()) for rank in range(world)]
+
+
+def test_two_stage_pipeline_follows_the_single_process_loss_curve(tmp_path):
+    ranks = run_ranks(2, tmp_path)
+    torch.set_num_threads(1)
+    reference = single_process_losses()
+    assert len(reference) == worker.STEPS and reference[-1] < reference[0]  # it trains
+    for name in worker.SCHEDULES:
+        first, last = ranks[0], ranks[1]
+        assert first[name] == []  # only the last stage reports the loss
+        assert first[f"{name}_blocks"] == [0, 2] and last[f"{name}_blocks"] == [2, 4]
+        assert last[name] == pytest.approx(reference, abs=1e-5, rel=0), name
