@@ -197,7 +197,9 @@ def pipeline_schedule(
     return kinds[schedule](torch_stage, n_microbatches=microbatches, loss_fn=loss_fn, scale_grads=True)
 
 
-def train_step(schedule, stage: CausalStage, optimizer: torch.optim.Optimizer, input_ids, targets) -> torch.Tensor | None:
+def train_step(
+    schedule, stage: CausalStage, optimizer: torch.optim.Optimizer, input_ids, targets,
+) -> torch.Tensor | None:
     """One optimizer step over a whole batch, cut into the schedule's micro-batches (the batch
     size must divide by their number). Returns the batch's loss (the mean of the micro-batches')
     on the last stage, None elsewhere."""

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 import _pipeline_worker as worker
 from _fit_helpers import free_port, reap
@@ -39,7 +38,8 @@ def single_process_losses() -> list[float]:
 def run_ranks(world: int, out: Path, timeout: float = 120) -> list[dict]:
     """Start ``world`` worker processes, wait for all (killing every one on failure or timeout)."""
     port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    path = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     procs = [
         subprocess.Popen(
             [sys.executable, str(TESTS / "_pipeline_worker.py"), str(rank), str(world), str(port), str(out)],
@@ -63,7 +63,6 @@ def run_ranks(world: int, out: Path, timeout: float = 120) -> list[dict]:
 
 def test_two_stage_pipeline_follows_the_single_process_loss_curve(tmp_path):
     ranks = run_ranks(2, tmp_path)
-    torch.set_num_threads(1)
     reference = single_process_losses()
     assert len(reference) == worker.STEPS and reference[-1] < reference[0]  # it trains
     for name in worker.SCHEDULES:
