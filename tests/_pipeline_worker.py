@@ -2,8 +2,9 @@
 data that the probe's single-process reference shares with it.
 
 Run as ``python tests/_pipeline_worker.py RANK WORLD PORT OUT``: joins a gloo group on 127.0.0.1:PORT,
-trains each schedule's copy of the same tiny CausalLM for ``STEPS`` AdamW steps as stage RANK, and
-writes ``OUT/rank<RANK>.json`` with the per-step losses (on the last stage; empty lists elsewhere).
+trains, for each LM kind and schedule, a copy of the same tiny model for ``STEPS`` AdamW steps as stage
+RANK, and writes ``OUT/rank<RANK>.json`` with the per-step losses (on the last stage; empty lists
+elsewhere), keyed ``kind/schedule``.
 """
 
 from __future__ import annotations
@@ -16,33 +17,52 @@ from pathlib import Path
 import torch
 
 from llm_modules.config import ModelConfig
-from llm_modules.nn.lm import DecoderLM
+from llm_modules.nn.lm import DecoderLM, EncoderLM
 
 STEPS, BATCH, SEQ, MICROBATCHES, VOCAB = 5, 8, 16, 4, 64
 SCHEDULES = ("gpipe", "1f1b")
+#: the LM kinds the probe trains: CausalLM, PrefixLM, MaskedLM (as their torch models)
+KINDS = ("causal", "prefix", "masked")
 
 
-def model(**overrides) -> DecoderLM:
-    """The probe's tiny CausalLM (4 blocks, d 32, vocab 64), the same weights on every call."""
+def model(kind: str = "causal", **overrides) -> DecoderLM | EncoderLM:
+    """The probe's tiny LM of ``kind`` (4 blocks, d 32, vocab 64), the same weights on every call."""
     torch.manual_seed(0)
     fields = dict(
         vocab_size=VOCAB, d_model=32, n_layers=4, n_heads=4, max_seq_len=32, attention="eager",
         position="learned", dropout=0.0, attention_dropout=0.0, tie_embeddings=False,
     )
     fields.update(overrides)
-    return DecoderLM(ModelConfig(**fields))
+    config = ModelConfig(**fields)
+    return EncoderLM(config) if kind == "masked" else DecoderLM(config, prefix=kind == "prefix")
 
 
-def batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``STEPS`` (input_ids, next-token targets) batches, no padding: rows that count up from a
-    random start (mod VOCAB), so that the loss falls within a few steps."""
+def batches(kind: str = "causal") -> list[tuple[torch.Tensor, torch.Tensor, dict]]:
+    """``STEPS`` batches (input_ids, targets, the model's other inputs) of ``kind``: rows that count
+    up from a random start (mod VOCAB), so that the loss falls within a few steps. Causal: no
+    padding, every next token a target; prefix: a random prefix per row, targets after it only;
+    masked: a few right-padded rows, about a quarter of the tokens masked and predicted. So the
+    micro-batches of the last two hold different numbers of targets."""
     generator = torch.Generator().manual_seed(1)
     out = []
     for _ in range(STEPS):
         ids = (torch.randint(0, VOCAB, (BATCH, 1), generator=generator) + torch.arange(SEQ)) % VOCAB
         targets = torch.full_like(ids, -100)
-        targets[:, :-1] = ids[:, 1:]
-        out.append((ids, targets))
+        inputs = {}
+        if kind == "masked":
+            lengths = SEQ - torch.randint(0, 5, (BATCH, 1), generator=generator)
+            real = torch.arange(SEQ) < lengths
+            masked = (torch.rand(BATCH, SEQ, generator=generator) < 0.25) & real
+            targets = ids.masked_fill(~masked, -100)
+            ids = ids.masked_fill(masked, VOCAB - 1).masked_fill(~real, 0)
+            inputs["attention_mask"] = real.long()
+        else:
+            targets[:, :-1] = ids[:, 1:]
+        if kind == "prefix":
+            prefix = torch.randint(1, SEQ - 2, (BATCH,), generator=generator)
+            targets = targets.masked_fill(torch.arange(SEQ) + 1 < prefix.unsqueeze(1), -100)
+            inputs["prefix_lengths"] = prefix
+        out.append((ids, targets, inputs))
     return out
 
 
@@ -60,13 +80,16 @@ def main(rank: int, world: int, port: int, out: Path) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         result = {}
-        for name in SCHEDULES:
-            stage = build_stage(model(), rank, world)
-            schedule = pipeline_schedule(stage, name, MICROBATCHES)
-            opt = optimizer(stage.parameters())
-            losses = [train_step(schedule, stage, opt, ids, targets) for ids, targets in batches()]
-            result[name] = [loss.item() for loss in losses if loss is not None]
-            result[f"{name}_blocks"] = [stage.blocks.start, stage.blocks.stop]
+        for kind in KINDS:
+            for name in SCHEDULES:
+                stage = build_stage(model(kind), rank, world)
+                schedule = pipeline_schedule(stage, name, MICROBATCHES)
+                opt = optimizer(stage.parameters())
+                losses = [
+                    train_step(schedule, stage, opt, ids, targets, **inputs) for ids, targets, inputs in batches(kind)
+                ]
+                result[f"{kind}/{name}"] = [loss.item() for loss in losses if loss is not None]
+                result[f"{kind}/{name}/blocks"] = [stage.blocks.start, stage.blocks.stop]
         (out / f"rank{rank}.json").write_text(json.dumps(result))
     finally:
         dist.destroy_process_group()

@@ -1,11 +1,18 @@
-"""Pipeline parallelism: a decoder-only LM cut into consecutive stages, run by ``torch.distributed.pipelining``.
+"""Pipeline parallelism: a single-stack LM cut into consecutive stages, run by ``torch.distributed.pipelining``.
 
 Each of ``pp`` ranks holds one stage: a run of consecutive blocks; the first stage also owns the
 token embedding (and what its stack does before the first block: absolute positions, embedding
 norm), the last one the final norm and the head and returns logits, on which the schedule's
 ``loss_fn`` computes the loss. Between stages only hidden states (B, T, D) travel, so a stage is a
-pure function of them: it rebuilds the self-attention mask and positions itself (pretraining
-batches carry no padding: a plain causal mask, ``nn.mask_inputs.self_attention_mask``).
+pure function of them and of what every stage is given with them (``attention_mask``,
+``prefix_lengths``: each rank passes its batch's to the schedule, which cuts them into the same
+micro-batches): it rebuilds the self-attention mask and positions itself
+(``nn.mask_inputs.self_attention_mask``). The kinds: CausalLM and PrefixLM (``DecoderLM``),
+MaskedLM (``EncoderLM``).
+
+The loss of each micro-batch is its summed token loss divided by the token count of the whole
+batch, so the micro-batches' losses add up to the batch's mean token loss, exactly as one process
+computes it, however the targets fall into micro-batches (``batch_token_loss``).
 
 The schedule (GPipe or 1F1B) is PyTorch's own; this module only cuts the model and runs one
 training step. Each stage keeps the parameter names of the whole model (``stack.layers.3...``), so
@@ -13,23 +20,25 @@ the stages' state dicts together are the model's.
 
 Not built yet (refused with the reason, see ``check_pipelinable``): embeddings tied to the head
 across stages, MoE auxiliary losses, position encodings whose parameters every block reads (T5's
-relative bias), prefix and encoder kinds.
+relative bias), encoder-decoder models.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from llm_modules.nn.lm import DecoderLM, embedded
+from llm_modules.nn.lm import DecoderLM, EncoderLM, embedded
 from llm_modules.nn.loss import cross_entropy
 from llm_modules.nn.mask_inputs import MaskInputs, self_attention_mask
 from llm_modules.nn.moe import MixtureOfExperts
 from llm_modules.nn.positions import NoPosition
 from llm_modules.registry import ConfigError
 
+#: targets that take no loss (as ``models.base.IGNORE_INDEX``, which would import Lightning here)
+IGNORE_INDEX = -100
 #: the schedules a single stage per rank can run, by the name a user gives
 SCHEDULES = ("gpipe", "1f1b")
 
@@ -42,11 +51,10 @@ def check_pipelinable(lm: nn.Module, pp: int) -> None:
     """Refuse, with the reason, a model these stages cannot split into ``pp`` pieces."""
     if pp < 1:
         raise ConfigError(f"pipeline_parallel_size must be at least 1, got {pp}")
-    if type(lm) is not DecoderLM or lm.prefix:
+    if type(lm) not in (DecoderLM, EncoderLM):
         raise ConfigError(
-            f"pipeline parallelism splits a causal decoder-only LM (CausalLM) so far, not a {type(lm).__name__}"
-            + (" with a prefix (PrefixLM)" if getattr(lm, "prefix", False) else "")
-            + "; use pipeline_parallel_size: 1"
+            f"pipeline parallelism splits single-stack LMs (CausalLM, PrefixLM, MaskedLM) so far, not a "
+            f"{type(lm).__name__} (an encoder-decoder's two stacks are not split yet); use pipeline_parallel_size: 1"
         )
     if pp == 1:
         return
@@ -74,7 +82,7 @@ def check_pipelinable(lm: nn.Module, pp: int) -> None:
         )
 
 
-def split_blocks(lm: DecoderLM, pp: int, blocks: Sequence[int] | None = None) -> list[range]:
+def split_blocks(lm: DecoderLM | EncoderLM, pp: int, blocks: Sequence[int] | None = None) -> list[range]:
     """Each stage's blocks (consecutive ranges covering the stack in order).
 
     ``blocks``: how many blocks each stage gets; by default the split that makes the largest
@@ -127,16 +135,16 @@ def _ranges(counts: list[int]) -> list[range]:
     return [range(start, start + count) for start, count in zip(starts, counts)]
 
 
-class CausalStage(nn.Module):
-    """One pipeline stage of a ``DecoderLM``: token ids (first stage) or hidden states (B, T, D) in,
-    hidden states or, on the last stage, logits (B, T, V) out.
+class LMStage(nn.Module):
+    """One pipeline stage of a ``DecoderLM`` or ``EncoderLM``: token ids (first stage) or hidden
+    states (B, T, D) in, hidden states or, on the last stage, logits (B, T, V) out.
 
     Built by taking the model apart in place: the blocks of other stages are replaced by
     parameter-free placeholders (so the remaining ones keep their numbers and names), the
     embedding side stays on the first stage, the final norm and head on the last.
     """
 
-    def __init__(self, lm: DecoderLM, index: int, blocks: Sequence[range]):
+    def __init__(self, lm: DecoderLM | EncoderLM, index: int, blocks: Sequence[range]):
         super().__init__()
         self.config, self.causal = lm.config, lm.causal
         self.index, self.num_stages, self.blocks = index, len(blocks), blocks[index]
@@ -157,35 +165,46 @@ class CausalStage(nn.Module):
         self.stack = stack
         self.head = lm.head if self.is_last else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attention_mask=None, prefix_lengths=None, token_type_ids=None) -> torch.Tensor:
+        """``attention_mask`` (1 = real token) and ``prefix_lengths`` as the whole model takes them,
+        given to every stage; ``token_type_ids`` are read by the first stage only."""
         if self.is_first:
-            x = embedded(self.embed, x, None)
-        mask, positions = self_attention_mask(self.config, MaskInputs(self.causal), x)
+            x = embedded(self.embed, x, None, token_type_ids)
+        inputs = MaskInputs(self.causal, attention_mask, prefix_lengths)
+        mask, positions = self_attention_mask(self.config, inputs, x)
         if self.is_first:
             x = self.stack.enter(x, positions)
         x = self.stack.run_blocks(x, mask, positions, self.blocks)
         return self.head(self.stack.final_norm(x)) if self.is_last else x
 
 
-def build_stage(lm: DecoderLM, index: int, pp: int, blocks: Sequence[int] | None = None) -> CausalStage:
+def build_stage(
+    lm: DecoderLM | EncoderLM, index: int, pp: int, blocks: Sequence[int] | None = None,
+) -> LMStage:
     """Stage ``index`` of ``pp`` cut from ``lm`` (which it takes apart; build the model once per rank)."""
     if not 0 <= index < pp:
         raise ValueError(f"stage index {index} is outside 0..{pp - 1}")
-    return CausalStage(lm, index, split_blocks(lm, pp, blocks))
+    return LMStage(lm, index, split_blocks(lm, pp, blocks))
 
 
-def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy of one micro-batch (targets -100 where no loss is taken)."""
-    return cross_entropy(logits, targets)
+def batch_token_loss(logits: torch.Tensor, targets: torch.Tensor, tokens: int) -> torch.Tensor:
+    """A micro-batch's share of the batch's mean token cross-entropy: its summed token loss over
+    ``tokens``, the number of targets in the whole batch (``train_step`` passes it). The shares add
+    up to the batch's mean, so the schedule must not average them again (``scale_grads=False``); a
+    mean per micro-batch would weigh a micro-batch with few targets (a short answer, few masked
+    tokens) as much as one with many."""
+    count = (targets != IGNORE_INDEX).sum()
+    if not count:  # no target in this micro-batch: a zero that still reaches every logit
+        return logits.sum() * 0.0
+    return cross_entropy(logits, targets, IGNORE_INDEX) * (count / tokens)
 
 
 def pipeline_schedule(
-    stage: CausalStage, schedule: str, microbatches: int, device: torch.device | str = "cpu",
-    group=None, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = token_loss,
+    stage: LMStage, schedule: str, microbatches: int, device: torch.device | str = "cpu", group=None,
 ):
     """A ``torch.distributed.pipelining`` schedule running ``stage`` on this rank (one stage per
-    rank; ``group``: the pipeline's process group, the default one when None). Gradients are
-    averaged over micro-batches (``scale_grads``), matching a ``loss_fn`` that averages."""
+    rank; ``group``: the pipeline's process group, the default one when None), with a
+    ``batch_token_loss`` (the schedule's ``loss_fn``)."""
     from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
     kinds = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
@@ -194,20 +213,22 @@ def pipeline_schedule(
     if microbatches < 1:
         raise ConfigError(f"pipeline microbatches must be at least 1, got {microbatches}")
     torch_stage = PipelineStage(stage, stage.index, stage.num_stages, torch.device(device), group=group)
-    return kinds[schedule](torch_stage, n_microbatches=microbatches, loss_fn=loss_fn, scale_grads=True)
+    return kinds[schedule](torch_stage, n_microbatches=microbatches, loss_fn=batch_token_loss, scale_grads=False)
 
 
 def train_step(
-    schedule, stage: CausalStage, optimizer: torch.optim.Optimizer, input_ids, targets,
+    schedule, stage: LMStage, optimizer: torch.optim.Optimizer, input_ids, targets, **inputs,
 ) -> torch.Tensor | None:
-    """One optimizer step over a whole batch, cut into the schedule's micro-batches (the batch
-    size must divide by their number). Returns the batch's loss (the mean of the micro-batches')
-    on the last stage, None elsewhere."""
+    """One optimizer step over a whole batch, which every rank passes whole (``inputs``: the
+    batch's ``attention_mask``, ``prefix_lengths``, ``token_type_ids``), cut into the schedule's
+    micro-batches. Returns the batch's mean token loss on the last stage, None elsewhere."""
     optimizer.zero_grad(set_to_none=True)
+    tokens = {"tokens": int((targets != IGNORE_INDEX).sum())}
+    inputs = {name: value for name, value in inputs.items() if value is not None}
     losses: list[torch.Tensor] = []
     if stage.is_first:
-        schedule.step(input_ids, target=targets, losses=losses)
+        schedule.step(input_ids, target=targets, losses=losses, loss_kwargs=tokens, **inputs)
     else:
-        schedule.step(target=targets, losses=losses)
+        schedule.step(target=targets, losses=losses, loss_kwargs=tokens, **inputs)
     optimizer.step()
-    return torch.stack([loss.detach() for loss in losses]).mean() if stage.is_last else None
+    return torch.stack([loss.detach() for loss in losses]).sum() if stage.is_last else None

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import _pipeline_worker as worker
-from llm_modules.nn.lm import DecoderLM
+from llm_modules.nn.lm import EncoderDecoderLM
 from llm_modules.registry import ConfigError
 from llm_modules.training.pipeline import build_stage, split_blocks
 
@@ -42,6 +42,16 @@ def test_stages_in_a_row_compute_the_whole_model_and_own_its_parameters_once(pp,
     assert [len(stage.blocks) for stage in stages] == {1: [4], 2: [2, 2], 3: [1, 2, 1]}[pp]
 
 
+@pytest.mark.parametrize("kind", ["prefix", "masked"])
+def test_every_stage_rebuilds_the_mask_from_the_padding_and_prefix_it_is_given(kind):
+    ids, _, inputs = worker.batches(kind)[0]
+    expected = worker.model(kind)(ids, **inputs)
+    x = ids
+    for index in range(2):
+        x = build_stage(worker.model(kind), index, 2)(x, **inputs)
+    torch.testing.assert_close(x, expected, rtol=0, atol=1e-6)
+
+
 def test_the_default_split_balances_parameters_so_big_embeddings_get_fewer_blocks():
     lm = worker.model(vocab_size=4096, n_layers=6)  # embedding and head each ~10 blocks' worth
     assert [len(r) for r in split_blocks(lm, 3)] == [1, 4, 1]
@@ -63,9 +73,9 @@ def test_an_explicit_split_must_cover_the_blocks(blocks):
         (lambda: worker.model(position="t5"), 2, "position T5RelativeBias has parameters that every block reads"),
         (lambda: worker.model(activation={"name": "moe", "n_experts": 2}), 2, "MoE layer's auxiliary"),
         (lambda: worker.model(), 5, "pipeline_parallel_size 5 is more than the model's 4 blocks"),
-        (lambda: DecoderLM(worker.model().config, prefix=True), 1, "not a DecoderLM with a prefix"),
+        (lambda: EncoderDecoderLM(worker.model(n_encoder_layers=2).config), 1, "not a EncoderDecoderLM"),
     ],
-    ids=["tied", "t5", "moe", "too-many-stages", "prefix"],
+    ids=["tied", "t5", "moe", "too-many-stages", "seq2seq"],
 )
 def test_what_cannot_be_split_yet_is_refused_with_the_reason(build, pp, reason):
     with pytest.raises(ConfigError, match=reason):
