@@ -199,21 +199,42 @@ def batch_token_loss(logits: torch.Tensor, targets: torch.Tensor, tokens: int) -
     return cross_entropy(logits, targets, IGNORE_INDEX) * (count / tokens)
 
 
-def pipeline_schedule(
-    stage: LMStage, schedule: str, microbatches: int, device: torch.device | str = "cpu", group=None,
-):
-    """A ``torch.distributed.pipelining`` schedule running ``stage`` on this rank (one stage per
-    rank; ``group``: the pipeline's process group, the default one when None), with a
-    ``batch_token_loss`` (the schedule's ``loss_fn``)."""
-    from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
-
-    kinds = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
-    if schedule not in kinds:
+def check_schedule(schedule: str, microbatches: int, pp: int) -> None:
+    """Refuse a schedule name or micro-batch count that cannot run ``pp`` stages."""
+    if schedule not in SCHEDULES:
         raise ConfigError(f"pipeline schedule {schedule!r} is not one of {', '.join(SCHEDULES)}")
     if microbatches < 1:
         raise ConfigError(f"pipeline microbatches must be at least 1, got {microbatches}")
-    torch_stage = PipelineStage(stage, stage.index, stage.num_stages, torch.device(device), group=group)
-    return kinds[schedule](torch_stage, n_microbatches=microbatches, loss_fn=batch_token_loss, scale_grads=False)
+    if schedule == "1f1b" and microbatches < pp:
+        raise ConfigError(
+            f"schedule 1f1b needs at least as many microbatches as stages ({pp}), got {microbatches}; "
+            f"raise microbatches to {pp} or use schedule gpipe"
+        )
+
+
+def torch_stage(stage: LMStage, device: torch.device | str = "cpu", group=None):
+    """``stage`` as ``torch.distributed.pipelining`` runs it on this rank (``group``: the pipeline's
+    process group, the default one when None)."""
+    from torch.distributed.pipelining import PipelineStage
+
+    return PipelineStage(stage, stage.index, stage.num_stages, torch.device(device), group=group)
+
+
+def schedule_for(stage, schedule: str, microbatches: int):
+    """The ``torch.distributed.pipelining`` schedule ``schedule`` over a ``torch_stage``, with
+    ``microbatches`` micro-batches per step and ``batch_token_loss`` as its ``loss_fn``."""
+    from torch.distributed.pipelining import Schedule1F1B, ScheduleGPipe
+
+    check_schedule(schedule, microbatches, stage.num_stages)
+    kinds = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
+    return kinds[schedule](stage, n_microbatches=microbatches, loss_fn=batch_token_loss, scale_grads=False)
+
+
+def pipeline_schedule(
+    stage: LMStage, schedule: str, microbatches: int, device: torch.device | str = "cpu", group=None,
+):
+    """``schedule_for(torch_stage(stage, device, group), schedule, microbatches)``: what a rank runs."""
+    return schedule_for(torch_stage(stage, device, group), schedule, microbatches)
 
 
 def train_step(

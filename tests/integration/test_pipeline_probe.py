@@ -72,3 +72,24 @@ def test_two_stage_pipeline_follows_the_single_process_loss_curve_for_each_kind_
             assert first[key] == []  # only the last stage reports the loss
             assert first[f"{key}/blocks"] == [0, 2] and last[f"{key}/blocks"] == [2, 4]
             assert last[key] == pytest.approx(reference, abs=1e-5, rel=0), key
+
+
+def test_the_bubble_benchmark_measures_idle_time_per_stage(tmp_path):
+    """benchmarks/pipeline_bubble.py, shrunk to a smoke run: one row per schedule, m and stage, with
+    the formula's figure and a measured idle fraction (its agreement is a benchmark, not a test: it
+    needs a free core per stage)."""
+    rows_file = tmp_path / "bubble.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ["--d-model", "64", "--seq", "16", "--microbatches", "2", "4", "--steps", "1", "--warmup", "0",
+            "--timeout", "120", "--json", str(rows_file)]
+    proc = subprocess.run([sys.executable, str(TESTS.parent / "benchmarks" / "pipeline_bubble.py"), *args], env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads(rows_file.read_text())
+    assert sorted((r["schedule"], r["microbatches"], r["stage"]) for r in rows) == [
+        (s, m, stage) for s in ("1f1b", "gpipe") for m in (2, 4) for stage in (0, 1)
+    ]
+    for row in rows:
+        assert row["expected"] == pytest.approx(1 / (row["microbatches"] + 1))
+        assert row["forward_s"] > 0 and row["backward_s"] > 0 and 0 < row["idle"] < 1
+    assert "expected" in proc.stdout and "gpipe" in proc.stdout

@@ -10,7 +10,7 @@ import torch
 import _pipeline_worker as worker
 from llm_modules.nn.lm import EncoderDecoderLM
 from llm_modules.registry import ConfigError
-from llm_modules.training.pipeline import build_stage, split_blocks
+from llm_modules.training.pipeline import build_stage, check_schedule, split_blocks
 
 IDS = (torch.arange(2 * 12).reshape(2, 12) * 7) % worker.VOCAB
 
@@ -85,3 +85,17 @@ def test_what_cannot_be_split_yet_is_refused_with_the_reason(build, pp, reason):
 def test_a_single_stage_keeps_tied_embeddings():
     stage = build_stage(worker.model(tie_embeddings=True), 0, 1)
     torch.testing.assert_close(stage(IDS), worker.model(tie_embeddings=True)(IDS), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "microbatches", "reason"),
+    [
+        ("zb", 4, "pipeline schedule 'zb' is not one of gpipe, 1f1b"),
+        ("gpipe", 0, "microbatches must be at least 1"),
+        ("1f1b", 1, "schedule 1f1b needs at least as many microbatches as stages \\(2\\), got 1; raise"),
+    ],
+)
+def test_a_schedule_that_cannot_run_is_refused(schedule, microbatches, reason):
+    with pytest.raises(ConfigError, match=reason):
+        check_schedule(schedule, microbatches, 2)
+    check_schedule("gpipe", 1, 2)
