@@ -2,9 +2,10 @@
 data that the probe's single-process reference shares with it.
 
 Run as ``python tests/_pipeline_worker.py RANK WORLD PORT OUT``: joins a gloo group on 127.0.0.1:PORT,
-trains, for each LM kind and schedule, a copy of the same tiny model for ``STEPS`` AdamW steps as stage
-RANK, and writes ``OUT/rank<RANK>.json`` with the per-step losses (on the last stage; empty lists
-elsewhere), keyed ``kind/schedule``.
+trains, for each of ``RUNS`` (LM kind, schedule, gradient clipping), a copy of the same tiny model for
+``STEPS`` AdamW steps as stage RANK, and writes ``OUT/rank<RANK>.json`` with the per-step losses (on
+the last stage; empty lists elsewhere) keyed by ``run_name``, and the stage's trained weights
+(``OUT/rank<RANK>-<run>.safetensors``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ STEPS, BATCH, SEQ, MICROBATCHES, VOCAB = 5, 8, 16, 4, 64
 SCHEDULES = ("gpipe", "1f1b")
 #: the LM kinds the probe trains: CausalLM, PrefixLM, MaskedLM (as their torch models)
 KINDS = ("causal", "prefix", "masked")
+#: the runs: (kind, schedule, max_grad_norm); the clipped one clips every step (the norms are larger)
+RUNS = [(kind, name, None) for kind in KINDS for name in SCHEDULES] + [("causal", "1f1b", 0.5)]
+
+
+def run_name(kind: str, schedule: str, max_grad_norm: float | None) -> str:
+    return f"{kind}/{schedule}" + ("" if max_grad_norm is None else f"/clip{max_grad_norm}")
 
 
 def model(kind: str = "causal", **overrides) -> DecoderLM | EncoderLM:
@@ -31,6 +38,9 @@ def model(kind: str = "causal", **overrides) -> DecoderLM | EncoderLM:
     fields = dict(
         vocab_size=VOCAB, d_model=32, n_layers=4, n_heads=4, max_seq_len=32, attention="eager",
         position="learned", dropout=0.0, attention_dropout=0.0, tie_embeddings=False,
+        # no key bias: its gradient is zero up to rounding, which Adam would blow up to lr-sized steps that
+        # differ between any two summation orders, and the trained weights could not be compared
+        bias=False,
     )
     fields.update(overrides)
     config = ModelConfig(**fields)
@@ -72,6 +82,7 @@ def optimizer(params) -> torch.optim.Optimizer:
 
 def main(rank: int, world: int, port: int, out: Path) -> None:
     import torch.distributed as dist
+    from safetensors.torch import save_file
 
     from llm_modules.training.pipeline import build_stage, pipeline_schedule, train_step
 
@@ -80,16 +91,20 @@ def main(rank: int, world: int, port: int, out: Path) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         result = {}
-        for kind in KINDS:
-            for name in SCHEDULES:
-                stage = build_stage(model(kind), rank, world)
-                schedule = pipeline_schedule(stage, name, MICROBATCHES)
-                opt = optimizer(stage.parameters())
-                losses = [
-                    train_step(schedule, stage, opt, ids, targets, **inputs) for ids, targets, inputs in batches(kind)
-                ]
-                result[f"{kind}/{name}"] = [loss.item() for loss in losses if loss is not None]
-                result[f"{kind}/{name}/blocks"] = [stage.blocks.start, stage.blocks.stop]
+        for kind, name, clip in RUNS:
+            stage = build_stage(model(kind), rank, world)
+            schedule = pipeline_schedule(stage, name, MICROBATCHES)
+            opt = optimizer(stage.parameters())
+            losses = [
+                train_step(schedule, stage, opt, ids, targets, max_grad_norm=clip, **inputs)
+                for ids, targets, inputs in batches(kind)
+            ]
+            key = run_name(kind, name, clip)
+            result[key] = [loss.item() for loss in losses if loss is not None]
+            result[f"{key}/blocks"] = [stage.blocks.start, stage.blocks.stop]
+            # the trained weights, under the whole model's names (the stages' files together are the model)
+            weights = {k: v.contiguous() for k, v in stage.state_dict().items()}
+            save_file(weights, out / f"rank{rank}-{key.replace('/', '-')}.safetensors")
         (out / f"rank{rank}.json").write_text(json.dumps(result))
     finally:
         dist.destroy_process_group()

@@ -237,12 +237,31 @@ def pipeline_schedule(
     return schedule_for(torch_stage(stage, device, group), schedule, microbatches)
 
 
+def clip_grad_norm(stage: nn.Module, max_norm: float, group=None) -> torch.Tensor:
+    """Clip the gradients of the whole pipelined model to ``max_norm``, as ``clip_grad_norm_`` does
+    on one process: the norm is over every stage's gradients (each stage's squared 2-norm summed
+    over the pipeline ``group``), and every stage scales its own by the same factor. Returns that
+    norm (the same on every stage)."""
+    import torch.distributed as dist
+
+    params = [p for p in stage.parameters() if p.grad is not None]
+    local = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.zeros(())
+    squared = local.double().pow(2)
+    dist.all_reduce(squared, group=group)
+    total = squared.sqrt().to(local.dtype)
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+    return total
+
+
 def train_step(
-    schedule, stage: LMStage, optimizer: torch.optim.Optimizer, input_ids, targets, **inputs,
+    schedule, stage: LMStage, optimizer: torch.optim.Optimizer, input_ids, targets, *,
+    max_grad_norm: float | None = None, group=None, **inputs,
 ) -> torch.Tensor | None:
     """One optimizer step over a whole batch, which every rank passes whole (``inputs``: the
     batch's ``attention_mask``, ``prefix_lengths``, ``token_type_ids``), cut into the schedule's
-    micro-batches. Returns the batch's mean token loss on the last stage, None elsewhere."""
+    micro-batches; with ``max_grad_norm``, gradients clipped across the stages of the pipeline
+    ``group`` first (``clip_grad_norm``). Returns the batch's mean token loss on the last stage,
+    None elsewhere."""
     optimizer.zero_grad(set_to_none=True)
     tokens = {"tokens": int((targets != IGNORE_INDEX).sum())}
     inputs = {name: value for name, value in inputs.items() if value is not None}
@@ -251,5 +270,7 @@ def train_step(
         schedule.step(input_ids, target=targets, losses=losses, loss_kwargs=tokens, **inputs)
     else:
         schedule.step(target=targets, losses=losses, loss_kwargs=tokens, **inputs)
+    if max_grad_norm is not None:
+        clip_grad_norm(stage, max_grad_norm, group)
     optimizer.step()
     return torch.stack([loss.detach() for loss in losses]).sum() if stage.is_last else None

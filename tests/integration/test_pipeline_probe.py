@@ -1,7 +1,8 @@
 """Pipeline parallelism on CPU processes: a tiny CausalLM cut into 2 stages on 2 gloo processes, 4
-micro-batches, 5 AdamW steps, follows the single-process loss curve within 1e-5, for GPipe and 1F1B and
-for CausalLM, PrefixLM (a prefix per row) and MaskedLM (padding, masked tokens), whose micro-batches
-hold different numbers of targets (llm_modules.training.pipeline on torch.distributed.pipelining)."""
+micro-batches, 5 AdamW steps, follows the single-process loss curve within 1e-5 and ends with its
+weights, for GPipe and 1F1B and for CausalLM, PrefixLM (a prefix per row) and MaskedLM (padding,
+masked tokens), whose micro-batches hold different numbers of targets; and with gradients clipped
+across the stages (llm_modules.training.pipeline on torch.distributed.pipelining)."""
 
 from __future__ import annotations
 
@@ -13,27 +14,32 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import _pipeline_worker as worker
 from _fit_helpers import free_port, reap
+from safetensors.torch import load_file
+
 from llm_modules.nn.loss import cross_entropy
 
 pytestmark = pytest.mark.multiprocess
 TESTS = Path(__file__).resolve().parents[1]
 
 
-def single_process_losses(kind: str) -> list[float]:
-    """The reference: the whole model, the whole batch, the same optimizer."""
+def single_process_run(kind: str, max_grad_norm: float | None) -> tuple[list[float], list[float], dict]:
+    """The reference: the whole model, the whole batch, the same optimizer: losses, gradient norms
+    (before clipping) and the trained weights."""
     lm = worker.model(kind)
     opt = worker.optimizer(lm.parameters())
-    losses = []
+    losses, norms = [], []
     for ids, targets, inputs in worker.batches(kind):
         opt.zero_grad(set_to_none=True)
         loss = cross_entropy(lm(ids, **inputs), targets)
         loss.backward()
+        norms.append(torch.nn.utils.clip_grad_norm_(lm.parameters(), max_grad_norm or float("inf")).item())
         opt.step()
         losses.append(loss.item())
-    return losses
+    return losses, norms, lm.state_dict()
 
 
 def run_ranks(world: int, out: Path, timeout: float = 120) -> list[dict]:
@@ -64,14 +70,23 @@ def run_ranks(world: int, out: Path, timeout: float = 120) -> list[dict]:
 
 def test_two_stage_pipeline_follows_the_single_process_loss_curve_for_each_kind_and_schedule(tmp_path):
     first, last = run_ranks(2, tmp_path)
-    for kind in worker.KINDS:
-        reference = single_process_losses(kind)
-        assert len(reference) == worker.STEPS and reference[-1] < reference[0], kind  # it trains
-        for name in worker.SCHEDULES:
-            key = f"{kind}/{name}"
-            assert first[key] == []  # only the last stage reports the loss
-            assert first[f"{key}/blocks"] == [0, 2] and last[f"{key}/blocks"] == [2, 4]
-            assert last[key] == pytest.approx(reference, abs=1e-5, rel=0), key
+    for kind, name, clip in worker.RUNS:
+        key = worker.run_name(kind, name, clip)
+        reference, norms, weights = single_process_run(kind, clip)
+        assert len(reference) == worker.STEPS and reference[-1] < reference[0], key  # it trains
+        if clip is not None:
+            assert min(norms) > clip, key  # clipping acts on every step
+        assert first[key] == []  # only the last stage reports the loss
+        assert first[f"{key}/blocks"] == [0, 2] and last[f"{key}/blocks"] == [2, 4]
+        assert last[key] == pytest.approx(reference, abs=1e-5, rel=0), key
+        stages = [load_file(tmp_path / f"rank{rank}-{key.replace('/', '-')}.safetensors") for rank in (0, 1)]
+        assert not stages[0].keys() & stages[1].keys() and stages[0].keys() | stages[1].keys() == weights.keys()
+        # Adam moves a weight by about lr (1e-2) a step whatever its gradient's size, so an element whose gradient
+        # is zero up to rounding moves by an amount rounding decides: compare each tensor as a whole (a missing or
+        # doubled gradient would leave it off by a large part of its norm, since 5 steps of 1e-2 are ~ its init)
+        for param, value in (stages[0] | stages[1]).items():
+            off = (value - weights[param]).norm() / weights[param].norm()
+            assert off < 1e-3, f"{key} {param}: off by {off:.2e} of its norm"
 
 
 def test_the_bubble_benchmark_measures_idle_time_per_stage(tmp_path):
