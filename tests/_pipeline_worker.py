@@ -48,14 +48,15 @@ def model(kind: str = "causal", **overrides) -> DecoderLM | EncoderLM:
 
 
 def batches(kind: str = "causal") -> list[tuple[torch.Tensor, torch.Tensor, dict]]:
-    """``STEPS`` batches (input_ids, targets, the model's other inputs) of ``kind``: rows that count
-    up from a random start (mod VOCAB), so that the loss falls within a few steps. Causal: no
-    padding, every next token a target; prefix: a random prefix per row, targets after it only;
-    masked: a few right-padded rows, about a quarter of the tokens masked and predicted. So the
-    micro-batches of the last two hold different numbers of targets."""
+    """``STEPS`` + 1 batches (the last one held out for validation) of ``kind``: (input_ids, targets,
+    the model's other inputs), rows that count up from a random start (mod VOCAB), so that the loss
+    falls within a few steps. Causal: no padding, every next token a target; prefix: a random
+    prefix per row, targets after it only; masked: a few right-padded rows, about a quarter of the
+    tokens masked and predicted. So the micro-batches of the last two hold different numbers of
+    targets."""
     generator = torch.Generator().manual_seed(1)
     out = []
-    for _ in range(STEPS):
+    for _ in range(STEPS + 1):
         ids = (torch.randint(0, VOCAB, (BATCH, 1), generator=generator) + torch.arange(SEQ)) % VOCAB
         targets = torch.full_like(ids, -100)
         inputs = {}
@@ -84,7 +85,7 @@ def main(rank: int, world: int, port: int, out: Path) -> None:
     import torch.distributed as dist
     from safetensors.torch import save_file
 
-    from llm_modules.training.pipeline import build_stage, pipeline_schedule, train_step
+    from llm_modules.training.pipeline import build_stage, eval_step, pipeline_schedule, train_step
 
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -95,12 +96,15 @@ def main(rank: int, world: int, port: int, out: Path) -> None:
             stage = build_stage(model(kind), rank, world)
             schedule = pipeline_schedule(stage, name, MICROBATCHES)
             opt = optimizer(stage.parameters())
+            *train, (held_ids, held_targets, held_inputs) = batches(kind)
             losses = [
                 train_step(schedule, stage, opt, ids, targets, max_grad_norm=clip, **inputs)
-                for ids, targets, inputs in batches(kind)
+                for ids, targets, inputs in train
             ]
             key = run_name(kind, name, clip)
             result[key] = [loss.item() for loss in losses if loss is not None]
+            held_out = eval_step(schedule, stage, held_ids, held_targets, **held_inputs)
+            result[f"{key}/eval"] = None if held_out is None else held_out.item()
             result[f"{key}/blocks"] = [stage.blocks.start, stage.blocks.stop]
             # the trained weights, under the whole model's names (the stages' files together are the model)
             weights = {k: v.contiguous() for k, v in stage.state_dict().items()}

@@ -263,14 +263,25 @@ def train_step(
     ``group`` first (``clip_grad_norm``). Returns the batch's mean token loss on the last stage,
     None elsewhere."""
     optimizer.zero_grad(set_to_none=True)
-    tokens = {"tokens": int((targets != IGNORE_INDEX).sum())}
-    inputs = {name: value for name, value in inputs.items() if value is not None}
-    losses: list[torch.Tensor] = []
-    if stage.is_first:
-        schedule.step(input_ids, target=targets, losses=losses, loss_kwargs=tokens, **inputs)
-    else:
-        schedule.step(target=targets, losses=losses, loss_kwargs=tokens, **inputs)
+    loss = _run(schedule.step, stage, input_ids, targets, inputs)
     if max_grad_norm is not None:
         clip_grad_norm(stage, max_grad_norm, group)
     optimizer.step()
+    return loss
+
+
+@torch.no_grad()
+def eval_step(schedule, stage: LMStage, input_ids, targets, **inputs) -> torch.Tensor | None:
+    """The batch's mean token loss without gradients (validation): forward chunks only, the same
+    micro-batches and loss as ``train_step``; on the last stage, None elsewhere."""
+    return _run(schedule.eval, stage, input_ids, targets, inputs)
+
+
+def _run(step, stage: LMStage, input_ids, targets, inputs: dict) -> torch.Tensor | None:
+    """``schedule.step`` or ``schedule.eval`` over the whole batch; the last stage's summed shares."""
+    tokens = {"tokens": int((targets != IGNORE_INDEX).sum())}
+    inputs = {name: value for name, value in inputs.items() if value is not None}
+    losses: list[torch.Tensor] = []
+    first = (input_ids,) if stage.is_first else ()
+    step(*first, target=targets, losses=losses, loss_kwargs=tokens, **inputs)
     return torch.stack([loss.detach() for loss in losses]).sum() if stage.is_last else None

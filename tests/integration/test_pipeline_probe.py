@@ -1,6 +1,6 @@
 """Pipeline parallelism on CPU processes: a tiny CausalLM cut into 2 stages on 2 gloo processes, 4
 micro-batches, 5 AdamW steps, follows the single-process loss curve within 1e-5 and ends with its
-weights, for GPipe and 1F1B and for CausalLM, PrefixLM (a prefix per row) and MaskedLM (padding,
+weights and its validation loss, for GPipe and 1F1B and for CausalLM, PrefixLM (a prefix per row) and MaskedLM (padding,
 masked tokens), whose micro-batches hold different numbers of targets; and with gradients clipped
 across the stages (llm_modules.training.pipeline on torch.distributed.pipelining)."""
 
@@ -26,20 +26,26 @@ pytestmark = pytest.mark.multiprocess
 TESTS = Path(__file__).resolve().parents[1]
 
 
-def single_process_run(kind: str, max_grad_norm: float | None) -> tuple[list[float], list[float], dict]:
+def single_process_run(kind: str, max_grad_norm: float | None) -> tuple[list[float], list[float], dict, float]:
     """The reference: the whole model, the whole batch, the same optimizer: losses, gradient norms
-    (before clipping) and the trained weights."""
+    (before clipping), the trained weights and the loss on the held-out batch."""
     lm = worker.model(kind)
     opt = worker.optimizer(lm.parameters())
     losses, norms = [], []
-    for ids, targets, inputs in worker.batches(kind):
+    *train, (held_ids, held_targets, held_inputs) = worker.batches(kind)
+    with torch.no_grad():
+        held_out = cross_entropy(lm(held_ids, **held_inputs), held_targets).item()  # untrained: must differ
+    for ids, targets, inputs in train:
         opt.zero_grad(set_to_none=True)
         loss = cross_entropy(lm(ids, **inputs), targets)
         loss.backward()
         norms.append(torch.nn.utils.clip_grad_norm_(lm.parameters(), max_grad_norm or float("inf")).item())
         opt.step()
         losses.append(loss.item())
-    return losses, norms, lm.state_dict()
+    with torch.no_grad():
+        trained = cross_entropy(lm(held_ids, **held_inputs), held_targets).item()
+    assert trained != held_out
+    return losses, norms, lm.state_dict(), trained
 
 
 def run_ranks(world: int, out: Path, timeout: float = 120) -> list[dict]:
@@ -72,13 +78,14 @@ def test_two_stage_pipeline_follows_the_single_process_loss_curve_for_each_kind_
     first, last = run_ranks(2, tmp_path)
     for kind, name, clip in worker.RUNS:
         key = worker.run_name(kind, name, clip)
-        reference, norms, weights = single_process_run(kind, clip)
+        reference, norms, weights, held_out = single_process_run(kind, clip)
         assert len(reference) == worker.STEPS and reference[-1] < reference[0], key  # it trains
         if clip is not None:
             assert min(norms) > clip, key  # clipping acts on every step
         assert first[key] == []  # only the last stage reports the loss
         assert first[f"{key}/blocks"] == [0, 2] and last[f"{key}/blocks"] == [2, 4]
         assert last[key] == pytest.approx(reference, abs=1e-5, rel=0), key
+        assert first[f"{key}/eval"] is None and last[f"{key}/eval"] == pytest.approx(held_out, abs=1e-5, rel=0), key
         stages = [load_file(tmp_path / f"rank{rank}-{key.replace('/', '-')}.safetensors") for rank in (0, 1)]
         assert not stages[0].keys() & stages[1].keys() and stages[0].keys() | stages[1].keys() == weights.keys()
         # Adam moves a weight by about lr (1e-2) a step whatever its gradient's size, so an element whose gradient
