@@ -5,7 +5,7 @@ Run as ``python tests/_pipeline_worker.py RANK WORLD PORT OUT``: joins a gloo gr
 trains, for each of ``RUNS`` (LM kind, schedule, gradient clipping), a copy of the same tiny model for
 ``STEPS`` AdamW steps as stage RANK, and writes ``OUT/rank<RANK>.json`` with the per-step losses (on
 the last stage; empty lists elsewhere) keyed by ``run_name``, and the stage's trained weights
-(``OUT/rank<RANK>-<run>.safetensors``).
+(``OUT/rank<RANK>-<run>.safetensors``), and rank 0 the whole model's (``OUT/full-<run>.safetensors``).
 """
 
 from __future__ import annotations
@@ -85,7 +85,9 @@ def main(rank: int, world: int, port: int, out: Path) -> None:
     import torch.distributed as dist
     from safetensors.torch import save_file
 
-    from llm_modules.training.pipeline import build_stage, eval_step, pipeline_schedule, train_step
+    from llm_modules.training.pipeline import (
+        build_stage, eval_step, gather_state_dict, pipeline_schedule, train_step,
+    )
 
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -106,9 +108,13 @@ def main(rank: int, world: int, port: int, out: Path) -> None:
             held_out = eval_step(schedule, stage, held_ids, held_targets, **held_inputs)
             result[f"{key}/eval"] = None if held_out is None else held_out.item()
             result[f"{key}/blocks"] = [stage.blocks.start, stage.blocks.stop]
-            # the trained weights, under the whole model's names (the stages' files together are the model)
+            # the trained weights: each stage's own (under the whole model's names), and the whole model's
+            # gathered on the first rank
             weights = {k: v.contiguous() for k, v in stage.state_dict().items()}
             save_file(weights, out / f"rank{rank}-{key.replace('/', '-')}.safetensors")
+            full = gather_state_dict(stage)
+            if full is not None:
+                save_file(full, out / f"full-{key.replace('/', '-')}.safetensors")
         (out / f"rank{rank}.json").write_text(json.dumps(result))
     finally:
         dist.destroy_process_group()

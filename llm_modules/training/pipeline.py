@@ -285,3 +285,35 @@ def _run(step, stage: LMStage, input_ids, targets, inputs: dict) -> torch.Tensor
     first = (input_ids,) if stage.is_first else ()
     step(*first, target=targets, losses=losses, loss_kwargs=tokens, **inputs)
     return torch.stack([loss.detach() for loss in losses]).sum() if stage.is_last else None
+
+
+def gather_state_dict(stage: nn.Module, group=None, dst: int = 0) -> dict[str, torch.Tensor] | None:
+    """The whole model's state dict on pipeline rank ``dst`` of ``group`` (None on the others):
+    every stage's tensors under the model's own names, so it loads into the unsplit model. Each
+    stage sends a JSON header (names, shapes, dtypes) and then its tensors: nothing is pickled.
+    A tensor that several stages hold (a buffer) is taken once."""
+    import json
+
+    import torch.distributed as dist
+
+    own = {name: value.detach().contiguous() for name, value in stage.state_dict().items()}
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    if rank != dst:
+        header = json.dumps([[name, list(v.shape), str(v.dtype).removeprefix("torch.")] for name, v in own.items()])
+        data = torch.frombuffer(bytearray(header.encode()), dtype=torch.uint8)
+        dist.send(torch.tensor([data.numel()]), group=group, group_dst=dst)
+        dist.send(data, group=group, group_dst=dst)
+        for value in own.values():
+            dist.send(value, group=group, group_dst=dst)
+        return None
+    full = dict(own)
+    for src in (r for r in range(world) if r != dst):
+        size = torch.zeros(1, dtype=torch.long)
+        dist.recv(size, group=group, group_src=src)
+        data = torch.empty(int(size), dtype=torch.uint8)
+        dist.recv(data, group=group, group_src=src)
+        for name, shape, dtype in json.loads(bytes(data.tolist()).decode()):
+            value = torch.empty(shape, dtype=getattr(torch, dtype))
+            dist.recv(value, group=group, group_src=src)
+            full.setdefault(name, value)
+    return full

@@ -94,6 +94,10 @@ def test_two_stage_pipeline_follows_the_single_process_loss_curve_for_each_kind_
         for param, value in (stages[0] | stages[1]).items():
             off = (value - weights[param]).norm() / weights[param].norm()
             assert off < 1e-3, f"{key} {param}: off by {off:.2e} of its norm"
+        # the whole model gathered on rank 0 is the stages' tensors together, and loads into the unsplit model
+        full = load_file(tmp_path / f"full-{key.replace('/', '-')}.safetensors")
+        assert full.keys() == weights.keys() and all(torch.equal(full[k], (stages[0] | stages[1])[k]) for k in full)
+        worker.model(kind).load_state_dict(full, strict=True)
 
 
 def test_the_bubble_benchmark_measures_idle_time_per_stage(tmp_path):
