@@ -5,7 +5,7 @@ token embedding (and what its stack does before the first block: absolute positi
 norm), the last one the final norm and the head and returns logits, on which the schedule's
 ``loss_fn`` computes the loss. Between stages only hidden states (B, T, D) travel, so a stage is a
 pure function of them and of what every stage is given with them (``attention_mask``,
-``prefix_lengths``: each rank passes its batch's to the schedule, which cuts them into the same
+``prefix_lengths``, ``document_ids``: each rank passes its batch's to the schedule, which cuts them into the same
 micro-batches): it rebuilds the self-attention mask and positions itself
 (``nn.mask_inputs.self_attention_mask``). The kinds: CausalLM and PrefixLM (``DecoderLM``),
 MaskedLM (``EncoderLM``).
@@ -14,8 +14,9 @@ The loss of each micro-batch is its summed token loss divided by the token count
 batch, so the micro-batches' losses add up to the batch's mean token loss, exactly as one process
 computes it, however the targets fall into micro-batches (``batch_token_loss``).
 
-The schedule (GPipe or 1F1B) is PyTorch's own; this module only cuts the model and runs one
-training step. Each stage keeps the parameter names of the whole model (``stack.layers.3...``), so
+The schedule (GPipe or 1F1B) is PyTorch's own; this module cuts the model, runs a training step
+(gradients clipped across the stages) or a validation step, and gathers the whole model's state
+dict. Each stage keeps the parameter names of the whole model (``stack.layers.3...``), so
 the stages' state dicts together are the model's.
 
 Not built yet (refused with the reason, see ``check_pipelinable``): embeddings tied to the head
@@ -165,12 +166,15 @@ class LMStage(nn.Module):
         self.stack = stack
         self.head = lm.head if self.is_last else None
 
-    def forward(self, x: torch.Tensor, attention_mask=None, prefix_lengths=None, token_type_ids=None) -> torch.Tensor:
-        """``attention_mask`` (1 = real token) and ``prefix_lengths`` as the whole model takes them,
-        given to every stage; ``token_type_ids`` are read by the first stage only."""
+    def forward(
+        self, x: torch.Tensor, attention_mask=None, prefix_lengths=None, token_type_ids=None, document_ids=None,
+    ) -> torch.Tensor:
+        """``attention_mask`` (1 = real token), ``prefix_lengths`` and ``document_ids`` (packed
+        documents) as the whole model takes them, given to every stage; ``token_type_ids`` are read
+        by the first stage only."""
         if self.is_first:
             x = embedded(self.embed, x, None, token_type_ids)
-        inputs = MaskInputs(self.causal, attention_mask, prefix_lengths)
+        inputs = MaskInputs(self.causal, attention_mask, prefix_lengths, document_ids=document_ids)
         mask, positions = self_attention_mask(self.config, inputs, x)
         if self.is_first:
             x = self.stack.enter(x, positions)
@@ -258,7 +262,7 @@ def train_step(
     max_grad_norm: float | None = None, group=None, **inputs,
 ) -> torch.Tensor | None:
     """One optimizer step over a whole batch, which every rank passes whole (``inputs``: the
-    batch's ``attention_mask``, ``prefix_lengths``, ``token_type_ids``), cut into the schedule's
+    batch's ``attention_mask``, ``prefix_lengths``, ``token_type_ids``, ``document_ids``), cut into the schedule's
     micro-batches; with ``max_grad_norm``, gradients clipped across the stages of the pipeline
     ``group`` first (``clip_grad_norm``). Returns the batch's mean token loss on the last stage,
     None elsewhere."""

@@ -42,9 +42,14 @@ def test_stages_in_a_row_compute_the_whole_model_and_own_its_parameters_once(pp,
     assert [len(stage.blocks) for stage in stages] == {1: [4], 2: [2, 2], 3: [1, 2, 1]}[pp]
 
 
-@pytest.mark.parametrize("kind", ["prefix", "masked"])
-def test_every_stage_rebuilds_the_mask_from_the_padding_and_prefix_it_is_given(kind):
-    ids, _, inputs = worker.batches(kind)[0]
+@pytest.mark.parametrize("kind", ["prefix", "masked", "packed"])
+def test_every_stage_rebuilds_the_mask_from_the_padding_prefix_or_documents_it_is_given(kind):
+    if kind == "packed":  # causal rows of three packed documents each
+        ids, _, inputs = worker.batches("causal")[0]
+        inputs = {"document_ids": (torch.arange(ids.shape[1]) * 3 // ids.shape[1]).expand_as(ids)}
+        kind = "causal"
+    else:
+        ids, _, inputs = worker.batches(kind)[0]
     expected = worker.model(kind)(ids, **inputs)
     x = ids
     for index in range(2):
