@@ -26,11 +26,12 @@ relative bias), encoder-decoder models.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
+from llm_modules.empty_init import assign, parameters_on_meta
 from llm_modules.nn.lm import DecoderLM, EncoderLM, embedded
 from llm_modules.nn.loss import cross_entropy
 from llm_modules.nn.mask_inputs import MaskInputs, self_attention_mask
@@ -189,6 +190,23 @@ def build_stage(
     if not 0 <= index < pp:
         raise ValueError(f"stage index {index} is outside 0..{pp - 1}")
     return LMStage(lm, index, split_blocks(lm, pp, blocks))
+
+
+def stage_from_state(
+    make_model: Callable[[], DecoderLM | EncoderLM], index: int, pp: int, state: Mapping[str, torch.Tensor],
+    blocks: Sequence[int] | None = None, where: str = "the checkpoint",
+) -> LMStage:
+    """Stage ``index`` of ``pp`` holding only its own weights: ``make_model`` builds the model with
+    its parameters on the meta device (no memory, no init work, ``empty_init``), the stage is cut
+    from it, and given its own tensors from ``state`` (the whole model's state dict, such as
+    ``gather_state_dict`` makes; a mapping that reads tensors on demand keeps the others unread).
+    A tensor missing from ``state`` is a ConfigError naming ``where``."""
+    with parameters_on_meta():
+        lm = make_model()
+    stage = build_stage(lm, index, pp, blocks)
+    wanted = stage.state_dict().keys()
+    assign(stage, {name: state[name] for name in wanted if name in state}, where)
+    return stage
 
 
 def batch_token_loss(logits: torch.Tensor, targets: torch.Tensor, tokens: int) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch
 import _pipeline_worker as worker
 from llm_modules.nn.lm import EncoderDecoderLM
 from llm_modules.registry import ConfigError
-from llm_modules.training.pipeline import build_stage, check_schedule, split_blocks
+from llm_modules.training.pipeline import build_stage, check_schedule, split_blocks, stage_from_state
 
 IDS = (torch.arange(2 * 12).reshape(2, 12) * 7) % worker.VOCAB
 
@@ -104,3 +104,21 @@ def test_a_schedule_that_cannot_run_is_refused(schedule, microbatches, reason):
     with pytest.raises(ConfigError, match=reason):
         check_schedule(schedule, microbatches, 2)
     check_schedule("gpipe", 1, 2)
+
+
+def test_a_stage_built_from_a_state_dict_holds_only_its_own_weights():
+    trained = worker.model(position="rope")  # stands for trained weights: others than a fresh build's
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    state = trained.state_dict()
+    stages = [stage_from_state(lambda: worker.model(position="rope"), i, 2, state) for i in range(2)]
+    for stage in stages:
+        assert not any(t.is_meta for t in [*stage.parameters(), *stage.buffers()])
+        assert sum(p.numel() for p in stage.parameters()) < sum(p.numel() for p in trained.parameters()) * 0.7
+    torch.testing.assert_close(stages[1](stages[0](IDS)), trained(IDS), rtol=0, atol=1e-6)
+    del state["stack.layers.3.ffn.fc1.weight" if "stack.layers.3.ffn.fc1.weight" in state else
+              next(k for k in state if k.startswith("stack.layers.3."))]
+    with pytest.raises(ConfigError, match="run.safetensors: the checkpoint"):
+        stage_from_state(lambda: worker.model(position="rope"), 1, 2, state, where="run.safetensors")
+    stage_from_state(lambda: worker.model(position="rope"), 0, 2, state)  # stage 0 needs none of block 3
