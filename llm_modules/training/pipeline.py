@@ -275,17 +275,34 @@ def clip_grad_norm(stage: nn.Module, max_norm: float, group=None) -> torch.Tenso
     return total
 
 
+def shard_stage(stage: LMStage, dp_mesh) -> LMStage:
+    """Shard ``stage`` over the data-parallel ``dp_mesh`` (FSDP2 ``fully_shard``, the stage as one
+    unit; parameters kept gathered between forward and backward, as pipelining runs several
+    micro-batches' forwards before their backwards). FSDP2 averages gradients over the replicas,
+    which ``train_step(dp_group=...)`` counts on."""
+    from torch.distributed.fsdp import fully_shard
+
+    fully_shard(stage, mesh=dp_mesh, reshard_after_forward=False)
+    return stage
+
+
 def train_step(
     schedule, stage: LMStage, optimizer: torch.optim.Optimizer, input_ids, targets, *,
-    max_grad_norm: float | None = None, group=None, **inputs,
+    max_grad_norm: float | None = None, group=None, dp_group=None, **inputs,
 ) -> torch.Tensor | None:
-    """One optimizer step over a whole batch, which every rank passes whole (``inputs``: the
-    batch's ``attention_mask``, ``prefix_lengths``, ``token_type_ids``, ``document_ids``), cut into the schedule's
-    micro-batches; with ``max_grad_norm``, gradients clipped across the stages of the pipeline
-    ``group`` first (``clip_grad_norm``). Returns the batch's mean token loss on the last stage,
-    None elsewhere."""
+    """One optimizer step over a whole batch, which every rank of the pipeline passes whole
+    (``inputs``: the batch's ``attention_mask``, ``prefix_lengths``, ``token_type_ids``,
+    ``document_ids``), cut into the schedule's micro-batches; with ``max_grad_norm``, gradients
+    clipped across the stages of the pipeline ``group`` first (``clip_grad_norm``).
+
+    ``dp_group``: this stage's data-parallel replicas (``shard_stage``), each given its own part
+    of the global batch; the loss is then normalized by the global batch's target count, so the
+    step is one process's over the global batch. Returns the batch's mean token loss on the last
+    stage (the global batch's with ``dp_group``), None elsewhere."""
+    if max_grad_norm is not None and dp_group is not None:
+        raise ConfigError("gradient clipping with pipeline and data parallelism together is not built yet")
     optimizer.zero_grad(set_to_none=True)
-    loss = _run(schedule.step, stage, input_ids, targets, inputs)
+    loss = _run(schedule.step, stage, input_ids, targets, inputs, dp_group)
     if max_grad_norm is not None:
         clip_grad_norm(stage, max_grad_norm, group)
     optimizer.step()
@@ -293,20 +310,37 @@ def train_step(
 
 
 @torch.no_grad()
-def eval_step(schedule, stage: LMStage, input_ids, targets, **inputs) -> torch.Tensor | None:
+def eval_step(schedule, stage: LMStage, input_ids, targets, dp_group=None, **inputs) -> torch.Tensor | None:
     """The batch's mean token loss without gradients (validation): forward chunks only, the same
     micro-batches and loss as ``train_step``; on the last stage, None elsewhere."""
-    return _run(schedule.eval, stage, input_ids, targets, inputs)
+    return _run(schedule.eval, stage, input_ids, targets, inputs, dp_group)
 
 
-def _run(step, stage: LMStage, input_ids, targets, inputs: dict) -> torch.Tensor | None:
-    """``schedule.step`` or ``schedule.eval`` over the whole batch; the last stage's summed shares."""
-    tokens = {"tokens": int((targets != IGNORE_INDEX).sum())}
+def _run(step, stage: LMStage, input_ids, targets, inputs: dict, dp_group=None) -> torch.Tensor | None:
+    """``schedule.step`` or ``schedule.eval`` over the batch; the last stage's summed shares.
+
+    With data-parallel replicas, each micro-batch's share is over the global target count divided
+    by the replicas (FSDP2 averages the gradients: the average of the replicas' sums is then the
+    global mean's gradient), and the replicas' losses are summed and divided the same way."""
+    import torch.distributed as dist
+
+    count = (targets != IGNORE_INDEX).sum()
+    replicas = 1
+    if dp_group is not None:
+        dist.all_reduce(count, group=dp_group)
+        replicas = dist.get_world_size(dp_group)
+    tokens = {"tokens": count.item() / replicas}
     inputs = {name: value for name, value in inputs.items() if value is not None}
     losses: list[torch.Tensor] = []
     first = (input_ids,) if stage.is_first else ()
     step(*first, target=targets, losses=losses, loss_kwargs=tokens, **inputs)
-    return torch.stack([loss.detach() for loss in losses]).sum() if stage.is_last else None
+    if not stage.is_last:
+        return None
+    loss = torch.stack([loss.detach() for loss in losses]).sum()
+    if dp_group is not None:  # every rank of a dp group holds the same stage: the last stages add up
+        dist.all_reduce(loss, group=dp_group)
+        loss = loss / replicas
+    return loss
 
 
 def gather_state_dict(stage: nn.Module, group=None, dst: int = 0) -> dict[str, torch.Tensor] | None:
