@@ -213,25 +213,38 @@ class Stack(nn.Module):
     ) -> torch.Tensor:
         """``positions`` (B, T) are the positions of the tokens in ``x``; with a ``cache`` these are
         the new tokens only, and ``mask`` spans the cached keys too (``q_offset`` = cached length)."""
+        x = self.enter(x, positions)
+        x = self.run_blocks(x, mask, positions, range(len(self.layers)), memory, memory_mask, cache)
+        return self.final_norm(x)
+
+    def enter(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """What embedded tokens go through before the first block (scale, absolute positions,
+        embedding norm, dropout); a pipeline's first stage runs it, the others do not."""
         if self.embedding_scale != 1.0:  # in the activations' dtype, as transformers' Gemma
             x = x * torch.tensor(self.embedding_scale, dtype=x.dtype, device=x.device)
         x = self.position.embed(x, positions)
         if self.embedding_norm is not None:
             x = self.embedding_norm(x)
-        x = self.dropout(x)
+        return self.dropout(x)
+
+    def run_blocks(
+        self, x: torch.Tensor, mask: AttentionMask, positions: torch.Tensor, blocks: range,
+        memory: torch.Tensor | None = None, memory_mask: AttentionMask | None = None, cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """The blocks numbered ``blocks`` in order (all of them, or a pipeline stage's own run)."""
         self.position.check_length(mask.q_len + mask.q_offset)
         bias = self.backend.score_bias(self.position, mask.q_len, mask.k_len, mask.q_offset)
         recompute = self.checkpointed and torch.is_grad_enabled()
         masks = self._layer_masks(mask)
-        for i, layer in enumerate(self.layers):
-            layer_mask, position = masks[i]
+        for i in blocks:
+            layer, (layer_mask, position) = self.layers[i], masks[i]
             if recompute and cache is None and i in self.checkpointed:
                 x = checkpoint(layer, x, layer_mask, position, positions, bias, memory, memory_mask,
                                use_reentrant=False)
             else:
                 layer_cache = cache.layer(i) if cache is not None else None
                 x = layer(x, layer_mask, position, positions, bias, memory, memory_mask, layer_cache)
-        return self.final_norm(x)
+        return x
 
     def _layer_masks(self, mask: AttentionMask) -> list[tuple[AttentionMask, nn.Module]]:
         """Each block's (self-attention mask, position encoding): sliding layers see ``mask`` with

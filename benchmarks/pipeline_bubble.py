@@ -1,0 +1,187 @@
+"""Idle time per pipeline stage on CPU processes, against the bubble formula (p-1)/(m+p-1).
+
+    python benchmarks/pipeline_bubble.py                                  # pp 2, m 2 4 8, gpipe and 1f1b
+    python benchmarks/pipeline_bubble.py --pp 2 --microbatches 4 --schedules 1f1b --json bubble.json
+
+Starts ``--pp`` processes (one thread each, gloo on 127.0.0.1), each one stage of the same
+decoder-only LM cut into equal runs of blocks (``llm_modules.training.pipeline``), with a small
+vocabulary so that the embedding and head add little to the first and last stage. Each rank times
+its stage's compute, every ``forward_one_chunk`` and ``backward_one_chunk`` the schedule calls
+(the loss on the last stage included in neither), and the wall time of whole ``schedule.step``
+calls between two barriers, so every stage's wall is the pipeline's (no optimizer step); its idle
+fraction is 1 - compute / wall. With
+equal stages both GPipe and 1F1B leave each stage idle (p-1)/(m+p-1) of a step; measured and
+expected figures are printed per stage. The processes must have a core each: on a loaded machine
+the idle time includes waiting for a core, and the figures say so by being larger.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def expected_bubble(pp: int, microbatches: int) -> float:
+    """The idle fraction of each of ``pp`` equal stages over ``microbatches`` micro-batches."""
+    return (pp - 1) / (microbatches + pp - 1)
+
+
+class BusyTime:
+    """Seconds a ``torch.distributed.pipelining`` stage spends in its forward and backward chunks."""
+
+    def __init__(self, stage):
+        self.by_kind = {"forward": 0.0, "backward": 0.0}
+        for kind in self.by_kind:
+            name = f"{kind}_one_chunk"
+            setattr(stage, name, self._timed(kind, getattr(stage, name)))
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.by_kind.values())
+
+    def reset(self) -> None:
+        self.by_kind = dict.fromkeys(self.by_kind, 0.0)
+
+    def _timed(self, kind, method):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self.by_kind[kind] += time.perf_counter() - start
+
+        return timed
+
+
+def rank_main(args) -> None:
+    import torch.distributed as dist
+
+    from llm_modules.config import ModelConfig
+    from llm_modules.nn.lm import DecoderLM
+    from llm_modules.training.pipeline import build_stage, schedule_for, torch_stage
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(args.port))
+    dist.init_process_group("gloo", rank=args.rank, world_size=args.pp)
+    rows = []
+    try:
+        config = ModelConfig(
+            vocab_size=256, d_model=args.d_model, n_layers=args.blocks_per_stage * args.pp, n_heads=4,
+            max_seq_len=args.seq, position="rope", tie_embeddings=False, dropout=0.0,
+        )
+        for name in args.schedules:
+            for m in args.microbatches:
+                torch.manual_seed(0)
+                stage = build_stage(DecoderLM(config), args.rank, args.pp, [args.blocks_per_stage] * args.pp)
+                runner = torch_stage(stage)
+                busy = BusyTime(runner)
+                schedule = schedule_for(runner, name, m)
+                generator = torch.Generator().manual_seed(1)
+                ids = torch.randint(0, 256, (m * args.microbatch_size, args.seq), generator=generator)
+                targets = ids.roll(-1, 1)
+                wall = 0.0
+                for step in range(args.warmup + args.steps):
+                    if step == args.warmup:
+                        busy.reset()
+                    stage.zero_grad(set_to_none=True)
+                    dist.barrier()
+                    start = time.perf_counter()
+                    # the schedule alone (train_step adds the optimizer), until the last stage is done
+                    inputs = (ids,) if stage.is_first else ()
+                    schedule.step(*inputs, target=targets, losses=[], loss_kwargs={"tokens": targets.numel()})
+                    dist.barrier()
+                    if step >= args.warmup:
+                        wall += time.perf_counter() - start
+                rows.append({
+                    "schedule": name, "microbatches": m, "stage": args.rank, "wall_s": wall, "busy_s": busy.seconds,
+                    "forward_s": busy.by_kind["forward"],
+                    "backward_s": busy.by_kind["backward"], "idle": 1 - busy.seconds / wall,
+                    "expected": expected_bubble(args.pp, m),
+                })
+        Path(args.out).write_text(json.dumps(rows))
+    finally:
+        dist.destroy_process_group()
+
+
+def launch(args) -> list[dict]:
+    """Run the ranks as subprocesses of this script; return every rank's rows."""
+    import socket
+    import tempfile
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    with tempfile.TemporaryDirectory() as tmp:
+        outs = [Path(tmp) / f"rank{r}.json" for r in range(args.pp)]
+        forwarded = [
+            "--pp", str(args.pp), "--steps", str(args.steps), "--warmup", str(args.warmup),
+            "--d-model", str(args.d_model),
+            "--seq", str(args.seq), "--microbatch-size", str(args.microbatch_size),
+            "--blocks-per-stage", str(args.blocks_per_stage), "--schedules", *args.schedules,
+            "--microbatches", *map(str, args.microbatches),
+        ]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, __file__, *forwarded, "--rank", str(r), "--port", str(port), "--out", str(out)],
+                env=env, start_new_session=True,
+            )
+            for r, out in enumerate(outs)
+        ]
+        try:
+            for proc in procs:
+                proc.wait(timeout=args.timeout)
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        if any(proc.returncode for proc in procs):
+            raise SystemExit(f"a rank failed: exit codes {[proc.returncode for proc in procs]}")
+        return [row for out in outs for row in json.loads(out.read_text())]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pp", type=int, default=2)
+    parser.add_argument("--schedules", nargs="+", default=["gpipe", "1f1b"])
+    parser.add_argument("--microbatches", nargs="+", type=int, default=[2, 4, 8])
+    parser.add_argument("--microbatch-size", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--d-model", type=int, default=512)
+    parser.add_argument("--blocks-per-stage", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--rank", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.rank is not None:
+        rank_main(args)
+        return
+    rows = launch(args)
+    print(f"{'schedule':8} {'m':>3} {'stage':>5} {'fwd s':>7} {'bwd s':>7} {'wall s':>7} {'idle':>7} {'expected':>8} "
+          f"{'ratio':>6}")
+    for row in sorted(rows, key=lambda r: (r["schedule"], r["microbatches"], r["stage"])):
+        ratio = row["idle"] / row["expected"] if row["expected"] else float("nan")
+        print(f"{row['schedule']:8} {row['microbatches']:>3} {row['stage']:>5} {row['forward_s']:>7.3f} "
+              f"{row['backward_s']:>7.3f} {row['wall_s']:>7.3f} {row['idle']:>7.3f} "
+              f"{row['expected']:>8.3f} {ratio:>6.2f}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
