@@ -67,7 +67,7 @@ def rank_main(args) -> None:
 
     from llm_modules.config import ModelConfig
     from llm_modules.nn.lm import DecoderLM
-    from llm_modules.training.pipeline import build_stage, schedule_for, torch_stage
+    from llm_modules.training.pipeline import build_stage, schedule_for, torch_stages
 
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(args.port))
@@ -82,7 +82,7 @@ def rank_main(args) -> None:
             for m in args.microbatches:
                 torch.manual_seed(0)
                 stage = build_stage(DecoderLM(config), args.rank, args.pp, [args.blocks_per_stage] * args.pp)
-                runner = torch_stage(stage)
+                runner = torch_stages([stage])[0]
                 busy = BusyTime(runner)
                 schedule = schedule_for(runner, name, m)
                 generator = torch.Generator().manual_seed(1)
