@@ -61,7 +61,7 @@ def schedule_kind(schedule: str) -> ScheduleKind:
     return SCHEDULES[schedule]
 
 
-def virtual_stages(schedule: str, virtual: int | None) -> int:
+def stages_per_rank(schedule: str, virtual: int | None) -> int:
     """The stages per rank ``schedule`` runs: ``virtual`` checked against it, or its default."""
     kind = schedule_kind(schedule)
     if virtual is None:
@@ -78,7 +78,7 @@ def check_schedule(schedule: str, microbatches: int, pp: int, virtual: int | Non
     """Refuse a schedule name, stage count or micro-batch count that cannot run ``pp`` ranks;
     return the stages per rank."""
     kind = schedule_kind(schedule)
-    virtual = virtual_stages(schedule, virtual)
+    virtual = stages_per_rank(schedule, virtual)
     if microbatches < 1:
         raise ConfigError(f"pipeline microbatches must be at least 1, got {microbatches}")
     if kind.microbatches_at_least_ranks and microbatches < pp:
