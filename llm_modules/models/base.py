@@ -283,12 +283,21 @@ class LanguageModel(L.LightningModule, abc.ABC):
         out = self.compute_loss(batch)
         tokens = max(int(out["tokens"]), 1)
         loss = out["lm_loss"]
-        self.log(f"{split}/loss", loss, prog_bar=True, sync_dist=True, batch_size=tokens)
-        self.log(f"{split}/ppl", torch.exp(loss.clamp(max=50)), sync_dist=True, batch_size=tokens)
+        # The mean over processes, weighted by their target tokens, computed here: Lightning's own
+        # sync_dist averages the token counts as integers (15, 15, 18, 18 -> 16), which misweights
+        # the logged loss by a few percent whenever ranks hold different numbers of targets.
+        logged, weight = loss, tokens
+        if self.trainer.world_size > 1:
+            pair = torch.stack([loss.detach().float() * tokens, torch.tensor(float(tokens), device=loss.device)])
+            pair = self.trainer.strategy.reduce(pair, reduce_op="sum")
+            logged, weight = pair[0] / pair[1], int(pair[1])
+        # (sync_dist stays: with the same value and weight on every rank its average changes nothing)
+        self.log(f"{split}/loss", logged, prog_bar=True, sync_dist=True, batch_size=weight)
+        self.log(f"{split}/ppl", torch.exp(logged.clamp(max=50)), sync_dist=True, batch_size=weight)
         bytes_per_token = self._bytes_per_token()
         if bytes_per_token:
-            bpb = loss / math.log(2) / bytes_per_token
-            self.log(f"{split}/bits_per_byte", bpb, prog_bar=split == "val", sync_dist=True, batch_size=tokens)
+            bpb = logged / math.log(2) / bytes_per_token
+            self.log(f"{split}/bits_per_byte", bpb, prog_bar=split == "val", sync_dist=True, batch_size=weight)
         return loss, tokens
 
     def _datamodule(self):

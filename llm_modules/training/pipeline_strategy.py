@@ -36,11 +36,11 @@ class PipelineParallelStrategy(ModelParallelStrategy):
         data_parallel_size: replicas, each FSDP2-sharding its stages; ``auto``: what is left
             (1 when ``pipeline_parallel_size`` is ``auto`` too).
         tensor_parallel_size: ranks splitting each block (heads, hidden units); 1 by default.
-        schedule: ``gpipe``, ``1f1b``, ``interleaved-1f1b``, ``interleaved-zero-bubble`` or
-            ``zbv-zero-bubble`` (PyTorch's schedules).
+        schedule: ``gpipe``, ``1f1b``, ``interleaved-1f1b`` or ``interleaved-zero-bubble``
+            (PyTorch's schedules).
         microbatches: micro-batches per optimizer step, which must divide the rows of a batch
             (default: one per stage).
-        virtual_stages: stages per rank for the interleaved schedules (default 2; ZBV needs 2).
+        virtual_stages: stages per rank for the interleaved schedules (default 2).
         blocks: blocks per stage, in order (default: balanced by parameter count).
         save_distributed_checkpoint: True: a folder with one file per rank (exact resume); False:
             one file with the whole model's weights (no optimizer state).

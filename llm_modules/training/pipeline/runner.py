@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from llm_modules.registry import ConfigError
 from llm_modules.training.pipeline.schedules import (
-    SCHEDULES, check_schedule, schedule_for, stages_per_rank, torch_stages,
+    check_schedule, schedule_for, stages_per_rank, torch_stages,
 )
 from llm_modules.training.pipeline.split import check_pipelinable, stage_ids
 from llm_modules.training.pipeline.stage import build_stages
@@ -65,7 +65,7 @@ class PipelineRun:
         check_schedule(settings.schedule, self.microbatches, pp, virtual)
         stages = pp * virtual
         check_pipelinable(lm.model, stages)
-        held = stage_ids(rank, pp, virtual, SCHEDULES[settings.schedule].placement)
+        held = stage_ids(rank, pp, virtual)
         self.stages = build_stages(lm.model, held, stages, settings.blocks)
         if tp_mesh.size() > 1:
             from llm_modules.training.parallel import apply_tensor_parallel, check_tensor_parallel, replicate_the_rest
@@ -77,7 +77,7 @@ class PipelineRun:
             shard_stage(stage, dp_mesh)
         self.group, self.dp_group = pp_mesh.get_group(), dp_mesh.get_group()
         self.holds_last = any(s.is_last for s in self.stages)
-        self.last_rank = stage_ids_owner(stages - 1, pp, virtual, SCHEDULES[settings.schedule].placement)
+        self.last_rank = (stages - 1) % pp  # the rank holding the last stage
         self.schedule = schedule_for(torch_stages(self.stages, device, self.group), settings.schedule,
                                      self.microbatches)
 
@@ -103,9 +103,4 @@ class PipelineRun:
         loss = loss.float()
         dist.broadcast(loss, group=self.group, group_src=self.last_rank)
         return {"loss": loss, "lm_loss": loss, "tokens": (targets != -100).sum()}
-
-
-def stage_ids_owner(stage: int, pp: int, virtual: int, placement: str) -> int:
-    """The pipeline rank that holds ``stage``."""
-    return next(rank for rank in range(pp) if stage in stage_ids(rank, pp, virtual, placement))
 

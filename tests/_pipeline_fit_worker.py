@@ -1,0 +1,153 @@
+"""One rank of the pipeline-strategy runs (tests/integration/test_pipeline_strategy.py): Lightning's
+Trainer with ``PipelineParallelStrategy``, the LightningModules CausalLM, PrefixLM and MaskedLM, and the
+probe's tiny models and batches (``_pipeline_worker``).
+
+Run as ``python tests/_pipeline_fit_worker.py MODE RANK WORLD PORT OUT``; the processes are started by
+the test (LightningEnvironment reads LOCAL_RANK/WORLD_SIZE, so Lightning launches nothing itself).
+MODE ``schedules``: pp 2, every (kind, schedule) of ``RUNS`` in turn, ``STEPS`` steps each;
+``dp``/``tp``: a (2, 2, 1) or (1, 2, 2) mesh on 4 processes; ``full``: 8 steps with distributed
+checkpoints every 4; ``kill``: the same, SIGKILLed at step 6; ``resume``: from the step-4 folder
+of ``kill`` to step 8; ``consolidated``: 5 steps, then one file with the whole model's weights.
+Each writes ``OUT/MODE-rank<RANK>.json`` (per-step losses, validation loss) and, for the resume
+modes, the rank's trained weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from torch.utils.data import DataLoader
+
+import _pipeline_worker as probe
+
+RUNS = [(kind, schedule) for kind in probe.KINDS
+        for schedule in ("gpipe", "1f1b", "interleaved-1f1b", "interleaved-zero-bubble")]
+RUNS_4 = {"dp": [("causal", "gpipe", (2, 2, 1)), ("masked", "1f1b", (2, 2, 1)), ("masked", "gpipe", (2, 2, 1))],
+          "tp": [("causal", "1f1b", (1, 2, 2)), ("prefix", "interleaved-1f1b", (1, 2, 2))]}
+#: the processes of this run (Lightning's environment removes WORLD_SIZE from os.environ when a fit ends)
+WORLD = int(os.environ.get("WORLD_SIZE", 1))
+CLASSES = {"causal": "CausalLM", "prefix": "PrefixLM", "masked": "MaskedLM"}
+OPTIM = {"lr": 1e-2, "warmup_steps": 2, "weight_decay": 0.1}
+
+
+def module(kind: str):
+    """The probe's tiny model of ``kind`` as its LightningModule (same config; weights from the seed)."""
+    import llm_modules
+
+    torch.manual_seed(0)
+    config = probe.model(kind).config.to_dict()
+    return getattr(llm_modules, CLASSES[kind])(config=config, optim=OPTIM)
+
+
+def rows(kind: str, steps: int = probe.STEPS) -> list[dict]:
+    """The probe's batches as dataset rows (labels given, so every kind's targets are the probe's)."""
+    out = []
+    batches = probe.batches(kind)
+    while len(batches) < steps + 1:
+        batches = batches + probe.batches(kind)
+    for ids, targets, inputs in batches[:steps]:
+        for i in range(ids.shape[0]):
+            out.append({"input_ids": ids[i], "labels": targets[i], **{k: v[i] for k, v in inputs.items()}})
+    return out
+
+
+class Record(Callback):
+    """Each step's training loss (what training_step returned: the whole batch's, on every rank)."""
+
+    def __init__(self):
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(float(outputs["loss"]))
+
+
+def fit(kind: str, strategy, steps: int, out: Path | None = None, ckpt_path=None, callbacks=(),
+        checkpoint_every: int | None = None, replicas: int = 1):
+    """Train ``kind`` for ``steps`` under ``strategy`` (None: one process), each of ``replicas``
+    data-parallel replicas reading its share of every batch; (losses, val loss, module)."""
+    lm = module(kind)
+    data = rows(kind, steps)
+    held = rows(kind, probe.STEPS + 1)[-probe.BATCH:]
+    record = Record()
+    extra = list(callbacks)
+    if checkpoint_every:
+        extra.append(ModelCheckpoint(dirpath=out, every_n_train_steps=checkpoint_every, save_top_k=-1,
+                                     filename="step{step}", auto_insert_metric_name=False))
+    trainer = L.Trainer(
+        accelerator="cpu", devices=WORLD if strategy is not None else 1, strategy=strategy or "auto",
+        max_steps=steps, logger=False, enable_checkpointing=bool(checkpoint_every), enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, val_check_interval=steps, limit_val_batches=1,
+        callbacks=[record, *extra], deterministic=False,
+    )
+    batch = probe.BATCH // replicas
+    trainer.fit(lm, DataLoader(data, batch_size=batch), DataLoader(held, batch_size=batch), ckpt_path=ckpt_path)
+    return record.losses, float(trainer.callback_metrics["val/loss"]), lm
+
+
+def strategy(sizes=(1, 2, 1), schedule: str = "1f1b", **options):
+    from llm_modules.training.pipeline_strategy import PipelineParallelStrategy
+
+    dp, pp, tp = sizes
+    return PipelineParallelStrategy(pipeline_parallel_size=pp, data_parallel_size=dp, tensor_parallel_size=tp,
+                                    schedule=schedule, microbatches=4 // dp, **options)
+
+
+def full_weights(lm) -> dict[str, torch.Tensor]:
+    """This rank's parameters as whole tensors (gathered over data/tensor-parallel shards)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(lm, options=StateDictOptions(full_state_dict=True, cpu_offload=False))
+    return {name: value.detach().clone().contiguous() for name, value in state.items()}
+
+
+class KillAt(Callback):
+    """SIGKILL this process when training reaches ``step`` (after the checkpoints before it)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def main(mode: str, rank: int, out: Path) -> None:
+    from safetensors.torch import save_file
+
+    torch.set_num_threads(1)
+    result = {}
+    if mode == "schedules":
+        for kind, schedule in RUNS:
+            losses, val, _ = fit(kind, strategy(schedule=schedule), probe.STEPS)
+            result[f"{kind}/{schedule}"] = {"losses": losses, "val": val}
+    elif mode in RUNS_4:
+        for kind, schedule, sizes in RUNS_4[mode]:
+            losses, val, _ = fit(kind, strategy(sizes, schedule), probe.STEPS, replicas=sizes[0])
+            result[f"{kind}/{schedule}"] = {"losses": losses, "val": val}
+    elif mode in ("full", "kill", "resume"):
+        folder = out / ("ckpt-full" if mode == "full" else "ckpt-killed")
+        ckpt = folder / "step4" if mode == "resume" else None
+        callbacks = [KillAt(6)] if mode == "kill" else []
+        losses, val, lm = fit("causal", strategy(), 8, folder, ckpt, callbacks, checkpoint_every=4)
+        result["causal"] = {"losses": losses, "val": val}
+        save_file(full_weights(lm), out / f"{mode}-weights-rank{rank}.safetensors")
+    elif mode == "consolidated":
+        losses, val, lm = fit("causal", strategy(save_distributed_checkpoint=False), probe.STEPS, out / "consolidated",
+                              checkpoint_every=probe.STEPS)
+        result["causal"] = {"losses": losses, "val": val}
+    (out / f"{mode}-rank{rank}.json").write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    mode, rank, world, port, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], Path(sys.argv[5])
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      NODE_RANK="0", GLOBAL_RANK=str(rank))
+    WORLD = world
+    main(mode, rank, out)
