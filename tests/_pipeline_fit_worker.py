@@ -5,9 +5,9 @@ probe's tiny models and batches (``_pipeline_worker``).
 Run as ``python tests/_pipeline_fit_worker.py MODE RANK WORLD PORT OUT``; the processes are started by
 the test (LightningEnvironment reads LOCAL_RANK/WORLD_SIZE, so Lightning launches nothing itself).
 MODE ``schedules``: pp 2, every (kind, schedule) of ``RUNS`` in turn, ``STEPS`` steps each;
-``dp``/``tp``: a (2, 2, 1) or (1, 2, 2) mesh on 4 processes; ``full``: 8 steps with distributed
-checkpoints every 4; ``kill``: the same, SIGKILLed at step 6; ``resume``: from the step-4 folder
-of ``kill`` to step 8; ``consolidated``: 5 steps, then one file with the whole model's weights.
+``dp``/``tp``: a (2, 2, 1) or (1, 2, 2) mesh on 4 processes; ``full``: 2 epochs of ``EPOCH`` steps with
+distributed checkpoints after each; ``kill``: the same, SIGKILLed 2 steps into the second epoch;
+``resume``: from the first epoch's folder of ``kill`` to the end; ``consolidated``: 5 steps, then one file with the whole model's weights.
 Each writes ``OUT/MODE-rank<RANK>.json`` (per-step losses, validation loss) and, for the resume
 modes, the rank's trained weights.
 """
@@ -34,6 +34,9 @@ RUNS_4 = {"dp": [("causal", "gpipe", (2, 2, 1)), ("masked", "1f1b", (2, 2, 1)), 
 #: the processes of this run (Lightning's environment removes WORLD_SIZE from os.environ when a fit ends)
 WORLD = int(os.environ.get("WORLD_SIZE", 1))
 CLASSES = {"causal": "CausalLM", "prefix": "PrefixLM", "masked": "MaskedLM"}
+#: batches per epoch: a checkpoint every EPOCH steps ends an epoch, so a resumed run starts a fresh one
+#: (a plain DataLoader cannot be resumed mid-epoch)
+EPOCH = probe.STEPS
 OPTIM = {"lr": 1e-2, "warmup_steps": 2, "weight_decay": 0.1}
 
 
@@ -73,7 +76,7 @@ def fit(kind: str, strategy, steps: int, out: Path | None = None, ckpt_path=None
     """Train ``kind`` for ``steps`` under ``strategy`` (None: one process), each of ``replicas``
     data-parallel replicas reading its share of every batch; (losses, val loss, module)."""
     lm = module(kind)
-    data = rows(kind, steps)
+    data = rows(kind, min(steps, EPOCH))
     held = rows(kind, probe.STEPS + 1)[-probe.BATCH:]
     record = Record()
     extra = list(callbacks)
@@ -83,7 +86,8 @@ def fit(kind: str, strategy, steps: int, out: Path | None = None, ckpt_path=None
     trainer = L.Trainer(
         accelerator="cpu", devices=WORLD if strategy is not None else 1, strategy=strategy or "auto",
         max_steps=steps, logger=False, enable_checkpointing=bool(checkpoint_every), enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, val_check_interval=steps, limit_val_batches=1,
+        enable_model_summary=False, num_sanity_val_steps=0, val_check_interval=steps, check_val_every_n_epoch=None,
+        limit_val_batches=1,
         callbacks=[record, *extra], deterministic=False,
     )
     batch = probe.BATCH // replicas
@@ -133,9 +137,9 @@ def main(mode: str, rank: int, out: Path) -> None:
             result[f"{kind}/{schedule}"] = {"losses": losses, "val": val}
     elif mode in ("full", "kill", "resume"):
         folder = out / ("ckpt-full" if mode == "full" else "ckpt-killed")
-        ckpt = folder / "step4" if mode == "resume" else None
-        callbacks = [KillAt(6)] if mode == "kill" else []
-        losses, val, lm = fit("causal", strategy(), 8, folder, ckpt, callbacks, checkpoint_every=4)
+        ckpt = folder / f"step{EPOCH}.ckpt" if mode == "resume" else None
+        callbacks = [KillAt(EPOCH + 2)] if mode == "kill" else []
+        losses, val, lm = fit("causal", strategy(), 2 * EPOCH, folder, ckpt, callbacks, checkpoint_every=EPOCH)
         result["causal"] = {"losses": losses, "val": val}
         save_file(full_weights(lm), out / f"{mode}-weights-rank{rank}.safetensors")
     elif mode == "consolidated":

@@ -28,6 +28,12 @@ from llm_modules.training.pipeline.schedules import schedule_kind, stages_per_ra
 AXES = ("data_parallel", "pipeline_parallel", "tensor_parallel")
 
 
+def _flat_options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(flatten_optimizer_state_dict=True, cpu_offload=True)
+
+
 class PipelineParallelStrategy(ModelParallelStrategy):
     """Pipeline stages, combined with data parallelism (FSDP2) and tensor parallelism.
 
@@ -107,9 +113,16 @@ class PipelineParallelStrategy(ModelParallelStrategy):
         return gather_state_dict(full, group=mesh["pipeline_parallel"].get_group()) or {}
 
     def optimizer_state(self, optimizer) -> dict[str, Any]:
-        if self._save_distributed_checkpoint:
-            return super().optimizer_state(optimizer)
-        return {}
+        """Distributed: keyed per parameter, hyper-parameters included (``flatten_optimizer_state_dict``).
+        Lightning's nested form keeps ``param_groups`` as one entry that the distributed checkpoint
+        writes once, from rank 0, and every rank would read back rank 0's groups, which name other
+        parameters than its stages'. Consolidated: none (see ``save_checkpoint``)."""
+        if not self._save_distributed_checkpoint:
+            return {}
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        optimizer = getattr(optimizer, "_optimizer", optimizer)  # a LightningOptimizer's own
+        return get_optimizer_state_dict(self.model, optimizer, options=_flat_options())
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath, storage_options: Any | None = None) -> None:
         """A consolidated file holds the weights, not the optimizer: its states are per stage and
@@ -120,13 +133,26 @@ class PipelineParallelStrategy(ModelParallelStrategy):
         super().save_checkpoint(checkpoint, filepath, storage_options)
 
     def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict[str, Any]:
-        if not Path(checkpoint_path).is_dir():
+        """Resume from a distributed checkpoint folder: the model's entries and the other state as
+        ModelParallelStrategy reads them, the optimizers in the per-parameter form they were saved in."""
+        from lightning.fabric.strategies.model_parallel import _distributed_checkpoint_load, _load_checkpoint
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+        path = Path(self.broadcast(checkpoint_path))
+        if path.is_file():
             raise ConfigError(
-                f"--ckpt_path {str(checkpoint_path)!r} is a single file; a pipeline run resumes from a distributed "
+                f"--ckpt_path {str(path)!r} is a single file; a pipeline run resumes from a distributed "
                 "checkpoint folder (trainer.strategy.init_args.save_distributed_checkpoint: true); to start "
                 "from this file's weights, set model.init_from to it"
             )
-        return super().load_checkpoint(checkpoint_path, weights_only)
+        metadata = _load_checkpoint(path, {"state_dict": self.model}, strict=self.lightning_module.strict_loading,
+                                    weights_only=weights_only)
+        for index, optimizer in enumerate(self.optimizers):
+            key = f"optimizer_{index}"
+            state = {key: get_optimizer_state_dict(self.model, optimizer, options=_flat_options())}
+            _distributed_checkpoint_load(state, path)
+            set_optimizer_state_dict(self.model, optimizer, optim_state_dict=state[key], options=_flat_options())
+        return metadata
 
 
 def mesh_sizes(dp, pp, tp, world: int) -> tuple[int, int, int]:
