@@ -40,12 +40,16 @@ EPOCH = probe.STEPS
 OPTIM = {"lr": 1e-2, "warmup_steps": 2, "weight_decay": 0.1}
 
 
-def module(kind: str):
+#: what makes the probe's model a Llama (for the consolidated checkpoint, which export writes as one)
+LLAMA = {"norm": "rmsnorm", "activation": "swiglu", "position": "rope"}
+
+
+def module(kind: str, **overrides):
     """The probe's tiny model of ``kind`` as its LightningModule (same config; weights from the seed)."""
     import llm_modules
 
     torch.manual_seed(0)
-    config = probe.model(kind).config.to_dict()
+    config = probe.model(kind, **overrides).config.to_dict()
     return getattr(llm_modules, CLASSES[kind])(config=config, optim=OPTIM)
 
 
@@ -72,10 +76,10 @@ class Record(Callback):
 
 
 def fit(kind: str, strategy, steps: int, out: Path | None = None, ckpt_path=None, callbacks=(),
-        checkpoint_every: int | None = None, replicas: int = 1):
+        checkpoint_every: int | None = None, replicas: int = 1, **overrides):
     """Train ``kind`` for ``steps`` under ``strategy`` (None: one process), each of ``replicas``
     data-parallel replicas reading its share of every batch; (losses, val loss, module)."""
-    lm = module(kind)
+    lm = module(kind, **overrides)
     data = rows(kind, min(steps, EPOCH))
     held = rows(kind, probe.STEPS + 1)[-probe.BATCH:]
     record = Record()
@@ -88,11 +92,22 @@ def fit(kind: str, strategy, steps: int, out: Path | None = None, ckpt_path=None
         max_steps=steps, logger=False, enable_checkpointing=bool(checkpoint_every), enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0, val_check_interval=steps, check_val_every_n_epoch=None,
         limit_val_batches=1,
-        callbacks=[record, *extra], deterministic=False,
+        callbacks=[record, *extra], use_distributed_sampler=False,
     )
+    # each data-parallel replica reads every replicas-th row, in order (as DistributedSampler without
+    # shuffling; Lightning's own replacement sampler is off so that nothing reorders the rows)
+    replica = strategy_replica(strategy, replicas)
     batch = probe.BATCH // replicas
-    trainer.fit(lm, DataLoader(data, batch_size=batch), DataLoader(held, batch_size=batch), ckpt_path=ckpt_path)
+    trainer.fit(lm, DataLoader(data[replica::replicas], batch_size=batch),
+                DataLoader(held[replica::replicas], batch_size=batch), ckpt_path=ckpt_path)
     return record.losses, float(trainer.callback_metrics["val/loss"]), lm
+
+
+def strategy_replica(strategy, replicas: int) -> int:
+    """This process's data-parallel index on a (data, pipeline, tensor) mesh (ranks in row-major order)."""
+    if strategy is None or replicas == 1:
+        return 0
+    return int(os.environ["LOCAL_RANK"]) // (WORLD // replicas)
 
 
 def strategy(sizes=(1, 2, 1), schedule: str = "1f1b", **options):
@@ -144,7 +159,7 @@ def main(mode: str, rank: int, out: Path) -> None:
         save_file(full_weights(lm), out / f"{mode}-weights-rank{rank}.safetensors")
     elif mode == "consolidated":
         losses, val, lm = fit("causal", strategy(save_distributed_checkpoint=False), probe.STEPS, out / "consolidated",
-                              checkpoint_every=probe.STEPS)
+                              checkpoint_every=probe.STEPS, **LLAMA)
         result["causal"] = {"losses": losses, "val": val}
     (out / f"{mode}-rank{rank}.json").write_text(json.dumps(result))
 
