@@ -22,8 +22,10 @@ from lightning.pytorch.strategies import ModelParallelStrategy, ParallelStrategy
 
 from llm_modules.registry import ConfigError
 from llm_modules.training.pipeline.runner import PipelineSettings
-from llm_modules.training.pipeline.schedules import schedule_kind, stages_per_rank
+from llm_modules.training.pipeline.schedules import SCHEDULES, stages_per_rank
 
+#: the schedules' names, for the CLI's checks and help
+ScheduleName = Literal[tuple(SCHEDULES)]
 #: the mesh's axes, outermost first
 AXES = ("data_parallel", "pipeline_parallel", "tensor_parallel")
 
@@ -57,7 +59,7 @@ class PipelineParallelStrategy(ModelParallelStrategy):
         pipeline_parallel_size: int | Literal["auto"] = "auto",
         data_parallel_size: int | Literal["auto"] = "auto",
         tensor_parallel_size: int = 1,
-        schedule: str = "1f1b",
+        schedule: ScheduleName = "1f1b",
         microbatches: int | None = None,
         virtual_stages: int | None = None,
         blocks: list[int] | None = None,
@@ -70,8 +72,6 @@ class PipelineParallelStrategy(ModelParallelStrategy):
             save_distributed_checkpoint=save_distributed_checkpoint, process_group_backend=process_group_backend,
             timeout=timeout,
         )
-        schedule_kind(schedule)  # an unknown name fails here, before any process starts
-        virtual_stages = stages_per_rank(schedule, virtual_stages)  # checked against the schedule
         self._pipeline_parallel_size = pipeline_parallel_size
         self._pipeline_options = dict(
             schedule=schedule, microbatches=microbatches, virtual_stages=virtual_stages,
@@ -79,6 +79,19 @@ class PipelineParallelStrategy(ModelParallelStrategy):
         )
         #: the pipeline options (``PipelineSettings``), once the sizes are known (``setup_environment``)
         self.pipeline: PipelineSettings | None = None
+
+    def _configure_launcher(self) -> None:
+        """Check the sizes before any process is started, so that a mismatch is said once."""
+        self.check_options()
+        super()._configure_launcher()
+
+    def check_options(self, world: int | None = None) -> None:
+        """Refuse sizes that do not fit ``world`` processes (default: devices x nodes) and a
+        ``virtual_stages`` the schedule cannot run, in one line each."""
+        options = self._pipeline_options
+        stages_per_rank(options["schedule"], options["virtual_stages"])
+        mesh_sizes(self._data_parallel_size, self._pipeline_parallel_size, self._tensor_parallel_size,
+                   world or self.num_nodes * self.num_processes)
 
     def setup_environment(self) -> None:
         """ModelParallelStrategy's set-up with a 3-D mesh (see the module docstring)."""
@@ -162,14 +175,25 @@ def mesh_sizes(dp, pp, tp, world: int) -> tuple[int, int, int]:
     for name, size in (("pipeline_parallel_size", pp), ("data_parallel_size", dp)):
         if size != "auto" and (not isinstance(size, int) or size < 1):
             raise ConfigError(f"trainer.strategy.init_args.{name} must be a positive integer or auto, got {size!r}")
+    known = [(name, size) for name, size in (("data_parallel_size", dp), ("pipeline_parallel_size", pp),
+                                             ("tensor_parallel_size", tp)) if size != "auto"]
+    product = 1
+    for _, size in known:
+        product *= size
+    if world % product:
+        sizes = " x ".join(f"{name} {size}" for name, size in known)
+        raise ConfigError(
+            f"trainer.strategy.init_args: {sizes} does not divide the {world} processes (trainer.devices x "
+            "trainer.num_nodes); change the sizes or the devices"
+        )
     if pp == "auto":
         dp = 1 if dp == "auto" else dp
         pp = world // (dp * tp)
     elif dp == "auto":
         dp = world // (pp * tp)
-    if dp * pp * tp != world or min(dp, pp) < 1:
+    if dp * pp * tp != world:
         raise ConfigError(
-            f"data_parallel_size {dp} x pipeline_parallel_size {pp} x tensor_parallel_size {tp} must equal the "
-            f"{world} processes (trainer.devices x trainer.num_nodes); change the sizes or the devices"
+            f"trainer.strategy.init_args: data_parallel_size {dp} x pipeline_parallel_size {pp} x tensor_parallel_size "
+            f"{tp} must equal the {world} processes (trainer.devices x trainer.num_nodes); change the sizes or the devices"
         )
     return dp, pp, tp

@@ -67,10 +67,11 @@ def stages_per_rank(schedule: str, virtual: int | None) -> int:
     if virtual is None:
         return kind.fixed_virtual or kind.default_virtual
     if kind.fixed_virtual is not None and virtual != kind.fixed_virtual:
-        raise ConfigError(f"schedule {schedule} runs {kind.fixed_virtual} stage(s) per rank; set virtual_stages: "
-                          f"{kind.fixed_virtual} (or leave it out)")
+        raise ConfigError(f"virtual_stages: schedule {schedule} runs {kind.fixed_virtual} stage per rank; set "
+                          f"virtual_stages: {kind.fixed_virtual} (or leave it out), or use an interleaved schedule")
     if virtual < kind.min_virtual:
-        raise ConfigError(f"schedule {schedule} needs virtual_stages of at least {kind.min_virtual}, got {virtual}")
+        raise ConfigError(f"virtual_stages: schedule {schedule} needs at least {kind.min_virtual} stages per rank, "
+                          f"got {virtual}; set virtual_stages: {kind.min_virtual} (or leave it out)")
     return virtual
 
 
