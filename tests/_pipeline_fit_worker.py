@@ -39,7 +39,9 @@ EXTRA = {"causal/1f1b/clip": {"trainer": {"gradient_clip_val": 0.5}},
                                                         "spike_ratio": 1.0, "rollback_after": 0}},
                                "noisy_batch": 3},
          # 8 rows in 3 micro-batches: a row without targets evens them out
-         "masked/1f1b/uneven": {"strategy": {"microbatches": 3}}}
+         "masked/1f1b/uneven": {"strategy": {"microbatches": 3}},
+         # every block recomputed in the backward (the memory saver inside interleaved stages)
+         "prefix/interleaved-1f1b/recompute": {"module": {"memory": {"activation_checkpointing": True}}}}
 RUNS_4 = {"dp": [("causal", "gpipe", (2, 2, 1)), ("masked", "1f1b", (2, 2, 1)), ("masked", "gpipe", (2, 2, 1))],
           "tp": [("causal", "1f1b", (1, 2, 2)), ("prefix", "interleaved-1f1b", (1, 2, 2))]}
 #: the processes of this run (Lightning's environment removes WORLD_SIZE from os.environ when a fit ends)
@@ -55,13 +57,15 @@ OPTIM = {"lr": 1e-2, "warmup_steps": 2, "weight_decay": 0.1}
 LLAMA = {"norm": "rmsnorm", "activation": "swiglu", "position": "rope"}
 
 
-def module(kind: str, peft: str | None = None, stability: dict | None = None, **overrides):
+def module(kind: str, peft: str | None = None, stability: dict | None = None, memory: dict | None = None,
+           **overrides):
     """The probe's tiny model of ``kind`` as its LightningModule (same config; weights from the seed)."""
     import llm_modules
 
     torch.manual_seed(0)
     config = probe.model(kind, **overrides).config.to_dict()
-    return getattr(llm_modules, CLASSES[kind])(config=config, optim=OPTIM, peft=peft, stability=stability)
+    return getattr(llm_modules, CLASSES[kind])(config=config, optim=OPTIM, peft=peft, stability=stability,
+                                               memory=memory)
 
 
 def rows(kind: str, steps: int = probe.STEPS, noisy_batch: int | None = None) -> list[dict]:

@@ -78,7 +78,6 @@ class PipelineRun:
         for stage in self.stages:
             shard_stage(stage, dp_mesh)
         self.group, self.dp_group = pp_mesh.get_group(), dp_mesh.get_group()
-        self.holds_last = any(s.is_last for s in self.stages)
         self.last_rank = (stages - 1) % pp  # the rank holding the last stage
         self.schedule = schedule_for(torch_stages(self.stages, device, self.group), settings.schedule,
                                      self.microbatches)
