@@ -326,7 +326,8 @@ def test_every_strategy_preset_parses_and_builds_its_strategy(tmp_path, monkeypa
         printed = printed_config(capsys.readouterr().out)
         assert printed["trainer"]["strategy"]["class_path"] == head["trainer"]["strategy"]["class_path"]
         cli = LLMCLI(LanguageModel, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                     args=["--trainer.devices", "2", *args], trainer_defaults=trainer_defaults(), run=False,
+                     args=["--trainer.devices", "4" if preset.stem == "3d" else "2", *args],  # 3d: pp 2 x tp 2
+                     trainer_defaults=trainer_defaults(), run=False,
                      auto_configure_optimizers=False)
         strategy = cli.trainer.strategy
         name, settings_hold = EXPECTED[preset.stem]
