@@ -1,0 +1,328 @@
+"""Memory per pipeline rank, the bubble, and the step time of a pipelined run (``estimate --pp``).
+
+The batch: ``Setup.batch_size`` rows per data-parallel replica per optimizer step. Every
+pipeline rank of a replica receives that whole batch, and the schedule cuts it into
+``microbatches`` micro-batches of ``batch_size / microbatches`` rows (as
+``training.pipeline.train_step`` does), so the batch size must be a multiple of them.
+
+The split is the runtime's: ``training.pipeline.split_blocks`` on the model built on the meta
+device (so the same refusals: tied embeddings, MoE, encoder-decoder models, more stages than
+blocks), stage 0 with the embedding, the last stage with the final norm and the head; rank ``r``
+holds the stages ``split.stage_ids`` gives it.
+
+What a rank holds, as ``torch.distributed.pipelining`` runs it (measured against CPU processes
+by ``benchmarks/pipeline_memory.py``):
+
+- model states of its stages' parameters (``estimate.memory.state_bytes``), divided over the
+  data-parallel size under ``--strategy fsdp`` (the pipeline shards replicas with FSDP2, whose
+  stages stay gathered from the forward to the backward: one compute-dtype copy of the rank's
+  weights more); gradients exist from the first backward of a step (the step starts with
+  ``zero_grad(set_to_none=True)``). With ``tp`` > 1 a block's parameters and activations are
+  divided over the tensor-parallel group, except the hidden-state inputs of its two norms, which
+  every tensor-parallel rank keeps whole (approximate: the blocks' small replicated parts, norms
+  and biases, are divided too); embeddings and the head are replicated (``training.parallel``).
+- activations of each micro-batch in flight: a stage's blocks keep what one block keeps for one
+  micro-batch (``estimate.activations``, the real modules traced on fake tensors) times its
+  blocks; the first stage what the embedding keeps, the last what the final norm, head and loss
+  keep; a stage with a successor keeps its output until its backward (the schedule's cache).
+  The order of forwards and backwards is the schedule's own (``estimate.schedule_order``).
+- the schedule's receive buffers, allocated at the first step and kept: one hidden state per
+  micro-batch for the activations a stage receives, one for the gradients it receives.
+- the last stage's outputs: ``Schedule.step`` keeps every micro-batch's logits until the next
+  step, and concatenates them at the end of the step (``return_outputs`` defaults to True,
+  which ``training.pipeline.steps.run_schedule`` keeps): ``LAST_STAGE_KEEPS_OUTPUTS``.
+
+Peak: the largest of the moments of a step on the rank: after each forward, during each backward
+(a stage's units, head, blocks from the last, embedding, each allocating its gradients the first
+time while its activations still exist, then freeing them), at the end of the schedule (the
+concatenated logits) and in the optimizer step (``estimate.memory``'s temporaries).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from llm_modules.estimate.activations import Activations, Training, estimate_activations
+from llm_modules.estimate.memory import DEEPSPEED, Setup, shards, state_bytes
+from llm_modules.estimate.schedule_order import Action, in_flight, schedule_order, simulate
+from llm_modules.registry import ConfigError
+
+#: ``training.pipeline.steps.run_schedule`` calls ``schedule.step`` with its default
+#: ``return_outputs=True``: the last stage keeps each micro-batch's output (logits) to the next
+#: step and concatenates them at the end of the step. Set False when it passes
+#: ``return_outputs=False``.
+LAST_STAGE_KEEPS_OUTPUTS = True
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """The pipeline of ``estimate --pp``: ``pp`` ranks, a schedule by its runtime name,
+    ``microbatches`` per optimizer step, ``virtual`` stages per rank (the schedule's default when
+    None), ``tp`` tensor-parallel ranks per stage."""
+
+    pp: int
+    schedule: str = "1f1b"
+    microbatches: int = 1
+    virtual: int | None = None
+    tp: int = 1
+
+
+@dataclass
+class RankMemory:
+    """Bytes on one pipeline rank (per device), by kind, with each moment's total in ``phases``."""
+
+    rank: int
+    stages: list[int]
+    blocks: list[list[int]]  # each stage's blocks
+    parameters: int  # of this rank's stages (per tensor-parallel rank)
+    weights: float
+    gradients: float
+    optimizer: float
+    gathered: float
+    buffers: float  # receive buffers
+    activations: float  # at the peak of activations: the in-flight micro-batches' saved tensors
+    kept_outputs: float  # the last stage's logits kept to the end of the step
+    in_flight: dict[int, int]  # stage -> most micro-batches in flight
+    microbatch_activations: dict[int, float]  # stage -> what one micro-batch keeps there
+    phases: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def peak(self) -> float:
+        return max(self.phases.values())
+
+    @property
+    def peak_phase(self) -> str:
+        return max(self.phases, key=self.phases.get)
+
+    def as_dict(self) -> dict:
+        return {
+            "rank": self.rank, "stages": self.stages, "blocks": self.blocks, "parameters": self.parameters,
+            "weights": self.weights, "gradients": self.gradients, "optimizer": self.optimizer,
+            "model_states": self.weights + self.gradients + self.optimizer, "gathered": self.gathered,
+            "buffers": self.buffers, "activations": self.activations, "kept_outputs": self.kept_outputs,
+            "in_flight": {str(k): v for k, v in self.in_flight.items()},
+            "microbatch_activations": {str(k): v for k, v in self.microbatch_activations.items()},
+            "phases": dict(self.phases), "peak": self.peak, "peak_phase": self.peak_phase,
+        }
+
+
+@dataclass
+class PipelineEstimate:
+    pipe: Pipeline
+    virtual: int
+    microbatch_rows: int
+    stage_blocks: list[list[int]]
+    ranks: list[RankMemory]
+    bubble: float  # idle fraction of a step, simulated from the schedule's order
+    bubble_formula: float | None  # the closed form, where there is one
+    formula: str
+
+    @property
+    def peak(self) -> float:
+        return max(r.peak for r in self.ranks)
+
+    def as_dict(self) -> dict:
+        return {
+            "pp": self.pipe.pp, "tp": self.pipe.tp, "schedule": self.pipe.schedule,
+            "microbatches": self.pipe.microbatches, "virtual_stages": self.virtual,
+            "microbatch_rows": self.microbatch_rows, "stage_blocks": self.stage_blocks,
+            "bubble": self.bubble, "bubble_formula": self.bubble_formula, "bubble_formula_text": self.formula,
+            "peak": self.peak, "ranks": [r.as_dict() for r in self.ranks],
+        }
+
+
+def bubble_formula(schedule: str, pp: int, microbatches: int, virtual: int) -> tuple[float | None, str]:
+    """The closed-form idle fraction of a step: (p-1)/(m+p-1) for GPipe and 1F1B (Huang et al.
+    2019), (p-1)/(v m+p-1) for interleaved 1F1B (Narayanan et al. 2021: the bubble, (p-1)/m of
+    the compute, divided by v); none for the zero-bubble schedules (simulated only)."""
+    p, m, v = pp, microbatches, virtual
+    if schedule in ("gpipe", "1f1b"):
+        return (p - 1) / (m + p - 1), "(p-1)/(m+p-1)"
+    if schedule == "interleaved-1f1b":
+        return (p - 1) / (v * m + p - 1), "(p-1)/(v*m+p-1)"
+    return None, "simulated from the schedule's order (F = I = W, B = I + W)"
+
+
+def check_pipeline(cfg, kind: str, setup: Setup, pipe: Pipeline) -> int:
+    """Refuse what cannot run (one line each); return the stages per rank."""
+    from llm_modules.training.pipeline.schedules import check_schedule
+
+    for name in ("pp", "microbatches", "tp"):
+        value = getattr(pipe, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer; got {value!r}")
+    virtual = check_schedule(pipe.schedule, pipe.microbatches, pipe.pp, pipe.virtual)
+    if setup.batch_size % pipe.microbatches:
+        raise ConfigError(f"--batch-size {setup.batch_size} (rows per data-parallel replica per step) must be a "
+                          f"multiple of --microbatches {pipe.microbatches}, which cut it into equal micro-batches")
+    if setup.strategy in DEEPSPEED:
+        raise ConfigError(f"--strategy {setup.strategy} with --pp: pipeline stages shard data-parallel replicas with "
+                          "FSDP2; use --strategy fsdp (or ddp for plain replicas)")
+    if setup.activation_checkpointing:
+        raise ConfigError("--activation-checkpointing with --pp is not modelled (the pipeline strategy does not "
+                          "checkpoint its stages); leave it out")
+    heads, kv = cfg.n_heads, cfg.n_kv_heads or cfg.n_heads
+    if pipe.tp > 1 and (heads % pipe.tp or kv % pipe.tp):
+        raise ConfigError(f"--tp {pipe.tp} must divide the model's {heads} attention heads and {kv} key/value heads")
+    return virtual
+
+
+def stage_blocks(cfg, kind: str, stages: int) -> list[list[int]]:
+    """Each stage's blocks, by the runtime's split (``training.pipeline.split_blocks``)."""
+    from llm_modules.estimate.params import build_meta
+    from llm_modules.training.pipeline.split import split_blocks
+
+    return [list(r) for r in split_blocks(build_meta(cfg, kind), stages)]
+
+
+@dataclass(frozen=True)
+class _StageParts:
+    """Parameters (elements) of a stage: outside the blocks first/last, and each block."""
+
+    first: int  # embedding, embedding norm, embedded positions (stage 0)
+    last: int  # final norm and head (last stage)
+    block: list[int]
+
+
+def _parts(cfg, kind: str) -> _StageParts:
+    from llm_modules.estimate.params import build_meta
+    from llm_modules.training.pipeline.split import numel
+
+    lm = build_meta(cfg, kind)
+    stack = lm.stack
+    return _StageParts(numel(lm.embed) + numel(stack.embedding_norm) + numel(stack.position),
+                       numel(stack.final_norm) + numel(lm.head), [numel(layer) for layer in stack.layers])
+
+
+def estimate_pipeline(cfg, kind: str, setup: Setup, pipe: Pipeline, *, training: Training | None = None,
+                      acts: Activations | None = None) -> PipelineEstimate:
+    """Memory of every pipeline rank of ``pipe`` for ``setup`` (module doc), the bubble."""
+    from llm_modules.training.pipeline.split import stage_ids
+    from llm_modules.training.pipeline.schedules import SCHEDULES
+
+    setup.check()
+    virtual = check_pipeline(cfg, kind, setup, pipe)
+    n_stages = pipe.pp * virtual
+    blocks = stage_blocks(cfg, kind, n_stages)
+    parts = _parts(cfg, kind)
+    rows = setup.batch_size // pipe.microbatches
+    b = state_bytes(setup.precision, setup.strategy)
+    autocast = setup.precision.endswith("-mixed") and setup.strategy == "ddp"
+    if acts is None:
+        acts = estimate_activations(
+            cfg, kind=kind, precision=setup.precision, params_half=b.compute == 2 and not autocast, batch_size=rows,
+            seq_len=setup.seq_len, training=training or Training(), device=setup.device)
+    n_layers = len(parts.block)
+    tp, dp = pipe.tp, setup.devices
+    hidden = acts.block_inputs / n_layers  # one block's input: a micro-batch's hidden state
+    per_block = (acts.blocks / n_layers - 2 * hidden) / tp + 2 * hidden if tp > 1 else acts.blocks / n_layers
+    first_acts = max(acts.outside - acts.head, 0.0)
+    w_shard, g_shard, o_shard = shards(setup.strategy, dp)
+    moment = 4 if b.optimizer >= 8 else 2
+
+    def stage_params(s: int) -> tuple[float, list[tuple[float, float]]]:
+        """(parameters, backward units as (parameters, activation bytes) in backward order)."""
+        units: list[tuple[float, float]] = []
+        if s < n_stages - 1:
+            units.append((0.0, hidden))  # the output the schedule caches for the backward
+        else:
+            units.append((parts.last, acts.head + acts.backward_transient))
+        for i in reversed(blocks[s]):
+            units.append((parts.block[i] / tp, per_block))
+        if s == 0:
+            units.append((parts.first, first_acts))
+        return sum(u[0] for u in units), units
+
+    order = schedule_order(pipe.schedule, pipe.pp, pipe.microbatches, virtual)
+    most = in_flight(order)
+    idle = simulate(order)
+    value, text = bubble_formula(pipe.schedule, pipe.pp, pipe.microbatches, virtual)
+    placement = SCHEDULES[pipe.schedule].placement
+    ranks = []
+    for rank in range(pipe.pp):
+        held = stage_ids(rank, pipe.pp, virtual, placement)
+        info = {s: stage_params(s) for s in held}
+        params = sum(p for p, _ in info.values())
+        act_mb = {s: sum(a for _, a in info[s][1]) - (acts.backward_transient if s == n_stages - 1 else 0.0)
+                  for s in held}
+        w = params * b.weight / w_shard
+        g_full = {s: info[s][0] * b.grad / g_shard for s in held}
+        o = params * b.optimizer / o_shard
+        gathered = params * b.compute if setup.strategy in ("fsdp", "zero3") and dp > 1 else 0.0
+        buffers = sum(pipe.microbatches * hidden * ((s > 0) + (s < n_stages - 1)) for s in held)
+        logits = acts.logits if (n_stages - 1) in held and LAST_STAGE_KEEPS_OUTPUTS else 0.0
+        base = w + o + gathered + buffers
+        alive: dict[tuple[int, int], float] = {}
+        has_grads: set[int] = set()
+        kept = 0.0
+        phases = {"forward": 0.0, "backward": 0.0}
+        peak_acts = 0.0
+        for a in order[rank]:
+            grads = sum(g_full[s] for s in has_grads)
+            if a.op == "F":
+                alive[(a.stage, a.microbatch)] = act_mb[a.stage]
+                if a.stage == n_stages - 1:
+                    kept += logits
+                    transient = acts.forward_transient
+                else:
+                    transient = 0.0
+                live = sum(alive.values())
+                peak_acts = max(peak_acts, live)
+                # the last stage's logits are saved for the loss too: kept outputs count once while alive
+                kept_extra = kept - logits * sum(1 for st, _ in alive if st == n_stages - 1)
+                phases["forward"] = max(phases["forward"], base + grads + live + kept_extra + transient)
+            elif a.op in ("B", "W", "I"):
+                others = sum(v for k, v in alive.items() if k != (a.stage, a.microbatch))
+                kept_extra = kept - logits * sum(1 for st, _ in alive if st == n_stages - 1)
+                if a.op == "I":  # input gradients only: the graph is kept for W
+                    unit_peak = alive.get((a.stage, a.microbatch), 0.0) + (
+                        acts.backward_transient if a.stage == n_stages - 1 else 0.0)
+                else:
+                    unit_peak = _backward_peak(info[a.stage][1], a.stage not in has_grads, b.grad / g_shard)
+                    alive.pop((a.stage, a.microbatch), None)
+                    has_grads.add(a.stage)
+                phases["backward"] = max(phases["backward"], base + grads + others + kept_extra + unit_peak)
+        g = sum(g_full.values())
+        full_kept = logits * pipe.microbatches
+        phases["end of step"] = w + g + o + gathered + buffers + 2 * full_kept  # the outputs and their concatenation
+        fused = not setup.precision.endswith("-mixed")
+        temporaries = 0.0 if fused else (
+            params * moment / o_shard if setup.device == "cuda" else 2 * moment * max(parts.first, parts.last,
+                                                                                       *parts.block))
+        phases["optimizer"] = w + g + o + buffers + full_kept + temporaries
+        ranks.append(RankMemory(
+            rank=rank, stages=held, blocks=[blocks[s] for s in held], parameters=int(params), weights=w, gradients=g,
+            optimizer=o, gathered=gathered, buffers=buffers, activations=peak_acts, kept_outputs=full_kept,
+            in_flight={s: most.get(s, 0) for s in held}, microbatch_activations=act_mb, phases=phases,
+        ))
+    return PipelineEstimate(pipe=replace(pipe, virtual=virtual), virtual=virtual, microbatch_rows=rows,
+                            stage_blocks=blocks, ranks=ranks, bubble=max(idle.values()), bubble_formula=value,
+                            formula=text)
+
+
+def _backward_peak(units: list[tuple[float, float]], first: bool, grad_bytes: float) -> float:
+    """Most bytes of one micro-batch's backward at one stage beyond the other micro-batches: its
+    units (parameters, activations) run in order, each allocating its gradients (the first
+    backward of the step only) while its activations exist, then freeing them."""
+    remaining = sum(a for _, a in units)
+    made = peak = 0.0
+    for params, activations in units:
+        if first:
+            made += params * grad_bytes
+        peak = max(peak, made + remaining)
+        remaining -= activations
+    return peak
+
+
+def step_time(flops_per_token: float, setup: Setup, pipe: Pipeline, bubble: float, peak_flops: float,
+              mfu: float) -> dict:
+    """Seconds per optimizer step of one replica: its tokens' model FLOPs over ``pp x tp`` devices
+    at ``mfu`` of ``peak_flops``, stretched by the bubble (each device is idle that fraction)."""
+    tokens = setup.batch_size * setup.seq_len
+    compute = flops_per_token * tokens / (pipe.pp * pipe.tp * peak_flops * mfu)
+    return {"compute_seconds": compute, "seconds": compute / (1 - bubble), "bubble_seconds": compute * bubble / (1 - bubble),
+            "slowdown": 1 / (1 - bubble)}
+
+
+__all__ = ["Action", "LAST_STAGE_KEEPS_OUTPUTS", "Pipeline", "PipelineEstimate", "RankMemory", "bubble_formula",
+           "check_pipeline", "estimate_pipeline", "stage_blocks", "step_time"]
