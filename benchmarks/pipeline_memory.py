@@ -156,7 +156,8 @@ def main(argv=None) -> None:
           f"{'measured MB':>12} {'est/meas':>9}")
     for row in sorted(rows, key=lambda r: (r["pp"], r["schedule"], r["microbatches"], r["stage"])):
         est = estimated(args, row)
-        row["estimate"], row["in_flight"], row["estimate_detail"] = est["peak"], est["in_flight"], est
+        row["estimate"], row["estimate_detail"] = est["peak"], est
+        row["in_flight"] = ",".join(str(n) for n in est["in_flight"].values())
         blocks = f"{row['blocks'][0]}-{row['blocks'][-1]}"
         print(f"{row['pp']:>2} {row['schedule']:8} {row['microbatches']:>3} {row['stage']:>5} {blocks:>7} "
               f"{row['in_flight']:>9} {row['estimate'] / 1e6:>12.1f} {row['measured'] / 1e6:>12.1f} "

@@ -14,9 +14,9 @@ What a rank holds, as ``torch.distributed.pipelining`` runs it (measured against
 by ``benchmarks/pipeline_memory.py``):
 
 - model states of its stages' parameters (``estimate.memory.state_bytes``), divided over the
-  data-parallel size under ``--strategy fsdp`` (the pipeline shards replicas with FSDP2, whose
-  stages stay gathered from the forward to the backward: one compute-dtype copy of the rank's
-  weights more); gradients exist from the first backward of a step (the step starts with
+  data-parallel size (the strategy is ``fsdp``: the pipeline strategy's replicas shard their
+  stages with FSDP2, which keeps them gathered from the forward to the backward: one
+  compute-dtype copy of the rank's weights more); gradients exist from the first backward of a step (the step starts with
   ``zero_grad(set_to_none=True)``). With ``tp`` > 1 a block's parameters and activations are
   divided over the tensor-parallel group, except the hidden-state inputs of its two norms, which
   every tensor-parallel rank keeps whole (approximate: the blocks' small replicated parts, norms
@@ -43,7 +43,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from llm_modules.estimate.activations import Activations, Training, estimate_activations
-from llm_modules.estimate.memory import DEEPSPEED, Setup, shards, state_bytes
+from llm_modules.estimate.memory import Setup, shards, state_bytes
 from llm_modules.estimate.schedule_order import Action, in_flight, schedule_order, simulate
 from llm_modules.registry import ConfigError
 
@@ -155,24 +155,41 @@ def check_pipeline(cfg, kind: str, setup: Setup, pipe: Pipeline) -> int:
     if setup.batch_size % pipe.microbatches:
         raise ConfigError(f"--batch-size {setup.batch_size} (rows per data-parallel replica per step) must be a "
                           f"multiple of --microbatches {pipe.microbatches}, which cut it into equal micro-batches")
-    if setup.strategy in DEEPSPEED:
-        raise ConfigError(f"--strategy {setup.strategy} with --pp: pipeline stages shard data-parallel replicas with "
-                          "FSDP2; use --strategy fsdp (or ddp for plain replicas)")
+    if setup.strategy != "fsdp":
+        raise ConfigError(f"--strategy {setup.strategy} with --pp: the pipeline strategy's data-parallel replicas "
+                          "shard their stages with FSDP2; leave --strategy out or give fsdp")
     if setup.activation_checkpointing:
         raise ConfigError("--activation-checkpointing with --pp is not modelled (the pipeline strategy does not "
                           "checkpoint its stages); leave it out")
-    heads, kv = cfg.n_heads, cfg.n_kv_heads or cfg.n_heads
-    if pipe.tp > 1 and (heads % pipe.tp or kv % pipe.tp):
-        raise ConfigError(f"--tp {pipe.tp} must divide the model's {heads} attention heads and {kv} key/value heads")
+    heads, kv, ff = cfg.n_heads, cfg.kv_heads, cfg.d_ff
+    if pipe.tp > 1 and (heads % pipe.tp or kv % pipe.tp or (ff and ff % pipe.tp)):
+        raise ConfigError(f"--tp {pipe.tp} must divide the model's {heads} attention heads, {kv} key/value heads "
+                          f"and d_ff {ff} (tensor parallelism splits whole heads and hidden units)")
     return virtual
+
+
+_META: dict = {}
+
+
+def _meta_model(cfg, kind: str):
+    """The model on the meta device, built once per config (the layout search asks many times)."""
+    import json
+
+    from llm_modules.estimate.params import build_meta
+
+    key = (json.dumps(cfg.to_dict(), sort_keys=True, default=str), kind)
+    if key not in _META:
+        if len(_META) > 8:
+            _META.clear()
+        _META[key] = build_meta(cfg, kind)
+    return _META[key]
 
 
 def stage_blocks(cfg, kind: str, stages: int) -> list[list[int]]:
     """Each stage's blocks, by the runtime's split (``training.pipeline.split_blocks``)."""
-    from llm_modules.estimate.params import build_meta
     from llm_modules.training.pipeline.split import split_blocks
 
-    return [list(r) for r in split_blocks(build_meta(cfg, kind), stages)]
+    return [list(r) for r in split_blocks(_meta_model(cfg, kind), stages)]
 
 
 @dataclass(frozen=True)
@@ -185,10 +202,9 @@ class _StageParts:
 
 
 def _parts(cfg, kind: str) -> _StageParts:
-    from llm_modules.estimate.params import build_meta
     from llm_modules.training.pipeline.split import numel
 
-    lm = build_meta(cfg, kind)
+    lm = _meta_model(cfg, kind)
     stack = lm.stack
     return _StageParts(numel(lm.embed) + numel(stack.embedding_norm) + numel(stack.position),
                        numel(stack.final_norm) + numel(lm.head), [numel(layer) for layer in stack.layers])
@@ -250,7 +266,8 @@ def estimate_pipeline(cfg, kind: str, setup: Setup, pipe: Pipeline, *, training:
         o = params * b.optimizer / o_shard
         gathered = params * b.compute if setup.strategy in ("fsdp", "zero3") and dp > 1 else 0.0
         buffers = sum(pipe.microbatches * hidden * ((s > 0) + (s < n_stages - 1)) for s in held)
-        logits = acts.logits if (n_stages - 1) in held and LAST_STAGE_KEEPS_OUTPUTS else 0.0
+        # (one stage runs without a schedule)
+        logits = acts.logits if (n_stages - 1) in held and LAST_STAGE_KEEPS_OUTPUTS and n_stages > 1 else 0.0
         base = w + o + gathered + buffers
         alive: dict[tuple[int, int], float] = {}
         has_grads: set[int] = set()
