@@ -127,8 +127,8 @@ def estimated(args, row: dict) -> dict:
     from llm_modules.estimate.pipeline import Pipeline, estimate_pipeline
 
     cfg = model_config(args, row["pp"])
-    setup = Setup(precision="32-true", batch_size=row["microbatches"] * args.microbatch_size, seq_len=args.seq,
-                  device="cpu")
+    setup = Setup(precision="32-true", strategy="fsdp", batch_size=row["microbatches"] * args.microbatch_size,
+                  seq_len=args.seq, device="cpu")  # fsdp: the pipeline's data-parallel strategy (one replica here)
     plan = estimate_pipeline(cfg, "causal", setup, Pipeline(row["pp"], row["schedule"], row["microbatches"]))
     return plan.ranks[row["stage"]].as_dict()
 

@@ -152,6 +152,7 @@ def check_pipeline(cfg, kind: str, setup: Setup, pipe: Pipeline) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer; got {value!r}")
     virtual = check_schedule(pipe.schedule, pipe.microbatches, pipe.pp, pipe.virtual)
+    stage_blocks(cfg, kind, pipe.pp * virtual)  # the runtime's refusals: too many stages, tied embeddings, ...
     if setup.batch_size % pipe.microbatches:
         raise ConfigError(f"--batch-size {setup.batch_size} (rows per data-parallel replica per step) must be a "
                           f"multiple of --microbatches {pipe.microbatches}, which cut it into equal micro-batches")
