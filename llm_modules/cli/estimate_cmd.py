@@ -138,9 +138,6 @@ def _strategy(value: Any) -> tuple[str | None, bool | None]:
             name = {"NO_SHARD": "ddp", "SHARD_GRAD_OP": "zero2"}.get(sharding, "fsdp")
             default_checkpointing = True if cls == "BlockFSDPStrategy" else None
             return name, args.get("activation_checkpointing", default_checkpointing)
-        if cls == "ModelParallelStrategy":
-            raise ConfigError("trainer.strategy ModelParallelStrategy (tensor parallelism) is not modelled; "
-                              "estimate its data-parallel part with --strategy fsdp")
         if cls.startswith("DDP"):
             return "ddp", None
     return None, None
@@ -210,7 +207,11 @@ def load(args) -> tuple[Any, str, dict, str]:
     devices = trainer.get("devices")
     if isinstance(devices, int) and devices > 0:
         defaults["devices"] = devices * int(trainer.get("num_nodes") or 1)
-    strategy, checkpointing = _strategy(trainer.get("strategy"))
+    pipeline = estimate_pp.fit_defaults(trainer.get("strategy"), defaults.get("devices"),
+                                        int(trainer.get("num_nodes") or 1))
+    if pipeline:  # the pipeline or tensor-parallel strategy: replicas shard with FSDP2; devices is their number
+        defaults.update(pipeline, strategy="fsdp")
+    strategy, checkpointing = _strategy(trainer.get("strategy")) if not pipeline else (None, None)
     if strategy:
         defaults["strategy"] = strategy
     if checkpointing:
@@ -233,7 +234,7 @@ def resolve(args) -> dict:
 
     precision = check_choice(pick("precision", "32-true"), PRECISIONS, "trainer.precision")
     targets = pick("lora_targets", ",".join(DEFAULT_TARGETS))
-    pipeline = estimate_pp.pipeline_of(args) if estimate_pp.pipelined(args) else None
+    pipeline = estimate_pp.pipeline_of(args, defaults) if estimate_pp.pipelined(args, defaults) else None
     # a pipeline's replicas shard with FSDP2 (an explicit other --strategy is refused by estimate.pipeline)
     strategy = (args.strategy or "fsdp") if pipeline is not None else pick("strategy", "ddp")
     setup = Setup(

@@ -33,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--virtual-stages", type=int, default=None, metavar="V",
                        help="stages per pipeline rank (interleaved schedules; default: the schedule's)")
     group.add_argument("--tp", type=int, default=None, metavar="T", help="tensor-parallel ranks per stage (default 1)")
+    group.add_argument("--blocks", default=None, metavar="COUNTS",
+                       help="blocks per stage, e.g. 3,5 (default: balanced by parameter count, as the runtime)")
     group.add_argument("--cluster", default=None, metavar="NODESxGPUS",
                        help="search the best dp x pp x tp layout for this many nodes x GPUs per node, e.g. 2x8")
     group.add_argument("--global-batch", type=int, default=None, metavar="ROWS",
@@ -46,22 +48,67 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="--cluster: bytes/s per GPU between nodes, in GB/s (default 25, 200 Gb/s InfiniBand)")
 
 
-def pipelined(args) -> bool:
-    """Whether the options ask for a pipelined plan (``--pp`` or one of its companions)."""
-    return any(getattr(args, name) is not None for name in ("pp", "schedule", "microbatches", "virtual_stages", "tp"))
+OPTIONS = ("pp", "schedule", "microbatches", "virtual_stages", "tp", "blocks")
 
 
-def pipeline_of(args):
-    """The ``estimate.pipeline.Pipeline`` of the options (``--pp`` required with the others)."""
+def pipelined(args, defaults: dict | None = None) -> bool:
+    """Whether the options (or a fit config's pipeline strategy, ``defaults``) ask for a pipelined plan."""
+    return any(getattr(args, name) is not None or name in (defaults or {}) for name in OPTIONS)
+
+
+def pipeline_of(args, defaults: dict | None = None):
+    """The ``estimate.pipeline.Pipeline`` of the options, over a fit config's ``defaults``
+    (``--pp`` is required with the other options)."""
     from llm_modules.estimate.pipeline import Pipeline
 
-    if args.pp is None:
-        given = next(f"--{n.replace('_', '-')}" for n in ("schedule", "microbatches", "virtual_stages", "tp")
-                     if getattr(args, n) is not None)
+    defaults = defaults or {}
+
+    def pick(name):
+        value = getattr(args, name)
+        return value if value is not None else defaults.get(name)
+
+    pp = pick("pp")
+    if pp is None:
+        given = next(f"--{n.replace('_', '-')}" for n in OPTIONS if getattr(args, n) is not None)
         raise ConfigError(f"{given} is a pipeline option; give --pp N too (N = 1 for tensor parallelism alone)")
-    return Pipeline(pp=args.pp, schedule=args.schedule or "1f1b",
-                    microbatches=args.microbatches if args.microbatches is not None else args.pp,
-                    virtual=args.virtual_stages, tp=args.tp if args.tp is not None else 1)
+    blocks = pick("blocks")
+    if isinstance(blocks, str):
+        try:
+            blocks = tuple(int(b) for b in blocks.split(","))
+        except ValueError:
+            raise ConfigError(f"--blocks {blocks!r}: give blocks per stage as integers, e.g. 3,5") from None
+    return Pipeline(pp=pp, schedule=pick("schedule") or "1f1b",
+                    microbatches=pick("microbatches") if pick("microbatches") is not None else pp,
+                    virtual=pick("virtual_stages"), tp=pick("tp") if pick("tp") is not None else 1,
+                    blocks=tuple(blocks) if blocks is not None else None)
+
+
+def fit_defaults(strategy, devices: int | None, nodes: int = 1) -> dict:
+    """The pipeline options of a fit config's ``trainer.strategy`` when it is the pipeline strategy
+    (``training.pipeline_strategy.PipelineParallelStrategy``) or Lightning's tensor-parallel
+    ``ModelParallelStrategy`` (one stage): sizes (``auto`` resolved as the strategies do, from
+    ``devices`` = devices x nodes, of ``nodes`` nodes), schedule, micro-batches, virtual stages, blocks, and
+    ``devices`` = the data-parallel size; {} for any other strategy."""
+    name = str(strategy.get("class_path", "")).rsplit(".", 1)[-1] if isinstance(strategy, dict) else ""
+    if name not in ("PipelineParallelStrategy", "ModelParallelStrategy"):
+        return {}
+    args = strategy.get("init_args") or {}
+    tp = args.get("tensor_parallel_size", 1 if name == "PipelineParallelStrategy" else "auto")
+    pp, dp = args.get("pipeline_parallel_size", "auto" if name == "PipelineParallelStrategy" else 1), \
+        args.get("data_parallel_size", "auto")
+    if tp == "auto":  # ModelParallelStrategy: the devices of a node, or what data parallelism leaves
+        tp = (devices or 1) // nodes if dp == "auto" else max(1, (devices or 1) // dp)
+    tp = int(tp)
+    world = devices or 1
+    if pp == "auto":
+        pp = world // (tp * (dp if isinstance(dp, int) else 1))
+    if dp == "auto":
+        dp = max(1, world // (tp * pp))
+    out = {"pp": int(pp), "tp": tp, "devices": int(dp), "schedule": args.get("schedule", "1f1b")}
+    for name in ("microbatches", "virtual_stages", "blocks"):
+        if args.get(name) is not None:
+            out[name] = args[name]
+    return out
 
 
 def layouts(args, cfg, kind: str, setup, report: dict) -> dict:

@@ -65,6 +65,8 @@ class Pipeline:
     microbatches: int = 1
     virtual: int | None = None
     tp: int = 1
+    #: blocks per stage (``split_blocks``'s explicit split); None: balanced by parameter count
+    blocks: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -126,6 +128,7 @@ class PipelineEstimate:
             "pp": self.pipe.pp, "tp": self.pipe.tp, "schedule": self.pipe.schedule,
             "microbatches": self.pipe.microbatches, "virtual_stages": self.virtual,
             "microbatch_rows": self.microbatch_rows, "stage_blocks": self.stage_blocks,
+            "blocks_per_stage": [len(b) for b in self.stage_blocks],
             "bubble": self.bubble, "bubble_formula": self.bubble_formula, "bubble_formula_text": self.formula,
             "peak": self.peak, "ranks": [r.as_dict() for r in self.ranks],
         }
@@ -152,7 +155,7 @@ def check_pipeline(cfg, kind: str, setup: Setup, pipe: Pipeline) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer; got {value!r}")
     virtual = check_schedule(pipe.schedule, pipe.microbatches, pipe.pp, pipe.virtual)
-    stage_blocks(cfg, kind, pipe.pp * virtual)  # the runtime's refusals: too many stages, tied embeddings, ...
+    stage_blocks(cfg, kind, pipe.pp * virtual, pipe.blocks)  # the runtime's refusals: too many stages, tied embeddings, ...
     if setup.batch_size % pipe.microbatches:
         raise ConfigError(f"--batch-size {setup.batch_size} (rows per data-parallel replica per step) must be a "
                           f"multiple of --microbatches {pipe.microbatches}, which cut it into equal micro-batches")
@@ -186,11 +189,12 @@ def _meta_model(cfg, kind: str):
     return _META[key]
 
 
-def stage_blocks(cfg, kind: str, stages: int) -> list[list[int]]:
-    """Each stage's blocks, by the runtime's split (``training.pipeline.split_blocks``)."""
+def stage_blocks(cfg, kind: str, stages: int, blocks=None) -> list[list[int]]:
+    """Each stage's blocks, by the runtime's split (``training.pipeline.split_blocks``; ``blocks``:
+    an explicit count per stage)."""
     from llm_modules.training.pipeline.split import split_blocks
 
-    return [list(r) for r in split_blocks(_meta_model(cfg, kind), stages)]
+    return [list(r) for r in split_blocks(_meta_model(cfg, kind), stages, blocks)]
 
 
 @dataclass(frozen=True)
@@ -220,7 +224,7 @@ def estimate_pipeline(cfg, kind: str, setup: Setup, pipe: Pipeline, *, training:
     setup.check()
     virtual = check_pipeline(cfg, kind, setup, pipe)
     n_stages = pipe.pp * virtual
-    blocks = stage_blocks(cfg, kind, n_stages)
+    blocks = stage_blocks(cfg, kind, n_stages, pipe.blocks)
     parts = _parts(cfg, kind)
     rows = setup.batch_size // pipe.microbatches
     b = state_bytes(setup.precision, setup.strategy)

@@ -184,3 +184,31 @@ def test_json_and_table_report_every_rank(capsys, tmp_path):
     code, out, err = run_cli(capsys, *base, "--pp", "2", "--microbatches", "4")
     assert code == 0, err
     assert "memory per pipeline rank" in out and "(p-1)/(m+p-1)" in out and "end of step" in out
+
+
+@pytest.mark.parametrize("strategy, expected", [
+    ({"class_path": "llm_modules.training.pipeline_strategy.PipelineParallelStrategy",
+      "init_args": {"pipeline_parallel_size": 2, "schedule": "gpipe", "microbatches": 4}},
+     {"devices": 2, "pp": 2, "tp": 1, "schedule": "gpipe", "microbatches": 4}),
+    ({"class_path": "lightning.pytorch.strategies.ModelParallelStrategy",
+      "init_args": {"data_parallel_size": "auto", "tensor_parallel_size": "auto"}},
+     {"devices": 1, "pp": 1, "tp": 4, "schedule": "1f1b", "microbatches": 1}),
+])
+def test_a_fit_config_with_the_pipeline_or_tensor_parallel_strategy_supplies_the_layout(capsys, tmp_path, strategy,
+                                                                                        expected):
+    path = tmp_path / "fit.yaml"
+    path.write_text(json.dumps({
+        "model": {"class_path": "llm_modules.CausalLM", "init_args": {"config": TINY}},
+        "data": {"init_args": {"seq_len": 32, "batch_size": 8}},
+        "trainer": {"devices": 4, "strategy": strategy},
+    }))
+    code, out, err = run_cli(capsys, "--config", str(path), "--format", "json")
+    assert code == 0, err
+    report = json.loads(out)
+    p = report["pipeline"]
+    got = {"devices": report["setup"]["devices"], "pp": p["pp"], "tp": p["tp"], "schedule": p["schedule"],
+           "microbatches": p["microbatches"]}
+    assert got == expected and report["setup"]["strategy"] == "fsdp"
+    code, out, err = run_cli(capsys, "--config", str(path), "--format", "json", "--blocks", "3,5", "--pp", "2")
+    assert code == 0, err
+    assert json.loads(out)["pipeline"]["blocks_per_stage"] == [3, 5]
