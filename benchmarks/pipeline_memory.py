@@ -46,7 +46,8 @@ def rank_main(args) -> None:
     from llm_modules.nn.lm import DecoderLM
     from llm_modules.training.optim import OptimConfig, build_optimizer
     from llm_modules.training.peak_memory import cpu_peak_allocated
-    from llm_modules.training.pipeline import build_stage, pipeline_schedule, train_step
+    from llm_modules.training.pipeline import SCHEDULES, build_stages, pipeline_schedule, stage_ids, train_step
+    from llm_modules.training.pipeline.schedules import virtual_stages
 
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(args.port))
@@ -58,27 +59,32 @@ def rank_main(args) -> None:
         for name in args.schedules:
             for m in args.microbatches:
                 torch.manual_seed(0)
-                with parameters_on_meta():  # the stage's weights are allocated inside the measurement
-                    stage = build_stage(DecoderLM(config), args.rank, pp)
+                virtual = virtual_stages(name, None)
+                held = stage_ids(args.rank, pp, virtual, SCHEDULES[name].placement)
+                with parameters_on_meta():  # the stages' weights are allocated inside the measurement
+                    stages = build_stages(DecoderLM(config), held, pp * virtual)
                 generator = torch.Generator().manual_seed(1)
                 ids = torch.randint(0, config.vocab_size, (m * args.microbatch_size, args.seq), generator=generator)
                 targets = ids.roll(-1, 1)
 
-                def work(stage=stage, ids=ids, targets=targets, name=name, m=m):
-                    stage.to_empty(device="cpu")
-                    with torch.no_grad():
-                        for p in stage.parameters():
-                            p.normal_(0, 0.02) if p.dim() > 1 else p.fill_(1.0)
-                    optimizer = build_optimizer(stage.named_parameters(), OptimConfig())
-                    schedule = pipeline_schedule([stage], name, m)
+                def work(stages=stages, ids=ids, targets=targets, name=name, m=m):
+                    named = []
+                    for stage in stages:
+                        stage.to_empty(device="cpu")
+                        with torch.no_grad():
+                            for p in stage.parameters():
+                                p.normal_(0, 0.02) if p.dim() > 1 else p.fill_(1.0)
+                        named += list(stage.named_parameters())
+                    optimizer = build_optimizer(named, OptimConfig())
+                    schedule = pipeline_schedule(stages, name, m)
                     for _ in range(args.steps):
-                        train_step(schedule, [stage], optimizer, ids, targets)
+                        train_step(schedule, stages, optimizer, ids, targets)
                     dist.barrier()
 
                 dist.barrier()
                 measured = cpu_peak_allocated(work)
                 rows.append({"pp": pp, "schedule": name, "microbatches": m, "stage": args.rank,
-                             "blocks": list(stage.blocks), "measured": measured})
+                             "blocks": [i for stage in stages for i in stage.blocks], "measured": measured})
         Path(args.out).write_text(json.dumps(rows))
     finally:
         dist.destroy_process_group()
@@ -140,7 +146,7 @@ def main(argv=None) -> None:
     parser.add_argument("--microbatches", nargs="+", type=int, default=[4])
     parser.add_argument("--microbatch-size", type=int, default=4, help="rows per micro-batch")
     parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--blocks-per-stage", type=int, default=2)
+    parser.add_argument("--blocks-per-stage", type=int, default=2, help="blocks per pipeline rank (default 2)")
     parser.add_argument("--steps", type=int, default=2, help="optimizer steps (2: AdamW's moments exist)")
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--json", type=Path, help="also write the rows here")
@@ -152,14 +158,14 @@ def main(argv=None) -> None:
         rank_main(args)
         return
     rows = [row for pp in args.pp for row in launch(args, pp)]
-    print(f"{'pp':>2} {'schedule':8} {'m':>3} {'stage':>5} {'blocks':>7} {'in flight':>9} {'estimate MB':>12} "
+    print(f"{'pp':>2} {'schedule':24} {'m':>3} {'rank':>4} {'blocks':>9} {'in flight':>9} {'estimate MB':>12} "
           f"{'measured MB':>12} {'est/meas':>9}")
     for row in sorted(rows, key=lambda r: (r["pp"], r["schedule"], r["microbatches"], r["stage"])):
         est = estimated(args, row)
         row["estimate"], row["estimate_detail"] = est["peak"], est
         row["in_flight"] = ",".join(str(n) for n in est["in_flight"].values())
-        blocks = f"{row['blocks'][0]}-{row['blocks'][-1]}"
-        print(f"{row['pp']:>2} {row['schedule']:8} {row['microbatches']:>3} {row['stage']:>5} {blocks:>7} "
+        blocks = ",".join(f"{b[0]}-{b[-1]}" for b in est["blocks"])
+        print(f"{row['pp']:>2} {row['schedule']:24} {row['microbatches']:>3} {row['stage']:>4} {blocks:>9} "
               f"{row['in_flight']:>9} {row['estimate'] / 1e6:>12.1f} {row['measured'] / 1e6:>12.1f} "
               f"{row['estimate'] / row['measured']:>9.3f}", flush=True)
     if args.json:

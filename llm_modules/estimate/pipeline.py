@@ -204,6 +204,23 @@ class _StageParts:
     first: int  # embedding, embedding norm, embedded positions (stage 0)
     last: int  # final norm and head (last stage)
     block: list[int]
+    #: widths of the outputs of the ops that use parameters (a linear layer's out_features, a
+    #: norm's weight), summed per block and over the final norm and head: what a zero-bubble
+    #: schedule's input pass keeps of a micro-batch for its weight pass, per token
+    block_widths: list[int] = field(default_factory=list)
+    last_widths: int = 0
+
+
+def _widths(module) -> int:
+    from torch import nn
+
+    total = 0
+    for m in module.modules() if module is not None else ():
+        if isinstance(m, nn.Linear):
+            total += m.out_features
+        elif not isinstance(m, nn.Embedding):
+            total += sum(p.numel() for p in m.parameters(recurse=False) if p.dim() == 1)
+    return total
 
 
 def _parts(cfg, kind: str) -> _StageParts:
@@ -212,7 +229,8 @@ def _parts(cfg, kind: str) -> _StageParts:
     lm = _meta_model(cfg, kind)
     stack = lm.stack
     return _StageParts(numel(lm.embed) + numel(stack.embedding_norm) + numel(stack.position),
-                       numel(stack.final_norm) + numel(lm.head), [numel(layer) for layer in stack.layers])
+                       numel(stack.final_norm) + numel(lm.head), [numel(layer) for layer in stack.layers],
+                       [_widths(layer) for layer in stack.layers], _widths(stack.final_norm) + _widths(lm.head))
 
 
 def estimate_pipeline(cfg, kind: str, setup: Setup, pipe: Pipeline, *, training: Training | None = None,
@@ -238,8 +256,12 @@ def estimate_pipeline(cfg, kind: str, setup: Setup, pipe: Pipeline, *, training:
     hidden = acts.block_inputs / n_layers  # one block's input: a micro-batch's hidden state
     per_block = (acts.blocks / n_layers - 2 * hidden) / tp + 2 * hidden if tp > 1 else acts.blocks / n_layers
     first_acts = max(acts.outside - acts.head, 0.0)
+    width_bytes = hidden / cfg.d_model  # bytes per unit of width of one micro-batch's activations
     w_shard, g_shard, o_shard = shards(setup.strategy, dp)
     moment = 4 if b.optimizer >= 8 else 2
+
+    pass_widths = {s: sum(parts.block_widths[i] for i in blocks[s]) / tp + (parts.last_widths if s == n_stages - 1
+                                                                             else 0) for s in range(n_stages)}
 
     def stage_params(s: int) -> tuple[float, list[tuple[float, float]]]:
         """(parameters, backward units as (parameters, activation bytes) in backward order)."""
@@ -279,8 +301,10 @@ def estimate_pipeline(cfg, kind: str, setup: Setup, pipe: Pipeline, *, training:
         kept = 0.0
         phases = {"forward": 0.0, "backward": 0.0}
         peak_acts = 0.0
+        pending: dict[tuple[int, int], float] = {}  # what an input pass (I) keeps for the weight pass (W)
         for a in order[rank]:
             grads = sum(g_full[s] for s in has_grads)
+            waiting = sum(pending.values())
             if a.op == "F":
                 alive[(a.stage, a.microbatch)] = act_mb[a.stage]
                 if a.stage == n_stages - 1:
@@ -292,18 +316,33 @@ def estimate_pipeline(cfg, kind: str, setup: Setup, pipe: Pipeline, *, training:
                 peak_acts = max(peak_acts, live)
                 # the last stage's logits are saved for the loss too: kept outputs count once while alive
                 kept_extra = kept - logits * sum(1 for st, _ in alive if st == n_stages - 1)
-                phases["forward"] = max(phases["forward"], base + grads + live + kept_extra + transient)
-            elif a.op in ("B", "W", "I"):
-                others = sum(v for k, v in alive.items() if k != (a.stage, a.microbatch))
-                kept_extra = kept - logits * sum(1 for st, _ in alive if st == n_stages - 1)
-                if a.op == "I":  # input gradients only: the graph is kept for W
-                    unit_peak = alive.get((a.stage, a.microbatch), 0.0) + (
-                        acts.backward_transient if a.stage == n_stages - 1 else 0.0)
-                else:
-                    unit_peak = _backward_peak(info[a.stage][1], a.stage not in has_grads, b.grad / g_shard)
-                    alive.pop((a.stage, a.microbatch), None)
-                    has_grads.add(a.stage)
-                phases["backward"] = max(phases["backward"], base + grads + others + kept_extra + unit_peak)
+                phases["forward"] = max(phases["forward"],
+                                        base + grads + waiting + live + kept_extra + transient)
+                continue
+            key = (a.stage, a.microbatch)
+            others = sum(v for k, v in alive.items() if k != key)
+            kept_extra = kept - logits * sum(1 for st, _ in alive if st == n_stages - 1)
+            last_stage = a.stage == n_stages - 1
+            if a.op == "I":
+                # the first stage's input pass does nothing (its W runs the whole backward) but keep
+                # the gradient it received; the others keep the graph, and the gradient of every
+                # parameter-using op's output (torch.distributed.pipelining._backward)
+                pending[key] = (0.0 if last_stage else hidden) + (
+                    0.0 if a.stage == 0 else pass_widths[a.stage] * width_bytes)
+                unit_peak = alive.get(key, 0.0) + pending[key] + (acts.backward_transient if last_stage else 0.0)
+            elif a.op == "W" and a.stage > 0:  # weight gradients from what I kept
+                new = info[a.stage][0] * b.grad / g_shard if a.stage not in has_grads else 0.0
+                unit_peak = alive.get(key, 0.0) + pending.get(key, 0.0) + new
+                waiting -= pending.get(key, 0.0)
+            else:  # a full backward (B, or the first stage's W)
+                unit_peak = _backward_peak(info[a.stage][1], a.stage not in has_grads, b.grad / g_shard)
+                waiting -= pending.get(key, 0.0)
+                unit_peak += pending.get(key, 0.0)
+            if a.op != "I":
+                alive.pop(key, None)
+                pending.pop(key, None)
+                has_grads.add(a.stage)
+            phases["backward"] = max(phases["backward"], base + grads + others + waiting + kept_extra + unit_peak)
         g = sum(g_full.values())
         full_kept = logits * pipe.microbatches
         phases["end of step"] = w + g + o + gathered + buffers + 2 * full_kept  # the outputs and their concatenation
