@@ -218,8 +218,8 @@ def _widths(module) -> int:
     for m in module.modules() if module is not None else ():
         if isinstance(m, nn.Linear):
             total += m.out_features
-        elif not isinstance(m, nn.Embedding):
-            total += sum(p.numel() for p in m.parameters(recurse=False) if p.dim() == 1)
+        elif not isinstance(m, nn.Embedding):  # a norm: one op over its weight (and bias)
+            total += max((p.numel() for p in m.parameters(recurse=False) if p.dim() == 1), default=0)
     return total
 
 
@@ -258,23 +258,31 @@ def estimate_pipeline(cfg, kind: str, setup: Setup, pipe: Pipeline, *, training:
     first_acts = max(acts.outside - acts.head, 0.0)
     width_bytes = hidden / cfg.d_model  # bytes per unit of width of one micro-batch's activations
     w_shard, g_shard, o_shard = shards(setup.strategy, dp)
+    grad = b.grad / g_shard  # gradient bytes per parameter on a device
     moment = 4 if b.optimizer >= 8 else 2
 
     pass_widths = {s: sum(parts.block_widths[i] for i in blocks[s]) / tp + (parts.last_widths if s == n_stages - 1
                                                                              else 0) for s in range(n_stages)}
 
-    def stage_params(s: int) -> tuple[float, list[tuple[float, float]]]:
-        """(parameters, backward units as (parameters, activation bytes) in backward order)."""
-        units: list[tuple[float, float]] = []
+    def stage(s: int) -> _Stage:
+        units: list[tuple[float, float]] = []  # (gradient bytes, activation bytes), in backward order
         if s < n_stages - 1:
             units.append((0.0, hidden))  # the output the schedule caches for the backward
         else:
-            units.append((parts.last, acts.head + acts.backward_transient))
+            units.append((parts.last * grad, acts.head + acts.backward_transient))
         for i in reversed(blocks[s]):
-            units.append((parts.block[i] / tp, per_block))
+            units.append((parts.block[i] / tp * grad, per_block))
         if s == 0:
-            units.append((parts.first, first_acts))
-        return sum(u[0] for u in units), units
+            units.append((parts.first * grad, first_acts))
+        last = s == n_stages - 1
+        parameters = (parts.first if s == 0 else 0) + (parts.last if last else 0) + sum(
+            parts.block[i] / tp for i in blocks[s])
+        # what a zero-bubble input pass keeps for the weight pass: the first stage's does nothing
+        # (its W runs the whole backward) but keeps the gradient it received; the others keep the
+        # graph and the gradient of every parameter-using op's output (pipelining._backward)
+        pending = (0.0 if last else hidden) + (0.0 if s == 0 else pass_widths[s] * width_bytes)
+        return _Stage(s, parameters, units, sum(a for _, a in units) - (acts.backward_transient if last else 0.0),
+                      pending, last)
 
     order = schedule_order(pipe.schedule, pipe.pp, pipe.microbatches, virtual)
     most = in_flight(order)
@@ -283,67 +291,16 @@ def estimate_pipeline(cfg, kind: str, setup: Setup, pipe: Pipeline, *, training:
     placement = SCHEDULES[pipe.schedule].placement
     ranks = []
     for rank in range(pipe.pp):
-        held = stage_ids(rank, pipe.pp, virtual, placement)
-        info = {s: stage_params(s) for s in held}
-        params = sum(p for p, _ in info.values())
-        act_mb = {s: sum(a for _, a in info[s][1]) - (acts.backward_transient if s == n_stages - 1 else 0.0)
-                  for s in held}
-        w = params * b.weight / w_shard
-        g_full = {s: info[s][0] * b.grad / g_shard for s in held}
-        o = params * b.optimizer / o_shard
+        held = {s: stage(s) for s in stage_ids(rank, pipe.pp, virtual, placement)}
+        params = sum(st.parameters for st in held.values())
+        w, o = params * b.weight / w_shard, params * b.optimizer / o_shard
+        g = params * grad
         gathered = params * b.compute if setup.strategy in ("fsdp", "zero3") and dp > 1 else 0.0
         buffers = sum(pipe.microbatches * hidden * ((s > 0) + (s < n_stages - 1)) for s in held)
-        # (one stage runs without a schedule)
+        # the last stage's outputs (one stage runs without a schedule)
         logits = acts.logits if (n_stages - 1) in held and LAST_STAGE_KEEPS_OUTPUTS and n_stages > 1 else 0.0
-        base = w + o + gathered + buffers
-        alive: dict[tuple[int, int], float] = {}
-        has_grads: set[int] = set()
-        kept = 0.0
-        phases = {"forward": 0.0, "backward": 0.0}
-        peak_acts = 0.0
-        pending: dict[tuple[int, int], float] = {}  # what an input pass (I) keeps for the weight pass (W)
-        for a in order[rank]:
-            grads = sum(g_full[s] for s in has_grads)
-            waiting = sum(pending.values())
-            if a.op == "F":
-                alive[(a.stage, a.microbatch)] = act_mb[a.stage]
-                if a.stage == n_stages - 1:
-                    kept += logits
-                    transient = acts.forward_transient
-                else:
-                    transient = 0.0
-                live = sum(alive.values())
-                peak_acts = max(peak_acts, live)
-                # the last stage's logits are saved for the loss too: kept outputs count once while alive
-                kept_extra = kept - logits * sum(1 for st, _ in alive if st == n_stages - 1)
-                phases["forward"] = max(phases["forward"],
-                                        base + grads + waiting + live + kept_extra + transient)
-                continue
-            key = (a.stage, a.microbatch)
-            others = sum(v for k, v in alive.items() if k != key)
-            kept_extra = kept - logits * sum(1 for st, _ in alive if st == n_stages - 1)
-            last_stage = a.stage == n_stages - 1
-            if a.op == "I":
-                # the first stage's input pass does nothing (its W runs the whole backward) but keep
-                # the gradient it received; the others keep the graph, and the gradient of every
-                # parameter-using op's output (torch.distributed.pipelining._backward)
-                pending[key] = (0.0 if last_stage else hidden) + (
-                    0.0 if a.stage == 0 else pass_widths[a.stage] * width_bytes)
-                unit_peak = alive.get(key, 0.0) + pending[key] + (acts.backward_transient if last_stage else 0.0)
-            elif a.op == "W" and a.stage > 0:  # weight gradients from what I kept
-                new = info[a.stage][0] * b.grad / g_shard if a.stage not in has_grads else 0.0
-                unit_peak = alive.get(key, 0.0) + pending.get(key, 0.0) + new
-                waiting -= pending.get(key, 0.0)
-            else:  # a full backward (B, or the first stage's W)
-                unit_peak = _backward_peak(info[a.stage][1], a.stage not in has_grads, b.grad / g_shard)
-                waiting -= pending.get(key, 0.0)
-                unit_peak += pending.get(key, 0.0)
-            if a.op != "I":
-                alive.pop(key, None)
-                pending.pop(key, None)
-                has_grads.add(a.stage)
-            phases["backward"] = max(phases["backward"], base + grads + others + waiting + kept_extra + unit_peak)
-        g = sum(g_full.values())
+        phases, peak_acts = _walk(order[rank], held, w + o + gathered + buffers, logits, acts, grad,
+                                  grads_from_start=setup.accumulate > 1)
         full_kept = logits * pipe.microbatches
         phases["end of step"] = w + g + o + gathered + buffers + 2 * full_kept  # the outputs and their concatenation
         fused = not setup.precision.endswith("-mixed")
@@ -352,24 +309,83 @@ def estimate_pipeline(cfg, kind: str, setup: Setup, pipe: Pipeline, *, training:
                                                                                        *parts.block))
         phases["optimizer"] = w + g + o + buffers + full_kept + temporaries
         ranks.append(RankMemory(
-            rank=rank, stages=held, blocks=[blocks[s] for s in held], parameters=int(params), weights=w, gradients=g,
-            optimizer=o, gathered=gathered, buffers=buffers, activations=peak_acts, kept_outputs=full_kept,
-            in_flight={s: most.get(s, 0) for s in held}, microbatch_activations=act_mb, phases=phases,
+            rank=rank, stages=list(held), blocks=[blocks[s] for s in held], parameters=int(params), weights=w,
+            gradients=g, optimizer=o, gathered=gathered, buffers=buffers, activations=peak_acts, kept_outputs=full_kept,
+            in_flight={s: most.get(s, 0) for s in held}, microbatch_activations={s: st.activations for s, st in
+                                                                                 held.items()}, phases=phases,
         ))
     return PipelineEstimate(pipe=replace(pipe, virtual=virtual), virtual=virtual, microbatch_rows=rows,
                             stage_blocks=blocks, ranks=ranks, bubble=max(idle.values()), bubble_formula=value,
                             formula=text)
 
 
-def _backward_peak(units: list[tuple[float, float]], first: bool, grad_bytes: float) -> float:
+@dataclass(frozen=True)
+class _Stage:
+    """One stage as a rank's walk through the schedule sees it (bytes are per micro-batch)."""
+
+    index: int
+    parameters: float  # elements, per tensor-parallel rank
+    units: list[tuple[float, float]]  # (gradient bytes, activation bytes) in backward order
+    activations: float  # what a micro-batch keeps from its forward to its backward
+    pending: float  # what an input pass (I) keeps until the weight pass (W)
+    last: bool
+
+
+def _walk(actions, stages: dict[int, _Stage], base: float, logits: float, acts: Activations, grad: float,
+          grads_from_start: bool = False) -> tuple[dict[str, float], float]:
+    """The most bytes after each forward and during each backward of a rank's ``actions``, and
+    the most activation bytes alive at once. ``base``: what stays all step (weights, optimizer
+    state, buffers); ``logits``: what the last stage keeps of each micro-batch's output;
+    ``grad``: gradient bytes per parameter; ``grads_from_start``: gradients exist before the
+    first backward (accumulation over several batches)."""
+    alive: dict[tuple[int, int], float] = {}
+    pending: dict[tuple[int, int], float] = {}
+    has_grads: set[int] = set(stages) if grads_from_start else set()
+    kept = peak_acts = 0.0
+    phases = {"forward": 0.0, "backward": 0.0}
+    for a in actions:
+        st, key = stages[a.stage], (a.stage, a.microbatch)
+        grads = sum(stages[s].parameters * grad for s in has_grads)
+        waiting = sum(pending.values())
+        if a.op == "F":
+            alive[key] = st.activations
+            kept += logits if st.last else 0.0
+            live = sum(alive.values())
+            peak_acts = max(peak_acts, live)
+            # the last stage's logits are saved for its loss too: kept outputs count once while alive
+            kept_extra = kept - logits * sum(1 for s, _ in alive if stages[s].last)
+            transient = acts.forward_transient if st.last else 0.0
+            phases["forward"] = max(phases["forward"], base + grads + waiting + live + kept_extra + transient)
+            continue
+        others = sum(v for k, v in alive.items() if k != key)
+        kept_extra = kept - logits * sum(1 for s, _ in alive if stages[s].last)
+        if a.op == "I":
+            pending[key] = st.pending
+            unit = alive.get(key, 0.0) + st.pending + (acts.backward_transient if st.last else 0.0)
+        elif a.op == "W" and a.stage > 0:  # weight gradients from what I kept
+            unit = alive.get(key, 0.0) + pending.get(key, 0.0) + (
+                st.parameters * grad if a.stage not in has_grads else 0.0)
+            waiting -= pending.get(key, 0.0)
+        else:  # a full backward (B, or the first stage's W)
+            unit = _backward_peak(st.units, a.stage not in has_grads) + pending.get(key, 0.0)
+            waiting -= pending.get(key, 0.0)
+        if a.op != "I":
+            alive.pop(key, None)
+            pending.pop(key, None)
+            has_grads.add(a.stage)
+        phases["backward"] = max(phases["backward"], base + grads + others + waiting + kept_extra + unit)
+    return phases, peak_acts
+
+
+def _backward_peak(units: list[tuple[float, float]], first: bool) -> float:
     """Most bytes of one micro-batch's backward at one stage beyond the other micro-batches: its
-    units (parameters, activations) run in order, each allocating its gradients (the first
-    backward of the step only) while its activations exist, then freeing them."""
+    units (gradient bytes, activation bytes) run in order, each allocating its gradients (the
+    first backward of the step only) while its activations exist, then freeing them."""
     remaining = sum(a for _, a in units)
     made = peak = 0.0
-    for params, activations in units:
+    for grads, activations in units:
         if first:
-            made += params * grad_bytes
+            made += grads
         peak = max(peak, made + remaining)
         remaining -= activations
     return peak

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from llm_modules.cli import main
 from llm_modules.config import ModelConfig
@@ -212,3 +213,37 @@ def test_a_fit_config_with_the_pipeline_or_tensor_parallel_strategy_supplies_the
     code, out, err = run_cli(capsys, "--config", str(path), "--format", "json", "--blocks", "3,5", "--pp", "2")
     assert code == 0, err
     assert json.loads(out)["pipeline"]["blocks_per_stage"] == [3, 5]
+
+
+def test_a_zero_bubble_input_pass_keeps_the_op_output_gradients_until_the_weight_pass():
+    """ZBV on 2 ranks: the weight pass of the last stage (on rank 0) needs the logits' gradient,
+    which the input pass kept: the backward peak of that rank exceeds 1F1B-like accounting by it."""
+    from llm_modules.estimate.pipeline import _widths
+
+    config = cfg(n_layers=4)
+    block = DecoderLM(config).stack.layers[0]
+    linears = sum(m.out_features for m in block.modules() if hasattr(m, "out_features"))
+    norms = sum(m.weight.numel() for m in block.modules() if isinstance(m, torch.nn.LayerNorm))
+    assert _widths(block) == linears + norms and linears > 4 * 64
+    # a rank's walk: the input pass of micro-batch 0 keeps its pending bytes until its weight pass
+    from llm_modules.estimate.activations import Activations
+    from llm_modules.estimate.pipeline import _Stage, _walk
+    from llm_modules.estimate.schedule_order import Action
+
+    acts = Activations(blocks=0, block=0, block_inputs=0, outside=0, forward_transient=0, backward_transient=0)
+    stage = _Stage(1, parameters=10, units=[(40.0, 100.0)], activations=100.0, pending=1000.0, last=False)
+    walk = [Action("F", 1, 0), Action("F", 1, 1), Action("I", 1, 0), Action("W", 1, 0), Action("F", 1, 2)]
+    phases, most = _walk(walk, {1: stage}, base=0.0, logits=0.0, acts=acts, grad=4.0)
+    assert most == 200.0
+    assert phases["backward"] == 200.0 + 1000.0 + 40.0  # both micro-batches, the pending bytes, new gradients
+    assert phases["forward"] == 200.0 + 40.0  # after W: two micro-batches alive again, gradients, nothing pending
+
+
+def test_gradients_accumulated_over_batches_are_there_from_the_first_forward():
+    config = cfg(n_layers=4)
+    setup = Setup(strategy="fsdp", batch_size=8, seq_len=64, device="cpu")
+    once = estimate_pipeline(config, "causal", setup, Pipeline(2, "gpipe", 4))
+    accumulated = estimate_pipeline(config, "causal", Setup(strategy="fsdp", batch_size=8, seq_len=64, device="cpu",
+                                                            accumulate=4), Pipeline(2, "gpipe", 4))
+    for a, b in zip(once.ranks, accumulated.ranks):
+        assert b.phases["forward"] == pytest.approx(a.phases["forward"] + a.gradients)
