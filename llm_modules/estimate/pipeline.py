@@ -264,7 +264,7 @@ def estimate_pipeline(cfg, kind: str, setup: Setup, pipe: Pipeline, *, training:
     pass_widths = {s: sum(parts.block_widths[i] for i in blocks[s]) / tp + (parts.last_widths if s == n_stages - 1
                                                                              else 0) for s in range(n_stages)}
 
-    def stage(s: int) -> _Stage:
+    def stage(s: int, held: list[int]) -> _Stage:
         units: list[tuple[float, float]] = []  # (gradient bytes, activation bytes), in backward order
         if s < n_stages - 1:
             units.append((0.0, hidden))  # the output the schedule caches for the backward
@@ -282,16 +282,19 @@ def estimate_pipeline(cfg, kind: str, setup: Setup, pipe: Pipeline, *, training:
         # graph and the gradient of every parameter-using op's output (pipelining._backward)
         pending = (0.0 if last else hidden) + (0.0 if s == 0 else pass_widths[s] * width_bytes)
         return _Stage(s, parameters, units, sum(a for _, a in units) - (acts.backward_transient if last else 0.0),
-                      pending, last)
+                      pending, last, 0.0 if last or s + 1 in held else hidden,  # a neighbour on this rank:
+                      0.0 if s == 0 or s - 1 in held else hidden)  # handed over, not sent
 
     order = schedule_order(pipe.schedule, pipe.pp, pipe.microbatches, virtual)
     most = in_flight(order)
     idle = simulate(order)
     value, text = bubble_formula(pipe.schedule, pipe.pp, pipe.microbatches, virtual)
-    placement = SCHEDULES[pipe.schedule].placement
+    kind = SCHEDULES[pipe.schedule]
+    placement = kind.placement
     ranks = []
     for rank in range(pipe.pp):
-        held = {s: stage(s) for s in stage_ids(rank, pipe.pp, virtual, placement)}
+        ids = stage_ids(rank, pipe.pp, virtual, placement)
+        held = {s: stage(s, ids) for s in ids}
         params = sum(st.parameters for st in held.values())
         w, o = params * b.weight / w_shard, params * b.optimizer / o_shard
         g = params * grad
@@ -300,7 +303,7 @@ def estimate_pipeline(cfg, kind: str, setup: Setup, pipe: Pipeline, *, training:
         # the last stage's outputs (one stage runs without a schedule)
         logits = acts.logits if (n_stages - 1) in held and LAST_STAGE_KEEPS_OUTPUTS and n_stages > 1 else 0.0
         phases, peak_acts = _walk(order[rank], held, w + o + gathered + buffers, logits, acts, grad,
-                                  grads_from_start=setup.accumulate > 1)
+                                  grads_from_start=setup.accumulate > 1, sends=SENDS_HELD[kind.multi or pipe.schedule])
         full_kept = logits * pipe.microbatches
         phases["end of step"] = w + g + o + gathered + buffers + 2 * full_kept  # the outputs and their concatenation
         fused = not setup.precision.endswith("-mixed")
@@ -319,6 +322,13 @@ def estimate_pipeline(cfg, kind: str, setup: Setup, pipe: Pipeline, *, training:
                             formula=text)
 
 
+#: which sent tensors a schedule's unwaited sends keep alive to the end of the step: the
+#: multi-stage runtime (interleaved, zero-bubble) waits every send at the end, so each
+#: micro-batch's output and input gradient stay; GPipe waits its backward sends after the last
+#: backward; 1F1B waits each send before the next (none held)
+SENDS_HELD = {True: "all", "gpipe": "backward", "1f1b": "none"}
+
+
 @dataclass(frozen=True)
 class _Stage:
     """One stage as a rank's walk through the schedule sees it (bytes are per micro-batch)."""
@@ -329,23 +339,27 @@ class _Stage:
     activations: float  # what a micro-batch keeps from its forward to its backward
     pending: float  # what an input pass (I) keeps until the weight pass (W)
     last: bool
+    output: float = 0.0  # the output it sends on (none from the last stage)
+    input_grad: float = 0.0  # the gradient of its input it sends back (none from the first stage)
 
 
 def _walk(actions, stages: dict[int, _Stage], base: float, logits: float, acts: Activations, grad: float,
-          grads_from_start: bool = False) -> tuple[dict[str, float], float]:
+          grads_from_start: bool = False, sends: str = "none") -> tuple[dict[str, float], float]:
     """The most bytes after each forward and during each backward of a rank's ``actions``, and
     the most activation bytes alive at once. ``base``: what stays all step (weights, optimizer
     state, buffers); ``logits``: what the last stage keeps of each micro-batch's output;
     ``grad``: gradient bytes per parameter; ``grads_from_start``: gradients exist before the
-    first backward (accumulation over several batches)."""
+    first backward (accumulation over several batches); ``sends``: which sent tensors the
+    schedule keeps to the end of the step (``SENDS_HELD``)."""
     alive: dict[tuple[int, int], float] = {}
+    held = 0.0  # sent tensors kept alive by their unwaited sends
     pending: dict[tuple[int, int], float] = {}
     has_grads: set[int] = set(stages) if grads_from_start else set()
     kept = peak_acts = 0.0
     phases = {"forward": 0.0, "backward": 0.0}
     for a in actions:
         st, key = stages[a.stage], (a.stage, a.microbatch)
-        grads = sum(stages[s].parameters * grad for s in has_grads)
+        grads = sum(stages[s].parameters * grad for s in has_grads) + held
         waiting = sum(pending.values())
         if a.op == "F":
             alive[key] = st.activations
@@ -370,10 +384,14 @@ def _walk(actions, stages: dict[int, _Stage], base: float, logits: float, acts: 
             unit = _backward_peak(st.units, a.stage not in has_grads) + pending.get(key, 0.0)
             waiting -= pending.get(key, 0.0)
         if a.op != "I":
+            if key in alive and sends == "all":  # freed by the backward, but its send still holds it
+                held += st.output
             alive.pop(key, None)
             pending.pop(key, None)
             has_grads.add(a.stage)
         phases["backward"] = max(phases["backward"], base + grads + others + waiting + kept_extra + unit)
+        if a.op in ("B", "I") and sends in ("all", "backward"):
+            held += st.input_grad
     return phases, peak_acts
 
 
