@@ -31,6 +31,14 @@ by ``benchmarks/pipeline_memory.py``):
 - the last stage's outputs: ``Schedule.step`` keeps every micro-batch's logits until the next
   step, and concatenates them at the end of the step (``return_outputs`` defaults to True,
   which ``training.pipeline.steps.run_schedule`` keeps): ``LAST_STAGE_KEEPS_OUTPUTS``.
+- between a zero-bubble schedule's input pass (``I``) and weight pass (``W``) of a micro-batch:
+  its graph, and the gradient of the output of every op that uses a parameter (a linear layer's
+  output width, a norm's), which torch keeps to compute the weight gradients from; the first
+  stage's ``I`` does nothing and its ``W`` runs the whole backward.
+- sent tensors until the schedule waits on their sends (``SENDS_HELD``): the multi-stage
+  runtime waits at the end of the step, so every micro-batch's output and input gradient stay
+  (not between two stages of the same rank, which hand them over); GPipe waits its backward
+  sends after the last backward.
 
 Peak: the largest of the moments of a step on the rank: after each forward, during each backward
 (a stage's units, head, blocks from the last, embedding, each allocating its gradients the first
@@ -154,8 +162,11 @@ def check_pipeline(cfg, kind: str, setup: Setup, pipe: Pipeline) -> int:
         value = getattr(pipe, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer; got {value!r}")
-    virtual = check_schedule(pipe.schedule, pipe.microbatches, pipe.pp, pipe.virtual)
-    stage_blocks(cfg, kind, pipe.pp * virtual, pipe.blocks)  # the runtime's refusals: too many stages, tied embeddings, ...
+    try:  # the runtime's refusals: a schedule that cannot run, too many stages, tied embeddings, ...
+        virtual = check_schedule(pipe.schedule, pipe.microbatches, pipe.pp, pipe.virtual)
+        stage_blocks(cfg, kind, pipe.pp * virtual, pipe.blocks)
+    except ConfigError as err:  # in the command's words
+        raise ConfigError(_as_options(str(err))) from None
     if setup.batch_size % pipe.microbatches:
         raise ConfigError(f"--batch-size {setup.batch_size} (rows per data-parallel replica per step) must be a "
                           f"multiple of --microbatches {pipe.microbatches}, which cut it into equal micro-batches")
@@ -187,6 +198,14 @@ def _meta_model(cfg, kind: str):
             _META.clear()
         _META[key] = build_meta(cfg, kind)
     return _META[key]
+
+
+def _as_options(message: str) -> str:
+    """A runtime message with the strategy's option names as ``estimate``'s flags."""
+    for name, flag in (("pipeline_parallel_size", "--pp"), ("virtual_stages", "--virtual-stages"),
+                       ("raise microbatches", "raise --microbatches"), ("pipeline blocks", "--blocks")):
+        message = message.replace(name, flag)
+    return message.replace("--virtual-stages:", "--virtual-stages").replace("--pp:", "--pp")
 
 
 def stage_blocks(cfg, kind: str, stages: int, blocks=None) -> list[list[int]]:

@@ -131,7 +131,7 @@ def test_layout_search_pipelines_a_model_that_fits_no_single_device():
 
 
 @pytest.mark.parametrize("argv, fragments", [
-    (["--pp", "9"], ["9 pipeline stages", "8 blocks"]),
+    (["--pp", "9"], ["9 pipeline stages", "8 blocks", "lower --pp"]),
     (["--pp", "4", "--microbatches", "2", "--batch-size", "4"], ["1f1b needs at least as many microbatches",
                                                                   "(4)"]),
     (["--pp", "2", "--schedule", "gpip"], ["'gpip'", "did you mean 'gpipe'"]),
