@@ -18,8 +18,8 @@ the forward and twice in the backward; the pipeline sends each micro-batch's hid
 gradient once per rank; data parallelism all-reduces the rank's gradients (FSDP: reduce-scatter
 plus all-gather, the same bytes). The mesh is the pipeline strategy's ``(dp, pp, tp)``, tp
 fastest: tp stays inside a node, pp crosses nodes once ``tp x pp`` exceeds a node, dp crosses
-them whenever there are several nodes. Activations are traced once at the smallest micro-batch and scaled by rows (they are
-per row, but for the loss's fixed-size workspace).
+them whenever there are several nodes. Activations are traced once, for one row, and scaled
+by the rows of a micro-batch (they are per row, but for the loss's fixed-size workspace).
 """
 
 from __future__ import annotations

@@ -16,8 +16,9 @@ by ``benchmarks/pipeline_memory.py``):
 - model states of its stages' parameters (``estimate.memory.state_bytes``), divided over the
   data-parallel size (the strategy is ``fsdp``: the pipeline strategy's replicas shard their
   stages with FSDP2, which keeps them gathered from the forward to the backward: one
-  compute-dtype copy of the rank's weights more); gradients exist from the first backward of a step (the step starts with
-  ``zero_grad(set_to_none=True)``). With ``tp`` > 1 a block's parameters and activations are
+  compute-dtype copy of the rank's weights more); gradients exist from the first backward of a
+  step (the step starts with ``zero_grad(set_to_none=True)``; with gradient accumulation, from
+  its start). With ``tp`` > 1 a block's parameters and activations are
   divided over the tensor-parallel group, except the hidden-state inputs of its two norms, which
   every tensor-parallel rank keeps whole (approximate: the blocks' small replicated parts, norms
   and biases, are divided too); embeddings and the head are replicated (``training.parallel``).
@@ -434,8 +435,8 @@ def step_time(flops_per_token: float, setup: Setup, pipe: Pipeline, bubble: floa
     at ``mfu`` of ``peak_flops``, stretched by the bubble (each device is idle that fraction)."""
     tokens = setup.batch_size * setup.seq_len
     compute = flops_per_token * tokens / (pipe.pp * pipe.tp * peak_flops * mfu)
-    return {"compute_seconds": compute, "seconds": compute / (1 - bubble), "bubble_seconds": compute * bubble / (1 - bubble),
-            "slowdown": 1 / (1 - bubble)}
+    return {"compute_seconds": compute, "seconds": compute / (1 - bubble),
+            "bubble_seconds": compute * bubble / (1 - bubble), "slowdown": 1 / (1 - bubble)}
 
 
 __all__ = ["Action", "LAST_STAGE_KEEPS_OUTPUTS", "Pipeline", "PipelineEstimate", "RankMemory", "bubble_formula",
