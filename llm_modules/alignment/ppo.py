@@ -140,6 +140,8 @@ class PPO(FrozenReference, CausalLM):
         or pre-trained CausalLM), whose config is the model's.
     """
 
+    pipeline_ready = False  # its loss is PPO's, over rollouts, not the token cross-entropy
+
     base_kind_fix = "PPO trains a CausalLM policy; give a CausalLM checkpoint or Hugging Face folder as model.init_from"
 
     def __init__(

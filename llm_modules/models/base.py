@@ -96,6 +96,8 @@ class LanguageModel(L.LightningModule, abc.ABC):
         # Only when on: metric objects are submodules (moved and reduced with the model), none by default.
         self.generation_metrics = GenerationMetrics(self.evaluation) if self.evaluation.enabled else None
         self.tokens_seen = 0
+        #: this rank's pipeline stages and schedule under the pipeline strategy (``configure_model``)
+        self.pipeline = None
         self.tokenizer_bytes: bytes | None = self.finetuning.base_tokenizer
 
     # ---- what a subclass provides ---------------------------------------------------------------------------
@@ -107,6 +109,15 @@ class LanguageModel(L.LightningModule, abc.ABC):
     @abc.abstractmethod
     def logits_and_targets(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (B, T, V) and targets (B, T) with IGNORE_INDEX where no loss is taken."""
+
+    #: whether the loss is the token cross-entropy of ``self.model``'s logits for
+    #: ``pipeline_batch``, which is what pipeline stages compute (``training.pipeline``)
+    pipeline_ready = False
+
+    def pipeline_batch(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """The batch as pipeline stages take it: input ids, targets, and the torch model's other
+        keyword inputs (a kind with ``pipeline_ready`` provides it)."""
+        raise ConfigError(f"{self.kind} does not run as pipeline stages; use another strategy")
 
     # ---- loss ---------------------------------------------------------------------------------------------
 
@@ -148,7 +159,10 @@ class LanguageModel(L.LightningModule, abc.ABC):
         self.finetuning.checkpoint_mode = checkpoint_mode(mode)
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Mean token cross-entropy over the targets, plus any auxiliary (MoE) loss."""
+        """Mean token cross-entropy over the targets, plus any auxiliary (MoE) loss. Under pipeline
+        parallelism the schedule computes it (and, while training, its gradients) over the stages."""
+        if self.pipeline is not None:
+            return self.pipeline.compute_loss(self, batch)
         logits, targets = self.logits_and_targets(batch)
         # fp32 cross-entropy in row chunks: no full-size fp32 copy or log-softmax (nn.loss)
         lm_loss = cross_entropy(logits, targets, ignore_index=IGNORE_INDEX)
@@ -269,12 +283,21 @@ class LanguageModel(L.LightningModule, abc.ABC):
         out = self.compute_loss(batch)
         tokens = max(int(out["tokens"]), 1)
         loss = out["lm_loss"]
-        self.log(f"{split}/loss", loss, prog_bar=True, sync_dist=True, batch_size=tokens)
-        self.log(f"{split}/ppl", torch.exp(loss.clamp(max=50)), sync_dist=True, batch_size=tokens)
+        # The mean over processes, weighted by their target tokens, computed here: Lightning's own
+        # sync_dist averages the token counts as integers (15, 15, 18, 18 -> 16), which misweights
+        # the logged loss by a few percent whenever ranks hold different numbers of targets.
+        logged, weight = loss, tokens
+        if self.trainer.world_size > 1:
+            pair = torch.stack([loss.detach().float() * tokens, torch.tensor(float(tokens), device=loss.device)])
+            pair = self.trainer.strategy.reduce(pair, reduce_op="sum")
+            logged, weight = pair[0] / pair[1], int(pair[1])
+        # (sync_dist stays: with the same value and weight on every rank its average changes nothing)
+        self.log(f"{split}/loss", logged, prog_bar=True, sync_dist=True, batch_size=weight)
+        self.log(f"{split}/ppl", torch.exp(logged.clamp(max=50)), sync_dist=True, batch_size=weight)
         bytes_per_token = self._bytes_per_token()
         if bytes_per_token:
-            bpb = loss / math.log(2) / bytes_per_token
-            self.log(f"{split}/bits_per_byte", bpb, prog_bar=split == "val", sync_dist=True, batch_size=tokens)
+            bpb = logged / math.log(2) / bytes_per_token
+            self.log(f"{split}/bits_per_byte", bpb, prog_bar=split == "val", sync_dist=True, batch_size=weight)
         return loss, tokens
 
     def _datamodule(self):
@@ -321,6 +344,17 @@ class LanguageModel(L.LightningModule, abc.ABC):
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         """Runs the closure, then steps only if the guard lets it (StabilityGuard.optimizer_step)."""
         self.stability_guard.optimizer_step(self, optimizer, optimizer_closure)
+
+    def backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
+        """Under pipeline parallelism the schedule ran the backward with the forward (``compute_loss``)."""
+        if self.pipeline is None:
+            super().backward(loss, *args, **kwargs)
+
+    def optimizer_zero_grad(self, epoch, batch_idx, optimizer) -> None:
+        """Lightning clears gradients between the training step and the backward; under pipeline
+        parallelism the step already made them, so the schedule's run clears them first instead."""
+        if self.pipeline is None:
+            super().optimizer_zero_grad(epoch, batch_idx, optimizer)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Logs ``train/grad_norm``: after fp16 unscaling, before clipping."""

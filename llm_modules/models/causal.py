@@ -23,12 +23,18 @@ class CausalLM(LanguageModel):
     def forward(self, input_ids, attention_mask=None, document_ids=None):
         return self.model(input_ids, attention_mask, document_ids=document_ids)
 
+    pipeline_ready = True
+
     def logits_and_targets(self, batch):
+        ids, targets, inputs = self.pipeline_batch(batch)
+        return self(ids, **inputs), targets
+
+    def pipeline_batch(self, batch):
         mask, documents = batch.get("attention_mask"), batch.get("document_ids")
         targets = batch.get("labels")
         if targets is None:
             targets = within_documents(shift_targets(batch["input_ids"], mask), documents)
-        return self(batch["input_ids"], mask, documents), targets
+        return batch["input_ids"], targets, {"attention_mask": mask, "document_ids": documents}
 
 
 def within_documents(targets: torch.Tensor, document_ids: torch.Tensor | None) -> torch.Tensor:

@@ -20,10 +20,15 @@ class MaskedLM(LanguageModel):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, document_ids=None):
         return self.model(input_ids, attention_mask, token_type_ids, document_ids=document_ids)
 
+    pipeline_ready = True
+
     def logits_and_targets(self, batch):
-        logits = self(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"),
-                      batch.get("document_ids"))
-        return logits, batch["labels"]
+        ids, targets, inputs = self.pipeline_batch(batch)
+        return self(ids, **inputs), targets
+
+    def pipeline_batch(self, batch):
+        inputs = {name: batch.get(name) for name in ("attention_mask", "token_type_ids", "document_ids")}
+        return batch["input_ids"], batch["labels"], inputs
 
     def fill_mask(self, input_ids, attention_mask=None, top_k: int = 5, **options):
         """Top-k tokens and probabilities at each mask position (``llm_modules.generation.fill_mask``)."""

@@ -24,7 +24,13 @@ class PrefixLM(LanguageModel):
         """``document_ids`` (packed documents) only without ``prefix_lengths``: a prefix is per row."""
         return self.model(input_ids, attention_mask, prefix_lengths, document_ids=document_ids)
 
+    pipeline_ready = True
+
     def logits_and_targets(self, batch):
+        ids, targets, inputs = self.pipeline_batch(batch)
+        return self(ids, **inputs), targets
+
+    def pipeline_batch(self, batch):
         ids, mask, prefix = batch["input_ids"], batch.get("attention_mask"), batch.get("prefix_lengths")
         documents = batch.get("document_ids")
         targets = batch.get("labels")
@@ -36,4 +42,4 @@ class PrefixLM(LanguageModel):
                 # move the prefix boundary.
                 position = positions_from(mask, ids.shape[0], ids.shape[1], ids.device)
                 targets = targets.masked_fill(position + 1 < prefix.unsqueeze(1), IGNORE_INDEX)
-        return self(ids, mask, prefix, documents), targets
+        return ids, targets, {"attention_mask": mask, "prefix_lengths": prefix, "document_ids": documents}

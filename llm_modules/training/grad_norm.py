@@ -20,6 +20,7 @@ def grad_norm(lm) -> torch.Tensor | None:
     norm would be silently wrong: its root module's ``clip_grad_norm_`` with an infinite bound gives
     the global norm and scales by 1. None when no parameter has a gradient. Plain gradients are
     normed in fp32 at least (``_foreach_norm(dtype=...)``, what ``get_total_norm`` runs minus the dtype).
+    Under pipeline parallelism the squares are summed over the pipeline's ranks.
     """
     from lightning.pytorch.strategies import FSDPStrategy
     from torch.distributed.tensor import DTensor
@@ -54,7 +55,13 @@ def grad_norm(lm) -> torch.Tensor | None:
         norm = torch.nn.utils.get_total_norm(grads)
         norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
         squares.append(norm.float().square())
-    if not squares:
+    group = getattr(lm.pipeline, "group", None) if getattr(lm, "pipeline", None) is not None else None
+    if not squares and group is None:
         return None
+    if not squares:  # a pipeline rank whose stages have no gradient still takes part in the sum
+        squares.append(torch.zeros((), device=lm.device))
     widest = functools.reduce(torch.promote_types, (s.dtype for s in squares))
-    return torch.stack([s.to(squares[0].device, widest) for s in squares]).sum().sqrt()
+    total = torch.stack([s.to(squares[0].device, widest) for s in squares]).sum()
+    if group is not None:  # each pipeline rank holds other parameters: the squares add up over the stages
+        torch.distributed.all_reduce(total, group=group)
+    return total.sqrt()

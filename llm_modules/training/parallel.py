@@ -47,6 +47,12 @@ def parallelize(lm) -> None:
     mesh = getattr(lm, "device_mesh", None)
     if mesh is None:
         return
+    settings = getattr(lm.trainer.strategy, "pipeline", None)
+    if settings is not None:  # the pipeline strategy: its stages are split and sharded each on its own
+        from llm_modules.training.pipeline.runner import PipelineRun
+
+        lm.pipeline = PipelineRun(lm, mesh, settings, lm.trainer.strategy.root_device)
+        return
     tp_mesh, dp_mesh = mesh["tensor_parallel"], mesh["data_parallel"]
     if tp_mesh.size() > 1:
         check_tensor_parallel(lm.model, tp_mesh.size())
@@ -173,7 +179,8 @@ def apply_fully_shard(model: nn.Module, dp_mesh) -> None:
 
 
 def clip_sharded_gradients(trainer, max_norm: float | None, algorithm: str | None) -> bool:
-    """Clip to a global gradient norm under FSDP (FSDPStrategy); return whether it was done here.
+    """Clip to a global gradient norm under FSDP (FSDPStrategy) or pipeline parallelism (the
+    norm over every stage, ``grad_norm``); return whether it was done here.
 
     FSDP's gradients are local shards of flattened parameters: a norm over them is one rank's
     share, so Lightning's FSDP precision plugin refuses norm clipping altogether, which would make
@@ -184,7 +191,18 @@ def clip_sharded_gradients(trainer, max_norm: float | None, algorithm: str | Non
     """
     from lightning.pytorch.strategies import FSDPStrategy
 
-    if not max_norm or algorithm not in (None, "norm") or not isinstance(trainer.strategy, FSDPStrategy):
+    if not max_norm or algorithm not in (None, "norm"):
+        return False
+    if getattr(trainer.strategy, "pipeline", None) is not None:  # the norm spans every pipeline stage
+        from llm_modules.training.grad_norm import grad_norm
+
+        lm = trainer.lightning_module
+        norm = grad_norm(lm)
+        if norm is not None:
+            params = [p for p in lm.parameters() if p.grad is not None]
+            torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+        return True
+    if not isinstance(trainer.strategy, FSDPStrategy):
         return False
     trainer.strategy.model.clip_grad_norm_(max_norm)
     return True

@@ -287,6 +287,11 @@ EXPECTED = {
     "model-parallel": ("ModelParallelStrategy",
                        lambda s: (s._data_parallel_size, s._tensor_parallel_size, s._save_distributed_checkpoint)
                        == ("auto", "auto", True)),
+    "pipeline": ("PipelineParallelStrategy", lambda s: (
+        s._pipeline_parallel_size, s._data_parallel_size, s._tensor_parallel_size, s._pipeline_options["schedule"],
+        s._save_distributed_checkpoint) == ("auto", "auto", 1, "1f1b", True)),
+    "3d": ("PipelineParallelStrategy", lambda s: (
+        s._pipeline_parallel_size, s._data_parallel_size, s._tensor_parallel_size) == (2, "auto", 2)),
     "deepspeed-zero1": ("DeepSpeedStrategy", lambda s: s.config["zero_optimization"]["stage"] == 1),
     "deepspeed-zero2": ("DeepSpeedStrategy", lambda s: s.config["zero_optimization"]["stage"] == 2),
     "deepspeed-zero3": ("DeepSpeedStrategy", lambda s: s.zero_stage_3),

@@ -19,7 +19,7 @@ The Lightning side (the strategy with its 3-D mesh, the LightningModule's step) 
 
 from llm_modules.training.pipeline.gather import gather_state_dict
 from llm_modules.training.pipeline.schedules import (
-    SCHEDULES, batch_token_loss, check_schedule, pipeline_schedule, schedule_for, torch_stages, virtual_stages,
+    SCHEDULES, batch_token_loss, check_schedule, pipeline_schedule, schedule_for, torch_stages, stages_per_rank,
 )
 from llm_modules.training.pipeline.split import (
     balanced_counts, check_pipelinable, split_blocks, stage_ids,
@@ -33,5 +33,5 @@ __all__ = [
     "SCHEDULES", "LMStage", "balanced_counts", "batch_token_loss", "build_stage", "build_stages",
     "check_pipelinable", "check_schedule", "clip_grad_norm", "eval_step", "gather_state_dict",
     "global_grad_norm", "pipeline_schedule", "prune", "schedule_for", "shard_stage", "split_blocks",
-    "stage_ids", "stage_from_state", "torch_stages", "train_step", "virtual_stages",
+    "stage_ids", "stage_from_state", "torch_stages", "train_step", "stages_per_rank",
 ]

@@ -24,10 +24,12 @@ IGNORE_INDEX = -100
 class ScheduleKind:
     """What a schedule needs: its ``torch.distributed.pipelining`` class name, stages per rank
     (``virtual``: exactly ``fixed_virtual`` when set, else at least ``min_virtual``, by default
-    ``default_virtual``), their placement, and whether it needs as many micro-batches as ranks."""
+    ``default_virtual``), and whether it needs as many micro-batches as ranks.
+
+    Not offered: torch's V-shaped schedules (ZBV zero bubble, DualPipeV), whose forward-only run
+    (validation) fails in torch 2.13 where two adjacent stages share a rank."""
 
     torch_class: str
-    placement: str = "loop"
     min_virtual: int = 1
     default_virtual: int = 1
     fixed_virtual: int | None = None
@@ -46,8 +48,6 @@ SCHEDULES: dict[str, ScheduleKind] = {
     "interleaved-1f1b": ScheduleKind("ScheduleInterleaved1F1B", min_virtual=2, default_virtual=2),
     "interleaved-zero-bubble": ScheduleKind(
         "ScheduleInterleavedZeroBubble", min_virtual=2, default_virtual=2, microbatches_at_least_ranks=True),
-    "zbv-zero-bubble": ScheduleKind("ScheduleZBVZeroBubble", placement="v", default_virtual=2, fixed_virtual=2,
-                                    microbatches_at_least_ranks=True),
 }
 
 
@@ -61,16 +61,17 @@ def schedule_kind(schedule: str) -> ScheduleKind:
     return SCHEDULES[schedule]
 
 
-def virtual_stages(schedule: str, virtual: int | None) -> int:
+def stages_per_rank(schedule: str, virtual: int | None) -> int:
     """The stages per rank ``schedule`` runs: ``virtual`` checked against it, or its default."""
     kind = schedule_kind(schedule)
     if virtual is None:
         return kind.fixed_virtual or kind.default_virtual
     if kind.fixed_virtual is not None and virtual != kind.fixed_virtual:
-        raise ConfigError(f"schedule {schedule} runs {kind.fixed_virtual} stage(s) per rank; set virtual_stages: "
-                          f"{kind.fixed_virtual} (or leave it out)")
+        raise ConfigError(f"virtual_stages: schedule {schedule} runs {kind.fixed_virtual} stage per rank; set "
+                          f"virtual_stages: {kind.fixed_virtual} (or leave it out), or use an interleaved schedule")
     if virtual < kind.min_virtual:
-        raise ConfigError(f"schedule {schedule} needs virtual_stages of at least {kind.min_virtual}, got {virtual}")
+        raise ConfigError(f"virtual_stages: schedule {schedule} needs at least {kind.min_virtual} stages per rank, "
+                          f"got {virtual}; set virtual_stages: {kind.min_virtual} (or leave it out)")
     return virtual
 
 
@@ -78,7 +79,7 @@ def check_schedule(schedule: str, microbatches: int, pp: int, virtual: int | Non
     """Refuse a schedule name, stage count or micro-batch count that cannot run ``pp`` ranks;
     return the stages per rank."""
     kind = schedule_kind(schedule)
-    virtual = virtual_stages(schedule, virtual)
+    virtual = stages_per_rank(schedule, virtual)
     if microbatches < 1:
         raise ConfigError(f"pipeline microbatches must be at least 1, got {microbatches}")
     if kind.microbatches_at_least_ranks and microbatches < pp:

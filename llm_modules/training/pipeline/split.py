@@ -3,10 +3,8 @@ those stages each pipeline rank holds.
 
 A model of ``n`` blocks becomes ``S = pp x virtual`` stages, each a run of consecutive blocks; stage
 0 also owns what comes before the first block (token embedding, embedding norm, embedded positions),
-stage ``S - 1`` the final norm and the head. With ``virtual`` > 1 a rank holds several stages:
-``loop`` placement gives rank ``r`` the stages ``r, r + pp, r + 2 pp, ...`` (interleaved 1F1B, looped
-BFS, interleaved zero bubble); ``v`` placement, two stages per rank, gives rank ``r`` the stages ``r``
-and ``2 pp - 1 - r``, so the first and the last stage share rank 0 (ZBV zero bubble).
+stage ``S - 1`` the final norm and the head. With ``virtual`` > 1 a rank holds several stages, in
+loops: rank ``r`` the stages ``r, r + pp, r + 2 pp, ...`` (interleaved 1F1B, interleaved zero bubble).
 """
 
 from __future__ import annotations
@@ -121,12 +119,8 @@ def ranges(counts: Sequence[int]) -> list[range]:
     return [range(start, start + count) for start, count in zip(starts, counts)]
 
 
-def stage_ids(rank: int, pp: int, virtual: int = 1, placement: str = "loop") -> list[int]:
+def stage_ids(rank: int, pp: int, virtual: int = 1) -> list[int]:
     """The stages pipeline rank ``rank`` of ``pp`` holds, in the order its schedule lists them."""
     if not 0 <= rank < pp:
         raise ValueError(f"pipeline rank {rank} is outside 0..{pp - 1}")
-    if placement == "v":
-        if virtual != 2:
-            raise ConfigError(f"a V-shaped schedule holds 2 stages per rank, not virtual_stages {virtual}")
-        return [rank, 2 * pp - 1 - rank]
     return [rank + k * pp for k in range(virtual)]
