@@ -46,8 +46,8 @@ def rank_main(args) -> None:
     from llm_modules.nn.lm import DecoderLM
     from llm_modules.training.optim import OptimConfig, build_optimizer
     from llm_modules.training.peak_memory import cpu_peak_allocated
-    from llm_modules.training.pipeline import SCHEDULES, build_stages, pipeline_schedule, stage_ids, train_step
-    from llm_modules.training.pipeline.schedules import virtual_stages
+    from llm_modules.estimate.schedule_order import held_stages
+    from llm_modules.training.pipeline import build_stages, pipeline_schedule, stages_per_rank, train_step
 
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(args.port))
@@ -59,8 +59,8 @@ def rank_main(args) -> None:
         for name in args.schedules:
             for m in args.microbatches:
                 torch.manual_seed(0)
-                virtual = virtual_stages(name, None)
-                held = stage_ids(args.rank, pp, virtual, SCHEDULES[name].placement)
+                virtual = stages_per_rank(name, None)
+                held = held_stages(name, args.rank, pp, virtual)
                 with parameters_on_meta():  # the stages' weights are allocated inside the measurement
                     stages = build_stages(DecoderLM(config), held, pp * virtual)
                 generator = torch.Generator().manual_seed(1)

@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--pp", type=int, default=None, metavar="N",
                        help="pipeline ranks: memory per rank, the bubble and the step time of a pipelined run")
     group.add_argument("--schedule", default=None, metavar="NAME",
-                       help="gpipe, 1f1b, interleaved-1f1b, interleaved-zero-bubble, zbv-zero-bubble (default 1f1b)")
+                       help="gpipe, 1f1b, interleaved-1f1b, interleaved-zero-bubble (the pipeline strategy's; "
+                            "default 1f1b)")
     group.add_argument("--microbatches", type=int, default=None, metavar="M",
                        help="micro-batches per step that --batch-size is cut into (default: --pp)")
     group.add_argument("--virtual-stages", type=int, default=None, metavar="V",

@@ -90,7 +90,7 @@ def search(cfg, kind: str, setup: Setup, cluster: Cluster, global_batch: int, fl
            *, training: Training | None = None, top: int = 5, schedules: tuple[str, ...] | None = None) -> dict:
     """The layouts of ``global_batch`` rows of ``setup.seq_len`` tokens per optimizer step on
     ``cluster`` that fit, best first (module doc), and how many were tried."""
-    from llm_modules.training.pipeline.schedules import SCHEDULES, virtual_stages
+    from llm_modules.training.pipeline.schedules import SCHEDULES, stages_per_rank
 
     training = training or Training()
     n_layers = cfg.n_layers
@@ -117,7 +117,7 @@ def search(cfg, kind: str, setup: Setup, cluster: Cluster, global_batch: int, fl
             run = replace(setup, devices=dp, batch_size=rows, strategy="fsdp")
             names = ["gpipe"] if pp == 1 else list(schedules or SCHEDULES)
             for name in names:
-                virtual = virtual_stages(name, None)
+                virtual = stages_per_rank(name, None)
                 if pp * virtual > n_layers:
                     continue
                 for m in ([1] if pp == 1 else [m for m in _divisors(rows) if m >= pp]):

@@ -8,7 +8,7 @@ pipeline rank of a replica receives that whole batch, and the schedule cuts it i
 The split is the runtime's: ``training.pipeline.split_blocks`` on the model built on the meta
 device (so the same refusals: tied embeddings, MoE, encoder-decoder models, more stages than
 blocks), stage 0 with the embedding, the last stage with the final norm and the head; rank ``r``
-holds the stages ``split.stage_ids`` gives it.
+holds the stages ``split.stage_ids`` gives it (``schedule_order.held_stages``).
 
 What a rank holds, as ``torch.distributed.pipelining`` runs it (measured against CPU processes
 by ``benchmarks/pipeline_memory.py``):
@@ -53,7 +53,7 @@ from dataclasses import dataclass, field, replace
 
 from llm_modules.estimate.activations import Activations, Training, estimate_activations
 from llm_modules.estimate.memory import Setup, shards, state_bytes
-from llm_modules.estimate.schedule_order import Action, in_flight, schedule_order, simulate
+from llm_modules.estimate.schedule_order import Action, held_stages, in_flight, schedule_order, simulate
 from llm_modules.registry import ConfigError
 
 #: ``training.pipeline.steps.run_schedule`` calls ``schedule.step`` with its default
@@ -206,7 +206,7 @@ def _as_options(message: str) -> str:
     for name, flag in (("pipeline_parallel_size", "--pp"), ("virtual_stages", "--virtual-stages"),
                        ("raise microbatches", "raise --microbatches"), ("pipeline blocks", "--blocks")):
         message = message.replace(name, flag)
-    return message.replace("--virtual-stages:", "--virtual-stages").replace("--pp:", "--pp")
+    return message.replace("set --virtual-stages:", "set --virtual-stages").replace("--pp:", "--pp")
 
 
 def stage_blocks(cfg, kind: str, stages: int, blocks=None) -> list[list[int]]:
@@ -256,7 +256,6 @@ def _parts(cfg, kind: str) -> _StageParts:
 def estimate_pipeline(cfg, kind: str, setup: Setup, pipe: Pipeline, *, training: Training | None = None,
                       acts: Activations | None = None) -> PipelineEstimate:
     """Memory of every pipeline rank of ``pipe`` for ``setup`` (module doc), the bubble."""
-    from llm_modules.training.pipeline.split import stage_ids
     from llm_modules.training.pipeline.schedules import SCHEDULES
 
     setup.check()
@@ -310,10 +309,9 @@ def estimate_pipeline(cfg, kind: str, setup: Setup, pipe: Pipeline, *, training:
     idle = simulate(order)
     value, text = bubble_formula(pipe.schedule, pipe.pp, pipe.microbatches, virtual)
     kind = SCHEDULES[pipe.schedule]
-    placement = kind.placement
     ranks = []
     for rank in range(pipe.pp):
-        ids = stage_ids(rank, pipe.pp, virtual, placement)
+        ids = held_stages(pipe.schedule, rank, pipe.pp, virtual)
         held = {s: stage(s, ids) for s in ids}
         params = sum(st.parameters for st in held.values())
         w, o = params * b.weight / w_shard, params * b.optimizer / o_shard

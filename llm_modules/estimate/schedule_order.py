@@ -44,18 +44,27 @@ class Action:
         return f"{self.stage}{self.op}{self.microbatch}"
 
 
-def _stand_ins(pp: int, virtual: int, placement: str, rank: int = 0) -> list:
+def held_stages(schedule: str, rank: int, pp: int, virtual: int) -> list[int]:
+    """The stages pipeline rank ``rank`` holds under ``schedule``: ``split.stage_ids``' loops, or
+    ranks ``r`` and ``2 pp - 1 - r`` for a schedule whose kind declares a V placement."""
+    from llm_modules.training.pipeline.schedules import SCHEDULES
+    from llm_modules.training.pipeline.split import stage_ids
+
+    if getattr(SCHEDULES[schedule], "placement", "loop") == "v":
+        return [rank, 2 * pp - 1 - rank]
+    return stage_ids(rank, pp, virtual)
+
+
+def _stand_ins(schedule: str, pp: int, virtual: int, rank: int = 0) -> list:
     """Objects with the attributes torch's schedule constructors read from ``PipelineStage``s."""
     from types import SimpleNamespace
 
     from torch import nn
 
-    from llm_modules.training.pipeline.split import stage_ids
-
     n = pp * virtual
     return [SimpleNamespace(num_stages=n, group_size=pp, group_rank=rank, stage_index=i, is_first=i == 0,
                             is_last=i == n - 1, stage_index_to_group_rank=None, submod=nn.Module(), group=None)
-            for i in stage_ids(rank, pp, virtual, placement)]
+            for i in held_stages(schedule, rank, pp, virtual)]
 
 
 @lru_cache(maxsize=64)
@@ -71,7 +80,7 @@ def schedule_order(schedule: str, pp: int, microbatches: int, virtual: int) -> d
     if not kind.multi:
         return {rank: _single_stage_loop(schedule, rank, pp, microbatches) for rank in range(pp)}
     cls = getattr(pipelining, kind.torch_class, None) or getattr(pipelining.schedules, kind.torch_class)
-    stages = _stand_ins(pp, virtual, kind.placement)
+    stages = _stand_ins(schedule, pp, virtual)
     made = cls(stages if kind.multi else stages[0], n_microbatches=microbatches, loss_fn=lambda *a: None)
     order = {}
     for rank, actions in made.pipeline_order.items():

@@ -58,12 +58,11 @@ def test_in_flight_of_the_multi_stage_schedules_comes_from_torchs_order():
     order = schedule_order("interleaved-1f1b", 2, 4, 2)
     assert sorted(order) == [0, 1] and {a.stage for a in order[0]} == {0, 2}
     assert in_flight(order) == {0: 4, 1: 3, 2: 2, 3: 1}
-    for name in ("interleaved-zero-bubble", "zbv-zero-bubble"):
-        order = schedule_order(name, 4, 8, 2)
-        ops = {a.op for actions in order.values() for a in actions}
-        assert ops == {"F", "I", "W"}
-        counts = in_flight(order)
-        assert set(counts) == set(range(8)) and max(counts.values()) <= 8 and min(counts.values()) >= 1
+    order = schedule_order("interleaved-zero-bubble", 4, 8, 2)
+    ops = {a.op for actions in order.values() for a in actions}
+    assert ops == {"F", "I", "W"}
+    counts = in_flight(order)
+    assert set(counts) == set(range(8)) and max(counts.values()) <= 8 and min(counts.values()) >= 1
 
 
 @pytest.mark.parametrize("pp, m", [(2, 1), (2, 4), (4, 4), (4, 8), (8, 16)])
@@ -83,8 +82,8 @@ def test_interleaving_divides_the_bubble_by_the_virtual_stages(pp, m, v):
     expected = (pp - 1) / (v * m + pp - 1)
     assert max(idle.values()) == pytest.approx(expected)
     assert bubble_formula("interleaved-1f1b", pp, m, v)[0] == pytest.approx(expected)
-    zero = max(simulate(schedule_order("zbv-zero-bubble", pp, m, 2)).values())
-    assert zero < (pp - 1) / (m + pp - 1)
+    zero = max(simulate(schedule_order("interleaved-zero-bubble", pp, m, v)).values())
+    assert zero < expected
 
 
 def test_memory_per_rank_follows_the_schedule():
@@ -140,7 +139,7 @@ def test_layout_search_pipelines_a_model_that_fits_no_single_device():
     (["--pp", "2", "--batch-size", "2", "--strategy", "zero2"], ["--strategy zero2 with --pp", "FSDP2"]),
     (["--pp", "2", "--batch-size", "2", "--tp", "3"], ["--tp 3 must divide", "4 attention heads"]),
     (["--pp", "2", "--schedule", "gpipe", "--virtual-stages", "2", "--batch-size", "2"],
-     ["schedule gpipe runs 1 stage(s) per rank"]),
+     ["schedule gpipe runs 1 stage", "--virtual-stages 1"]),
     (["--cluster", "2by8"], ["--cluster '2by8'", "2x8"]),
 ])
 def test_pipeline_refusals_are_one_line_and_exit_code_2(capsys, tmp_path, argv, fragments):
@@ -216,8 +215,8 @@ def test_a_fit_config_with_the_pipeline_or_tensor_parallel_strategy_supplies_the
 
 
 def test_a_zero_bubble_input_pass_keeps_the_op_output_gradients_until_the_weight_pass():
-    """ZBV on 2 ranks: the weight pass of the last stage (on rank 0) needs the logits' gradient,
-    which the input pass kept: the backward peak of that rank exceeds 1F1B-like accounting by it."""
+    """What a zero-bubble input pass keeps for the weight pass: the output gradient of every op that
+    uses a parameter (a block's linear layers' widths and its norms'), held until W."""
     from llm_modules.estimate.pipeline import _widths
 
     config = cfg(n_layers=4)
