@@ -32,7 +32,12 @@ RUNS = [(kind, schedule) for kind in probe.KINDS
         for schedule in ("gpipe", "1f1b", "interleaved-1f1b", "interleaved-zero-bubble")]
 #: runs with more: gradients clipped by the Trainer (across the stages), LoRA on the pipelined model
 EXTRA = {"causal/1f1b/clip": {"trainer": {"gradient_clip_val": 0.5}},
-         "causal/gpipe/lora": {"module": {"peft": "lora"}}}
+         "causal/gpipe/lora": {"module": {"peft": "lora"}},
+         # the loss-spike guard refuses batch 3, whose targets are shuffled (a loss above the running
+         # mean): its gradients, which the schedule computed with the forward, must not be applied
+         "causal/1f1b/spike": {"module": {"stability": {"spike_guard": True, "spike_warmup": 2, "spike_zscore": 0.0,
+                                                        "spike_ratio": 1.0, "rollback_after": 0}},
+                               "noisy_batch": 3}}
 RUNS_4 = {"dp": [("causal", "gpipe", (2, 2, 1)), ("masked", "1f1b", (2, 2, 1)), ("masked", "gpipe", (2, 2, 1))],
           "tp": [("causal", "1f1b", (1, 2, 2)), ("prefix", "interleaved-1f1b", (1, 2, 2))]}
 #: the processes of this run (Lightning's environment removes WORLD_SIZE from os.environ when a fit ends)
@@ -48,22 +53,26 @@ OPTIM = {"lr": 1e-2, "warmup_steps": 2, "weight_decay": 0.1}
 LLAMA = {"norm": "rmsnorm", "activation": "swiglu", "position": "rope"}
 
 
-def module(kind: str, peft: str | None = None, **overrides):
+def module(kind: str, peft: str | None = None, stability: dict | None = None, **overrides):
     """The probe's tiny model of ``kind`` as its LightningModule (same config; weights from the seed)."""
     import llm_modules
 
     torch.manual_seed(0)
     config = probe.model(kind, **overrides).config.to_dict()
-    return getattr(llm_modules, CLASSES[kind])(config=config, optim=OPTIM, peft=peft)
+    return getattr(llm_modules, CLASSES[kind])(config=config, optim=OPTIM, peft=peft, stability=stability)
 
 
-def rows(kind: str, steps: int = probe.STEPS) -> list[dict]:
-    """The probe's batches as dataset rows (labels given, so every kind's targets are the probe's)."""
+def rows(kind: str, steps: int = probe.STEPS, noisy_batch: int | None = None) -> list[dict]:
+    """The probe's batches as dataset rows (labels given, so every kind's targets are the probe's);
+    batch ``noisy_batch`` with its targets shuffled (a loss well above the others')."""
     out = []
     batches = probe.batches(kind)
     while len(batches) < steps + 1:
         batches = batches + probe.batches(kind)
-    for ids, targets, inputs in batches[:steps]:
+    for index, (ids, targets, inputs) in enumerate(batches[:steps]):
+        if index == noisy_batch:
+            order = torch.randperm(targets.numel(), generator=torch.Generator().manual_seed(2))
+            targets = targets.flatten()[order].view_as(targets)
         for i in range(ids.shape[0]):
             out.append({"input_ids": ids[i], "labels": targets[i], **{k: v[i] for k, v in inputs.items()}})
     return out
@@ -89,7 +98,7 @@ def fit(kind: str, strategy, steps: int, out: Path | None = None, ckpt_path=None
     options, see ``EXTRA``); (losses, val loss, module, gradient norms)."""
     extra = extra or {}
     lm = module(kind, **extra.get("module", {}), **overrides)
-    data = rows(kind, min(steps, EPOCH))
+    data = rows(kind, min(steps, EPOCH), extra.get("noisy_batch"))
     held = rows(kind, probe.STEPS + 1)[-probe.BATCH:]
     record = Record()
     more = list(callbacks)

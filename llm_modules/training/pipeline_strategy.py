@@ -49,7 +49,9 @@ class PipelineParallelStrategy(ModelParallelStrategy):
         microbatches: micro-batches per optimizer step, which must divide the rows of a batch
             (default: one per stage).
         virtual_stages: stages per rank for the interleaved schedules (default 2).
-        blocks: blocks per stage, in order (default: balanced by parameter count).
+        blocks: blocks per stage, in order (default: balanced).
+        balance: what the default split evens out: ``params`` (memory: the embedding counts on the
+            first stage) or ``flops`` (time: the embedding lookup is free, the head's matmul is not).
         save_distributed_checkpoint: True: a folder with one file per rank (exact resume); False:
             one file with the whole model's weights (no optimizer state).
     """
@@ -63,6 +65,7 @@ class PipelineParallelStrategy(ModelParallelStrategy):
         microbatches: int | None = None,
         virtual_stages: int | None = None,
         blocks: list[int] | None = None,
+        balance: Literal["params", "flops"] = "params",
         save_distributed_checkpoint: bool = True,
         process_group_backend: str | None = None,
         timeout: timedelta | None = default_pg_timeout,
@@ -75,7 +78,7 @@ class PipelineParallelStrategy(ModelParallelStrategy):
         self._pipeline_parallel_size = pipeline_parallel_size
         self._pipeline_options = dict(
             schedule=schedule, microbatches=microbatches, virtual_stages=virtual_stages,
-            blocks=tuple(blocks) if blocks is not None else None,
+            blocks=tuple(blocks) if blocks is not None else None, balance=balance,
         )
         #: the pipeline options (``PipelineSettings``), once the sizes are known (``setup_environment``)
         self.pipeline: PipelineSettings | None = None

@@ -363,3 +363,17 @@ def test_the_plugin_tutorial_shows_the_example_plugin_as_it_is():
     assert {"plugins/example/pyproject.toml", "plugins/example/llm_modules_example/dyt.py"} <= set(shown)
     for path, text in shown.items():
         assert (ROOT / path).read_text() == text, f"docs/tutorials/plugin.md shows an outdated {path}"
+
+
+def test_the_3d_tutorial_shows_the_strategy_presets_as_they_are():
+    """Each YAML block headed ``# configs/strategies/NAME.yaml`` on the 3D parallelism page is that
+    preset's ``trainer:`` section, so the page cannot drift from the presets."""
+    shown = {}
+    for block in parse(ROOT / "docs/tutorials/3d-parallelism.md"):
+        head, _, body = block.text.partition("\n")
+        if block.lang == "yaml" and head.startswith("# configs/strategies/"):
+            shown[head[2:].split(":")[0]] = body
+    assert set(shown) == {"configs/strategies/pipeline.yaml", "configs/strategies/3d.yaml"}
+    for path, body in shown.items():
+        text = (ROOT / path).read_text()
+        assert body == text[text.index("\ntrainer:") + 1:], f"docs/tutorials/3d-parallelism.md shows an outdated {path}"

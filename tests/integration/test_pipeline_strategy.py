@@ -113,6 +113,8 @@ def test_two_stages_follow_one_process_for_every_schedule_and_kind_with_clipping
         assert set(rank_result) == {f"{kind}/{schedule}" for kind, schedule in worker.RUNS} | set(worker.EXTRA)
         for key, result in rank_result.items():
             assert_follows(result, key.split("/")[0], f"pp 2 {key}", extra=key if key in worker.EXTRA else None)
+    refused = reference("causal", "causal/1f1b/spike")[1]
+    assert refused != reference("causal")[1], "the spike guard refused nothing: the run would prove nothing"
 
 
 @pytest.mark.parametrize("mode", ["dp", "tp"])

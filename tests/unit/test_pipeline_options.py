@@ -148,3 +148,16 @@ def test_only_token_cross_entropy_kinds_declare_themselves_ready():
 
     assert CausalLM.pipeline_ready and PrefixLM.pipeline_ready and MaskedLM.pipeline_ready
     assert not (Seq2SeqLM.pipeline_ready or PPO.pipeline_ready or PreferenceModel.pipeline_ready)
+
+
+def test_a_flops_balance_frees_the_embedding_and_charges_the_heads_matmul():
+    """A large vocabulary: by parameters the embedding and the head weigh the same, so the two stages
+    split the blocks evenly; by FLOPs the lookup is free and the head's projection is not, so the
+    first stage takes more blocks."""
+    lm = worker.model(n_layers=8, vocab_size=4096)
+    by_params = [len(r) for r in split_blocks(lm, 2)]
+    by_flops = [len(r) for r in split_blocks(lm, 2, balance="flops", seq_len=16)]
+    assert by_params == [4, 4]
+    assert by_flops[0] > by_flops[1] and sum(by_flops) == 8
+    with pytest.raises(ConfigError, match="pipeline balance 'time' is not one of params, flops"):
+        split_blocks(lm, 2, balance="time")

@@ -36,6 +36,7 @@ class PipelineSettings:
     microbatches: int | None = None
     virtual_stages: int | None = None
     blocks: tuple[int, ...] | None = None
+    balance: str = "params"
 
 
 class PipelineRun:
@@ -66,7 +67,8 @@ class PipelineRun:
         stages = pp * virtual
         check_pipelinable(lm.model, stages)
         held = stage_ids(rank, pp, virtual)
-        self.stages = build_stages(lm.model, held, stages, settings.blocks)
+        seq_len = getattr(lm._datamodule(), "seq_len", None)  # the FLOPs balance's attention term
+        self.stages = build_stages(lm.model, held, stages, settings.blocks, settings.balance, seq_len)
         if tp_mesh.size() > 1:
             from llm_modules.training.parallel import apply_tensor_parallel, check_tensor_parallel, replicate_the_rest
 

@@ -61,12 +61,17 @@ def check_pipelinable(lm: nn.Module, stages: int) -> None:
         )
 
 
-def split_blocks(lm: DecoderLM | EncoderLM, stages: int, blocks: Sequence[int] | None = None) -> list[range]:
+def split_blocks(
+    lm: DecoderLM | EncoderLM, stages: int, blocks: Sequence[int] | None = None, balance: str = "params",
+    seq_len: int | None = None,
+) -> list[range]:
     """Each stage's blocks (consecutive ranges covering the stack in order).
 
-    ``blocks``: how many blocks each stage gets; by default the split that makes the largest
-    stage, counted in parameters, as small as it can be (the first stage counts the embedding
-    too, the last the final norm and the head), each stage at least one block.
+    ``blocks``: how many blocks each stage gets. By default the split that makes the largest stage
+    as small as it can be, each stage at least one block, costed by ``balance``:
+    ``params``: parameters (memory; the first stage counts the embedding, the last the final norm
+    and head); ``flops``: training FLOPs per token at ``seq_len`` (time; PaLM's 6N + 12·H·Q·T per
+    block, the head's matmul on the last stage, the embedding lookup free).
     """
     check_pipelinable(lm, stages)
     n_layers = len(lm.stack.layers)
@@ -78,9 +83,19 @@ def split_blocks(lm: DecoderLM | EncoderLM, stages: int, blocks: Sequence[int] |
                 f"to the model's {n_layers} blocks"
             )
         return ranges(blocks)
-    cost = [numel(layer) for layer in lm.stack.layers]
-    first = numel(lm.embed) + numel(lm.stack.embedding_norm) + numel(lm.stack.position)
-    last = numel(lm.stack.final_norm) + numel(lm.head)
+    if balance == "flops":
+        from llm_modules.training.model_flops import matmul_parameters
+
+        config = lm.config
+        attention = 12 * config.n_heads * config.dim_per_head * (seq_len or config.max_seq_len)
+        cost = [6 * matmul_parameters(layer) + attention for layer in lm.stack.layers]
+        first, last = 0, 6 * matmul_parameters(lm.head)
+    elif balance == "params":
+        cost = [numel(layer) for layer in lm.stack.layers]
+        first = numel(lm.embed) + numel(lm.stack.embedding_norm) + numel(lm.stack.position)
+        last = numel(lm.stack.final_norm) + numel(lm.head)
+    else:
+        raise ConfigError(f"pipeline balance {balance!r} is not one of params, flops")
     return ranges(balanced_counts(cost, stages, first, last))
 
 

@@ -90,12 +90,13 @@ def prune(lm: DecoderLM | EncoderLM, blocks: Sequence[range], held: Sequence[int
 
 def build_stages(
     lm: DecoderLM | EncoderLM, held: Sequence[int], stages: int, blocks: Sequence[int] | None = None,
+    balance: str = "params", seq_len: int | None = None,
 ) -> list[LMStage]:
     """The stages ``held`` (of ``stages``) cut from ``lm``, which is pruned to them in place (build
-    the model once per rank)."""
+    the model once per rank); the split as ``split_blocks`` makes it."""
     if any(not 0 <= s < stages for s in held):
         raise ValueError(f"stage indices {list(held)} are outside 0..{stages - 1}")
-    runs = split_blocks(lm, stages, blocks)
+    runs = split_blocks(lm, stages, blocks, balance, seq_len)
     prune(lm, runs, held)
     return [LMStage(lm, s, runs) for s in held]
 
