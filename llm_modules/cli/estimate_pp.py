@@ -30,12 +30,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="gpipe, 1f1b, interleaved-1f1b, interleaved-zero-bubble (the pipeline strategy's; "
                             "default 1f1b)")
     group.add_argument("--microbatches", type=int, default=None, metavar="M",
-                       help="micro-batches per step that --batch-size is cut into (default: --pp)")
+                       help="micro-batches per step that --batch-size is cut into (default: one per stage)")
     group.add_argument("--virtual-stages", type=int, default=None, metavar="V",
                        help="stages per pipeline rank (interleaved schedules; default: the schedule's)")
     group.add_argument("--tp", type=int, default=None, metavar="T", help="tensor-parallel ranks per stage (default 1)")
     group.add_argument("--blocks", default=None, metavar="COUNTS",
-                       help="blocks per stage, e.g. 3,5 (default: balanced by parameter count, as the runtime)")
+                       help="blocks per stage, e.g. 3,5 (default: balanced by --balance, as the runtime)")
+    group.add_argument("--balance", choices=("params", "flops"), default=None,
+                       help="what the default split evens out: params (memory) or flops (time) (default params)")
     group.add_argument("--cluster", default=None, metavar="NODESxGPUS",
                        help="search the best dp x pp x tp layout for this many nodes x GPUs per node, e.g. 2x8")
     group.add_argument("--global-batch", type=int, default=None, metavar="ROWS",
@@ -49,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="--cluster: bytes/s per GPU between nodes, in GB/s (default 25, 200 Gb/s InfiniBand)")
 
 
-OPTIONS = ("pp", "schedule", "microbatches", "virtual_stages", "tp", "blocks")
+OPTIONS = ("pp", "schedule", "microbatches", "virtual_stages", "tp", "blocks", "balance")
 
 
 def pipelined(args, defaults: dict | None = None) -> bool:
@@ -79,9 +81,9 @@ def pipeline_of(args, defaults: dict | None = None):
         except ValueError:
             raise ConfigError(f"--blocks {blocks!r}: give blocks per stage as integers, e.g. 3,5") from None
     return Pipeline(pp=pp, schedule=pick("schedule") or "1f1b",
-                    microbatches=pick("microbatches") if pick("microbatches") is not None else pp,
+                    microbatches=pick("microbatches"),
                     virtual=pick("virtual_stages"), tp=pick("tp") if pick("tp") is not None else 1,
-                    blocks=tuple(blocks) if blocks is not None else None)
+                    blocks=tuple(blocks) if blocks is not None else None, balance=pick("balance") or "params")
 
 
 def fit_defaults(strategy, devices: int | None, nodes: int = 1) -> dict:
@@ -106,7 +108,7 @@ def fit_defaults(strategy, devices: int | None, nodes: int = 1) -> dict:
     if dp == "auto":
         dp = max(1, world // (tp * pp))
     out = {"pp": int(pp), "tp": tp, "devices": int(dp), "schedule": args.get("schedule", "1f1b")}
-    for name in ("microbatches", "virtual_stages", "blocks"):
+    for name in ("microbatches", "virtual_stages", "blocks", "balance"):
         if args.get(name) is not None:
             out[name] = args[name]
     return out

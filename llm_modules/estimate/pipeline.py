@@ -5,9 +5,9 @@ pipeline rank of a replica receives that whole batch, and the schedule cuts it i
 ``microbatches`` micro-batches of ``batch_size / microbatches`` rows (as
 ``training.pipeline.train_step`` does), so the batch size must be a multiple of them.
 
-The split is the runtime's: ``training.pipeline.split_blocks`` on the model built on the meta
-device (so the same refusals: tied embeddings, MoE, encoder-decoder models, more stages than
-blocks), stage 0 with the embedding, the last stage with the final norm and the head; rank ``r``
+The split is the runtime's: ``training.pipeline.split_blocks`` (balanced by parameters or by
+training FLOPs, ``Pipeline.balance``) on the model built on the meta device (so the same
+refusals: tied embeddings, MoE, encoder-decoder models, more stages than blocks), stage 0 with the embedding, the last stage with the final norm and the head; rank ``r``
 holds the stages ``split.stage_ids`` gives it (``schedule_order.held_stages``).
 
 What a rank holds, as ``torch.distributed.pipelining`` runs it (measured against CPU processes
@@ -66,16 +66,19 @@ LAST_STAGE_KEEPS_OUTPUTS = True
 @dataclass(frozen=True)
 class Pipeline:
     """The pipeline of ``estimate --pp``: ``pp`` ranks, a schedule by its runtime name,
-    ``microbatches`` per optimizer step, ``virtual`` stages per rank (the schedule's default when
-    None), ``tp`` tensor-parallel ranks per stage."""
+    ``microbatches`` per optimizer step (None: one per stage, ``pp x virtual``, the strategy's
+    default), ``virtual`` stages per rank (the schedule's default when None), ``tp``
+    tensor-parallel ranks per stage."""
 
     pp: int
     schedule: str = "1f1b"
-    microbatches: int = 1
+    microbatches: int | None = None
     virtual: int | None = None
     tp: int = 1
-    #: blocks per stage (``split_blocks``'s explicit split); None: balanced by parameter count
+    #: blocks per stage (``split_blocks``'s explicit split); None: balanced by ``balance``
     blocks: tuple[int, ...] | None = None
+    #: what the default split evens out: ``params`` (memory) or ``flops`` (time), as the strategy's option
+    balance: str = "params"
 
 
 @dataclass
@@ -137,7 +140,7 @@ class PipelineEstimate:
             "pp": self.pipe.pp, "tp": self.pipe.tp, "schedule": self.pipe.schedule,
             "microbatches": self.pipe.microbatches, "virtual_stages": self.virtual,
             "microbatch_rows": self.microbatch_rows, "stage_blocks": self.stage_blocks,
-            "blocks_per_stage": [len(b) for b in self.stage_blocks],
+            "blocks_per_stage": [len(b) for b in self.stage_blocks], "balance": self.pipe.balance,
             "bubble": self.bubble, "bubble_formula": self.bubble_formula, "bubble_formula_text": self.formula,
             "peak": self.peak, "ranks": [r.as_dict() for r in self.ranks],
         }
@@ -157,20 +160,25 @@ def bubble_formula(schedule: str, pp: int, microbatches: int, virtual: int) -> t
 
 def check_pipeline(cfg, kind: str, setup: Setup, pipe: Pipeline) -> int:
     """Refuse what cannot run (one line each); return the stages per rank."""
-    from llm_modules.training.pipeline.schedules import check_schedule
+    from llm_modules.training.pipeline.schedules import check_schedule, stages_per_rank
 
     for name in ("pp", "microbatches", "tp"):
         value = getattr(pipe, name)
+        if value is None and name == "microbatches":
+            continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer; got {value!r}")
     try:  # the runtime's refusals: a schedule that cannot run, too many stages, tied embeddings, ...
-        virtual = check_schedule(pipe.schedule, pipe.microbatches, pipe.pp, pipe.virtual)
-        stage_blocks(cfg, kind, pipe.pp * virtual, pipe.blocks)
+        virtual = stages_per_rank(pipe.schedule, pipe.virtual)
+        virtual = check_schedule(pipe.schedule, pipe.microbatches or pipe.pp * virtual, pipe.pp, virtual)
+        stage_blocks(cfg, kind, pipe.pp * virtual, pipe.blocks, pipe.balance, setup.seq_len)
     except ConfigError as err:  # in the command's words
         raise ConfigError(_as_options(str(err))) from None
-    if setup.batch_size % pipe.microbatches:
+    microbatches = pipe.microbatches or pipe.pp * virtual
+    if setup.batch_size % microbatches:
+        default = "" if pipe.microbatches else " (one per stage by default)"
         raise ConfigError(f"--batch-size {setup.batch_size} (rows per data-parallel replica per step) must be a "
-                          f"multiple of --microbatches {pipe.microbatches}, which cut it into equal micro-batches")
+                          f"multiple of --microbatches {microbatches}{default}, which cut it into equal micro-batches")
     if setup.strategy != "fsdp":
         raise ConfigError(f"--strategy {setup.strategy} with --pp: the pipeline strategy's data-parallel replicas "
                           "shard their stages with FSDP2; leave --strategy out or give fsdp")
@@ -204,17 +212,19 @@ def _meta_model(cfg, kind: str):
 def _as_options(message: str) -> str:
     """A runtime message with the strategy's option names as ``estimate``'s flags."""
     for name, flag in (("pipeline_parallel_size", "--pp"), ("virtual_stages", "--virtual-stages"),
-                       ("raise microbatches", "raise --microbatches"), ("pipeline blocks", "--blocks")):
+                       ("raise microbatches", "raise --microbatches"), ("pipeline blocks", "--blocks"),
+                       ("pipeline balance", "--balance")):
         message = message.replace(name, flag)
     return message.replace("set --virtual-stages:", "set --virtual-stages").replace("--pp:", "--pp")
 
 
-def stage_blocks(cfg, kind: str, stages: int, blocks=None) -> list[list[int]]:
+def stage_blocks(cfg, kind: str, stages: int, blocks=None, balance: str = "params",
+                 seq_len: int | None = None) -> list[list[int]]:
     """Each stage's blocks, by the runtime's split (``training.pipeline.split_blocks``; ``blocks``:
-    an explicit count per stage)."""
+    an explicit count per stage; ``balance`` and ``seq_len`` as the strategy passes them)."""
     from llm_modules.training.pipeline.split import split_blocks
 
-    return [list(r) for r in split_blocks(_meta_model(cfg, kind), stages, blocks)]
+    return [list(r) for r in split_blocks(_meta_model(cfg, kind), stages, blocks, balance, seq_len)]
 
 
 @dataclass(frozen=True)
@@ -261,7 +271,8 @@ def estimate_pipeline(cfg, kind: str, setup: Setup, pipe: Pipeline, *, training:
     setup.check()
     virtual = check_pipeline(cfg, kind, setup, pipe)
     n_stages = pipe.pp * virtual
-    blocks = stage_blocks(cfg, kind, n_stages, pipe.blocks)
+    pipe = replace(pipe, virtual=virtual, microbatches=pipe.microbatches or n_stages)
+    blocks = stage_blocks(cfg, kind, n_stages, pipe.blocks, pipe.balance, setup.seq_len)
     parts = _parts(cfg, kind)
     rows = setup.batch_size // pipe.microbatches
     b = state_bytes(setup.precision, setup.strategy)
@@ -335,7 +346,7 @@ def estimate_pipeline(cfg, kind: str, setup: Setup, pipe: Pipeline, *, training:
             in_flight={s: most.get(s, 0) for s in held}, microbatch_activations={s: st.activations for s, st in
                                                                                  held.items()}, phases=phases,
         ))
-    return PipelineEstimate(pipe=replace(pipe, virtual=virtual), virtual=virtual, microbatch_rows=rows,
+    return PipelineEstimate(pipe=pipe, virtual=virtual, microbatch_rows=rows,
                             stage_blocks=blocks, ranks=ranks, bubble=max(idle.values()), bubble_formula=value,
                             formula=text)
 

@@ -46,6 +46,24 @@ def test_the_stage_split_is_the_runtimes(stages):
     assert [r.blocks[0] for r in est.ranks] == expected
 
 
+def test_the_flops_balance_is_the_runtimes_too(capsys, tmp_path):
+    config = cfg()
+    by_flops = [list(r) for r in split_blocks(DecoderLM(config), 4, None, "flops", 32)]
+    assert stage_blocks(config, "causal", 4, None, "flops", 32) == by_flops != stage_blocks(config, "causal", 4)
+    path = tmp_path / "model.yaml"
+    path.write_text(json.dumps(TINY))
+    code, out, err = run_cli(capsys, "--config", str(path), "--seq-len", "32", "--batch-size", "8", "--pp", "4",
+                             "--balance", "flops", "--format", "json")
+    assert code == 0, err
+    p = json.loads(out)["pipeline"]
+    assert p["stage_blocks"] == by_flops and p["balance"] == "flops"
+    assert p["microbatches"] == 4  # one per stage by default, as the strategy
+    code, out, err = run_cli(capsys, "--config", str(path), "--seq-len", "32", "--batch-size", "8", "--pp", "2",
+                             "--schedule", "interleaved-1f1b", "--format", "json")
+    assert code == 0, err
+    assert json.loads(out)["pipeline"]["microbatches"] == 4  # 2 ranks x 2 stages each
+
+
 @pytest.mark.parametrize("pp, m", [(2, 2), (2, 4), (4, 4), (4, 8), (3, 7)])
 def test_in_flight_gpipe_keeps_every_microbatch_1f1b_at_most_p_minus_s(pp, m):
     assert in_flight(schedule_order("gpipe", pp, m, 1)) == dict.fromkeys(range(pp), m)
