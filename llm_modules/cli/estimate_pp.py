@@ -131,6 +131,10 @@ def layouts(args, cfg, kind: str, setup, report: dict) -> dict:
                       args.network_bandwidth * GB)
     rows = args.global_batch or setup.batch_size * setup.devices
     result = search(cfg, kind, setup, cluster, rows, report["flops"]["per_token"], args.mfu, top=args.top)
+    if not result["tried"]:
+        raise ConfigError(f"--cluster {args.cluster}: no layout splits {rows} rows per step evenly over its "
+                          "data-parallel replicas and micro-batches (at least one per pipeline rank); give a "
+                          f"--global-batch that is a multiple of the {nodes * gpus} GPUs")
     if not result["fitting"]:
         small = result["smallest_that_does_not_fit"]
         closest = (f"; the smallest peak is {small['peak'] / GB:.1f} GB (dp {small['dp']}, pp {small['pp']}, tp "

@@ -171,6 +171,16 @@ def test_pipeline_refusals_are_one_line_and_exit_code_2(capsys, tmp_path, argv, 
         assert fragment in lines[0], lines[0]
 
 
+def test_a_cluster_search_without_any_layout_says_why(capsys, tmp_path):
+    path = tmp_path / "model.yaml"
+    path.write_text(json.dumps({**TINY, "d_model": 48, "n_heads": 3}))
+    base = ["--config", str(path), "--seq-len", "32", "--cluster", "1x2"]
+    code, _out, err = run_cli(capsys, *base, "--global-batch", "1")
+    assert code == 2 and "no layout splits 1 rows" in err and len(err.strip().splitlines()) == 1
+    code, _out, err = run_cli(capsys, *base, "--global-batch", "2", "--gpu-memory", "0.0001")
+    assert code == 2 and "fits 0 GiB per GPU; the smallest peak is" in err and len(err.strip().splitlines()) == 1
+
+
 def test_tied_embeddings_are_refused_with_the_runtimes_reason(capsys, tmp_path):
     path = tmp_path / "model.yaml"
     path.write_text(json.dumps({**TINY, "tie_embeddings": True}))
