@@ -37,7 +37,9 @@ EXTRA = {"causal/1f1b/clip": {"trainer": {"gradient_clip_val": 0.5}},
          # mean): its gradients, which the schedule computed with the forward, must not be applied
          "causal/1f1b/spike": {"module": {"stability": {"spike_guard": True, "spike_warmup": 2, "spike_zscore": 0.0,
                                                         "spike_ratio": 1.0, "rollback_after": 0}},
-                               "noisy_batch": 3}}
+                               "noisy_batch": 3},
+         # 8 rows in 3 micro-batches: a row without targets evens them out
+         "masked/1f1b/uneven": {"strategy": {"microbatches": 3}}}
 RUNS_4 = {"dp": [("causal", "gpipe", (2, 2, 1)), ("masked", "1f1b", (2, 2, 1)), ("masked", "gpipe", (2, 2, 1))],
           "tp": [("causal", "1f1b", (1, 2, 2)), ("prefix", "interleaved-1f1b", (1, 2, 2))]}
 #: the processes of this run (Lightning's environment removes WORLD_SIZE from os.environ when a fit ends)
@@ -132,8 +134,9 @@ def strategy(sizes=(1, 2, 1), schedule: str = "1f1b", **options):
     from llm_modules.training.pipeline_strategy import PipelineParallelStrategy
 
     dp, pp, tp = sizes
+    options = {"microbatches": 4 // dp, **options}
     return PipelineParallelStrategy(pipeline_parallel_size=pp, data_parallel_size=dp, tensor_parallel_size=tp,
-                                    schedule=schedule, microbatches=4 // dp, **options)
+                                    schedule=schedule, **options)
 
 
 def full_weights(lm) -> dict[str, torch.Tensor]:
@@ -166,7 +169,8 @@ def run_mode(mode: str, rank: int, out: Path) -> dict:
             result[f"{kind}/{schedule}"] = {"losses": losses, "val": val, "norms": norms}
         for key, extra in EXTRA.items():
             kind, schedule, _ = key.split("/")
-            losses, val, _, norms = fit(kind, strategy(schedule=schedule), probe.STEPS, extra=extra)
+            losses, val, _, norms = fit(kind, strategy(schedule=schedule, **extra.get("strategy", {})), probe.STEPS,
+                                        extra=extra)
             result[key] = {"losses": losses, "val": val, "norms": norms}
     elif mode in RUNS_4:
         for kind, schedule, sizes in RUNS_4[mode]:

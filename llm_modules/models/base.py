@@ -253,6 +253,12 @@ class LanguageModel(L.LightningModule, abc.ABC):
     def predict_step(self, batch, batch_idx):
         """Generations for a PromptDataModule's prompts; for other batches, the greedy next-token (or
         masked-token) predictions with their targets."""
+        if self.pipeline is not None:
+            raise ConfigError(
+                "predict runs the whole model on each process, and under the pipeline strategy each holds only its "
+                "stages; predict without trainer.strategy (a consolidated checkpoint, or the distributed one "
+                "loaded with the same pipeline strategy, serves validate and test)"
+            )
         if "prompt_ids" in batch and "prompts" in batch:
             from llm_modules.data.prompts import generate_for_prompts
 

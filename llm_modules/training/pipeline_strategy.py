@@ -46,8 +46,8 @@ class PipelineParallelStrategy(ModelParallelStrategy):
         tensor_parallel_size: ranks splitting each block (heads, hidden units); 1 by default.
         schedule: ``gpipe``, ``1f1b``, ``interleaved-1f1b`` or ``interleaved-zero-bubble``
             (PyTorch's schedules).
-        microbatches: micro-batches per optimizer step, which must divide the rows of a batch
-            (default: one per stage).
+        microbatches: micro-batches per optimizer step (default: one per stage); a batch whose
+            rows they do not divide is filled with rows without targets.
         virtual_stages: stages per rank for the interleaved schedules (default 2).
         blocks: blocks per stage, in order (default: balanced).
         balance: what the default split evens out: ``params`` (memory: the embedding counts on the

@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from llm_modules.registry import ConfigError
 from llm_modules.training.pipeline.schedules import (
-    check_schedule, schedule_for, stages_per_rank, torch_stages,
+    IGNORE_INDEX, check_schedule, schedule_for, stages_per_rank, torch_stages,
 )
 from llm_modules.training.pipeline.split import check_pipelinable, stage_ids
 from llm_modules.training.pipeline.stage import build_stages
@@ -88,12 +88,10 @@ class PipelineRun:
         forward and backward when gradients are on (training), forward only otherwise. Every
         pipeline rank gets the loss; ``tokens`` counts this rank's batch's targets."""
         input_ids, targets, inputs = lm.pipeline_batch(batch)
-        rows = input_ids.shape[0]
-        if rows % self.microbatches:
-            raise ConfigError(
-                f"a batch of {rows} rows does not split into {self.microbatches} pipeline microbatches; set "
-                f"data.batch_size to a multiple of trainer.strategy.init_args.microbatches ({self.microbatches})"
-            )
+        tokens = (targets != IGNORE_INDEX).sum()
+        short = -input_ids.shape[0] % self.microbatches
+        if short:  # the micro-batches must be equal: rows without targets fill the last ones
+            input_ids, targets, inputs = padded_rows(short, input_ids, targets, inputs)
         step = self.schedule.eval
         if torch.is_grad_enabled():
             step = self.schedule.step
@@ -104,5 +102,23 @@ class PipelineRun:
             loss = torch.zeros((), device=input_ids.device)
         loss = loss.float()
         dist.broadcast(loss, group=self.group, group_src=self.last_rank)
-        return {"loss": loss, "lm_loss": loss, "tokens": (targets != -100).sum()}
+        return {"loss": loss, "lm_loss": loss, "tokens": tokens}
+
+
+#: what fills each input of a row added to even out the micro-batches: a valid row (a real token,
+#: a one-token prefix, one document), so every computation stays finite, and no target
+_FILL = {"attention_mask": 1, "prefix_lengths": 1, "token_type_ids": 0, "document_ids": 0}
+
+
+def padded_rows(count: int, input_ids: torch.Tensor, targets: torch.Tensor, inputs: dict):
+    """The batch with ``count`` more rows that take no loss (targets all ignored), so that it splits
+    into equal micro-batches, which the schedules need. A row only attends to itself, so the added
+    rows change neither the loss nor any gradient (their positions add exact zeros)."""
+
+    def grow(tensor: torch.Tensor, fill) -> torch.Tensor:
+        extra = torch.full((count, *tensor.shape[1:]), fill, dtype=tensor.dtype, device=tensor.device)
+        return torch.cat([tensor, extra])
+
+    inputs = {name: None if value is None else grow(value, _FILL[name]) for name, value in inputs.items()}
+    return grow(input_ids, 0), grow(targets, IGNORE_INDEX), inputs
 
