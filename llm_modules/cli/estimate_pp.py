@@ -9,7 +9,8 @@
 Under ``--pp``, ``--devices`` is the data-parallel size (replicas, each FSDP2-sharding its
 stages, as the pipeline strategy runs them), and ``--batch-size`` the rows each replica takes per
 optimizer step: every pipeline rank of the replica gets them all and the schedule cuts them into
-``--microbatches`` equal micro-batches. ``--cluster`` searches layouts for a global batch of
+``--microbatches`` equal micro-batches (filled up with rows that take no loss when they do not
+divide). ``--cluster`` searches layouts for a global batch of
 ``--global-batch`` rows per step (default: ``--batch-size x --devices``).
 """
 

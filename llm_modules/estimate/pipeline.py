@@ -3,7 +3,8 @@
 The batch: ``Setup.batch_size`` rows per data-parallel replica per optimizer step. Every
 pipeline rank of a replica receives that whole batch, and the schedule cuts it into
 ``microbatches`` micro-batches of ``batch_size / microbatches`` rows (as
-``training.pipeline.train_step`` does), so the batch size must be a multiple of them.
+``training.pipeline.train_step`` does); a batch they do not divide is filled up with rows that
+take no loss (``runner.padded_rows``), which cost memory like the others.
 
 The split is the runtime's: ``training.pipeline.split_blocks`` (balanced by parameters or by
 training FLOPs, ``Pipeline.balance``) on the model built on the meta device (so the same
@@ -17,8 +18,7 @@ by ``benchmarks/pipeline_memory.py``):
   data-parallel size (the strategy is ``fsdp``: the pipeline strategy's replicas shard their
   stages with FSDP2, which keeps them gathered from the forward to the backward: one
   compute-dtype copy of the rank's weights more); gradients exist from the first backward of a
-  step (the step starts with ``zero_grad(set_to_none=True)``; with gradient accumulation, from
-  its start). With ``tp`` > 1 a block's parameters and activations are
+  step (the step starts with ``zero_grad(set_to_none=True)``). With ``tp`` > 1 a block's parameters and activations are
   divided over the tensor-parallel group, except the hidden-state inputs of its two norms, which
   every tensor-parallel rank keeps whole (approximate: the blocks' small replicated parts, norms
   and biases, are divided too); embeddings and the head are replicated (``training.parallel``).
@@ -174,11 +174,10 @@ def check_pipeline(cfg, kind: str, setup: Setup, pipe: Pipeline) -> int:
         stage_blocks(cfg, kind, pipe.pp * virtual, pipe.blocks, pipe.balance, setup.seq_len)
     except ConfigError as err:  # in the command's words
         raise ConfigError(_as_options(str(err))) from None
-    microbatches = pipe.microbatches or pipe.pp * virtual
-    if setup.batch_size % microbatches:
-        default = "" if pipe.microbatches else " (one per stage by default)"
-        raise ConfigError(f"--batch-size {setup.batch_size} (rows per data-parallel replica per step) must be a "
-                          f"multiple of --microbatches {microbatches}{default}, which cut it into equal micro-batches")
+    if setup.accumulate > 1:
+        raise ConfigError("--accumulate with --pp: a pipeline step accumulates its micro-batches' gradients "
+                          "already (the strategy refuses accumulate_grad_batches > 1); raise --batch-size and "
+                          "--microbatches together instead")
     if setup.strategy != "fsdp":
         raise ConfigError(f"--strategy {setup.strategy} with --pp: the pipeline strategy's data-parallel replicas "
                           "shard their stages with FSDP2; leave --strategy out or give fsdp")
@@ -274,7 +273,7 @@ def estimate_pipeline(cfg, kind: str, setup: Setup, pipe: Pipeline, *, training:
     pipe = replace(pipe, virtual=virtual, microbatches=pipe.microbatches or n_stages)
     blocks = stage_blocks(cfg, kind, n_stages, pipe.blocks, pipe.balance, setup.seq_len)
     parts = _parts(cfg, kind)
-    rows = setup.batch_size // pipe.microbatches
+    rows = -(-setup.batch_size // pipe.microbatches)  # a batch they do not divide is filled up (runner.padded_rows)
     b = state_bytes(setup.precision, setup.strategy)
     autocast = setup.precision.endswith("-mixed") and setup.strategy == "ddp"
     if acts is None:
@@ -332,7 +331,7 @@ def estimate_pipeline(cfg, kind: str, setup: Setup, pipe: Pipeline, *, training:
         # the last stage's outputs (one stage runs without a schedule)
         logits = acts.logits if (n_stages - 1) in held and LAST_STAGE_KEEPS_OUTPUTS and n_stages > 1 else 0.0
         phases, peak_acts = _walk(order[rank], held, w + o + gathered + buffers, logits, acts, grad,
-                                  grads_from_start=setup.accumulate > 1, sends=SENDS_HELD[kind.multi or pipe.schedule])
+                                  sends=SENDS_HELD[kind.multi or pipe.schedule])
         full_kept = logits * pipe.microbatches
         phases["end of step"] = w + g + o + gathered + buffers + 2 * full_kept  # the outputs and their concatenation
         fused = not setup.precision.endswith("-mixed")
@@ -373,17 +372,16 @@ class _Stage:
 
 
 def _walk(actions, stages: dict[int, _Stage], base: float, logits: float, acts: Activations, grad: float,
-          grads_from_start: bool = False, sends: str = "none") -> tuple[dict[str, float], float]:
+          sends: str = "none") -> tuple[dict[str, float], float]:
     """The most bytes after each forward and during each backward of a rank's ``actions``, and
     the most activation bytes alive at once. ``base``: what stays all step (weights, optimizer
     state, buffers); ``logits``: what the last stage keeps of each micro-batch's output;
-    ``grad``: gradient bytes per parameter; ``grads_from_start``: gradients exist before the
-    first backward (accumulation over several batches); ``sends``: which sent tensors the
-    schedule keeps to the end of the step (``SENDS_HELD``)."""
+    ``grad``: gradient bytes per parameter; ``sends``: which sent tensors the schedule keeps to
+    the end of the step (``SENDS_HELD``)."""
     alive: dict[tuple[int, int], float] = {}
     held = 0.0  # sent tensors kept alive by their unwaited sends
     pending: dict[tuple[int, int], float] = {}
-    has_grads: set[int] = set(stages) if grads_from_start else set()
+    has_grads: set[int] = set()
     kept = peak_acts = 0.0
     phases = {"forward": 0.0, "backward": 0.0}
     for a in actions:
