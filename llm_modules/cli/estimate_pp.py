@@ -168,7 +168,7 @@ def pipeline_lines(report: dict) -> list[str]:
          f"x{step['slowdown']:.3f} for the bubble)"),
         "",
         "memory per pipeline rank (per device; GB = 1e9 bytes, MB = 1e6)",
-        (f"  {'rank':>4} {'stages':>7} {'blocks':>9} {'weights':>11} {'grads':>11} {'optimizer':>11} "
+        (f"  {'rank':>4} {'stages':>7} {'blocks':>11} {'weights':>11} {'grads':>11} {'optimizer':>11} "
          f"{'in flight':>9} {'activations':>12} {'buffers':>11} {'peak':>11}  at"),
     ]
     for r in p["ranks"]:
@@ -176,7 +176,7 @@ def pipeline_lines(report: dict) -> list[str]:
         stages = ",".join(map(str, r["stages"]))
         flight = ",".join(str(v) for v in r["in_flight"].values())
         lines.append(
-            f"  {r['rank']:>4} {stages:>7} {blocks:>9} {_gb(r['weights']):>11} {_gb(r['gradients']):>11} "
+            f"  {r['rank']:>4} {stages:>7} {blocks:>11} {_gb(r['weights']):>11} {_gb(r['gradients']):>11} "
             f"{_gb(r['optimizer']):>11} {flight:>9} {_gb(r['activations']):>12} "
             f"{_gb(r['buffers'] + r['kept_outputs'] + r['gathered']):>11} {_gb(r['peak']):>11}  {r['peak_phase']}")
     lines.append("  (in flight: most micro-batches a stage holds activations of; buffers: receive buffers, the last "

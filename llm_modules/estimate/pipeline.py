@@ -155,7 +155,7 @@ def bubble_formula(schedule: str, pp: int, microbatches: int, virtual: int) -> t
         return (p - 1) / (m + p - 1), "(p-1)/(m+p-1)"
     if schedule == "interleaved-1f1b":
         return (p - 1) / (v * m + p - 1), "(p-1)/(v*m+p-1)"
-    return None, "simulated from the schedule's order (F = I = W, B = I + W)"
+    return None, "simulated from the schedule's order: F = I = W, B = I + W"
 
 
 def check_pipeline(cfg, kind: str, setup: Setup, pipe: Pipeline) -> int:
