@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from llm_modules.atomic_files import write_text
-from llm_modules.cli import outputs
+from llm_modules.cli import estimate_pp, outputs
 from llm_modules.registry import ConfigError, did_you_mean
 
 GB = 1e9
@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", choices=("table", "json"), default="table", help="what to print (default: table)")
     parser.add_argument("--json", metavar="FILE", default=None, help="also write the JSON report to FILE")
     outputs.add_flag(parser, "the --json file")
+    estimate_pp.add_arguments(parser)
     return parser
 
 
@@ -137,9 +138,6 @@ def _strategy(value: Any) -> tuple[str | None, bool | None]:
             name = {"NO_SHARD": "ddp", "SHARD_GRAD_OP": "zero2"}.get(sharding, "fsdp")
             default_checkpointing = True if cls == "BlockFSDPStrategy" else None
             return name, args.get("activation_checkpointing", default_checkpointing)
-        if cls == "ModelParallelStrategy":
-            raise ConfigError("trainer.strategy ModelParallelStrategy (tensor parallelism) is not modelled; "
-                              "estimate its data-parallel part with --strategy fsdp")
         if cls.startswith("DDP"):
             return "ddp", None
     return None, None
@@ -209,7 +207,11 @@ def load(args) -> tuple[Any, str, dict, str]:
     devices = trainer.get("devices")
     if isinstance(devices, int) and devices > 0:
         defaults["devices"] = devices * int(trainer.get("num_nodes") or 1)
-    strategy, checkpointing = _strategy(trainer.get("strategy"))
+    pipeline = estimate_pp.fit_defaults(trainer.get("strategy"), defaults.get("devices"),
+                                        int(trainer.get("num_nodes") or 1))
+    if pipeline:  # the pipeline or tensor-parallel strategy: replicas shard with FSDP2; devices is their number
+        defaults.update(pipeline, strategy="fsdp")
+    strategy, checkpointing = _strategy(trainer.get("strategy")) if not pipeline else (None, None)
     if strategy:
         defaults["strategy"] = strategy
     if checkpointing:
@@ -232,19 +234,25 @@ def resolve(args) -> dict:
 
     precision = check_choice(pick("precision", "32-true"), PRECISIONS, "trainer.precision")
     targets = pick("lora_targets", ",".join(DEFAULT_TARGETS))
+    pipeline = estimate_pp.pipeline_of(args, defaults) if estimate_pp.pipelined(args, defaults) else None
+    # a pipeline's replicas shard with FSDP2 (an explicit other --strategy is refused by estimate.pipeline)
+    strategy = (args.strategy or "fsdp") if pipeline is not None else pick("strategy", "ddp")
     setup = Setup(
-        precision=precision, strategy=pick("strategy", "ddp"), devices=pick("devices", 1),
+        precision=precision, strategy=strategy, devices=pick("devices", 1),
         batch_size=pick("batch_size", 1), seq_len=pick("seq_len", cfg.max_seq_len),
         decoder_len=args.decoder_len, activation_checkpointing=bool(pick("checkpointing", False)), device=args.device,
         accumulate=pick("accumulate", 1),
     )
     if args.decoder_len is not None and kind != "seq2seq":
         raise ConfigError(f"--decoder-len is for encoder-decoder models (--kind seq2seq); this is a {kind} model")
-    return plan(
+    report = plan(
         cfg, kind=kind, setup=setup, tokens=args.tokens, lora_rank=pick("lora_rank", 0) or 0,
         lora_targets=[t for t in targets.split(",") if t.strip()], gpu=args.gpu, mfu=args.mfu,
-        flop_budget=args.flop_budget, source=source,
+        flop_budget=args.flop_budget, source=source, pipeline=pipeline,
     )
+    if args.cluster is not None:
+        report["layouts"] = estimate_pp.layouts(args, cfg, kind, setup, report)
+    return report
 
 
 # ---- printing ---------------------------------------------------------------------------------------------
@@ -278,13 +286,15 @@ PHASES = {"forward": "at the end of the forward", "backward": "at the start of t
 
 
 def format_table(report: dict) -> str:
-    s, p, f, m, sc, t = (report[k] for k in ("setup", "parameters", "flops", "memory", "scaling", "time"))
+    s, p, f = (report[k] for k in ("setup", "parameters", "flops"))
     lora = f", LoRA r={s['lora_rank']} on {', '.join(s['lora_targets'])}" if s["lora_rank"] else ""
     ckpt = ", activation checkpointing" if s["activation_checkpointing"] else ""
     lines = [
         f"{report['model']['source']} ({report['model']['kind']})",
         (f"run: {s['batch_size']} x {s['seq_len']} tokens per device, {s['devices']} device(s), {s['precision']}, "
-         f"{s['strategy']}{ckpt}{lora}"),
+         f"{s['strategy']}{ckpt}{lora}") if "pipeline" not in report else
+        (f"run: {s['batch_size']} x {s['seq_len']} tokens per replica and step, {s['devices']} replica(s), "
+         f"{s['precision']}"),
         "",
         "parameters",
         f"  total              {_n(p['total']):>10}   ({p['total']:,})",
@@ -304,8 +314,22 @@ def format_table(report: dict) -> str:
     ]
     if s["activation_checkpointing"]:
         lines.append(f"  hardware FLOPs     {f['hardware_total']:>10.3g}   (with the recomputed forward)")
+    if "pipeline" in report:
+        lines += estimate_pp.pipeline_lines(report)
+    else:
+        lines += _memory_lines(report)
+    lines += _scaling_lines(report)
+    if "layouts" in report:
+        lines += estimate_pp.layout_lines(report["layouts"])
+    return "\n".join(lines) + "\n"
+
+
+def _memory_lines(report: dict) -> list[str]:
+    s, m = report["setup"], report["memory"]
+    lora = f", LoRA r={s['lora_rank']} on {', '.join(s['lora_targets'])}" if s["lora_rank"] else ""
+    ckpt = ", activation checkpointing" if s["activation_checkpointing"] else ""
     master = ", fp32 master weights" if s["strategy"].startswith("zero") and s["precision"] != "32-true" else ""
-    lines += [
+    lines = [
         "",
         "memory per device (GB = 1e9 bytes, MB = 1e6)",
         f"  weights            {_gb(m['weights']):>13}",
@@ -331,8 +355,14 @@ def format_table(report: dict) -> str:
     lines.append("  " + " " * 8 + "".join(f"{name:>13}" for name in precisions))
     for strategy, row in matrix.items():
         lines.append(f"  {strategy:<8}" + "".join(f"{_gb(row[name]):>13}" for name in precisions))
+    return lines
+
+
+def _scaling_lines(report: dict) -> list[str]:
+    sc, t = report["scaling"], report["time"]
     loss, rule, fit, kaplan = sc["loss"], sc["chinchilla_rule"], sc["chinchilla_fit"], sc["kaplan"]
-    lines += [
+    bubble = f", x{1 / (1 - t['bubble']):.3f} for the pipeline bubble" if "bubble" in t else ""
+    return [
         "",
         f"scaling laws (budget {sc['flop_budget']:.3g} FLOPs)",
         f"  Chinchilla, 20 tokens/param   {_n(rule['parameters']):>8} parameters, {_n(rule['tokens']):>8} tokens",
@@ -342,9 +372,8 @@ def format_table(report: dict) -> str:
          "nats/token (on their data)"),
         "",
         (f"wall time: {_duration(t['seconds'])} on {t['devices']} x {t['gpu']} at MFU {t['mfu']:.2f} "
-         f"({t['peak_flops'] / 1e12:,.0f} TFLOP/s {t['mode']} dense each)"),
+         f"({t['peak_flops'] / 1e12:,.0f} TFLOP/s {t['mode']} dense each{bubble})"),
     ]
-    return "\n".join(lines) + "\n"
 
 
 def write_json(report: dict, path: str, overwrite: bool = False) -> Path:

@@ -6,7 +6,9 @@ training or allocating the model: ``params`` (counts, from the model built on th
 on fake tensors; ``cuda`` says what a GPU keeps differently) and ``memory`` (bytes per device
 under a precision and a parallel strategy), ``scaling`` (Chinchilla and Kaplan laws),
 ``walltime`` (hours at an MFU on a named GPU); ``report`` puts them together for
-``llm-modules estimate``.
+``llm-modules estimate``. Pipelined runs (``--pp``): ``pipeline`` (memory per pipeline rank,
+the bubble, the step time), ``schedule_order`` (what each schedule runs, in order, from torch's
+own schedules), ``layout`` (the best data x pipeline x tensor layout for a cluster).
 """
 
 from llm_modules.estimate.activations import Training, estimate_activations

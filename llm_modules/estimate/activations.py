@@ -70,6 +70,11 @@ class Activations:
     outside: float  # embeddings, final norm, head and loss (the logits it keeps)
     forward_transient: float  # the loss's fp32 workspace (a chunk of rows) while it is computed
     backward_transient: float  # the loss's gradient over the vocabulary
+    #: the part of ``outside`` saved after the last block (final norm, head, loss): what a pipeline's
+    #: last stage keeps; the rest (embeddings, tensors the blocks share) is the first stage's
+    head: float = 0.0
+    #: bytes of the logits (the last stage's output, which a pipeline schedule also keeps)
+    logits: float = 0.0
     #: why the figure is not exact (assumptions the trace had to make), empty when it is
     notes: tuple[str, ...] = ()
 
@@ -84,7 +89,7 @@ class Activations:
         return {
             "blocks": self.blocks, "block": self.block, "block_inputs": self.block_inputs, "outside": self.outside,
             "forward_transient": self.forward_transient, "backward_transient": self.backward_transient,
-            "approximate": self.approximate, "notes": list(self.notes),
+            "head": self.head, "logits": self.logits, "approximate": self.approximate, "notes": list(self.notes),
         }
 
 
@@ -199,7 +204,7 @@ def _measure(cfg, kind, mode, training, batch_size, seq_len, decoder_len, device
     result = _trace_as_declared(cfg, kind, mode, training, batch_size, seq_len, decoder_len, device)
     size = cuda.bytes_on_gpu if device == "cuda" else (lambda storage: storage.nbytes)
     per_block: dict = {}
-    outside = 0
+    outside = head = 0
     for storage in result.activations().values():
         owners = storage.saved_in
         if len(owners) == 1 and OUTSIDE not in owners:
@@ -207,6 +212,8 @@ def _measure(cfg, kind, mode, training, batch_size, seq_len, decoder_len, device
             per_block[block] = per_block.get(block, 0) + size(storage)
         else:
             outside += size(storage)
+            if owners == {OUTSIDE} and storage.after_blocks == len(result.blocks):
+                head += size(storage)
     # the real number of blocks of each stack: the decoder (or only) stack last, as nn.lm lists them
     names = list(dict.fromkeys(name for name, _ in result.blocks))
     real = {name: cfg.n_layers for name in names}
@@ -223,4 +230,5 @@ def _measure(cfg, kind, mode, training, batch_size, seq_len, decoder_len, device
         largest = max(largest, *saved)
     forward, backward = _loss_transients(cfg.vocab_size, result.logits_bytes, result.logits_element)
     return Activations(blocks=blocks, block=largest, block_inputs=inputs, outside=outside,
-                       forward_transient=forward, backward_transient=backward, notes=tuple(result.approximate))
+                       forward_transient=forward, backward_transient=backward, head=head,
+                       logits=result.logits_bytes, notes=tuple(result.approximate))

@@ -47,6 +47,9 @@ class Storage:
     half_norm_input: bool = False
     #: a parameter, or autocast's cast of one: model states, not activations
     weight: bool = False
+    #: how many blocks had run when it was last saved outside every block: all of them for the
+    #: final norm's, the head's and the loss's tensors (a pipeline's last stage keeps those)
+    after_blocks: int = 0
 
 
 @dataclass
@@ -78,6 +81,7 @@ class Tracer(TorchDispatchMode):
         self.half_norm_inputs: set[int] = set()
         self._alive: list[torch.Tensor] = []
         self.block = OUTSIDE
+        self.finished_blocks = 0
         self.modules: list[nn.Module] = []
         self.approximate: list[str] = []
 
@@ -138,6 +142,8 @@ class Tracer(TorchDispatchMode):
             storage = self.storages[key] = Storage(nbytes, nbytes // t.element_size(),
                                                    weight=key in self.params or key in self.casts)
         storage.saved_in.add(self.block)
+        if self.block is OUTSIDE:
+            storage.after_blocks = self.finished_blocks
         return t
 
 
@@ -157,6 +163,7 @@ def _hooks(model: nn.Module, tracer: Tracer, blocks: dict[nn.Module, tuple], inp
         tracer.modules.pop()
         if module in blocks:
             tracer.block = OUTSIDE
+            tracer.finished_blocks += 1
 
     for module in model.modules():
         handles.append(module.register_forward_pre_hook(enter))
