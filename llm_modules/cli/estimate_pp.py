@@ -179,8 +179,8 @@ def pipeline_lines(report: dict) -> list[str]:
             f"  {r['rank']:>4} {stages:>7} {blocks:>11} {_gb(r['weights']):>11} {_gb(r['gradients']):>11} "
             f"{_gb(r['optimizer']):>11} {flight:>9} {_gb(r['activations']):>12} "
             f"{_gb(r['buffers'] + r['kept_outputs'] + r['gathered']):>11} {_gb(r['peak']):>11}  {r['peak_phase']}")
-    lines.append("  (in flight: most micro-batches a stage holds activations of; buffers: receive buffers, the last "
-                 "stage's kept logits, FSDP2's gathered weights)")
+    lines.append("  (in flight: most micro-batches a stage holds activations of; buffers: receive buffers and "
+                 "FSDP2's gathered weights)")
     return lines
 
 

@@ -30,8 +30,8 @@ by ``benchmarks/pipeline_memory.py``):
 - the schedule's receive buffers, allocated at the first step and kept: one hidden state per
   micro-batch for the activations a stage receives, one for the gradients it receives.
 - the last stage's outputs: ``Schedule.step`` keeps every micro-batch's logits until the next
-  step, and concatenates them at the end of the step (``return_outputs`` defaults to True,
-  which ``training.pipeline.steps.run_schedule`` keeps): ``LAST_STAGE_KEEPS_OUTPUTS``.
+  step, and concatenates them at the end of the step, when asked for them
+  (``training.pipeline.steps.RETURN_OUTPUTS``; the training step does not ask).
 - between a zero-bubble schedule's input pass (``I``) and weight pass (``W``) of a micro-batch:
   its graph, and the gradient of the output of every op that uses a parameter (a linear layer's
   output width, a norm's), which torch keeps to compute the weight gradients from; the first
@@ -55,12 +55,7 @@ from llm_modules.estimate.activations import Activations, Training, estimate_act
 from llm_modules.estimate.memory import Setup, shards, state_bytes
 from llm_modules.estimate.schedule_order import Action, held_stages, in_flight, schedule_order, simulate
 from llm_modules.registry import ConfigError
-
-#: ``training.pipeline.steps.run_schedule`` calls ``schedule.step`` with its default
-#: ``return_outputs=True``: the last stage keeps each micro-batch's output (logits) to the next
-#: step and concatenates them at the end of the step. Set False when it passes
-#: ``return_outputs=False``.
-LAST_STAGE_KEEPS_OUTPUTS = True
+from llm_modules.training.pipeline.steps import RETURN_OUTPUTS as LAST_STAGE_KEEPS_OUTPUTS
 
 
 @dataclass(frozen=True)

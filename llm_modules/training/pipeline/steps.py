@@ -12,6 +12,11 @@ from llm_modules.registry import ConfigError
 from llm_modules.training.pipeline.schedules import IGNORE_INDEX
 from llm_modules.training.pipeline.stage import LMStage
 
+#: whether a step asks the schedule for the last stage's outputs (its logits): no, the losses are
+#: all a step needs, and torch would keep every micro-batch's logits until the next step and
+#: concatenate them (``estimate.pipeline`` counts them when this is True)
+RETURN_OUTPUTS = False
+
 
 def as_list(stages) -> list:
     return list(stages) if isinstance(stages, (list, tuple)) else [stages]
@@ -104,7 +109,7 @@ def run_schedule(step, stages, input_ids, targets, inputs: dict, dp_group=None) 
     inputs = {name: value for name, value in inputs.items() if value is not None}
     losses: list[torch.Tensor] = []
     first = (input_ids,) if any(s.is_first for s in stages) else ()
-    step(*first, target=targets, losses=losses, loss_kwargs=tokens, **inputs)
+    step(*first, target=targets, losses=losses, loss_kwargs=tokens, return_outputs=RETURN_OUTPUTS, **inputs)
     if not any(s.is_last for s in stages):
         return None
     loss = torch.stack([loss.detach() for loss in losses]).sum()
