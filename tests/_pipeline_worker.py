@@ -21,15 +21,12 @@ from llm_modules.config import ModelConfig
 from llm_modules.nn.lm import DecoderLM, EncoderLM
 
 STEPS, BATCH, SEQ, MICROBATCHES, VOCAB = 5, 8, 16, 4, 64
-SCHEDULES = ("gpipe", "1f1b")
 #: the LM kinds the probe trains: CausalLM, PrefixLM, MaskedLM (as their torch models)
 KINDS = ("causal", "prefix", "masked")
-#: the runs: (kind, schedule, max_grad_norm); the clipped one clips every step (the norms are larger)
-RUNS = [(kind, name, None) for kind in KINDS for name in SCHEDULES] + [("causal", "1f1b", 0.5)]
-
-
-#: the pp 2 x dp 2 runs (4 processes, FSDP2 over dp): masked has different target counts per replica
-RUNS_DP = [("causal", "gpipe", None), ("masked", "1f1b", None)]
+#: the runs: (kind, schedule, max_grad_norm), each kind once and a clipped one (which clips every step: the
+#: norms are larger); every kind x schedule, and pp x dp, run through the Lightning strategy
+#: (tests/integration/test_pipeline_strategy.py)
+RUNS = [("causal", "gpipe", None), ("prefix", "1f1b", None), ("masked", "1f1b", None), ("causal", "1f1b", 0.5)]
 
 
 def run_name(kind: str, schedule: str, max_grad_norm: float | None) -> str:
@@ -85,41 +82,6 @@ def optimizer(params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1)
 
 
-def main_dp(rank: int, port: int, out: Path) -> None:
-    """Rank ``rank`` of 4: a (dp 2, pp 2) mesh, each data-parallel replica given half of each batch."""
-    import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
-
-    from llm_modules.training.pipeline import build_stage, eval_step, pipeline_schedule, shard_stage, train_step
-
-    torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=4)
-    try:
-        mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "pp"))
-        dp, pp = mesh["dp"], mesh["pp"]
-        replica = slice(dp.get_local_rank() * BATCH // 2, (dp.get_local_rank() + 1) * BATCH // 2)
-        result = {}
-        for kind, name, clip in RUNS_DP:
-            stage = shard_stage(build_stage(model(kind), pp.get_local_rank(), 2), dp)
-            schedule = pipeline_schedule(stage, name, MICROBATCHES // 2, group=pp.get_group())
-            opt = optimizer(stage.parameters())
-            part = [(ids[replica], targets[replica], {k: v[replica] for k, v in inputs.items()})
-                    for ids, targets, inputs in batches(kind)]
-            *train, held = part
-            losses = [
-                train_step(schedule, stage, opt, ids, targets, dp_group=dp.get_group(), **inputs)
-                for ids, targets, inputs in train
-            ]
-            key = run_name(kind, name, clip)
-            result[key] = [loss.item() for loss in losses if loss is not None]
-            held_out = eval_step(schedule, stage, held[0], held[1], dp_group=dp.get_group(), **held[2])
-            result[f"{key}/eval"] = None if held_out is None else held_out.item()
-        (out / f"dp-rank{rank}.json").write_text(json.dumps(result))
-    finally:
-        dist.destroy_process_group()
-
-
 def main(rank: int, world: int, port: int, out: Path) -> None:
     import torch.distributed as dist
     from safetensors.torch import save_file
@@ -160,7 +122,4 @@ def main(rank: int, world: int, port: int, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[2] == "dp":
-        main_dp(int(sys.argv[1]), int(sys.argv[3]), Path(sys.argv[4]))
-    else:
-        main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]))
+    main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]))

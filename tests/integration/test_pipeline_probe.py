@@ -1,8 +1,11 @@
-"""Pipeline parallelism on CPU processes: a tiny CausalLM cut into 2 stages on 2 gloo processes, 4
-micro-batches, 5 AdamW steps, follows the single-process loss curve within 1e-5 and ends with its
-weights and its validation loss, for GPipe and 1F1B and for CausalLM, PrefixLM (a prefix per row) and MaskedLM (padding,
-masked tokens), whose micro-batches hold different numbers of targets; and with gradients clipped
-across the stages (llm_modules.training.pipeline on torch.distributed.pipelining)."""
+"""Pipeline parallelism on CPU processes, below Lightning (llm_modules.training.pipeline on
+torch.distributed.pipelining): a tiny model cut into 2 stages on 2 gloo processes, 4 micro-batches,
+5 AdamW steps with train_step/eval_step, follows the single-process loss curve within 1e-5 and ends
+with its weights and validation loss, for CausalLM, PrefixLM (a prefix per row) and MaskedLM
+(padding, masked tokens: micro-batches with different numbers of targets), and with gradients
+clipped across the stages; gather_state_dict assembles the whole model. Every schedule and kind,
+and pipeline x data or tensor parallelism, run through the Lightning strategy in
+test_pipeline_strategy.py."""
 
 from __future__ import annotations
 
@@ -48,15 +51,14 @@ def single_process_run(kind: str, max_grad_norm: float | None) -> tuple[list[flo
     return losses, norms, lm.state_dict(), trained
 
 
-def run_ranks(world: int, out: Path, timeout: float = 120, mode: str | None = None) -> list[dict]:
-    """Start ``world`` worker processes, wait for all (killing every one on failure or timeout);
-    ``mode`` "dp": the 4-process pp 2 x dp 2 runs."""
+def run_ranks(world: int, out: Path, timeout: float = 120) -> list[dict]:
+    """Start ``world`` worker processes, wait for all (killing every one on failure or timeout)."""
     port = free_port()
     path = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     procs = [
         subprocess.Popen(
-            [sys.executable, str(TESTS / "_pipeline_worker.py"), str(rank), mode or str(world), str(port), str(out)],
+            [sys.executable, str(TESTS / "_pipeline_worker.py"), str(rank), str(world), str(port), str(out)],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         )
         for rank in range(world)
@@ -72,8 +74,7 @@ def run_ranks(world: int, out: Path, timeout: float = 120, mode: str | None = No
             reap(proc)
     for proc, output in zip(procs, outputs):
         assert proc.returncode == 0, f"rank exited {proc.returncode}:\n{output[-6000:]}"
-    prefix = "dp-" if mode == "dp" else ""
-    return [json.loads((out / f"{prefix}rank{rank}.json").read_text()) for rank in range(world)]
+    return [json.loads((out / f"rank{rank}.json").read_text()) for rank in range(world)]
 
 
 def test_two_stage_pipeline_follows_the_single_process_loss_curve_for_each_kind_and_schedule(tmp_path):
@@ -100,20 +101,6 @@ def test_two_stage_pipeline_follows_the_single_process_loss_curve_for_each_kind_
         full = load_file(tmp_path / f"full-{key.replace('/', '-')}.safetensors")
         assert full.keys() == weights.keys() and all(torch.equal(full[k], (stages[0] | stages[1])[k]) for k in full)
         worker.model(kind).load_state_dict(full, strict=True)
-
-
-def test_pipeline_and_data_parallel_2x2_follows_the_single_process_loss_curve(tmp_path):
-    """pp 2 x dp 2 on 4 processes (FSDP2 over each stage's replicas, each given half of the batch):
-    the global batch's losses are one process's, also where the replicas' halves hold different
-    numbers of targets (masked)."""
-    ranks = run_ranks(4, tmp_path, mode="dp")
-    for kind, name, clip in worker.RUNS_DP:
-        key = worker.run_name(kind, name, clip)
-        reference, _, _, held_out = single_process_run(kind, clip)
-        # mesh (dp, pp): ranks 1 and 3 hold the last stage
-        assert ranks[0][key] == ranks[2][key] == [] and ranks[1][key] == ranks[3][key], key
-        assert ranks[1][key] == pytest.approx(reference, abs=1e-5, rel=0), key
-        assert ranks[1][f"{key}/eval"] == pytest.approx(held_out, abs=1e-5, rel=0), key
 
 
 def test_the_bubble_benchmark_measures_idle_time_per_stage(tmp_path):
