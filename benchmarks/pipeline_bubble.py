@@ -12,7 +12,10 @@ its stage's compute, every ``forward_one_chunk`` and ``backward_one_chunk`` the 
 calls between two barriers, so every stage's wall is the pipeline's (no optimizer step); its idle
 fraction is 1 - compute / wall. With
 equal stages both GPipe and 1F1B leave each stage idle (p-1)/(m+p-1) of a step; measured and
-expected figures are printed per stage. The processes must have a core each: on a loaded machine
+expected figures are printed per stage. The formula leaves out sending activations between the
+processes (gloo over loopback, a few ms per MB here), which is idle time too: the default of 6
+blocks per rank makes it small against each micro-batch's compute (with 2, 1F1B at m 8 measured
+1.2-1.4 x the formula; with 6, 1.03-1.12). The processes must have a core each: on a loaded machine
 the idle time includes waiting for a core, and the figures say so by being larger.
 """
 
@@ -176,7 +179,8 @@ def main(argv=None) -> None:
     parser.add_argument("--microbatch-size", type=int, default=4)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--d-model", type=int, default=512)
-    parser.add_argument("--blocks-per-stage", type=int, default=2, help="blocks per rank")
+    parser.add_argument("--blocks-per-stage", type=int, default=6,
+                        help="blocks per rank: enough that a micro-batch's compute outweighs sending its activations")
     parser.add_argument("--virtual", type=int, default=2, help="stages per rank of the interleaved schedules")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)

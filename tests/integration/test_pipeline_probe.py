@@ -110,6 +110,7 @@ def test_the_bubble_benchmark_measures_idle_time_per_stage(tmp_path):
     rows_file = tmp_path / "bubble.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = ["--d-model", "64", "--seq", "16", "--microbatches", "2", "4", "--steps", "1", "--warmup", "0",
+            "--blocks-per-stage", "2",
             "--timeout", "120", "--json", str(rows_file)]
     proc = subprocess.run([sys.executable, str(TESTS.parent / "benchmarks" / "pipeline_bubble.py"), *args], env=env,
                           capture_output=True, text=True, timeout=180)
