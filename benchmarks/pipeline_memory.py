@@ -22,11 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _gloo_ranks import add_rank_arguments, run_ranks  # benchmarks/, the script's own folder, is on sys.path
+
 MODEL = {"vocab_size": 8192, "d_model": 256, "n_heads": 4, "norm": "rmsnorm", "activation": "swiglu",
          "position": "rope", "attention": "sdpa", "bias": False, "tie_embeddings": False, "dropout": 0.0}
 
@@ -91,40 +90,13 @@ def rank_main(args) -> None:
 
 
 def launch(args, pp: int) -> list[dict]:
-    """Run ``pp`` ranks as subprocesses of this script; return every rank's rows."""
-    import socket
-    import tempfile
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
-    with tempfile.TemporaryDirectory() as tmp:
-        outs = [Path(tmp) / f"rank{r}.json" for r in range(pp)]
-        forwarded = [
-            "--pp", str(pp), "--steps", str(args.steps), "--seq", str(args.seq),
-            "--microbatch-size", str(args.microbatch_size), "--blocks-per-stage", str(args.blocks_per_stage),
-            "--schedules", *args.schedules, "--microbatches", *map(str, args.microbatches),
-        ]
-        procs = [
-            subprocess.Popen(
-                [sys.executable, __file__, *forwarded, "--rank", str(r), "--port", str(port), "--out", str(out)],
-                env=env, start_new_session=True,
-            )
-            for r, out in enumerate(outs)
-        ]
-        try:
-            for proc in procs:
-                proc.wait(timeout=args.timeout)
-        finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-        if any(proc.returncode for proc in procs):
-            raise SystemExit(f"a rank failed: exit codes {[proc.returncode for proc in procs]}")
-        return [row for out in outs for row in json.loads(out.read_text())]
+    """Run the ranks as subprocesses of this script (``_gloo_ranks``); return every rank's rows."""
+    forwarded = [
+        "--pp", str(pp), "--steps", str(args.steps), "--seq", str(args.seq),
+        "--microbatch-size", str(args.microbatch_size), "--blocks-per-stage", str(args.blocks_per_stage),
+        "--schedules", *args.schedules, "--microbatches", *map(str, args.microbatches),
+    ]
+    return run_ranks(__file__, pp, forwarded, args.timeout)
 
 
 def estimated(args, row: dict) -> dict:
@@ -150,9 +122,7 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=2, help="optimizer steps (2: AdamW's moments exist)")
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--json", type=Path, help="also write the rows here")
-    parser.add_argument("--rank", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--out", help=argparse.SUPPRESS)
+    add_rank_arguments(parser)
     args = parser.parse_args(argv)
     if args.rank is not None:
         rank_main(args)

@@ -154,8 +154,22 @@ class Setup:
         return self
 
 
+class PhasePeak:
+    """The peak of an estimate whose ``phases`` hold the bytes at each moment of a step."""
+
+    phases: dict[str, float]
+
+    @property
+    def peak(self) -> float:
+        return max(self.phases.values())
+
+    @property
+    def peak_phase(self) -> str:
+        return max(self.phases, key=self.phases.get)
+
+
 @dataclass(frozen=True)
-class MemoryEstimate:
+class MemoryEstimate(PhasePeak):
     """Bytes per device. ``activations``: what the step keeps for its backward pass; ``phases``:
     the total at each moment of the step (see the module doc); ``peak`` the largest of them."""
 
@@ -172,14 +186,6 @@ class MemoryEstimate:
     @property
     def model_states(self) -> float:
         return self.weights + self.gradients + self.optimizer
-
-    @property
-    def peak(self) -> float:
-        return max(self.phases.values())
-
-    @property
-    def peak_phase(self) -> str:
-        return max(self.phases, key=self.phases.get)
 
     def as_dict(self) -> dict:
         return {

@@ -52,7 +52,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from llm_modules.estimate.activations import Activations, Training, estimate_activations
-from llm_modules.estimate.memory import Setup, shards, state_bytes
+from llm_modules.estimate.memory import PhasePeak, Setup, shards, state_bytes
 from llm_modules.estimate.schedule_order import Action, held_stages, in_flight, schedule_order, simulate
 from llm_modules.registry import ConfigError
 from llm_modules.training.pipeline.steps import RETURN_OUTPUTS as LAST_STAGE_KEEPS_OUTPUTS
@@ -77,7 +77,7 @@ class Pipeline:
 
 
 @dataclass
-class RankMemory:
+class RankMemory(PhasePeak):
     """Bytes on one pipeline rank (per device), by kind, with each moment's total in ``phases``."""
 
     rank: int
@@ -94,14 +94,6 @@ class RankMemory:
     in_flight: dict[int, int]  # stage -> most micro-batches in flight
     microbatch_activations: dict[int, float]  # stage -> what one micro-batch keeps there
     phases: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def peak(self) -> float:
-        return max(self.phases.values())
-
-    @property
-    def peak_phase(self) -> str:
-        return max(self.phases, key=self.phases.get)
 
     def as_dict(self) -> dict:
         return {
