@@ -14,7 +14,7 @@ import torch
 
 from llm_modules.nn.loss import cross_entropy
 from llm_modules.registry import ConfigError
-from llm_modules.training.pipeline.stage import LMStage
+from llm_modules.training.pipeline.stage import LMStage, stage_list
 
 #: targets that take no loss (as ``models.base.IGNORE_INDEX``, which would import Lightning here)
 IGNORE_INDEX = -100
@@ -123,7 +123,7 @@ def schedule_for(stages, schedule: str, microbatches: int):
     ``batch_token_loss`` as its ``loss_fn``."""
     import torch.distributed.pipelining as pipelining
 
-    stages = stages if isinstance(stages, (list, tuple)) else [stages]
+    stages = stage_list(stages)
     ranks = stages[0].group_size
     check_schedule(schedule, microbatches, ranks, len(stages))
     kind = SCHEDULES[schedule]
@@ -136,5 +136,5 @@ def pipeline_schedule(
     stages, schedule: str, microbatches: int, device: torch.device | str = "cpu", group=None,
 ):
     """``schedule_for(torch_stages(stages, device, group), schedule, microbatches)``: what a rank runs."""
-    stages = stages if isinstance(stages, (list, tuple)) else [stages]
+    stages = stage_list(stages)
     return schedule_for(torch_stages(stages, device, group), schedule, microbatches)

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from torch import nn
 
 from llm_modules.nn.lm import DecoderLM, EncoderLM
-from llm_modules.nn.moe import MixtureOfExperts
 from llm_modules.registry import ConfigError
 
 
@@ -47,7 +46,7 @@ def check_pipelinable(lm: nn.Module, stages: int) -> None:
             "stage, and keeping the two copies equal is not built; set tie_embeddings: false or "
             "pipeline_parallel_size: 1"
         )
-    if any(isinstance(m, MixtureOfExperts) for m in lm.modules()):
+    if any(hasattr(m, "aux_loss") for m in lm.modules()):  # a component with its own loss (nn.lm.aux_loss)
         raise ConfigError(
             "model.config.activation: an MoE layer's auxiliary (load-balancing) loss arises on every pipeline "
             "stage, and only the last stage's loss is back-propagated; use a dense activation or "

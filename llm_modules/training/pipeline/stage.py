@@ -23,6 +23,11 @@ from llm_modules.nn.positions import NoPosition
 from llm_modules.training.pipeline.split import numel, split_blocks
 
 
+def stage_list(stages) -> list:
+    """A rank's stages as a list: the pipeline functions take one stage or several."""
+    return list(stages) if isinstance(stages, (list, tuple)) else [stages]
+
+
 class LMStage(nn.Module):
     """Stage ``index`` of a pruned ``DecoderLM`` or ``EncoderLM``: token ids (first stage) or hidden
     states (B, T, D) in, hidden states or, on the last stage, logits (B, T, V) out.

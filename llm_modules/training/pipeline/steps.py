@@ -10,16 +10,12 @@ from torch import nn
 
 from llm_modules.registry import ConfigError
 from llm_modules.training.pipeline.schedules import IGNORE_INDEX
-from llm_modules.training.pipeline.stage import LMStage
+from llm_modules.training.pipeline.stage import LMStage, stage_list
 
 #: whether a step asks the schedule for the last stage's outputs (its logits): no, the losses are
 #: all a step needs, and torch would keep every micro-batch's logits until the next step and
 #: concatenate them (``estimate.pipeline`` counts them when this is True)
 RETURN_OUTPUTS = False
-
-
-def as_list(stages) -> list:
-    return list(stages) if isinstance(stages, (list, tuple)) else [stages]
 
 
 def global_grad_norm(modules: Sequence[nn.Module], group=None) -> torch.Tensor:
@@ -41,7 +37,7 @@ def clip_grad_norm(stages, max_norm: float, group=None) -> torch.Tensor:
     """Clip the gradients of the whole pipelined model to ``max_norm``, as ``clip_grad_norm_`` does
     on one process: every stage scales its own by the factor of ``global_grad_norm``. Returns
     that norm."""
-    stages = as_list(stages)
+    stages = stage_list(stages)
     total = global_grad_norm(stages, group)
     params = [p for s in stages for p in s.parameters() if p.grad is not None]
     torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
@@ -97,7 +93,7 @@ def run_schedule(step, stages, input_ids, targets, inputs: dict, dp_group=None) 
     global mean's gradient), and the replicas' losses are summed and divided the same way."""
     import torch.distributed as dist
 
-    stages = as_list(stages)
+    stages = stage_list(stages)
     count = (targets != IGNORE_INDEX).sum()
     replicas = 1
     if dp_group is not None:
