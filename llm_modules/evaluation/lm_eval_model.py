@@ -45,6 +45,13 @@ class LLMModulesLM(TemplateLM):
     def eot_token_id(self) -> int:
         return self.tokenizer.eos_id
 
+    @property
+    def prefix_token_id(self) -> int:
+        """What an empty context (and a rolling window's start) is conditioned on: BOS when the
+        tokenizer has one, as lm-eval's HF model does, else EOS."""
+        bos = getattr(self.tokenizer, "bos_id", None)
+        return bos if bos is not None and bos >= 0 else self.eot_token_id
+
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
         return list(self.tokenizer.encode(string))
 
