@@ -26,17 +26,24 @@ from lm_eval.api.model import TemplateLM
 class LLMModulesLM(TemplateLM):
     """lm-eval's view of an llm-modules CausalLM/PrefixLM (decoders; Seq2SeqLM is not built yet)."""
 
-    def __init__(self, pretrained: str, batch_size: int | str = 8, device: str = "cpu", max_length: int | None = None,
-                 **kwargs):
+    def __init__(self, pretrained: str | None = None, batch_size: int | str = 8, device: str = "cpu",
+                 max_length: int | None = None, module=None, **kwargs):
+        """``pretrained``: a ``.ckpt`` or a Hugging Face folder (what ``lm_eval --model_args`` names);
+        ``module``: an llm-modules model already in memory (a fit's end-of-training evaluation), with
+        its ``tokenizer`` attribute set. Exactly one of the two."""
         super().__init__()
-        from llm_modules.checkpoint import load_checkpoint
-        from llm_modules.hf import from_hf
+        if (pretrained is None) == (module is None):
+            raise ValueError("give either pretrained=PATH (a .ckpt or a Hugging Face folder) or module=MODEL")
+        if module is None:
+            from llm_modules.checkpoint import load_checkpoint
+            from llm_modules.hf import from_hf
 
-        path = Path(pretrained)
-        self.module = (from_hf(path) if path.is_dir() else load_checkpoint(path)).to(device).eval()
+            path = Path(pretrained)
+            module = from_hf(path) if path.is_dir() else load_checkpoint(path)
+        self.module = module.to(device).eval()
         self.tokenizer = self.module.tokenizer
         if self.tokenizer is None:
-            raise ValueError(f"{pretrained!r} carries no tokenizer; lm-eval requests are text")
+            raise ValueError(f"{pretrained or 'the model'!r} carries no tokenizer; lm-eval requests are text")
         self._device = torch.device(device)
         self.batch_size = int(batch_size)
         self.max_length = int(max_length or self.module.config.max_seq_len)
