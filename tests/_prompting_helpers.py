@@ -31,7 +31,7 @@ def write_task(root: Path, name: str = "tiny_qa", *, fewshot_split: str = "train
             "training_split: train", "test_split: test", f"fewshot_split: {fewshot_split}",
             f"output_type: {output_type}", 'doc_to_text: "{{question}}"']
     if output_type == "multiple_choice":
-        body += ['doc_to_choice: ["mat", "dog", "stocks", "cat", "rain", "9", "4"]', 'doc_to_target: "{{answer}}"',
+        body += ['doc_to_choice: ["mat", "dog", "stocks", "cat", "rain", "9", "4"]', "doc_to_target: answer",
                  "metric_list:", "  - metric: acc", "    aggregation: mean", "    higher_is_better: true"]
     else:
         body += ['doc_to_target: "{{answer}}"', "generation_kwargs:", '  until: ["\\n\\n"]',
