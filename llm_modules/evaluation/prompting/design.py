@@ -180,7 +180,7 @@ def _check_types(design: PromptDesign) -> None:
             setattr(design, field.name, float(value))
             continue
         if not isinstance(value, kind) or isinstance(value, bool):
-            raise ConfigError(f"{field.name}: {value!r} is not a {kind.__name__}")
+            raise ConfigError(f"{field.name}: {value!r} is not {'an' if kind is int else 'a'} {kind.__name__}")
 
 
 def _check_choice(name: str, value: str | None, choices: tuple[str, ...]) -> None:
