@@ -119,3 +119,16 @@ def test_settings_that_do_not_fit_the_tasks_fail_in_one_line(task_dict, tmp_path
     choice = load_tasks(write_task(tmp_path / "mc", output_type="multiple_choice"))
     with pytest.raises(ConfigError, match="^self_consistency: .*no task here generates \\(tiny_qa score"):
         apply_design(choice, PromptDesign(self_consistency=3))
+
+
+def test_a_second_design_replaces_the_first(task_dict):
+    task = task_dict["tiny_qa"]
+    apply_design(task_dict, PromptDesign(demonstrations="bm25", cot="fewshot", self_consistency=4))
+    assert task.config.repeats == 4 and [f.name for f in task._filters] == ["maj@4", "first"]
+    assert task.config.generation_kwargs["do_sample"] is True
+    apply_design(task_dict, PromptDesign(separator="\n"))
+    assert task.config.repeats == 1 and [f.name for f in task._filters] == ["none"]
+    assert "do_sample" not in task.config.generation_kwargs
+    assert task.config.metadata["prompt_design"]["self_consistency"] == 1
+    assert type(task.sampler).__name__ == "ContextSampler"  # lm-eval's own sampler again
+    assert all(len(c.split("\n")) == 3 for c in contexts(task, 2))  # 2 demonstrations, then the question

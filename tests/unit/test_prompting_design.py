@@ -70,3 +70,18 @@ def test_fields_have_plain_types():
     with pytest.raises(ConfigError, match="^self_consistency: True is not a"):
         PromptDesign(self_consistency=True)
     assert PromptDesign(demonstrations="mmr", mmr_lambda=1).mmr_lambda == 1.0  # an int where a float goes
+
+
+def test_without_lm_eval_the_design_imports_and_applying_says_how_to_install_it(monkeypatch):
+    import subprocess
+    import sys
+
+    code = ("import sys, llm_modules.evaluation.prompting as p; p.design_from_args; "
+            "assert 'lm_eval' not in sys.modules, 'lm_eval imported'")
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # as if not installed
+    monkeypatch.delitem(sys.modules, "lm_eval.api.task", raising=False)
+    from llm_modules.evaluation.prompting import apply_design
+
+    with pytest.raises(ConfigError, match=r"^install the eval extra: pip install 'llm-modules\[eval\]'$"):
+        apply_design({}, PromptDesign(demonstrations="bm25"))

@@ -9,7 +9,7 @@ Works on whatever lm-eval built (``get_task_dict``'s nested dict, ``TaskManager.
   templates, a separator or rationales), then adds the zero-shot trigger;
 - generative tasks get answer extraction and self-consistency (``chain_of_thought``).
 
-Applying a second design replaces the first (the task's original ``fewshot_context`` is kept).
+Applying a second design replaces the first: each task is first put back as lm-eval built it.
 The design is recorded in each task's ``metadata`` so that it is written with the results.
 """
 
@@ -83,16 +83,11 @@ def _apply(task, design: PromptDesign, embed, generative: bool) -> None:
     from llm_modules.evaluation.prompting.chain_of_thought import apply_chain_of_thought
     from llm_modules.evaluation.prompting.sampler import DesignSampler
 
-    original = getattr(task, "_prompting_original_context", None) or task.fewshot_context
-    task._prompting_original_context = original
+    original = _restore(task)
     name = str(task.config.task)
     if design.selects and hasattr(task, "sampler"):
-        pool = getattr(task, "_prompting_pool", None)
-        if pool is None:
-            pool = list(task.sampler.fewshot_docs())
-            task._prompting_pool = pool
         task.sampler = DesignSampler(
-            pool, design, text_of=lambda doc: _text(task, doc),
+            list(task.sampler.fewshot_docs()), design, text_of=lambda doc: _text(task, doc),
             pool_text_of=lambda doc: _text(task, doc, task.fewshot_cfg.doc_to_text), embed=embed, task_name=name)
     rationales = design.cot == "fewshot" and generative
     renders = rationales or design.demo_template is not None or design.question_template is not None \
@@ -100,7 +95,7 @@ def _apply(task, design: PromptDesign, embed, generative: bool) -> None:
     trigger = design.cot_trigger if design.cot == "zeroshot" and generative else None
 
     def fewshot_context(doc, num_fewshot, system_instruction=None, apply_chat_template=False,
-                        fewshot_as_multiturn=False, chat_template=None, gen_prefix=None):
+                        fewshot_as_multiturn=False, chat_template=None, gen_prefix=None, **more):
         """lm-eval's ``fewshot_context`` with the design's selection, layout and trigger."""
         if isinstance(task.sampler if hasattr(task, "sampler") else None, DesignSampler):
             task.sampler.current = doc
@@ -115,7 +110,7 @@ def _apply(task, design: PromptDesign, embed, generative: bool) -> None:
         else:
             ctx = original(doc, num_fewshot=num_fewshot, system_instruction=system_instruction,
                            apply_chat_template=apply_chat_template, fewshot_as_multiturn=fewshot_as_multiturn,
-                           chat_template=chat_template, gen_prefix=gen_prefix)
+                           chat_template=chat_template, gen_prefix=gen_prefix, **more)
         if trigger is not None and isinstance(ctx, str):
             from lm_eval.api.utils import maybe_delimit
 
@@ -126,6 +121,23 @@ def _apply(task, design: PromptDesign, embed, generative: bool) -> None:
     if generative:
         apply_chain_of_thought(task, design)
     task.config.metadata = {**(task.config.metadata or {}), "prompt_design": design.to_dict()}
+
+
+def _restore(task):
+    """The task as lm-eval built it (a design applied before is undone); returns its own ``fewshot_context``."""
+    saved = getattr(task, "_prompting_saved", None)
+    if saved is None:
+        saved = {"fewshot_context": task.fewshot_context, "sampler": getattr(task, "sampler", None),
+                 "filters": task._filters, "filter_list": task.config.filter_list, "repeats": task.config.repeats,
+                 "generation_kwargs": task.config.generation_kwargs, "metadata": task.config.metadata}
+        task._prompting_saved = saved
+    if saved["sampler"] is not None:
+        task.sampler = saved["sampler"]
+    task._filters = saved["filters"]
+    for key in ("filter_list", "repeats", "generation_kwargs", "metadata"):
+        setattr(task.config, key, saved[key])
+    task.__dict__.pop("fewshot_context", None)
+    return saved["fewshot_context"]
 
 
 def _text(task, doc: dict, doc_to_text=None) -> str:
