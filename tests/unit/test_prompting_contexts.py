@@ -132,3 +132,25 @@ def test_a_second_design_replaces_the_first(task_dict):
     assert task.config.metadata["prompt_design"]["self_consistency"] == 1
     assert type(task.sampler).__name__ == "ContextSampler"  # lm-eval's own sampler again
     assert all(len(c.split("\n")) == 3 for c in contexts(task, 2))  # 2 demonstrations, then the question
+
+
+def test_the_evaluate_hook_embeds_with_the_model_only_when_the_design_asks(task_dict):
+    from types import SimpleNamespace
+
+    from _core_helpers import tiny_config
+    from llm_modules import CausalLM
+    from llm_modules.evaluation.prompting import task_preparer
+
+    class Chars:
+        eos_id = 2
+
+        def encode(self, text):
+            return [3 + ord(c) % 40 for c in text]
+
+    torch.manual_seed(0)
+    lm = SimpleNamespace(module=CausalLM(tiny_config()), tokenizer=Chars(), max_length=32)
+    assert task_preparer(None, lm)(task_dict) is task_dict
+    task_preparer(PromptDesign(demonstrations="mmr", similarity="embedding"), lm)(task_dict)
+    prompts = contexts(task_dict["tiny_qa"], 2)
+    assert all(len(p.split("\n\n")) == 3 for p in prompts)
+    assert task_dict["tiny_qa"].sampler.similarity().vectors.shape == (len(TRAIN), 32)

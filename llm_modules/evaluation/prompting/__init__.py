@@ -12,7 +12,8 @@ The recipe's in-context learning choices, applied to the task objects lm-eval bu
 
 ``PromptDesign`` holds the settings as plain data; ``add_arguments``/``design_from_args`` are its
 command-line flags; ``apply_design(task_dict, design, embed=None)`` changes the tasks in place and
-``model_embedder(lm)`` is the ``embed`` callable for an llm-modules model. Only ``apply_design``
+``model_embedder(lm)`` is the ``embed`` callable for an llm-modules model; ``task_preparer(design,
+lm)`` is both together as ``llm-modules evaluate``'s ``prepare_tasks`` hook. Only ``apply_design``
 needs lm-eval (the ``eval`` extra); the rest imports without it.
 """
 
@@ -34,4 +35,16 @@ def model_embedder(model, **options):
     return build(model, **options)
 
 
-__all__ = ["PromptDesign", "add_arguments", "apply_design", "design_from_args", "model_embedder"]
+def task_preparer(design, model=None):
+    """The ``prepare_tasks(task_dict)`` hook of ``llm-modules evaluate`` for ``design`` (None: tasks
+    unchanged): embeddings, when the design measures with them, come from ``model`` (an
+    ``LLMModulesLM`` or an llm-modules model), embedded only then."""
+
+    def prepare_tasks(task_dict):
+        embed = model_embedder(model) if design is not None and design.needs_embeddings and model is not None else None
+        return apply_design(task_dict, design, embed=embed)
+
+    return prepare_tasks
+
+
+__all__ = ["PromptDesign", "add_arguments", "apply_design", "design_from_args", "model_embedder", "task_preparer"]

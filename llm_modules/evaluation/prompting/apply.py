@@ -15,6 +15,8 @@ The design is recorded in each task's ``metadata`` so that it is written with th
 
 from __future__ import annotations
 
+import importlib
+
 from llm_modules.evaluation.prompting.design import PromptDesign
 from llm_modules.registry import ConfigError
 
@@ -28,7 +30,7 @@ def apply_design(task_dict, design: PromptDesign | None, embed=None):
     if design is None:
         return task_dict
     try:
-        from lm_eval.api.task import Task  # noqa: F401
+        importlib.import_module("lm_eval.api.task")
     except ImportError:
         raise ConfigError(EVAL_EXTRA) from None
     if not isinstance(design, PromptDesign):

@@ -84,19 +84,21 @@ class PromptDesign:
             if self.demonstrations != "mmr":
                 raise ConfigError("mmr_lambda: only used with --demonstrations mmr")
             if not 0.0 <= self.mmr_lambda <= 1.0:
-                raise ConfigError(f"mmr_lambda: {self.mmr_lambda} is outside [0, 1] (1: relevance only, 0: diversity only); "
-                                  f"try {DEFAULT_MMR_LAMBDA}")
+                raise ConfigError(f"mmr_lambda: {self.mmr_lambda} is outside [0, 1] "
+                                  f"(1: relevance only, 0: diversity only); try {DEFAULT_MMR_LAMBDA}")
         if self.self_consistency < 1:
             raise ConfigError(f"self_consistency: {self.self_consistency} samples; give 1 (off) or more, e.g. 5")
         if self.temperature is not None:
             if self.self_consistency < 2:
-                raise ConfigError("temperature: only used to sample self-consistency paths; add --self_consistency k (k > 1)")
+                raise ConfigError("temperature: only used to sample self-consistency paths; "
+                                  "add --self_consistency k (k > 1)")
             if self.temperature <= 0:
                 raise ConfigError(f"temperature: {self.temperature} must be > 0 to sample; try {DEFAULT_TEMPERATURE}")
         if self.cot == "zeroshot" and not self.cot_trigger.strip():
             raise ConfigError(f"cot_trigger: empty; zero-shot chain-of-thought needs one, e.g. {DEFAULT_TRIGGER!r}")
         if self.cot == "fewshot" and not self.rationale_field:
-            raise ConfigError("rationale_field: empty; name the documents' field that holds the rationale, e.g. 'rationale'")
+            raise ConfigError("rationale_field: empty; name the documents' field that holds the rationale, "
+                              "e.g. 'rationale'")
         for name in ("demo_template", "question_template", "rationale_template"):
             _check_template(name, getattr(self, name))
         if self.answer_pattern is not None:

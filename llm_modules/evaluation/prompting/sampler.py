@@ -53,7 +53,8 @@ class DesignSampler(ContextSampler):
         candidates = [i for i, d in enumerate(self.pool) if doc is None or d != doc]
         if n > len(candidates):
             raise ConfigError(f"num_fewshot: {n} demonstrations asked, but the few-shot pool of {self.task_name} "
-                              f"holds {len(candidates)} besides the evaluated document; use --num_fewshot {len(candidates)} or fewer")
+                              f"holds {len(candidates)} besides the evaluated document; "
+                              f"use --num_fewshot {len(candidates)} or fewer")
         text = self.text_of(doc) if doc is not None else ""
         # each document's draws depend on the seed and the document alone (str seeds hash stably)
         rng = random.Random(f"{self.design.seed}:{text}")

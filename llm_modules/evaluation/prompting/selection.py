@@ -18,7 +18,9 @@ from llm_modules.evaluation.prompting.bm25 import BM25
 
 class BM25Similarity:
     """BM25 scores scaled to 0..1 by the largest of their row, so that MMR's relevance and redundancy
-    (BM25 is neither bounded nor symmetric) share one scale; ``between`` averages both directions."""
+    (BM25 is unbounded) share one scale. ``between(i, j)``: pool document ``j``'s text as the query
+    against ``i``; MMR asks it only for the few chosen ``j``, so a pool of N costs k rows of N
+    scores, never N x N."""
 
     def __init__(self, pool: Sequence[str]):
         self.pool = list(pool)
@@ -28,15 +30,12 @@ class BM25Similarity:
     def query(self, text: str, candidates: Sequence[int]) -> dict[int, float]:
         return _scaled(self.bm25.scores(text), candidates)
 
-    def _row(self, i: int) -> list[float]:
-        if i not in self._rows:
-            scores = self.bm25.scores(self.pool[i])
-            top = max(scores) if scores else 0.0
-            self._rows[i] = [s / top if top > 0 else 0.0 for s in scores]
-        return self._rows[i]
-
     def between(self, i: int, j: int) -> float:
-        return 0.5 * (self._row(i)[j] + self._row(j)[i])
+        if j not in self._rows:
+            scores = self.bm25.scores(self.pool[j])
+            top = max(scores) if scores else 0.0
+            self._rows[j] = [s / top if top > 0 else 0.0 for s in scores]
+        return self._rows[j][i]
 
 
 class EmbeddingSimilarity:
