@@ -52,3 +52,20 @@ def test_an_lm_eval_model_is_embedded_through_its_module_and_drives_selection():
     assert nearest(sim.query("hello world", range(3)), 1) == [0]
     with pytest.raises(ConfigError, match="needs the model.s tokenizer; this model carries none"):
         model_embedder(CausalLM(tiny_config()))
+
+
+def test_the_llm_modules_lm_eval_model_embeds_with_its_own_tokenizer(tmp_path):
+    pytest.importorskip("lm_eval")
+    from _hf_tokenizer_helpers import write_tokenizer
+    from llm_modules.data.hf_tokenizer import folder_tokenizer_bytes
+    from llm_modules.evaluation.lm_eval_model import LLMModulesLM
+
+    torch.manual_seed(0)
+    module = CausalLM(tiny_config(vocab_size=320))
+    module.tokenizer_bytes = folder_tokenizer_bytes(write_tokenizer(tmp_path))
+    lm = LLMModulesLM(module=module, batch_size=2)
+    vectors = model_embedder(lm)(["Hello world!", "The quick brown fox."])
+    ids = torch.tensor([lm.tok_encode("The quick brown fox.")])
+    with torch.no_grad():
+        expected = module.model.hidden(ids).mean(1)[0]
+    assert vectors.shape == (2, 32) and torch.allclose(vectors[1], expected, atol=1e-5)
