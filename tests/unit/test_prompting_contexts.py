@@ -154,3 +154,12 @@ def test_the_evaluate_hook_embeds_with_the_model_only_when_the_design_asks(task_
     prompts = contexts(task_dict["tiny_qa"], 2)
     assert all(len(p.split("\n\n")) == 3 for p in prompts)
     assert task_dict["tiny_qa"].sampler.similarity().vectors.shape == (len(TRAIN), 32)
+
+
+def test_chain_of_thought_leaves_log_likelihood_tasks_of_a_mix_alone(tmp_path):
+    root = write_task(write_task(tmp_path), "tiny_mc", output_type="multiple_choice")
+    tasks = load_tasks(root, "tiny_qa", "tiny_mc")
+    apply_design(tasks, PromptDesign(cot="zeroshot", self_consistency=3))
+    assert contexts(tasks["tiny_qa"], 0)[0].endswith("Let's think step by step.")
+    assert contexts(tasks["tiny_mc"], 0)[0] == "where did the cat sit on the mat"
+    assert tasks["tiny_mc"].config.repeats == 1 and tasks["tiny_qa"].config.repeats == 3

@@ -85,3 +85,11 @@ def test_without_lm_eval_the_design_imports_and_applying_says_how_to_install_it(
 
     with pytest.raises(ConfigError, match=r"^install the eval extra: pip install 'llm-modules\[eval\]'$"):
         apply_design({}, PromptDesign(demonstrations="bm25"))
+
+
+def test_a_design_from_a_config_mapping():
+    assert PromptDesign.from_dict(None) is None and PromptDesign.from_dict({}) is None
+    assert PromptDesign.from_dict({"demonstrations": "bm25", "seed": 3}) == PromptDesign(demonstrations="bm25", seed=3)
+    with pytest.raises(ConfigError, match=r"^prompting: unknown field 'demonstration' \(did you mean 'demonstrations'\?\)"):
+        PromptDesign.from_dict({"demonstration": "bm25"})
+    assert PromptDesign.from_dict(PromptDesign(cot="zeroshot").to_dict()) == PromptDesign(cot="zeroshot")

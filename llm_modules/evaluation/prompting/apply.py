@@ -16,6 +16,7 @@ The design is recorded in each task's ``metadata`` so that it is written with th
 from __future__ import annotations
 
 import importlib
+import logging
 
 from llm_modules.evaluation.prompting.design import PromptDesign
 from llm_modules.registry import ConfigError
@@ -46,6 +47,12 @@ def apply_design(task_dict, design: PromptDesign | None, embed=None):
         names = ", ".join(sorted(str(t.config.task) for t in tasks))
         raise ConfigError(f"{field}: chain-of-thought, answer_pattern and self_consistency score generated answers, "
                           f"but no task here generates ({names} score by log-likelihood); drop --{field}")
+    if design.generative:
+        for task in tasks:
+            if task not in generative:
+                logging.getLogger(__name__).warning(
+                    "%s scores by log-likelihood: chain-of-thought, answer_pattern and self_consistency left out for it",
+                    task.config.task)
     for task in tasks:
         _apply(task, design, embed, task in generative)
     return task_dict

@@ -166,6 +166,20 @@ class PromptDesign:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, values: dict | None) -> PromptDesign | None:
+        """A design from a mapping (a config section); None or {} is no design. An unknown key is
+        a one-line error with the closest field name."""
+        if not values:
+            return None
+        if not isinstance(values, dict):
+            raise ConfigError(f"prompting: expected a mapping of PromptDesign fields, got {type(values).__name__}")
+        known = [f.name for f in fields(cls)]
+        for key in values:
+            if key not in known:
+                raise ConfigError(f"prompting: unknown field {key!r}{did_you_mean(key, known)}; fields: {', '.join(known)}")
+        return cls(**values)
+
 
 _TYPES = {"demonstrations": str, "similarity": str, "order": str, "mmr_lambda": float, "seed": int,
           "demo_template": str, "question_template": str, "separator": str, "cot": str,
