@@ -163,3 +163,19 @@ def test_chain_of_thought_leaves_log_likelihood_tasks_of_a_mix_alone(tmp_path):
     assert contexts(tasks["tiny_qa"], 0)[0].endswith("Let's think step by step.")
     assert contexts(tasks["tiny_mc"], 0)[0] == "where did the cat sit on the mat"
     assert tasks["tiny_mc"].config.repeats == 1 and tasks["tiny_qa"].config.repeats == 3
+
+
+def test_every_shape_lm_eval_hands_out_is_walked_to_its_tasks(tmp_path):
+    from lm_eval.tasks import TaskManager
+
+    from llm_modules.evaluation.prompting.apply import iter_tasks
+
+    root = write_task(tmp_path)
+    (root / "grp.yaml").write_text("group: grp\ntask:\n  - tiny_qa\n")
+    manager = TaskManager(include_path=str(root), include_defaults=False)
+    flat = manager.load(["grp"])  # {"tasks", "groups", "group_map"}: the task reached twice, listed once
+    assert [t.config.task for t in iter_tasks(flat)] == ["tiny_qa"]
+    nested = load_tasks(root, "grp")  # {ConfigurableGroup: {"tiny_qa": task}}
+    assert [t.config.task for t in iter_tasks(nested)] == ["tiny_qa"]
+    task = next(iter(iter_tasks(nested)))
+    assert [t is task for t in iter_tasks([task, {"x": task}])] == [True]
