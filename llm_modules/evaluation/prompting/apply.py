@@ -41,7 +41,7 @@ def apply_design(task_dict, design: PromptDesign | None, embed=None):
         field = "demonstrations" if design.strategy == "embedding" else "similarity"
         raise ConfigError(f"{field}: 'embedding' needs the model's embeddings: pass embed=model_embedder(lm), "
                           "or use bm25")
-    generative = [t for t in tasks if getattr(t, "OUTPUT_TYPE", None) == "generate_until"]
+    generative = {id(t) for t in tasks if getattr(t, "OUTPUT_TYPE", None) == "generate_until"}
     if design.generative and tasks and not generative:
         field = "cot" if design.cot else "answer_pattern" if design.answer_pattern else "self_consistency"
         names = ", ".join(sorted(str(t.config.task) for t in tasks))
@@ -49,12 +49,12 @@ def apply_design(task_dict, design: PromptDesign | None, embed=None):
                           f"but no task here generates ({names} score by log-likelihood); drop --{field}")
     if design.generative:
         for task in tasks:
-            if task not in generative:
+            if id(task) not in generative:
                 logging.getLogger(__name__).warning(
                     "%s scores by log-likelihood: chain-of-thought, answer_pattern and self_consistency left out for it",
                     task.config.task)
     for task in tasks:
-        _apply(task, design, embed, task in generative)
+        _apply(task, design, embed, id(task) in generative)
     return task_dict
 
 
