@@ -10,6 +10,7 @@ unit tests in llm_modules.evaluation.sandbox, never in this process.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 DATA = Path(__file__).resolve().with_name("data")
@@ -33,16 +34,22 @@ def build_programs(resps: list[list[str]], docs: list[dict]) -> list[list[str]]:
 
 
 def pass_at_k(references: list[str], predictions: list[list[str]], k: int | list[int] = 1,
-              timeout: float = 5.0, memory_mb: int = 512) -> dict[str, float]:
+              timeout: float = 5.0, memory_mb: int = 512, workers: int | None = None) -> dict[str, float]:
     """Metric for one problem: its n programs (``predictions[0]``) each run in the sandbox with the
-    problem's tests (``references[0]``); ``pass@K`` for every K in ``k`` that is at most n (the
-    unbiased estimator; lm-eval averages it over problems)."""
+    problem's tests (``references[0]``), ``workers`` at a time (default: one per CPU); ``pass@K`` for
+    every K in ``k`` that is at most n (the unbiased estimator; lm-eval averages it over problems)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from llm_modules.evaluation.passk import pass_at_k as estimate
     from llm_modules.evaluation.sandbox import run_program
 
     (tests,), (programs,) = references, predictions
     programs = [programs] if isinstance(programs, str) else list(programs)
-    correct = sum(run_program(f"{program}\n\n{tests}", timeout=timeout, memory_mb=memory_mb).passed
-                  for program in programs)
+
+    def passes(program: str) -> bool:
+        return run_program(f"{program}\n\n{tests}", timeout=timeout, memory_mb=memory_mb).passed
+
+    with ThreadPoolExecutor(max_workers=max(1, min(len(programs), workers or os.cpu_count() or 1))) as pool:
+        correct = sum(pool.map(passes, programs))
     ks = [k] if isinstance(k, int) else list(k)
     return {f"pass@{each}": estimate(len(programs), correct, each) for each in ks if each <= len(programs)}

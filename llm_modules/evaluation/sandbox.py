@@ -81,7 +81,7 @@ def isolation() -> Isolation:
 
 
 def _probe(candidate: Isolation) -> bool:
-    cmd = [*candidate.prefix, sys.executable, "-I", "-S", "-c", "import resource"]
+    cmd = [*candidate.prefix, sys.executable, "-I", "-S", "-c", f"import resource; open({str(CHILD)!r}).close()"]
     try:
         done = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, env=_environment("/"), timeout=20,

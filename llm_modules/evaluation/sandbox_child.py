@@ -24,19 +24,21 @@ _REFUSED_MODULES = frozenset({
     "subprocess", "_posixsubprocess", "multiprocessing", "_multiprocessing", "concurrent", "pty",
     "ctypes", "_ctypes", "cffi", "mmap",
 })
-# Audit events refused whatever their arguments (prefixes).
+# Audit events refused whatever their arguments (prefixes): the network, new processes, signals to
+# others, native code. Frame and gc introspection stay allowed: the standard library itself uses them
+# (collections, functools, enum), which is also why the hook is a guard and not a boundary.
 _REFUSED_EVENTS = (
     "socket.", "subprocess.", "os.exec", "os.spawn", "os.posix_spawn", "os.fork", "os.forkpty",
     "os.system", "os.kill", "os.killpg", "os.setuid", "os.setgid", "os.chroot", "ctypes.", "cpython.",
-    "gc.get_", "sys._getframe", "sys._current_frames", "sys.setprofile", "sys.settrace",
-    "object.__getattr__", "pty.", "mmap.", "resource.setrlimit", "resource.prlimit", "sys.addaudithook",
+    "pty.", "mmap.", "resource.setrlimit", "resource.prlimit", "sys.remote_exec",
 )
 # Audit events whose path arguments (these positions) must lie inside the folder.
 _PATH_EVENTS = {
     "os.remove": (0,), "os.rename": (0, 1), "os.mkdir": (0,), "os.rmdir": (0,), "os.symlink": (0, 1),
     "os.link": (0, 1), "os.chmod": (0,), "os.chown": (0,), "os.truncate": (0,), "os.utime": (0,),
     "os.setxattr": (0,), "os.removexattr": (0,), "shutil.copyfile": (1,), "shutil.copytree": (1,),
-    "shutil.rmtree": (0,), "shutil.move": (1,), "shutil.make_archive": (0,),
+    "shutil.rmtree": (0,), "shutil.move": (1,), "shutil.make_archive": (0,), "os.mkfifo": (0,),
+    "os.mknod": (0,), "os.chflags": (0,), "sqlite3.connect": (0,), "dbm.open": (0,),
 }
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 

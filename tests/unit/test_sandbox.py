@@ -6,6 +6,7 @@ behind: not the files it tried to write, not its temporary folder, not a process
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -103,6 +104,14 @@ def test_new_processes_and_native_code_are_refused(source):
     assert run(source).status == "refused"
 
 
+def test_ordinary_standard_library_modules_work():
+    modules = ["collections", "functools", "itertools", "math", "re", "string", "heapq", "bisect", "typing",
+               "dataclasses", "random", "datetime", "json", "fractions", "decimal", "statistics", "enum"]
+    outcome = run("\n".join(f"import {m}" for m in modules) + "\nP = collections.namedtuple('P', 'x y')\n"
+                  "assert P(1, 2).y == 2 and functools.lru_cache()(abs)(-3) == 3\n")
+    assert outcome.status == "passed", outcome.reason
+
+
 def test_the_untrusted_code_runs_isolated():
     outcome = run("import sys\nassert sys.flags.isolated and sys.flags.no_site\n"
                   "import os\nassert set(os.environ) <= {'HOME', 'TMPDIR', 'PATH', 'LANG', 'LC_CTYPE'}\n")
@@ -117,3 +126,24 @@ def test_the_network_namespace_has_no_interface_but_loopback():
                           capture_output=True, text=True, timeout=30)
     interfaces = {line.split(":")[0].strip() for line in done.stdout.splitlines()[2:] if ":" in line}
     assert done.returncode == 0 and interfaces == {"lo"}
+
+
+def test_as_root_the_program_runs_as_nobody_where_nobody_can_run_python(monkeypatch, tmp_path):
+    """Our venv's interpreter may sit where nobody cannot reach it (as here, under /root); a system
+    Python shows the unprivileged path: the program cannot even read a file of ours."""
+    system = shutil.which("python3", path="/usr/bin:/usr/local/bin")
+    if os.geteuid() != 0 or not system:
+        pytest.skip("needs root and a system python3")
+    secret = tmp_path / "secret"
+    secret.write_text("ours")
+    secret.chmod(0o600)
+    monkeypatch.setattr(sys, "executable", system)
+    isolation.cache_clear()
+    try:
+        if isolation().user is None:
+            pytest.skip("nobody cannot run the system python3 here")
+        outcome = run(f"try:\n    open({str(secret)!r}).read()\nexcept PermissionError:\n    pass\n"
+                      "else:\n    raise AssertionError('read a file of ours')\nopen('mine', 'w').write('x')\n")
+        assert outcome.status == "passed", outcome.reason
+    finally:
+        isolation.cache_clear()
