@@ -179,18 +179,25 @@ def _read_report(fd: int, nonce: str) -> str | None:
 
 def _without_verdict(returncode: int, err_path: str, cpu_seconds: int) -> tuple[str, str]:
     """A child that ended without a verdict: killed by a limit, crashed, or left early on purpose."""
-    if returncode in (-signal.SIGXCPU, -signal.SIGKILL):
-        return ("timeout", f"CPU time limit of {cpu_seconds} s") if returncode == -signal.SIGXCPU else (
-            "memory", "killed (SIGKILL), most likely for memory")
-    tail = ""
-    with contextlib.suppress(OSError):
-        with open(err_path, "rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - 300))
-            tail = f.read().decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
-            tail = tail[0]
+    if returncode == -signal.SIGXCPU:
+        return "timeout", f"CPU time limit of {cpu_seconds} s"
+    if returncode == -signal.SIGKILL:
+        return "failed", "killed (SIGKILL): the CPU hard limit or the kernel's out-of-memory killer"
+    tail = _last_line(err_path)
     if "MemoryError" in tail:
         return "memory", tail
     return "failed", f"exited ({returncode}) without finishing its tests" + (f": {tail}" if tail else "")
+
+
+def _last_line(path: str, most: int = 300) -> str:
+    """The last line of what the child wrote to stderr (its end only: the file may be large)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - most))
+            lines = f.read().decode("utf-8", "replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
 
 
 def _remove(folder: str) -> None:
@@ -202,4 +209,4 @@ def _remove(folder: str) -> None:
         with contextlib.suppress(OSError):
             function(path)
 
-    shutil.rmtree(folder, onerror=retry)
+    shutil.rmtree(folder, **({"onexc": retry} if sys.version_info >= (3, 12) else {"onerror": retry}))
