@@ -59,6 +59,10 @@ def test_tasks_load_from_another_directory_without_the_network(manager, tmp_path
     code = tasks["llm_modules_code"]
     assert code.config.repeats == N and not getattr(code, "UNSAFE_CODE", False)
     assert "return" in code.fewshot_context(code.eval_docs[0], num_fewshot=1)  # demonstrations show solutions
+    cot = manager.load(["llm_modules_answer_cot"])["tasks"]["llm_modules_answer_cot"]
+    cot.set_fewshot_seed(1)
+    context = cot.fewshot_context(cot.eval_docs[0], num_fewshot=5)
+    assert context.count("The answer is") == 5 and context.endswith("Answer:")  # rationales, then the question
 
 
 class CannedLM(LM):
