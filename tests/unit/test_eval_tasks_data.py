@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from llm_modules.eval_tasks import TASKS, TASKS_DIR
 from llm_modules.eval_tasks.generate_data import main as generate
 from llm_modules.evaluation.sandbox import run_program
@@ -52,3 +54,13 @@ def test_a_wrong_body_fails_every_problem():
         f"except AssertionError:\n    failures += 1" for r in rows("code.jsonl"))
     outcome = run_program(program + f"\nassert failures == {len(rows('code.jsonl'))}, failures\n", timeout=30)
     assert outcome.status == "passed", outcome.reason
+
+
+def test_pyproject_ships_every_data_file_of_the_tasks():
+    """The task YAML and JSONL travel in the wheel (package-data), or an installed copy has no tasks."""
+    tomllib = pytest.importorskip("tomllib")
+    pyproject = tomllib.loads((TASKS_DIR.parents[1] / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "llm_modules.eval_tasks" in pyproject["packages"]
+    shipped = {p for pattern in pyproject["package-data"]["llm_modules.eval_tasks"] for p in TASKS_DIR.glob(pattern)}
+    data = {p for p in TASKS_DIR.rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc")}
+    assert data and data <= shipped, sorted(map(str, data - shipped))
