@@ -36,6 +36,10 @@ STATUSES = ("passed", "failed", "timeout", "memory", "refused")
 NOBODY = 65534
 
 
+class SandboxError(RuntimeError):
+    """The sandbox itself could not run a program (not a verdict on the program)."""
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What became of one program: ``status`` is one of STATUSES; ``folder`` is the temporary folder it
@@ -133,10 +137,8 @@ def _run_in(folder: str, source: str, how: Isolation, timeout: float, memory_mb:
         write_end = -1
         timed_out = False
         try:
-            with contextlib.suppress(BrokenPipeError, OSError):
-                proc.stdin.write((json.dumps(spec) + "\n").encode())
-                proc.stdin.close()
-            proc.wait(timeout=timeout)
+            with contextlib.suppress(BrokenPipeError):  # a child that died at once: judged below
+                proc.communicate((json.dumps(spec) + "\n").encode(), timeout=timeout)
         except subprocess.TimeoutExpired:
             timed_out = True
         finally:
@@ -184,6 +186,8 @@ def _without_verdict(returncode: int, err_path: str, cpu_seconds: int) -> tuple[
     if returncode == -signal.SIGKILL:
         return "failed", "killed (SIGKILL): the CPU hard limit or the kernel's out-of-memory killer"
     tail = _last_line(err_path)
+    if tail.startswith("unshare:"):  # the namespace could not be made: no verdict on the program at all
+        raise SandboxError(f"the sandbox could not start ({tail}); is the user-namespace limit reached?")
     if "MemoryError" in tail:
         return "memory", tail
     return "failed", f"exited ({returncode}) without finishing its tests" + (f": {tail}" if tail else "")

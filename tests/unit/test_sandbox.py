@@ -147,3 +147,13 @@ def test_as_root_the_program_runs_as_nobody_where_nobody_can_run_python(monkeypa
         assert outcome.status == "passed", outcome.reason
     finally:
         isolation.cache_clear()
+
+
+def test_a_namespace_that_cannot_be_made_is_an_error_not_a_failed_program(monkeypatch):
+    """unshare fails when the user-namespace limit is reached: no program ran, so no verdict on it."""
+    from llm_modules.evaluation import sandbox
+
+    failing = ("/bin/sh", "-c", "echo 'unshare: unshare failed: No space left on device' >&2; exit 1", "sh")
+    monkeypatch.setattr(sandbox, "isolation", lambda: sandbox.Isolation(failing, None))
+    with pytest.raises(sandbox.SandboxError, match="could not start"):
+        run_program("assert True\n")
