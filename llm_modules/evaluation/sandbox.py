@@ -85,7 +85,8 @@ def isolation() -> Isolation:
 
 
 def _probe(candidate: Isolation) -> bool:
-    cmd = [*candidate.prefix, sys.executable, "-I", "-S", "-c", f"import resource; open({str(CHILD)!r}).close()"]
+    check = f"import resource; compile(open({str(CHILD)!r}).read(), 'child', 'exec')"  # readable, and this Python's
+    cmd = [*candidate.prefix, sys.executable, "-I", "-S", "-c", check]
     try:
         done = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, env=_environment("/"), timeout=20,
