@@ -259,11 +259,12 @@ def table(results: dict[str, Any]) -> str:
 
 
 def task_metrics(results: dict[str, Any]) -> dict[str, float]:
-    """``{"<task>/<metric>,<filter>": value}`` for every numeric result (stderr included), to log."""
+    """``{"<task>/<metric>": value}`` (``<metric>_<filter>`` for a filter other than lm-eval's "none") for every
+    numeric result, stderr included, to log."""
     out = {}
     for task, metrics in (results.get("results") or {}).items():
         for key, value in metrics.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or key == "alias":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or key in ("alias", "sample_len"):
                 continue
             metric, _, flt = key.partition(",")
             name = metric if flt in ("", "none") else f"{metric}_{flt}"
