@@ -141,16 +141,18 @@ class EvaluateAtEnd(Callback):
         from llm_modules.evaluation import runner
         from llm_modules.evaluation.lm_eval_model import LLMModulesLM
 
-        was_training = pl_module.training
+        # Lightning has moved the model to the CPU (strategy teardown): evaluate on the device it trained on,
+        # then put it back where teardown left it.
+        was_training, where = pl_module.training, pl_module.device
         try:
-            lm = LLMModulesLM(module=pl_module, batch_size=self.batch_size, device=str(pl_module.device))
+            lm = LLMModulesLM(module=pl_module, batch_size=self.batch_size, device=str(trainer.strategy.root_device))
             results = runner.evaluate_tasks(
                 lm, self.tasks, num_fewshot=self.num_fewshot, limit=self.limit, seed=self.seed,
                 include_paths=self.include_path, prepare_tasks=self.prepare_tasks,
                 confirm_run_unsafe_code=self.confirm_run_unsafe_code, model_name=type(pl_module).__name__,
             )
         finally:
-            pl_module.train(was_training)
+            pl_module.to(where).train(was_training)
         self.results = results
         step = max(trainer.global_step - 1, 0)  # the step the last training step's metrics were logged at
         metrics = {f"{PREFIX}/{name}": value for name, value in runner.task_metrics(results).items()}
