@@ -16,7 +16,8 @@ def _jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def write_tasks(root: Path) -> dict[str, Path]:
-    """``{"mc": YAML, "gen": YAML, "hub": YAML needing a download, "notask": YAML without a task}`` under ``root``."""
+    """``{"mc": YAML, "gen": YAML, "hub": YAML needing a download, "notask": YAML without a task,
+    "unsafe": a generative task marked as running model-written code}`` under ``root``."""
     root.mkdir(parents=True, exist_ok=True)
     mc = _jsonl(root / "mc.jsonl", [{"q": f"x = {a} + {b}", "choices": [str(a + b), str(a * b + 7), "None"],
                                      "label": 0} for a in range(1, 5) for b in range(1, 3)])
@@ -67,4 +68,6 @@ doc_to_choice: "{{choices}}"
 doc_to_target: 0
 """)
     (root / "notask.yaml").write_text("dataset_path: json\noutput_type: multiple_choice\n")
-    return {name: root / f"{name}.yaml" for name in ("mc", "gen", "hub", "notask")}
+    unsafe = (root / "gen.yaml").read_text().replace(f"task: {GEN_TASK}", "task: tiny_unsafe")
+    (root / "unsafe.yaml").write_text(unsafe + "unsafe_code: true\n")
+    return {name: root / f"{name}.yaml" for name in ("mc", "gen", "hub", "notask", "unsafe")}

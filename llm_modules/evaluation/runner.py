@@ -185,6 +185,21 @@ def load_tasks(manager: Any, names: Sequence[str]) -> dict[str, Any]:
     return merged
 
 
+def prepare(tasks: Sequence[str], include_paths: Sequence[str | os.PathLike] = (),
+            confirm_run_unsafe_code: bool = False) -> tuple[Any, dict[str, Any]]:
+    """(TaskManager, loaded task dict) for ``tasks``, their data read (offline): everything that can be
+    refused is refused here, so a fit can check its ``evaluate`` section before training."""
+    require_lm_eval()
+    with offline():
+        manager, names = resolve_tasks(tasks, include_paths)
+        task_dict = load_tasks(manager, names)
+    for name, task in task_dict["tasks"].items():
+        if getattr(task, "UNSAFE_CODE", False) and not confirm_run_unsafe_code:
+            raise ConfigError(f"task {name!r} runs code the model writes; pass --confirm_run_unsafe_code "
+                              "(evaluate.confirm_run_unsafe_code: true) to allow it")
+    return manager, task_dict
+
+
 def _missing_file(err: BaseException) -> str | None:
     seen = set()
     while err is not None and id(err) not in seen:
@@ -216,12 +231,8 @@ def evaluate_tasks(lm: Any, tasks: Sequence[str], num_fewshot: int | None = None
     from lm_eval import simple_evaluate
 
     with offline():
-        manager, names = resolve_tasks(tasks, include_paths)
-        task_dict = load_tasks(manager, names)
-        for name, task in task_dict["tasks"].items():
-            if getattr(task, "UNSAFE_CODE", False) and not confirm_run_unsafe_code:
-                raise ConfigError(f"task {name!r} runs code the model writes; pass --confirm_run_unsafe_code "
-                                  "(evaluate.confirm_run_unsafe_code: true) to allow it")
+        manager, task_dict = prepare(tasks, include_paths, confirm_run_unsafe_code)
+        for task in task_dict["tasks"].values():
             if num_fewshot is not None and task.get_config("num_fewshot") != 0:
                 task.set_config(key="num_fewshot", value=num_fewshot)  # what lm-eval's evaluator does
             elif task.get_config("num_fewshot") is None:

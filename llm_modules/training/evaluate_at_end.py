@@ -14,7 +14,8 @@ asked for in ``setup``, on every rank, since ``trainer.log_dir`` is a broadcast)
 
 The section is checked when the command line is parsed, before any data or model is built: a bad value
 is one line naming the field (``evaluate.num_fewshot``, ``evaluate.tasks``, ...), and so is a task
-name that does not exist or a missing lm-eval.
+name that does not exist, a task whose data is not on this machine, a task that runs generated code
+without ``confirm_run_unsafe_code``, or a missing lm-eval.
 """
 
 from __future__ import annotations
@@ -80,10 +81,8 @@ def check_section(section: Any) -> None:
     for folder in _get(section, "include_path") or []:
         if not Path(folder).is_dir():
             raise ConfigError(f"evaluate.include_path {folder!r} is not a folder; give a folder of task YAML files")
-    try:
-        runner.require_lm_eval()
-        with runner.offline():
-            runner.resolve_tasks(tasks, _get(section, "include_path") or [])
+    try:  # names resolved and data read now, not after hours of training
+        runner.prepare(tasks, _get(section, "include_path") or [], bool(_get(section, "confirm_run_unsafe_code")))
     except ConfigError as err:
         raise ConfigError(f"evaluate.tasks: {err}") from None
 

@@ -111,6 +111,26 @@ def test_bundled_task_folder_is_searched_by_name(checkpoint, tasks, monkeypatch,
     assert f"|{MC_TASK}" in out
 
 
+def test_prepare_tasks_hook_changes_the_prompts_after_the_few_shot_count_is_set(checkpoint, tasks):
+    """The hook demonstration design and chain-of-thought use: it sees every loaded task with its final
+    few-shot count, before any request is built, and what it changes is what the model is asked."""
+    from llm_modules.evaluation.lm_eval_model import LLMModulesLM
+    from llm_modules.evaluation.runner import evaluate_tasks
+
+    seen = {}
+
+    def prepare(loaded):
+        for name, task in loaded.items():
+            seen[name] = task.get_config("num_fewshot")
+            task.set_config(key="description", value="Answer the question.\n\n")
+
+    lm = LLMModulesLM(str(checkpoint), batch_size=4)
+    results = evaluate_tasks(lm, [str(tasks["mc"])], num_fewshot=1, limit=2, log_samples=True, prepare_tasks=prepare)
+    assert seen == {MC_TASK: 1}
+    for sample in results["samples"][MC_TASK]:
+        assert sample["arguments"][0][0].startswith("Answer the question.\n\n")
+
+
 def test_help_documents_every_option(capsys):
     code, out, _ = evaluate(capsys, "--help")
     assert code == 0
@@ -127,7 +147,7 @@ def test_evaluate_is_listed_among_the_commands(capsys):
 
 
 @pytest.mark.parametrize("case", ["missing model", "folder without config", "yaml without task", "missing yaml",
-                                  "negative k", "negative limit", "zero batch", "hub data offline"])
+                                  "negative k", "negative limit", "zero batch", "hub data offline", "unsafe code"])
 def test_bad_input_is_one_line(checkpoint, tasks, tmp_path, monkeypatch, capsys, case):
     for name in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):  # the run sets them itself when the user has not
         monkeypatch.delenv(name, raising=False)
@@ -147,6 +167,8 @@ def test_bad_input_is_one_line(checkpoint, tasks, tmp_path, monkeypatch, capsys,
         extra, expected = ["--limit", "-3"], ("--limit -3", "> 0")
     elif case == "zero batch":
         extra, expected = ["--batch_size", "0"], ("--batch_size 0", ">= 1")
+    elif case == "unsafe code":
+        task, expected = tasks["unsafe"], ("'tiny_unsafe'", "runs code the model writes", "--confirm_run_unsafe_code")
     else:
         task, expected = tasks["hub"], ("'needs_the_hub'", "not available offline")
     code, _, err = evaluate(capsys, model, "--tasks", task, *extra)

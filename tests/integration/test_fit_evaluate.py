@@ -64,13 +64,19 @@ def test_the_section_is_saved_with_the_runs_config(run, tasks):
     (["--evaluate.tasks", "[]"], ("evaluate.tasks", "name at least one task")),
     (["--evaluate.tasks", "[{notask}]"], ("evaluate.tasks", "does not define a task")),
     (["--evaluate.include_path", "[{missing}]"], ("evaluate.include_path", "is not a folder")),
+    (["--evaluate.tasks", "[{hub}]"], ("evaluate.tasks", "'needs_the_hub'", "not available offline")),
+    (["--evaluate.tasks", "[{unsafe}]"], ("evaluate.tasks", "'tiny_unsafe'", "confirm_run_unsafe_code")),
     (["--config", str(CONFIGS / "strategies" / "fsdp.yaml"), "--trainer.devices", "2"],
      ("evaluate:", "BlockFSDPStrategy", "llm-modules evaluate CKPT")),
 ])
-def test_bad_section_stops_before_training_in_one_line(corpus, cache, tasks, tmp_path, capsys, override, expected):
+def test_bad_section_stops_before_training_in_one_line(corpus, cache, tasks, tmp_path, monkeypatch, capsys, override,
+                                                      expected):
     from llm_modules.cli import main
 
-    override = [o.format(notask=tasks["notask"], missing=tmp_path / "missing") for o in override]
+    for name in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):  # the check sets them itself when the user has not
+        monkeypatch.delenv(name, raising=False)
+    override = [o.format(notask=tasks["notask"], hub=tasks["hub"], unsafe=tasks["unsafe"],
+                         missing=tmp_path / "missing") for o in override]
     args = tiny(REPO / "configs" / "quickstart.yaml", corpus, cache, "--evaluate.tasks", f"[{tasks['mc']}]",
                 *override, steps=2)
     capsys.readouterr()
