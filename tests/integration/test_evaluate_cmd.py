@@ -216,3 +216,12 @@ def test_offline_switches_are_set_for_the_run_and_restored(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # the user's choice is kept
     with runner.offline():
         assert os.environ["HF_HUB_OFFLINE"] == "0" and "HF_DATASETS_OFFLINE" not in os.environ
+
+
+def test_a_planted_pickle_is_refused_and_never_runs(tasks, tmp_path, monkeypatch, capsys):
+    from _checkpoint_faults import MARKER, plant, refused
+
+    monkeypatch.chdir(tmp_path)
+    evil = plant(tmp_path / "evil.ckpt")
+    refused(["evaluate", str(evil), "--tasks", str(tasks["mc"])], capsys, str(evil), "holds Python objects")
+    assert not (tmp_path / MARKER).exists()
