@@ -84,6 +84,20 @@ def _check_model(path: str) -> None:
                           "give a .ckpt file or a model folder")
 
 
+def _check_device(name: str) -> None:
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device {name!r} is not a torch device; give e.g. cpu, cuda or cuda:0") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name!r}: no CUDA GPU is available here; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s) "
+                          f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+
+
 def load_model(path: str, batch_size: int, device: str):
     """``LLMModulesLM`` over ``path``; what it refuses (an encoder-only model, no tokenizer) is one line."""
     from llm_modules.evaluation.lm_eval_model import LLMModulesLM
@@ -104,6 +118,7 @@ def run(argv: list[str]) -> int:
         raise ConfigError(f"--batch_size {args.batch_size}: give a number of requests >= 1")
     if args.output is not None:
         outputs.check_file(args.output, "--output", args.overwrite)  # before any work
+    _check_device(args.device)
     runner.require_lm_eval()
     _check_model(args.model)
     with runner.offline():  # a Hugging Face folder's tokenizer must not be fetched either

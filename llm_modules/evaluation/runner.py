@@ -77,7 +77,9 @@ def yaml_task_name(path: str | os.PathLike) -> str:
     except Exception as err:  # yaml's errors, an include that is missing
         text = " ".join(str(err).split())[:200]
         raise ConfigError(f"task file {str(path)!r} is not a valid task YAML ({text}); fix the file") from None
-    name = config.get("task") or config.get("group") if isinstance(config, dict) else None
+    name = None
+    if isinstance(config, dict):  # a task file names itself in 'task:'; a group file in 'group:' (its 'task:' lists)
+        name = config.get("task") if isinstance(config.get("task"), str) else config.get("group")
     if not isinstance(name, str) or not name:
         raise ConfigError(f"task file {str(path)!r} does not define a task: it needs a 'task: NAME' line "
                           "(with dataset_path/data_files, output_type, doc_to_text, ...)")
@@ -85,7 +87,7 @@ def yaml_task_name(path: str | os.PathLike) -> str:
 
 
 def _is_yaml_path(spec: str) -> bool:
-    return spec.endswith(YAML_SUFFIXES) or os.sep in spec or Path(spec).is_file()
+    return spec.endswith(YAML_SUFFIXES) or os.sep in spec or "/" in spec
 
 
 def resolve_tasks(tasks: Sequence[str], include_paths: Sequence[str | os.PathLike] = ()) -> tuple[Any, list[str]]:
@@ -110,7 +112,7 @@ def resolve_tasks(tasks: Sequence[str], include_paths: Sequence[str | os.PathLik
             names.append(spec)
     folders = list(dict.fromkeys(p.resolve() for p in folders))
     manager = TaskManager(include_path=folders, include_defaults=False) if folders else None
-    if manager is None or any(n not in manager.all_tasks for n in names):
+    if manager is None or any(n not in manager.all_tasks for n in _with_group_members(manager, names)):
         manager = TaskManager(include_path=folders or None)  # lm-eval's own tasks too
     for name, spec in zip(names, specs):
         if name not in manager.all_tasks:
@@ -122,6 +124,24 @@ def resolve_tasks(tasks: Sequence[str], include_paths: Sequence[str | os.PathLik
             raise ConfigError(f"unknown task {name!r}{hint}; give an lm-eval task name (lm-eval ls tasks), "
                               "a bundled task or the path of a task YAML")
     return manager, names
+
+
+def _with_group_members(manager: Any, names: Sequence[str]) -> list[str]:
+    """``names`` and, for each that is a group in ``manager``'s index, the task names its YAML lists
+    (recursively): a local group of lm-eval tasks needs lm-eval's index too."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    out, todo = [], list(names)
+    while todo:
+        name = todo.pop()
+        if name in out:
+            continue
+        out.append(name)
+        entry = manager.task_index.get(name)
+        if entry is not None and entry.yaml_path is not None and getattr(entry.kind, "name", "") == "GROUP":
+            members = load_yaml(entry.yaml_path, resolve_func=False).get("task") or []
+            todo += [m for m in members if isinstance(m, str)]
+    return out
 
 
 @contextlib.contextmanager
@@ -176,10 +196,14 @@ def load_tasks(manager: Any, names: Sequence[str]) -> dict[str, Any]:
                                   "evaluation); put the dataset in the Hugging Face cache first, or use a task YAML "
                                   "with local data files") from None
             missing = _missing_file(err)
-            if missing is None:
-                raise
-            raise ConfigError(f"task {name!r}: data file {missing!r} does not exist; check the task's data_files") \
-                from None
+            if missing is not None:
+                raise ConfigError(f"task {name!r}: data file {missing!r} does not exist; check the task's "
+                                  "data_files") from None
+            if isinstance(err, (KeyError, ValueError, TypeError)):  # the task's configuration
+                text = " ".join(str(err).split())[:300]
+                raise ConfigError(f"task {name!r} could not be loaded ({type(err).__name__}: {text}); "
+                                  "check its YAML") from None
+            raise
         for key in merged:
             merged[key].update(loaded.get(key) or {})
     return merged

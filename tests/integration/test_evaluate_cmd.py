@@ -102,6 +102,19 @@ def test_output_is_refused_before_any_work_and_replaced_with_overwrite(checkpoin
     assert f"wrote {out_file}" in out
 
 
+def test_a_group_yaml_runs_its_member_tasks(checkpoint, tasks, tmp_path, capsys):
+    group = tmp_path / "group.yaml"
+    group.write_text(f"group: tiny_group\ntask: [{MC_TASK}, {GEN_TASK}]\n")
+    out_file = tmp_path / "results.json"
+    code, out, err = evaluate(capsys, checkpoint, "--tasks", group, "--include_path", tasks["mc"].parent,
+                              "--limit", 2, "--output", out_file)
+    assert code == 0, err
+    results = json.loads(out_file.read_text())
+    assert set(results["results"]) >= {MC_TASK, GEN_TASK}
+    assert sorted(results["group_subtasks"]["tiny_group"]) == sorted([MC_TASK, GEN_TASK])
+    assert f"- {MC_TASK}" in out
+
+
 def test_bundled_task_folder_is_searched_by_name(checkpoint, tasks, monkeypatch, capsys):
     from llm_modules.evaluation import runner
 
@@ -147,7 +160,8 @@ def test_evaluate_is_listed_among_the_commands(capsys):
 
 
 @pytest.mark.parametrize("case", ["missing model", "folder without config", "yaml without task", "missing yaml",
-                                  "negative k", "negative limit", "zero batch", "hub data offline", "unsafe code"])
+                                  "negative k", "negative limit", "zero batch", "hub data offline", "unsafe code",
+                                  "bad device", "broken task"])
 def test_bad_input_is_one_line(checkpoint, tasks, tmp_path, monkeypatch, capsys, case):
     for name in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):  # the run sets them itself when the user has not
         monkeypatch.delenv(name, raising=False)
@@ -167,6 +181,12 @@ def test_bad_input_is_one_line(checkpoint, tasks, tmp_path, monkeypatch, capsys,
         extra, expected = ["--limit", "-3"], ("--limit -3", "> 0")
     elif case == "zero batch":
         extra, expected = ["--batch_size", "0"], ("--batch_size 0", ">= 1")
+    elif case == "bad device":
+        extra, expected = ["--device", "gpu0"], ("--device 'gpu0'", "not a torch device")
+    elif case == "broken task":
+        task = tmp_path / "broken.yaml"
+        task.write_text(tasks["mc"].read_text().replace("output_type: multiple_choice", "output_type: multi_choice"))
+        expected = ("task 'tiny_mc' could not be loaded", "multi_choice", "check its YAML")
     elif case == "unsafe code":
         task, expected = tasks["unsafe"], ("'tiny_unsafe'", "runs code the model writes", "--confirm_run_unsafe_code")
     else:
