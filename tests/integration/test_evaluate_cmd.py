@@ -102,6 +102,23 @@ def test_output_is_refused_before_any_work_and_replaced_with_overwrite(checkpoin
     assert f"wrote {out_file}" in out
 
 
+def test_a_hugging_face_folder_scores_as_its_checkpoint_does(checkpoint, tasks, tmp_path, capsys):
+    from llm_modules.cli import main
+
+    assert main(["export", str(checkpoint), str(tmp_path / "hf")]) == 0
+    scores = {}
+    for name, model in (("ckpt", checkpoint), ("hf", tmp_path / "hf")):
+        out_file = tmp_path / f"{name}.json"
+        code, _, err = evaluate(capsys, model, "--tasks", tasks["mc"], "--limit", 4, "--log_samples",
+                                "--output", out_file)
+        assert code == 0, err
+        results = json.loads(out_file.read_text())
+        scores[name] = [s["filtered_resps"] for s in results["samples"][MC_TASK]], results["results"][MC_TASK]
+    for ours, theirs in zip(scores["ckpt"][0], scores["hf"][0]):
+        assert [r[0] for r in ours] == pytest.approx([r[0] for r in theirs], abs=1e-4)
+    assert scores["ckpt"][1]["acc,none"] == scores["hf"][1]["acc,none"]
+
+
 def test_a_group_yaml_runs_its_member_tasks(checkpoint, tasks, tmp_path, capsys):
     group = tmp_path / "group.yaml"
     group.write_text(f"group: tiny_group\ntask: [{MC_TASK}, {GEN_TASK}]\n")
