@@ -197,8 +197,8 @@ def load_tasks(manager: Any, names: Sequence[str]) -> dict[str, Any]:
                                   "with local data files") from None
             missing = _missing_file(err)
             if missing is not None:
-                raise ConfigError(f"task {name!r}: data file {missing!r} does not exist; check the task's "
-                                  "data_files") from None
+                what = f"data file {missing.filename!r} does not exist" if missing.filename else str(missing)
+                raise ConfigError(f"task {name!r}: {what}; check the task's data_files") from None
             if isinstance(err, (KeyError, ValueError, TypeError)):  # the task's configuration
                 text = " ".join(str(err).split())[:300]
                 raise ConfigError(f"task {name!r} could not be loaded ({type(err).__name__}: {text}); "
@@ -224,12 +224,12 @@ def prepare(tasks: Sequence[str], include_paths: Sequence[str | os.PathLike] = (
     return manager, task_dict
 
 
-def _missing_file(err: BaseException) -> str | None:
+def _missing_file(err: BaseException) -> FileNotFoundError | None:
     seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
         if isinstance(err, FileNotFoundError):
-            return str(err.filename or err)
+            return err
         err = err.__cause__ or err.__context__
     return None
 

@@ -178,7 +178,7 @@ def test_evaluate_is_listed_among_the_commands(capsys):
 
 @pytest.mark.parametrize("case", ["missing model", "folder without config", "yaml without task", "missing yaml",
                                   "negative k", "negative limit", "zero batch", "hub data offline", "unsafe code",
-                                  "bad device", "broken task"])
+                                  "bad device", "broken task", "missing data file"])
 def test_bad_input_is_one_line(checkpoint, tasks, tmp_path, monkeypatch, capsys, case):
     for name in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):  # the run sets them itself when the user has not
         monkeypatch.delenv(name, raising=False)
@@ -204,6 +204,10 @@ def test_bad_input_is_one_line(checkpoint, tasks, tmp_path, monkeypatch, capsys,
         task = tmp_path / "broken.yaml"
         task.write_text(tasks["mc"].read_text().replace("output_type: multiple_choice", "output_type: multi_choice"))
         expected = ("task 'tiny_mc' could not be loaded", "multi_choice", "check its YAML")
+    elif case == "missing data file":
+        task = tmp_path / "gone.yaml"
+        task.write_text(tasks["mc"].read_text().replace("mc.jsonl", "gone.jsonl"))
+        expected = ("task 'tiny_mc'", "gone.jsonl", "check the task's data_files")
     elif case == "unsafe code":
         task, expected = tasks["unsafe"], ("'tiny_unsafe'", "runs code the model writes", "--confirm_run_unsafe_code")
     else:
