@@ -29,6 +29,7 @@ COMMANDS = {
     "quantize": "quantize a checkpoint for CPU inference (quantize CKPT OUT --method NAME)",
     "estimate": "plan a run: parameters, FLOPs, memory per device, scaling laws, wall time",
     "data": "clean a corpus: filters, dedup, PII scrubbing, decontamination (data prepare)",
+    "evaluate": "benchmark tasks through lm-evaluation-harness (evaluate MODEL --tasks T1,T2 [--num_fewshot K])",
 }
 
 
@@ -95,6 +96,8 @@ def _dispatch(command: str, rest: list[str]) -> int:
         from llm_modules.cli.estimate_cmd import run
     elif command == "data":
         from llm_modules.cli.data_cmd import run
+    elif command == "evaluate":
+        from llm_modules.cli.evaluate_cmd import run
     else:
         from llm_modules.cli.convert_cmd import run
     return run(rest)

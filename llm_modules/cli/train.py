@@ -32,6 +32,8 @@ from llm_modules.cli.resume_last import newest_run_checkpoint, resolve_last
 from llm_modules.cli.run_folder import DEFAULT_NAME, DEFAULT_SAVE_DIR, RunFolder, logs_under_default_root_dir
 from llm_modules.registry import ConfigError, load_plugins
 from llm_modules.training.checkpoint_io import use_atomic_checkpoints
+from llm_modules.training.evaluate_at_end import (EvaluateAtEnd, EvaluateSection, callback_for, check_section,
+                                                   check_strategy)
 from llm_modules.training.host_memory import retain_freed_cpu_memory
 from llm_modules.training.precision import announce
 from llm_modules.training.preemption import Preemption
@@ -56,6 +58,9 @@ class LLMCLI(LightningCLI):
         parser.add_argument("--retain_freed_cpu_memory", type=bool, default=True,
                             help="on CPU, keep freed tensor memory in the process for reuse instead of returning "
                                  "it to the system and faulting it back in every step (training.host_memory)")
+        parser.add_argument("--evaluate", type=EvaluateSection | None, default=None,
+                            help="fit: lm-eval tasks to evaluate the trained model on at the end "
+                                 "(training.evaluate_at_end)")
 
     def parse_arguments(self, parser, args) -> None:
         """A parse error is one line naming the option, the fix and the closest match (parse_errors),
@@ -66,6 +71,8 @@ class LLMCLI(LightningCLI):
         config = self.config[self.config["subcommand"]] if self.config.get("subcommand") else self.config
         trainer_checks.check_trainer(config["trainer"])  # settings Lightning would refuse with a traceback
         trainer_checks.check_checkpoint_file(config.get("ckpt_path"))
+        if self.config.get("subcommand") == "fit" and config.get("evaluate") is not None:
+            check_section(config["evaluate"])  # a bad field, an unknown task: one line before anything is built
 
     def _parse_ckpt_path(self) -> None:
         """The checkpoint's hyper-parameters fill in the model, except ``evaluation`` when this run
@@ -130,6 +137,9 @@ class LLMCLI(LightningCLI):
         if self.subcommand == "predict" and output and not any(isinstance(c, GenerationWriter) for c in extra):
             outputs.check_file(output, "--data.output", getattr(self.datamodule, "overwrite", False))  # before any work
             extra.append(GenerationWriter(output))  # a PromptDataModule's generations go to its output file
+        evaluate = callback_for(config.get("evaluate")) if self.subcommand == "fit" else None
+        if evaluate is not None and not any(isinstance(c, EvaluateAtEnd) for c in extra):
+            extra.append(evaluate)  # lm-eval tasks on the trained model when fit ends (rank zero)
         if not any(isinstance(c, ThroughputMonitor) for c in extra):
             extra.append(ThroughputMonitor())
         if not any(isinstance(c, ExactResume) for c in extra):
@@ -156,6 +166,8 @@ class LLMCLI(LightningCLI):
                 extra.append(ModelCheckpoint(monitor=None, save_top_k=0, save_last=True, enable_version_counter=False,
                                              every_n_train_steps=checkpoint["every_n_train_steps"]))
         trainer = super().instantiate_trainer(**kwargs)
+        if evaluate is not None:
+            check_strategy(trainer)  # rank zero must hold the whole model to evaluate it alone
         if config.get("retain_freed_cpu_memory", True) and isinstance(trainer.accelerator, CPUAccelerator):
             retain_freed_cpu_memory()
         use_atomic_checkpoints(trainer)  # write, fsync, rename: a kill mid-save keeps the previous file

@@ -56,7 +56,7 @@ def test_help_lists_every_subcommand(capsys):
     for name in ("fit", "validate", "test", "predict", "generate", "registry", "convert", "export", "quantize"):
         assert f"  {name} " in out
     assert set(COMMANDS) == {"fit", "validate", "test", "predict", "generate", "registry", "convert", "export",
-                             "tokenizer", "quantize", "estimate", "data"}
+                             "tokenizer", "quantize", "estimate", "data", "evaluate"}
 
 
 def test_no_command_and_unknown_command_exit_2(capsys):
