@@ -2,9 +2,11 @@
 
     llm-modules evaluate MODEL --tasks T1,T2 [--num_fewshot K] [--limit N] [--output results.json] [--overwrite]
                          [--batch_size B] [--device cpu] [--seed S] [--include_path DIR] [--log_samples]
+                         [--demonstrations bm25 --order similar-last --cot zeroshot --self_consistency 5 ...]
 
 Prints lm-eval's table and, with ``--output``, writes lm-eval's results JSON (atomically; an existing
-file only with ``--overwrite``, refused before any work). The evaluation loop is
+file only with ``--overwrite``, refused before any work). The demonstration-design and
+chain-of-thought flags are ``evaluation.prompting``'s, applied to every task. The evaluation loop is
 ``llm_modules.evaluation.runner.evaluate_tasks``; the model is ``LLMModulesLM``. Nothing is downloaded.
 """
 
@@ -15,6 +17,7 @@ import os
 from pathlib import Path
 
 from llm_modules.cli import outputs
+from llm_modules.evaluation import prompting
 from llm_modules.registry import ConfigError
 
 DESCRIPTION = """\
@@ -70,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep every document's prompt, model output and metrics in the JSON under 'samples'")
     parser.add_argument("--confirm_run_unsafe_code", action="store_true",
                         help="allow tasks that run code the model writes (code synthesis)")
+    prompting.add_arguments(parser)  # demonstration design and chain-of-thought (evaluation.prompting)
     return parser
 
 
@@ -118,6 +122,7 @@ def run(argv: list[str]) -> int:
         raise ConfigError(f"--batch_size {args.batch_size}: give a number of requests >= 1")
     if args.output is not None:
         outputs.check_file(args.output, "--output", args.overwrite)  # before any work
+    design = prompting.design_from_args(args)  # a bad demonstration/chain-of-thought flag: one line, before work
     _check_device(args.device)
     runner.require_lm_eval()
     _check_model(args.model)
@@ -125,8 +130,10 @@ def run(argv: list[str]) -> int:
         lm = load_model(args.model, args.batch_size, args.device)
     results = runner.evaluate_tasks(lm, tasks, num_fewshot=args.num_fewshot, limit=args.limit, seed=args.seed,
                                     include_paths=args.include_path, log_samples=args.log_samples,
-                                    confirm_run_unsafe_code=args.confirm_run_unsafe_code, model_name=args.model)
-    results["config"].update(batch_size=args.batch_size, device=args.device)
+                                    confirm_run_unsafe_code=args.confirm_run_unsafe_code, model_name=args.model,
+                                    prepare_tasks=prompting.task_preparer(design, lm) if design else None)
+    results["config"].update(batch_size=args.batch_size, device=args.device,
+                             prompt_design=design.to_dict() if design else None)
     if args.output is not None:
         from llm_modules.atomic_files import write_text
 

@@ -53,6 +53,9 @@ class EvaluateSection:
     """folders of task YAML files to search as well"""
     confirm_run_unsafe_code: bool = False
     """allow tasks that run code the model writes"""
+    prompting: dict[str, Any] | None = None
+    """demonstration design and chain-of-thought (``evaluation.prompting.PromptDesign`` fields, e.g.
+    {demonstrations: bm25, cot: zeroshot, self_consistency: 5}); default: each task as written"""
 
 
 def _get(section: Any, name: str, default: Any = None) -> Any:
@@ -81,10 +84,22 @@ def check_section(section: Any) -> None:
     for folder in _get(section, "include_path") or []:
         if not Path(folder).is_dir():
             raise ConfigError(f"evaluate.include_path {folder!r} is not a folder; give a folder of task YAML files")
+    _design(section)
     try:  # names resolved and data read now, not after hours of training
         runner.prepare(tasks, _get(section, "include_path") or [], bool(_get(section, "confirm_run_unsafe_code")))
     except ConfigError as err:
         raise ConfigError(f"evaluate.tasks: {err}") from None
+
+
+def _design(section: Any):
+    """The section's ``PromptDesign`` (None without ``prompting``); a bad field is one line naming it."""
+    from llm_modules.evaluation.prompting import PromptDesign
+
+    try:
+        return PromptDesign.from_dict(_get(section, "prompting"))
+    except ConfigError as err:  # "similarity: ..." or "prompting: unknown field ..."
+        where = "evaluate." if str(err).startswith("prompting") else "evaluate.prompting."
+        raise ConfigError(f"{where}{err}") from None
 
 
 def check_strategy(trainer) -> None:
@@ -107,6 +122,7 @@ def callback_for(section: Any) -> "EvaluateAtEnd | None":
         return None
     names = ("tasks", "num_fewshot", "limit", "batch_size", "seed", "include_path", "confirm_run_unsafe_code")
     options = {n: _get(section, n) for n in names if _get(section, n) is not None}
+    options["design"] = _design(section)
     if isinstance(options["tasks"], str):
         options["tasks"] = [t.strip() for t in options["tasks"].split(",") if t.strip()]
     return EvaluateAtEnd(**options)
@@ -119,13 +135,14 @@ class EvaluateAtEnd(Callback):
 
     def __init__(self, tasks: list[str], num_fewshot: int | None = None, limit: int | float | None = None,
                  batch_size: int = 8, seed: int = 1234, include_path: list[str] | tuple[str, ...] = (),
-                 confirm_run_unsafe_code: bool = False,
+                 confirm_run_unsafe_code: bool = False, design=None,
                  prepare_tasks: Callable[[dict[str, Any]], None] | None = None) -> None:
         if isinstance(limit, float) and limit.is_integer() and limit >= 1:
             limit = int(limit)
         self.tasks, self.num_fewshot, self.limit = list(tasks), num_fewshot, limit
         self.batch_size, self.seed, self.include_path = batch_size, seed, list(include_path)
         self.confirm_run_unsafe_code, self.prepare_tasks = confirm_run_unsafe_code, prepare_tasks
+        self.design = design  # a PromptDesign: applied to the tasks with the trained model (its embeddings)
         self.results: dict[str, Any] | None = None
         self.folder: Path | None = None
 
@@ -145,13 +162,19 @@ class EvaluateAtEnd(Callback):
         was_training, where = pl_module.training, pl_module.device
         try:
             lm = LLMModulesLM(module=pl_module, batch_size=self.batch_size, device=str(trainer.strategy.root_device))
+            prepare = self.prepare_tasks
+            if prepare is None and self.design is not None:
+                from llm_modules.evaluation.prompting import task_preparer
+
+                prepare = task_preparer(self.design, lm)
             results = runner.evaluate_tasks(
                 lm, self.tasks, num_fewshot=self.num_fewshot, limit=self.limit, seed=self.seed,
-                include_paths=self.include_path, prepare_tasks=self.prepare_tasks,
+                include_paths=self.include_path, prepare_tasks=prepare,
                 confirm_run_unsafe_code=self.confirm_run_unsafe_code, model_name=type(pl_module).__name__,
             )
         finally:
             pl_module.to(where).train(was_training)
+        results["config"]["prompt_design"] = self.design.to_dict() if self.design is not None else None
         self.results = results
         step = max(trainer.global_step - 1, 0)  # the step the last training step's metrics were logged at
         metrics = {f"{PREFIX}/{name}": value for name, value in runner.task_metrics(results).items()}

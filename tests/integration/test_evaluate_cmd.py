@@ -161,6 +161,22 @@ def test_prepare_tasks_hook_changes_the_prompts_after_the_few_shot_count_is_set(
         assert sample["arguments"][0][0].startswith("Answer the question.\n\n")
 
 
+def test_demonstration_and_chain_of_thought_flags_shape_every_prompt(checkpoint, tasks, tmp_path, capsys):
+    out_file = tmp_path / "designed.json"
+    code, _, err = evaluate(capsys, checkpoint, "--tasks", str(tasks["gen"]), "--num_fewshot", 2, "--limit", 3,
+                            "--log_samples", "--output", out_file, "--demonstrations", "bm25",
+                            "--demo_template", "Q: {{q}}\\nA: {{target}}", "--cot", "zeroshot")
+    assert code == 0, err
+    results = json.loads(out_file.read_text())
+    assert results["config"]["prompt_design"]["demonstrations"] == "bm25"
+    for sample in results["samples"][GEN_TASK]:
+        prompt, question = sample["arguments"][0][0], sample["doc"]["q"]
+        assert prompt.count("Q: print(") == 3  # two demonstrations in the template, then the question
+        assert prompt.rstrip().endswith("Let's think step by step.")
+        demos = prompt.split("Q: ")[1:-1]
+        assert all(not d.startswith(question) for d in demos)  # never its own demonstration
+
+
 def test_help_documents_every_option(capsys):
     code, out, _ = evaluate(capsys, "--help")
     assert code == 0
@@ -178,7 +194,7 @@ def test_evaluate_is_listed_among_the_commands(capsys):
 
 @pytest.mark.parametrize("case", ["missing model", "folder without config", "yaml without task", "missing yaml",
                                   "negative k", "negative limit", "zero batch", "hub data offline", "unsafe code",
-                                  "bad device", "broken task", "missing data file"])
+                                  "bad device", "broken task", "missing data file", "bad demonstrations"])
 def test_bad_input_is_one_line(checkpoint, tasks, tmp_path, monkeypatch, capsys, case):
     for name in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):  # the run sets them itself when the user has not
         monkeypatch.delenv(name, raising=False)
@@ -208,6 +224,8 @@ def test_bad_input_is_one_line(checkpoint, tasks, tmp_path, monkeypatch, capsys,
         task = tmp_path / "gone.yaml"
         task.write_text(tasks["mc"].read_text().replace("mc.jsonl", "gone.jsonl"))
         expected = ("task 'tiny_mc'", "gone.jsonl", "check the task's data_files")
+    elif case == "bad demonstrations":
+        extra, expected = ["--demonstrations", "bm26"], ("demonstrations", "'bm26'", "'bm25'")
     elif case == "unsafe code":
         task, expected = tasks["unsafe"], ("'tiny_unsafe'", "runs code the model writes", "--confirm_run_unsafe_code")
     else:

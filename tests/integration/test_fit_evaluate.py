@@ -30,7 +30,8 @@ def run(corpus, cache, tasks, tmp_path_factory):
     root = tmp_path_factory.mktemp("fit-evaluate")
     config = root / "evaluate.yaml"
     config.write_text(yaml.safe_dump({"evaluate": {"tasks": [str(tasks["mc"]), str(tasks["gen"])],
-                                                   "num_fewshot": 1, "limit": 3, "batch_size": 4}}))
+                                                   "num_fewshot": 1, "limit": 3, "batch_size": 4,
+                                                   "prompting": {"demonstrations": "bm25"}}}))
     args = tiny(REPO / "configs" / "quickstart.yaml", corpus, cache, "--config", str(config), steps=4)
     assert main(["fit", *args, "--trainer.default_root_dir", str(root), "--trainer.accelerator", "cpu"]) == 0
     return next(root.glob("**/metrics.csv")).parent
@@ -46,6 +47,7 @@ def test_task_metrics_are_logged_with_the_runs_other_metrics(run):
     assert int(row["step"]) == last_val_step == 3  # 4 steps: the last training step's step
     results = json.loads((run / "lm_eval_results.json").read_text())
     assert results["n-shot"] == {MC_TASK: 1, GEN_TASK: 1}
+    assert results["config"]["prompt_design"]["demonstrations"] == "bm25"  # the section's prompting was applied
     assert results["n-samples"][MC_TASK]["effective"] == 3
     for task, metric in ((MC_TASK, "acc"), (GEN_TASK, "exact_match")):
         assert float(row[f"eval/{task}/{metric}"]) == pytest.approx(results["results"][task][f"{metric},none"])
@@ -55,6 +57,7 @@ def test_task_metrics_are_logged_with_the_runs_other_metrics(run):
 def test_the_section_is_saved_with_the_runs_config(run, tasks):
     saved = yaml.safe_load((run / "config.yaml").read_text())["evaluate"]
     assert saved["tasks"] == [str(tasks["mc"]), str(tasks["gen"])] and saved["num_fewshot"] == 1
+    assert saved["prompting"] == {"demonstrations": "bm25"}
 
 
 @pytest.mark.parametrize("override, expected", [
@@ -62,6 +65,8 @@ def test_the_section_is_saved_with_the_runs_config(run, tasks):
     (["--evaluate.limit", "0"], ("evaluate.limit 0", "> 0")),
     (["--evaluate.batch_size", "0"], ("evaluate.batch_size 0", ">= 1")),
     (["--evaluate.tasks", "[]"], ("evaluate.tasks", "name at least one task")),
+    (["--evaluate.prompting", "{{demonstrations: bm26}}"], ("evaluate.prompting.demonstrations", "'bm25'")),
+    (["--evaluate.prompting", "{{demo: bm25}}"], ("evaluate.prompting: unknown field 'demo'", "demonstrations")),
     (["--evaluate.tasks", "[{notask}]"], ("evaluate.tasks", "does not define a task")),
     (["--evaluate.include_path", "[{missing}]"], ("evaluate.include_path", "is not a folder")),
     (["--evaluate.tasks", "[{hub}]"], ("evaluate.tasks", "'needs_the_hub'", "not available offline")),
