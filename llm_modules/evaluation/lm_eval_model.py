@@ -52,7 +52,7 @@ HARNESS_ARGS = ("max_batch_size",)
 class LLMModulesLM(TemplateLM):
     """lm-eval's view of an llm-modules CausalLM, PrefixLM or Seq2SeqLM (see the module docstring)."""
 
-    def __init__(self, pretrained: str | None = None, batch_size: int | str = 8, device: str = "cpu",
+    def __init__(self, pretrained: str | None = None, batch_size: int | str = 8, device: str | None = None,
                  max_length: int | None = None, module=None, seed: int | None = None, **kwargs):
         """``pretrained``: a ``.ckpt`` or a Hugging Face folder (what ``lm_eval --model_args`` names);
         ``module``: an llm-modules model already in memory, with its ``tokenizer`` attribute set.
@@ -69,7 +69,7 @@ class LLMModulesLM(TemplateLM):
                              "requests need a CausalLM, PrefixLM or Seq2SeqLM")
         if kind not in KINDS:
             raise ValueError(f"{name} is a {kind}; the lm-eval model evaluates {', '.join(KINDS)}")
-        self._device = torch.device(device)
+        self._device = _device(device)
         self.module = module.to(self._device).eval()
         self.kind = kind
         self.seq2seq = kind == "Seq2SeqLM"
@@ -150,6 +150,18 @@ def _load(pretrained: str):
     from llm_modules.hf import from_hf
 
     return from_hf(path) if path.is_dir() else load_checkpoint(path)
+
+
+def _device(name: str | None) -> torch.device:
+    """The device to run on. lm-eval's command line passes ``cuda:0`` unless told otherwise; like its
+    ``hf`` model, a CUDA device on a machine without CUDA (and no device at all) means the CPU then."""
+    if name is None or (str(name).startswith("cuda") and not torch.cuda.is_available()):
+        if name is not None:
+            import logging
+
+            logging.getLogger(__name__).warning("device %s: CUDA is not available, running on the CPU", name)
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 def _batch_size(value) -> int:
