@@ -26,7 +26,8 @@ Which LM kinds, and how:
   context, so there the model is the plain causal decoder.
 - Seq2SeqLM: as ``hf`` with AutoModelForSeq2SeqLM: the context is the encoder's input, the
   continuation is scored by the decoder from the decoder start token; generation reads the context
-  with the encoder. ``loglikelihood_rolling`` is answered as ``hf`` answers it (each window scored
+  with the encoder, and ``max_gen_toks`` bounds the new tokens as for a decoder (``hf`` lets the
+  decoder run to the padded context width plus ``max_gen_toks``). ``loglikelihood_rolling`` is answered as ``hf`` answers it (each window scored
   by the decoder over a one-token encoder input: the decoder's own language model), so the numbers
   compare, but they say little about an encoder-decoder.
 - MaskedLM (encoder-only) cannot continue text: refused when the model is built.
