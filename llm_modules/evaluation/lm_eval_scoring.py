@@ -10,11 +10,15 @@ model sees follows lm-eval's own Hugging Face model (``hf``), so the numbers are
 - Seq2SeqLM: the context's last ``max_length`` tokens go to the encoder, the continuation to the
   decoder after the decoder start token (``config.pad_token_id``, T5's convention).
 
-Why it is fast: rows are sorted longest first (batches of similar length pad little); rows whose
-model input is identical (a multiple-choice question with one-token answers, repeated requests) run
-once and share the result; the LM head and the log-softmax run only on the positions that score a
-continuation token, never on the whole (B, T, V) logits; and everything runs under
-``torch.inference_mode``.
+Why it is fast:
+
+- a CausalLM reads a context shared by several continuations (a multiple-choice question) once: the
+  contexts of a batch run left-padded into a KV cache, which is then repeated for each continuation,
+  and only the continuations run over it (``_shared_contexts``);
+- other rows are sorted longest first (batches of similar length pad little), and rows whose model
+  input is identical (one-token answers, repeated requests) run once and share the result;
+- the LM head and the log-softmax run only on the positions that score a continuation token, never
+  on the whole (B, T, V) logits; everything runs under ``torch.inference_mode``.
 """
 
 from __future__ import annotations
@@ -35,18 +39,68 @@ class Scorer:
         self.kind = module.kind
 
     def __call__(self, rows: Sequence[Row]) -> list[tuple[float, bool]]:
+        results: list[tuple[float, bool] | None] = [None] * len(rows)
+        shared = self._shared_contexts(rows)
         inputs: dict[tuple, list[int]] = {}  # model input -> the rows it scores
         for i, (_, context, continuation) in enumerate(rows):
-            inputs.setdefault(self._input(context, continuation), []).append(i)
+            if i not in shared:
+                inputs.setdefault(self._input(context, continuation), []).append(i)
         order = sorted(inputs, key=lambda key: (-_length(key), key))
-        results: list[tuple[float, bool] | None] = [None] * len(rows)
         with torch.inference_mode():
+            self._score_shared(rows, shared, results)
             for start in range(0, len(order), self.batch_size):
                 batch = order[start:start + self.batch_size]
                 for key, logprobs in zip(batch, self._logprobs(batch)):
                     for i in inputs[key]:
                         results[i] = _score(logprobs, list(rows[i][2]))
         return results  # type: ignore[return-value]
+
+    def _shared_contexts(self, rows: Sequence[Row]) -> dict[int, tuple]:
+        """Rows of a CausalLM whose context has several continuations (and that need no truncation):
+        row index -> its context, scored by ``_score_shared``."""
+        if self.kind != "CausalLM" or not hasattr(self.module.model, "hidden"):
+            return {}
+        by_context: dict[tuple, list[int]] = {}
+        for i, (_, context, continuation) in enumerate(rows):
+            if context and continuation and len(context) + len(continuation) <= self.max_length + 1:
+                by_context.setdefault(tuple(context), []).append(i)
+        return {i: context for context, members in by_context.items() if len(members) > 1 for i in members}
+
+    def _score_shared(self, rows: Sequence[Row], shared: dict[int, tuple], results: list) -> None:
+        """Contexts, longest first, in batches of at most ``batch_size`` continuation rows: the
+        contexts' keys and values go to a cache, repeated per continuation; each continuation but its
+        last token then runs over it. The context's last position predicts a continuation's first token."""
+        from llm_modules.generation.prompts import left_pad
+        from llm_modules.nn.kv_cache import KVCache
+
+        groups: dict[tuple, list[int]] = {}
+        for i, context in shared.items():
+            groups.setdefault(context, []).append(i)
+        contexts = sorted(groups, key=lambda c: (-len(c), c))
+        model = self.module.model
+        while contexts:
+            batch, count = [], 0
+            while contexts and (not batch or count + len(groups[contexts[0]]) <= self.batch_size):
+                count += len(groups[contexts[0]])
+                batch.append(contexts.pop(0))
+            ids, mask = left_pad(batch, 0)
+            ids, mask = ids.to(self.device), mask.to(self.device)
+            cache = KVCache()
+            last = model.hidden(ids, mask, cache=cache)[:, -1]
+            members = [(g, i) for g, context in enumerate(batch) for i in groups[context]]
+            origin = torch.tensor([g for g, _ in members], device=self.device)
+            tails = [list(rows[i][2][:-1]) for _, i in members]
+            hidden = [last[origin]]
+            if any(tails):
+                cache.reorder(origin)
+                tail_ids, tail_mask = _right_pad([t or [0] for t in tails], self.device)
+                hidden.append(model.hidden(tail_ids, torch.cat((mask[origin], tail_mask), 1), cache=cache))
+            lengths = [len(rows[i][2]) for _, i in members]
+            picked = torch.cat([torch.cat((hidden[0][r:r + 1], hidden[1][r, :n - 1])) if n > 1 else hidden[0][r:r + 1]
+                                for r, n in enumerate(lengths)])
+            logprobs = F.log_softmax(model.head(picked).float(), dim=-1).split(lengths)
+            for (_, i), scores in zip(members, logprobs):
+                results[i] = _score(scores, list(rows[i][2]))
 
     def _input(self, context: Sequence[int], continuation: Sequence[int]) -> tuple:
         """What the model reads for one row: (ids, decoder ids or prefix length) as a hashable key.
