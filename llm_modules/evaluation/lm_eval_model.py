@@ -101,7 +101,14 @@ class LLMModulesLM(TemplateLM):
         return bos if bos is not None and bos >= 0 else self.eot_token_id
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
-        return list(self.tokenizer.encode(string))
+        """Ids as lm-eval's ``hf`` gets them from transformers: by default with what the tokenizer adds
+        to a model input (``generation.prompts.encode_prompt``: BOS for a LLaMA folder, nothing for a
+        model trained here), without when lm-eval says ``add_special_tokens=False``."""
+        if add_special_tokens is False:
+            return list(self.tokenizer.encode(string))
+        from llm_modules.generation.prompts import encode_prompt
+
+        return list(encode_prompt(self.tokenizer, self.module, string))
 
     def tok_decode(self, tokens) -> str:
         return self.tokenizer.decode(tokens)

@@ -140,6 +140,23 @@ def test_seq2seq_scores_and_generates_as_lm_evals_hf_seq2seq_model(t5):
     assert any(got), "every generation is empty: the comparison would say little"
 
 
+def test_hugging_face_folder_with_a_bos_adding_tokenizer_equals_lm_evals(tmp_path):
+    """A Llama-style folder whose tokenizer puts BOS before every text (``from_hf``): contexts are
+    encoded as transformers encodes them, so the scores and generations are hf's."""
+    from lm_eval.models.huggingface import HFLM
+
+    from _hf_tokenizer_helpers import write_llama_folder
+    from llm_modules.evaluation.lm_eval_model import LLMModulesLM
+
+    folder = write_llama_folder(tmp_path / "llama")
+    ours, hf = LLMModulesLM(str(folder), batch_size=3), HFLM(pretrained=str(folder), batch_size=3, device="cpu")
+    assert ours.tok_encode("Hello world")[0] == ours.prefix_token_id == hf.prefix_token_id  # BOS
+    _assert_same_loglikelihoods(ours, hf)
+    prompts = [("The quick", {"until": ["."], "max_gen_toks": 6}), ("Hello", {"max_gen_toks": 5})]
+    assert ours.generate_until(_requests("generate_until", prompts)) == hf.generate_until(
+        _requests("generate_until", prompts))
+
+
 def test_batched_generation_equals_one_prompt_at_a_time(trained, t5):
     from llm_modules.evaluation.lm_eval_model import LLMModulesLM
 
