@@ -22,6 +22,7 @@ import json
 import torch
 
 from llm_modules.generation.prompts import left_pad, new_tokens
+from llm_modules.registry import ConfigError
 
 #: gen_kwargs passed on to ``generate`` (beside until / max_gen_toks, which are handled here)
 PASSED = ("do_sample", "temperature", "top_p", "top_k", "repetition_penalty", "num_beams", "length_penalty",
@@ -57,7 +58,7 @@ def generation_options(gen_kwargs: dict) -> tuple[dict, list[str], int]:
     max_new = int(kwargs.pop("max_gen_toks"))
     unknown = sorted(set(kwargs) - set(PASSED))
     if unknown:
-        raise ValueError(f"gen_kwargs {unknown} are not supported by the llm-modules lm-eval model; "
+        raise ConfigError(f"gen_kwargs {unknown} are not supported by the llm-modules lm-eval model; "
                          f"it understands until, max_gen_toks, {', '.join(PASSED)}")
     sample = bool(kwargs.get("do_sample")) and kwargs.get("temperature", 1.0) not in (0, 0.0)
     options = {k: v for k, v in kwargs.items() if k != "do_sample" and (sample or k not in SAMPLING)}
@@ -74,7 +75,7 @@ def _context_ids(lm, context: str, max_new: int) -> list[int]:
         return ids[-lm.max_length:]
     room = lm.max_length - max_new
     if room <= 0:
-        raise ValueError(f"max_gen_toks={max_new} leaves no room for the context in the model's "
+        raise ConfigError(f"max_gen_toks={max_new} leaves no room for the context in the model's "
                          f"{lm.max_length} tokens; ask for fewer new tokens")
     return ids[-room:] or [lm.prefix_token_id]
 

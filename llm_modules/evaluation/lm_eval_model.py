@@ -2,14 +2,18 @@
 
 ``LLMModulesLM(pretrained=PATH)`` loads a ``.ckpt`` (``load_checkpoint``) or a Hugging Face folder
 (``from_hf``) with its tokenizer; ``module=MODEL`` takes a model already in memory (a fit's
-end-of-training evaluation). Registered as ``llm-modules`` (``lm_eval_registration``), so
+end-of-training evaluation). Registered as ``llm-modules`` by the top-level ``llm_modules_lm_eval``
+(a ``.pth`` hook the wheel installs), so
 ``lm_eval --model llm-modules --model_args pretrained=PATH,batch_size=16,seed=0 --tasks ...`` works
 once both packages are installed. It answers lm-eval's three request types with the numbers lm-eval's
-own Hugging Face model (``hf``) gives on the model's ``to_hf`` export:
+own Hugging Face model (``hf``) gives on the model's ``to_hf`` export, or on the Hugging Face folder:
 
+- text is encoded as transformers encodes it for ``hf`` (``tok_encode``: BOS where the folder's
+  tokenizer adds it, as LLaMA's does; nothing for a model trained here);
 - ``loglikelihood`` (``lm_eval_scoring``): lm-eval's ``TemplateLM`` tokenizes (context, continuation)
   (trailing spaces of the context move to the continuation; an empty context becomes the prefix
-  token); rows are batched longest first, identical model inputs run once;
+  token); a context shared by several continuations runs once (KV cache), other rows are batched
+  longest first, identical model inputs run once;
 - ``loglikelihood_rolling``: lm-eval's disjoint rolling windows of the model's length, the first
   conditioned on the prefix token, scored as loglikelihood rows;
 - ``generate_until`` (``lm_eval_generation``): batched, left-padded, with the KV cache, stopped at
@@ -27,9 +31,10 @@ Which LM kinds, and how:
 - Seq2SeqLM: as ``hf`` with AutoModelForSeq2SeqLM: the context is the encoder's input, the
   continuation is scored by the decoder from the decoder start token; generation reads the context
   with the encoder, and ``max_gen_toks`` bounds the new tokens as for a decoder (``hf`` lets the
-  decoder run to the padded context width plus ``max_gen_toks``). ``loglikelihood_rolling`` is answered as ``hf`` answers it (each window scored
-  by the decoder over a one-token encoder input: the decoder's own language model), so the numbers
-  compare, but they say little about an encoder-decoder.
+  decoder run to the padded context width plus ``max_gen_toks``). ``loglikelihood_rolling`` is
+  answered as ``hf`` answers it (each window scored by the decoder over a one-token encoder input:
+  the decoder's own language model), so the numbers compare, but they say little about an
+  encoder-decoder.
 - MaskedLM (encoder-only) cannot continue text: refused when the model is built.
 
 ``seed`` (model_args) seeds sampling; without it the generator is seeded from torch's global
@@ -38,12 +43,13 @@ generator, which lm-eval seeds itself (``--seed``), so runs repeat either way.
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 
 import torch
 from lm_eval import utils
 from lm_eval.api.model import TemplateLM
+
+from llm_modules.registry import ConfigError, did_you_mean
 
 KINDS = ("CausalLM", "PrefixLM", "Seq2SeqLM")
 #: what lm-eval's command line adds to --model_args (``LM.create_from_arg_string``)
@@ -66,10 +72,10 @@ class LLMModulesLM(TemplateLM):
         name = pretrained or "the model"
         kind = getattr(module, "kind", type(module).__name__)
         if kind == "MaskedLM":
-            raise ValueError(f"{name} is a MaskedLM (encoder-only), which does not continue text; lm-eval's "
+            raise ConfigError(f"{name} is a MaskedLM (encoder-only), which does not continue text; lm-eval's "
                              "requests need a CausalLM, PrefixLM or Seq2SeqLM")
         if kind not in KINDS:
-            raise ValueError(f"{name} is a {kind}; the lm-eval model evaluates {', '.join(KINDS)}")
+            raise ConfigError(f"{name} is a {kind}; the lm-eval model evaluates {', '.join(KINDS)}")
         self._device = _device(device)
         self.module = module.to(self._device).eval()
         self.kind = kind
@@ -77,7 +83,7 @@ class LLMModulesLM(TemplateLM):
         self.backend = "seq2seq" if self.seq2seq else "causal"  # TemplateLM._encode_pair reads it
         self.tokenizer = self.module.tokenizer
         if self.tokenizer is None:
-            raise ValueError(f"{name} carries no tokenizer; lm-eval requests are text")
+            raise ConfigError(f"{name} carries no tokenizer; lm-eval requests are text")
         self.batch_size = _batch_size(batch_size)
         self.max_length = int(max_length or self.module.config.max_seq_len)
 
@@ -140,20 +146,19 @@ class LLMModulesLM(TemplateLM):
 
 def _check_arguments(pretrained, module, extra: dict) -> None:
     if (pretrained is None) == (module is None):
-        raise ValueError("give either pretrained=PATH (a .ckpt or a Hugging Face folder) or module=MODEL")
+        raise ConfigError("give either pretrained=PATH (a .ckpt or a Hugging Face folder) or module=MODEL")
     unknown = sorted(set(extra) - set(HARNESS_ARGS))
     if unknown:
         known = ("pretrained", "batch_size", "device", "max_length", "seed")
-        close = difflib.get_close_matches(unknown[0], known, n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        raise ValueError(f"model_args {unknown[0]!r} is not an llm-modules lm-eval model argument{hint}; "
-                         f"it takes {', '.join(known)}")
+        raise ConfigError(f"model_args {unknown[0]!r} is not an llm-modules lm-eval model argument"
+                          f"{did_you_mean(unknown[0], known)}; "
+                          f"it takes {', '.join(known)}")
 
 
 def _load(pretrained: str):
     path = Path(pretrained)
     if not path.exists():
-        raise ValueError(f"pretrained={pretrained!r} does not exist; give a .ckpt file or a Hugging Face folder")
+        raise ConfigError(f"pretrained={pretrained!r} does not exist; give a .ckpt file or a Hugging Face folder")
     from llm_modules.checkpoint import load_checkpoint
     from llm_modules.hf import from_hf
 
@@ -182,5 +187,5 @@ def _batch_size(value) -> int:
     except (TypeError, ValueError):
         size = 0
     if size < 1:
-        raise ValueError(f"batch_size={value!r}: give a positive number of rows per batch")
+        raise ConfigError(f"batch_size={value!r}: give a positive number of rows per batch")
     return size

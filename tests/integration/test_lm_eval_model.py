@@ -207,13 +207,14 @@ def test_prefix_lm_reads_the_context_as_its_prefix(trained):
 def test_bad_input_is_refused_in_one_line(trained, models, tmp_path):
     from llm_modules import MaskedLM
     from llm_modules.evaluation.lm_eval_model import LLMModulesLM
+    from llm_modules.registry import ConfigError
 
     ckpt = str(trained[0])
     cases = [
         (lambda: LLMModulesLM(module=_untrained(MaskedLM, trained)), "MaskedLM (encoder-only)"),
         (lambda: LLMModulesLM(), "give either pretrained=PATH"),
         (lambda: LLMModulesLM(ckpt, module=models[0].module), "give either pretrained=PATH"),
-        (lambda: LLMModulesLM(ckpt, pretraind=ckpt), "did you mean pretrained?"),
+        (lambda: LLMModulesLM(ckpt, pretraind=ckpt), "did you mean 'pretrained'?"),
         (lambda: LLMModulesLM(str(tmp_path / "missing.ckpt")), "does not exist"),
         (lambda: LLMModulesLM(ckpt, batch_size="many"), "batch_size='many'"),
         (lambda: models[0].generate_until(_requests("generate_until", [("x", {"until": ["\n"], "min_p": 0.1})])),
@@ -222,7 +223,7 @@ def test_bad_input_is_refused_in_one_line(trained, models, tmp_path):
          "max_gen_toks=64 leaves no room"),
     ]
     for call, message in cases:
-        with pytest.raises(ValueError) as err:
+        with pytest.raises(ConfigError) as err:
             call()
         assert message in str(err.value) and "\n" not in str(err.value)
 
