@@ -13,7 +13,8 @@ are made from that source too:
 - ``generate_until``: ``--prompts`` contexts, greedy, ``max_gen_toks`` ``--new-tokens``, with a stop
   string the model does not produce (every row runs its full length).
 
-Both models get the same ``--batch-size``; each measurement is the best of ``--rounds``. The results are
+Both models get the same ``--batch-size``; each measurement is the best of ``--rounds``, the two models
+taking turns. The results are
 checked to agree (log-likelihoods within 1e-4, the same greedy texts) before any figure is printed.
 """
 
@@ -43,6 +44,7 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--files", type=int, default=300, help="standard-library files to read (tokenizer, requests)")
     parser.add_argument("--json", type=Path, default=None)
     return parser.parse_args(argv)
 
@@ -62,7 +64,7 @@ def build(folder: Path, args):
     from llm_modules.data.tokenizer import Tokenizer
     from llm_modules.evaluation.lm_eval_model import LLMModulesLM
 
-    tokenizer = Tokenizer.train(iter(stdlib_texts()), vocab_size=2048, max_sentences=20_000)
+    tokenizer = Tokenizer.train(iter(stdlib_texts(args.files)), vocab_size=2048, max_sentences=20_000)
     torch.manual_seed(0)
     lm = CausalLM(config=dict(vocab_size=2048, d_model=args.d_model, n_layers=args.layers, n_heads=4, n_kv_heads=4,
                               norm="rmsnorm", residual="pre", activation="swiglu", position="rope", bias=False,
@@ -77,7 +79,7 @@ def build(folder: Path, args):
 def requests(args):
     from lm_eval.api.instance import Instance
 
-    text = "".join(stdlib_texts()[:60])
+    text = "".join(stdlib_texts(args.files)[:60])
     rng = random.Random(0)
     starts = lambda n, width: [rng.randrange(0, len(text) - width) for _ in range(n)]  # noqa: E731
     choice = [text[s:s + 40] for s in starts(4 * args.questions, 40)]
@@ -89,12 +91,15 @@ def requests(args):
     return mc, gen
 
 
-def timed(call, rounds: int):
-    best, out = float("inf"), None
+def timed(calls, rounds: int):
+    """Best seconds and last result of each call, the calls taking turns each round (a busy machine
+    then slows both alike)."""
+    best, out = [float("inf")] * len(calls), [None] * len(calls)
     for _ in range(rounds):
-        start = time.perf_counter()
-        out = call()
-        best = min(best, time.perf_counter() - start)
+        for n, call in enumerate(calls):
+            start = time.perf_counter()
+            out[n] = call()
+            best[n] = min(best[n], time.perf_counter() - start)
     return best, out
 
 
@@ -106,8 +111,8 @@ def main(argv=None) -> dict:
         mc, gen = requests(args)
         figures = {"parameters": params, "batch_size": args.batch_size, "threads": args.threads}
         for kind, reqs in (("loglikelihood", mc), ("generate_until", gen)):
-            ours_s, ours_out = timed(lambda: getattr(ours, kind)(reqs, disable_tqdm=True), args.rounds)
-            hf_s, hf_out = timed(lambda: getattr(hf, kind)(reqs, disable_tqdm=True), args.rounds)
+            calls = [lambda lm=lm: getattr(lm, kind)(reqs, disable_tqdm=True) for lm in (ours, hf)]
+            (ours_s, hf_s), (ours_out, hf_out) = timed(calls, args.rounds)
             if kind == "loglikelihood":
                 worst = max(abs(a[0] - b[0]) for a, b in zip(ours_out, hf_out))
                 assert worst < 1e-4 and [a[1] for a in ours_out] == [b[1] for b in hf_out], worst
