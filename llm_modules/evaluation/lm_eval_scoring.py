@@ -12,9 +12,10 @@ model sees follows lm-eval's own Hugging Face model (``hf``), so the numbers are
 
 Why it is fast:
 
-- a CausalLM reads a context shared by several continuations (a multiple-choice question) once: the
+- a decoder reads a context shared by several continuations (a multiple-choice question) once: the
   contexts of a batch run left-padded into a KV cache, which is then repeated for each continuation,
-  and only the continuations run over it (``_shared_contexts``);
+  and only the continuations run over it (``_shared_contexts``); a Seq2SeqLM's encoder runs once per
+  context of a batch;
 - other rows are sorted longest first (batches of similar length pad little), and rows whose model
   input is identical (one-token answers, repeated requests) run once and share the result;
 - the LM head and the log-softmax run only on the positions that score a continuation token, never
@@ -45,7 +46,10 @@ class Scorer:
         for i, (_, context, continuation) in enumerate(rows):
             if i not in shared:
                 inputs.setdefault(self._input(context, continuation), []).append(i)
-        order = sorted(inputs, key=lambda key: (-_length(key), key))
+        if self.kind == "Seq2SeqLM":  # a context's rows side by side: its encoder runs once per batch
+            order = sorted(inputs, key=lambda key: (-len(key[0]), key[0], -len(key[1]), key[1]))
+        else:
+            order = sorted(inputs, key=lambda key: (-_length(key), key))
         with torch.inference_mode():
             self._score_shared(rows, shared, results)
             for start in range(0, len(order), self.batch_size):
@@ -56,9 +60,9 @@ class Scorer:
         return results  # type: ignore[return-value]
 
     def _shared_contexts(self, rows: Sequence[Row]) -> dict[int, tuple]:
-        """Rows of a CausalLM whose context has several continuations (and that need no truncation):
+        """Rows of a decoder whose context has several continuations (and that need no truncation):
         row index -> its context, scored by ``_score_shared``."""
-        if self.kind != "CausalLM" or not hasattr(self.module.model, "hidden"):
+        if self.kind not in ("CausalLM", "PrefixLM") or not hasattr(self.module.model, "hidden"):
             return {}
         by_context: dict[tuple, list[int]] = {}
         for i, (_, context, continuation) in enumerate(rows):
@@ -69,7 +73,8 @@ class Scorer:
     def _score_shared(self, rows: Sequence[Row], shared: dict[int, tuple], results: list) -> None:
         """Contexts, longest first, in batches of at most ``batch_size`` continuation rows: the
         contexts' keys and values go to a cache, repeated per continuation; each continuation but its
-        last token then runs over it. The context's last position predicts a continuation's first token."""
+        last token then runs over it. The context's last position predicts a continuation's first token.
+        A PrefixLM reads each context as its prefix (both directions), the continuations causally after it."""
         from llm_modules.generation.prompts import left_pad
         from llm_modules.nn.kv_cache import KVCache
 
@@ -85,8 +90,9 @@ class Scorer:
                 batch.append(contexts.pop(0))
             ids, mask = left_pad(batch, 0)
             ids, mask = ids.to(self.device), mask.to(self.device)
+            prefix = torch.tensor([len(c) for c in batch], device=self.device) if self.kind == "PrefixLM" else None
             cache = KVCache()
-            last = model.hidden(ids, mask, cache=cache)[:, -1]
+            last = model.hidden(ids, mask, prefix, cache=cache)[:, -1]
             members = [(g, i) for g, context in enumerate(batch) for i in groups[context]]
             origin = torch.tensor([g for g, _ in members], device=self.device)
             tails = [list(rows[i][2][:-1]) for _, i in members]
@@ -94,7 +100,8 @@ class Scorer:
             if any(tails):
                 cache.reorder(origin)
                 tail_ids, tail_mask = _right_pad([t or [0] for t in tails], self.device)
-                hidden.append(model.hidden(tail_ids, torch.cat((mask[origin], tail_mask), 1), cache=cache))
+                hidden.append(model.hidden(tail_ids, torch.cat((mask[origin], tail_mask), 1),
+                                           None if prefix is None else prefix[origin], cache=cache))
             lengths = [len(rows[i][2]) for _, i in members]
             picked = torch.cat([torch.cat((hidden[0][r:r + 1], hidden[1][r, :n - 1])) if n > 1 else hidden[0][r:r + 1]
                                 for r, n in enumerate(lengths)])
@@ -133,12 +140,15 @@ class Scorer:
         return list(logprobs.split(lengths))
 
     def _seq2seq(self, batch: list[tuple]) -> list[torch.Tensor]:
+        """The encoder runs once per distinct context of the batch; the decoder over its output."""
         start = self.module.config.pad_token_id
-        encoder = [list(ids) for ids, _ in batch]
+        contexts = list(dict.fromkeys(ids for ids, _ in batch))
+        origin = torch.tensor([contexts.index(ids) for ids, _ in batch], device=self.device)
         decoder = [[start, *tail] for _, tail in batch]
-        ids, mask = _right_pad(encoder, self.device)
+        ids, mask = _right_pad([list(c) for c in contexts], self.device)
         dec_ids, _ = _right_pad(decoder, self.device)
-        logits = self.module(ids, attention_mask=mask, decoder_input_ids=dec_ids)
+        model = self.module.model
+        logits = model.decode(dec_ids, model.encode(ids, mask)[origin], mask[origin])
         return [F.log_softmax(logits[r, :len(d)].float(), dim=-1) for r, d in enumerate(decoder)]
 
 

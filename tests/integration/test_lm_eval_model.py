@@ -192,16 +192,20 @@ def test_prefix_lm_reads_the_context_as_its_prefix(trained):
 
     lm = _untrained(PrefixLM, trained)
     ours = LLMModulesLM(module=lm, batch_size=2)
-    context, continuation = ours.tok_encode("def foo(x):"), ours.tok_encode(" return x")
-    (score, _), = ours._loglikelihood_tokens([(None, context, continuation)])
-    ids = torch.tensor([context + continuation[:-1]])
-    with torch.no_grad():
-        bidirectional = lm(ids, prefix_lengths=torch.tensor([len(context)])).log_softmax(-1)
-        causal = lm(ids).log_softmax(-1)
-    span = slice(len(context) - 1, ids.shape[1])
-    target = torch.tensor(continuation)[:, None]
-    assert score == pytest.approx(float(bidirectional[0, span].gather(-1, target).sum()), abs=1e-4)
-    assert score != pytest.approx(float(causal[0, span].gather(-1, target).sum()), abs=1e-3)
+    context = ours.tok_encode("def foo(x):")
+    continuations = [ours.tok_encode(text) for text in (" return x", " pass", " x")]
+    alone = ours._loglikelihood_tokens([(None, context, continuations[0])])  # one row
+    together = ours._loglikelihood_tokens([(None, context, c) for c in continuations])  # the context read once
+    for continuation, (score, _) in zip(continuations, together):
+        ids = torch.tensor([context + continuation[:-1]])
+        with torch.no_grad():
+            bidirectional = lm(ids, prefix_lengths=torch.tensor([len(context)])).log_softmax(-1)
+            causal = lm(ids).log_softmax(-1)
+        span = slice(len(context) - 1, ids.shape[1])
+        target = torch.tensor(continuation)[:, None]
+        assert score == pytest.approx(float(bidirectional[0, span].gather(-1, target).sum()), abs=1e-4)
+        assert score != pytest.approx(float(causal[0, span].gather(-1, target).sum()), abs=1e-3)
+    assert alone[0][0] == pytest.approx(together[0][0], abs=1e-4)
 
 
 def test_bad_input_is_refused_in_one_line(trained, models, tmp_path):
