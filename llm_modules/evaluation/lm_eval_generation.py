@@ -68,11 +68,11 @@ def generation_options(gen_kwargs: dict) -> tuple[dict, list[str], int]:
 
 def _context_ids(lm, context: str, max_new: int) -> list[int]:
     """The context's ids, left-truncated as lm-eval's ``hf`` does: a decoder keeps room for the new
-    tokens, an encoder reads up to the model's length. An empty decoder context starts from the
-    prefix token (BOS, else EOS), since a decoder needs one token to continue."""
+    tokens, an encoder reads up to the model's length. An empty context is the prefix token (BOS,
+    else EOS): a decoder needs one token to continue, an encoder one to attend to."""
     ids = lm.tok_encode(context)
     if lm.seq2seq:
-        return ids[-lm.max_length:]
+        return ids[-lm.max_length:] or [lm.prefix_token_id]
     room = lm.max_length - max_new
     if room <= 0:
         raise ConfigError(f"max_gen_toks={max_new} leaves no room for the context in the model's "

@@ -97,6 +97,9 @@ PAIRS = [("def foo(x):", " return x"), ("import os\n", "import sys"), ("class A"
 GENERATE = [("def main(", {"until": ["\n"], "max_gen_toks": 12}), ("import", {"until": [")"], "max_gen_toks": 8}),
             ("for i in", {"until": [":"], "max_gen_toks": 10}), ("x", {"until": ["\n\n"], "max_gen_toks": 6}),
             ("class Point:\n    def", {"until": ["\n"], "max_gen_toks": 12})]
+# the same options: generated together in left-padded batches (by both models)
+GENERATE += [(p, {"until": ["\n\n"], "max_gen_toks": 8}) for p in ("def", "import os", "x = ", "for i in range(3):",
+                                                                     "class Point:\n    def __init__(self")]
 
 
 def _assert_same_loglikelihoods(ours, hf):
