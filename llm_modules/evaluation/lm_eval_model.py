@@ -54,17 +54,20 @@ from llm_modules.registry import ConfigError, did_you_mean
 KINDS = ("CausalLM", "PrefixLM", "Seq2SeqLM")
 #: what lm-eval's command line adds to --model_args (``LM.create_from_arg_string``)
 HARNESS_ARGS = ("max_batch_size",)
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 class LLMModulesLM(TemplateLM):
     """lm-eval's view of an llm-modules CausalLM, PrefixLM or Seq2SeqLM (see the module docstring)."""
 
     def __init__(self, pretrained: str | None = None, batch_size: int | str = 8, device: str | None = None,
-                 max_length: int | None = None, module=None, seed: int | None = None, **kwargs):
+                 max_length: int | None = None, module=None, seed: int | None = None, dtype: str | None = None,
+                 **kwargs):
         """``pretrained``: a ``.ckpt`` or a Hugging Face folder (what ``lm_eval --model_args`` names);
         ``module``: an llm-modules model already in memory, with its ``tokenizer`` attribute set.
         Exactly one of the two. ``batch_size``: rows per forward / prompts per ``generate`` call;
-        ``max_length``: tokens the model reads (default: its ``max_seq_len``); ``seed``: sampling."""
+        ``max_length``: tokens the model reads (default: its ``max_seq_len``); ``seed``: sampling;
+        ``dtype``: float32, bfloat16 or float16 weights (default: as saved)."""
         super().__init__()
         _check_arguments(pretrained, module, kwargs)
         if module is None:
@@ -77,7 +80,10 @@ class LLMModulesLM(TemplateLM):
         if kind not in KINDS:
             raise ConfigError(f"{name} is a {kind}; the lm-eval model evaluates {', '.join(KINDS)}")
         self._device = _device(device)
-        self.module = module.to(self._device).eval()
+        if dtype not in (None, "auto") and getattr(module, "quantization", None):
+            raise ConfigError(f"dtype={dtype}: a quantized checkpoint keeps the number formats it was saved with; "
+                              "drop dtype")
+        self.module = module.to(self._device, _dtype(dtype)).eval()
         self.kind = kind
         self.seq2seq = kind == "Seq2SeqLM"
         self.backend = "seq2seq" if self.seq2seq else "causal"  # TemplateLM._encode_pair reads it
@@ -149,7 +155,7 @@ def _check_arguments(pretrained, module, extra: dict) -> None:
         raise ConfigError("give either pretrained=PATH (a .ckpt or a Hugging Face folder) or module=MODEL")
     unknown = sorted(set(extra) - set(HARNESS_ARGS))
     if unknown:
-        known = ("pretrained", "batch_size", "device", "max_length", "seed")
+        known = ("pretrained", "batch_size", "device", "max_length", "seed", "dtype")
         raise ConfigError(f"model_args {unknown[0]!r} is not an llm-modules lm-eval model argument"
                           f"{did_you_mean(unknown[0], known)}; "
                           f"it takes {', '.join(known)}")
@@ -175,6 +181,14 @@ def _device(name: str | None) -> torch.device:
             logging.getLogger(__name__).warning("device %s: CUDA is not available, running on the CPU", name)
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def _dtype(name: str | None) -> torch.dtype | None:
+    if name is None or name == "auto":
+        return None
+    if name not in DTYPES:
+        raise ConfigError(f"dtype={name!r}{did_you_mean(name, DTYPES)}: give one of {', '.join(DTYPES)}")
+    return getattr(torch, name)
 
 
 def _batch_size(value) -> int:

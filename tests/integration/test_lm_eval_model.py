@@ -189,6 +189,17 @@ def test_sampling_repeats_with_a_seed(trained):
     assert samples(8) != first
 
 
+def test_bfloat16_weights_score_close_to_float32(trained, models):
+    from llm_modules.evaluation.lm_eval_model import LLMModulesLM
+
+    half = LLMModulesLM(str(trained[0]), batch_size=3, dtype="bfloat16")
+    assert next(half.module.parameters()).dtype == torch.bfloat16
+    got = half.loglikelihood(_requests("loglikelihood", PAIRS), disable_tqdm=True)
+    full = models[0].loglikelihood(_requests("loglikelihood", PAIRS), disable_tqdm=True)
+    for (score, _), (ref, _) in zip(got, full):
+        assert score == pytest.approx(ref, rel=0.05, abs=0.5)
+
+
 def test_prefix_lm_reads_the_context_as_its_prefix(trained):
     from llm_modules import PrefixLM
     from llm_modules.evaluation.lm_eval_model import LLMModulesLM
@@ -224,6 +235,7 @@ def test_bad_input_is_refused_in_one_line(trained, models, tmp_path):
         (lambda: LLMModulesLM(ckpt, pretraind=ckpt), "did you mean 'pretrained'?"),
         (lambda: LLMModulesLM(str(tmp_path / "missing.ckpt")), "does not exist"),
         (lambda: LLMModulesLM(ckpt, batch_size="many"), "batch_size='many'"),
+        (lambda: LLMModulesLM(ckpt, dtype="bfloat"), "(did you mean 'bfloat16'?)"),
         (lambda: models[0].generate_until(_requests("generate_until", [("x", {"until": ["\n"], "min_p": 0.1})])),
          "['min_p'] are not supported"),
         (lambda: models[0].generate_until(_requests("generate_until", [("x", {"max_gen_toks": 64})])),
