@@ -18,6 +18,7 @@ included, is reproducible.
 from __future__ import annotations
 
 import json
+import logging
 
 import torch
 
@@ -39,6 +40,7 @@ def generate_until(lm, requests: list[tuple[str, dict]]) -> list[str]:
     with torch.inference_mode():
         for members in groups.values():
             options, until, max_new = generation_options(requests[members[0]][1])
+            max_new = _fitting(lm, max_new)
             encoded = {i: _context_ids(lm, requests[i][0], max_new) for i in members}
             members = sorted(members, key=lambda i: (-len(encoded[i]), requests[i][0]))
             for start in range(0, len(members), lm.batch_size):
@@ -73,11 +75,21 @@ def _context_ids(lm, context: str, max_new: int) -> list[int]:
     ids = lm.tok_encode(context)
     if lm.seq2seq:
         return ids[-lm.max_length:] or [lm.prefix_token_id]
-    room = lm.max_length - max_new
-    if room <= 0:
-        raise ConfigError(f"max_gen_toks={max_new} leaves no room for the context in the model's "
-                         f"{lm.max_length} tokens; ask for fewer new tokens")
-    return ids[-room:] or [lm.prefix_token_id]
+    return ids[-(lm.max_length - max_new):] or [lm.prefix_token_id]
+
+
+def _fitting(lm, max_new: int) -> int:
+    """``max_gen_toks``, unless it leaves a decoder no room for its context (lm-eval's ``hf`` stops
+    with an assertion there): then half the model's length, the context keeping the other half, with
+    a warning. A task written for long windows (a code task's 128 new tokens) still runs on a small
+    model, and wherever ``hf`` runs the two agree."""
+    if lm.seq2seq or max_new < lm.max_length:
+        return max_new
+    fitted = max(lm.max_length // 2, 1)
+    logging.getLogger(__name__).warning(
+        "max_gen_toks=%d leaves no room for the context in the model's %d tokens; generating at most %d",
+        max_new, lm.max_length, fitted)
+    return fitted
 
 
 def _generate(lm, rows: list[list[int]], options: dict, until: list[str], max_new: int) -> list[str]:
