@@ -10,7 +10,9 @@ generation and ``hf`` on the exported model.
 Options (lm-eval's ``gen_kwargs``, normalised by ``lm_eval.models.utils.normalize_gen_kwargs``):
 ``until``, ``max_gen_toks`` (or its aliases; default 256), ``do_sample`` with ``temperature``,
 ``top_p``, ``top_k``, and ``repetition_penalty``, ``num_beams``, ``length_penalty``, ``early_stopping``.
-Any other option is refused by name rather than ignored. Sampling draws from the model's own
+``do_sample`` with ``temperature: 0`` is greedy. A ``max_gen_toks`` that leaves a decoder no room for
+its context (where ``hf`` stops with an assertion) is cut to half the window, with a warning
+(``_fitting``). Any other option is refused by name rather than ignored. Sampling draws from the model's own
 ``torch.Generator`` (``LLMModulesLM``'s ``seed``), so a run, ``repeats`` for self-consistency
 included, is reproducible.
 """
