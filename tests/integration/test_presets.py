@@ -150,7 +150,8 @@ def test_presets_load_from_an_installed_wheel(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
-    for item in ("pyproject.toml", "README.md"):
+    for item in ("pyproject.toml", "README.md", "setup.py", "MANIFEST.in", "llm_modules_lm_eval.py",
+                 "llm_modules_lm_eval.pth"):
         shutil.copy(ROOT / item, src / item)
     for folder in ("llm_modules", "configs"):
         shutil.copytree(ROOT / folder, src / folder, ignore=ignore)
@@ -160,6 +161,8 @@ def test_presets_load_from_an_installed_wheel(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("llm_modules-*.whl")
     shipped = set(zipfile.ZipFile(wheel).namelist())
     assert "llm_modules/configs/models/llama-7b.yaml" in shipped
+    # the hook that registers `lm_eval --model llm-modules` (tests/integration/test_lm_eval_model.py)
+    assert {"llm_modules_lm_eval.pth", "llm_modules_lm_eval.py"} <= shipped
     # every YAML under configs/ (strategy presets, training configs) travels too
     missing = {f"llm_modules/configs/{p.relative_to(ROOT / 'configs').as_posix()}"
                for p in (ROOT / "configs").rglob("*.yaml")} - shipped
