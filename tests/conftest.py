@@ -16,7 +16,7 @@ torch.set_num_threads(1)
 
 import pytest  # noqa: E402
 
-from _fit_helpers import write_corpus  # noqa: E402
+from _fit_helpers import CONFIGS, tiny, write_corpus  # noqa: E402
 from _leftover_processes import become_subreaper, descendants, reap_leftovers  # noqa: E402
 
 become_subreaper()
@@ -42,6 +42,19 @@ def corpus(tmp_path_factory):
 def cache(tmp_path_factory):
     """Tokenizer and token-cache folder shared by a module's fits."""
     return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def quickstart_checkpoint(tmp_path_factory):
+    """The last checkpoint of a tiny quickstart fit (5 steps, in this process), shared by every test on
+    this worker that only needs some trained checkpoint with a tokenizer (the evaluation tests): read it,
+    never write next to it."""
+    from llm_modules.cli import main
+
+    root = tmp_path_factory.mktemp("quickstart-checkpoint")
+    args = tiny(CONFIGS / "quickstart.yaml", write_corpus(root / "corpus"), root / "cache", steps=5)
+    assert main(["fit", *args, "--trainer.default_root_dir", str(root / "runs"), "--trainer.accelerator", "cpu"]) == 0
+    return sorted((root / "runs").glob("**/checkpoints/last.ckpt"))[-1]
 
 
 # The files that take longest, longest first. With ``--dist loadfile`` a file runs on one worker, and

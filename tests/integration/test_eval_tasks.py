@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from _fit_helpers import tiny
 
 pytest.importorskip("lm_eval")
 
@@ -22,7 +21,6 @@ from lm_eval.tasks import TaskManager  # noqa: E402
 
 from llm_modules.eval_tasks import GROUP, TASKS, TASKS_DIR  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
 N = 10  # the code task's repeats
 # Known numbers of correct samples for the first code problems, and what the others do instead.
 CORRECT = [0, 3, 10]
@@ -133,14 +131,10 @@ def test_scores_through_lm_evals_evaluator_equal_the_known_answers(manager):
 
 
 @pytest.fixture(scope="module")
-def tiny_model(corpus, cache, tmp_path_factory):
-    from llm_modules.cli import main
+def tiny_model(quickstart_checkpoint):
     from llm_modules.evaluation.lm_eval_model import LLMModulesLM
 
-    root = tmp_path_factory.mktemp("eval_tasks")
-    args = tiny(REPO / "configs" / "quickstart.yaml", corpus, cache, steps=5)
-    assert main(["fit", *args, "--trainer.default_root_dir", str(root), "--trainer.accelerator", "cpu"]) == 0
-    return LLMModulesLM(str(sorted(root.glob("**/checkpoints/last.ckpt"))[-1]), batch_size=4)
+    return LLMModulesLM(str(quickstart_checkpoint), batch_size=4)
 
 
 @pytest.mark.parametrize("shots", [0, 5])

@@ -6,26 +6,18 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
 from _eval_task_helpers import GEN_TASK, MC_TASK, write_tasks
-from _fit_helpers import tiny
 
 pytest.importorskip("lm_eval")
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def checkpoint(corpus, cache, tmp_path_factory):
-    from llm_modules.cli import main
-
-    root = tmp_path_factory.mktemp("evaluate")
-    args = tiny(REPO / "configs" / "quickstart.yaml", corpus, cache, steps=5)
-    assert main(["fit", *args, "--trainer.default_root_dir", str(root), "--trainer.accelerator", "cpu"]) == 0
-    return sorted(root.glob("**/checkpoints/last.ckpt"))[-1]
+def checkpoint(quickstart_checkpoint):
+    return quickstart_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from _fit_helpers import tiny
 
 pytest.importorskip("lm_eval")
 pytest.importorskip("accelerate")  # lm-eval's HF model needs it
@@ -28,14 +27,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def trained(corpus, cache, tmp_path_factory):
+def trained(quickstart_checkpoint, tmp_path_factory):
     """A fit quickstart checkpoint and its Hugging Face export."""
     from llm_modules.cli import main
 
     root = tmp_path_factory.mktemp("lm_eval")
-    args = tiny(REPO / "configs" / "quickstart.yaml", corpus, cache, steps=5)
-    assert main(["fit", *args, "--trainer.default_root_dir", str(root), "--trainer.accelerator", "cpu"]) == 0
-    ckpt = sorted(root.glob("**/checkpoints/last.ckpt"))[-1]
+    ckpt = quickstart_checkpoint
     assert main(["export", str(ckpt), str(root / "hf")]) == 0
     return ckpt, root / "hf"
 
