@@ -8,10 +8,12 @@ between start and kill. Checkpoint writes must leave the previous file intact wh
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import random
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
@@ -57,6 +59,32 @@ def resume_args(config: Path, corpus: Path, cache: Path, kill_at: int) -> list[s
     )]
 
 
+@contextlib.contextmanager
+def deterministic_flags_restored() -> Iterator[None]:
+    """``--trainer.deterministic true`` switches torch to deterministic algorithms (and sets a cuBLAS
+    variable) for the whole process; a fit run in this one must not leave that to the tests after it."""
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.benchmark = before[2]
+        if before[3] is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = before[3]
+
+
+def fit_here(args: list[str], cwd: Path) -> None:
+    """``llm-modules ARGS`` in this process with ``cwd`` as the working directory: for the runs that are
+    not the ones being killed or signalled (a process start costs seconds of imports), which must still
+    end bitwise equal to the real processes' runs."""
+    with pytest.MonkeyPatch.context() as patch, deterministic_flags_restored():
+        patch.chdir(cwd)
+        assert main(args) == 0
+
+
 def weights_and_optimizer(ckpt: Path) -> dict[str, torch.Tensor]:
     data = torch.load(ckpt, map_location="cpu", weights_only=True)
     out = {f"model.{k}": v for k, v in data["state_dict"].items()}
@@ -93,13 +121,13 @@ def test_sigkill_after_a_checkpoint_then_resume_last_is_bitwise_identical(corpus
     rows_before = metric_rows(folder, "train/loss")
     assert [s for s, _ in rows_before] == list(range(kill_at))
 
-    reference = launch(args, ref, env=env, wait=False)  # runs while the resumed run does
+    resumed = launch([*args, "--ckpt_path", "last"], run, env=env, wait=False)  # a fresh process resumes ...
     try:
-        launch([*args, "--ckpt_path", "last"], run, env=env)
-        out, _ = reference.communicate(timeout=300)
+        fit_here(args, ref)  # ... while the uninterrupted reference runs here
+        out, _ = resumed.communicate(timeout=300)
     finally:
-        reap(reference)
-    assert reference.returncode == 0, out[-4000:]
+        reap(resumed)
+    assert resumed.returncode == 0, out[-4000:]
 
     assert sorted(p.name for p in (run / "runs" / "llm").iterdir()) == ["version_0"], "resumed in its folder"
     expected = weights_and_optimizer(ref / "runs" / "llm" / "version_0" / "checkpoints" / "last.ckpt")
