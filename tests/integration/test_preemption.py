@@ -27,8 +27,8 @@ from torch.utils.data import DataLoader
 from llm_modules.cli import main
 from llm_modules.training.preemption import Preempted, Preemption
 
-from _fit_helpers import CONFIGS, metric_rows, tiny
-from test_resume import fit_here, weights_and_optimizer
+from _fit_helpers import CONFIGS, fit_here, metric_rows, tiny
+from test_resume import weights_and_optimizer
 
 SIGNAL_MID_STEP = '''
 import os, pathlib, time

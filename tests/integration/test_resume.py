@@ -8,12 +8,10 @@ between start and kill. Checkpoint writes must leave the previous file intact wh
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import os
 import random
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
@@ -26,7 +24,7 @@ from llm_modules.cli import main
 from llm_modules.training.checkpoint_io import AtomicCheckpointIO, atomic_torch_save
 from llm_modules.training.resume import ExactResume, apply_rng_state, collect_rng_state
 
-from _fit_helpers import CONFIGS, launch, metric_rows, reap, tiny
+from _fit_helpers import CONFIGS, fit_here, launch, metric_rows, reap, tiny
 
 KILLER = '''
 import os, signal
@@ -57,32 +55,6 @@ def resume_args(config: Path, corpus: Path, cache: Path, kill_at: int) -> list[s
         "--checkpoint.every_n_train_steps", str(kill_at),
         steps=12,
     )]
-
-
-@contextlib.contextmanager
-def deterministic_flags_restored() -> Iterator[None]:
-    """``--trainer.deterministic true`` switches torch to deterministic algorithms (and sets a cuBLAS
-    variable) for the whole process; a fit run in this one must not leave that to the tests after it."""
-    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-              torch.backends.cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
-        torch.backends.cudnn.benchmark = before[2]
-        if before[3] is None:
-            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
-        else:
-            os.environ["CUBLAS_WORKSPACE_CONFIG"] = before[3]
-
-
-def fit_here(args: list[str], cwd: Path) -> None:
-    """``llm-modules ARGS`` in this process with ``cwd`` as the working directory: for the runs that are
-    not the ones being killed or signalled (a process start costs seconds of imports), which must still
-    end bitwise equal to the real processes' runs."""
-    with pytest.MonkeyPatch.context() as patch, deterministic_flags_restored():
-        patch.chdir(cwd)
-        assert main(args) == 0
 
 
 def weights_and_optimizer(ckpt: Path) -> dict[str, torch.Tensor]:
