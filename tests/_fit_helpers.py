@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -101,6 +102,38 @@ def launch(args: list[str], cwd: Path, env: dict[str, str] | None = None, wait: 
         reap(proc)
     assert proc.returncode == 0, f"exit {proc.returncode}:\n{out[-6000:]}"
     return subprocess.CompletedProcess(cmd, proc.returncode, out)
+
+
+@contextlib.contextmanager
+def deterministic_flags_restored() -> Iterator[None]:
+    """``--trainer.deterministic true`` switches torch to deterministic algorithms (and sets a cuBLAS
+    variable) for the whole process; a fit run in this one must not leave that to the tests after it."""
+    import torch
+
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.benchmark = before[2]
+        if before[3] is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = before[3]
+
+
+def fit_here(args: list[str], cwd: Path) -> None:
+    """``llm-modules ARGS`` in this process, in ``cwd``: for the runs a test compares with, where the
+    process is not what the test is about (a process start costs seconds of imports). Such a run ends
+    bitwise where the same command in a fresh process ends (one thread each: tests/conftest.py)."""
+    import pytest
+
+    from llm_modules.cli import main
+
+    with pytest.MonkeyPatch.context() as patch, deterministic_flags_restored():
+        patch.chdir(cwd)
+        assert main(args) == 0, f"llm-modules {' '.join(args[:1])} exited non-zero in {cwd}"
 
 
 def reap(proc: subprocess.Popen, timeout: float = 30) -> None:

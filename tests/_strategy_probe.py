@@ -3,7 +3,8 @@
 ``Probe`` records, once the strategy has wrapped the model, what each rank actually holds: FSDP units,
 activation-checkpoint wrappers, DTensor placements, DeepSpeed partitions. ``CPUDeepSpeedStrategy``
 lifts the two CUDA-only checks of Lightning's DeepSpeedStrategy, so that ZeRO runs on CPU processes
-over gloo with DeepSpeed's CPU accelerator; nothing else of DeepSpeed's or Lightning's path changes.
+over gloo with DeepSpeed's CPU accelerator, and skips building that accelerator's inference-only
+all-reduce kernel; nothing else of DeepSpeed's or Lightning's path changes.
 """
 
 from __future__ import annotations
@@ -26,6 +27,13 @@ class CPUDeepSpeedStrategy(DeepSpeedStrategy):
         DDPStrategy.setup_environment(self)  # skips DeepSpeedStrategy's CUDAAccelerator check
 
     def setup_distributed(self) -> None:
+        import importlib
+
+        # DeepSpeed's CPU accelerator compiles a shared-memory all-reduce kernel when its comm backend
+        # starts (about 50 s of CPU where ~/.cache/torch_extensions is cold, as on a fresh CI machine);
+        # only ``inference_all_reduce`` uses it, training all-reduces over gloo either way.
+        # (``import deepspeed.comm.torch as m`` would give the torch package that deepspeed.comm imports)
+        importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
         reset_seed()
         self.set_world_ranks()
         self._init_deepspeed_distributed()

@@ -68,6 +68,11 @@ LONGEST_FIRST = (
     "test_resume.py",
     "test_docs.py",
     "test_plugins.py",
+    # (below the six marked slow) long files of several processes each: started early, they do not
+    # end the suite with one worker busy
+    "test_preemption.py",
+    "test_pipeline_strategy.py",
+    "test_run_folders.py",
     "test_finetune_cli.py",
     "test_finetune.py",
     "test_training_cli.py",

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from llm_modules.cli import main
 from llm_modules.training.preemption import Preempted, Preemption
 
-from _fit_helpers import CONFIGS, launch, metric_rows, tiny
+from _fit_helpers import CONFIGS, fit_here, metric_rows, tiny
 from test_resume import weights_and_optimizer
 
 SIGNAL_MID_STEP = '''
@@ -86,9 +86,9 @@ def fit_args(corpus: Path, cache: Path, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def reference(corpus, cache, tmp_path_factory):
-    """The same run, never interrupted (once for the module)."""
+    """The same run, never interrupted (once for the module), in this process (``fit_here``)."""
     folder = tmp_path_factory.mktemp("reference")
-    launch(fit_args(corpus, cache), folder)
+    fit_here(fit_args(corpus, cache), folder)
     return folder / "runs" / "llm" / "version_0"
 
 
@@ -159,7 +159,7 @@ def test_a_signal_mid_step_finishes_the_step_saves_last_and_exits_128_plus_the_s
     if signum != signal.SIGTERM:
         return
 
-    launch([*args, "--ckpt_path", "last"], run)
+    fit_here([*args, "--ckpt_path", "last"], run)  # the resume is not what is signalled: in this process
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == STEPS
     assert_same_state(reference / "checkpoints" / "last.ckpt", last)
     for key in ("train/loss", "val/loss"):  # one metrics.csv that reads as the uninterrupted run's

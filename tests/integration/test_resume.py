@@ -24,7 +24,7 @@ from llm_modules.cli import main
 from llm_modules.training.checkpoint_io import AtomicCheckpointIO, atomic_torch_save
 from llm_modules.training.resume import ExactResume, apply_rng_state, collect_rng_state
 
-from _fit_helpers import CONFIGS, launch, metric_rows, reap, tiny
+from _fit_helpers import CONFIGS, fit_here, launch, metric_rows, reap, tiny
 
 KILLER = '''
 import os, signal
@@ -93,13 +93,13 @@ def test_sigkill_after_a_checkpoint_then_resume_last_is_bitwise_identical(corpus
     rows_before = metric_rows(folder, "train/loss")
     assert [s for s, _ in rows_before] == list(range(kill_at))
 
-    reference = launch(args, ref, env=env, wait=False)  # runs while the resumed run does
+    resumed = launch([*args, "--ckpt_path", "last"], run, env=env, wait=False)  # a fresh process resumes ...
     try:
-        launch([*args, "--ckpt_path", "last"], run, env=env)
-        out, _ = reference.communicate(timeout=300)
+        fit_here(args, ref)  # ... while the uninterrupted reference runs here
+        out, _ = resumed.communicate(timeout=300)
     finally:
-        reap(reference)
-    assert reference.returncode == 0, out[-4000:]
+        reap(resumed)
+    assert resumed.returncode == 0, out[-4000:]
 
     assert sorted(p.name for p in (run / "runs" / "llm").iterdir()) == ["version_0"], "resumed in its folder"
     expected = weights_and_optimizer(ref / "runs" / "llm" / "version_0" / "checkpoints" / "last.ckpt")

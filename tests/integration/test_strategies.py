@@ -34,7 +34,7 @@ import yaml
 from llm_modules.cli import main
 from llm_modules.registry import ConfigError
 
-from _fit_helpers import CONFIGS, REPO, free_port, launch, metric_rows, reap, tiny, write_corpus
+from _fit_helpers import CONFIGS, REPO, fit_here, free_port, launch, metric_rows, reap, tiny, write_corpus
 
 QUICKSTART = CONFIGS / "quickstart.yaml"
 PRESETS = sorted((CONFIGS / "strategies").glob("*.yaml"))
@@ -51,10 +51,24 @@ class Runs:
     def __init__(self, root: Path, corpus: Path, cache: Path):
         self.root, self.corpus, self.cache = root, corpus, cache
         self.procs: dict[str, tuple] = {}
+        self.cwds: dict[str, Path] = {}  # of the runs made in this process
         self.done: dict[str, Path] = {}
         self._tolerances: tuple[float, float] | None = None
 
     def start(self, name: str, *extra: str, batch: int = 8, env: dict[str, str] | None = None) -> None:
+        cwd, args = self._prepare(name, *extra, batch=batch)
+        path = os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))
+        env = {"PYTHONPATH": path, "MASTER_PORT": str(free_port()), **(env or {})}
+        self.procs[name] = (launch(["fit", *args], cwd, env=env, wait=False), cwd)
+
+    def run_here(self, name: str, *extra: str, batch: int = 8) -> None:
+        """A one-process run in this process (``fit_here``): the same command, without a process start."""
+        cwd, args = self._prepare(name, *extra, batch=batch)
+        fit_here(["fit", *args], cwd)
+        self.cwds[name] = cwd
+        self.done[name] = cwd / "runs" / "llm" / "version_0"
+
+    def _prepare(self, name: str, *extra: str, batch: int) -> tuple[Path, list[str]]:
         cwd = self.root / name
         cwd.mkdir()
         probe = cwd / "probe.yaml"
@@ -69,9 +83,7 @@ class Runs:
             "--trainer.log_every_n_steps", "1",
             "--config", str(probe), *extra, steps=8,
         )
-        path = os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))
-        env = {"PYTHONPATH": path, "MASTER_PORT": str(free_port()), **(env or {})}
-        self.procs[name] = (launch(["fit", *args], cwd, env=env, wait=False), cwd)
+        return cwd, args
 
     def wait(self, name: str) -> Path:
         """The run's folder (``runs/llm/version_0`` under its working directory) once it has exited 0."""
@@ -84,7 +96,8 @@ class Runs:
 
     def probe(self, name: str, rank: int = 0) -> dict:
         self.wait(name)
-        return json.loads((self.procs[name][1] / "probe" / f"rank{rank}.json").read_text())
+        cwd = self.cwds[name] if name in self.cwds else self.procs[name][1]
+        return json.loads((cwd / "probe" / f"rank{rank}.json").read_text())
 
     def stop(self) -> None:
         for proc, _ in self.procs.values():
@@ -116,9 +129,9 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("strategies")
     family = Runs(root, write_corpus(root / "corpus"), root / "cache")
     try:
-        family.start("one")  # the reference; it also trains the tokenizer and fills the token cache,
-        family.wait("one")  # which the others then only read
-        family.start("reordered", "--trainer.accumulate_grad_batches", "2", batch=4)  # the noise floor
+        # the reference, in this process (one process: nothing to launch); it also trains the tokenizer
+        # and fills the token cache, which the others then only read
+        family.run_here("one")
         port = str(free_port())
         for node in (0, 1):
             family.start(f"node{node}", "--trainer.strategy", "ddp", "--trainer.num_nodes", "2",
@@ -132,6 +145,7 @@ def runs(tmp_path_factory):
         family.start("zero3", "--config", str(CONFIGS / "strategies" / "deepspeed-zero3.yaml"),
                      "--trainer.strategy.class_path", "_strategy_probe.CPUDeepSpeedStrategy",
                      "--trainer.devices", "2", batch=4)
+        family.run_here("reordered", "--trainer.accumulate_grad_batches", "2", batch=4)  # the noise floor
         yield family
     finally:
         family.stop()
