@@ -63,12 +63,13 @@ def quickstart_checkpoint(tmp_path_factory):
 # while the other idles. Starting them first lets the short files fill in around them.
 LONGEST_FIRST = (
     "test_docs_tutorials.py",
+    "test_docs_tutorials_more.py",
     "test_strategies.py",
     "test_finetune_strategies.py",
     "test_resume.py",
     "test_docs.py",
     "test_plugins.py",
-    # (below the six marked slow) long files of several processes each: started early, they do not
+    # (below the seven marked slow) long files of several processes each: started early, they do not
     # end the suite with one worker busy
     "test_preemption.py",
     "test_pipeline_strategy.py",
@@ -92,7 +93,7 @@ FOLDERS = ("unit", "parity", "integration", "docs", "gpu")
 #: files whose tests start several training processes
 MULTIPROCESS = ("test_strategies.py", "test_finetune_strategies.py")
 #: the files marked ``slow``: the longest of LONGEST_FIRST
-SLOW = LONGEST_FIRST[:6]
+SLOW = LONGEST_FIRST[:7]
 
 
 def pytest_collection_modifyitems(items):
