@@ -133,6 +133,27 @@ def test_bundled_task_folder_is_searched_by_name(checkpoint, tasks, monkeypatch,
     assert f"|{MC_TASK}" in out
 
 
+@pytest.mark.parametrize("shots", [0, 5])
+def test_the_bundled_tasks_score_a_quickstart_checkpoint_from_the_command_line(checkpoint, tmp_path, capsys, shots):
+    out_file = tmp_path / "bundled.json"
+    code, out, err = evaluate(capsys, checkpoint, "--tasks", "llm_modules", "--num_fewshot", shots, "--limit", 2,
+                              "--output", out_file, "--log_samples")
+    assert code == 0, err
+    results = json.loads(out_file.read_text())
+    metrics = {"llm_modules_choice": ("acc,none", "acc_norm,none"), "llm_modules_answer": ("exact_match,extract",),
+               "llm_modules_code": ("pass@1,programs", "pass@5,programs")}
+    for task, names in metrics.items():
+        assert results["n-shot"][task] == shots
+        assert results["n-samples"][task]["effective"] == 2
+        for name in names:
+            assert 0.0 <= results["results"][task][name] <= 1.0
+        assert task in out  # a row of the printed table (under the group)
+    code_samples = results["samples"]["llm_modules_code"][0]
+    assert len(code_samples["resps"][0]) == 10  # pass@k from 10 sandboxed samples per problem
+    prompt = results["samples"]["llm_modules_choice"][0]["arguments"][0][0]
+    assert prompt.count("Question:") == shots + 1
+
+
 def test_prepare_tasks_hook_changes_the_prompts_after_the_few_shot_count_is_set(checkpoint, tasks):
     """The hook demonstration design and chain-of-thought use: it sees every loaded task with its final
     few-shot count, before any request is built, and what it changes is what the model is asked."""

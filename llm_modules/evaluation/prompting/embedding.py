@@ -19,11 +19,14 @@ from llm_modules.registry import ConfigError
 def model_embedder(model, tokenizer=None, batch_size: int = 16,
                    max_length: int | None = None) -> Callable[[list[str]], torch.Tensor]:
     """``model``: an ``LLMModulesLM`` (lm-eval model) or an llm-modules ``LanguageModel``;
-    ``tokenizer``: one with ``encode(text) -> ids`` (default: the model's own)."""
+    ``tokenizer``: one with ``encode(text) -> ids`` (default: the model's own, encoding as the lm-eval
+    model encodes its inputs, ``tok_encode``: with the BOS a Hugging Face folder's tokenizer adds)."""
     module = getattr(model, "module", model)
     tokenizer = tokenizer or getattr(model, "tokenizer", None) or getattr(module, "tokenizer", None)
     if tokenizer is None:
         raise ConfigError("similarity: 'embedding' needs the model's tokenizer; this model carries none")
+    encode = tokenizer.encode if tokenizer is not getattr(model, "tokenizer", None) else \
+        getattr(model, "tok_encode", tokenizer.encode)
     network = module.model
     if hasattr(network, "hidden"):
         states = network.hidden
@@ -39,7 +42,7 @@ def model_embedder(model, tokenizer=None, batch_size: int = 16,
         device = next(network.parameters()).device
         vectors = []
         for start in range(0, len(texts), batch_size):
-            rows = [list(tokenizer.encode(t))[:limit] for t in texts[start:start + batch_size]]
+            rows = [list(encode(t))[:limit] for t in texts[start:start + batch_size]]
             rows = [r if r else [_filler(tokenizer)] for r in rows]
             width = max(len(r) for r in rows)
             ids = torch.full((len(rows), width), pad, dtype=torch.long)
