@@ -32,7 +32,7 @@ from llm_modules.cli.resume_last import newest_run_checkpoint, resolve_last
 from llm_modules.cli.run_folder import DEFAULT_NAME, DEFAULT_SAVE_DIR, RunFolder, logs_under_default_root_dir
 from llm_modules.registry import ConfigError, load_plugins
 from llm_modules.training.checkpoint_io import use_atomic_checkpoints
-from llm_modules.training.evaluate_at_end import (EvaluateAtEnd, EvaluateSection, callback_for, check_section,
+from llm_modules.evaluation.evaluate_at_end import (EvaluateAtEnd, EvaluateSection, callback_for, check_section,
                                                    check_strategy)
 from llm_modules.training.host_memory import retain_freed_cpu_memory
 from llm_modules.training.precision import announce
@@ -60,7 +60,7 @@ class LLMCLI(LightningCLI):
                                  "it to the system and faulting it back in every step (training.host_memory)")
         parser.add_argument("--evaluate", type=EvaluateSection | None, default=None,
                             help="fit: lm-eval tasks to evaluate the trained model on at the end "
-                                 "(training.evaluate_at_end)")
+                                 "(evaluation.evaluate_at_end)")
 
     def parse_arguments(self, parser, args) -> None:
         """A parse error is one line naming the option, the fix and the closest match (parse_errors),

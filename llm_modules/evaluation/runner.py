@@ -31,7 +31,6 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import llm_modules
 from llm_modules.registry import ConfigError
 
 INSTALL_HINT = "install the eval extra: pip install 'llm-modules[eval]'"
@@ -48,8 +47,9 @@ def require_lm_eval() -> None:
 
 
 def bundled_tasks_dir() -> Path | None:
-    """``llm_modules/eval_tasks`` when this installation has it (the tasks made for our tutorial and tests)."""
-    folder = Path(llm_modules.__file__).parent / "eval_tasks"
+    """``llm_modules/eval_tasks``: the tasks made for our tutorial and tests (None if an installation lacks
+    them). Found by path, not imported: eval_tasks uses this package (pass@k, the sandbox), not the reverse."""
+    folder = Path(__file__).resolve().parents[1] / "eval_tasks"
     return folder if folder.is_dir() else None
 
 

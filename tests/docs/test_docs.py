@@ -48,8 +48,7 @@ PAGES = sorted(DOCS.rglob("*.md")) if DOCS.is_dir() else []
 TUTORIALS = [page for page in PAGES if page.parent.name == "tutorials"]
 # ... in two files, about equally long (each over three minutes on 2 cores): these pages run from
 # test_docs_tutorials_more.py, every other tutorial (a new page too) from test_docs_tutorials.py.
-MORE_TUTORIALS = ("generate-evaluate-quantize.md", "evaluate.md", "3d-parallelism.md", "scale-out.md",
-                  "plan-a-run.md", "prepare-data.md")
+MORE_TUTORIALS = ("evaluate.md", "3d-parallelism.md", "scale-out.md", "plan-a-run.md", "prepare-data.md")
 
 PYTHON = {"python", "py", "python3"}
 BASH = {"bash"}

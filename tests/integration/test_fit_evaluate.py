@@ -1,4 +1,4 @@
-"""A fit config's ``evaluate`` section (training.evaluate_at_end): lm-eval tasks run on the trained model when
+"""A fit config's ``evaluate`` section (evaluation.evaluate_at_end): lm-eval tasks run on the trained model when
 fit ends, every task metric logged as eval/<task>/<metric> at the last training step's step, lm-eval's JSON
 in the run folder; a bad value in the section, or a strategy whose rank zero lacks the whole model, stops
 the run before training, in one line naming the field. Skipped without lm-eval (the eval extra)."""
