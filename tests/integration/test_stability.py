@@ -31,6 +31,7 @@ from llm_modules.training.stability import STATE_KEY, StabilityConfig, TrainingU
 
 from _core_helpers import tiny_config
 from _fit_helpers import CONFIGS, metric_rows, tiny, write_corpus
+from _fresh_process import in_a_fresh_interpreter
 
 pytestmark = pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")
 
@@ -261,7 +262,8 @@ class Report(Callback):
 
 
 def fit_ddp(lm, pairs, folder: Path, callbacks=(), checkpointing=False) -> tuple[L.Trainer, list[dict]]:
-    """Two CPU processes, forked (no re-import, so seconds), each fed its own batches."""
+    """Two CPU processes, forked (no re-import, so seconds), each fed its own batches. Call it only in a
+    fresh interpreter (``in_a_fresh_interpreter``): a worker that has imported pyarrow cannot fork safely."""
     folder.mkdir(parents=True, exist_ok=True)
     trainer = L.Trainer(
         accelerator="cpu", devices=2, strategy="ddp_fork", max_epochs=1, logger=False,
@@ -273,9 +275,11 @@ def fit_ddp(lm, pairs, folder: Path, callbacks=(), checkpointing=False) -> tuple
     return trainer, [json.loads((folder / f"rank{r}.json").read_text()) for r in (0, 1)]
 
 
-def test_under_ddp_every_rank_refuses_what_one_rank_saw(tmp_path):
+def test_under_ddp_every_rank_refuses_what_one_rank_saw(tmp_path, request):
     """A spike, a NaN loss and an inf gradient, each on one rank only, are refused by both (the
     averaged loss, the all-reduced gradients); the weights equal a run without those steps."""
+    if not in_a_fresh_interpreter(request):  # ddp_fork: forked from a process that has done nothing else
+        return
     c = [(clean(2 * k), clean(2 * k + 1)) for k in range(6)]
     faulty = c[:3] + [(poison(99), clean(98)), (clean(97), clean(50, loss_scale=math.nan)),
                       (clean(53, grad_scale=math.inf), clean(52))] + c[3:]
@@ -288,8 +292,10 @@ def test_under_ddp_every_rank_refuses_what_one_rank_saw(tmp_path):
     assert metric(run, "train/skipped_batches") == 3
 
 
-def test_under_ddp_a_spike_streak_on_one_rank_rolls_both_back(tmp_path):
+def test_under_ddp_a_spike_streak_on_one_rank_rolls_both_back(tmp_path, request):
     """The rollback under DDP: rank 0 picks the checkpoint and broadcasts it, both load it."""
+    if not in_a_fresh_interpreter(request):  # ddp_fork: forked from a process that has done nothing else
+        return
     c = [(clean(2 * k), clean(2 * k + 1)) for k in range(14)]
     faulty = c[:7] + [(clean(90 + k), poison(80 + k)) for k in range(3)] + c[10:]
     saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="s{step}", auto_insert_metric_name=False,
