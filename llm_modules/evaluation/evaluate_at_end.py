@@ -64,6 +64,11 @@ def _get(section: Any, name: str, default: Any = None) -> Any:
     return getattr(section, name, default)
 
 
+def _whole(limit: int | float | None) -> int | float | None:
+    """A limit YAML gives as 100.0 is 100 documents (lm-eval reads a float below 1 as a fraction)."""
+    return int(limit) if isinstance(limit, float) and limit.is_integer() and limit >= 1 else limit
+
+
 def check_section(section: Any) -> None:
     """Refuse a bad ``evaluate`` section in one line naming the field, before anything is built."""
     from llm_modules.evaluation import runner
@@ -74,10 +79,7 @@ def check_section(section: Any) -> None:
     if not tasks or not all(isinstance(t, str) and t.strip() for t in tasks):
         raise ConfigError("evaluate.tasks: name at least one task (lm-eval task names or task YAML paths), "
                           "e.g. evaluate: {tasks: [my_tasks/arith.yaml]}")
-    limit = _get(section, "limit")
-    if isinstance(limit, float) and limit.is_integer() and limit >= 1:
-        limit = int(limit)
-    runner.check_counts(_get(section, "num_fewshot"), limit, where="evaluate.")
+    runner.check_counts(_get(section, "num_fewshot"), _whole(_get(section, "limit")), where="evaluate.")
     batch_size = _get(section, "batch_size", 8)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"evaluate.batch_size {batch_size!r}: give a number of requests >= 1")
@@ -137,9 +139,7 @@ class EvaluateAtEnd(Callback):
                  batch_size: int = 8, seed: int = 1234, include_path: list[str] | tuple[str, ...] = (),
                  confirm_run_unsafe_code: bool = False, design=None,
                  prepare_tasks: Callable[[dict[str, Any]], None] | None = None) -> None:
-        if isinstance(limit, float) and limit.is_integer() and limit >= 1:
-            limit = int(limit)
-        self.tasks, self.num_fewshot, self.limit = list(tasks), num_fewshot, limit
+        self.tasks, self.num_fewshot, self.limit = list(tasks), num_fewshot, _whole(limit)
         self.batch_size, self.seed, self.include_path = batch_size, seed, list(include_path)
         self.confirm_run_unsafe_code, self.prepare_tasks = confirm_run_unsafe_code, prepare_tasks
         self.design = design  # a PromptDesign: applied to the tasks with the trained model (its embeddings)

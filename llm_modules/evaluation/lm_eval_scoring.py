@@ -29,6 +29,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from llm_modules.padding import pad_sequences
+
 Row = tuple[object, Sequence[int], Sequence[int]]
 
 
@@ -159,12 +161,7 @@ def _length(key: tuple) -> int:
 
 
 def _right_pad(rows: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for r, row in enumerate(rows):
-        ids[r, :len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[r, :len(row)] = 1
+    ids, mask = pad_sequences(rows, 0)
     return ids.to(device), mask.to(device)
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import torch
 
+from llm_modules.padding import pad_sequences
 from llm_modules.registry import ConfigError
 
 
@@ -22,11 +23,13 @@ def model_embedder(model, tokenizer=None, batch_size: int = 16,
     ``tokenizer``: one with ``encode(text) -> ids`` (default: the model's own, encoding as the lm-eval
     model encodes its inputs, ``tok_encode``: with the BOS a Hugging Face folder's tokenizer adds)."""
     module = getattr(model, "module", model)
-    tokenizer = tokenizer or getattr(model, "tokenizer", None) or getattr(module, "tokenizer", None)
-    if tokenizer is None:
-        raise ConfigError("similarity: 'embedding' needs the model's tokenizer; this model carries none")
-    encode = tokenizer.encode if tokenizer is not getattr(model, "tokenizer", None) else \
-        getattr(model, "tok_encode", tokenizer.encode)
+    if tokenizer is not None:
+        encode = tokenizer.encode
+    else:
+        tokenizer = getattr(model, "tokenizer", None) or getattr(module, "tokenizer", None)
+        if tokenizer is None:
+            raise ConfigError("similarity: 'embedding' needs the model's tokenizer; this model carries none")
+        encode = getattr(model, "tok_encode", tokenizer.encode)
     network = module.model
     if hasattr(network, "hidden"):
         states = network.hidden
@@ -44,12 +47,7 @@ def model_embedder(model, tokenizer=None, batch_size: int = 16,
         for start in range(0, len(texts), batch_size):
             rows = [list(encode(t))[:limit] for t in texts[start:start + batch_size]]
             rows = [r if r else [_filler(tokenizer)] for r in rows]
-            width = max(len(r) for r in rows)
-            ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros(len(rows), width, dtype=torch.long)
-            for i, row in enumerate(rows):
-                ids[i, :len(row)] = torch.tensor(row)
-                mask[i, :len(row)] = 1
+            ids, mask = pad_sequences(rows, pad)
             was_training = module.training
             module.eval()
             try:
