@@ -21,50 +21,55 @@ layers (``llm_modules.quantization``).
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import inspect
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightning
 import torch
 
 import llm_modules.checkpoint_contents as contents
 import llm_modules.integrity as integrity
 import llm_modules.models as models
 from llm_modules.config import ModelConfig
+from llm_modules.integrity import atomic_torch_save
 from llm_modules.kinds import by_class_name
-from llm_modules.models import LanguageModel
 from llm_modules.models.finetuning import check_base_exists
 from llm_modules.quantization import FORMAT_VERSION, build_method, is_quantized
 from llm_modules.quantization.methods import replace_linears
 from llm_modules.registry import ConfigError
-from llm_modules.training.checkpoint_io import atomic_torch_save
+
+if TYPE_CHECKING:
+    from llm_modules.models import InferenceLM, LanguageModel
 
 
-def checkpoint_dict(module: LanguageModel) -> dict[str, Any]:
+def checkpoint_dict(module: LanguageModel | InferenceLM) -> dict[str, Any]:
     """The checkpoint of a module as a dict of plain data and tensors: exactly what a Trainer
-    checkpoint of it would carry (the module's own hook adds its entries)."""
+    checkpoint of it would carry (the module's own hook adds its entries). The Lightning version is
+    the installed distribution's, read without importing Lightning."""
     checkpoint: dict[str, Any] = {
         "state_dict": module.state_dict(),
         "hyper_parameters": dict(module.hparams),
-        "pytorch-lightning_version": lightning.__version__,
+        "pytorch-lightning_version": importlib.metadata.version("lightning"),
     }
     module.on_save_checkpoint(checkpoint)
     return checkpoint
 
 
-def save_checkpoint(module: LanguageModel, path: str | os.PathLike) -> Path:
+def save_checkpoint(module: LanguageModel | InferenceLM, path: str | os.PathLike) -> Path:
     """Write ``module``'s checkpoint to ``path`` atomically: a temporary file in the same folder is
     renamed over ``path`` only once complete, so a failed save leaves any older file intact."""
     return atomic_torch_save(checkpoint_dict(module), path)
 
 
-def build_module(checkpoint: dict[str, Any], path: str | os.PathLike, init_from: str | None = None) -> LanguageModel:
+def build_module(checkpoint: dict[str, Any], path: str | os.PathLike, init_from: str | None = None,
+                 trains: bool = True) -> LanguageModel | InferenceLM:
     """The LanguageModel a checkpoint describes (``model_kind``, the config and the other
     hyper-parameters its constructor takes), freshly initialized: the weights are not loaded,
     except the base weights of an adapter-only checkpoint (from ``init_from``, by default the one
-    its hyper-parameters name)."""
+    its hyper-parameters name). ``trains=False``: an ``InferenceLM`` of the kind instead, which needs
+    no Lightning (the library's other modules, such as a reward model, stay LightningModules)."""
     hparams = contents.hyper_parameters(checkpoint)
     config, kind = contents.model_config(checkpoint), contents.model_kind(checkpoint)
     if config is None or kind is None:
@@ -72,6 +77,8 @@ def build_module(checkpoint: dict[str, Any], path: str | os.PathLike, init_from:
             f"checkpoint {str(path)!r} lacks its model config or model_kind; it was not written by an llm-modules model"
         )
     known = by_class_name(kind)
+    if known is not None and not trains:
+        return _inference_module(checkpoint, hparams, kind, config, path, init_from)
     cls = getattr(models, known.class_name) if known is not None else _library_class(hparams.get("_class_path"), kind)
     if cls is None:
         raise ConfigError(f"checkpoint {str(path)!r}: model_kind {kind!r} is not one of {', '.join(models.KINDS)}, "
@@ -85,6 +92,14 @@ def build_module(checkpoint: dict[str, Any], path: str | os.PathLike, init_from:
     return cls(ModelConfig.from_dict(config), **extra)
 
 
+def _inference_module(checkpoint, hparams: dict, kind: str, config: dict, path, init_from) -> InferenceLM:
+    """``build_module``'s InferenceLM: the fine-tuning options of the hyper-parameters, the others kept."""
+    base = str(init_from) if init_from is not None and hparams.get("init_from") else hparams.get("init_from")
+    check_base_exists(checkpoint, base, f"checkpoint {str(path)!r}")
+    return models.InferenceLM(kind, ModelConfig.from_dict(config), init_from=base, peft=hparams.get("peft"),
+                              peft_checkpoint=hparams.get("peft_checkpoint", "adapter"), hyper_parameters=hparams)
+
+
 def _library_class(class_path: Any, kind: str) -> type[LanguageModel] | None:
     """The LanguageModel class a checkpoint's ``_class_path`` names, when it is one of this library's
     (alignment modules: ``llm_modules.alignment.RewardModel``) and its name is the ``model_kind``.
@@ -96,7 +111,7 @@ def _library_class(class_path: Any, kind: str) -> type[LanguageModel] | None:
         cls = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError):
         return None
-    ok = isinstance(cls, type) and issubclass(cls, LanguageModel) and name == kind
+    ok = isinstance(cls, type) and issubclass(cls, models.LanguageModel) and name == kind
     return cls if ok else None
 
 
@@ -105,15 +120,29 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """Rebuild the LightningModule saved in ``path`` (by ``save_checkpoint``, a Trainer, or
     ``llm-modules quantize``: a quantized file comes back quantized), in eval mode. An adapter-only
     checkpoint loads onto its base: the ``init_from`` it was trained from, or the one given here."""
+    return _load(path, map_location, init_from, trains=True)
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+               init_from: str | os.PathLike | None = None) -> InferenceLM | LanguageModel:
+    """What ``load_checkpoint`` loads, as an ``InferenceLM`` (``llm_modules.models.inference_lm``): the
+    same weights, tokenizer and PEFT method, without importing Lightning, for code that generates,
+    evaluates, converts or exports and never trains. The library's other modules (a reward model)
+    come back as their LightningModules."""
+    return _load(path, map_location, init_from, trains=False)
+
+
+def _load(path, map_location, init_from, trains: bool):
     path = Path(path)
     checkpoint = contents.read(path, map_location)
     integrity.check_finite(checkpoint["state_dict"], f"checkpoint {str(path)!r}")
     if is_quantized(checkpoint):
-        return module_from_checkpoint(checkpoint, path)
-    return restore(build_module(checkpoint, path, init_from), checkpoint, f"checkpoint {str(path)!r}", "config")
+        return module_from_checkpoint(checkpoint, path, trains)
+    module = build_module(checkpoint, path, init_from, trains)
+    return restore(module, checkpoint, f"checkpoint {str(path)!r}", "config")
 
 
-def restore(module: LanguageModel, checkpoint: dict[str, Any], where: str, described_by: str) -> LanguageModel:
+def restore(module: LanguageModel | InferenceLM, checkpoint: dict[str, Any], where: str, described_by: str) -> LanguageModel:
     """Load a checkpoint's weights and extras into the module built from it, in eval mode; a
     mismatch means the file contradicts ``described_by`` (its own config), and says which tensors.
     An adapter-only checkpoint leaves out the base weights, which the module holds already."""
@@ -153,7 +182,7 @@ def load_quantized(path: str | os.PathLike, map_location: str | torch.device = "
     return module_from_checkpoint(checkpoint, path)
 
 
-def module_from_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike):
+def module_from_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike, trains: bool = True):
     """The quantized module of an already read quantized checkpoint dict (``path`` names it in errors)."""
     info = checkpoint["quantization"]
     where = f"checkpoint {str(path)!r}"
@@ -162,7 +191,7 @@ def module_from_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike):
         raise ConfigError(f"{where} uses quantized format version {version}; this llm-modules reads up to "
                           f"{FORMAT_VERSION}: upgrade llm-modules")
     method = build_method(info["method"], **dict(info.get("options") or {}))
-    module = build_module(checkpoint, path)
+    module = build_module(checkpoint, path, trains=trains)
     layers = list(info.get("layers") or [])
     replace_linears(module.model, layers, method.empty_linear)
     restore(module, checkpoint, where, "config and quantization")

@@ -28,6 +28,8 @@ from llm_modules.registry import ConfigError
 #: where older files kept a second copy of the config (read, never written)
 LEGACY_CONFIG_KEY = "model_config"
 KIND_KEY = "model_kind"
+#: the stability guard's state (``training.stability``), which a model that does not train carries unchanged
+STABILITY_KEY = "stability_state"
 
 
 def read(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -8,6 +8,7 @@ it converts (it works on configs, kind names and state dicts).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -15,13 +16,17 @@ from llm_modules.data.hf_tokenizer import folder_tokenizer_bytes
 from llm_modules.empty_init import assign, parameters_on_meta
 from llm_modules.interop import read_hf_model, to_hf
 from llm_modules.interop import dtypes
-from llm_modules.models import KINDS, LanguageModel
+import llm_modules.models as models
+
+if TYPE_CHECKING:
+    from llm_modules.models import InferenceLM, LanguageModel
 
 
-def from_hf(path: str | Path, dtype: str | torch.dtype = "auto") -> LanguageModel:
+def from_hf(path: str | Path, dtype: str | torch.dtype = "auto", trains: bool = True) -> LanguageModel | InferenceLM:
     """Load a Hugging Face checkpoint directory (config.json + safetensors, one file or the shards of
     ``model.safetensors.index.json``, or .bin) as the matching LightningModule (CausalLM, Seq2SeqLM,
-    MaskedLM), in eval mode.
+    MaskedLM), in eval mode; ``trains=False``: as an ``InferenceLM`` of that kind, the same model
+    without Lightning (for generation and conversion, which never train).
 
     ``dtype``: ``"auto"`` (default) keeps the weights in the dtype they are stored in, so a bf16
     checkpoint is a bf16 model of the file's size, as transformers 5 loads it; ``"float32"``,
@@ -39,7 +44,7 @@ def from_hf(path: str | Path, dtype: str | torch.dtype = "auto") -> LanguageMode
     read = read_hf_model(path)
     state = dtypes.cast(read.state, target)
     with parameters_on_meta():
-        module = KINDS[read.kind](read.config)
+        module = models.KINDS[read.kind](read.config) if trains else models.InferenceLM(read.kind, read.config)
     assign(module.model, state, str(path))
     # The folder's tokenizer travels with the module (tokenizer.json with its config, chat template
     # and generation config, else tokenizer.model): generate stops where the model's own config says,

@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from llm_modules.atomic_files import writing
 from llm_modules.registry import ConfigError
 
 KEY = "integrity"
@@ -211,3 +212,15 @@ def check_finite(tensors: dict[str, Any], where: str) -> None:
         if not math.isfinite(value) and not torch.isfinite(tensor).any():  # a finite first entry settles it
             raise ConfigError(f"{where}: weight {name!r} {tuple(tensor.shape)} holds no finite value (every entry is "
                               f"NaN or inf, e.g. {value}); the model is broken: use another checkpoint")
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save(obj, path)`` that leaves ``path`` untouched unless the whole new file is on disk
+    (``atomic_files.writing``): every checkpoint this library writes, inside the Trainer
+    (``training.checkpoint_io``) or outside it (``llm_modules.checkpoint``). A dict (a checkpoint)
+    gets its integrity record first."""
+    if isinstance(obj, dict):
+        stamp(obj)
+    with writing(path) as (fd, _), os.fdopen(os.dup(fd), "wb") as f:
+        torch.save(obj, f)
+    return Path(path)

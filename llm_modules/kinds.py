@@ -20,13 +20,29 @@ class Kind:
     generates: bool
     #: a separate encoder reads the source and a decoder writes the target
     encoder_decoder: bool = False
+    #: the torch model of this kind: a class of ``llm_modules.nn.lm`` and its keyword options
+    torch_model: str = "DecoderLM"
+    torch_options: tuple[tuple[str, object], ...] = ()
+
+    def build_torch_model(self, config):
+        """This kind's torch model for ``config`` (a ``ModelConfig``), on the current default device.
+        Imported here, on first use, so that reading the table costs nothing."""
+        from llm_modules.nn import lm
+
+        return getattr(lm, self.torch_model)(config, **dict(self.torch_options))
+
+    @property
+    def class_path(self) -> str:
+        """What a checkpoint of this kind records as ``_class_path`` (LightningCLI's ``--ckpt_path``
+        rebuilds the class from it): the module of ``llm_modules.models`` named after the key."""
+        return f"llm_modules.models.{self.key}.{self.class_name}"
 
 
 KINDS: dict[str, Kind] = {kind.key: kind for kind in (
     Kind("causal", "CausalLM", generates=True),
-    Kind("prefix", "PrefixLM", generates=True),
-    Kind("seq2seq", "Seq2SeqLM", generates=True, encoder_decoder=True),
-    Kind("masked", "MaskedLM", generates=False),
+    Kind("prefix", "PrefixLM", generates=True, torch_options=(("prefix", True),)),
+    Kind("seq2seq", "Seq2SeqLM", generates=True, encoder_decoder=True, torch_model="EncoderDecoderLM"),
+    Kind("masked", "MaskedLM", generates=False, torch_model="EncoderLM"),
 )}
 
 #: short name -> LightningModule class name

@@ -59,20 +59,20 @@ def from_hf_command(hf_dir: str, out: str, overwrite: bool = False, dtype: str =
     if not Path(hf_dir).is_dir():
         raise ConfigError(f"HF_DIR {hf_dir!r} is not a folder; give a Hugging Face model folder with config.json")
     outputs.check_file(out, "OUT.ckpt", overwrite)
-    module = from_hf(hf_dir, dtype=dtype)
+    module = from_hf(hf_dir, dtype=dtype, trains=False)
     path = save_checkpoint(module, out)
     print(f"wrote {path} ({module.kind}, {module.num_parameters():,} parameters) from {hf_dir}")
     return 0
 
 
 def to_hf_command(ckpt: str, out_dir: str, family: str | None, overwrite: bool = False, **options) -> int:
-    from llm_modules.checkpoint import load_checkpoint
+    from llm_modules.checkpoint import load_model
     from llm_modules.cli.export_cmd import export_hf
 
     if not Path(ckpt).is_file():
         raise ConfigError(f"checkpoint {ckpt!r} does not exist; give the path of a .ckpt file")
     outputs.check_folder(out_dir, "OUT_DIR", overwrite)
-    module = load_checkpoint(ckpt)  # a LoRA fine-tune exports merged (llm-modules export has the options)
+    module = load_model(ckpt)  # a LoRA fine-tune exports merged (llm-modules export has the options)
     print(f"wrote {export_hf(module, out_dir, family, **options)} ({module.kind}) from {ckpt}")
     return 0
 

@@ -104,7 +104,7 @@ def export_adapter(module, out: str) -> str:
 
 
 def run(argv: list[str]) -> int:
-    from llm_modules.checkpoint import load_checkpoint
+    from llm_modules.checkpoint import load_model
 
     args = build_parser().parse_args(argv)
     source, target = Path(args.ckpt), Path(args.out)
@@ -121,7 +121,7 @@ def run(argv: list[str]) -> int:
             raise ConfigError(f"{flag} is for --format hf (a checkpoint keeps the model's dtype, in one file)")
     options = hf_file_options(args)
     check_output(args.out, args.format, args.overwrite)
-    module = load_checkpoint(source, init_from=args.init_from)
+    module = load_model(source, init_from=args.init_from)
     method = module.peft_method.name if module.peft_method is not None else None
     if args.format == "hf":
         written = export_hf(module, args.out, args.family, **options)

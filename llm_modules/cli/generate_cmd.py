@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_model(path: str, dtype: str | None = None):
-    """A LanguageModel from a checkpoint file or a Hugging Face folder, in eval mode; a folder's
+    """The model of a checkpoint file or a Hugging Face folder (an ``InferenceLM``: no Lightning to
+    import), in eval mode; a folder's
     generation_config.json goes with it (``generation.defaults``: where generation stops, how it samples).
     ``dtype``: a folder's weights are loaded in it (``from_hf``, which keeps RoPE's tables in fp32);
     a checkpoint is cast afterwards (``place``)."""
@@ -94,14 +95,14 @@ def load_model(path: str, dtype: str | None = None):
         from llm_modules.generation.defaults import FOLDER_SETTINGS, read_folder_settings
         from llm_modules.hf import from_hf
 
-        module = from_hf(p, dtype=dtype or "auto")
+        module = from_hf(p, dtype=dtype or "auto", trains=False)
         setattr(module, FOLDER_SETTINGS, read_folder_settings(p))
         return module
     if not p.is_file():
         raise ConfigError(f"MODEL {path!r} does not exist; give a .ckpt file or a Hugging Face model folder")
-    from llm_modules.checkpoint import load_checkpoint
+    from llm_modules.checkpoint import load_model as load
 
-    return load_checkpoint(p)
+    return load(p)
 
 
 def find_tokenizer(module, model_path: str, explicit: str | None):
@@ -199,8 +200,8 @@ def _check_ids(ids: list[int], vocab_size: int, field: str) -> None:
 
 
 def run(argv: list[str]) -> int:
-    from llm_modules.models import MaskedLM
     from llm_modules.cli import fill_mask
+    from llm_modules.kinds import by_class_name
     from llm_modules.generation.prompts import encode_prompt, read_prompts
 
     args = build_parser().parse_args(argv)
@@ -214,12 +215,13 @@ def run(argv: list[str]) -> int:
         fill_mask.check_flags(args)
     prompts = read_prompts(args.prompts_file) if args.prompts_file else None
     module = load_model(args.model, args.dtype)
-    masked = isinstance(module, MaskedLM)
+    known = by_class_name(module.base_kind)
+    masked = known is not None and not known.generates
     if masked and not args.fill_mask:
         raise ConfigError("a MaskedLM does not generate left to right; pass --fill-mask and mark the "
                           "tokens to guess with <mask> in the prompt (from Python: lm.fill_mask(input_ids))")
     if args.fill_mask and not masked:
-        raise ConfigError(f"--fill-mask needs a MaskedLM (encoder-only); {args.model} is a {type(module).__name__}, "
+        raise ConfigError(f"--fill-mask needs a MaskedLM (encoder-only); {args.model} is a {module.kind}, "
                           "which continues text: drop --fill-mask")
     module = place(module, args.device, args.dtype)
     tokenizer = find_tokenizer(module, args.model, args.tokenizer)

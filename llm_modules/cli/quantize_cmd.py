@@ -52,14 +52,14 @@ def _check_paths(ckpt: str, out: str, overwrite: bool) -> None:
 
 
 def run(argv: list[str]) -> int:
-    from llm_modules.checkpoint import load_checkpoint, save_quantized
+    from llm_modules.checkpoint import load_model, save_quantized
     from llm_modules.quantization import build_method, linear_bytes, quantize
 
     args = build_parser().parse_args(argv)
     options = {} if args.group_size is None else {"group_size": args.group_size}
     method = build_method(args.method, **options)  # a bad name or option fails before any file is read
     _check_paths(args.ckpt, args.out, args.overwrite)
-    module = load_checkpoint(args.ckpt)  # a quantized file comes back quantized
+    module = load_model(args.ckpt)  # a quantized file comes back quantized
     if getattr(module, "quantization", None):
         raise ConfigError(f"checkpoint {args.ckpt!r} is already quantized ({module.quantization['method']}); "
                           "quantize the float checkpoint it came from")

@@ -18,6 +18,7 @@ import re
 from dataclasses import asdict, dataclass
 
 from llm_modules.kinds import CLASS_NAMES as KINDS  # LM kinds: short name -> LightningModule class
+from llm_modules.kinds import KINDS as LM_KINDS
 from llm_modules.registry import ConfigError
 
 
@@ -65,14 +66,7 @@ def check_kind(kind: str) -> str:
 
 def build_model(cfg, kind: str = "causal"):
     """The torch model (``nn.lm``) of this kind, on the current default device."""
-    from llm_modules.nn.lm import DecoderLM, EncoderDecoderLM, EncoderLM
-
-    check_kind(kind)
-    if kind == "seq2seq":
-        return EncoderDecoderLM(cfg)
-    if kind == "masked":
-        return EncoderLM(cfg)
-    return DecoderLM(cfg, prefix=kind == "prefix")
+    return LM_KINDS[check_kind(kind)].build_torch_model(cfg)
 
 
 def build_meta(cfg, kind: str = "causal"):

@@ -1,6 +1,6 @@
 """An lm-evaluation-harness model over llm-modules checkpoints: ``lm_eval --model llm-modules``.
 
-``LLMModulesLM(pretrained=PATH)`` loads a ``.ckpt`` (``load_checkpoint``) or a Hugging Face folder
+``LLMModulesLM(pretrained=PATH)`` loads a ``.ckpt`` (``load_model``) or a Hugging Face folder
 (``from_hf``) with its tokenizer; ``module=MODEL`` takes a model already in memory (a fit's
 end-of-training evaluation). Registered as ``llm-modules`` by the top-level ``llm_modules_lm_eval``
 (a ``.pth`` hook the wheel installs), so
@@ -165,10 +165,11 @@ def _load(pretrained: str):
     path = Path(pretrained)
     if not path.exists():
         raise ConfigError(f"pretrained={pretrained!r} does not exist; give a .ckpt file or a Hugging Face folder")
-    from llm_modules.checkpoint import load_checkpoint
+    from llm_modules.checkpoint import load_model
     from llm_modules.hf import from_hf
 
-    return from_hf(path) if path.is_dir() else load_checkpoint(path)
+    # InferenceLM: evaluation never trains, so Lightning's import (seconds) is not paid
+    return from_hf(path, trains=False) if path.is_dir() else load_model(path)
 
 
 def _device(name: str | None) -> torch.device:

@@ -1,13 +1,30 @@
-"""LightningModules: one shared base and one small subclass per LM kind."""
+"""LM objects: one LightningModule base with a small subclass per LM kind, and ``InferenceLM``, the same
+models without Lightning (``definition.py`` holds what both are).
+
+The LightningModules are imported on first use (``llm_modules.models.CausalLM``): importing Lightning
+costs seconds, which the commands that only load a model (generate, convert, export, quantize) skip.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 from llm_modules.kinds import KINDS as _KINDS
-from llm_modules.models.base import IGNORE_INDEX, LanguageModel
-from llm_modules.models.causal import CausalLM
-from llm_modules.models.masked import MaskedLM
-from llm_modules.models.prefix import PrefixLM
-from llm_modules.models.seq2seq import Seq2SeqLM
 
-#: class name -> LightningModule class, for every kind of the one table (``llm_modules.kinds``)
-KINDS = {kind.class_name: globals()[kind.class_name] for kind in _KINDS.values()}
+IGNORE_INDEX = -100
 
-__all__ = ["IGNORE_INDEX", "LanguageModel", "CausalLM", "PrefixLM", "Seq2SeqLM", "MaskedLM", "KINDS"]
+#: name -> the module of this package that defines it
+_LAZY = {"LanguageModel": "base", "InferenceLM": "inference_lm",
+         **{kind.class_name: kind.key for kind in _KINDS.values()}}
+
+
+def __getattr__(name: str):
+    if name == "KINDS":
+        #: class name -> LightningModule class, for every kind of the one table (``llm_modules.kinds``)
+        return {kind.class_name: __getattr__(kind.class_name) for kind in _KINDS.values()}
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["IGNORE_INDEX", "LanguageModel", "InferenceLM", "CausalLM", "PrefixLM", "Seq2SeqLM", "MaskedLM", "KINDS"]

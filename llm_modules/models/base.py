@@ -13,36 +13,27 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch import nn
 
-from llm_modules.checkpoint_contents import KIND_KEY
+from llm_modules.checkpoint_contents import STABILITY_KEY
 from llm_modules.config import ModelConfig, check_seq_len
 from llm_modules.data.replicas import data_parallel_split
-from llm_modules.models.finetuning import FineTuning, checkpoint_mode
-from llm_modules.nn.lm import aux_loss, count_parameters
+from llm_modules.models import IGNORE_INDEX
+from llm_modules.models.definition import ModelDefinition
+from llm_modules.nn.lm import aux_loss
 from llm_modules.nn.loss import cross_entropy
 from llm_modules.registry import ConfigError
 from llm_modules.training.evaluation import GenerationEvalConfig, GenerationMetrics
 from llm_modules.training.memory import MemoryConfig, apply_memory_savers, compile_model
 from llm_modules.training.optim import OptimConfig, build_optimizer, build_scheduler
 from llm_modules.training.parallel import clip_sharded_gradients, parallelize
-from llm_modules.training.stability import STATE_KEY, StabilityConfig, StabilityGuard, global_losses
+from llm_modules.training.stability import StabilityConfig, StabilityGuard, global_losses
 
 
-IGNORE_INDEX = -100
-
-
-def as_config(config: ModelConfig | dict | str) -> ModelConfig:
-    """Accept a ModelConfig, its dict form, or the name of a preset (the torch model checks it)."""
-    if isinstance(config, str):
-        config = ModelConfig.from_preset(config)
-    elif not isinstance(config, ModelConfig):
-        config = ModelConfig.from_dict(dict(config))
-    return config
-
-
-class LanguageModel(L.LightningModule, abc.ABC):
+class LanguageModel(ModelDefinition, L.LightningModule, abc.ABC):
     """Base of CausalLM, PrefixLM, Seq2SeqLM and MaskedLM.
+
+    What the model is (config, kind, torch model, fine-tuning, tokenizer) is ``ModelDefinition``'s,
+    which ``InferenceLM`` shares; this class adds training: steps, losses, optimizers, logging.
 
     ``config`` is the architecture (plain data); ``optim`` the optimizer and schedule; ``memory`` the
     memory savers (freezing, activation checkpointing, compile); ``stability`` the loss-spike and
@@ -71,8 +62,7 @@ class LanguageModel(L.LightningModule, abc.ABC):
         super().__init__()
         # Fine-tuning state and stability state live in objects of their own, made here and held;
         # the hooks below call them, and only they change their state.
-        self.finetuning = FineTuning(init_from, peft, peft_checkpoint, self.base_kind, self.base_kind_fix)
-        self.config = self.finetuning.config(None if config is None else as_config(config))
+        self._start_finetuning(config, init_from, peft, peft_checkpoint)
         self.optim = _as_dataclass(OptimConfig, optim)
         self.memory = _as_dataclass(MemoryConfig, memory)
         self.stability = _as_dataclass(StabilityConfig, stability)
@@ -91,20 +81,13 @@ class LanguageModel(L.LightningModule, abc.ABC):
             "peft": self.finetuning.peft,
             "peft_checkpoint": peft_checkpoint,
         })
-        self.model = self.build_model(self.config)
-        self.finetuning.attach(self)
+        self._build()
         # Only when on: metric objects are submodules (moved and reduced with the model), none by default.
         self.generation_metrics = GenerationMetrics(self.evaluation) if self.evaluation.enabled else None
-        self.tokens_seen = 0
         #: this rank's pipeline stages and schedule under the pipeline strategy (``configure_model``)
         self.pipeline = None
-        self.tokenizer_bytes: bytes | None = self.finetuning.base_tokenizer
 
     # ---- what a subclass provides ---------------------------------------------------------------------------
-
-    @abc.abstractmethod
-    def build_model(self, config: ModelConfig) -> nn.Module:
-        """The torch model of this LM kind."""
 
     @abc.abstractmethod
     def logits_and_targets(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,43 +103,6 @@ class LanguageModel(L.LightningModule, abc.ABC):
         raise ConfigError(f"{self.kind} does not run as pipeline stages; use another strategy")
 
     # ---- loss ---------------------------------------------------------------------------------------------
-
-    @property
-    def kind(self) -> str:
-        """What checkpoints record as ``model_kind``: the class that ``load_checkpoint`` rebuilds."""
-        return type(self).__name__
-
-    @property
-    def base_kind(self) -> str:
-        """The LM kind of ``self.model``, which ``init_from`` checkpoints must hold: the module's own
-        kind, except for modules built around another kind's torch model (a reward model on a
-        CausalLM's decoder)."""
-        return self.kind
-
-    #: how to fix an ``init_from`` of another kind (``{kind}``: the checkpoint's), for the message
-    base_kind_fix = "set model.class_path: llm_modules.{kind}"
-    #: submodules beside ``self.model`` that train with a PEFT method and that adapter-only
-    #: checkpoints keep with the method's tensors (a reward model's value head); ``models.finetuning``
-    trained_beside_peft: tuple[str, ...] = ()
-
-    @property
-    def peft_method(self):
-        """The PEFT method applied to ``self.model`` (``llm_modules.peft``), or None."""
-        return self.finetuning.method
-
-    @property
-    def init_from(self) -> str | None:
-        """The resolved path of the base this model started from, or None."""
-        return self.finetuning.init_from
-
-    @property
-    def peft_checkpoint(self) -> str:
-        """``adapter``: checkpoints keep only the method's tensors; ``full``: every tensor."""
-        return self.finetuning.checkpoint_mode
-
-    @peft_checkpoint.setter
-    def peft_checkpoint(self, mode: str) -> None:
-        self.finetuning.checkpoint_mode = checkpoint_mode(mode)
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Mean token cross-entropy over the targets, plus any auxiliary (MoE) loss. Under pipeline
@@ -416,47 +362,13 @@ class LanguageModel(L.LightningModule, abc.ABC):
     # ---- checkpoints --------------------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """What a checkpoint holds beside Lightning's own entries, each fact once: the config and the
-        other constructor options are the hyper-parameters already (``save_hyperparameters``); added
-        here are the kind of the torch model, the tokens seen, the guard's and fine-tuning's state
-        and the tokenizer (``llm_modules.checkpoint_contents`` reads them back)."""
-        self.finetuning.on_save_checkpoint(self, checkpoint)
-        checkpoint[KIND_KEY] = self.kind
-        checkpoint["tokens_seen"] = self.tokens_seen
-        checkpoint[STATE_KEY] = self.stability_guard.state_dict()
-        if self.tokenizer_bytes is not None:
-            checkpoint["tokenizer"] = self.tokenizer_bytes
+        """The definition's entries (``ModelDefinition.on_save_checkpoint``) and the stability guard's state."""
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[STABILITY_KEY] = self.stability_guard.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.finetuning.on_load_checkpoint(self, checkpoint)
-        self.tokens_seen = int(checkpoint.get("tokens_seen", 0))
-        self.stability_guard.load_state_dict(checkpoint.get(STATE_KEY))
-        self.tokenizer_bytes = checkpoint.get("tokenizer", self.tokenizer_bytes)
-
-    def num_parameters(self) -> int:
-        return count_parameters(self.model)
-
-    # ---- inference ----------------------------------------------------------------------------------------
-
-    @property
-    def tokenizer(self):
-        """The tokenizer this model was trained with (kept in its checkpoints), or None."""
-        if self.tokenizer_bytes is None:
-            return None
-        cached = getattr(self, "_tokenizer", None)
-        if cached is None or cached[0] is not self.tokenizer_bytes:
-            from llm_modules.data.hf_tokenizer import tokenizer_from_bytes
-
-            cached = (self.tokenizer_bytes, tokenizer_from_bytes(self.tokenizer_bytes))
-            self._tokenizer = cached
-        return cached[1]
-
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **options) -> torch.Tensor:
-        """Token ids continuing ``input_ids``: greedy, sampling or beam search, with a KV cache
-        (options and defaults: ``llm_modules.generation.generate``)."""
-        from llm_modules.generation import generate
-
-        return generate(self, input_ids, attention_mask, **options)
+        super().on_load_checkpoint(checkpoint)
+        self.stability_guard.load_state_dict(checkpoint.get(STABILITY_KEY))
 
 
 def _as_dataclass(cls, value):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 from llm_modules.models.base import IGNORE_INDEX, LanguageModel, shift_targets
-from llm_modules.nn.lm import DecoderLM
 
 
 class CausalLM(LanguageModel):
@@ -16,9 +15,6 @@ class CausalLM(LanguageModel):
     ``document_ids`` (packed documents, ``data.document_mask``); by default the targets are the
     inputs shifted by one, never across a document boundary (``within_documents``).
     """
-
-    def build_model(self, config):
-        return DecoderLM(config)
 
     def forward(self, input_ids, attention_mask=None, document_ids=None):
         return self.model(input_ids, attention_mask, document_ids=document_ids)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from llm_modules.models.base import LanguageModel
-from llm_modules.nn.lm import EncoderLM
 
 
 class MaskedLM(LanguageModel):
@@ -13,9 +12,6 @@ class MaskedLM(LanguageModel):
     loss is taken, IGNORE_INDEX elsewhere), optional ``attention_mask``, ``token_type_ids`` and
     ``document_ids`` (packed documents that must not see each other, ``data.document_mask``).
     """
-
-    def build_model(self, config):
-        return EncoderLM(config)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, document_ids=None):
         return self.model(input_ids, attention_mask, token_type_ids, document_ids=document_ids)
@@ -29,9 +25,3 @@ class MaskedLM(LanguageModel):
     def pipeline_batch(self, batch):
         inputs = {name: batch.get(name) for name in ("attention_mask", "token_type_ids", "document_ids")}
         return batch["input_ids"], batch["labels"], inputs
-
-    def fill_mask(self, input_ids, attention_mask=None, top_k: int = 5, **options):
-        """Top-k tokens and probabilities at each mask position (``llm_modules.generation.fill_mask``)."""
-        from llm_modules.generation import fill_mask
-
-        return fill_mask(self, input_ids, attention_mask, top_k=top_k, **options)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from llm_modules.models.base import IGNORE_INDEX, LanguageModel, shift_targets
 from llm_modules.models.causal import within_documents
-from llm_modules.nn.lm import DecoderLM
 from llm_modules.nn.mask_inputs import positions_from
 
 
@@ -16,9 +15,6 @@ class PrefixLM(LanguageModel):
     the model is a plain causal decoder.
     Loss is taken only on tokens after the prefix (predicting token t needs t >= prefix length).
     """
-
-    def build_model(self, config):
-        return DecoderLM(config, prefix=True)
 
     def forward(self, input_ids, attention_mask=None, prefix_lengths=None, document_ids=None):
         """``document_ids`` (packed documents) only without ``prefix_lengths``: a prefix is per row."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 from llm_modules.models.base import IGNORE_INDEX, LanguageModel
-from llm_modules.nn.lm import EncoderDecoderLM
 
 
 def shift_right(labels: torch.Tensor, start_token_id: int) -> torch.Tensor:
@@ -22,9 +21,6 @@ class Seq2SeqLM(LanguageModel):
     ``attention_mask`` and ``decoder_input_ids`` (default: labels shifted right after the pad token,
     T5's decoder start).
     """
-
-    def build_model(self, config):
-        return EncoderDecoderLM(config)
 
     def forward(self, input_ids, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None):
         return self.model(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask)

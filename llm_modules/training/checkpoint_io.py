@@ -24,25 +24,13 @@ or code-carrying file in one line.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 
 import llm_modules.integrity as integrity
-from llm_modules.atomic_files import writing
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save(obj, path)`` that leaves ``path`` untouched unless the whole new file is on disk
-    (``atomic_files.writing``). A dict (a checkpoint) gets its integrity record first."""
-    if isinstance(obj, dict):
-        integrity.stamp(obj)
-    with writing(path) as (fd, _), os.fdopen(os.dup(fd), "wb") as f:
-        torch.save(obj, f)
-    return Path(path)
+from llm_modules.integrity import atomic_torch_save  # noqa: F401 (where the Trainer's saves were written from)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

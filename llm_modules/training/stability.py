@@ -42,13 +42,14 @@ from typing import Any
 
 import torch
 
+from llm_modules.checkpoint_contents import STABILITY_KEY
 from llm_modules.registry import ConfigError
 from llm_modules.training.grad_norm import grad_norm
 
 log = logging.getLogger(__name__)
 
 #: where the guard's state lives in a checkpoint
-STATE_KEY = "stability_state"
+STATE_KEY = STABILITY_KEY
 
 
 class TrainingUnstable(RuntimeError):

@@ -222,8 +222,6 @@ def test_stale_temp_cleanup_spares_a_save_in_progress_and_removes_a_dead_writers
 
 def test_a_save_holds_its_temp_files_lock_until_the_rename(tmp_path, monkeypatch):
     """While torch.save writes, the temp file is locked: another process's cleanup cannot take it."""
-    import llm_modules.training.checkpoint_io as cio
-
     seen = {}
     real_save = torch.save
 
@@ -238,7 +236,7 @@ def test_a_save_holds_its_temp_files_lock_until_the_rename(tmp_path, monkeypatch
         seen["pid_in_name"] = f"-{os.getpid()}-" in temp.name
         return real_save(obj, f, *args, **kwargs)
 
-    monkeypatch.setattr(cio.torch, "save", spying_save)
+    monkeypatch.setattr(integrity.torch, "save", spying_save)
     atomic_torch_save({"w": torch.ones(2)}, tmp_path / "last.ckpt")
     assert seen == {"pid_in_name": True}
 
