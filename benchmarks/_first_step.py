@@ -10,12 +10,19 @@ from lightning.pytorch.callbacks import Callback
 
 
 class FirstStepTimer(Callback):
-    """Stamps ``time.time()`` into the file named by ``LLM_MODULES_FIRST_STEP_FILE`` at the end of the
-    first training batch and asks the trainer to stop."""
+    """Writes ``time.time()`` at the start and at the end of the first training batch into the file named
+    by ``LLM_MODULES_FIRST_STEP_FILE`` (one line each), then asks the trainer to stop."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._stamp()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        path = os.environ.get("LLM_MODULES_FIRST_STEP_FILE")
-        if path and not os.path.exists(path):
-            with open(path, "w") as f:
-                f.write(repr(time.time()))
+        self._stamp()
         trainer.should_stop = True
+
+    @staticmethod
+    def _stamp() -> None:
+        path = os.environ.get("LLM_MODULES_FIRST_STEP_FILE")
+        if path:
+            with open(path, "a") as f:
+                f.write(f"{time.time()!r}\n")

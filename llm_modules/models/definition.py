@@ -57,8 +57,10 @@ class ModelDefinition:
         self.tokenizer_bytes: bytes | None = self.finetuning.base_tokenizer
 
     def build_model(self, config: ModelConfig) -> nn.Module:
-        """The torch model of this LM kind (``llm_modules.kinds``: the one table of kinds)."""
-        known = by_class_name(self.base_kind)
+        """The torch model of this LM kind (``llm_modules.kinds``: the one table of kinds): the kind the
+        module is, or else the kind its class derives from (a user's subclass of ``CausalLM``)."""
+        lineage = (self.base_kind, *(cls.__name__ for cls in type(self).__mro__))
+        known = next((kind for kind in map(by_class_name, lineage) if kind is not None), None)
         if known is None:
             raise ConfigError(f"{type(self).__name__}: kind {self.base_kind!r} is none of the LM kinds; "
                               "override build_model to say which torch model it builds")
