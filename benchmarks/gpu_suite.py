@@ -122,36 +122,57 @@ def project_requirements(root: Path = ROOT) -> list[str]:
     return list(tomllib.loads(text)["project"]["dependencies"])
 
 
-def installed_distributions() -> set[str]:
-    return {canonical(d.metadata["Name"]) for d in metadata.distributions() if d.metadata["Name"]}
+def installed_distributions() -> dict[str, str]:
+    """{normalized name: version} of every installed distribution."""
+    return {canonical(d.metadata["Name"]): d.version for d in metadata.distributions() if d.metadata["Name"]}
 
 
-def wheel_names(wheels: Path | None) -> set[str]:
-    """The distributions a wheels folder holds (a wheel's file name starts with its escaped name)."""
-    return {canonical(p.name.split("-")[0]) for p in wheels.glob("*.whl")} if wheels else set()
+def wheel_versions(wheels: Path | None) -> dict[str, set[str]]:
+    """{distribution: versions} a wheels folder holds (a wheel's file name is NAME-VERSION-...)."""
+    found: dict[str, set[str]] = {}
+    for path in wheels.glob("*.whl") if wheels else ():
+        name, version = path.name.split("-")[:2]
+        found.setdefault(canonical(name), set()).add(version.split("+")[0])
+    return found
 
 
-def install_plan(installed: set[str], wheels: Path | None, torch_version: str, root: Path = ROOT,
-                 python: str = sys.executable) -> tuple[list[str], list[list[str]]]:
-    """(what is missing, the pip commands that install it), nothing fetched from the network.
+def install_plan(installed: dict[str, str], wheels: Path | None, torch_version: str, root: Path = ROOT,
+                 python: str = sys.executable) -> dict:
+    """{"missing": what is not installed, "commands": the pip commands that install it, "notes"};
+    nothing is fetched from the network.
 
-    Requirements whose distribution is installed count as met, whatever its version: a machine
-    image's own torch build (CUDA) is kept rather than replaced by a wheel."""
+    A requirement whose distribution is installed counts as met, whatever its version, so a machine
+    image's own CUDA torch stays, except that a torch wheel of ``torch_version`` in the folder
+    replaces another installed torch (the folder says which build to measure). The project and
+    its plugins are editable installs of this checkout (their entry points register the plugins)."""
     requirements = [*project_requirements(root), *TEST_REQUIREMENTS]
+    given = wheel_versions(wheels)
     missing = [req for req in requirements if requirement_name(req) not in installed]
     missing = [f"torch=={torch_version}" if requirement_name(req) == "torch" else req for req in missing]
+    notes = []
+    torch_now = installed.get("torch", "").split("+")[0]
+    if torch_now and torch_now != torch_version:
+        if torch_version in given.get("torch", ()):
+            missing.insert(0, f"torch=={torch_version}")
+        else:
+            notes.append(f"torch {installed['torch']} is installed, not {torch_version}: kept "
+                         f"(no torch {torch_version} wheel in --wheels)")
     pip = [python, "-m", "pip", "install", "--no-index", "--disable-pip-version-check"]
     commands = []
     if missing:
         commands.append([*pip, "--find-links", str(wheels), *missing])
-    kernels = [k for k in OPTIONAL_KERNELS if k not in installed and k in wheel_names(wheels)]
+    kernels = [k for k in OPTIONAL_KERNELS if k not in installed and k in given]
     if kernels:  # their wheels pin torch versions; --no-deps keeps the torch that is there
         commands.append([*pip, "--no-deps", "--find-links", str(wheels), *kernels])
     local = [(name, folder) for name, folder in LOCAL_DISTRIBUTIONS if canonical(name) not in installed]
     if local:
         editable = [arg for _, folder in local for arg in ("-e", str((root / folder).resolve()))]
-        commands.append([*pip, "--no-deps", "--no-build-isolation", *editable])
-    return missing + kernels + [name for name, _ in local], commands
+        # pyproject's build-system (setuptools>=69, wheel) from the folder when it has them, else the
+        # machine's own setuptools (which may be too old: then bring both wheels)
+        build = (["--find-links", str(wheels)] if {"setuptools", "wheel"} <= given.keys()
+                 else ["--no-build-isolation"])
+        commands.append([*pip, "--no-deps", *build, *editable])
+    return {"missing": missing + kernels + [name for name, _ in local], "commands": commands, "notes": notes}
 
 
 # ---- the device and versions (run in a child process, after installing) ------------------------------------
@@ -453,15 +474,16 @@ class Suite:
 
     def install(self, work: Path) -> dict:
         start = time.perf_counter()
-        missing, commands = install_plan(installed_distributions(), self.args.wheels, self.args.torch_version)
+        todo = install_plan(installed_distributions(), self.args.wheels, self.args.torch_version)
+        commands, notes = todo["commands"], todo["notes"]
         if not commands:
             return {"status": "skipped", "reason": "every package the suite needs is installed already",
-                    "elapsed_s": round(time.perf_counter() - start, 2)}
-        out = {"missing": missing, "commands": [" ".join(c) for c in commands]}
+                    "notes": notes, "elapsed_s": round(time.perf_counter() - start, 2)}
+        out = {"missing": todo["missing"], "commands": [" ".join(c) for c in commands], "notes": notes}
         needs_wheels = any("--find-links" in c for c in commands)
         if needs_wheels and self.args.wheels is None:
             return {**out, "status": "failed", "elapsed_s": round(time.perf_counter() - start, 2),
-                    "reason": f"not installed: {', '.join(missing)}; pass --wheels DIR with their wheels"}
+                    "reason": f"not installed: {', '.join(todo['missing'])}; pass --wheels DIR with their wheels"}
         for i, cmd in enumerate(commands):
             self.say("install: " + " ".join(cmd[3:]))
             log = work / f"install-{i}.log"
