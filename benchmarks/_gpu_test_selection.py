@@ -3,9 +3,10 @@
 ``benchmarks/gpu_suite.py`` runs ``pytest -p _gpu_test_selection FILES`` with FILES from its
 ``gpu_test_files`` (found by text). The GPU tests are listed nowhere by hand, so a new one is
 picked up: a test is a GPU test when it sits in ``tests/gpu/`` (the ``gpu`` marker that
-tests/conftest.py gives that folder) or carries a ``skipif`` whose reason names CUDA or a GPU (``needs a CUDA GPU``,
-``needs 2 CUDA GPUs``, ``needs a CUDA GPU and bitsandbytes``). A ``skipif`` that skips *on* a GPU
-(``the refusal is what a CPU-only machine sees``) names neither, so its test is left out.
+tests/conftest.py gives that folder) or carries a ``skipif`` whose reason says it needs CUDA or a
+GPU, the suite's wording (``needs a CUDA GPU``, ``needs 2 CUDA GPUs``, ``needs a CUDA GPU and
+bitsandbytes``). A ``skipif`` that skips *on* a GPU (``the refusal is what a CPU-only machine
+sees``) says no such need, so its test is left out.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 #: a skipif reason that says the test needs CUDA / a GPU
-GPU_REASON = re.compile(r"\bcuda\b|\bgpus?\b", re.IGNORECASE)
+GPU_REASON = re.compile(r"\bneeds?\b.*\b(cuda|gpus?)\b", re.IGNORECASE)
 
 
 def is_gpu_test(path: Path, markers: list[tuple[str, dict]]) -> bool:

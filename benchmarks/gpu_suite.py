@@ -48,7 +48,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
-sys.path.insert(0, str(BENCH))
 
 SECTIONS = ("install", "gpu_tests", "mfu", "attention", "decode")
 ATTENTION_BACKENDS = ("sdpa", "flex", "flash_attn", "xformers")
@@ -327,12 +326,28 @@ def end_group(proc: subprocess.Popen) -> None:
             return
         until = time.monotonic() + 5
         while time.monotonic() < until:
-            if proc.poll() is not None:
-                try:
-                    os.killpg(proc.pid, 0)
-                except ProcessLookupError:
-                    return
+            if proc.poll() is not None and not group_alive(proc.pid):
+                return
             time.sleep(0.1)
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs (a zombie does not: it waits for a parent,
+    perhaps a subreaper such as pytest, to collect it)."""
+    if not Path("/proc/self/stat").exists():  # not Linux: any member, zombies included
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _ppid, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+        if int(group) == pgid and state != "Z":
+            return True
+    return False
 
 
 def tail(path: Path) -> str:

@@ -15,6 +15,7 @@ is downloaded, and the data loader costs nothing next to the model.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import sys
@@ -70,11 +71,13 @@ def model_for(name: str, seq_len: int):
     from llm_modules.config import preset_names
 
     if name not in preset_names():
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from train_step import CONFIGS, model_config
-
-        if name in CONFIGS:
-            return model_config(CONFIGS[name], seq_len)
+        train_step = sys.modules.get("train_step")
+        if train_step is None:  # by path: benchmarks/ is not put on sys.path for one module
+            spec = importlib.util.spec_from_file_location("train_step", Path(__file__).with_name("train_step.py"))
+            train_step = sys.modules["train_step"] = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(train_step)
+        if name in train_step.CONFIGS:
+            return train_step.model_config(train_step.CONFIGS[name], seq_len)
     return ModelConfig.from_preset(name)
 
 
