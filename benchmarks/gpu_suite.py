@@ -52,7 +52,7 @@ BENCH = ROOT / "benchmarks"
 SECTIONS = ("install", "gpu_tests", "mfu", "attention", "decode")
 ATTENTION_BACKENDS = ("sdpa", "flex", "flash_attn", "xformers")
 #: nine minutes, less a margin for starting Python and writing the file
-DEFAULT_BUDGET_S = 525.0
+DEFAULT_BUDGET_S = 510.0
 #: what the tests need beyond the project's own dependencies
 TEST_REQUIREMENTS = ("pytest>=8", "psutil>=5.9")
 #: the project and its attention plugins, installed from this checkout (distribution name, folder)
@@ -239,9 +239,9 @@ class Job:
     skipped: str | None = None
 
 
-def plan(args: argparse.Namespace, work: Path, cuda: bool) -> list[Job]:
-    """Every measurement of the sections asked for, in order: GPU sizes on CUDA, tiny ones with
-    ``--cpu-smoke``, and without either each GPU job recorded as skipped (the caller says why)."""
+def plan(args: argparse.Namespace, work: Path) -> list[Job]:
+    """Every measurement of the sections asked for, in order: GPU sizes, or tiny CPU ones with
+    ``--cpu-smoke`` (without CUDA and without it, the caller records each job as skipped)."""
     py = sys.executable
     smoke = args.cpu_smoke
     jobs: list[Job] = []
@@ -477,7 +477,8 @@ class Suite:
         sections = self.result["sections"]
         self.result["elapsed_s"] = round(time.perf_counter() - self.start, 2)
         self.result["figures"] = headline(sections)
-        self.result["ok"] = all(s["status"] in ("ok", "skipped") for s in sections.values())
+        self.result["ok"] = (all(s["status"] in ("ok", "skipped") for s in sections.values())
+                             and not self.result.get("stopped"))
         out = self.args.out
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.name + ".tmp")
@@ -538,39 +539,68 @@ class Suite:
         return {**entry, **result}
 
     def run(self) -> dict:
+        with tempfile.TemporaryDirectory(prefix="gpu_suite-") as tmp:
+            work = self.args.logs or Path(tmp)
+            work.mkdir(parents=True, exist_ok=True)
+            try:
+                self.run_in(work)
+            except Stopped as stop:  # while installing or probing (the jobs' loop records its own)
+                self.result["stopped"] = str(stop)
+        self.write()
+        return self.result
+
+    def run_in(self, work: Path) -> None:
         args = self.args
         sections = self.result["sections"]
-        with tempfile.TemporaryDirectory(prefix="gpu_suite-") as tmp:
-            work = args.logs or Path(tmp)
-            work.mkdir(parents=True, exist_ok=True)
-            if "install" in args.sections:
-                self.say("install")
-                sections["install"] = self.install(work)
-                self.write()
-            self.say("probe: device and versions")
-            found_at = work / "probe.json"
-            rc, _ = run_process([sys.executable, __file__, "--probe", "--out", str(found_at)], 120,
-                                work / "probe.log", self.env)
-            try:
-                found = json.loads(found_at.read_text())
-            except (OSError, ValueError):
-                found = {"versions": None, "device": {"cuda": False, "name": None,
-                                                      "reason": f"the probe exited {rc}: {tail(work / 'probe.log')}"}}
-            self.result["device"], self.result["versions"] = found["device"], found["versions"]
-            cuda = bool(found["device"].get("cuda"))
-            jobs = plan(args, work, cuda)
-            if not cuda and not args.cpu_smoke:
-                why = found["device"].get("reason", "no CUDA device")
-                for job in jobs:
-                    job.skipped = f"{why} (--cpu-smoke runs the suite on a CPU at tiny sizes)"
-            done: dict[str, dict[str, dict]] = {}
+        if "install" in args.sections:
+            self.say("install")
+            sections["install"] = self.install(work)
+            self.write()
+        self.say("probe: device and versions")
+        found_at = work / "probe.json"
+        rc, _ = run_process([sys.executable, __file__, "--probe", "--out", str(found_at)],
+                            min(120, max(self.left(), 20)), work / "probe.log", self.env)
+        try:
+            found = json.loads(found_at.read_text())
+        except (OSError, ValueError):
+            found = {"versions": None, "device": {"cuda": False, "name": None,
+                                                  "reason": f"the probe exited {rc}: {tail(work / 'probe.log')}"}}
+        self.result["device"], self.result["versions"] = found["device"], found["versions"]
+        jobs = plan(args, work)
+        if not found["device"].get("cuda") and not args.cpu_smoke:
+            why = found["device"].get("reason", "no CUDA device")
+            for job in jobs:
+                job.skipped = f"{why} (--cpu-smoke runs the suite on a CPU at tiny sizes)"
+        done: dict[str, dict[str, dict]] = {}
+        i = 0
+        try:
             for i, job in enumerate(jobs):
                 done.setdefault(job.section, {})[job.name] = self.run_job(job, jobs[i + 1:], work)
                 sections[job.section] = summarize(job.section, done[job.section])
                 self.say(f"{job.section} {job.name}: {done[job.section][job.name]['status']}")
                 self.write()
-        self.write()
-        return self.result
+        except Stopped as stop:  # the job's process group is gone already (run_process's finally)
+            self.result["stopped"] = str(stop)
+            for k, job in enumerate(jobs[i:]):
+                done.setdefault(job.section, {})[job.name] = (
+                    {"status": "timeout", "reason": f"the suite was stopped by {stop} while it ran"} if k == 0 else
+                    {"status": "skipped", "reason": f"not started: the suite was stopped by {stop}"})
+                sections[job.section] = summarize(job.section, done[job.section])
+
+
+class Stopped(Exception):
+    """SIGTERM or SIGINT reached the suite (``timeout`` in gpu_suite.sh, a user's Ctrl-C)."""
+
+
+def stop_on_signals() -> None:
+    """Turn SIGTERM / SIGINT into ``Stopped``, so the measurement running then is ended with its
+    process group (it runs in a session of its own, which a signal to the suite does not reach)
+    and the JSON says what happened, rather than leaving a GPU job running after the suite."""
+    def handler(signum, _frame):
+        raise Stopped(signal.Signals(signum).name)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
 
 
 def main(argv=None) -> int:
@@ -578,12 +608,14 @@ def main(argv=None) -> int:
     if args.probe:
         args.out.write_text(json.dumps(probe()))
         return 0
+    stop_on_signals()
     result = Suite(args).run()
     for name, section in result["sections"].items():
         print(f"{name:<10} {section['status']:<8} {section['elapsed_s']:7.1f} s  {section.get('reason', '')}")
     for key, value in result["figures"].items():
         print(f"  {key:<40} {value:.4g}" if isinstance(value, float) else f"  {key:<40} {value}")
-    print(f"wrote {args.out} ({result['elapsed_s']:.0f} s)")
+    print(f"wrote {args.out} ({result['elapsed_s']:.0f} s)" + (f"; stopped by {result['stopped']}"
+                                                                if result.get("stopped") else ""))
     return 0 if result["ok"] else 1
 
 

@@ -11,10 +11,10 @@
 # relative to the folder it is called from.
 #
 # PYTHON picks the interpreter (default: python3, the one that holds the machine's torch). The
-# driver keeps to its own budget (--budget-s, 525 s by default); `timeout` is the backstop that
+# driver keeps to its own budget (--budget-s, 510 s by default); `timeout` is the backstop that
 # holds the whole call under 9 minutes even if the driver itself hangs, and the JSON the driver
 # wrote after each measurement stays.
 set -euo pipefail
 export PYTHONUNBUFFERED=1
-exec timeout --kill-after=5 "${GPU_SUITE_TIMEOUT_S:-535}" "${PYTHON:-python3}" \
+exec timeout --kill-after=8 "${GPU_SUITE_TIMEOUT_S:-530}" "${PYTHON:-python3}" \
     "$(dirname "${BASH_SOURCE[0]}")/gpu_suite.py" "$@"

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -35,7 +37,7 @@ def suite():
 
 
 def test_on_a_gpu_it_plans_the_issue_s_measurements(suite, tmp_path):
-    jobs = suite.plan(suite.parse(["--out", str(tmp_path / "x.json")]), tmp_path, cuda=True)
+    jobs = suite.plan(suite.parse(["--out", str(tmp_path / "x.json")]), tmp_path)
     by_section: dict[str, dict] = {}
     for job in jobs:
         by_section.setdefault(job.section, {})[job.name] = job
@@ -87,7 +89,8 @@ def test_pytest_outcomes_are_read_from_its_junit_xml(suite, tmp_path):
         '<testsuites><testsuite name="pytest">'
         '<testcase classname="tests.gpu.test_a" name="test_ok" time="0.1"/>'
         '<testcase classname="tests.gpu.test_a" name="test_skip"><skipped message="needs a CUDA GPU"/></testcase>'
-        '<testcase classname="tests.gpu.test_a" name="test_bad"><failure message="assert 1 == 2">trace</failure></testcase>'
+        '<testcase classname="tests.gpu.test_a" name="test_bad">'
+        '<failure message="assert 1 == 2">trace</failure></testcase>'
         '</testsuite></testsuites>')
     job = suite.Job("gpu_tests", "pytest", output=xml)
     result = suite.read_result(job, 1)
@@ -99,8 +102,8 @@ def test_pytest_outcomes_are_read_from_its_junit_xml(suite, tmp_path):
 def test_install_gives_pip_only_the_wheels_folder_and_installs_only_what_is_missing(suite, tmp_path):
     wheels = tmp_path / "wheels"
     wheels.mkdir()
-    for name in ("torch-2.13.0+cu128-cp312-cp312-manylinux_2_28_x86_64.whl", "flash_attn-2.8.3-cp312-cp312-linux_x86_64.whl",
-                 "setuptools-80.0.0-py3-none-any.whl", "wheel-0.45.1-py3-none-any.whl"):
+    for name in ("torch-2.13.0+cu128-cp312-cp312-manylinux_2_28_x86_64.whl", "setuptools-80.0.0-py3-none-any.whl",
+                 "flash_attn-2.8.3-cp312-cp312-linux_x86_64.whl", "wheel-0.45.1-py3-none-any.whl"):
         (wheels / name).touch()
     everything = {suite.requirement_name(r): "9" for r in [*suite.project_requirements(), *suite.TEST_REQUIREMENTS]}
 
@@ -136,13 +139,13 @@ def test_missing_packages_without_wheels_fail_the_install_section_naming_the_fla
 def test_a_measurement_past_its_limit_is_killed_with_its_children_and_the_budget_holds_back_time(suite, tmp_path):
     runner = suite.Suite(suite.parse(["--out", str(tmp_path / "x.json"), "--budget-s", "60"]))
     pid_file = tmp_path / "grandchild.pid"
-    hang = (f"import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+    hang = ("import subprocess, sys, time; "
+            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
             f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(120)")
     job = suite.Job("decode", "hang", [sys.executable, "-c", hang], timeout=3, floor=1)
     result = runner.run_job(job, [], tmp_path)
     assert result["status"] == "timeout" and result["elapsed_s"] < 15 and "3 s limit" in result["reason"]
-    grandchild = Path(f"/proc/{pid_file.read_text()}/stat")  # gone, or a zombie that pytest (a subreaper) collects
-    assert not grandchild.exists() or grandchild.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    assert not _running(int(pid_file.read_text()))
 
     # a job that would eat the time the jobs after it are guaranteed is not started
     later = [suite.Job("decode", "later", ["true"], floor=59)]
@@ -155,6 +158,46 @@ def test_bad_wheels_folder_is_one_line_and_exit_2(suite, tmp_path, capsys):
         suite.parse(["--wheels", str(tmp_path / "nowhere")])
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 2 and len(err.splitlines()) == 1 and "--wheels" in err and "no such folder" in err
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs: not gone, nor a zombie waiting for pytest (a subreaper) to collect it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_suite_stopped_by_sigterm_ends_the_running_measurement_and_says_so(tmp_path):
+    folder = tmp_path / "gpu"  # a tests/gpu/-like folder: every test in it is a GPU test
+    folder.mkdir()
+    pid_file = tmp_path / "pytest.pid"
+    (folder / "test_sleeps.py").write_text(
+        f"import os, time\n\ndef test_sleeps():\n    open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+        "    time.sleep(120)\n")
+    out = tmp_path / "suite.json"
+    proc = subprocess.Popen([sys.executable, str(SUITE), "--cpu-smoke", "--sections", "gpu_tests", "decode",
+                             "--test-files", str(folder / "test_sleeps.py"), "--out", str(out)],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not pid_file.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert pid_file.exists(), proc.communicate(timeout=30)[0][-3000:]
+        time.sleep(0.2)  # the pid is written
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=30)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1 and "stopped by SIGTERM" in output, output[-3000:]
+    assert not _running(int(pid_file.read_text()))  # the measurement's process did not outlive the suite
+    result = json.loads(out.read_text())
+    assert result["stopped"] == "SIGTERM" and result["ok"] is False
+    tests = result["sections"]["gpu_tests"]["jobs"]["pytest"]
+    assert tests["status"] == "timeout" and "stopped by SIGTERM while it ran" in tests["reason"]
+    assert result["sections"]["decode"]["jobs"]["batch-2"]["status"] == "skipped"
 
 
 def _run(args: list[str], tmp_path: Path, timeout: float) -> dict:
