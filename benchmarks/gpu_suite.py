@@ -405,10 +405,14 @@ def read_result(job: Job, rc: int) -> dict:
         for row in data["results"]:
             entry = {k: v for k, v in row.items() if k not in ("backend", "seq_len")}
             backends.setdefault(row["backend"], {})[str(row["seq_len"])] = entry
-        ran = [b for b, sizes in backends.items() if any("skipped" not in e for e in sizes.values())]
-        status = "ok" if ran else "skipped"
-        reasons = sorted({e["skipped"] for sizes in backends.values() for e in sizes.values() if "skipped" in e})
-        return {"status": status, **({"reason": "; ".join(reasons)} if not ran else {}),
+        entries = [e for sizes in backends.values() for e in sizes.values()]
+        errors = sorted({e["error"] for e in entries if "error" in e})
+        skips = sorted({e["skipped"] for e in entries if "skipped" in e})
+        if errors:  # accepted the setup, then failed (out of memory, a kernel error): the figures that ran stay
+            status, reason = "failed", "; ".join(errors)
+        else:
+            status, reason = ("ok", None) if any("tflops" in e for e in entries) else ("skipped", "; ".join(skips))
+        return {"status": status, **({"reason": reason} if reason else {}),
                 "device": data.get("device"), "args": data.get("args"), "backends": backends}
     return {"status": "ok", "figures": data}
 
