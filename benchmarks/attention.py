@@ -8,7 +8,8 @@
 Each backend is the registered one (``ATTENTIONS.build(name)``), called exactly as a model calls it,
 on random bf16 q/k/v of shape (batch, heads, seq, head_dim) with ``--kv-heads`` key/value heads.
 A backend that cannot run here (no CUDA, package missing, no backward on this device) is listed
-with the reason instead of a figure. ``flex`` runs under ``torch.compile`` (unfused it is a
+with the reason instead of a figure (``skipped``); one that accepts the setup and then fails
+(out of memory, a kernel error) is listed with the error (``error``). ``flex`` runs under ``torch.compile`` (unfused it is a
 reference implementation, not a kernel); the others run as they do in training.
 
 FLOPs count only the query/key pairs the mask lets through (a causal mask: about half; packed
@@ -27,6 +28,7 @@ from pathlib import Path
 import torch
 
 from llm_modules.nn.masks import AttentionMask
+from llm_modules.nn.positions import NoPosition
 from llm_modules.registry import ATTENTIONS, ConfigError
 
 BACKENDS = ("sdpa", "flex", "flash_attn", "xformers")
@@ -87,16 +89,21 @@ def timed(fn, warmup: int, iters: int, device) -> float:
 
 
 def run_one(name: str, args, seq: int, batch: int) -> dict:
-    """{"ms", "tflops"} of one backend at one size, or {"skipped": why}."""
+    """{"ms", "tflops"} of one backend at one size; {"skipped": why} when the backend refuses this
+    device or setup (not installed, no CUDA); {"error": what} when it accepted and then failed to
+    run (out of memory, a kernel error): a failure to report, not a backend that is absent."""
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     kv_heads = args.kv_heads or args.heads
     causal = not args.bidirectional
     try:
         backend = ATTENTIONS.build(name, head_dim=args.head_dim)
-        backend.check(needs_bias=False, dropout=0.0, needs_masks=not causal,
+        # no position encoding: the kernels are timed on q/k/v as they are, with no score bias
+        backend.check(encoding=NoPosition(), dropout=0.0, needs_masks=not causal,
                       features=frozenset() if causal else frozenset({"bidirectional"}))
     except ConfigError as err:
         return {"skipped": str(err)}
+    if device.type == "cpu" and not getattr(backend, "cpu_backward", True):  # declared, like check's refusals
+        return {"skipped": f"attention {name!r} has no backward on CPU in this torch; run on a GPU"}
     docs = document_ids(batch, seq, args.documents, device)
     mask = AttentionMask(seq, seq, causal=causal, documents=docs)
     g = torch.Generator(device=device).manual_seed(0)
@@ -118,14 +125,14 @@ def run_one(name: str, args, seq: int, batch: int) -> dict:
     try:
         seconds = timed(step, args.warmup, args.iters, device)
     except (RuntimeError, NotImplementedError) as err:
-        return {"skipped": str(err).splitlines()[0]}
+        return {"error": f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"}
     flops = 4 * args.head_dim * args.heads * visible_pairs(seq, causal, docs, batch) * 3.5
     return {"ms": seconds * 1e3, "tflops": flops / seconds / 1e12, "flops": flops}
 
 
 def describe(result: dict) -> str:
-    if "skipped" in result:
-        return f"skipped: {result['skipped']}"
+    if "skipped" in result or "error" in result:
+        return next(f"{key}: {result[key]}" for key in ("skipped", "error") if key in result)
     return f"{result['ms']:9.2f} ms  {result['tflops']:8.3g} TFLOP/s"
 
 

@@ -3,6 +3,7 @@
     python benchmarks/mfu.py                                    # llama-350m, seq 2048, bf16-mixed
     python benchmarks/mfu.py --batch-size 16 --compile          # bigger batch, torch.compile
     python benchmarks/mfu.py --preset llama-tiny --seq-len 128 --batch-size 4 --steps 5   # a CPU smoke run
+    python benchmarks/mfu.py --preset llama-1b --batch-size 4  # a benchmarks/train_step.py config: no preset file
 
 It trains ``--steps`` optimizer steps of ``CausalLM(preset)`` with the Lightning Trainer (so the
 precision plugin, compile and checkpointing are the ones training uses) and reports the
@@ -14,6 +15,7 @@ is downloaded, and the data loader costs nothing next to the model.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import sys
@@ -41,7 +43,8 @@ class RandomTokens(Dataset):
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="llama-350m", help="model preset (configs/models/NAME.yaml)")
+    parser.add_argument("--preset", default="llama-350m",
+                        help="model preset (configs/models/NAME.yaml) or a benchmarks/train_step.py config (llama-1b)")
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--batch-size", type=int, default=8, help="micro-batch per device")
     parser.add_argument("--accumulate", type=int, default=1, help="trainer.accumulate_grad_batches")
@@ -60,17 +63,35 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def model_for(name: str, seq_len: int):
+    """A shipped preset, or else a named config of ``benchmarks/train_step.py``: sizes such as
+    ``llama-1b`` (TinyLlama-1.1B's shape) are benchmark shapes, not presets a user trains, so they
+    are defined once there. An unknown name is the preset lookup's error (it lists the presets)."""
+    from llm_modules import ModelConfig
+    from llm_modules.config import preset_names
+
+    if name not in preset_names():
+        train_step = sys.modules.get("train_step")
+        if train_step is None:  # by path: benchmarks/ is not put on sys.path for one module
+            spec = importlib.util.spec_from_file_location("train_step", Path(__file__).with_name("train_step.py"))
+            train_step = sys.modules["train_step"] = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(train_step)
+        if name in train_step.CONFIGS:
+            return train_step.model_config(train_step.CONFIGS[name], seq_len)
+    return ModelConfig.from_preset(name)
+
+
 def run(args: argparse.Namespace) -> dict:
     import lightning as L
 
-    from llm_modules import CausalLM, ModelConfig
+    from llm_modules import CausalLM
     from llm_modules.training.memory import MemoryConfig
     from llm_modules.training.optim import OptimConfig
     from llm_modules.training.precision import announce
     from llm_modules.training.throughput import ThroughputMonitor
 
     announce(args.precision, "auto")
-    preset = ModelConfig.from_preset(args.preset)
+    preset = model_for(args.preset, args.seq_len)
     config = preset.replace(attention=args.attention, max_seq_len=max(preset.max_seq_len, args.seq_len))
     memory = MemoryConfig(compile=bool(args.compile), activation_checkpointing=args.activation_checkpointing)
     torch.manual_seed(0)
