@@ -20,7 +20,7 @@ def test_benchmark_reports_both_models_on_agreeing_results(tmp_path, capsys):
 
     out = tmp_path / "speed.json"
     lm_eval_speed.main(["--d-model", "32", "--layers", "1", "--questions", "3", "--prompts", "3", "--new-tokens", "4",
-                        "--rounds", "1", "--files", "40", "--batch-size", "4", "--json", str(out)])
+                        "--rounds", "1", "--files", "40", "--batch-size", "4", "--threads", "1", "--json", str(out)])
     figures = json.loads(out.read_text())
     for kind, count in (("loglikelihood", 12), ("generate_until", 3)):
         assert figures[kind]["requests"] == count
