@@ -179,18 +179,28 @@ def check_pipeline(cfg, kind: str, setup: Setup, pipe: Pipeline) -> int:
 
 
 _META: dict = {}
+#: what the layout search asks of one model many times (hundreds of candidates): its splits (or the
+#: refusal) by (model, stages, blocks, balance, seq_len), and its ``_StageParts``, each computed once
+_SPLITS: dict = {}
+_PARTS: dict = {}
+
+
+def _model_key(cfg, kind: str) -> tuple:
+    import json
+
+    return json.dumps(cfg.to_dict(), sort_keys=True, default=str), kind
 
 
 def _meta_model(cfg, kind: str):
     """The model on the meta device, built once per config (the layout search asks many times)."""
-    import json
-
     from llm_modules.estimate.params import build_meta
 
-    key = (json.dumps(cfg.to_dict(), sort_keys=True, default=str), kind)
+    key = _model_key(cfg, kind)
     if key not in _META:
         if len(_META) > 8:
             _META.clear()
+            _SPLITS.clear()
+            _PARTS.clear()
         _META[key] = build_meta(cfg, kind)
     return _META[key]
 
@@ -210,7 +220,17 @@ def stage_blocks(cfg, kind: str, stages: int, blocks=None, balance: str = "param
     an explicit count per stage; ``balance`` and ``seq_len`` as the strategy passes them)."""
     from llm_modules.training.pipeline.split import split_blocks
 
-    return [list(r) for r in split_blocks(_meta_model(cfg, kind), stages, blocks, balance, seq_len)]
+    model = _meta_model(cfg, kind)
+    key = (_model_key(cfg, kind), stages, None if blocks is None else tuple(blocks), balance, seq_len)
+    if key not in _SPLITS:  # the runtime's split walks the model's parameters: once per question
+        try:
+            _SPLITS[key] = [list(r) for r in split_blocks(model, stages, blocks, balance, seq_len)]
+        except ConfigError as err:
+            _SPLITS[key] = err
+    found = _SPLITS[key]
+    if isinstance(found, ConfigError):
+        raise ConfigError(str(found))
+    return [list(r) for r in found]
 
 
 @dataclass(frozen=True)
@@ -243,10 +263,14 @@ def _parts(cfg, kind: str) -> _StageParts:
     from llm_modules.training.pipeline.split import numel
 
     lm = _meta_model(cfg, kind)
-    stack = lm.stack
-    return _StageParts(numel(lm.embed) + numel(stack.embedding_norm) + numel(stack.position),
-                       numel(stack.final_norm) + numel(lm.head), [numel(layer) for layer in stack.layers],
-                       [_widths(layer) for layer in stack.layers], _widths(stack.final_norm) + _widths(lm.head))
+    key = _model_key(cfg, kind)
+    if key not in _PARTS:
+        stack = lm.stack
+        _PARTS[key] = _StageParts(
+            numel(lm.embed) + numel(stack.embedding_norm) + numel(stack.position),
+            numel(stack.final_norm) + numel(lm.head), [numel(layer) for layer in stack.layers],
+            [_widths(layer) for layer in stack.layers], _widths(stack.final_norm) + _widths(lm.head))
+    return _PARTS[key]
 
 
 def estimate_pipeline(cfg, kind: str, setup: Setup, pipe: Pipeline, *, training: Training | None = None,
