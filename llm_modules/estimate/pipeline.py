@@ -50,6 +50,7 @@ concatenated logits) and in the optimizer step (``estimate.memory``'s temporarie
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 
 from llm_modules.estimate.activations import Activations, Training, estimate_activations
 from llm_modules.estimate.memory import PhasePeak, Setup, shards, state_bytes
@@ -178,31 +179,20 @@ def check_pipeline(cfg, kind: str, setup: Setup, pipe: Pipeline) -> int:
     return virtual
 
 
-_META: dict = {}
 #: what the layout search asks of one model many times (hundreds of candidates): its splits (or the
 #: refusal) by (model, stages, blocks, balance, seq_len), and its ``_StageParts``, each computed once
 _SPLITS: dict = {}
 _PARTS: dict = {}
 
 
-def _model_key(cfg, kind: str) -> tuple:
-    import json
-
-    return json.dumps(cfg.to_dict(), sort_keys=True, default=str), kind
-
-
 def _meta_model(cfg, kind: str):
-    """The model on the meta device, built once per config (the layout search asks many times)."""
-    from llm_modules.estimate.params import build_meta
+    """The model on the meta device, built once per config (``params.meta_model``)."""
+    from llm_modules.estimate.params import meta_model
 
-    key = _model_key(cfg, kind)
-    if key not in _META:
-        if len(_META) > 8:
-            _META.clear()
-            _SPLITS.clear()
-            _PARTS.clear()
-        _META[key] = build_meta(cfg, kind)
-    return _META[key]
+    if len(_SPLITS) > 256 or len(_PARTS) > 8:
+        _SPLITS.clear()
+        _PARTS.clear()
+    return meta_model(cfg, kind)
 
 
 def _as_options(message: str) -> str:
@@ -218,10 +208,11 @@ def stage_blocks(cfg, kind: str, stages: int, blocks=None, balance: str = "param
                  seq_len: int | None = None) -> list[list[int]]:
     """Each stage's blocks, by the runtime's split (``training.pipeline.split_blocks``; ``blocks``:
     an explicit count per stage; ``balance`` and ``seq_len`` as the strategy passes them)."""
+    from llm_modules.estimate.params import model_key
     from llm_modules.training.pipeline.split import split_blocks
 
     model = _meta_model(cfg, kind)
-    key = (_model_key(cfg, kind), stages, None if blocks is None else tuple(blocks), balance, seq_len)
+    key = (model_key(cfg, kind), stages, None if blocks is None else tuple(blocks), balance, seq_len)
     if key not in _SPLITS:  # the runtime's split walks the model's parameters: once per question
         try:
             _SPLITS[key] = [list(r) for r in split_blocks(model, stages, blocks, balance, seq_len)]
@@ -260,10 +251,11 @@ def _widths(module) -> int:
 
 
 def _parts(cfg, kind: str) -> _StageParts:
+    from llm_modules.estimate.params import model_key
     from llm_modules.training.pipeline.split import numel
 
     lm = _meta_model(cfg, kind)
-    key = _model_key(cfg, kind)
+    key = model_key(cfg, kind)
     if key not in _PARTS:
         stack = lm.stack
         _PARTS[key] = _StageParts(
@@ -325,9 +317,7 @@ def estimate_pipeline(cfg, kind: str, setup: Setup, pipe: Pipeline, *, training:
                       pending, last, 0.0 if last or s + 1 in held else hidden,  # a neighbour on this rank:
                       0.0 if s == 0 or s - 1 in held else hidden)  # handed over, not sent
 
-    order = schedule_order(pipe.schedule, pipe.pp, pipe.microbatches, virtual)
-    most = in_flight(order)
-    idle = simulate(order)
+    order, most, idle = _schedule_facts(pipe.schedule, pipe.pp, pipe.microbatches, virtual)
     value, text = bubble_formula(pipe.schedule, pipe.pp, pipe.microbatches, virtual)
     kind = SCHEDULES[pipe.schedule]
     ranks = []
@@ -359,6 +349,15 @@ def estimate_pipeline(cfg, kind: str, setup: Setup, pipe: Pipeline, *, training:
     return PipelineEstimate(pipe=pipe, virtual=virtual, microbatch_rows=rows,
                             stage_blocks=blocks, ranks=ranks, bubble=max(idle.values()), bubble_formula=value,
                             formula=text)
+
+
+@lru_cache(maxsize=256)
+def _schedule_facts(schedule: str, pp: int, microbatches: int, virtual: int) -> tuple:
+    """(order, in flight per stage, idle fraction per rank) of a schedule: they depend on its sizes
+    alone, and a layout search asks them for every data-parallel size and memory setting (read
+    only: shared between calls)."""
+    order = schedule_order(schedule, pp, microbatches, virtual)
+    return order, in_flight(order), simulate(order)
 
 
 #: which sent tensors a schedule's unwaited sends keep alive to the end of the step: the
