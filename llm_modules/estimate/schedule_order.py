@@ -81,8 +81,14 @@ def schedule_order(schedule: str, pp: int, microbatches: int, virtual: int) -> d
         return {rank: _single_stage_loop(schedule, rank, pp, microbatches) for rank in range(pp)}
     cls = getattr(pipelining, kind.torch_class, None) or getattr(pipelining.schedules, kind.torch_class)
     stages = _stand_ins(schedule, pp, virtual)
-    made = _compute_only(cls)(stages if kind.multi else stages[0], n_microbatches=microbatches,
-                              loss_fn=lambda *a: None)
+    try:
+        made = _compute_only(cls)(stages if kind.multi else stages[0], n_microbatches=microbatches,
+                                  loss_fn=lambda *a: None)
+    except ValueError as err:  # a count torch's constructor refuses (rounds of pp micro-batches)
+        from llm_modules.registry import ConfigError
+
+        raise ConfigError(f"pipeline schedule {schedule} cannot run {microbatches} micro-batches on {pp} ranks "
+                          f"(torch.distributed.pipelining: {err}); give --microbatches a multiple of {pp}") from None
     order = {}
     for rank, actions in made.pipeline_order.items():
         order[rank] = tuple(
