@@ -394,22 +394,30 @@ def _walk(actions, stages: dict[int, _Stage], base: float, logits: float, acts: 
     has_grads: set[int] = set()
     kept = peak_acts = 0.0
     phases = {"forward": 0.0, "backward": 0.0}
+    # sums that change only with has_grads or pending, kept until they change (a layout search walks
+    # hundreds of schedules); alive micro-batches of the last stage, counted as they come and go
+    stage_grads = waiting_all = 0
+    last_alive = 0
+    peaks: dict[tuple[int, bool], float] = {}
     for a in actions:
         st, key = stages[a.stage], (a.stage, a.microbatch)
-        grads = sum(stages[s].parameters * grad for s in has_grads) + held
-        waiting = sum(pending.values())
+        grads = stage_grads + held
+        waiting = waiting_all
         if a.op == "F":
+            if st.last and key not in alive:
+                last_alive += 1
             alive[key] = st.activations
             kept += logits if st.last else 0.0
             live = sum(alive.values())
             peak_acts = max(peak_acts, live)
             # the last stage's logits are saved for its loss too: kept outputs count once while alive
-            kept_extra = kept - logits * sum(1 for s, _ in alive if stages[s].last)
+            kept_extra = kept - logits * last_alive
             transient = acts.forward_transient if st.last else 0.0
             phases["forward"] = max(phases["forward"], base + grads + waiting + live + kept_extra + transient)
             continue
         others = sum(v for k, v in alive.items() if k != key)
-        kept_extra = kept - logits * sum(1 for s, _ in alive if stages[s].last)
+        kept_extra = kept - logits * last_alive
+        pending_changed = a.op == "I" or key in pending
         if a.op == "I":
             pending[key] = st.pending
             unit = alive.get(key, 0.0) + st.pending + (acts.backward_transient if st.last else 0.0)
@@ -418,17 +426,26 @@ def _walk(actions, stages: dict[int, _Stage], base: float, logits: float, acts: 
                 st.parameters * grad if a.stage not in has_grads else 0.0)
             waiting -= pending.get(key, 0.0)
         else:  # a full backward (B, or the first stage's W)
-            unit = _backward_peak(st.units, a.stage not in has_grads) + pending.get(key, 0.0)
+            first = a.stage not in has_grads
+            if (a.stage, first) not in peaks:
+                peaks[a.stage, first] = _backward_peak(st.units, first)
+            unit = peaks[a.stage, first] + pending.get(key, 0.0)
             waiting -= pending.get(key, 0.0)
         if a.op != "I":
             if key in alive and sends == "all":  # freed by the backward, but its send still holds it
                 held += st.output
+            if key in alive and st.last:
+                last_alive -= 1
             alive.pop(key, None)
             pending.pop(key, None)
-            has_grads.add(a.stage)
+            if a.stage not in has_grads:
+                has_grads.add(a.stage)
+                stage_grads = sum(stages[s].parameters * grad for s in has_grads)
         phases["backward"] = max(phases["backward"], base + grads + others + waiting + kept_extra + unit)
         if a.op in ("B", "I") and sends in ("all", "backward"):
             held += st.input_grad
+        if pending_changed:
+            waiting_all = sum(pending.values())
     return phases, peak_acts
 
 
