@@ -89,8 +89,13 @@ _MODELS: dict = {}
 
 def model_key(cfg, kind: str) -> tuple:
     """A key for what is computed once per model: the config's fields (plain values, so their
-    ``repr`` tells configs apart) and the kind; cheap, since a layout search asks it often."""
-    return type(cfg).__qualname__, repr(vars(cfg)), kind
+    ``repr`` tells configs apart), the kind, and what each component name builds (a plugin or a
+    test may register another under a freed name); cheap, since a layout search asks it often."""
+    from llm_modules.registry import MODEL_REGISTRIES
+
+    components = tuple((slot, tuple((e.name, id(e.factory)) for e in registry.entries()))
+                       for slot, registry in MODEL_REGISTRIES.items())
+    return type(cfg).__qualname__, repr(vars(cfg)), kind, components
 
 
 def meta_model(cfg, kind: str = "causal"):
