@@ -415,10 +415,10 @@ def check_gpu(name: str) -> str:
 def _without_cycle_collection():
     """Python's cycle collector off for the command, as it was after: the command creates few
     reference cycles, but it imports torch and what ``FakeTensorMode`` needs (torch._dynamo, sympy),
-    and each full collection during those imports walks every object already loaded: about a sixth
-    of the command's CPU time (``estimate --preset llama-7b``: 3.25 s with it, 2.7 s without, on a
-    shared 2-core machine). Memory is freed by reference counting as before; only cycles wait for
-    the next collection after the command."""
+    and each full collection during those imports walks every object already loaded: 0.25 to 0.5 s
+    of the command's CPU time (``estimate --preset llama-7b``: about 3.2 s with it, 2.9 s without,
+    on a shared 2-core machine; peak memory +10 MB). Memory is freed by reference counting as
+    before; only cycles wait for the next collection after the command."""
     enabled = gc.isenabled()
     gc.disable()
     try:
