@@ -137,10 +137,10 @@ def _traced(cfg, kind: str, mode: str, training: Training, batch_size: int, seq_
 def _same_lora_in_every_block(cfg, kind: str, training: Training) -> bool:
     """Whether LoRA's patterns adapt the same layers in every block of each stack; if not (a
     pattern that names one block), the blocks differ, and the trace runs all of them."""
-    from llm_modules.estimate.params import build_meta
+    from llm_modules.estimate.params import meta_model
     from llm_modules.peft.targets import match_modules
 
-    model = build_meta(cfg, kind)
+    model = meta_model(cfg, kind)
     adapted = {name for name, _ in match_modules(model, list(training.lora_targets), "--lora-targets")}
     for stack in model.stack_names:
         blocks = [f"{stack}.layers.{i}." for i in range(len(getattr(model, stack).layers))]

@@ -31,11 +31,11 @@ class LoraPlan:
 
 def plan_lora(cfg, kind: str, rank: int, targets=DEFAULT_TARGETS) -> LoraPlan:
     """LoRA of rank ``rank`` on the linear layers matching ``targets`` (shell-style patterns)."""
-    from llm_modules.estimate.params import build_meta
+    from llm_modules.estimate.params import meta_model
     from llm_modules.peft.targets import as_patterns, match_modules
 
     patterns = as_patterns(targets, "--lora-targets")
-    model = build_meta(cfg, kind)
+    model = meta_model(cfg, kind)
     matched = match_modules(model, patterns, "--lora-targets")
     parameters = sum(rank * (linear.in_features + linear.out_features) for _, linear in matched)
     names = frozenset(_IN_BLOCK.sub("", name) for name, _ in matched)

@@ -84,6 +84,32 @@ def build_meta(cfg, kind: str = "causal"):
         return build_model(as_sdpa(cfg)[0], kind)
 
 
+_MODELS: dict = {}
+
+
+def model_key(cfg, kind: str) -> tuple:
+    """A key for what is computed once per model: the config's fields (plain values, so their
+    ``repr`` tells configs apart), the kind, and what each component name builds (a plugin or a
+    test may register another under a freed name); cheap, since a layout search asks it often."""
+    from llm_modules.registry import MODEL_REGISTRIES
+
+    components = tuple((slot, tuple((e.name, id(e.factory)) for e in registry.entries()))
+                       for slot, registry in MODEL_REGISTRIES.items())
+    return type(cfg).__qualname__, repr(vars(cfg)), kind, components
+
+
+def meta_model(cfg, kind: str = "causal"):
+    """``build_meta(cfg, kind)``, built once per config and kind and shared: one plan asks for the
+    model several times (the count, LoRA's targets, the pipeline's split), and a layout search
+    hundreds of times. Callers read it and must not change it."""
+    key = model_key(cfg, kind)
+    if key not in _MODELS:
+        if len(_MODELS) >= 8:
+            _MODELS.clear()
+        _MODELS[key] = build_meta(cfg, kind)
+    return _MODELS[key]
+
+
 def stacks(model) -> tuple:
     """(decoder or only stack, encoder stack or None), by the model's ``stack_names``."""
     found = model.stacks()
@@ -96,7 +122,7 @@ def count(cfg, kind: str = "causal") -> ParameterCount:
 
     from llm_modules.nn.lm import count_parameters
 
-    model = build_meta(cfg, kind)
+    model = meta_model(cfg, kind)
     distinct = {id(p): p for p in model.parameters()}
     # Lookup tables: embeddings (a tied head's table among them) and the position encodings' tables.
     lookup = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}

@@ -50,6 +50,7 @@ concatenated logits) and in the optimizer step (``estimate.memory``'s temporarie
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 
 from llm_modules.estimate.activations import Activations, Training, estimate_activations
 from llm_modules.estimate.memory import PhasePeak, Setup, shards, state_bytes
@@ -178,21 +179,20 @@ def check_pipeline(cfg, kind: str, setup: Setup, pipe: Pipeline) -> int:
     return virtual
 
 
-_META: dict = {}
+#: what the layout search asks of one model many times (hundreds of candidates): its splits (or the
+#: refusal) by (model, stages, blocks, balance, seq_len), and its ``_StageParts``, each computed once
+_SPLITS: dict = {}
+_PARTS: dict = {}
 
 
 def _meta_model(cfg, kind: str):
-    """The model on the meta device, built once per config (the layout search asks many times)."""
-    import json
+    """The model on the meta device, built once per config (``params.meta_model``)."""
+    from llm_modules.estimate.params import meta_model
 
-    from llm_modules.estimate.params import build_meta
-
-    key = (json.dumps(cfg.to_dict(), sort_keys=True, default=str), kind)
-    if key not in _META:
-        if len(_META) > 8:
-            _META.clear()
-        _META[key] = build_meta(cfg, kind)
-    return _META[key]
+    if len(_SPLITS) > 256 or len(_PARTS) > 8:
+        _SPLITS.clear()
+        _PARTS.clear()
+    return meta_model(cfg, kind)
 
 
 def _as_options(message: str) -> str:
@@ -208,9 +208,20 @@ def stage_blocks(cfg, kind: str, stages: int, blocks=None, balance: str = "param
                  seq_len: int | None = None) -> list[list[int]]:
     """Each stage's blocks, by the runtime's split (``training.pipeline.split_blocks``; ``blocks``:
     an explicit count per stage; ``balance`` and ``seq_len`` as the strategy passes them)."""
+    from llm_modules.estimate.params import model_key
     from llm_modules.training.pipeline.split import split_blocks
 
-    return [list(r) for r in split_blocks(_meta_model(cfg, kind), stages, blocks, balance, seq_len)]
+    model = _meta_model(cfg, kind)
+    key = (model_key(cfg, kind), stages, None if blocks is None else tuple(blocks), balance, seq_len)
+    if key not in _SPLITS:  # the runtime's split walks the model's parameters: once per question
+        try:
+            _SPLITS[key] = [list(r) for r in split_blocks(model, stages, blocks, balance, seq_len)]
+        except ConfigError as err:
+            _SPLITS[key] = err
+    found = _SPLITS[key]
+    if isinstance(found, ConfigError):
+        raise ConfigError(str(found))
+    return [list(r) for r in found]
 
 
 @dataclass(frozen=True)
@@ -240,13 +251,18 @@ def _widths(module) -> int:
 
 
 def _parts(cfg, kind: str) -> _StageParts:
+    from llm_modules.estimate.params import model_key
     from llm_modules.training.pipeline.split import numel
 
     lm = _meta_model(cfg, kind)
-    stack = lm.stack
-    return _StageParts(numel(lm.embed) + numel(stack.embedding_norm) + numel(stack.position),
-                       numel(stack.final_norm) + numel(lm.head), [numel(layer) for layer in stack.layers],
-                       [_widths(layer) for layer in stack.layers], _widths(stack.final_norm) + _widths(lm.head))
+    key = model_key(cfg, kind)
+    if key not in _PARTS:
+        stack = lm.stack
+        _PARTS[key] = _StageParts(
+            numel(lm.embed) + numel(stack.embedding_norm) + numel(stack.position),
+            numel(stack.final_norm) + numel(lm.head), [numel(layer) for layer in stack.layers],
+            [_widths(layer) for layer in stack.layers], _widths(stack.final_norm) + _widths(lm.head))
+    return _PARTS[key]
 
 
 def estimate_pipeline(cfg, kind: str, setup: Setup, pipe: Pipeline, *, training: Training | None = None,
@@ -301,9 +317,7 @@ def estimate_pipeline(cfg, kind: str, setup: Setup, pipe: Pipeline, *, training:
                       pending, last, 0.0 if last or s + 1 in held else hidden,  # a neighbour on this rank:
                       0.0 if s == 0 or s - 1 in held else hidden)  # handed over, not sent
 
-    order = schedule_order(pipe.schedule, pipe.pp, pipe.microbatches, virtual)
-    most = in_flight(order)
-    idle = simulate(order)
+    order, most, idle = _schedule_facts(pipe.schedule, pipe.pp, pipe.microbatches, virtual)
     value, text = bubble_formula(pipe.schedule, pipe.pp, pipe.microbatches, virtual)
     kind = SCHEDULES[pipe.schedule]
     ranks = []
@@ -335,6 +349,15 @@ def estimate_pipeline(cfg, kind: str, setup: Setup, pipe: Pipeline, *, training:
     return PipelineEstimate(pipe=pipe, virtual=virtual, microbatch_rows=rows,
                             stage_blocks=blocks, ranks=ranks, bubble=max(idle.values()), bubble_formula=value,
                             formula=text)
+
+
+@lru_cache(maxsize=256)
+def _schedule_facts(schedule: str, pp: int, microbatches: int, virtual: int) -> tuple:
+    """(order, in flight per stage, idle fraction per rank) of a schedule: they depend on its sizes
+    alone, and a layout search asks them for every data-parallel size and memory setting (read
+    only: shared between calls)."""
+    order = schedule_order(schedule, pp, microbatches, virtual)
+    return order, in_flight(order), simulate(order)
 
 
 #: which sent tensors a schedule's unwaited sends keep alive to the end of the step: the
@@ -371,22 +394,30 @@ def _walk(actions, stages: dict[int, _Stage], base: float, logits: float, acts: 
     has_grads: set[int] = set()
     kept = peak_acts = 0.0
     phases = {"forward": 0.0, "backward": 0.0}
+    # sums that change only with has_grads or pending, kept until they change (a layout search walks
+    # hundreds of schedules); alive micro-batches of the last stage, counted as they come and go
+    stage_grads = waiting_all = 0
+    last_alive = 0
+    peaks: dict[tuple[int, bool], float] = {}
     for a in actions:
         st, key = stages[a.stage], (a.stage, a.microbatch)
-        grads = sum(stages[s].parameters * grad for s in has_grads) + held
-        waiting = sum(pending.values())
+        grads = stage_grads + held
+        waiting = waiting_all
         if a.op == "F":
+            if st.last and key not in alive:
+                last_alive += 1
             alive[key] = st.activations
             kept += logits if st.last else 0.0
             live = sum(alive.values())
             peak_acts = max(peak_acts, live)
             # the last stage's logits are saved for its loss too: kept outputs count once while alive
-            kept_extra = kept - logits * sum(1 for s, _ in alive if stages[s].last)
+            kept_extra = kept - logits * last_alive
             transient = acts.forward_transient if st.last else 0.0
             phases["forward"] = max(phases["forward"], base + grads + waiting + live + kept_extra + transient)
             continue
         others = sum(v for k, v in alive.items() if k != key)
-        kept_extra = kept - logits * sum(1 for s, _ in alive if stages[s].last)
+        kept_extra = kept - logits * last_alive
+        pending_changed = a.op == "I" or key in pending
         if a.op == "I":
             pending[key] = st.pending
             unit = alive.get(key, 0.0) + st.pending + (acts.backward_transient if st.last else 0.0)
@@ -395,17 +426,26 @@ def _walk(actions, stages: dict[int, _Stage], base: float, logits: float, acts: 
                 st.parameters * grad if a.stage not in has_grads else 0.0)
             waiting -= pending.get(key, 0.0)
         else:  # a full backward (B, or the first stage's W)
-            unit = _backward_peak(st.units, a.stage not in has_grads) + pending.get(key, 0.0)
+            first = a.stage not in has_grads
+            if (a.stage, first) not in peaks:
+                peaks[a.stage, first] = _backward_peak(st.units, first)
+            unit = peaks[a.stage, first] + pending.get(key, 0.0)
             waiting -= pending.get(key, 0.0)
         if a.op != "I":
             if key in alive and sends == "all":  # freed by the backward, but its send still holds it
                 held += st.output
+            if key in alive and st.last:
+                last_alive -= 1
             alive.pop(key, None)
             pending.pop(key, None)
-            has_grads.add(a.stage)
+            if a.stage not in has_grads:
+                has_grads.add(a.stage)
+                stage_grads = sum(stages[s].parameters * grad for s in has_grads)
         phases["backward"] = max(phases["backward"], base + grads + others + waiting + kept_extra + unit)
         if a.op in ("B", "I") and sends in ("all", "backward"):
             held += st.input_grad
+        if pending_changed:
+            waiting_all = sum(pending.values())
     return phases, peak_acts
 
 

@@ -81,7 +81,14 @@ def schedule_order(schedule: str, pp: int, microbatches: int, virtual: int) -> d
         return {rank: _single_stage_loop(schedule, rank, pp, microbatches) for rank in range(pp)}
     cls = getattr(pipelining, kind.torch_class, None) or getattr(pipelining.schedules, kind.torch_class)
     stages = _stand_ins(schedule, pp, virtual)
-    made = cls(stages if kind.multi else stages[0], n_microbatches=microbatches, loss_fn=lambda *a: None)
+    try:
+        made = _compute_only(cls)(stages if kind.multi else stages[0], n_microbatches=microbatches,
+                                  loss_fn=lambda *a: None)
+    except ValueError as err:  # a count torch's constructor refuses (rounds of pp micro-batches)
+        from llm_modules.registry import ConfigError
+
+        raise ConfigError(f"pipeline schedule {schedule} cannot run {microbatches} micro-batches on {pp} ranks "
+                          f"(torch.distributed.pipelining: {err}); give --microbatches a multiple of {pp}") from None
     order = {}
     for rank, actions in made.pipeline_order.items():
         order[rank] = tuple(
@@ -91,6 +98,20 @@ def schedule_order(schedule: str, pp: int, microbatches: int, virtual: int) -> d
             in COMPUTE
         )
     return order
+
+
+@lru_cache(maxsize=None)
+def _compute_only(cls: type) -> type:
+    """``cls`` whose constructor stops at its compute order: torch's multi-stage schedules end
+    their constructor by lowering ``pipeline_order`` into send, receive, unshard and gradient
+    reduction actions (``_prepare_schedule_with_comms``), most of their construction time, which
+    the estimator does not read. The subclass keeps that method's check of the order and its stage
+    mapping, and leaves ``pipeline_order`` as the constructor built it."""
+
+    def check_only(self, actions, format="compute_only"):
+        self._validate_and_set_stage_mapping(actions)
+
+    return type(cls.__name__, (cls,), {"_prepare_schedule_with_comms": check_only, "__module__": __name__})
 
 
 def _single_stage_loop(schedule: str, stage: int, pp: int, m: int) -> tuple[Action, ...]:

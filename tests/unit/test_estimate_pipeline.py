@@ -164,6 +164,8 @@ def test_layout_search_pipelines_a_model_that_fits_no_single_device():
     (["--pp", "2", "--schedule", "gpipe", "--virtual-stages", "2", "--batch-size", "2"],
      ["schedule gpipe runs 1 stage", "--virtual-stages 1"]),
     (["--cluster", "2by8"], ["--cluster '2by8'", "2x8"]),
+    (["--pp", "2", "--schedule", "interleaved-zero-bubble", "--microbatches", "5", "--batch-size", "5"],
+     ["interleaved-zero-bubble cannot run 5 micro-batches on 2 ranks", "multiple of 2"]),
 ])
 def test_pipeline_refusals_are_one_line_and_exit_code_2(capsys, tmp_path, argv, fragments):
     path = tmp_path / "model.yaml"
@@ -184,6 +186,20 @@ def test_a_cluster_search_without_any_layout_says_why(capsys, tmp_path):
     assert code == 2 and "no layout splits 1 rows" in err and len(err.strip().splitlines()) == 1
     code, _out, err = run_cli(capsys, *base, "--global-batch", "2", "--gpu-memory", "0.0001")
     assert code == 2 and "fits 0 GiB per GPU; the smallest peak is" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_cluster_search_skips_the_microbatch_counts_torch_refuses(capsys, tmp_path):
+    """5 rows on 2 ranks: torch's zero-bubble schedule refuses 5 micro-batches (not a whole number
+    of rounds of 2), which the runtime's check lets through; that layout is left out (it ended the
+    search with torch's traceback), the others still ranked."""
+    path = tmp_path / "model.yaml"
+    path.write_text(json.dumps(TINY))
+    code, out, err = run_cli(capsys, "--config", str(path), "--seq-len", "32", "--cluster", "1x2",
+                             "--global-batch", "5", "--top", "100", "--format", "json")
+    assert code == 0, err
+    layouts = json.loads(out)["layouts"]
+    assert any("interleaved-zero-bubble cannot run 5 micro-batches" in r for r in layouts["refused"])
+    assert {r["schedule"] for r in layouts["best"]} == {None, "gpipe", "1f1b"}
 
 
 def test_tied_embeddings_are_refused_with_the_runtimes_reason(capsys, tmp_path):
