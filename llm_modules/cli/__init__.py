@@ -8,13 +8,19 @@ code 2, no traceback.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import gc
 import importlib
 import os
 import sys
+from collections.abc import Iterator
 from typing import Callable
 
 TRAIN_COMMANDS = ("fit", "validate", "test", "predict")
+#: commands that load a model or a table, answer and exit: they run without the cycle collector
+#: (``without_cycle_collection``); training, data preparation and evaluation run for long, with it
+SHORT_COMMANDS = ("generate", "convert", "export", "quantize", "estimate", "registry")
 
 COMMANDS = {
     "fit": "train a model (LightningCLI: --config, --print_config, dotted overrides)",
@@ -75,7 +81,30 @@ def _train_runner(command: str) -> Callable[[list[str]], int] | None:
     return module.run
 
 
+@contextlib.contextmanager
+def without_cycle_collection() -> Iterator[None]:
+    """Python's cycle collector off while a short command runs, and as it was after. Such a command
+    makes few reference cycles, but it imports torch (and some, torch._dynamo), and every full
+    collection during those imports walks each object loaded so far: 0.25 to 0.5 s of CPU of
+    ``estimate --preset llama-7b`` (about 3.2 s with it, 2.9 s without; peak memory +10 MB).
+    Reference counting still frees everything else at once; only cycles wait for the process's end."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _dispatch(command: str, rest: list[str]) -> int:
+    if command in SHORT_COMMANDS:
+        with without_cycle_collection():
+            return _dispatch_command(command, rest)
+    return _dispatch_command(command, rest)
+
+
+def _dispatch_command(command: str, rest: list[str]) -> int:
     if command in TRAIN_COMMANDS:
         run = _train_runner(command)
         if run is None:

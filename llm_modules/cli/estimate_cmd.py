@@ -17,8 +17,6 @@ that the flags override.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import gc
 import json
 from pathlib import Path
 from typing import Any
@@ -411,29 +409,7 @@ def check_gpu(name: str) -> str:
                       "(any case; dashes for spaces)")
 
 
-@contextlib.contextmanager
-def _without_cycle_collection():
-    """Python's cycle collector off for the command, as it was after: the command creates few
-    reference cycles, but it imports torch and what ``FakeTensorMode`` needs (torch._dynamo, sympy),
-    and each full collection during those imports walks every object already loaded: 0.25 to 0.5 s
-    of the command's CPU time (``estimate --preset llama-7b``: about 3.2 s with it, 2.9 s without,
-    on a shared 2-core machine; peak memory +10 MB). Memory is freed by reference counting as
-    before; only cycles wait for the next collection after the command."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def run(argv: list[str]) -> int:
-    with _without_cycle_collection():
-        return _run(argv)
-
-
-def _run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     args.gpu = check_gpu(args.gpu)
     if args.json:  # before any work: a refusal leaves the file as it is

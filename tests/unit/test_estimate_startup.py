@@ -1,5 +1,6 @@
-"""``llm-modules estimate`` runs with Python's cycle collector off (its full collections while
-torch and torch._dynamo load cost 0.25 to 0.5 s of CPU) and leaves it as it found it."""
+"""The short commands (``llm-modules estimate``, ``generate``...: ``cli.SHORT_COMMANDS``) run with Python's
+cycle collector off (its full collections while torch and torch._dynamo load cost 0.25 to 0.5 s of CPU)
+and leave it as they found it; training commands keep it."""
 
 from __future__ import annotations
 
@@ -40,3 +41,12 @@ def test_a_disabled_collector_stays_disabled(monkeypatch, capsys):
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_training_commands_keep_the_collector(monkeypatch):
+    import llm_modules.cli as cli
+
+    seen = []
+    monkeypatch.setattr(cli, "_train_runner", lambda command: lambda argv: seen.append(gc.isenabled()) or 0)
+    assert main(["validate", "--help"]) == 0
+    assert seen == [True]
