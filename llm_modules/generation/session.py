@@ -63,7 +63,12 @@ class DecoderSession:
 
     @torch.no_grad()
     def start(self) -> torch.Tensor:
-        return self.model(self.ids, self.mask, self.prefix_lengths, cache=self.cache)[:, -1].float()
+        model = self.model
+        if type(model).forward is not DecoderLM.forward:
+            return model(self.ids, self.mask, self.prefix_lengths, cache=self.cache)[:, -1].float()
+        # DecoderLM.forward is head(hidden): the head reads the last position only, not the whole prompt
+        hidden = model.hidden(self.ids, self.mask, self.prefix_lengths, cache=self.cache)
+        return model.head(hidden[:, -1:])[:, -1].float()
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:

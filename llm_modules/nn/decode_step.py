@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llm_modules.nn.attention import Attention
+from llm_modules.nn.attention_backends import SDPAttention
 from llm_modules.nn.embedding import LMHead
 from llm_modules.nn.fast import plain_tensors
 from llm_modules.nn.feedforward import MLP, GatedMLP
@@ -97,6 +98,7 @@ class _Layer:
         self.o = Projection([attn.o], rows)
         self.heads, self.kv_heads, self.head_dim = attn.n_heads, attn.n_kv_heads, attn.head_dim
         self.scale = attn.scale
+        self.grouped = self.kv_heads != self.heads
         self.act = ffn.act
         self.gated = isinstance(ffn, GatedMLP)
         self.up = Projection([ffn.gate, ffn.up] if self.gated else [ffn.up], rows)
@@ -180,6 +182,7 @@ class DecodeStep:
             cos, sin = self.rope.tables(positions)  # (B or 1, 1, 1, D): broadcasts over (B, 1, heads, D)
             swap = self.rope._swap
         batch = h.shape[0]
+        unmasked_sdpa = type(stack.backend) is SDPAttention and mask.is_empty
         for i, layer in enumerate(self.layers):
             entry: CacheEntry = cache.layer(i).self_attn
             qkv = layer.qkv(layer.norm_attn(h)).view(batch, 1, -1, layer.head_dim)
@@ -189,7 +192,10 @@ class DecodeStep:
                 qk = torch.addcmul(qk * cos, swap(qk), sin)
             q, k = qk[:, :, : layer.heads].transpose(1, 2), qk[:, :, layer.heads :].transpose(1, 2)
             k, v = entry.append(k, v.transpose(1, 2))
-            out = stack.backend(q, k, v, mask, None, layer.scale)
+            if unmasked_sdpa:  # what SDPAttention runs for an empty mask, without asking the mask per layer
+                out = F.scaled_dot_product_attention(q, k, v, scale=layer.scale, enable_gqa=layer.grouped)
+            else:
+                out = stack.backend(q, k, v, mask, None, layer.scale)
             h = h + layer.o(out.transpose(1, 2).flatten(2))
             h = h + layer.mlp(layer.norm_ffn(h))
         cache.length += 1
