@@ -134,6 +134,8 @@ class DecodeStep:
 
         if type(model) is not DecoderLM:
             return f"{type(model).__name__} is not a plain DecoderLM"
+        if any(m.training for m in model.modules()):
+            return "training mode (the lean step has no dropout)"
         stack = model.stack
         if any(stack.sliding):
             return "sliding-window layers"
