@@ -190,8 +190,9 @@ class DecodeStep:
             qkv = layer.qkv(layer.norm_attn(h)).view(batch, 1, -1, layer.head_dim)
             rotated = layer.heads + layer.kv_heads
             qk, v = qkv[:, :, :rotated], qkv[:, :, rotated:]
-            if self.rope is not None:
-                qk = torch.addcmul(qk * cos, swap(qk), sin)
+            if self.rope is not None:  # in fp32, as RoPE._rotate_one
+                rot = qk.float()
+                qk = torch.addcmul(rot * cos, swap(rot), sin).to(qkv.dtype)
             q, k = qk[:, :, : layer.heads].transpose(1, 2), qk[:, :, layer.heads :].transpose(1, 2)
             k, v = entry.append(k, v.transpose(1, 2))
             if unmasked_sdpa:  # what SDPAttention runs for an empty mask, without asking the mask per layer

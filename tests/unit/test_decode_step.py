@@ -53,6 +53,17 @@ def test_lean_step_decodes_the_tokens_of_a_full_forward(kind, overrides):
     assert lean._fast is not None
 
 
+def test_lean_step_in_bfloat16():
+    """Rotation in fp32 and back, as the modules do (no oneDNN reorder outside fp32)."""
+    lm = build("CausalLM", **LLAMA).to(torch.bfloat16)
+    ids, mask = left_padded([5, 3])
+    session = open_session(lm, ids, mask, max_new_tokens=2)
+    session.start()
+    session.step(torch.tensor([4, 6]))
+    assert session._fast is not None and session._fast.layers[0].qkv.packed is None
+    assert torch.equal(tokens(lm, ids, mask), tokens(lm, ids, mask, use_cache=False))
+
+
 def test_seq2seq_cached_tokens_equal_uncached():
     lm = build("Seq2SeqLM", position="t5")
     ids, mask = left_padded([6, 2])
