@@ -117,6 +117,7 @@ def run(args) -> dict:
             torch.cuda.synchronize()
         return time.perf_counter() - start, out
 
+    load_before = load_average()
     results = []
     for batch in args.batch_size:
         prompts = torch.randint(0, cfg.vocab_size, (batch, args.prompt_len),
@@ -144,7 +145,7 @@ def run(args) -> dict:
     return {
         "config": args.config, "device": device_name(device), "dtype": str(dtype).replace("torch.", ""),
         "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "rounds": args.rounds,
-        "parameters": lm.num_parameters(), "load": load_average(), "skipped": skipped, "results": results,
+        "parameters": lm.num_parameters(), "load": {"before": load_before, "after": load_average()}, "skipped": skipped, "results": results,
     }
 
 
@@ -170,7 +171,8 @@ def load_average() -> list[float] | None:
 
 def report(r: dict) -> str:
     lines = [f"{r['config']} ({r['parameters']:,} parameters) on {r['device']}, {r['dtype']}; prompt {r['prompt_len']}, "
-             f"{r['new_tokens']} new tokens, greedy, {r['rounds']} rounds; load average {r['load']}"]
+             f"{r['new_tokens']} new tokens, greedy, {r['rounds']} rounds; load average (1, 5, 15 min) "
+             f"{r['load']['before']} before, {r['load']['after']} after"]
     lines += [f"{name}: skipped, {why}" for name, why in r["skipped"].items()]
     lines.append(f"{'batch':>5}  {'runner':<14}{'new tokens/s best':>18}{'median':>10}{'ours vs it':>18}")
     for row in r["results"]:
