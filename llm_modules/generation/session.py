@@ -82,7 +82,8 @@ class DecoderSession:
             self.cache = KVCache(self.capacity)
             return self.model(self.ids, self.mask, self.prefix_lengths, cache=self.cache)[:, -1].float()
         if self._fast is False:
-            self._fast = DecodeStep.build(self.model, rows=self.batch_size)
+            steps = None if self.capacity is None else self.capacity - self.ids.shape[1] + 1
+            self._fast = DecodeStep.build(self.model, rows=self.batch_size, steps=steps)
         if self._fast is not None:
             return self._fast(new, self.mask, self.cache, self.prefix_lengths).float()
         return self.model(new, self.mask, self.prefix_lengths, cache=self.cache)[:, -1].float()

@@ -45,6 +45,9 @@ from llm_modules.nn.residual import PreNorm
 #: projections are reordered for oneDNN only while all of them together take at most this many
 #: bytes: the reordered copy lives as long as the generation, beside the weights
 PACK_LIMIT_BYTES = 2 * 2**30
+#: ... and only for a generation of at least this many steps: the reorder reads and writes every
+#: weight once (about three one-row steps' worth), which a few faster steps do not pay back
+PACK_MIN_STEPS = 16
 
 
 def packing_available(weight: torch.Tensor) -> bool:
@@ -164,13 +167,14 @@ class DecodeStep:
         return None
 
     @classmethod
-    def build(cls, model: nn.Module, rows: int) -> "DecodeStep | None":
-        """A lean step for ``model`` decoding ``rows`` rows at a time, or None where it has none."""
+    def build(cls, model: nn.Module, rows: int, steps: int | None = None) -> "DecodeStep | None":
+        """A lean step for ``model`` decoding ``rows`` rows at a time for ``steps`` steps (None: not
+        known), or None where it has none."""
         if cls.why_not(model) is not None:
             return None
         weights = [m.weight for m in (*model.stack.modules(), *model.head.modules()) if isinstance(m, nn.Linear)]
-        pack = all(packing_available(w) for w in weights) and \
-            sum(w.numel() * w.element_size() for w in weights) <= PACK_LIMIT_BYTES
+        pack = all(packing_available(w) for w in weights) and (steps is None or steps >= PACK_MIN_STEPS) \
+            and sum(w.numel() * w.element_size() for w in weights) <= PACK_LIMIT_BYTES
         return cls(model, rows if pack else None)
 
     def __call__(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None, cache: KVCache,

@@ -15,7 +15,7 @@ from llm_modules.nn.masks import AttentionMask
 from _core_helpers import VOCAB, build
 
 LLAMA = dict(norm="rmsnorm", activation="swiglu", position="rope", attention="sdpa", bias=False)
-NEW = 10
+NEW = 16  # enough steps for the oneDNN reorder (PACK_MIN_STEPS)
 
 
 def left_padded(lengths, seed=0):
@@ -45,7 +45,7 @@ def test_lean_step_decodes_the_tokens_of_a_full_forward(kind, overrides):
     ids, mask = left_padded([7, 3, 5])
     assert torch.equal(tokens(lm, ids, mask), tokens(lm, ids, mask, use_cache=False))
     assert torch.equal(tokens(lm, ids, mask, num_beams=3), tokens(lm, ids, mask, num_beams=3, use_cache=False))
-    lean, full = open_session(lm, ids, mask, max_new_tokens=4), open_session(lm, ids, mask, use_cache=False)
+    lean, full = open_session(lm, ids, mask, max_new_tokens=20), open_session(lm, ids, mask, use_cache=False)
     lean.start(), full.start()
     for token in (5, 9, 11, 2):
         step = torch.full((3,), token)
@@ -117,6 +117,13 @@ def test_a_decoding_step_without_padding_masks_nothing_and_masks_build_once():
     assert not padded.is_empty
     assert padded.dense() is padded.dense()  # shared by every layer of the step
     assert padded.dense().tolist() == [[[[False, True, True, True]]]]
+
+
+@pytest.mark.skipif(not packing_available(torch.ones(1)), reason="needs oneDNN on a CPU")
+def test_weights_are_reordered_only_for_long_enough_generations():
+    lm = build("CausalLM", **LLAMA)
+    assert DecodeStep.build(lm.model, rows=2, steps=100).layers[0].qkv.packed is not None
+    assert DecodeStep.build(lm.model, rows=2, steps=3).layers[0].qkv.packed is None
 
 
 @pytest.mark.skipif(not packing_available(torch.ones(1)), reason="needs oneDNN on a CPU")
