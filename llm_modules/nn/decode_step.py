@@ -23,6 +23,11 @@ unless it is a plain projection (then it is one more ``Projection``). Anything
 else (MoE, quantized or adapted linears, QK-norm, soft-capping, cross-attention, sliding windows,
 score biases, position encodings with state) has no lean step: ``build`` returns None and the
 caller keeps the module path. ``tests/unit/test_decode_step.py`` checks the two agree.
+
+Unlike the rest of the system, which reads what components declare, ``why_not`` asks exact classes:
+the step reproduces the math of these classes, so it can vouch for them and for nothing else (a
+subclass or a plugin may compute something else); whatever it does not recognise decodes through
+its own modules, which is always correct.
 """
 
 from __future__ import annotations
