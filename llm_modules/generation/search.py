@@ -84,14 +84,16 @@ def greedy_or_sample(
             tokens = scores.argmax(dim=-1)
         else:
             tokens = torch.multinomial(scores.softmax(dim=-1), 1, generator=generator).squeeze(1)
-        tokens = tokens.masked_fill(~running, pad_token_id)
+        if stop.can_stop:  # (else every row runs to the end: no masking, no check, no sync per step)
+            tokens = tokens.masked_fill(~running, pad_token_id)
         out[:, end] = tokens
         steps += 1
         if streamer is not None:
             streamer(tokens)
-        running &= ~stop(out[:, width:end + 1], running)
-        if not running.any():
-            break
+        if stop.can_stop:
+            running &= ~stop(out[:, width:end + 1], running)
+            if not running.any():
+                break
     return out[:, : width + steps]
 
 

@@ -9,6 +9,10 @@ path is tested against.
 
 Decoder prompts are left-padded (``attention_mask`` 0 on the left): every row's next token then
 sits in the same column, and positions count real tokens only, so padding changes no logit.
+
+Sized for the whole run (``max_new_tokens``), a session allocates its sequences, padding mask and
+cache once and writes each step's token in place; after the prompt, a decoder whose layout has
+one (``nn.decode_step``) runs each step through its lean ``DecodeStep`` instead of the modules.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from llm_modules.nn.decode_step import DecodeStep
 from llm_modules.nn.kv_cache import KVCache
 from llm_modules.nn.lm import DecoderLM, EncoderDecoderLM, EncoderLM
 from llm_modules.registry import ConfigError
@@ -28,13 +33,24 @@ class DecoderSession:
     def __init__(self, model: DecoderLM, input_ids, attention_mask=None, *, use_cache=True, prefix_lengths=None,
                  max_new_tokens: int | None = None):
         self.model = model
-        self.ids = self.prefix_ids = input_ids
-        self.mask = _padding(attention_mask, input_ids)
+        self.prefix_ids = input_ids
+        self.capacity = _capacity(input_ids, max_new_tokens)
+        self._ids = Columns(input_ids, self.capacity)
+        padding = _padding(attention_mask, input_ids)
+        self._mask = None if padding is None else Columns(padding, self.capacity)
         if model.prefix and prefix_lengths is None:
             prefix_lengths = self.prefix_mask.sum(1)
         self.prefix_lengths = prefix_lengths if model.prefix else None
-        self.capacity = _capacity(input_ids, max_new_tokens)
         self.cache = KVCache(self.capacity) if use_cache else None
+        self._fast: DecodeStep | None | bool = False  # built at the first step (False: not yet)
+
+    @property
+    def ids(self) -> torch.Tensor:
+        return self._ids.view
+
+    @property
+    def mask(self) -> torch.Tensor | None:
+        return None if self._mask is None else self._mask.view
 
     @property
     def prefix_mask(self) -> torch.Tensor:
@@ -47,26 +63,37 @@ class DecoderSession:
 
     @torch.no_grad()
     def start(self) -> torch.Tensor:
-        return self.model(self.ids, self.mask, self.prefix_lengths, cache=self.cache)[:, -1].float()
+        model = self.model
+        if type(model).forward is not DecoderLM.forward:
+            return model(self.ids, self.mask, self.prefix_lengths, cache=self.cache)[:, -1].float()
+        # DecoderLM.forward is head(hidden): the head reads the last position only, not the whole prompt
+        hidden = model.hidden(self.ids, self.mask, self.prefix_lengths, cache=self.cache)
+        return model.head(hidden[:, -1:])[:, -1].float()
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         new = tokens.view(-1, 1).to(self.ids)
-        self.ids = torch.cat((self.ids, new), dim=1)
-        if self.mask is not None:
-            self.mask = torch.cat((self.mask, torch.ones_like(new)), dim=1)
+        self._ids.append(new)
+        if self._mask is not None:
+            self._mask.append(1)
         if self.cache is None:
             return self.model(self.ids, self.mask, self.prefix_lengths)[:, -1].float()
         if _cache_goes_stale(self.model, self.ids.shape[1]):  # recompute every key, as transformers' Phi-3 does
             self.cache = KVCache(self.capacity)
             return self.model(self.ids, self.mask, self.prefix_lengths, cache=self.cache)[:, -1].float()
+        if self._fast is False:
+            steps = None if self.capacity is None else self.capacity - self.ids.shape[1] + 1
+            self._fast = DecodeStep.build(self.model, rows=self.batch_size, steps=steps)
+        if self._fast is not None:
+            return self._fast(new, self.mask, self.cache, self.prefix_lengths).float()
         return self.model(new, self.mask, self.prefix_lengths, cache=self.cache)[:, -1].float()
 
     def reorder(self, index: torch.Tensor) -> None:
         index = index.to(self.ids.device)
-        self.ids, self.prefix_ids = self.ids[index], self.prefix_ids[index]
-        if self.mask is not None:
-            self.mask = self.mask[index]
+        self.prefix_ids = self.prefix_ids[index]
+        self._ids.reorder(index)
+        if self._mask is not None:
+            self._mask.reorder(index)
         if self.prefix_lengths is not None:
             self.prefix_lengths = self.prefix_lengths[index]
         if self.cache is not None:
@@ -85,8 +112,13 @@ class Seq2SeqSession:
         with torch.no_grad():
             self.memory = model.encode(input_ids, self.encoder_mask)
         start = torch.full((input_ids.shape[0], 1), model.config.pad_token_id, dtype=torch.long, device=input_ids.device)
-        self.ids = self.prefix_ids = start
+        self.prefix_ids = start
+        self._ids = Columns(start, _capacity(start, max_new_tokens))
         self.cache = KVCache(_capacity(start, max_new_tokens)) if use_cache else None
+
+    @property
+    def ids(self) -> torch.Tensor:
+        return self._ids.view
 
     @property
     def prefix_mask(self) -> torch.Tensor:
@@ -103,14 +135,15 @@ class Seq2SeqSession:
     @torch.no_grad()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         new = tokens.view(-1, 1).to(self.ids)
-        self.ids = torch.cat((self.ids, new), dim=1)
+        self._ids.append(new)
         if self.cache is None:
             return self.model.decode(self.ids, self.memory, self.encoder_mask)[:, -1].float()
         return self.model.decode(new, self.memory, self.encoder_mask, cache=self.cache)[:, -1].float()
 
     def reorder(self, index: torch.Tensor) -> None:
         index = index.to(self.ids.device)
-        self.ids, self.prefix_ids, self.memory = self.ids[index], self.prefix_ids[index], self.memory[index]
+        self.prefix_ids, self.memory = self.prefix_ids[index], self.memory[index]
+        self._ids.reorder(index)
         if self.encoder_mask is not None:
             self.encoder_mask = self.encoder_mask[index]
         if self.cache is not None:
@@ -118,6 +151,35 @@ class Seq2SeqSession:
 
 
 Session = DecoderSession | Seq2SeqSession
+
+
+class Columns:
+    """A (B, T) tensor that grows by one column per step, in a buffer allocated for ``capacity``
+    columns (none: it doubles when full): ``view`` is the filled part."""
+
+    def __init__(self, first: torch.Tensor, capacity: int | None):
+        self.length = first.shape[1]
+        self.buffer = first.new_empty(first.shape[0], max(capacity or 0, self.length))
+        self.buffer[:, : self.length] = first
+
+    @property
+    def view(self) -> torch.Tensor:
+        return self.buffer[:, : self.length]
+
+    def append(self, column: torch.Tensor | int) -> None:
+        if self.length == self.buffer.shape[1]:
+            grown = self.buffer.new_empty(self.buffer.shape[0], max(2 * self.length, 1))
+            grown[:, : self.length] = self.buffer
+            self.buffer = grown
+        self.buffer[:, self.length : self.length + 1] = column
+        self.length += 1
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep rows ``index`` (beam search), in place while the row count stays."""
+        if index.shape[0] == self.buffer.shape[0]:
+            self.view.copy_(self.view.index_select(0, index))
+        else:
+            self.buffer = self.buffer.index_select(0, index)
 
 
 def open_session(

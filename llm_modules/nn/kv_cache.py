@@ -7,8 +7,10 @@ position encoding has rotated them (RoPE), so cached keys never move; encodings 
 scores (ALiBi, T5 buckets) or on the embeddings (learned, sinusoidal) only need the new tokens'
 positions, which the model derives from how many tokens the cache already holds.
 
-Buffers grow in chunks (doubling), so appending one token is a copy of that token alone, not of
-the whole history; ``reorder`` selects rows for beam search (keep, drop, duplicate).
+Generation sizes the buffers for the whole run up front (``capacity``: prompt + new tokens), so
+they are allocated once and every step writes its token in place; without a capacity they grow
+in chunks (doubling), so appending one token is still a copy of that token alone. ``reorder``
+selects rows for beam search (keep, drop, duplicate), in place while the row count stays.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class CacheEntry:
     def store(self, k: torch.Tensor, v: torch.Tensor) -> None:
         """Keep fixed keys/values (cross-attention over the encoder output), computed once."""
         self._k, self._v, self.length = k, v, k.shape[2]
+        self._owned = False
 
     @property
     def keys(self) -> torch.Tensor:
@@ -54,13 +57,24 @@ class CacheEntry:
         return self._v[:, :, : self.length]
 
     def reorder(self, index: torch.Tensor) -> None:
-        if self._k is not None:
-            self._k = self._k.index_select(0, index.to(self._k.device))
-            self._v = self._v.index_select(0, index.to(self._v.device))
+        """Keep rows ``index``: into the same buffers when their count stays (beam search's steps),
+        into new ones when it changes (the first expansion to beams); only the filled positions move."""
+        if self._k is None:
+            return
+        index = index.to(self._k.device)
+        if self._owned and index.shape[0] == self._k.shape[0]:
+            for buffer in (self._k, self._v):
+                filled = buffer[:, :, : self.length]
+                filled.copy_(filled.index_select(0, index))
+        else:
+            self._k, self._v = self._k.index_select(0, index), self._v.index_select(0, index)
+
+    _owned = False  # the buffers are this entry's own (``append``), not tensors handed to ``store``
 
     def _grown(self, old: torch.Tensor | None, like: torch.Tensor, capacity: int) -> torch.Tensor:
         batch, heads, _, dim = like.shape
         buffer = like.new_empty(batch, heads, capacity, dim)
+        self._owned = True
         if old is not None and self.length:
             buffer[:, :, : self.length] = old[:, :, : self.length]
         return buffer

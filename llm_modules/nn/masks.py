@@ -8,7 +8,7 @@ description through ``nn.varlen``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -44,6 +44,8 @@ class AttentionMask:
     q_offset: int = 0
     positions: torch.Tensor | None = None
     documents: torch.Tensor | None = None
+    #: ``dense()`` by device: every layer of a stack gets the same mask object, so it is built once per forward
+    _dense: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def batch_size(self) -> int:
@@ -69,11 +71,11 @@ class AttentionMask:
 
     @property
     def is_empty(self) -> bool:
-        """Nothing is masked: every query sees every key."""
-        return (
-            not self.causal and self.key_padding is None and self.window is None and self.stride is None
+        """Nothing is masked: every query sees every key. Also true of a causal mask whose one query
+        is the last key (a decoding step without padding: the new token sees everything before it)."""
+        unstructured = self.key_padding is None and self.window is None and self.stride is None \
             and self.documents is None
-        )
+        return unstructured and (not self.causal or (self.q_len == 1 and self.q_offset == self.k_len - 1))
 
     def allows(self, b: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """True where query q of example b may see key k. Works on broadcastable index tensors."""
@@ -112,6 +114,12 @@ class AttentionMask:
             for t in (self.prefix_lengths, self.key_padding, self.positions, self.documents):
                 if t is not None:
                     device = t.device
+        key = str(device)
+        if key not in self._dense:
+            self._dense[key] = self._build_dense(device)
+        return self._dense[key]
+
+    def _build_dense(self, device) -> torch.Tensor:
         b = torch.arange(self.batch_size, device=device).view(-1, 1, 1, 1)
         q = torch.arange(self.q_len, device=device).view(1, 1, -1, 1)
         k = torch.arange(self.k_len, device=device).view(1, 1, 1, -1)
