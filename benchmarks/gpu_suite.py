@@ -18,7 +18,8 @@ margin by default):
 - ``attention``: ``benchmarks/attention.py`` forward + backward TFLOP/s at 2048 and 8192 tokens for
   sdpa, flex, flash_attn and xformers; a backend that cannot run here is recorded as skipped with
   attention.py's reason.
-- ``decode``: ``benchmarks/generate.py`` new tokens/s, llama-350m, batch 1 and 8.
+- ``decode``: ``benchmarks/generate.py`` new tokens/s, llama-350m, batch 1 and 8, ours and transformers'
+  ``generate`` on the same weights (identical tokens, or the job fails).
 
 Every measurement runs in its own process (its own process group, killed at its time limit), so
 an out-of-memory error, a crash or a hang costs that measurement only: it is recorded with its
@@ -296,7 +297,7 @@ def plan(args: argparse.Namespace, work: Path) -> list[Job]:
                       "--rounds", "3"])
             jobs.append(Job("decode", f"batch-{batch}",
                             [py, str(BENCH / "generate.py"), *sizes, "--batch-size", str(batch), "--json", str(out)],
-                            timeout=45, floor=15, output=out))
+                            timeout=60, floor=15, output=out))
     return jobs
 
 
@@ -451,8 +452,12 @@ def headline(sections: dict) -> dict:
                 if isinstance(entry, dict) and "tflops" in entry:
                     figures[f"attention/{backend}/{seq}/tflops"] = entry["tflops"]
     for name, job in sections.get("decode", {}).get("jobs", {}).items():
-        if job["status"] == "ok":
-            figures[f"decode/{name}/tokens_per_s"] = dig(job, "figures", "decode_tokens_per_s", "best")
+        rows = dig(job, "figures", "results") if job["status"] == "ok" else None
+        for row in rows if isinstance(rows, list) else []:  # generate.py: one row per batch size
+            figures[f"decode/{name}/tokens_per_s"] = dig(row, "runners", "ours", "tokens_per_s", "best")
+            figures[f"decode/{name}/transformers_tokens_per_s"] = dig(row, "runners", "transformers", "tokens_per_s",
+                                                                      "best")
+            figures[f"decode/{name}/ours_vs_transformers"] = dig(row, "ours_vs_transformers", "best")
     for outcome, n in (dig(sections, "gpu_tests", "jobs", "pytest", "counts") or {}).items():
         figures[f"gpu_tests/{outcome}"] = n
     return figures

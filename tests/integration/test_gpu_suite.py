@@ -265,4 +265,5 @@ def test_cpu_smoke_runs_the_measurements_through_the_real_scripts(tmp_path):
 
     figures = result["figures"]
     assert figures["mfu/tiny/eager"] == eager["figures"]["mfu"] and figures["attention/sdpa/64/tflops"] > 0
-    assert figures["decode/batch-2/tokens_per_s"] > 0
+    assert figures["decode/batch-2/tokens_per_s"] > 0 and figures["decode/batch-2/transformers_tokens_per_s"] > 0
+    assert figures["decode/batch-2/ours_vs_transformers"] > 0
