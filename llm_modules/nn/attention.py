@@ -28,6 +28,9 @@ class Attention(nn.Module):
     projection. ``softcap`` asks the backend for ``cap * tanh(scores / cap)`` before the mask.
     """
 
+    #: the math ``nn.decode_step`` reproduces for this class itself (a subclass declares its own)
+    lean_decode = "attention"
+
     #: the projection that writes into the residual stream (scaled down with depth by ``nn.init``)
     residual_outputs = ("o",)
 

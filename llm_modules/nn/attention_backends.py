@@ -131,6 +131,9 @@ class EagerAttention(AttentionBackend):
 class SDPAttention(AttentionBackend):
     """torch ``scaled_dot_product_attention``: fused kernels; a bias travels as a float mask."""
 
+    #: the math ``nn.decode_step`` reproduces for this class itself (a subclass declares its own)
+    lean_decode = "sdpa"
+
     name = "sdpa"
 
     def __call__(self, q, k, v, mask, bias, scale, dropout=0.0):

@@ -24,9 +24,10 @@ else (MoE, quantized or adapted linears, QK-norm, soft-capping, cross-attention,
 score biases, position encodings with state) has no lean step: ``build`` returns None and the
 caller keeps the module path. ``tests/unit/test_decode_step.py`` checks the two agree.
 
-Unlike the rest of the system, which reads what components declare, ``why_not`` asks exact classes:
-the step reproduces the math of these classes, so it can vouch for them and for nothing else (a
-subclass or a plugin may compute something else); whatever it does not recognise decodes through
+Which parts it can run is what the parts declare: a component class whose forward is math this step
+reproduces says which (``lean_decode = "rmsnorm"``, ``"rope"``, ``"gated-mlp"``...) in its own class
+body. A subclass or a plugin inherits nothing of it (``lean_form`` reads the class's own
+declaration), since it may compute something else; whatever does not declare a form decodes through
 its own modules, which is always correct.
 """
 
@@ -36,16 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llm_modules.nn.attention import Attention
-from llm_modules.nn.attention_backends import SDPAttention
-from llm_modules.nn.embedding import LMHead
 from llm_modules.nn.fast import plain_tensors
-from llm_modules.nn.feedforward import MLP, GatedMLP
 from llm_modules.nn.kv_cache import CacheEntry, KVCache
 from llm_modules.nn.mask_inputs import MaskInputs, self_attention_mask
-from llm_modules.nn.norms import RMSNorm
-from llm_modules.nn.positions import RoPE
-from llm_modules.nn.residual import PreNorm
 
 #: projections are reordered for oneDNN only while all of them together take at most this many
 #: bytes: the reordered copy lives as long as the generation, beside the weights
@@ -53,6 +47,17 @@ PACK_LIMIT_BYTES = 2 * 2**30
 #: ... and only for a generation of at least this many steps: the reorder reads and writes every
 #: weight once (about three one-row steps' worth), which a few faster steps do not pay back
 PACK_MIN_STEPS = 16
+
+
+def lean_form(module: nn.Module | None) -> str | None:
+    """The math ``module``'s own class declares this step reproduces (its ``lean_decode``), or None: a
+    declaration is not inherited, as a subclass may compute something else."""
+    return None if module is None else type(module).__dict__.get("lean_decode")
+
+
+def plain_linear(module: nn.Module) -> bool:
+    """torch's own ``nn.Linear`` holding plain tensors (not quantized, adapted or sharded)."""
+    return type(module) is nn.Linear and plain_tensors(module.weight)
 
 
 def packing_available(weight: torch.Tensor) -> bool:
@@ -87,7 +92,7 @@ class Projection:
 def _norm(module: nn.Module):
     """The norm as a function: RMSNorm in fp32 inline (``_RMSNormFP32.forward``'s ops, in its order,
     without the autograd Function around them), any other norm as its module."""
-    if type(module) is RMSNorm and module.weight.dtype == torch.float32 and plain_tensors(module.weight):
+    if lean_form(module) == "rmsnorm" and module.weight.dtype == torch.float32 and plain_tensors(module.weight):
         weight, eps = module.weight, module.eps
 
         def rms(x: torch.Tensor) -> torch.Tensor:
@@ -108,7 +113,7 @@ class _Layer:
         self.scale = attn.scale
         self.grouped = self.kv_heads != self.heads
         self.act = ffn.act
-        self.gated = isinstance(ffn, GatedMLP)
+        self.gated = lean_form(ffn) == "gated-mlp"
         self.up = Projection([ffn.gate, ffn.up] if self.gated else [ffn.up], rows)
         self.down = Projection([ffn.down], rows)
 
@@ -130,17 +135,15 @@ class DecodeStep:
         position = self.stack.position
         self.rope = position if position.rotates_qk else None
         head = model.head
-        plain = type(head) is LMHead and head.transform is None and head.scale == 1.0 and head.softcap is None \
-            and type(head.proj) is nn.Linear and plain_tensors(head.proj.weight)
+        plain = lean_form(head) == "lm-head" and head.transform is None and head.scale == 1.0 \
+            and head.softcap is None and plain_linear(head.proj)
         self.head = Projection([head.proj], rows if plain and packing_available(head.proj.weight) else None) \
             if plain else head
 
     @staticmethod
     def why_not(model: nn.Module) -> str | None:
         """Why ``model`` has no lean step (None: it has one)."""
-        from llm_modules.nn.lm import DecoderLM  # (lm imports this module's users, not this module)
-
-        if type(model) is not DecoderLM:
+        if lean_form(model) != "decoder":
             return f"{type(model).__name__} is not a plain DecoderLM"
         if any(m.training for m in model.modules()):
             return "training mode (the lean step has no dropout)"
@@ -152,20 +155,22 @@ class DecodeStep:
         position = stack.position
         if position.adds_score_bias:
             return "a position encoding that adds a score bias"
-        if position.rotates_qk and not (type(position) is RoPE and position.rot_dim == position.head_dim):
+        rope = lean_form(position) == "rope"
+        if position.rotates_qk and not (rope and position.rot_dim == position.head_dim):
             return "a rotary encoding other than RoPE over whole heads"
-        if type(position) is RoPE and (position.scaling or {}).get("type") in ("dynamic", "longrope"):
+        if rope and (position.scaling or {}).get("type") in ("dynamic", "longrope"):
             return "RoPE scaling whose frequencies change with the length (dynamic, longrope)"
         for block in stack.layers:
             attn, ffn = block.attn, block.ffn
-            if block.cross_attn is not None or type(block.residual) is not PreNorm:
+            if block.cross_attn is not None or lean_form(block.residual) != "pre-norm":
                 return "blocks other than pre-norm self-attention + feed-forward"
-            if type(attn) is not Attention or attn.qk_norm is not None or attn.softcap is not None:
+            if lean_form(attn) != "attention" or attn.qk_norm is not None or attn.softcap is not None:
                 return "attention with QK-norm or soft-capping"
-            if type(ffn) not in (MLP, GatedMLP):
+            if lean_form(ffn) not in ("mlp", "gated-mlp"):
                 return f"feed-forward {type(ffn).__name__}"
-            linears = [attn.q, attn.k, attn.v, attn.o, ffn.up, ffn.down] + ([ffn.gate] if type(ffn) is GatedMLP else [])
-            if any(type(m) is not nn.Linear or not plain_tensors(m.weight) for m in linears):
+            linears = [attn.q, attn.k, attn.v, attn.o, ffn.up, ffn.down] + ([ffn.gate] if lean_form(ffn) == "gated-mlp"
+                                                                           else [])
+            if not all(map(plain_linear, linears)):
                 return "projections other than plain nn.Linear (quantized, adapted, sharded)"
         if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
             return "modules with forward hooks (adapters)"
@@ -193,7 +198,7 @@ class DecodeStep:
             cos, sin = self.rope.tables(positions)  # (B or 1, 1, 1, D): broadcasts over (B, 1, heads, D)
             swap = self.rope._swap
         batch = h.shape[0]
-        unmasked_sdpa = type(stack.backend) is SDPAttention and mask.is_empty
+        unmasked_sdpa = lean_form(stack.backend) == "sdpa" and mask.is_empty
         for i, layer in enumerate(self.layers):
             entry: CacheEntry = cache.layer(i).self_attn
             qkv = layer.qkv(layer.norm_attn(h)).view(batch, 1, -1, layer.head_dim)

@@ -46,6 +46,9 @@ class LMHead(nn.Module):
     (-cap, cap) by ``cap * tanh(logits / cap)`` (Gemma 2).
     """
 
+    #: the math ``nn.decode_step`` reproduces for this class itself (a subclass declares its own)
+    lean_decode = "lm-head"
+
     def __init__(
         self,
         d_model: int,

@@ -53,6 +53,9 @@ def _gelu(approximate: str) -> Activation:
 class MLP(nn.Module):
     """Two-matrix feed-forward ``down(act(up(x)))``."""
 
+    #: the math ``nn.decode_step`` reproduces for this class itself (a subclass declares its own)
+    lean_decode = "mlp"
+
     gated = False
     #: the projection that writes into the residual stream (scaled down with depth by ``nn.init``)
     residual_outputs = ("down",)
@@ -74,6 +77,9 @@ class MLP(nn.Module):
 
 class GatedMLP(nn.Module):
     """Three-matrix GLU feed-forward ``down(act(gate(x)) * up(x))``."""
+
+    #: the math ``nn.decode_step`` reproduces for this class itself (a subclass declares its own)
+    lean_decode = "gated-mlp"
 
     gated = True
     #: the projection that writes into the residual stream (scaled down with depth by ``nn.init``)

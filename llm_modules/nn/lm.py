@@ -105,6 +105,9 @@ class DecoderLM(_SingleStackLM):
     """Decoder-only LM (GPT, LLaMA). With ``prefix_lengths`` the first tokens of each row attend to
     each other bidirectionally (prefix decoder: UniLM, GLM, U-PaLM)."""
 
+    #: the math ``nn.decode_step`` reproduces for this class itself (a subclass declares its own)
+    lean_decode = "decoder"
+
     causal = True
 
     def __init__(self, cfg, *, prefix: bool = False):

@@ -261,6 +261,9 @@ class RoPE(PositionEncoding):
     Phi-3's generate does (transformers' LLaMA with longrope keeps them: leave it false there).
     """
 
+    #: the math ``nn.decode_step`` reproduces for this class itself (a subclass declares its own)
+    lean_decode = "rope"
+
     rotates_qk = True
 
     def __init__(

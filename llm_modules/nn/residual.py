@@ -41,6 +41,9 @@ class ResidualLayout(nn.Module, abc.ABC):
 class PreNorm(ResidualLayout):
     """Pre-norm ``x + f(norm(x))``: stable at depth without warmup tricks (GPT-2, LLaMA, T5)."""
 
+    #: the math ``nn.decode_step`` reproduces for this class itself (a subclass declares its own)
+    lean_decode = "pre-norm"
+
     def __init__(self, make_norm: NormFactory, n_sublayers: int):
         super().__init__()
         self.norms = nn.ModuleList(make_norm() for _ in range(n_sublayers))

@@ -83,6 +83,23 @@ def test_layouts_without_a_lean_step_keep_the_modules(overrides, reason):
     assert torch.equal(tokens(lm, ids, mask), tokens(lm, ids, mask, use_cache=False))
 
 
+def test_a_subclass_of_a_declared_component_keeps_its_modules():
+    """The lean step runs only the math a class declares for itself: a plugin's subclass of GatedMLP that
+    computes something else decodes through its own forward, and the tokens follow that forward."""
+    from llm_modules.nn.feedforward import GatedMLP
+
+    class DoubledMLP(GatedMLP):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    lm = build("CausalLM", **LLAMA)
+    for block in lm.model.stack.layers:
+        block.ffn.__class__ = DoubledMLP
+    assert "feed-forward DoubledMLP" in DecodeStep.why_not(lm.model)
+    ids, mask = left_padded([5, 2])
+    assert torch.equal(tokens(lm, ids, mask), tokens(lm, ids, mask, use_cache=False))
+
+
 @pytest.mark.parametrize("beams", [1, 3])
 def test_buffers_are_allocated_once(beams):
     """Every step writes into the same cache and sequence buffers (beam search: after the first
