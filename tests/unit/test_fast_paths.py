@@ -164,6 +164,25 @@ def test_chunked_cross_entropy_matches_f_cross_entropy(dtype, monkeypatch):
     assert ours[1].dtype == dtype
 
 
+def test_fp32_cross_entropy_takes_one_log_softmax_and_keeps_no_logits():
+    """fp32 logits: one fused log-softmax over all rows (no chunk loop), whose output the backward
+    reads instead of the logits; half precision keeps the chunked path (no fp32 copy)."""
+    torch.manual_seed(0)
+    logits = (torch.randn(4, 6, 50) * 3).requires_grad_()
+    targets = torch.randint(0, 50, (4, 6))
+    targets[1, :2] = -100
+    loss = cross_entropy(logits, targets, ignore_index=-100)
+    assert loss.grad_fn.name() == "_CrossEntropyFP32Backward"
+    assert all(saved.data_ptr() != logits.data_ptr() for saved in loss.grad_fn.saved_tensors)
+    (scaled := loss * 3.0).backward()  # the incoming gradient scales the result
+    reference = torch.autograd.grad(
+        3.0 * F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100), logits)[0]
+    torch.testing.assert_close(logits.grad, reference, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(scaled, 3.0 * F.cross_entropy(logits.flatten(0, 1), targets.flatten()))
+    half = cross_entropy(logits.detach().bfloat16().requires_grad_(), targets)
+    assert half.grad_fn.name() == "_CrossEntropyBackward"
+
+
 def test_cross_entropy_edge_cases():
     all_ignored = cross_entropy(torch.randn(2, 5, requires_grad=True), torch.full((2,), -100))
     assert math.isnan(float(all_ignored))  # as F.cross_entropy: a mean over no tokens
