@@ -390,6 +390,8 @@ class RoPE(PositionEncoding):
         # x: (B, H, T, D); cos, signed_sin: (B or 1, 1, T, rot)
         rot, rest = x[..., : self.rot_dim], x[..., self.rot_dim :]
         if x.dtype == torch.float32 and not rest.shape[-1] and plain_tensors(x):
+            if not self.interleaved:
+                return _RotateHalves.apply(x, cos, signed_sin)
             return _Rotate.apply(x, cos, signed_sin, self._swap)
         rot = rot.float()
         rotated = torch.addcmul(rot * cos, self._swap(rot), signed_sin).to(x.dtype)
@@ -412,3 +414,33 @@ class _Rotate(torch.autograd.Function):
     def backward(ctx, grad):
         cos, signed_sin = ctx.saved_tensors
         return torch.add(grad * cos, ctx.swap(grad * signed_sin)), None, None, None
+
+
+class _RotateHalves(torch.autograd.Function):
+    """``_Rotate`` for LLaMA's pairing (feature i with i + D/2), written half by half into one
+    output: ``x1 * cos - x2 * sin`` and ``x2 * cos + x1 * sin``. No swapped copy of ``x`` is
+    made (``_swap``'s concatenation), so the forward and the backward each write one tensor
+    instead of three. ``cos`` and ``signed_sin`` are ``RoPE.tables``' (both halves of ``cos``
+    are equal; the second half of ``signed_sin`` is ``+sin``)."""
+
+    @staticmethod
+    def forward(ctx, x, cos, signed_sin):
+        half = x.shape[-1] // 2
+        cos, sin = cos[..., :half], signed_sin[..., half:]
+        ctx.save_for_backward(cos, sin)
+        return _turn(x, cos, sin, 1.0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        cos, sin = ctx.saved_tensors
+        return _turn(grad, cos, sin, -1.0), None, None
+
+
+def _turn(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float) -> torch.Tensor:
+    """Rotate the halves of ``x`` by the angles of ``cos``/``sin`` (``sign`` -1: back)."""
+    half = x.shape[-1] // 2
+    out = torch.empty_like(x)
+    x1, x2, out1, out2 = x[..., :half], x[..., half:], out[..., :half], out[..., half:]
+    torch.mul(x1, cos, out=out1).addcmul_(x2, sin, value=-sign)
+    torch.mul(x2, cos, out=out2).addcmul_(x1, sin, value=sign)
+    return out
