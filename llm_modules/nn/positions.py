@@ -377,7 +377,37 @@ class RoPE(PositionEncoding):
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
         state = dict(state)
         state.pop("_tables", None)  # a weakref does not pickle; the tables are remade on demand
+        state.pop("_laid_out", None)
         return state
+
+    _laid_out = None  # (the cos table it was made from, {(heads, layout): (cos, signed_sin)})
+
+    def _laid_out_like(self, x: torch.Tensor, cos: torch.Tensor,
+                       signed_sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tables expanded over the heads of ``x`` and stored in its memory layout ((B, T, H, D)
+        under the (B, H, T, D) view that ``Attention._heads`` makes). The halves' products then run
+        over operands of equal strides; a table broadcast over the heads makes the elementwise
+        kernels step through 32-float runs, about twice as slow on CPU. Made once per head count and
+        tables (every layer's queries, or keys, reuse them): T x H x D floats each, so only for
+        tables of one row (positions without padding), not per example."""
+        layout = x.transpose(1, 2).is_contiguous()
+        key = (x.shape[1], x.shape[2], layout)
+        cached = self._laid_out
+        if cached is not None and cached[0] is cos and key in cached[1]:
+            return cached[1][key]
+
+        def expand(table: torch.Tensor) -> torch.Tensor:
+            rows, heads, length, dim = table.shape[0], x.shape[1], x.shape[2], table.shape[-1]
+            if layout:
+                return table.transpose(1, 2).expand(rows, length, heads, dim).contiguous().transpose(1, 2)
+            return table.expand(rows, heads, length, dim).contiguous()
+
+        tables = (expand(cos), expand(signed_sin))
+        if not torch.compiler.is_compiling():
+            if cached is None or cached[0] is not cos:
+                self._laid_out = cached = (cos, {})
+            cached[1][key] = tables
+        return tables
 
     def _swap(self, x: torch.Tensor) -> torch.Tensor:
         """The partner of each feature: the other half (LLaMA), or the other of its pair (GPT-J)."""
@@ -391,6 +421,8 @@ class RoPE(PositionEncoding):
         rot, rest = x[..., : self.rot_dim], x[..., self.rot_dim :]
         if x.dtype == torch.float32 and not rest.shape[-1] and plain_tensors(x):
             if not self.interleaved:
+                if x.device.type == "cpu" and cos.shape[0] == 1:
+                    cos, signed_sin = self._laid_out_like(x, cos, signed_sin)
                 return _RotateHalves.apply(x, cos, signed_sin)
             return _Rotate.apply(x, cos, signed_sin, self._swap)
         rot = rot.float()

@@ -120,6 +120,26 @@ def test_rope_matches_the_reference_rotation(interleaved, fraction, padded, dtyp
         assert enc.rotate(x, x, positions, positions)[0].grad_fn.name().startswith("_Rotate")
 
 
+def test_rope_tables_laid_out_like_the_heads_once_per_head_count():
+    """CPU, one row of positions: the rotation multiplies by tables stored in the queries' own
+    (B, T, H, D) layout (equal strides), made once per head count and reused by every layer."""
+    enc = RoPE(16)
+    positions = torch.arange(5).unsqueeze(0).expand(2, 5)
+    cos, signed_sin = enc.tables(positions)
+    q = torch.randn(2, 5, 4, 16).transpose(1, 2)
+    k = torch.randn(2, 5, 2, 16).transpose(1, 2)
+    q_cos, _ = enc._laid_out_like(q, cos, signed_sin)
+    assert q_cos.shape == (1, 4, 5, 16) and q_cos.transpose(1, 2).is_contiguous()
+    torch.testing.assert_close(q_cos, cos.expand(1, 4, 5, 16))
+    assert enc._laid_out_like(q, cos, signed_sin)[0] is q_cos  # the next layer: the same tables
+    assert enc._laid_out_like(k, cos, signed_sin)[0].shape == (1, 2, 5, 16)  # keys: their own head count
+    assert enc._laid_out_like(q.contiguous(), cos, signed_sin)[0].is_contiguous()  # a contiguous (B, H, T, D)
+    rotated_q, rotated_k = enc.rotate(q, k, positions, positions)
+    torch.testing.assert_close(rotated_q, reference_rope(enc, q, positions))
+    torch.testing.assert_close(rotated_k, reference_rope(enc, k, positions))
+    assert rotated_q.grad_fn is None or rotated_q.grad_fn.name().startswith("_Rotate")
+
+
 def test_rope_tables_are_made_once_per_positions_tensor():
     enc = RoPE(8)
     positions = torch.arange(6).unsqueeze(0).expand(2, 6)
