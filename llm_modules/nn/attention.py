@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from llm_modules.nn.attention_backends import AttentionBackend, default_scale
-from llm_modules.nn.fused_linear import stackable, stacked_linear
 from llm_modules.nn.kv_cache import CacheEntry
 from llm_modules.nn.masks import AttentionMask
 from llm_modules.nn.positions import PositionEncoding
@@ -80,8 +79,6 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         """``cache`` (decoding): self-attention appends this call's keys/values to it and attends
         over all of them; cross-attention projects ``memory`` once and reuses it afterwards."""
-        if self._stacks(x, memory, position, positions, cache):
-            return self._stacked_forward(x, mask, position, positions, bias)
         q = self._heads(self._normed(self.q(x), self.q_norm))
         if memory is not None and cache is not None and not cache.is_empty:
             k, v = cache.keys, cache.values
@@ -99,26 +96,6 @@ class Attention(nn.Module):
         if self.softcap is None:
             out = self.backend(q, k, v, mask, bias, self.scale, dropout)
         else:  # only backends that declare supports_softcap get the argument (checked at build)
-            out = self.backend(q, k, v, mask, bias, self.scale, dropout, softcap=self.softcap)
-        return self.o(out.transpose(1, 2).flatten(2))
-
-    def _stacks(self, x, memory, position, positions, cache) -> bool:
-        """Whether q, k and v run as one product (``nn.fused_linear``: training): self-attention
-        without a cache, whose queries and keys are rotated (into new tensors, so that only v needs
-        a copy for the stacked output to be freed) and not normalized (a norm would keep views of it)."""
-        return (memory is None and cache is None and self.qk_norm is None and positions is not None
-                and position is not None and position.rotates_qk and stackable(x, self.q, self.k, self.v))
-
-    def _stacked_forward(self, x, mask, position, positions, bias) -> torch.Tensor:
-        """``forward`` with the three projections as one product (``_stacks``)."""
-        sizes = (self.q.out_features, self.k.out_features, self.v.out_features)
-        q, k, v = stacked_linear(x, (self.q, self.k, self.v)).split(sizes, dim=-1)
-        q, k = position.rotate(self._heads(q), self._heads(k), positions, positions)
-        v = self._heads(v.contiguous())  # its own storage: nothing then keeps the stacked output
-        dropout = self.dropout if self.training else 0.0
-        if self.softcap is None:
-            out = self.backend(q, k, v, mask, bias, self.scale, dropout)
-        else:
             out = self.backend(q, k, v, mask, bias, self.scale, dropout, softcap=self.softcap)
         return self.o(out.transpose(1, 2).flatten(2))
 

@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llm_modules.nn.fused_linear import stackable, stacked_linear
 from llm_modules.nn.tensor_parallel import COLWISE, ROWWISE, Divisible, TensorParallelPlan
 from llm_modules.registry import ACTIVATIONS, ConfigError
 
@@ -49,13 +48,6 @@ def _gelu(approximate: str) -> Activation:
     if approximate not in ("none", "tanh"):
         raise ConfigError(f"activation gelu: approximate must be 'none' (exact erf) or 'tanh'; got {approximate!r}")
     return functools.partial(F.gelu, approximate=approximate)
-
-
-def _reads_its_input(act: Activation) -> bool:
-    """Whether the activation's backward keeps its input (SiLU, GELU), as the product beside it
-    keeps ``up``: the gate and up projections may then be one stacked tensor without keeping more
-    (an activation that keeps its output, sigmoid or ReLU, would leave the gate's half alive)."""
-    return act is F.silu or (isinstance(act, functools.partial) and act.func is F.gelu)
 
 
 class MLP(nn.Module):
@@ -97,11 +89,7 @@ class GatedMLP(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _reads_its_input(self.act) and stackable(x, self.gate, self.up):  # training: one product (nn.fused_linear)
-            gate, up = stacked_linear(x, (self.gate, self.up)).chunk(2, dim=-1)
-        else:
-            gate, up = self.gate(x), self.up(x)
-        return self.down(self.dropout(self.act(gate) * up))
+        return self.down(self.dropout(self.act(self.gate(x)) * self.up(x)))
 
     def tensor_parallel_plan(self) -> TensorParallelPlan:
         return hidden_split(("gate", "up"), "down", self.up.out_features)

@@ -42,8 +42,7 @@ def no_fast_paths(monkeypatch):
     def off(*tensors):
         return False
 
-    for module in ("llm_modules.nn.norms", "llm_modules.nn.positions", "llm_modules.nn.loss",
-                   "llm_modules.nn.fused_linear"):
+    for module in ("llm_modules.nn.norms", "llm_modules.nn.positions", "llm_modules.nn.loss"):
         monkeypatch.setattr(f"{module}.plain_tensors", off)
 
 
@@ -282,8 +281,7 @@ def test_training_step_with_fast_paths_matches_the_reference_paths(monkeypatch, 
     if padded:
         batch["attention_mask"] = torch.ones_like(ids).index_fill_(1, torch.tensor([0, 1]), 0)
     loss, grads_fast = loss_and_grads(lm, batch)
-    for module in ("llm_modules.nn.norms", "llm_modules.nn.positions", "llm_modules.nn.loss",
-                   "llm_modules.nn.fused_linear"):
+    for module in ("llm_modules.nn.norms", "llm_modules.nn.positions", "llm_modules.nn.loss"):
         monkeypatch.setattr(f"{module}.plain_tensors", lambda *tensors: False)
     reference_loss, grads_reference = loss_and_grads(lm, batch)
     torch.testing.assert_close(loss, reference_loss, rtol=1e-5, atol=1e-6)
