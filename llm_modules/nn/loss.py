@@ -5,7 +5,9 @@ log-softmax in the forward, and in the backward a zero-filled full-size buffer p
 gradient: three or four (tokens x vocab) tensors beside the logits (each 67 MB for 8 x 256 tokens
 of a 8192 vocabulary). Here the forward reads the logits in row chunks (fp32 per chunk only) and
 keeps one log-sum-exp per token; the backward writes the gradient, chunk by chunk, into one
-buffer of the logits' dtype. Same loss and gradient up to float rounding
+buffer of the logits' dtype. fp32 logits need no copy, and there one fused log-softmax over
+all rows, kept for the backward instead of the logits, is faster than the chunk loop
+(``_CrossEntropyFP32``). Same loss and gradient up to float rounding
 (``tests/unit/test_fast_paths.py``).
 """
 
@@ -42,6 +44,8 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int
     flat, flat_targets = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
     if not logits.is_floating_point() or not plain_tensors(logits, targets) or flat.stride(-1) != 1:
         return F.cross_entropy(flat.float(), flat_targets, ignore_index=ignore_index)
+    if logits.dtype == torch.float32:
+        return _CrossEntropyFP32.apply(flat, flat_targets, ignore_index)
     return _CrossEntropy.apply(flat, flat_targets, ignore_index)
 
 
@@ -50,17 +54,48 @@ def _chunks(rows: int, vocab: int) -> list[slice]:
     return [slice(start, min(start + size, rows)) for start in range(0, rows, size)]
 
 
+def _valid_targets(targets: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(which targets count, the targets with the ignored ones pointed at class 0, their count)."""
+    valid = targets != ignore_index
+    return valid, torch.where(valid, targets, 0), valid.sum()
+
+
+class _CrossEntropyFP32(torch.autograd.Function):
+    """fp32 logits: there is no fp32 copy to avoid, so the forward is torch's one-pass log-softmax
+    over all rows, kept for the backward in place of the logits (the same bytes: the logits
+    themselves are freed once the caller drops them), and the backward one exp, one scale and
+    a scatter. The chunk loop of ``_CrossEntropy`` costs more here than it saves: it runs about
+    ten kernels per chunk over the same data, which on a few cores is slower than the single
+    fused one (``benchmarks/train_step.py``)."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, ignore_index):
+        valid, safe, count = _valid_targets(targets, ignore_index)
+        log_probs = torch.log_softmax(logits, dim=-1)
+        picked = log_probs.gather(1, safe.unsqueeze(1)).squeeze(1)
+        loss = -torch.where(valid, picked, 0.0).sum() / count
+        ctx.save_for_backward(log_probs, safe, valid, count)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        log_probs, safe, valid, count = ctx.saved_tensors
+        # d loss / d logits = (softmax - onehot(target)) * grad / count, on valid rows only
+        scale = torch.where(valid, grad_loss / count, 0.0).unsqueeze(1)
+        grad = torch.exp(log_probs).mul_(scale)
+        grad.scatter_add_(1, safe.unsqueeze(1), -scale)
+        return grad, None, None
+
+
 class _CrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, targets, ignore_index):
         rows, vocab = logits.shape
-        valid = targets != ignore_index
-        safe = torch.where(valid, targets, 0)
+        valid, safe, count = _valid_targets(targets, ignore_index)
         lse = torch.empty(rows, dtype=torch.float32, device=logits.device)
         for part in _chunks(rows, vocab):
             lse[part] = torch.logsumexp(logits[part].float(), dim=-1)
         picked = logits.gather(1, safe.unsqueeze(1)).squeeze(1).float()
-        count = valid.sum()
         loss = torch.where(valid, lse - picked, 0.0).sum() / count
         ctx.save_for_backward(logits, lse, safe, valid, count)
         return loss

@@ -52,20 +52,20 @@ class RMSNorm(nn.Module):
 class _RMSNormFP32(torch.autograd.Function):
     """``weight * x * rsqrt(mean(x^2) + eps)`` in fp32 with a hand-written backward: the reference
     formula's autograd graph runs about a dozen full-size passes backward (the pow, mean, rsqrt and
-    two products each differentiated on their own); this runs five, and saves the normalized
-    tensor and the per-token scale only (not the input as well). Same math up to float rounding
+    two products each differentiated on their own); this runs six, and saves the input and the
+    per-token scale only (the forward is torch's fused kernel, which returns that scale). Same math up to float rounding
     (``tests/unit/test_fast_paths.py``)."""
 
     @staticmethod
     def forward(ctx, x, weight, eps):
-        scale = torch.rsqrt(x.pow(2).mean(-1, keepdim=True).add_(eps))
-        normalized = x * scale
-        ctx.save_for_backward(normalized, scale, weight)
-        return normalized * weight
+        out, scale = _fused_rms_norm(x, weight, eps)
+        ctx.save_for_backward(x, scale, weight)
+        return out
 
     @staticmethod
     def backward(ctx, grad):
-        normalized, scale, weight = ctx.saved_tensors
+        x, scale, weight = ctx.saved_tensors
+        normalized = x * scale
         grad_x = grad_weight = None
         if ctx.needs_input_grad[1]:
             grad_weight = (grad * normalized).flatten(0, -2).sum(0)
@@ -76,6 +76,18 @@ class _RMSNormFP32(torch.autograd.Function):
             mean = torch.linalg.vecdot(g, normalized).unsqueeze(-1).div_(normalized.shape[-1])
             grad_x = torch.addcmul(g, normalized, mean, value=-1).mul_(scale)
         return grad_x, grad_weight, None
+
+
+def _fused_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``weight * x * scale``, ``scale``) with ``scale = rsqrt(mean(x^2) + eps)`` per row: torch's
+    one-kernel RMSNorm where it has one (a single pass instead of six kernels), else the formula."""
+    if _HAS_FUSED_RMS_NORM:
+        return torch.ops.aten._fused_rms_norm(x, [x.shape[-1]], weight, eps)
+    scale = torch.rsqrt(x.pow(2).mean(-1, keepdim=True).add_(eps))
+    return x * scale * weight, scale
+
+
+_HAS_FUSED_RMS_NORM = hasattr(torch.ops.aten, "_fused_rms_norm")
 
 
 @NORMS.register("gemma_rmsnorm")

@@ -380,7 +380,37 @@ class RoPE(PositionEncoding):
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
         state = dict(state)
         state.pop("_tables", None)  # a weakref does not pickle; the tables are remade on demand
+        state.pop("_laid_out", None)
         return state
+
+    _laid_out = None  # (the cos table it was made from, {(heads, layout): (cos, signed_sin)})
+
+    def _laid_out_like(self, x: torch.Tensor, cos: torch.Tensor,
+                       signed_sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tables expanded over the heads of ``x`` and stored in its memory layout ((B, T, H, D)
+        under the (B, H, T, D) view that ``Attention._heads`` makes). The halves' products then run
+        over operands of equal strides; a table broadcast over the heads makes the elementwise
+        kernels step through 32-float runs, about twice as slow on CPU. Made once per head count and
+        tables (every layer's queries, or keys, reuse them): T x H x D floats each, so only for
+        tables of one row (positions without padding), not per example."""
+        layout = x.transpose(1, 2).is_contiguous()
+        key = (x.shape[1], x.shape[2], layout)
+        cached = self._laid_out
+        if cached is not None and cached[0] is cos and key in cached[1]:
+            return cached[1][key]
+
+        def expand(table: torch.Tensor) -> torch.Tensor:
+            rows, heads, length, dim = table.shape[0], x.shape[1], x.shape[2], table.shape[-1]
+            if layout:
+                return table.transpose(1, 2).expand(rows, length, heads, dim).contiguous().transpose(1, 2)
+            return table.expand(rows, heads, length, dim).contiguous()
+
+        tables = (expand(cos), expand(signed_sin))
+        if not torch.compiler.is_compiling():
+            if cached is None or cached[0] is not cos:
+                self._laid_out = cached = (cos, {})
+            cached[1][key] = tables
+        return tables
 
     def _swap(self, x: torch.Tensor) -> torch.Tensor:
         """The partner of each feature: the other half (LLaMA), or the other of its pair (GPT-J)."""
@@ -393,6 +423,10 @@ class RoPE(PositionEncoding):
         # x: (B, H, T, D); cos, signed_sin: (B or 1, 1, T, rot)
         rot, rest = x[..., : self.rot_dim], x[..., self.rot_dim :]
         if x.dtype == torch.float32 and not rest.shape[-1] and plain_tensors(x):
+            if not self.interleaved:
+                if x.device.type == "cpu" and cos.shape[0] == 1:
+                    cos, signed_sin = self._laid_out_like(x, cos, signed_sin)
+                return _RotateHalves.apply(x, cos, signed_sin)
             return _Rotate.apply(x, cos, signed_sin, self._swap)
         rot = rot.float()
         rotated = torch.addcmul(rot * cos, self._swap(rot), signed_sin).to(x.dtype)
@@ -415,3 +449,33 @@ class _Rotate(torch.autograd.Function):
     def backward(ctx, grad):
         cos, signed_sin = ctx.saved_tensors
         return torch.add(grad * cos, ctx.swap(grad * signed_sin)), None, None, None
+
+
+class _RotateHalves(torch.autograd.Function):
+    """``_Rotate`` for LLaMA's pairing (feature i with i + D/2), written half by half into one
+    output: ``x1 * cos - x2 * sin`` and ``x2 * cos + x1 * sin``. No swapped copy of ``x`` is
+    made (``_swap``'s concatenation), so the forward and the backward each write one tensor
+    instead of three. ``cos`` and ``signed_sin`` are ``RoPE.tables``' (both halves of ``cos``
+    are equal; the second half of ``signed_sin`` is ``+sin``)."""
+
+    @staticmethod
+    def forward(ctx, x, cos, signed_sin):
+        half = x.shape[-1] // 2
+        cos, sin = cos[..., :half], signed_sin[..., half:]
+        ctx.save_for_backward(cos, sin)
+        return _turn(x, cos, sin, 1.0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        cos, sin = ctx.saved_tensors
+        return _turn(grad, cos, sin, -1.0), None, None
+
+
+def _turn(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float) -> torch.Tensor:
+    """Rotate the halves of ``x`` by the angles of ``cos``/``sin`` (``sign`` -1: back)."""
+    half = x.shape[-1] // 2
+    out = torch.empty_like(x)
+    x1, x2, out1, out2 = x[..., :half], x[..., half:], out[..., :half], out[..., half:]
+    torch.mul(x1, cos, out=out1).addcmul_(x2, sin, value=-sign)
+    torch.mul(x2, cos, out=out2).addcmul_(x1, sin, value=sign)
+    return out

@@ -120,6 +120,26 @@ def test_rope_matches_the_reference_rotation(interleaved, fraction, padded, dtyp
         assert enc.rotate(x, x, positions, positions)[0].grad_fn.name().startswith("_Rotate")
 
 
+def test_rope_tables_laid_out_like_the_heads_once_per_head_count():
+    """CPU, one row of positions: the rotation multiplies by tables stored in the queries' own
+    (B, T, H, D) layout (equal strides), made once per head count and reused by every layer."""
+    enc = RoPE(16)
+    positions = torch.arange(5).unsqueeze(0).expand(2, 5)
+    cos, signed_sin = enc.tables(positions)
+    q = torch.randn(2, 5, 4, 16).transpose(1, 2)
+    k = torch.randn(2, 5, 2, 16).transpose(1, 2)
+    q_cos, _ = enc._laid_out_like(q, cos, signed_sin)
+    assert q_cos.shape == (1, 4, 5, 16) and q_cos.transpose(1, 2).is_contiguous()
+    torch.testing.assert_close(q_cos, cos.expand(1, 4, 5, 16))
+    assert enc._laid_out_like(q, cos, signed_sin)[0] is q_cos  # the next layer: the same tables
+    assert enc._laid_out_like(k, cos, signed_sin)[0].shape == (1, 2, 5, 16)  # keys: their own head count
+    assert enc._laid_out_like(q.contiguous(), cos, signed_sin)[0].is_contiguous()  # a contiguous (B, H, T, D)
+    rotated_q, rotated_k = enc.rotate(q, k, positions, positions)
+    torch.testing.assert_close(rotated_q, reference_rope(enc, q, positions))
+    torch.testing.assert_close(rotated_k, reference_rope(enc, k, positions))
+    assert rotated_q.grad_fn is None or rotated_q.grad_fn.name().startswith("_Rotate")
+
+
 def test_rope_tables_are_made_once_per_positions_tensor():
     enc = RoPE(8)
     positions = torch.arange(6).unsqueeze(0).expand(2, 6)
@@ -162,6 +182,25 @@ def test_chunked_cross_entropy_matches_f_cross_entropy(dtype, monkeypatch):
     torch.testing.assert_close(ours[0], reference[0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(ours[1], reference[1], **tolerance)
     assert ours[1].dtype == dtype
+
+
+def test_fp32_cross_entropy_takes_one_log_softmax_and_keeps_no_logits():
+    """fp32 logits: one fused log-softmax over all rows (no chunk loop), whose output the backward
+    reads instead of the logits; half precision keeps the chunked path (no fp32 copy)."""
+    torch.manual_seed(0)
+    logits = (torch.randn(4, 6, 50) * 3).requires_grad_()
+    targets = torch.randint(0, 50, (4, 6))
+    targets[1, :2] = -100
+    loss = cross_entropy(logits, targets, ignore_index=-100)
+    assert loss.grad_fn.name() == "_CrossEntropyFP32Backward"
+    assert all(saved.data_ptr() != logits.data_ptr() for saved in loss.grad_fn.saved_tensors)
+    (scaled := loss * 3.0).backward()  # the incoming gradient scales the result
+    reference = torch.autograd.grad(
+        3.0 * F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100), logits)[0]
+    torch.testing.assert_close(logits.grad, reference, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(scaled, 3.0 * F.cross_entropy(logits.flatten(0, 1), targets.flatten()))
+    half = cross_entropy(logits.detach().bfloat16().requires_grad_(), targets)
+    assert half.grad_fn.name() == "_CrossEntropyBackward"
 
 
 def test_cross_entropy_edge_cases():
