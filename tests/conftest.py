@@ -75,20 +75,27 @@ LONGEST_FIRST = (
     "test_docs_tutorials.py",
     "test_docs_tutorials_more.py",
     "test_strategies.py",
-    "test_finetune_strategies.py",
-    "test_resume.py",
-    "test_docs.py",
-    "test_plugins.py",
-    # (below the seven marked slow) long files of several processes each: started early, they do not
-    # end the suite with one worker busy
     "test_preemption.py",
     "test_pipeline_strategy.py",
+    "test_stability.py",
+    "test_gpu_suite.py",
+    # (below the seven marked slow) long files of several processes each: started early, they do not
+    # end the suite with one worker busy
     "test_run_folders.py",
+    "test_estimate.py",
+    "test_finetune_strategies.py",
+    "test_docs.py",
+    "test_defaults_learn.py",
+    "test_combinations.py",
+    "test_families.py",
+    "test_family_finetune.py",
+    "test_training_cli.py",
+    "test_pipeline_probe.py",
+    "test_evaluate_cmd.py",
+    "test_resume.py",
+    "test_plugins.py",
     "test_finetune_cli.py",
     "test_finetune.py",
-    "test_training_cli.py",
-    "test_combinations.py",
-    "test_estimate.py",
     "test_attention_backends.py",
 )
 
