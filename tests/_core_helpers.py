@@ -93,3 +93,13 @@ def training_batch(kind: str, batch: int = 4, length: int = 16) -> dict[str, tor
     masked = (torch.arange(length).unsqueeze(0) + torch.arange(batch).unsqueeze(1)) % 4 == 0
     labels = torch.where(masked, ids, torch.full_like(ids, -100))
     return {"input_ids": ids.masked_fill(masked, MASK_ID), "labels": labels}
+
+
+def left_padded(lengths, seed=0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random prompts (ids from 2 up, pad id 0) of the given lengths, left-padded to the longest, and
+    their attention mask: how generation takes a batch of prompts."""
+    generator = torch.Generator().manual_seed(seed)
+    total = max(lengths)
+    ids = torch.randint(2, VOCAB, (len(lengths), total), generator=generator)
+    mask = (torch.arange(total).unsqueeze(0) >= (total - torch.tensor(lengths)).unsqueeze(1)).long()
+    return ids.masked_fill(mask == 0, 0), mask

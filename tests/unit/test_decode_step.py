@@ -12,18 +12,10 @@ from llm_modules.generation.session import open_session
 from llm_modules.nn.decode_step import DecodeStep, Projection, packing_available
 from llm_modules.nn.masks import AttentionMask
 
-from _core_helpers import VOCAB, build
+from _core_helpers import build, left_padded
 
 LLAMA = dict(norm="rmsnorm", activation="swiglu", position="rope", attention="sdpa", bias=False)
 NEW = 16  # enough steps for the oneDNN reorder (PACK_MIN_STEPS)
-
-
-def left_padded(lengths, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    total = max(lengths)
-    ids = torch.randint(2, VOCAB, (len(lengths), total), generator=generator)
-    mask = (torch.arange(total).unsqueeze(0) >= (total - torch.tensor(lengths)).unsqueeze(1)).long()
-    return ids.masked_fill(mask == 0, 0), mask
 
 
 def tokens(lm, ids, mask, **options):

@@ -11,18 +11,10 @@ from llm_modules import ConfigError
 from llm_modules.generation.session import open_session
 from llm_modules.nn.kv_cache import CacheEntry
 
-from _core_helpers import POSITIONS, VOCAB, build
+from _core_helpers import POSITIONS, VOCAB, build, left_padded
 
 GENERATING = ("CausalLM", "PrefixLM", "Seq2SeqLM")
 STEPS = 6
-
-
-def left_padded(lengths, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    total = max(lengths)
-    ids = torch.randint(2, VOCAB, (len(lengths), total), generator=generator)
-    mask = (torch.arange(total).unsqueeze(0) >= (total - torch.tensor(lengths)).unsqueeze(1)).long()
-    return ids.masked_fill(mask == 0, 0), mask
 
 
 def max_step_difference(lm, ids, mask, steps=STEPS, reorder=None):
