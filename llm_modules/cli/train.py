@@ -26,7 +26,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 import llm_modules.checkpoint_contents as checkpoint_contents
 from llm_modules.config import preset_dir, preset_names
 from llm_modules.data.prompts import GenerationWriter
-from llm_modules.models import LanguageModel
+from llm_modules.models import LanguageModel, import_kinds
 from llm_modules.cli import outputs, parse_errors, trainer_checks
 from llm_modules.cli.resume_last import newest_run_checkpoint, resolve_last
 from llm_modules.cli.run_folder import DEFAULT_NAME, DEFAULT_SAVE_DIR, RunFolder, logs_under_default_root_dir
@@ -446,6 +446,7 @@ def run(argv: list[str]) -> int:
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     quiet_known_noise()  # Lightning's cloud-logger tip and its own LeafSpec deprecation warning
     load_plugins(modules + _config_plugins(_config_files(argv)))  # entry points too, even when no module is named
+    import_kinds()  # --model CausalLM: LightningCLI finds short class names among the subclasses imported
     LLMCLI(
         LanguageModel,
         LightningDataModule,

@@ -18,13 +18,21 @@ _LAZY = {"LanguageModel": "base", "InferenceLM": "inference_lm",
          **{kind.class_name: kind.key for kind in _KINDS.values()}}
 
 
+def import_kinds() -> dict[str, type]:
+    """Class name -> LightningModule class, for every kind of the one table (``llm_modules.kinds``),
+    importing them: what ``KINDS`` is, and what the training CLI calls first so that LightningCLI,
+    which resolves a short class name (``--model CausalLM``) among the subclasses imported so far,
+    finds every kind."""
+    return {kind.class_name: __getattr__(kind.class_name) for kind in _KINDS.values()}
+
+
 def __getattr__(name: str):
     if name == "KINDS":
-        #: class name -> LightningModule class, for every kind of the one table (``llm_modules.kinds``)
-        return {kind.class_name: __getattr__(kind.class_name) for kind in _KINDS.values()}
+        return import_kinds()
     if name in _LAZY:
         return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["IGNORE_INDEX", "LanguageModel", "InferenceLM", "CausalLM", "PrefixLM", "Seq2SeqLM", "MaskedLM", "KINDS"]
+__all__ = ["IGNORE_INDEX", "LanguageModel", "InferenceLM", "CausalLM", "PrefixLM", "Seq2SeqLM", "MaskedLM", "KINDS",
+           "import_kinds"]

@@ -85,3 +85,14 @@ def test_inference_lm_is_the_checkpoints_model(tmp_path, cls):
     again = load_checkpoint(tmp_path / "b.ckpt")
     assert type(again) is cls
     torch.testing.assert_close(again(*args), lm(*args), rtol=0, atol=0)
+
+
+def test_the_training_cli_still_resolves_every_kind_by_its_short_name():
+    """``llm_modules.models`` imports its LightningModules lazily, and LightningCLI resolves ``--model
+    NAME`` among the subclasses imported so far: in a fresh interpreter every kind must still be found."""
+    code = ("import sys; from llm_modules.cli import main; "
+            "sys.exit(max(main(['fit', '--model.help', name]) for name in ('CausalLM', 'PrefixLM', 'Seq2SeqLM', "
+            "'MaskedLM')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("usage:") == 4 and "--model.peft_checkpoint" in done.stdout
