@@ -77,27 +77,23 @@ def build_module(checkpoint: dict[str, Any], path: str | os.PathLike, init_from:
             f"checkpoint {str(path)!r} lacks its model config or model_kind; it was not written by an llm-modules model"
         )
     known = by_class_name(kind)
-    if known is not None and not trains:
-        return _inference_module(checkpoint, hparams, kind, config, path, init_from)
-    cls = getattr(models, known.class_name) if known is not None else _library_class(hparams.get("_class_path"), kind)
-    if cls is None:
-        raise ConfigError(f"checkpoint {str(path)!r}: model_kind {kind!r} is not one of {', '.join(models.KINDS)}, "
-                          "nor a LanguageModel of this library named by its hyper-parameters (_class_path)")
+    inference = known is not None and not trains
+    if not inference:
+        cls = getattr(models, known.class_name) if known is not None else _library_class(hparams.get("_class_path"), kind)
+        if cls is None:
+            raise ConfigError(f"checkpoint {str(path)!r}: model_kind {kind!r} is not one of {', '.join(models.KINDS)}, "
+                              "nor a LanguageModel of this library named by its hyper-parameters (_class_path)")
+    base = str(init_from) if init_from is not None and hparams.get("init_from") else hparams.get("init_from")
+    check_base_exists(checkpoint, base, f"checkpoint {str(path)!r}")
+    if inference:  # the fine-tuning options of the hyper-parameters; the others are kept as they are
+        return models.InferenceLM(kind, ModelConfig.from_dict(config), init_from=base, peft=hparams.get("peft"),
+                                  peft_checkpoint=hparams.get("peft_checkpoint", "adapter"), hyper_parameters=hparams)
     accepted = inspect.signature(cls.__init__).parameters
     # Other hyper-parameters (optimizer settings, ...) go back to the constructor when it takes them.
     extra = {k: v for k, v in hparams.items() if k != "config" and k in accepted}
-    if init_from is not None and extra.get("init_from"):
-        extra["init_from"] = str(init_from)
-    check_base_exists(checkpoint, extra.get("init_from"), f"checkpoint {str(path)!r}")
+    if "init_from" in extra:
+        extra["init_from"] = base
     return cls(ModelConfig.from_dict(config), **extra)
-
-
-def _inference_module(checkpoint, hparams: dict, kind: str, config: dict, path, init_from) -> InferenceLM:
-    """``build_module``'s InferenceLM: the fine-tuning options of the hyper-parameters, the others kept."""
-    base = str(init_from) if init_from is not None and hparams.get("init_from") else hparams.get("init_from")
-    check_base_exists(checkpoint, base, f"checkpoint {str(path)!r}")
-    return models.InferenceLM(kind, ModelConfig.from_dict(config), init_from=base, peft=hparams.get("peft"),
-                              peft_checkpoint=hparams.get("peft_checkpoint", "adapter"), hyper_parameters=hparams)
 
 
 def _library_class(class_path: Any, kind: str) -> type[LanguageModel] | None:

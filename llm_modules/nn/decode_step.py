@@ -40,6 +40,7 @@ from torch import nn
 from llm_modules.nn.fast import plain_tensors
 from llm_modules.nn.kv_cache import CacheEntry, KVCache
 from llm_modules.nn.mask_inputs import MaskInputs, self_attention_mask
+from llm_modules.nn.norms import fused_rms_norm
 
 #: projections are reordered for oneDNN only while all of them together take at most this many
 #: bytes: the reordered copy lives as long as the generation, beside the weights
@@ -90,14 +91,11 @@ class Projection:
 
 
 def _norm(module: nn.Module):
-    """The norm as a function: RMSNorm in fp32 inline (``_RMSNormFP32.forward``'s ops, in its order,
-    without the autograd Function around them), any other norm as its module."""
+    """The norm as a function: RMSNorm in fp32 as the kernel its module's forward runs
+    (``norms.fused_rms_norm``), without the autograd Function around it; any other norm as its module."""
     if lean_form(module) == "rmsnorm" and module.weight.dtype == torch.float32 and plain_tensors(module.weight):
         weight, eps = module.weight, module.eps
-
-        def rms(x: torch.Tensor) -> torch.Tensor:
-            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True).add_(eps)) * weight
-        return rms
+        return lambda x: fused_rms_norm(x, weight, eps)[0]
     return module
 
 

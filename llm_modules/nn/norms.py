@@ -58,7 +58,7 @@ class _RMSNormFP32(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, eps):
-        out, scale = _fused_rms_norm(x, weight, eps)
+        out, scale = fused_rms_norm(x, weight, eps)
         ctx.save_for_backward(x, scale, weight)
         return out
 
@@ -78,16 +78,16 @@ class _RMSNormFP32(torch.autograd.Function):
         return grad_x, grad_weight, None
 
 
-def _fused_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+def fused_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(``weight * x * scale``, ``scale``) with ``scale = rsqrt(mean(x^2) + eps)`` per row: torch's
     one-kernel RMSNorm where it has one (a single pass instead of six kernels), else the formula."""
-    if _HAS_FUSED_RMS_NORM:
-        return torch.ops.aten._fused_rms_norm(x, [x.shape[-1]], weight, eps)
+    if HAS_FUSED_RMS_NORM:
+        return torch.ops.aten.fused_rms_norm(x, [x.shape[-1]], weight, eps)
     scale = torch.rsqrt(x.pow(2).mean(-1, keepdim=True).add_(eps))
     return x * scale * weight, scale
 
 
-_HAS_FUSED_RMS_NORM = hasattr(torch.ops.aten, "_fused_rms_norm")
+HAS_FUSED_RMS_NORM = hasattr(torch.ops.aten, "_fused_rms_norm")
 
 
 @NORMS.register("gemma_rmsnorm")
