@@ -82,7 +82,7 @@ def fused_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[t
     """(``weight * x * scale``, ``scale``) with ``scale = rsqrt(mean(x^2) + eps)`` per row: torch's
     one-kernel RMSNorm where it has one (a single pass instead of six kernels), else the formula."""
     if HAS_FUSED_RMS_NORM:
-        return torch.ops.aten.fused_rms_norm(x, [x.shape[-1]], weight, eps)
+        return torch.ops.aten._fused_rms_norm(x, [x.shape[-1]], weight, eps)
     scale = torch.rsqrt(x.pow(2).mean(-1, keepdim=True).add_(eps))
     return x * scale * weight, scale
 
