@@ -18,7 +18,8 @@ import time
 import psutil
 
 PR_SET_CHILD_SUBREAPER = 36
-INTERPRETER_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver", "torch._inductor.compile_worker")
+INTERPRETER_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver", "multiprocess.resource_tracker",
+                       "multiprocess.forkserver", "torch._inductor.compile_worker")
 
 
 def become_subreaper() -> bool:

@@ -51,8 +51,18 @@ THRESHOLD_FLAGS: list[tuple[str, str, type, str]] = [
     ("--text-field", "text_field", str, "JSONL key of the input texts (default text)"),
     ("--shard-mb", "output.shard_mb", float, "MB per output shard (default 64)"),
     ("--shard-docs", "output.shard_docs", int, "documents per output shard (default: no limit)"),
-    ("--checkpoint-every", "output.checkpoint_every", int, "input documents between checkpoints (default 10000)"),
-    ("--workers", "workers", int, "processes for the per-document stages (default 1; output does not change)"),
+    ("--workers", "workers", int, "tasks at once: local processes, Ray tasks or Slurm array slots (default 1; the "
+                                  "output does not change)"),
+    ("--executor", "executor.kind", str, "where the stages run: local (default), slurm (submits job arrays) or ray "
+                                         "(a running Ray cluster); the output does not change"),
+    ("--tasks", "executor.tasks", int, "tasks of the per-document stage (default: 4 per worker, one per unit at most)"),
+    ("--unit-mb", "executor.unit_mb", float, "JSONL files are cut into units of about this many MB: the grain of "
+                                             "parallel work and of resume (default 64)"),
+    ("--partition", "executor.slurm.partition", str, "Slurm partition (default: the cluster's default)"),
+    ("--time", "executor.slurm.time", str, "Slurm time limit per array task (default 04:00:00)"),
+    ("--cpus-per-task", "executor.slurm.cpus_per_task", int, "Slurm CPUs per array task (default 1)"),
+    ("--ray-address", "executor.ray.address", str, "Ray cluster address, e.g. 10.0.0.1:6379 (default: RAY_ADDRESS, "
+                                                   "else a Ray started on this machine)"),
 ]
 
 
@@ -82,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(flag, type=kind, default=None, metavar=metavar, help=text)
     p.add_argument("--overwrite", action="store_true",
                    help="start over in an --out that holds another preparation (never touches other directories)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown on a terminal)")
+    p.add_argument("--no-progress", action="store_true", help="no progress lines (default: shown on a terminal)")
+    p.add_argument("--no-submit", action="store_true",
+                   help="with --executor slurm: write the submission scripts but do not call sbatch")
     return parser
 
 
@@ -100,6 +112,8 @@ def config_from_args(args: argparse.Namespace):
         config.pattern = [p.strip() for p in args.pattern.split(",") if p.strip()]
     if args.nfkc:
         config.normalize.nfkc = True
+    if args.no_submit:
+        config.executor.slurm.submit = False
     for flag, dotted, _, _ in THRESHOLD_FLAGS:
         value = getattr(args, flag.lstrip("-").replace("-", "_"))
         if value is not None:
@@ -140,6 +154,9 @@ def run(argv: list[str]) -> int:
         print(f"llm-modules data prepare: interrupted; rerun the same command to resume from the last "
               f"checkpoint in {config.out}", file=sys.stderr)
         return 130
+    if report.get("status") == "submitted":
+        _print_submitted(report)
+        return 0
     if report.get("status") == "already complete":
         print(f"{config.out} already holds this preparation (same settings and inputs); nothing to do "
               "(--overwrite redoes it)", file=sys.stderr)
@@ -149,3 +166,11 @@ def run(argv: list[str]) -> int:
     for warning in report.get("warnings", []):
         print(f"llm-modules data prepare: warning: {warning}", file=sys.stderr)
     return 0
+
+
+def _print_submitted(report: dict) -> None:
+    for job in report["jobs"]:
+        state = f"job {job['job_id']}" if job["job_id"] else "not submitted (--no-submit)"
+        print(f"{job['stage']}: {job['tasks']} task(s), {state}: {job['script']}")
+    print(f"rerun the same command once the jobs have finished to see the report of {report['out']} (a rerun "
+          "before then submits only the tasks that have not completed)", file=sys.stderr)

@@ -125,27 +125,32 @@ class SourceFile:
 
     def _jsonl_documents(self, screen: bool = True) -> Iterator[Document]:
         for number, line in enumerate(read_lines(self.path, self._report_replaced if screen else None), start=1):
-            if not line.strip():
-                continue
-            where = f"{self.field}: {str(self.path)!r} line {number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ConfigError(f"{where} is not valid JSON ({err.msg}); fix the line or remove it") from None
-            if not isinstance(record, dict):
-                raise ConfigError(f"{where} is a JSON {type(record).__name__}, expected an object with "
-                                  f"a {self.text_field!r} field")
-            if self.text_field not in record:
-                keys = ", ".join(sorted(record)) or "none"
-                raise ConfigError(
-                    f"{where} has no {self.text_field!r} field (its keys: {keys}); set data.text_field "
-                    "to the key that holds the text"
-                )
-            text = record[self.text_field]
-            if not isinstance(text, str):
-                raise ConfigError(f"{where}: field {self.text_field!r} holds a {type(text).__name__}, "
-                                  "expected a string")
-            yield Document(f"{self.source_id}#{number}", text)
+            if line.strip():
+                text = self.record_text(line, f"line {number}")
+                yield Document(f"{self.source_id}#{number}", text)
+
+    def record_text(self, line: str, position: str) -> str:
+        """The text of one non-blank JSONL line; ``position`` says where it is (``"line 12"``) for the
+        message a bad line raises."""
+        where = f"{self.field}: {str(self.path)!r} {position}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{where} is not valid JSON ({err.msg}); fix the line or remove it") from None
+        if not isinstance(record, dict):
+            raise ConfigError(f"{where} is a JSON {type(record).__name__}, expected an object with "
+                              f"a {self.text_field!r} field")
+        if self.text_field not in record:
+            keys = ", ".join(sorted(record)) or "none"
+            raise ConfigError(
+                f"{where} has no {self.text_field!r} field (its keys: {keys}); set data.text_field "
+                "to the key that holds the text"
+            )
+        text = record[self.text_field]
+        if not isinstance(text, str):
+            raise ConfigError(f"{where}: field {self.text_field!r} holds a {type(text).__name__}, "
+                              "expected a string")
+        return text
 
 
 def resolve_paths(

@@ -32,7 +32,7 @@ def prepared(tmp_path_factory):
         assert report["kept"]["documents"] == n_docs
         outs[name] = root / "out" / name
     unfinished = from_dict({"inputs": [str(root / "raw" / "web.jsonl")], "out": str(root / "unfinished"),
-                            "text_field": "body", "output": {"checkpoint_every": 5}})
+                            "text_field": "body", "executor": {"unit_mb": 0.001}})
     with pytest.raises(KeyboardInterrupt):
         prepare(unfinished, progress=False, stop_after=12)
     return root, outs

@@ -57,7 +57,7 @@ def corpus(tmp_path_factory):
 def settings(root: Path, out: str, **extra) -> dict:
     return {"inputs": [str(root / "inputs" / "txt"), str(root / "inputs" / "more.jsonl")], "out": str(root / out),
             "decontamination": {"eval_paths": [str(root / "eval.jsonl")]},
-            "output": {"checkpoint_every": 4, "shard_docs": 5}, **extra}
+            "output": {"shard_docs": 5}, "executor": {"unit_mb": 0.002}, **extra}
 
 
 def outputs(out: Path) -> dict[str, bytes]:
@@ -189,10 +189,12 @@ def test_damaged_output_asks_for_overwrite(corpus):
     config = settings(root, "damaged")
     with pytest.raises(KeyboardInterrupt):
         prepare(from_dict(config), progress=False, stop_after=7)
-    for p in (root / "damaged").glob("shard-*.partial"):
-        p.unlink()
-    with pytest.raises(ConfigError, match=r"rerun with --overwrite"):
+    committed = sorted((root / "damaged" / ".prepare-state" / "units").glob("u-*/docs.npy"))
+    assert committed
+    committed[0].unlink()
+    with pytest.raises(ConfigError, match=r"unit u-000000 .*damaged.*rerun with --overwrite"):
         prepare(from_dict(config), progress=False)
+    assert prepare(from_dict(config), progress=False, overwrite=True)["status"] == "complete"
 
 
 # ---- CLI ------------------------------------------------------------------------------------------------
@@ -283,19 +285,16 @@ def test_a_killed_process_resumes_to_the_same_output(tmp_path):
     texts += [texts[i] for i in range(0, 3000, 7)]  # exact duplicates, so the logs carry state
     write_jsonl(tmp_path / "in.jsonl", texts)
     args = lambda out: ["data", "prepare", str(tmp_path / "in.jsonl"), "--out", str(tmp_path / out),
-                        "--checkpoint-every", "200", "--shard-docs", "500", "--no-progress"]
+                        "--unit-mb", "0.02", "--shard-docs", "500", "--no-progress", "--workers", "2"]
     assert main(args("whole")) == 0
     proc = subprocess.Popen([sys.executable, "-m", "llm_modules", *args("killed")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    state = tmp_path / "killed" / ".prepare-state" / "state.json"
+    units = tmp_path / "killed" / ".prepare-state" / "units"
     deadline = time.monotonic() + 60
     try:
-        while proc.poll() is None and time.monotonic() < deadline:  # wait for a checkpoint past a shard
-            try:
-                if json.loads(state.read_text())["position"][1] >= 800:
-                    break
-            except (OSError, ValueError, KeyError):
-                pass
+        while proc.poll() is None and time.monotonic() < deadline:  # wait until some units are committed
+            if len(list(units.glob("u-*/summary.json"))) >= 8:
+                break
             time.sleep(0.005)
         proc.send_signal(signal.SIGKILL)
     finally:

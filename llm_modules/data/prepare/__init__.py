@@ -8,8 +8,11 @@ rule that fires; why this order: ``pipeline``)::
 
 One module per concern: ``config`` (the settings tree), ``normalize``, ``filters`` (quality rules),
 ``pii``, ``words`` (stable word n-gram hashes), ``minhash`` (near duplicates), ``decontam``,
-``processor`` (the per-document stages, run in worker processes), ``shards``, ``state``
-(checkpoints), ``manifest`` (what a prepared directory is), ``report`` and ``pipeline`` (the run).
+``processor`` (the per-document stages), ``units`` (how the inputs are shared out), ``records``
+(each unit's results), ``select`` (the duplicate stages and the shard layout), ``write``, ``shards``,
+``state`` (atomic files), ``work`` (the work folder), ``manifest`` (what a prepared directory is),
+``report``, ``steps`` (the stages as datatrove pipeline steps), ``executors`` (local, Slurm, Ray),
+``slurm_task`` and ``pipeline`` (the run).
 
     from llm_modules.data.prepare import PrepareConfig, prepare
     report = prepare(PrepareConfig(inputs=["raw/"], out="prepared/web"))

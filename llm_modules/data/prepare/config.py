@@ -23,7 +23,9 @@ Layout (YAML keys are the field names)::
     exact_duplicate: {enabled: true}
     decontamination: {eval_paths: [eval.jsonl], ngram: 13}
     near_duplicate: {ngram: 5, num_perm: 128, threshold: 0.8}
-    output: {shard_mb: 64, checkpoint_every: 10000}
+    output: {shard_mb: 64}
+    workers: 4                             # tasks at once
+    executor: {kind: local, unit_mb: 64}   # or slurm: {partition: cpu, time: "04:00:00"}, or ray: {address: ...}
 
 Every section has ``enabled``; ``--disable NAME`` turns one off from the command line. Relative
 paths (``inputs``, ``out``, ``decontamination.eval_paths``) start at the current directory, not at
@@ -177,7 +179,43 @@ class OutputConfig:
     shard_mb: float = 64.0  # a shard is closed once it holds this many MB (1e6 bytes)
     shard_docs: int | None = None  # ... or this many documents
     source_id: bool = True  # write each document's source_id next to its text
-    checkpoint_every: int = 10_000  # input documents between checkpoints (and at every shard)
+
+
+EXECUTORS = ("local", "slurm", "ray")
+
+
+@dataclass
+class SlurmConfig:
+    """``--executor slurm``: the job arrays submitted with ``sbatch`` (one per stage, chained)."""
+
+    partition: str | None = None  # None: the cluster's default partition
+    time: str = "04:00:00"  # per array task
+    cpus_per_task: int = 1
+    mem_per_cpu_gb: float = 2.0
+    job_name: str = "llm-modules-prepare"
+    env_command: str | None = None  # shell line run first in each job (default: activate this interpreter's venv)
+    sbatch_args: dict[str, str] = field(default_factory=dict)  # more #SBATCH lines, e.g. {account: myproj}
+    submit: bool = True  # false: write the submission scripts without calling sbatch
+
+
+@dataclass
+class RayConfig:
+    """``--executor ray``: tasks on a running Ray cluster."""
+
+    address: str | None = None  # e.g. 10.0.0.1:6379 or ray://host:10001; None: RAY_ADDRESS, else a local Ray
+    cpus_per_task: int = 1
+    mem_per_cpu_gb: float = 1.0
+
+
+@dataclass
+class ExecutorConfig:
+    """Where the stages run. None of it changes the output: not compared when a run resumes."""
+
+    kind: str = "local"  # local | slurm | ray
+    tasks: int | None = None  # tasks of the per-document stage (default: 4 per worker, at most one per unit)
+    unit_mb: float = 64.0  # JSONL files are cut at line ends into units of about this size (the unit of resume)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
 
 @dataclass
@@ -193,7 +231,8 @@ class PrepareConfig:
     decontamination: DecontaminationConfig = field(default_factory=DecontaminationConfig)
     near_duplicate: NearDuplicateConfig = field(default_factory=NearDuplicateConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
-    workers: int = 1  # processes for the per-document stages (the output does not depend on it)
+    workers: int = 1  # tasks run at once (local processes, Ray tasks, Slurm array slots); the output does not depend on it
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
     # ---- switching rules ------------------------------------------------------------------------------
 
@@ -222,12 +261,12 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def semantic_dict(config: PrepareConfig) -> dict[str, Any]:
-    """The settings that decide the output: what a rerun must match to resume (not ``out``, ``workers``,
-    ``checkpoint_every``)."""
+    """The settings that decide the output: what a rerun must match to resume (not ``out``, ``workers``
+    or where the stages run)."""
     data = to_dict(config)
     data.pop("out")
     data.pop("workers")
-    data["output"].pop("checkpoint_every")
+    data.pop("executor")
     return data
 
 
@@ -405,7 +444,16 @@ def _validate(c: PrepareConfig) -> None:
     if c.output.shard_mb <= 0:
         raise ConfigError(f"output.shard_mb={c.output.shard_mb!r} must be positive (e.g. 64)")
     _at_least("output.shard_docs", c.output.shard_docs, 1)
-    _at_least("output.checkpoint_every", c.output.checkpoint_every, 1)
+    if c.executor.kind not in EXECUTORS:
+        close = difflib.get_close_matches(str(c.executor.kind), EXECUTORS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"executor.kind: unknown executor {c.executor.kind!r}{hint}; choose one of "
+                          f"{', '.join(EXECUTORS)}")
+    _at_least("executor.tasks", c.executor.tasks, 1)
+    if c.executor.unit_mb <= 0:
+        raise ConfigError(f"executor.unit_mb must be > 0 (got {c.executor.unit_mb}); e.g. 64")
+    _at_least("executor.slurm.cpus_per_task", c.executor.slurm.cpus_per_task, 1)
+    _at_least("executor.ray.cpus_per_task", c.executor.ray.cpus_per_task, 1)
     _at_least("workers", c.workers, 1)
     if not c.text_field:
         raise ConfigError("text_field is empty; give the JSONL key that holds the text")

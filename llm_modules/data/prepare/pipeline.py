@@ -18,73 +18,54 @@ Why this order:
   its duplicate and both would be lost. Keep-first holds for both duplicate stages: the first copy
   in input order survives.
 
-Only the two duplicate stages depend on earlier documents; everything else is computed per document
-(``processor``), optionally in ``workers`` processes, and the main process consumes the results in
-input order. The output is therefore identical for any number of workers.
+How it runs (datatrove executors, ``executors``; the pipelines are in ``steps``):
 
-Resume: every ``output.checkpoint_every`` input documents, and whenever a shard is closed, the
-open shard and the record logs (``state``) are fsynced and ``state.json`` is replaced atomically with
-the input position, the counters and the committed lengths. Rerunning the same command after an
-interrupt (Ctrl-C, a kill, a crash) truncates back to that checkpoint, replays the logs and continues;
-the shards and the report's counts are the same as an uninterrupted run's.
+1. **process**, many tasks: the inputs are cut into units (``units``); each task reads its units and
+   runs the per-document stages (``processor``), committing each unit's records at once (``records``).
+2. **select**, one task: exact duplicates, decontamination and near duplicates in input order, keep-first,
+   and the shard layout (``select``).
+3. **write**, many tasks: each shard written from the layout (``write``).
+4. **finish**: ``report.json`` and the complete manifest; the work folder is removed.
+
+The output is therefore identical for any executor, task count and number of workers.
+
+Resume: a unit, a shard and a stage are each committed atomically (a rename; datatrove's completion
+record per task). Rerunning the same command after an interrupt (Ctrl-C, a kill, a preempted job)
+skips what was committed and redoes the rest; the shards and the report's counts are the same as an
+uninterrupted run's. The work folder (``work``) holds what every task needs as plain files.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import shutil
 import sys
 import time
-from collections import deque
-from collections.abc import Iterable, Iterator
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from llm_modules.data.prepare import manifest as M
-from llm_modules.data.prepare.config import (
-    PII_KINDS,
-    RULES,
-    PrepareConfig,
-    semantic_dict,
-)
+from llm_modules.data.prepare.config import PII_KINDS, RULES, PrepareConfig, semantic_dict
 from llm_modules.data.prepare.decontam import eval_ngrams
-from llm_modules.data.prepare.minhash import LSHIndex
-from llm_modules.data.prepare.processor import (
-    TIMED,
-    Processor,
-    Result,
-    init_worker,
-    run_in_worker,
-)
+from llm_modules.data.prepare.processor import Processor
 from llm_modules.data.prepare.report import Counts, build_report, empty_output_warning
-from llm_modules.data.prepare.shards import ShardWriter
-from llm_modules.data.prepare.state import (
-    STATE_DIR,
-    RecordLog,
-    read_state,
-    write_json_atomic,
-)
+from llm_modules.data.prepare.select import read_plan
+from llm_modules.data.prepare.state import write_json_atomic
+from llm_modules.data.prepare.units import plan_units
+from llm_modules.data.prepare.work import Work
 from llm_modules.data.sources import SourceFile, inputs_fingerprint, resolve_paths
 from llm_modules.registry import ConfigError
-
-_DIGEST = 16  # bytes of the exact-duplicate content hash
-_BATCH = 32  # documents per task sent to a worker
-_AHEAD = 4  # tasks in flight per worker (bounds memory: the input is not read ahead without limit)
 
 
 def prepare(config: PrepareConfig, *, overwrite: bool = False, progress: bool | None = None,
             stop_after: int | None = None) -> dict[str, Any]:
     """Run (or resume, or reuse) the preparation ``config`` describes; return its report.
 
-    ``progress``: show a progress bar on stderr (default: when stderr is a terminal).
-    ``stop_after``: for tests: raise KeyboardInterrupt after this many input documents of this run,
-    without a final checkpoint, as a kill would.
-    The returned report has ``"status"``: ``"complete"`` (ran to the end now), ``"resumed"`` or
-    ``"already complete"`` (nothing to do).
+    ``progress``: print a line per stage on stderr (default: when stderr is a terminal).
+    ``stop_after``: for tests: raise KeyboardInterrupt after this many input documents of this run
+    (local executor, one worker), as a kill would.
+    The returned report has ``"status"``: ``"complete"`` (ran to the end now), ``"resumed"``,
+    ``"already complete"`` (nothing to do) or, for Slurm, ``"submitted"`` (with the jobs).
     """
     config.validate()
     if not config.inputs:
@@ -109,221 +90,121 @@ def prepare(config: PrepareConfig, *, overwrite: bool = False, progress: bool | 
             report = _read_report(out)
             report["status"] = "already complete"
             return report
-        run = _Run(config, out, files, eval_files, settings, fingerprint, status == "resume")
-        return run.execute(progress=sys.stderr.isatty() if progress is None else progress, stop_after=stop_after)
+        work = Work(out)
+        resumed = status == "resume" and work.exists()
+        if not resumed:
+            _start(work, config, files, eval_files, settings, fingerprint)
+        work = Work(out)
+        _use_settings_of_this_run(work, config)
+        show = sys.stderr.isatty() if progress is None else progress
+        if config.executor.kind == "slurm":
+            from llm_modules.data.prepare.executors import submit_slurm
+
+            return {"status": "submitted", "jobs": submit_slurm(work), "out": str(out)}
+        return _run_here(work, show, stop_after, resumed)
     finally:
         if held is not None:
             held.close()
 
 
-class _Run:
-    def __init__(self, config: PrepareConfig, out: Path, files: list[SourceFile], eval_files: list[SourceFile],
-                 settings: dict, fingerprint: str, resume: bool):
-        self.config, self.out, self.files, self.eval_files = config, out, files, eval_files
-        self.settings, self.fingerprint = settings, fingerprint
-        self.state_dir = out / STATE_DIR
-        state = read_state(self.state_dir) if resume else None
-        if state is None:  # fresh, or stopped before its first checkpoint
-            if out.exists():
-                M.remove_owned(out)
-            out.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(out / M.MANIFEST, self._manifest(complete=False))
-            self.state_dir.mkdir()
-        self.resumed = state is not None
-        state = state or {}
-        nd = config.near_duplicate
-        self.counts = Counts.from_dict(state["counts"]) if state else Counts()
-        self.position = tuple(state.get("position", (0, 0)))
-        self.elapsed_before = float(state.get("elapsed_s", 0.0))
-        try:
-            self.writer = ShardWriter(out, int(config.output.shard_mb * 1e6), config.output.shard_docs,
-                                      state.get("writer"))
-            self.exact_log = RecordLog(self.state_dir / "exact.bin", _DIGEST, state.get("exact_records", 0))
-            self.sig_log = RecordLog(self.state_dir / "signatures.bin", 4 * nd.num_perm,
-                                     state.get("signature_records", 0))
-        except RuntimeError as err:
-            raise ConfigError(f"--out {str(out)!r}: {err}; its files were changed after the run stopped: rerun "
-                              "with --overwrite to start over") from None
-        self.seen: set[bytes] = set()
-        self.index = LSHIndex(nd.num_perm, nd.threshold, nd.bands, nd.rows, nd.verify) if nd.enabled else None
-        self._replay_logs()
+def _start(work: Work, config: PrepareConfig, files: list[SourceFile], eval_files: list[SourceFile],
+           settings: dict, fingerprint: str) -> None:
+    """A fresh run: an empty output with an unfinished manifest, and the work folder."""
+    out = work.out
+    if out.exists():
+        M.remove_owned(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / M.MANIFEST, _manifest(config, settings, fingerprint, complete=False))
+    table = None
+    if eval_files:
+        texts = (doc.text for f in eval_files for doc in f.documents())
+        table = eval_ngrams(texts, config.decontamination.ngram, Processor(config, None).prepare_text)
+    units = plan_units(files, max(1, int(config.executor.unit_mb * 1e6)))
+    work.create(config, files, units, table)
 
-    # ---- setup --------------------------------------------------------------------------------------------
 
-    def _manifest(self, complete: bool, **extra: Any) -> dict[str, Any]:
-        return {"format": M.FORMAT, "version": M.VERSION, "complete": complete, "config": self.settings,
-                "inputs": list(self.config.inputs), "eval_paths": list(self.config.decontamination.eval_paths),
-                "inputs_fingerprint": self.fingerprint, **extra}
+def _use_settings_of_this_run(work: Work, config: PrepareConfig) -> None:
+    """A resumed run keeps the first run's semantic settings and units, but this command's executor
+    and worker count (they do not change the output)."""
+    from llm_modules.data.prepare.config import from_dict, to_dict
 
-    def _replay_logs(self) -> None:
-        data = self.exact_log.records()
-        self.seen = {data[i:i + _DIGEST] for i in range(0, len(data), _DIGEST)}
-        if self.index is not None and self.sig_log.count:
-            sigs = np.frombuffer(self.sig_log.records(), dtype=np.uint32)
-            for sig in sigs.reshape(-1, self.config.near_duplicate.num_perm):
-                self.index.add(sig)
+    stored = to_dict(work.config)
+    stored["workers"] = config.workers
+    stored["executor"] = to_dict(config.executor)
+    write_json_atomic(work.root / "config.json", stored)
+    work.__dict__.pop("config", None)
+    from_dict(stored).validate()
 
-    def _eval_table(self, processor: Processor) -> np.ndarray | None:
-        if not self.eval_files:
-            return None
-        texts = (doc.text for f in self.eval_files for doc in f.documents())
-        return eval_ngrams(texts, self.config.decontamination.ngram, processor.prepare_text)
 
-    def _items(self) -> Iterator[tuple[int, int, str, str]]:
-        start_file, start_doc = self.position
-        for fi in range(start_file, len(self.files)):
-            skip = start_doc if fi == start_file else 0
-            for di, doc in enumerate(self.files[fi].documents(screen=False)):  # the binary rule judges
-                if di >= skip:
-                    yield fi, di, doc.source_id, doc.text
+def _run_here(work: Work, show: bool, stop_after: int | None, resumed: bool) -> dict[str, Any]:
+    """Local or Ray: run the stages one after the other from this process, then finish."""
+    from llm_modules.data.prepare import executors as X
 
-    def _results(self, processor: Processor, pool) -> Iterator[Result]:
-        items = self._items()
-        if pool is None:
-            yield from map(processor, items)
-            return
-        pending: deque = deque()
-        ahead = _AHEAD * self.config.workers
-        while True:
-            batch = list(islice(items, _BATCH))
-            if batch:
-                pending.append(pool.apply_async(run_in_worker, (batch,)))
-            if pending and (len(pending) >= ahead or not batch):
-                yield from pending.popleft().get()
-            if not batch and not pending:
-                return
-
-    # ---- the run ----------------------------------------------------------------------------------------
-
-    def execute(self, progress: bool, stop_after: int | None) -> dict[str, Any]:
-        start = time.perf_counter()
-        self._start = start
-        processor = Processor(self.config, None)
-        table = self._eval_table(processor)
-        processor = Processor(self.config, table)
-        if not self.resumed:
-            self._checkpoint()
-        pool = None
-        if self.config.workers > 1:
-            # spawn, never fork: a fork of a process whose other threads hold locks (torch's thread
-            # pools, a test runner's) can leave the child waiting forever on a lock nobody releases
-            ctx = multiprocessing.get_context("spawn")
-            pool = ctx.Pool(self.config.workers, initializer=init_worker, initargs=(self.config, table))
-        bar = _progress_bar(progress, self.files, self.counts.input_bytes)
-        try:
-            self._loop(self._results(processor, pool), bar, stop_after)
-        except BaseException:
-            self._abandon()
-            raise
-        finally:
-            if pool is not None:
-                pool.terminate()
-                pool.join()
-            if bar is not None:
-                bar.close()
-        return self._finish(time.perf_counter() - start)
-
-    def _loop(self, results: Iterable[Result], bar, stop_after: int | None) -> None:
-        c = self.counts
-        dropped, pii, seconds = c.dropped, c.pii, c.stage_seconds
-        exact = self.config.exact_duplicate.enabled
-        index, seen, writer = self.index, self.seen, self.writer
-        every = self.config.output.checkpoint_every
-        since = 0
-        clock = time.perf_counter
-        main_time = 0.0
-        for done, r in enumerate(results, start=1):
-            t0 = clock()
-            c.input_documents += 1
-            c.input_chars += r.chars
-            c.input_bytes += r.nbytes
-            for name, t in zip(TIMED, r.times):
-                seconds[name] = seconds.get(name, 0.0) + t
-            rule = r.dropped
-            if rule is None and exact:
-                if r.digest in seen:
-                    rule = "exact_duplicate"
-                else:
-                    seen.add(r.digest)
-                    self.exact_log.append(r.digest)
-            if rule is None and r.contaminated:
-                rule = "decontamination"
-            if rule is None and index is not None and r.signature is not None:
-                keys = index.band_keys(r.signature)
-                if index.is_duplicate(r.signature, keys):
-                    rule = "near_duplicate"
-                else:
-                    index.add(r.signature, keys)
-                    self.sig_log.append(r.signature.tobytes())
-            if rule is not None:
-                entry = dropped[rule]
-                entry[0] += 1
-                entry[1] += r.chars
+    kind = work.config.executor.kind
+    connected = X.connect_ray(work.config.executor.ray.address) if kind == "ray" else False
+    start = time.perf_counter()
+    try:
+        for stage in X.STAGES:
+            shards = len(read_plan(work)["shards"]) if stage == "write" else 0
+            tasks = X.stage_tasks(work, stage, shards)
+            t0 = time.perf_counter()
+            if kind == "ray":
+                executor = X.ray_stage(work, stage, tasks)
             else:
-                writer.write(r.line)
-                c.kept_documents += 1
-                c.kept_chars += r.out_chars
-                c.kept_bytes += r.out_bytes
-                for kind, n in r.pii.items():
-                    pii[kind] += n
-            self.position = (r.file, r.doc + 1)
-            since += 1
-            main_time += clock() - t0
-            if writer.full():
-                writer.rotate()
-                since = every  # checkpoint at every shard
-            if since >= every:
-                seconds["dedup+write"] = seconds.get("dedup+write", 0.0) + main_time
-                main_time = 0.0
-                self._checkpoint()
-                since = 0
-            if bar is not None:
-                bar.update(r.nbytes)
-            if stop_after is not None and done >= stop_after:
-                raise KeyboardInterrupt(f"stopped after {done} documents (stop_after)")
-        seconds["dedup+write"] = seconds.get("dedup+write", 0.0) + main_time
+                executor = X.local_stage(work, stage, tasks, stop_after if stage == "process" else None)
+            with X.quiet_datatrove():
+                executor.run()
+            missing = executor.get_incomplete_ranks(skip_completed=True)
+            if missing:
+                raise RuntimeError(f"data prepare: {len(missing)} of {tasks} {stage} task(s) failed (ranks "
+                                   f"{missing[:8]}); their logs are in {executor.logging_dir.path}/logs; rerun the "
+                                   "same command to retry them")
+            if show:
+                print(f"prepare: {stage}: {tasks} task(s) done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    finally:
+        work.add_elapsed(time.perf_counter() - start)
+        if connected:
+            import ray
 
-    def _elapsed(self) -> float:
-        return self.elapsed_before + (time.perf_counter() - self._start)
+            ray.shutdown()
+    report = finish(work)
+    report["status"] = "resumed" if resumed else "complete"
+    return report
 
-    def _checkpoint(self) -> None:
-        self.writer.sync()
-        self.exact_log.sync()
-        self.sig_log.sync()
-        write_json_atomic(self.state_dir / "state.json", {
-            "version": 1, "position": list(self.position), "counts": self.counts.to_dict(),
-            "writer": self.writer.state(), "exact_records": self.exact_log.count,
-            "signature_records": self.sig_log.count, "elapsed_s": self._elapsed(),
-        })
 
-    def _abandon(self) -> None:
-        """Interrupted: close files as they are; the last checkpoint stays the resume point."""
-        self.writer.close()
-        self.exact_log.close()
-        self.sig_log.close()
+def finish(work: Work) -> dict[str, Any]:
+    """Write ``report.json`` and the complete manifest, remove the work folder; return the report."""
+    config = work.config
+    plan = read_plan(work)
+    counts = Counts.from_dict(plan["counts"])
+    info = work.run_info()
+    elapsed = info["elapsed_s"] if config.executor.kind != "slurm" else time.time() - info["started"]
+    active = {rule: True for rule in RULES}
+    for rule in RULES[1:]:
+        if rule == "decontamination":
+            active[rule] = config.decontamination.enabled and (work.root / "eval.npy").is_file()
+        else:
+            active[rule] = config.section(rule).enabled
+    shards = [{k: s[k] for k in ("name", "documents", "bytes")} for s in plan["shards"]]
+    missing = [s["name"] for s in shards if not (work.out / s["name"]).is_file()]
+    if missing:
+        raise RuntimeError(f"data prepare: shard {missing[0]} was not written; rerun the same command")
+    report = build_report(counts, elapsed_s=elapsed, shards=shards, workers=config.workers, active=active)
+    report["pii_enabled"] = {k: config.pii.enabled and k in config.pii.kinds for k in PII_KINDS}
+    report["executor"] = config.executor.kind
+    warning = empty_output_warning(report)
+    report["warnings"] = [warning] if warning else []
+    manifest = M.read_manifest(work.out) or {}
+    write_json_atomic(work.out / M.REPORT, report)
+    write_json_atomic(work.out / M.MANIFEST, {**manifest, "complete": True, "shards": shards})
+    shutil.rmtree(work.root, ignore_errors=True)
+    return report
 
-    def _finish(self, session_s: float) -> dict[str, Any]:
-        self.writer.finish()
-        self.exact_log.close()
-        self.sig_log.close()
-        elapsed = self.elapsed_before + session_s
-        cfg = self.config
-        active = {rule: True for rule in RULES}
-        for rule in RULES[1:]:
-            if rule == "decontamination":
-                active[rule] = cfg.decontamination.enabled and bool(self.eval_files)
-            else:
-                active[rule] = cfg.section(rule).enabled
-        report = build_report(self.counts, elapsed_s=elapsed, shards=self.writer.shards, workers=cfg.workers,
-                              active=active)
-        report["pii_enabled"] = {k: cfg.pii.enabled and k in cfg.pii.kinds for k in PII_KINDS}
-        warning = empty_output_warning(report)
-        report["warnings"] = [warning] if warning else []
-        write_json_atomic(self.out / M.REPORT, report)
-        write_json_atomic(self.out / M.MANIFEST, self._manifest(complete=True, shards=self.writer.shards))
-        shutil.rmtree(self.state_dir, ignore_errors=True)
-        report["status"] = "resumed" if self.resumed else "complete"
-        return report
+
+def _manifest(config: PrepareConfig, settings: dict, fingerprint: str, complete: bool) -> dict[str, Any]:
+    return {"format": M.FORMAT, "version": M.VERSION, "complete": complete, "config": settings,
+            "inputs": list(config.inputs), "eval_paths": list(config.decontamination.eval_paths),
+            "inputs_fingerprint": fingerprint}
 
 
 # ---- helpers ----------------------------------------------------------------------------------------------
@@ -354,18 +235,3 @@ def _check_not_inside_inputs(out: Path, inputs: list[str]) -> None:
             if target == root or root in target.parents:
                 raise ConfigError(f"--out {str(out)!r} is inside input inputs[{i}] {str(entry)!r}: the output would be "
                                   "read back as input; choose an output directory outside the inputs")
-
-
-def _progress_bar(enabled: bool, files: list[SourceFile], done_bytes: int):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    total = 0
-    for f in files:
-        try:
-            total += f.stat()[0]
-        except OSError:
-            pass
-    return tqdm(total=total or None, initial=min(done_bytes, total), unit="B", unit_scale=True,
-                desc="prepare", file=sys.stderr, dynamic_ncols=True, mininterval=0.5)

@@ -2,13 +2,13 @@
 
 Why split this way: normalisation, the quality filters, PII scrubbing, the content hash, the
 decontamination check and the MinHash signature are pure functions of one document's text, so they
-can run in worker processes (``--workers``) and in any order of completion, while the two stages that
-remember earlier documents (exact and near duplicates) run in the main process, in input order. The
-result is therefore the same for any number of workers, and for a run that was interrupted and
-resumed.
+run in any task of the per-document stage (``steps.ProcessUnits``) in any order, while the two
+stages that remember earlier documents (exact and near duplicates) run once, in input order
+(``select``). The result is therefore the same for any executor and number of workers, and for a
+run that was interrupted and resumed.
 
-A :class:`Result` carries what the main process needs: the rule that dropped the document (or None),
-its output line (JSON, ready to write), its PII counts, a 128-bit content hash, whether it is contaminated and its MinHash
+A :class:`Result` carries what the later stages need (``records`` stores it): the rule that dropped the document (or None),
+its final text (JSON-encoded), its PII counts, a 128-bit content hash, whether it is contaminated and its MinHash
 signature, plus the seconds each stage took (for the benchmark's per-stage table).
 """
 
@@ -34,13 +34,10 @@ TIMED = ("normalize", "filters", "pii", "hash", "decontamination", "minhash")
 
 @dataclass(slots=True)
 class Result:
-    file: int  # index of the input file
-    doc: int  # index of the document within the file
-    source_id: str
     chars: int  # characters of the input document
     nbytes: int  # UTF-8 bytes of the input document
     dropped: str | None = None  # the per-document rule that fired, if any
-    line: bytes | None = None  # the output JSONL line, ready to write
+    text_json: bytes | None = None  # the final text as a JSON string (``records.output_line`` makes the line)
     out_chars: int = 0  # characters of the final text
     out_bytes: int = 0  # UTF-8 bytes of the final text
     pii: dict[str, int] = field(default_factory=dict)
@@ -58,7 +55,6 @@ class Processor:
         self.rules = build_rules(config.filters)
         self.scrub = Scrubber(config.pii) if config.pii.enabled and config.pii.kinds else None
         self.exact = config.exact_duplicate.enabled
-        self.source_id = config.output.source_id
         decon = config.decontamination
         self.eval_table = eval_table if (decon.enabled and eval_table is not None and len(eval_table)) else None
         self.eval_n = decon.ngram
@@ -70,11 +66,10 @@ class Processor:
         text = normalize(text, self.config.normalize)
         return self.scrub(text)[0] if self.scrub is not None else text
 
-    def __call__(self, item: tuple[int, int, str, str]) -> Result:
-        file, doc, source_id, raw = item
+    def __call__(self, raw: str) -> Result:
         clock = time.perf_counter
         t0 = clock()
-        r = Result(file, doc, source_id, len(raw), len(raw.encode("utf-8")))
+        r = Result(len(raw), len(raw.encode("utf-8")))
         text = normalize(raw, self.config.normalize)
         t1 = clock()
         if not text:
@@ -96,8 +91,7 @@ class Processor:
         t3 = clock()
         encoded = text.encode("utf-8")
         r.out_chars, r.out_bytes = len(text), len(encoded)
-        record = {"text": text, "source_id": source_id} if self.source_id else {"text": text}
-        r.line = json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n"
+        r.text_json = json.dumps(text, ensure_ascii=False).encode("utf-8")
         if self.exact:
             r.digest = hashlib.blake2b(encoded, digest_size=16).digest()
         t4 = clock()
@@ -109,18 +103,3 @@ class Processor:
         t6 = clock()
         r.times = (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5)
         return r
-
-
-# ---- worker processes -----------------------------------------------------------------------------------
-
-_WORKER: Processor | None = None
-
-
-def init_worker(config: PrepareConfig, eval_table: np.ndarray | None) -> None:
-    global _WORKER
-    _WORKER = Processor(config, eval_table)
-
-
-def run_in_worker(items: list[tuple[int, int, str, str]]) -> list[Result]:
-    assert _WORKER is not None
-    return [_WORKER(item) for item in items]
