@@ -172,5 +172,7 @@ def _print_submitted(report: dict) -> None:
     for job in report["jobs"]:
         state = f"job {job['job_id']}" if job["job_id"] else "not submitted (--no-submit)"
         print(f"{job['stage']}: {job['tasks']} task(s), {state}: {job['script']}")
-    print(f"rerun the same command once the jobs have finished to see the report of {report['out']} (a rerun "
-          "before then submits only the tasks that have not completed)", file=sys.stderr)
+    if not any(job["job_id"] for job in report["jobs"]):
+        print("submit them in this order, each with --dependency=afterok:JOBID of the one before", file=sys.stderr)
+    print(f"once the jobs have ended, rerun the same command: it prints the report of {report['out']}, or "
+          "resubmits only the tasks that did not complete", file=sys.stderr)

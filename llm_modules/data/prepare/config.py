@@ -191,7 +191,7 @@ class SlurmConfig:
     partition: str | None = None  # None: the cluster's default partition
     time: str = "04:00:00"  # per array task
     cpus_per_task: int = 1
-    mem_per_cpu_gb: float = 2.0
+    mem_per_cpu_gb: int = 2
     job_name: str = "llm-modules-prepare"
     env_command: str | None = None  # shell line run first in each job (default: activate this interpreter's venv)
     sbatch_args: dict[str, str] = field(default_factory=dict)  # more #SBATCH lines, e.g. {account: myproj}

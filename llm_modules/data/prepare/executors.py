@@ -124,12 +124,28 @@ def connect_ray(address: str | None) -> bool:
                           "or use --executor local") from None
     if ray.is_initialized():
         return False
+    _check_reachable(address)
     try:
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, logging_level="ERROR")
     except ConnectionError as err:
         raise ConfigError(f"executor.ray.address: cannot reach a Ray cluster at {address!r} ({err}); start one "
                           "with 'ray start --head' and pass its address (--ray-address HOST:6379)") from None
     return True
+
+
+def _check_reachable(address: str | None) -> None:
+    """Ray waits minutes for a cluster that is not there; a plain HOST:PORT is tried first, for 5 s."""
+    if not address or "://" in address or address == "auto" or ":" not in address:
+        return
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=5):
+            pass
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"executor.ray.address: no Ray cluster answers at {address!r} ({err}); start one with "
+                          "'ray start --head' and pass the address it prints (--ray-address HOST:6379)") from None
 
 
 # ---- Slurm ------------------------------------------------------------------------------------------------
@@ -191,7 +207,7 @@ def submit_slurm(work: Work) -> list[dict]:
         ranks = executor.get_incomplete_ranks()
         if not ranks:
             continue
-        with open(Path(executor.logging_dir.path) / "ranks_to_run.json", "w") as f:
+        with executor.logging_dir.open("ranks_to_run.json", "w") as f:  # what each array task reads
             json.dump(ranks, f)
         script = folder / f"{stage}.slurm"
         script.write_text(executor.submission_script(ranks, after), encoding="utf-8")

@@ -90,11 +90,11 @@ def prepare(config: PrepareConfig, *, overwrite: bool = False, progress: bool | 
             report = _read_report(out)
             report["status"] = "already complete"
             return report
-        work = Work(out)
+        work = Work(out.resolve())  # absolute: Slurm jobs and Ray workers may start elsewhere
         resumed = status == "resume" and work.exists()
         if not resumed:
             _start(work, config, files, eval_files, settings, fingerprint)
-        work = Work(out)
+        work = Work(out.resolve())
         _use_settings_of_this_run(work, config)
         show = sys.stderr.isatty() if progress is None else progress
         if config.executor.kind == "slurm":
