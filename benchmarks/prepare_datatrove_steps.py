@@ -402,7 +402,8 @@ def compare_filters(corpus: Corpus, tok) -> dict[str, Any]:
             default_reason[i] = why_default
     n = len(corpus.texts)
     ours, matched_set, default_set = set(ours_fired), set(their_reason), set(default_reason)
-    rows = [("datatrove Gopher, our thresholds", {**split(n, ours, matched_set), "ours_s": t_ours, "theirs_s": t_theirs}),
+    rows = [("datatrove Gopher, our thresholds",
+             {**split(n, ours, matched_set), "ours_s": t_ours, "theirs_s": t_theirs}),
             ("datatrove Gopher, its defaults", {**split(n, ours, default_set), "theirs_s": t_default})]
     print_table(f"{corpus.name}: quality + repetition filters ({', '.join(COMPARED_RULES)})", rows)
 
