@@ -171,8 +171,16 @@ def run(argv: list[str]) -> int:
 def _print_submitted(report: dict) -> None:
     for job in report["jobs"]:
         state = f"job {job['job_id']}" if job["job_id"] else "not submitted (--no-submit)"
-        print(f"{job['stage']}: {job['tasks']} task(s), {state}: {job['script']}")
+        print(f"{job['stage']}: {job['tasks']} task(s), {state}: {_shown(job['script'])}")
     if not any(job["job_id"] for job in report["jobs"]):
         print("submit them in this order, each with --dependency=afterok:JOBID of the one before", file=sys.stderr)
     print(f"once the jobs have ended, rerun the same command: it prints the report of {report['out']}, or "
           "resubmits only the tasks that did not complete", file=sys.stderr)
+
+
+def _shown(path: str) -> str:
+    """``path`` relative to the working directory when it is inside it (as the user typed --out)."""
+    import os
+
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative

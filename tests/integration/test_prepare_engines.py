@@ -211,3 +211,20 @@ def test_unknown_executor_names_the_closest(corpus, capsys):
     err = capsys.readouterr().err
     assert "executor.kind" in err and "'slurm'" in err and len(err.strip().splitlines()) == 1
     assert not (corpus / "bad").exists()
+
+
+def test_a_failed_task_is_reported_by_its_own_error(tmp_path):
+    """Ray reports a failed task only in its log; the driver quotes the error the task logged."""
+    from datatrove.executor.local import LocalPipelineExecutor
+
+    from llm_modules.data.prepare.pipeline import _why
+
+    def broken(data, rank, world_size):
+        raise ValueError("inputs: 'dump.jsonl' line 7 is not valid JSON")
+
+    executor = LocalPipelineExecutor([broken], tasks=1, logging_dir=str(tmp_path / "logs"))
+    with pytest.raises(ValueError):
+        executor.run()
+    assert executor.get_incomplete_ranks(skip_completed=True) == [0]
+    assert _why(tmp_path / "logs" / "logs", 0) == ": inputs: 'dump.jsonl' line 7 is not valid JSON"
+    assert _why(tmp_path / "logs" / "logs", 5) == ""

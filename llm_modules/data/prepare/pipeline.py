@@ -156,9 +156,9 @@ def _run_here(work: Work, show: bool, stop_after: int | None, resumed: bool) -> 
                 executor.run()
             missing = executor.get_incomplete_ranks(skip_completed=True)
             if missing:
-                raise RuntimeError(f"data prepare: {len(missing)} of {tasks} {stage} task(s) failed (ranks "
-                                   f"{missing[:8]}); their logs are in {executor.logging_dir.path}/logs; rerun the "
-                                   "same command to retry them")
+                logs = Path(executor.logging_dir.path) / "logs"
+                raise ConfigError(f"data prepare: {len(missing)} of {tasks} {stage} task(s) failed{_why(logs, missing[0])}"
+                                  f"; their logs are in {logs}; fix that and rerun the same command to retry them")
             if show:
                 print(f"prepare: {stage}: {tasks} task(s) done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     finally:
@@ -170,6 +170,18 @@ def _run_here(work: Work, show: bool, stop_after: int | None, resumed: bool) -> 
     report = finish(work)
     report["status"] = "resumed" if resumed else "complete"
     return report
+
+
+def _why(logs: Path, rank: int) -> str:
+    """The error a failed task logged last (its exception's message), as ``": MESSAGE"``."""
+    try:
+        lines = (logs / f"task_{rank:05d}.log").read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    errors = [line for line in lines if "| ERROR" in line]
+    if not errors:
+        return ""
+    return ": " + errors[-1].split(" - ", 1)[-1].strip()
 
 
 def finish(work: Work) -> dict[str, Any]:

@@ -92,7 +92,12 @@ def select(work: Work) -> dict[str, Any]:
         for name, t in records.summary["stage_seconds"].items():
             seconds[name] = seconds.get(name, 0.0) + t
         docs, sigs = records.docs, records.sigs
+        # columns as Python lists: per-row access to a structured array costs microseconds per field
         rules, chars, nbytes = docs["rule"].tolist(), docs["chars"].tolist(), docs["nbytes"].tolist()
+        digests = docs["digest"].tobytes()
+        contaminated, sig_rows = docs["contaminated"].tolist(), docs["sig_row"].tolist()
+        out_chars, out_bytes = docs["out_chars"].tolist(), docs["out_bytes"].tolist()
+        numbers, text_lens, pii = docs["number"].tolist(), docs["text_len"].tolist(), docs["pii"].tolist()
         kept_rows: list[int] = []
         kept_shards: list[int] = []
         for i, rule_index in enumerate(rules):
@@ -100,17 +105,16 @@ def select(work: Work) -> dict[str, Any]:
             counts.input_chars += chars[i]
             counts.input_bytes += nbytes[i]
             rule = None if rule_index == KEPT else RULES[rule_index]
-            doc = docs[i]
             if rule is None and exact:
-                digest = doc["digest"].tobytes()
+                digest = digests[16 * i:16 * i + 16]
                 if digest in seen:
                     rule = "exact_duplicate"
                 else:
                     seen.add(digest)
-            if rule is None and doc["contaminated"]:
+            if rule is None and contaminated[i]:
                 rule = "decontamination"
-            if rule is None and index is not None and doc["sig_row"] >= 0:
-                signature = sigs[doc["sig_row"]]
+            if rule is None and index is not None and sig_rows[i] >= 0:
+                signature = sigs[sig_rows[i]]
                 keys = index.band_keys(signature)
                 if index.is_duplicate(signature, keys):
                     rule = "near_duplicate"
@@ -121,14 +125,13 @@ def select(work: Work) -> dict[str, Any]:
                 dropped[rule][1] += chars[i]
                 continue
             counts.kept_documents += 1
-            counts.kept_chars += int(doc["out_chars"])
-            counts.kept_bytes += int(doc["out_bytes"])
-            for kind, n in zip(PII_KINDS, doc["pii"].tolist()):
+            counts.kept_chars += out_chars[i]
+            counts.kept_bytes += out_bytes[i]
+            for kind, n in zip(PII_KINDS, pii[i]):
                 counts.pii[kind] += n
-            sid = source_id(source, int(doc["number"]), offset) if with_ids else None
-            line_bytes = len(output_line(b"", sid)) + int(doc["text_len"])
+            sid = source_id(source, numbers[i], offset) if with_ids else None
             kept_rows.append(i)
-            kept_shards.append(layout.place(line_bytes, u))
+            kept_shards.append(layout.place(len(output_line(b"", sid)) + text_lens[i], u))
         if kept_rows:
             choice = np.empty(len(kept_rows), dtype=CHOICE)
             choice["doc"], choice["shard"] = kept_rows, kept_shards
