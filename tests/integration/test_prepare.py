@@ -392,3 +392,12 @@ def test_bad_inputs_name_the_entry(tmp_path):
         prepare(PrepareConfig(inputs=[str(tmp_path / "bad.jsonl")], out=str(tmp_path / "o3"),
                               decontamination=from_dict({"decontamination": {"eval_paths": ["nope"]}}).decontamination),
                 progress=False)
+
+
+def test_band_keys_of_many_signatures_equal_one_at_a_time():
+    rng = np.random.default_rng(0)
+    index = LSHIndex(128, 0.8)
+    sigs = rng.integers(0, 2**32 - 5, size=(7, 128), dtype=np.uint64).astype(np.uint32)
+    many = index.band_keys_of(sigs)
+    assert many.shape == (7, index.bands)
+    assert [row.tolist() for row in many] == [index.band_keys(s) for s in sigs]

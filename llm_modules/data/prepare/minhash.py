@@ -97,11 +97,17 @@ class LSHIndex:
         self._band_ids = (np.arange(bands, dtype=np.uint64) + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
 
     def band_keys(self, signature: np.ndarray) -> list[int]:
-        bands = signature[: self.bands * self.rows].astype(np.uint64).reshape(self.bands, self.rows)
-        key = self._band_ids.copy()
+        return self.band_keys_of(signature[None, :])[0].tolist()
+
+    def band_keys_of(self, signatures: np.ndarray) -> np.ndarray:
+        """The band keys of many signatures at once, ``(n, bands)``: the same keys as ``band_keys`` row by
+        row, computed in a handful of array operations (the select stage hashes every signature)."""
+        n = len(signatures)
+        bands = signatures[:, : self.bands * self.rows].astype(np.uint64).reshape(n, self.bands, self.rows)
+        key = np.broadcast_to(self._band_ids, (n, self.bands)).copy()
         for j in range(self.rows):
-            key = W.mix64(key ^ bands[:, j])
-        return key.tolist()
+            key = W.mix64(key ^ bands[:, :, j])
+        return key
 
     def is_duplicate(self, signature: np.ndarray, keys: list[int] | None = None) -> bool:
         keys = self.band_keys(signature) if keys is None else keys

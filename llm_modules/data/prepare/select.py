@@ -98,6 +98,7 @@ def select(work: Work) -> dict[str, Any]:
         contaminated, sig_rows = docs["contaminated"].tolist(), docs["sig_row"].tolist()
         out_chars, out_bytes = docs["out_chars"].tolist(), docs["out_bytes"].tolist()
         numbers, text_lens, pii = docs["number"].tolist(), docs["text_len"].tolist(), docs["pii"].tolist()
+        keys_of = index.band_keys_of(sigs).tolist() if index is not None and len(sigs) else []
         kept_rows: list[int] = []
         kept_shards: list[int] = []
         for i, rule_index in enumerate(rules):
@@ -115,7 +116,7 @@ def select(work: Work) -> dict[str, Any]:
                 rule = "decontamination"
             if rule is None and index is not None and sig_rows[i] >= 0:
                 signature = sigs[sig_rows[i]]
-                keys = index.band_keys(signature)
+                keys = keys_of[sig_rows[i]]
                 if index.is_duplicate(signature, keys):
                     rule = "near_duplicate"
                 else:
