@@ -82,6 +82,7 @@ LONGEST_FIRST = (
     # (below the seven marked slow) long files of several processes each: started early, they do not
     # end the suite with one worker busy
     "test_run_folders.py",
+    "test_prepare_engines.py",
     "test_estimate.py",
     "test_finetune_strategies.py",
     "test_docs.py",

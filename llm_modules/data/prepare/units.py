@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from llm_modules.data.sources import SourceFile
 from llm_modules.data.text_reading import _COUNTING
+from llm_modules.registry import ConfigError
 
 
 @dataclass(frozen=True)
@@ -67,9 +68,22 @@ class UnitReader:
         with open(source.path, "rb") as f:
             f.seek(unit.start)
             data = f.read(unit.end - unit.start)
-        where = f" of the part starting at byte {unit.start}" if unit.start else ""
-        for number, line in enumerate(io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", errors=_COUNTING),
-                                      start=1):
+        for number, line in enumerate(_lines(data), start=1):
             self.lines = number
             if line.strip():
-                yield number, source.record_text(line, f"line {number}{where}")
+                try:
+                    text = source.record_text(line, f"line {number}")
+                except ConfigError:  # name the line as in the whole file: count the lines before the unit
+                    before = sum(1 for _ in _lines(_head(source, unit.start)))
+                    source.record_text(line, f"line {before + number}")
+                    raise
+                yield number, text
+
+
+def _lines(data: bytes) -> Iterator[str]:
+    return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", errors=_COUNTING)
+
+
+def _head(source: SourceFile, end: int) -> bytes:
+    with open(source.path, "rb") as f:
+        return f.read(end)
