@@ -228,3 +228,15 @@ def test_a_failed_task_is_reported_by_its_own_error(tmp_path):
     assert executor.get_incomplete_ranks(skip_completed=True) == [0]
     assert _why(tmp_path / "logs" / "logs", 0) == ": inputs: 'dump.jsonl' line 7 is not valid JSON"
     assert _why(tmp_path / "logs" / "logs", 5) == ""
+
+
+def test_progress_shows_the_committed_input_and_each_stage(corpus, capsys):
+    from llm_modules.data.prepare import from_dict, prepare
+
+    config = from_dict({"inputs": [str(corpus / "in")], "out": str(corpus / "progress"),
+                        "executor": {"unit_mb": 0.01}})
+    prepare(config, progress=True)
+    err = capsys.readouterr().err
+    size = sum(p.stat().st_size for p in (corpus / "in").rglob("*") if p.is_file())
+    assert f"{size / 1000:.1f}k/{size / 1000:.1f}k" in err  # the bar reached every input byte
+    assert all(f"prepare: {stage}:" in err for stage in ("process", "select", "write"))

@@ -37,9 +37,11 @@ uninterrupted run's. The work folder (``work``) holds what every task needs as p
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -152,7 +154,7 @@ def _run_here(work: Work, show: bool, stop_after: int | None, resumed: bool) -> 
                 executor = X.ray_stage(work, stage, tasks)
             else:
                 executor = X.local_stage(work, stage, tasks, stop_after if stage == "process" else None)
-            with X.quiet_datatrove():
+            with X.quiet_datatrove(), _progress(work, show and stage == "process"):
                 executor.run()
             missing = executor.get_incomplete_ranks(skip_completed=True)
             if missing:
@@ -170,6 +172,43 @@ def _run_here(work: Work, show: bool, stop_after: int | None, resumed: bool) -> 
     report = finish(work)
     report["status"] = "resumed" if resumed else "complete"
     return report
+
+
+@contextlib.contextmanager
+def _progress(work: Work, enabled: bool):
+    """A progress bar of input bytes while the per-document stage runs, whatever runs its tasks: a
+    thread watches the units being committed to the work folder."""
+    if not enabled:
+        yield
+        return
+    from tqdm import tqdm
+
+    from llm_modules.data.prepare.records import is_done
+
+    sizes = [u.end - u.start for u in work.units]
+    bar = tqdm(total=sum(sizes) or None, unit="B", unit_scale=True, desc="prepare", file=sys.stderr,
+               dynamic_ncols=True, mininterval=0.5)
+    stop = threading.Event()
+    done: set[int] = set()
+
+    def watch() -> None:
+        while True:
+            stopping = stop.wait(0.5)
+            for u in range(len(sizes)):
+                if u not in done and is_done(work.units_dir, u):
+                    done.add(u)
+                    bar.update(sizes[u])
+            if stopping:  # a last look after the stage ended, so the bar ends at what was committed
+                return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join()
+        bar.close()
 
 
 def _why(logs: Path, rank: int) -> str:
