@@ -27,7 +27,7 @@ from collections.abc import Iterator
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_leaves, tree_map
 
 aten = torch.ops.aten
 _CPU = torch.device("cpu")
@@ -119,6 +119,10 @@ class meta_as_cpu(QuickMode):
         kwargs = kwargs or {}
         if func is torch.ops.prim.device.default:
             return _CPU
+        if not _constructor(func) and not any(type(x) is MetaCPU for x in tree_leaves((args, kwargs))):
+            # real tensors only (a constant made with torch.tensor): computed, values and all, as
+            # fake tensors keep the values of their constants
+            return func(*args, **kwargs)
         if _data_dependent(func, args, kwargs):
             raise DataDependent(func)
         if func is aten._fused_sdp_choice.default:  # the CPU's choice of kernel (meta's is the math one)

@@ -87,6 +87,16 @@ def test_data_dependent_ops_say_so(fn):
             fn(torch.empty(3, 4))
 
 
+def test_constants_keep_their_values():
+    """A tensor made from values (``torch.tensor``) stays a real one, as fake tensors keep constants:
+    reading it works; mixed with a trace tensor it becomes one."""
+    with refs_without_compiler(), meta_as_cpu():
+        limit = torch.tensor(3) + 1
+        assert type(limit) is torch.Tensor and limit.item() == 4
+        mixed = torch.empty(2, 2) * torch.tensor([1.0, 2.0])
+        assert type(mixed) is MetaCPU and mixed.shape == (2, 2)
+
+
 def test_torch_is_left_as_it_was():
     """The trace's shortcuts around torch._dynamo's and sympy's imports last only while it runs (and
     are not taken once dynamo is loaded: another test may have; the fresh interpreter below has not)."""
