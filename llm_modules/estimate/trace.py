@@ -24,8 +24,15 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from llm_modules.estimate.meta_cpu import (DataDependent, MetaCPU, QuickMode, as_meta_cpu, meta_as_cpu, refs_without_compiler,
-                                          storage_key)
+from llm_modules.estimate.meta_cpu import (
+    DataDependent,
+    MetaCPU,
+    QuickMode,
+    as_meta_cpu,
+    meta_as_cpu,
+    refs_without_compiler,
+    storage_key,
+)
 from llm_modules.registry import ConfigError
 
 aten = torch.ops.aten
@@ -181,8 +188,9 @@ _VALUE_WRITES = frozenset({
 
 
 class skip_init(TorchFunctionMode):
-    """While building a model on meta tensors (or ``MetaCPU`` ones), skip the initializers' value writes: they
-    cost most of the build (each runs torch's Python reference kernels) and change no shape."""
+    """While building a model on meta tensors (or ``MetaCPU`` ones), skip the initializers' value
+    writes: they cost most of the build (each runs torch's Python reference kernels) and change no
+    shape."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -214,7 +222,7 @@ def cpu_mode():
 def as_cpu(model: nn.Module) -> nn.Module:
     """A model built on the meta device, in place, with ``MetaCPU`` parameters and buffers
     (tied parameters staying tied)."""
-    return _swap(model, lambda t: as_meta_cpu(t))
+    return _swap(model, as_meta_cpu)
 
 
 def to_dtype(model: nn.Module, dtype: torch.dtype) -> nn.Module:
@@ -243,8 +251,9 @@ def _swap(model: nn.Module, new) -> nn.Module:
 
 def trace(model: nn.Module, run, *, autocast: torch.dtype | None = None, around=None) -> Trace:
     """Run ``run(model)`` (forward and loss, returning the logits) under the tracer; ``model`` must
-    be made of ``MetaCPU`` tensors (``as_cpu``), and ``cpu_mode`` still active. Blocks are the ``layers`` of the
-    stacks that ``model.stack_names`` names; ``around`` wraps the run (``estimate.cuda``)."""
+    be made of ``MetaCPU`` tensors (``as_cpu``), and ``cpu_mode`` still active. Blocks are the
+    ``layers`` of the stacks that ``model.stack_names`` names; ``around`` wraps the run
+    (``estimate.cuda``)."""
     params = {storage_key(p) for p in model.parameters()} | {storage_key(b) for b in model.buffers()}
     tracer = Tracer(params)
     blocks = {layer: (name, i) for name in model.stack_names for i, layer in enumerate(getattr(model, name).layers)}
