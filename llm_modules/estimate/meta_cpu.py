@@ -6,14 +6,18 @@ fallback instead of the CPU's fused kernel, code that asks ``device.type`` sees 
 several meta kernels answer as a GPU would (layer norm's statistics in fp32, for one). A
 ``MetaCPU`` tensor is a meta tensor whose dispatch keys and ``device`` say ``cpu``: autograd and
 autocast treat it as a CPU tensor, and ``meta_as_cpu`` (a dispatch mode, active for the whole trace)
-runs each op's meta kernel on it, with ``device`` reading ``meta`` inside the kernel and ``cpu``
-everywhere else, as torch's own fake tensors do; the kernels that tell the CPU apart by the
-tensors' device (layer norm's) run outside that window. New tensors made under the mode are
-``MetaCPU`` too. Storages are real meta storages: a view shares its base's, as on the CPU.
+runs each op's meta kernel on plain meta tensors sharing its storages (``elem``: a tensor subclass
+handed to an op makes torch import DTensor to check whether it is one), and makes what comes out
+``MetaCPU``. The answers that differ on the CPU come from the CPU: sdpa's choice of kernel (asked
+of CPU tensors of the same sizes over one row of storage), layer norm (torch's reference, which asks the tensors'
+device, run on ``MetaCPU`` tensors, as torch's fake tensors do). Ops on real tensors only (a
+constant made with ``torch.tensor``) run for real. Storages are real meta storages: a view shares
+its base's, as on the CPU.
 
-``torch._subclasses.FakeTensorMode`` does this and more (symbolic shapes, constant tracking), but
-importing it costs ``torch._dynamo``: most of ``llm-modules estimate``'s start-up. Torch's meta
-kernels are mostly Python references, which need ``refs_without_compiler`` to stay clear of it.
+``torch._subclasses.FakeTensorMode`` does this and more (symbolic shapes), but importing it costs
+``torch._dynamo`` and DTensor: most of ``llm-modules estimate``'s start-up. Torch's meta kernels
+are mostly Python references, which need ``refs_without_compiler`` to stay clear of both (they
+still import sympy: ``torch._prims_common.elementwise_dtypes`` does on every call).
 
 Ops whose result depends on values (``.item()``, ``nonzero``, ``bincount``) raise ``DataDependent``
 (their output shape or value cannot be known); ``estimate.trace.Tracer.resolve`` answers them.
@@ -89,11 +93,17 @@ def _to_kernel(x):
 
 
 def _cpu_like(x):
-    """An empty CPU tensor of ``x``'s layout (never written: no memory is touched)."""
+    """A CPU tensor with ``x``'s sizes, dtype and last stride (what sdpa's choice of kernel reads),
+    over a storage of one row: the others repeat it (stride 0), so a long sequence costs nothing."""
     if type(x) is not MetaCPU:
         return x
-    empty = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=_CPU)
-    return empty.requires_grad_(x.requires_grad) if x.is_floating_point() else empty
+    if x.dim() == 0:
+        cpu = torch.empty((), dtype=x.dtype)
+    else:
+        last = x.stride(-1)
+        row = torch.empty((x.shape[-1] - 1) * last + 1 if x.numel() else 0, dtype=x.dtype)
+        cpu = row.as_strided(x.shape, [0] * (x.dim() - 1) + [last])
+    return cpu.requires_grad_(x.requires_grad) if x.is_floating_point() else cpu
 
 
 class QuickMode(TorchDispatchMode):

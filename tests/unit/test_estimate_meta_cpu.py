@@ -68,6 +68,22 @@ def test_autocast_casts_as_on_the_cpu_and_autograd_keeps_the_same_tensors():
     assert saved == real_saved
 
 
+@pytest.mark.parametrize("case", ["causal", "bool_mask", "float_mask_with_grad", "transposed", "bf16_dropout"])
+def test_sdpa_picks_the_cpu_kernel_the_cpu_picks(case):
+    q = torch.randn(2, 4, 16, 8, dtype=torch.bfloat16 if case == "bf16_dropout" else torch.float32)
+    k = q.transpose(-1, -2).contiguous().transpose(-1, -2) if case == "transposed" else q
+    masks = {"bool_mask": torch.ones(16, 16, dtype=torch.bool).tril(),
+             "float_mask_with_grad": torch.zeros(1, 4, 16, 16, requires_grad=True)}
+    kwargs = {"attn_mask": masks[case]} if case in masks else {"is_causal": True}
+    kwargs["dropout_p"] = 0.1 if case == "bf16_dropout" else 0.0
+    real = torch._fused_sdp_choice(q, k, q, **kwargs)
+    with refs_without_compiler(), meta_as_cpu():
+        fake = torch._fused_sdp_choice(*(as_meta_cpu(t) for t in (q, k, q)),
+                                       **{n: as_meta_cpu(v).requires_grad_(v.requires_grad)
+                                          if isinstance(v, torch.Tensor) else v for n, v in kwargs.items()})
+    assert fake == real
+
+
 def test_views_share_a_storage_and_in_place_ops_return_their_input():
     with refs_without_compiler(), meta_as_cpu():
         x = torch.empty(4, 6)
