@@ -12,7 +12,6 @@ that attention backends and the trainer ask the declaration instead of probing c
 
 from __future__ import annotations
 
-import contextlib
 import math
 import weakref
 
@@ -284,16 +283,12 @@ class RoPE(PositionEncoding):
         self.head_dim, self.fraction, self.local_theta = head_dim, fraction, local_theta
         self.rot_dim, self.interleaved, self.theta = rot, interleaved, theta
         self.scaling = check_scaling(scaling, rot)
-        # on the meta device (the estimator's shapes-only build) the few frequencies are computed on the
-        # CPU and moved: meta's Python kernels for these ops import torch._dynamo (seconds of start-up)
-        device = torch.get_default_device()
-        with torch.device("cpu") if device.type == "meta" else contextlib.nullcontext():
-            inv_freq, self.attention_factor = frequencies(theta, rot, self.scaling)
-            kind = self.scaling["type"] if self.scaling else None
-            long = longrope_frequencies(theta, rot, self.scaling["long_factor"]) if kind == "longrope" else None
-        self.register_buffer("inv_freq", inv_freq.to(device), persistent=False)
-        if long is not None:
-            self.register_buffer("long_inv_freq", long.to(device), persistent=False)
+        inv_freq, self.attention_factor = frequencies(theta, rot, self.scaling)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        kind = self.scaling["type"] if self.scaling else None
+        if kind == "longrope":
+            long = longrope_frequencies(theta, rot, self.scaling["long_factor"])
+            self.register_buffer("long_inv_freq", long, persistent=False)
         # dynamic NTK: the longest sequence seen since the last one within the original length,
         # and the frequencies for it (transformers keeps the same state: see frequencies_for)
         self._dynamic_len = self.scaling["original_max_position_embeddings"] if kind == "dynamic" else None
