@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from llm_modules.atomic_files import write_text
-from llm_modules.cli import estimate_pp, outputs
+from llm_modules.cli import estimate_pp, fast_exit, outputs
 from llm_modules.registry import ConfigError, did_you_mean
 
 GB = 1e9
@@ -410,6 +410,7 @@ def check_gpu(name: str) -> str:
 
 
 def run(argv: list[str]) -> int:
+    fast_exit.freeze_at_exit()  # the interpreter's teardown would be a quarter of the command's time
     args = build_parser().parse_args(argv)
     args.gpu = check_gpu(args.gpu)
     if args.json:  # before any work: a refusal leaves the file as it is

@@ -3,8 +3,9 @@
 Each module answers one question from a ``ModelConfig`` and a few numbers about the run, without
 training or allocating the model: ``params`` (counts, from the model built on the meta device),
 ``flops`` (per token and per run), ``activations`` (measured by ``trace``: the real modules run
-on fake tensors; ``cuda`` says what a GPU keeps differently) and ``memory`` (bytes per device
-under a precision and a parallel strategy), ``scaling`` (Chinchilla and Kaplan laws),
+on data-less CPU tensors, ``meta_cpu``; ``cuda`` says what a GPU keeps differently) and
+``memory`` (bytes per device under a precision and a parallel strategy), ``scaling`` (Chinchilla
+and Kaplan laws),
 ``walltime`` (hours at an MFU on a named GPU); ``report`` puts them together for
 ``llm-modules estimate``. Pipelined runs (``--pp``): ``pipeline`` (memory per pipeline rank,
 the bubble, the step time), ``schedule_order`` (what each schedule runs, in order, from torch's

@@ -1,7 +1,7 @@
 """Activation memory of a training step: the tensors autograd keeps from the forward for the backward.
 
 Measured, not modelled: the real model of the config (``nn/``, plugins included) runs one training
-forward and the loss at the real batch and sequence length on fake CPU tensors
+forward and the loss at the real batch and sequence length on CPU tensors without data
 (``estimate.trace``), and ``saved_tensors_hooks`` collect what autograd keeps, each storage once.
 Precision is the real one: fp32, autocast (fp32 weights, bf16 matmuls; fp16 keeps the same bytes),
 or half-precision weights. LoRA is applied as ``peft`` applies it, so frozen weights keep no inputs
@@ -28,7 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
-from llm_modules.estimate.trace import OUTSIDE, Trace, fake_mode, skip_init, to_dtype, trace
+from llm_modules.estimate.meta_cpu import refs_without_compiler
+from llm_modules.estimate.trace import OUTSIDE, Trace, as_cpu, cpu_mode, skip_init, to_dtype, trace
 from llm_modules.nn.loss import CHUNK_ELEMENTS
 
 FP32 = 4
@@ -95,7 +96,8 @@ class Activations:
 
 def _traced(cfg, kind: str, mode: str, training: Training, batch_size: int, seq_len: int, decoder_len: int,
             device: str) -> Trace:
-    """Build the model (with fewer blocks: module doc) on fake tensors and trace one training step."""
+    """Build the model (with fewer blocks: module doc) on the meta device and trace one training step
+    on it as CPU tensors without data (``estimate.trace``)."""
     from llm_modules.estimate import cuda
     from llm_modules.estimate.params import build_model
     from llm_modules.nn.loss import cross_entropy
@@ -108,9 +110,10 @@ def _traced(cfg, kind: str, mode: str, training: Training, batch_size: int, seq_
         # the same tensors for the backward (a window changes the mask's values, not its size)
         short = cfg.replace(n_layers=layers, n_encoder_layers=min(cfg.encoder_layers, depth),
                             layer_types=None if cfg.layer_types is None else list(cfg.layer_types[:layers]))
-    with fake_mode():
-        with skip_init():
-            model = build_model(short, kind)
+    with refs_without_compiler(), skip_init(), torch.device("meta"):
+        model = build_model(short, kind)
+    with cpu_mode():
+        as_cpu(model)
         model.train()
         if training.lora_rank:
             from llm_modules.peft.base import apply_peft

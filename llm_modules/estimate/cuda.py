@@ -1,6 +1,6 @@
 """What a CUDA GPU keeps for the backward pass that the CPU trace does not: the one place that says so.
 
-``estimate.trace`` runs the CPU kernels (fake CPU tensors), so it measures what a CPU run saves.
+``estimate.trace`` runs the CPU's paths (``estimate.meta_cpu``), so it measures what a CPU run saves.
 For a GPU target (``--device cuda``, the default) these differences are applied, and nothing else:
 
 - dropout: CUDA's fused kernel (``native_dropout``) keeps a bool mask, 1 byte per element; the

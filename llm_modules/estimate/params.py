@@ -78,9 +78,10 @@ def build_meta(cfg, kind: str = "causal"):
     import torch
 
     from llm_modules.estimate.cuda import as_sdpa
+    from llm_modules.estimate.meta_cpu import refs_without_compiler
     from llm_modules.estimate.trace import skip_init
 
-    with skip_init(), torch.device("meta"):
+    with refs_without_compiler(), skip_init(), torch.device("meta"):
         return build_model(as_sdpa(cfg)[0], kind)
 
 

@@ -23,7 +23,7 @@ by ``benchmarks/pipeline_memory.py``):
   every tensor-parallel rank keeps whole (approximate: the blocks' small replicated parts, norms
   and biases, are divided too); embeddings and the head are replicated (``training.parallel``).
 - activations of each micro-batch in flight: a stage's blocks keep what one block keeps for one
-  micro-batch (``estimate.activations``, the real modules traced on fake tensors) times its
+  micro-batch (``estimate.activations``, the real modules traced on data-less tensors) times its
   blocks; the first stage what the embedding keeps, the last what the final norm, head and loss
   keep; a stage with a successor keeps its output until its backward (the schedule's cache).
   The order of forwards and backwards is the schedule's own (``estimate.schedule_order``).

@@ -1,16 +1,18 @@
-"""Measure what autograd saves for the backward pass by running the real modules on fake tensors.
+"""Measure what autograd saves for the backward pass by running the real modules on data-less CPU tensors.
 
-The model is built and run under ``FakeTensorMode``: tensors carry shapes, dtypes and a CPU device
-but no data, so a forward at the real batch and sequence length costs no memory and little time.
-``torch.autograd.graph.saved_tensors_hooks`` sees every tensor a derivative formula (or a custom
-``autograd.Function``) keeps, exactly as in a real CPU run, and the storages are counted once each
-(autograd keeps a storage once however many ops save it, or views of it).
+The model is built on the meta device and run as ``estimate.meta_cpu.MetaCPU`` tensors: meta
+tensors that report device ``cpu``, so that autograd, CPU autocast and the modules take the CPU's
+paths, with shapes, dtypes and no data; a forward at the real batch and sequence length costs no
+memory and little time. ``torch.autograd.graph.saved_tensors_hooks`` sees every tensor a
+derivative formula (or a custom ``autograd.Function``) keeps, exactly as in a real CPU run, and
+the storages are counted once each (autograd keeps a storage once however many ops save it, or
+views of it).
 
 A ``TorchDispatchMode`` under autograd marks the storages that are parameters or autocast's casts
 of them (model states, counted apart), and those that ``estimate.cuda`` says a GPU keeps
 differently (dropout noise, layer-norm inputs in half precision under autocast); module hooks tell
 which block is running when a tensor is saved; and the mode answers the few data-dependent
-questions a forward asks (``Tracer.resolve``), since fake tensors hold no values.
+questions a forward asks (``Tracer.resolve``), since the tensors hold no values.
 """
 
 from __future__ import annotations
@@ -20,18 +22,21 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException, FakeTensor
 from torch.overrides import TorchFunctionMode
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from llm_modules.estimate.meta_cpu import (
+    DataDependent,
+    MetaCPU,
+    QuickMode,
+    as_meta_cpu,
+    meta_as_cpu,
+    refs_without_compiler,
+    storage_key,
+)
 from llm_modules.registry import ConfigError
 
 aten = torch.ops.aten
 OUTSIDE = None  # where a tensor is saved outside every block (embeddings, final norm, head, loss)
-
-
-def storage_key(t: torch.Tensor) -> int:
-    return t.untyped_storage()._cdata
 
 
 @dataclass
@@ -68,7 +73,7 @@ class Trace:
         return {k: s for k, s in self.storages.items() if not s.weight}
 
 
-class Tracer(TorchDispatchMode):
+class Tracer(QuickMode):
     """Marks the storages that a GPU keeps differently or that are weights (module doc), tells
     which block keeps each saved storage, and answers data-dependent ops (``resolve``)."""
 
@@ -89,7 +94,7 @@ class Tracer(TorchDispatchMode):
         kwargs = kwargs or {}
         try:
             out = func(*args, **kwargs)
-        except (DynamicOutputShapeException, DataDependentOutputException):
+        except DataDependent:
             out = self.resolve(func, args, kwargs)
         if func.overloadpacket is aten.bernoulli_:  # the CPU's dropout: noise = empty.bernoulli_(1 - p)
             self._mark(self.noise, args[0])
@@ -107,7 +112,7 @@ class Tracer(TorchDispatchMode):
         self._alive.append(t)
 
     def resolve(self, func, args, kwargs):
-        """Fake tensors hold no values: answer the data-dependent ops of a forward.
+        """The trace's tensors hold no values: answer the data-dependent ops of a forward.
 
         - reading an integer or bool scalar: 0 (the trace's token ids are all 0, so a bounds
           check on them passes, and so does any check for bad input);
@@ -131,7 +136,7 @@ class Tracer(TorchDispatchMode):
             return torch.zeros(minlength, dtype=torch.long, device=args[0].device)
         where = type(self.modules[-1]).__name__ if self.modules else "the model"
         raise ConfigError(f"estimate: {where} runs {func} whose result depends on the data, which the estimator's "
-                          "fake tensors do not hold, so its activations cannot be measured")
+                          "tensors do not hold, so its activations cannot be measured")
 
     def pack(self, t: torch.Tensor) -> torch.Tensor:
         """The ``saved_tensors_hooks`` pack hook: note the storage and the block that keeps it."""
@@ -175,7 +180,7 @@ def _hooks(model: nn.Module, tracer: Tracer, blocks: dict[nn.Module, tuple], inp
             handle.remove()
 
 
-#: initializers and in-place writes that only set values, which meta and fake tensors do not hold
+#: initializers and in-place writes that only set values, which meta tensors do not hold
 _VALUE_WRITES = frozenset({
     "normal_", "uniform_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_", "xavier_normal_",
     "orthogonal_", "constant_", "ones_", "zeros_", "eye_", "fill_", "zero_", "copy_",
@@ -183,59 +188,72 @@ _VALUE_WRITES = frozenset({
 
 
 class skip_init(TorchFunctionMode):
-    """While building a model on meta or fake tensors, skip the initializers' value writes: they
-    cost most of the build (each runs torch's Python reference kernels) and change no shape."""
+    """While building a model on meta tensors (or ``MetaCPU`` ones), skip the initializers' value
+    writes: they cost most of the build (each runs torch's Python reference kernels) and change no
+    shape."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if getattr(func, "__name__", "") in _VALUE_WRITES:
             target = args[0] if args else kwargs.get("tensor")
-            if isinstance(target, torch.Tensor) and (target.is_meta or isinstance(target, FakeTensor)):
+            if isinstance(target, torch.Tensor) and (target.is_meta or type(target) is MetaCPU):
                 return target
         return func(*args, **kwargs)
 
 
 @contextlib.contextmanager
-def fake_mode():
-    """Fake CPU tensors that take the fast paths of plain tensors (``nn.fast.plain_tensors``).
+def cpu_mode():
+    """``MetaCPU`` tensors (``estimate.meta_cpu``) that take the fast paths of plain tensors
+    (``nn.fast.plain_tensors``).
 
     ``nn/`` sends tensor subclasses the reference way, since a DTensor or quantized weight may not
-    support a hand-written kernel; a fake tensor stands for a plain CPU tensor here, so it must
+    support a hand-written kernel; a ``MetaCPU`` tensor stands for a plain CPU tensor here, so it must
     take the path a plain one takes, or the trace would measure the wrong ops. And the loss
     (``nn.loss``) runs in one chunk of rows: its chunk size bounds only its fp32 workspace, which
     is not kept for the backward (``activations`` counts that workspace apart); what it keeps is
     the same, and a chunk loop of a long sequence would cost most of the trace's time.
     """
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
     from llm_modules.nn import fast, loss
 
-    with FakeTensorMode(), fast.also_plain(FakeTensor), loss.one_chunk():
+    with refs_without_compiler(), meta_as_cpu(), fast.also_plain(MetaCPU), loss.one_chunk():
         yield
 
 
+def as_cpu(model: nn.Module) -> nn.Module:
+    """A model built on the meta device, in place, with ``MetaCPU`` parameters and buffers
+    (tied parameters staying tied)."""
+    return _swap(model, as_meta_cpu)
+
+
 def to_dtype(model: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """``model.to(dtype)`` for a model of fake tensors, in place (``Module.to`` swaps tensors,
-    which fake tensors refuse): floating parameters and buffers, tied parameters staying tied."""
+    """``model.to(dtype)`` for a model of ``MetaCPU`` tensors, in place: floating parameters and
+    buffers, tied parameters staying tied."""
+    return _swap(model, lambda t: t.to(dtype) if t.is_floating_point() else t)
+
+
+def _swap(model: nn.Module, new) -> nn.Module:
+    """Replace each parameter and buffer ``t`` by ``new(t)`` (``Module.to`` swaps tensors through
+    ``.data``, which a wrapper subclass refuses), tied ones staying tied."""
     done: dict[int, torch.Tensor] = {}
     for module in model.modules():
         for table in (module._parameters, module._buffers):
             for name, t in table.items():
-                if t is None or not t.is_floating_point():
+                if t is None:
                     continue
                 if id(t) not in done:
                     with torch.no_grad():
-                        new = t.to(dtype)
-                    done[id(t)] = nn.Parameter(new, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) \
-                        else new
+                        made = new(t)
+                    done[id(t)] = t if made is t else nn.Parameter(made, requires_grad=t.requires_grad) \
+                        if isinstance(t, nn.Parameter) else made
                 table[name] = done[id(t)]
     return model
 
 
 def trace(model: nn.Module, run, *, autocast: torch.dtype | None = None, around=None) -> Trace:
     """Run ``run(model)`` (forward and loss, returning the logits) under the tracer; ``model`` must
-    have been built in ``fake_mode``, which must still be active. Blocks are the ``layers`` of the
-    stacks that ``model.stack_names`` names; ``around`` wraps the run (``estimate.cuda``)."""
+    be made of ``MetaCPU`` tensors (``as_cpu``), and ``cpu_mode`` still active. Blocks are the
+    ``layers`` of the stacks that ``model.stack_names`` names; ``around`` wraps the run
+    (``estimate.cuda``)."""
     params = {storage_key(p) for p in model.parameters()} | {storage_key(b) for b in model.buffers()}
     tracer = Tracer(params)
     blocks = {layer: (name, i) for name in model.stack_names for i, layer in enumerate(getattr(model, name).layers)}

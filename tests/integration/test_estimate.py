@@ -3,7 +3,7 @@
 - parameters: LLaMA-7B's 6.74e9; the meta-device count equals the built model for every preset and kind;
 - FLOPs: GPT-3 175B on 300B tokens, about 3.1e23 (Brown et al., 2020: 3.14e23);
 - model states: the ZeRO paper's Figure 1 (7.5B parameters, 64 GPUs, K = 12);
-- activations: the fake-tensor trace equals what real models save for backward, over norms,
+- activations: the meta-tensor trace (``estimate.meta_cpu``) equals what real models save for backward, over norms,
   residual layouts, feed-forwards, positions, backends, LM kinds, precisions and LoRA;
 - peak memory: a real ``Trainer.fit`` on the CPU, measured at the allocator, against the estimate;
 - scaling laws (Chinchilla's 70B / 1.4T for Gopher's budget, approach 3's loss) and wall time;
