@@ -53,8 +53,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--size-mb", type=float, default=50.0, help="generated corpus size (default 50 MB)")
     parser.add_argument("--corpus", nargs="+", default=None, help="prepare these inputs instead of generating")
     parser.add_argument("--eval", nargs="+", default=None, help="evaluation files (with --corpus)")
-    parser.add_argument("--runs", default="baseline,local-1,local-2,ray-2",
-                        help="comma-separated: baseline, local-N, ray-N (N workers)")
+    parser.add_argument("--runs", default="baseline,baseline-2,local-1,local-2,ray-2",
+                        help="comma-separated: baseline, baseline-N, local-N, ray-N (N workers)")
     parser.add_argument("--rounds", type=int, default=1, help="times each run is repeated (best and median)")
     parser.add_argument("--baseline", default=BASELINE_REV, help="git revision of the baseline run")
     parser.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start one, 2 CPUs)")
@@ -214,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             inputs, evals = generate(root, args.size_mb, args.seed)
             print(f"generated {args.size_mb:g} MB corpus in {time.perf_counter() - t:.1f} s under {root}",
                   file=sys.stderr)
-        baseline = _export_baseline(args.baseline, root / "baseline-src") if "baseline" in runs else None
+        wants_baseline = any(r.partition("-")[0] == "baseline" for r in runs)
+        baseline = _export_baseline(args.baseline, root / "baseline-src") if wants_baseline else None
         uses_ray = any(r.startswith("ray") for r in runs)
         results: dict[str, dict] = {}
         reference: dict[str, bytes] | None = None
