@@ -87,8 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"turn a rule off (repeat or comma-separate): {', '.join(SWITCHABLE)}")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="set any setting by its dotted name, value in YAML, e.g. filters.length.min_words=20")
+    shown = {"--time": "HH:MM:SS", "--ray-address": "HOST:PORT", "--executor": "{local,slurm,ray}"}
     for flag, _, kind, text in THRESHOLD_FLAGS:
-        metavar = {int: "N", float: "X", str: "NAME"}[kind]
+        metavar = shown.get(flag) or {int: "N", float: "X", str: "NAME"}[kind]
         p.add_argument(flag, type=kind, default=None, metavar=metavar, help=text)
     p.add_argument("--overwrite", action="store_true",
                    help="start over in an --out that holds another preparation (never touches other directories)")
