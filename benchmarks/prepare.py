@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import random
@@ -204,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     from llm_modules.data.prepare import format_table
 
     runs = [r.strip() for r in args.runs.split(",") if r.strip()]
+    if any(r.startswith("ray") for r in runs) and importlib.util.find_spec("ray") is None:
+        print("ray is not installed (pip install 'llm-modules[ray]'): leaving out " +
+              ", ".join(r for r in runs if r.startswith("ray")), file=sys.stderr)
+        runs = [r for r in runs if not r.startswith("ray")]
     root = args.keep or Path(tempfile.mkdtemp(prefix="prepare-bench-"))
     root.mkdir(parents=True, exist_ok=True)
     try:
