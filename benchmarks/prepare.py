@@ -159,6 +159,7 @@ def _ray_cluster(address: str | None, root: Path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # both sides agree, whatever ~/.ray holds
     with open(root / "ray-start.log", "w") as log:  # a file: the daemons keep their output open
         subprocess.run([ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus",
                         "2", "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", temp],

@@ -150,12 +150,13 @@ def _run_here(work: Work, show: bool, stop_after: int | None, resumed: bool) -> 
             shards = len(read_plan(work)["shards"]) if stage == "write" else 0
             tasks = X.stage_tasks(work, stage, shards)
             t0 = time.perf_counter()
-            if kind == "ray":
-                executor = X.ray_stage(work, stage, tasks)
-            else:
-                executor = X.local_stage(work, stage, tasks, stop_after if stage == "process" else None)
-            with X.quiet_datatrove(), _progress(work, show and stage == "process"):
-                executor.run()
+            with X.quiet_datatrove():  # its Ray executor warns, on every stage, that a local folder must be shared
+                if kind == "ray":
+                    executor = X.ray_stage(work, stage, tasks)
+                else:
+                    executor = X.local_stage(work, stage, tasks, stop_after if stage == "process" else None)
+                with _progress(work, show and stage == "process"):
+                    executor.run()
             missing = executor.get_incomplete_ranks(skip_completed=True)
             if missing:
                 logs = Path(executor.logging_dir.path) / "logs"
