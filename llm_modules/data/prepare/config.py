@@ -231,7 +231,8 @@ class PrepareConfig:
     decontamination: DecontaminationConfig = field(default_factory=DecontaminationConfig)
     near_duplicate: NearDuplicateConfig = field(default_factory=NearDuplicateConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
-    workers: int = 1  # tasks run at once (local processes, Ray tasks, Slurm array slots); the output does not depend on it
+    # tasks run at once (local processes, Ray tasks, Slurm array slots); the output does not depend on it
+    workers: int = 1
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
     # ---- switching rules ------------------------------------------------------------------------------

@@ -169,15 +169,12 @@ def slurm_stage(work: Work, stage: str, tasks: int):
             args = {k: v for k, v in self.get_sbatch_args(len(ranks)).items() if v is not None}
             if after:
                 args["dependency"] = f"afterok:{after}"
-            command = " ".join(shlex.quote(p) for p in
-                               (sys.executable, "-m", "llm_modules.data.prepare.slurm_task", str(work.out), stage))
-            return self.get_launch_file_contents(args, command)
+            return self.get_launch_file_contents(args, _task_command(work, stage))
 
     s = work.config.executor.slurm
-    env = s.env_command or _activate_line()
     return SlurmStage(pipeline(stage, str(work.out)), tasks=tasks, time=s.time, partition=s.partition,
                       cpus_per_task=s.cpus_per_task, mem_per_cpu_gb=s.mem_per_cpu_gb,
-                      workers=work.config.workers, job_name=f"{s.job_name}-{stage}", env_command=env,
+                      workers=work.config.workers, job_name=f"{s.job_name}-{stage}", env_command=_env_line(work),
                       sbatch_args=dict(s.sbatch_args), logging_dir=logging_dir(work, stage, tasks),
                       qos=None, requeue=True, mail_user=None)
 
@@ -188,9 +185,18 @@ def slurm_tasks(work: Work, stage: str) -> int:
     return stage_tasks(work, stage, shards=work.config.workers)
 
 
-def _activate_line() -> str:
+def _env_line(work: Work) -> str:
+    """The shell line each job runs first: ``executor.slurm.env_command``, else activating this venv."""
+    if work.config.executor.slurm.env_command:
+        return work.config.executor.slurm.env_command
     venv = os.environ.get("VIRTUAL_ENV")
     return f"source {shlex.quote(str(Path(venv) / 'bin' / 'activate'))}" if venv else ""
+
+
+def _task_command(work: Work, stage: str) -> str:
+    """What a job runs: the stage rebuilt from the work folder by this interpreter (``slurm_task``)."""
+    return " ".join(shlex.quote(p) for p in
+                    (sys.executable, "-m", "llm_modules.data.prepare.slurm_task", str(work.out), stage))
 
 
 def submit_slurm(work: Work) -> list[dict]:
@@ -229,10 +235,7 @@ def _finish_script(work: Work, after: str | None) -> str:
     lines += [f"#SBATCH --{k}={v}" for k, v in s.sbatch_args.items()]
     if after:
         lines.append(f"#SBATCH --dependency=afterok:{after}")
-    env = s.env_command or _activate_line()
-    command = " ".join(shlex.quote(p) for p in
-                       (sys.executable, "-m", "llm_modules.data.prepare.slurm_task", str(work.out), "finish"))
-    return "\n".join([*lines, "set -e", env, command, ""])
+    return "\n".join([*lines, "set -e", _env_line(work), _task_command(work, "finish"), ""])
 
 
 def _sbatch(script: Path) -> str:

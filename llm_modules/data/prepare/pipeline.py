@@ -96,8 +96,8 @@ def prepare(config: PrepareConfig, *, overwrite: bool = False, progress: bool | 
         resumed = status == "resume" and work.exists()
         if not resumed:
             _start(work, config, files, eval_files, settings, fingerprint)
-        work = Work(out.resolve())
-        _use_settings_of_this_run(work, config)
+        # a resumed run keeps the first run's settings and units, and takes this command's workers and executor
+        work.use_run_settings(config.workers, config.executor)
         show = sys.stderr.isatty() if progress is None else progress
         if config.executor.kind == "slurm":
             from llm_modules.data.prepare.executors import submit_slurm
@@ -125,19 +125,6 @@ def _start(work: Work, config: PrepareConfig, files: list[SourceFile], eval_file
     work.create(config, files, units, table)
 
 
-def _use_settings_of_this_run(work: Work, config: PrepareConfig) -> None:
-    """A resumed run keeps the first run's semantic settings and units, but this command's executor
-    and worker count (they do not change the output)."""
-    from llm_modules.data.prepare.config import from_dict, to_dict
-
-    stored = to_dict(work.config)
-    stored["workers"] = config.workers
-    stored["executor"] = to_dict(config.executor)
-    write_json_atomic(work.root / "config.json", stored)
-    work.__dict__.pop("config", None)
-    from_dict(stored).validate()
-
-
 def _run_here(work: Work, show: bool, stop_after: int | None, resumed: bool) -> dict[str, Any]:
     """Local or Ray: run the stages one after the other from this process, then finish."""
     from llm_modules.data.prepare import executors as X
@@ -160,7 +147,8 @@ def _run_here(work: Work, show: bool, stop_after: int | None, resumed: bool) -> 
             missing = executor.get_incomplete_ranks(skip_completed=True)
             if missing:
                 logs = Path(executor.logging_dir.path) / "logs"
-                raise ConfigError(f"data prepare: {len(missing)} of {tasks} {stage} task(s) failed{_why(logs, missing[0])}"
+                why = _why(logs, missing[0])
+                raise ConfigError(f"data prepare: {len(missing)} of {tasks} {stage} task(s) failed{why}"
                                   f"; their logs are in {logs}; fix that and rerun the same command to retry them")
             if show:
                 print(f"prepare: {stage}: {tasks} task(s) done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)

@@ -7,9 +7,10 @@ stages that remember earlier documents (exact and near duplicates) run once, in 
 (``select``). The result is therefore the same for any executor and number of workers, and for a
 run that was interrupted and resumed.
 
-A :class:`Result` carries what the later stages need (``records`` stores it): the rule that dropped the document (or None),
-its final text (JSON-encoded), its PII counts, a 128-bit content hash, whether it is contaminated and its MinHash
-signature, plus the seconds each stage took (for the benchmark's per-stage table).
+A :class:`Result` carries what the later stages need (``records`` stores it): the rule that dropped
+the document (or None), its final text (JSON-encoded), its PII counts, a 128-bit content hash,
+whether it is contaminated and its MinHash signature, plus the seconds each stage took (for the
+benchmark's per-stage table).
 """
 
 from __future__ import annotations

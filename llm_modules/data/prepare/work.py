@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from llm_modules.data.prepare.config import PrepareConfig, from_dict, to_dict
+from llm_modules.data.prepare.config import ExecutorConfig, PrepareConfig, from_dict, to_dict
 from llm_modules.data.prepare.state import STATE_DIR, write_json_atomic
 from llm_modules.data.prepare.units import Unit
 from llm_modules.data.sources import SourceFile
@@ -52,6 +52,15 @@ class Work:
 
     def exists(self) -> bool:
         return (self.root / "config.json").is_file()
+
+    def use_run_settings(self, workers: int, executor: ExecutorConfig) -> None:
+        """This command's worker count and executor over the stored settings: they do not change the
+        output, so a run resumed elsewhere (Slurm after local, more workers) may differ in them."""
+        stored = to_dict(self.config)
+        stored["workers"] = workers
+        stored["executor"] = to_dict(executor)
+        write_json_atomic(self.root / "config.json", stored)
+        self.__dict__.pop("config", None)  # read again by the next ``config``
 
     # ---- read by every task ----------------------------------------------------------------------
 
