@@ -7,6 +7,11 @@ lock that a person has to delete. The holder writes its pid into the file, so a 
 which process holds it. The lock file itself is never removed: unlinking it while another process
 waits on the old inode would let two processes each hold "the" lock.
 
+A child made by ``fork`` (``multiprocessing``'s default on Linux: a manager process, a worker pool)
+would share the lock with its parent, and outlive it for a moment when both are killed: a rerun
+right after could find the lock still held. So a forked child drops its share at once
+(``_drop_in_child``); the parent still holds the lock.
+
 Where the platform has no ``fcntl`` (Windows) there is no lock; ``hold`` returns None and the user
 keeps runs apart.
 """
@@ -14,7 +19,29 @@ keeps runs apart.
 from __future__ import annotations
 
 import os
+import weakref
 from pathlib import Path
+
+_HELD: weakref.WeakSet = weakref.WeakSet()  # the open files holding a lock in this process
+
+
+def _drop_in_child() -> None:
+    """In a forked child: point each locking descriptor at /dev/null, which drops the child's share
+    of the lock (never ``LOCK_UN``: that would release the parent's too) and leaves the file object
+    usable."""
+    held = [h for h in _HELD if not h.closed]
+    if not held:
+        return
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        for handle in held:
+            os.dup2(null, handle.fileno())
+    finally:
+        os.close(null)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_in_child)
 
 
 class LockHeld(Exception):
@@ -50,4 +77,5 @@ def hold(path: Path):
     handle.truncate()
     handle.write(f"{os.getpid()}\n")
     handle.flush()
+    _HELD.add(handle)
     return handle
