@@ -17,11 +17,14 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX o
 def test_a_forked_child_does_not_keep_the_lock(tmp_path):
     path = tmp_path / ".lock"
     handle = hold(path)
+    ready, started = os.pipe()
     child = os.fork()
-    if child == 0:  # the child: sleeps until killed, holding whatever it inherited
+    if child == 0:  # the child: says it runs (the fork handlers have run by then), sleeps until killed
+        os.write(started, b"x")
         time.sleep(60)
         os._exit(0)
     try:
+        assert os.read(ready, 1) == b"x"
         with pytest.raises(LockHeld, match=f"by process {os.getpid()}"):
             hold(path)  # still held by this process
         handle.close()  # as when this process dies
@@ -31,6 +34,8 @@ def test_a_forked_child_does_not_keep_the_lock(tmp_path):
     finally:
         os.kill(child, signal.SIGKILL)
         os.waitpid(child, 0)
+        os.close(ready)
+        os.close(started)
 
 
 def test_the_parent_keeps_the_lock_after_a_child_exits(tmp_path):
