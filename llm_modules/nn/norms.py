@@ -52,9 +52,11 @@ class RMSNorm(nn.Module):
 class _RMSNormFP32(torch.autograd.Function):
     """``weight * x * rsqrt(mean(x^2) + eps)`` in fp32 with a hand-written backward: the reference
     formula's autograd graph runs about a dozen full-size passes backward (the pow, mean, rsqrt and
-    two products each differentiated on their own); this runs six, and saves the input and the
-    per-token scale only (the forward is torch's fused kernel, which returns that scale). Same math up to float rounding
-    (``tests/unit/test_fast_paths.py``)."""
+    two products each differentiated on their own); this writes four full-size tensors and reads
+    two, and saves the input and the per-token scale only (``fused_rms_norm`` returns that scale).
+    The normalized input is never formed: with ``s`` the scale and ``g = grad * weight``,
+    ``grad_x = s * (g - x * s^2 * mean(g * x))`` and ``grad_weight = sum over tokens of s * grad * x``
+    (one matrix-vector product). Same math up to float rounding (``tests/unit/test_fast_paths.py``)."""
 
     @staticmethod
     def forward(ctx, x, weight, eps):
@@ -65,26 +67,28 @@ class _RMSNormFP32(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, scale, weight = ctx.saved_tensors
-        normalized = x * scale
         grad_x = grad_weight = None
         if ctx.needs_input_grad[1]:
-            grad_weight = (grad * normalized).flatten(0, -2).sum(0)
+            # sum over tokens of grad * x * s: the products' rows weighted by s, as one product
+            grad_weight = (scale.reshape(1, -1) @ (grad * x).reshape(-1, x.shape[-1])).squeeze(0)
         if ctx.needs_input_grad[0]:
             # d/dx of x * s(x) with s = rsqrt(mean(x^2) + eps), g = grad * weight:
-            # s * (g - normalized * mean(g * normalized))
+            # s * (g - x s * mean(g * x s)) = s * (g - x * s^2 * mean(g * x))
             g = grad * weight
-            mean = torch.linalg.vecdot(g, normalized).unsqueeze(-1).div_(normalized.shape[-1])
-            grad_x = torch.addcmul(g, normalized, mean, value=-1).mul_(scale)
+            coef = torch.linalg.vecdot(g, x).unsqueeze(-1).mul_(scale).mul_(scale).div_(x.shape[-1])
+            grad_x = g.addcmul_(x, coef, value=-1).mul_(scale)
         return grad_x, grad_weight, None
 
 
 def fused_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(``weight * x * scale``, ``scale``) with ``scale = rsqrt(mean(x^2) + eps)`` per row: torch's
-    one-kernel RMSNorm where it has one (a single pass instead of six kernels), else the formula."""
-    if HAS_FUSED_RMS_NORM:
+    one-kernel RMSNorm on GPUs (a single pass instead of six kernels). On CPU torch's op is those
+    six kernels (a squared copy, its mean, two products); here the sum of squares is one dot
+    product per row, which writes nothing full-size, and the two products write one tensor."""
+    if HAS_FUSED_RMS_NORM and x.device.type != "cpu":
         return torch.ops.aten._fused_rms_norm(x, [x.shape[-1]], weight, eps)
-    scale = torch.rsqrt(x.pow(2).mean(-1, keepdim=True).add_(eps))
-    return x * scale * weight, scale
+    scale = torch.linalg.vecdot(x, x).div_(x.shape[-1]).add_(eps).rsqrt_().unsqueeze(-1)
+    return torch.mul(x, scale).mul_(weight), scale
 
 
 HAS_FUSED_RMS_NORM = hasattr(torch.ops.aten, "_fused_rms_norm")

@@ -70,6 +70,20 @@ def test_rmsnorm_fast_backward_matches_the_reference(weight_trains):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_rmsnorm_fast_path_on_a_strided_input_and_gradient():
+    """A transposed input and a non-contiguous gradient (the backward reshapes their product)."""
+    torch.manual_seed(1)
+    norm = RMSNorm(32, eps=1e-6)
+    norm.weight.data.uniform_(0.5, 1.5)
+    x = torch.randn(5, 4, 32).transpose(0, 1).requires_grad_()
+    upstream = torch.randn(5, 4, 32).transpose(0, 1)
+    fast = torch.autograd.grad(norm(x), (x, norm.weight), upstream)
+    ref = torch.autograd.grad(reference_rmsnorm(x, norm.weight, 1e-6), (x, norm.weight), upstream)
+    torch.testing.assert_close(norm(x), reference_rmsnorm(x, norm.weight, 1e-6), rtol=1e-5, atol=1e-6)
+    for a, b in zip(fast, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_rmsnorm_takes_the_reference_path_for_half_precision_and_subclasses(no_fast_paths):
     norm = RMSNorm(16).to(torch.bfloat16)
     x = torch.randn(2, 16, dtype=torch.bfloat16, requires_grad=True)
