@@ -55,8 +55,9 @@ class _RMSNormFP32(torch.autograd.Function):
     two products each differentiated on their own); this writes four full-size tensors and reads
     two, and saves the input and the per-token scale only (``fused_rms_norm`` returns that scale).
     The normalized input is never formed: with ``s`` the scale and ``g = grad * weight``,
-    ``grad_x = s * (g - x * s^2 * mean(g * x))`` and ``grad_weight = sum over tokens of s * grad * x``
-    (one matrix-vector product). Same math up to float rounding (``tests/unit/test_fast_paths.py``)."""
+    ``grad_x = s * (g - x * s^2 * mean(g * x))`` and ``grad_weight = sum over tokens of s * grad * x``,
+    both sums from ``grad * x`` by a matrix-vector product. Same math up to float rounding
+    (``tests/unit/test_fast_paths.py``)."""
 
     @staticmethod
     def forward(ctx, x, weight, eps):
@@ -67,16 +68,19 @@ class _RMSNormFP32(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, scale, weight = ctx.saved_tensors
+        dim = x.shape[-1]
         grad_x = grad_weight = None
-        if ctx.needs_input_grad[1]:
-            # sum over tokens of grad * x * s: the products' rows weighted by s, as one product
-            grad_weight = (scale.reshape(1, -1) @ (grad * x).reshape(-1, x.shape[-1])).squeeze(0)
-        if ctx.needs_input_grad[0]:
-            # d/dx of x * s(x) with s = rsqrt(mean(x^2) + eps), g = grad * weight:
-            # s * (g - x s * mean(g * x s)) = s * (g - x * s^2 * mean(g * x))
-            g = grad * weight
-            coef = torch.linalg.vecdot(g, x).unsqueeze(-1).mul_(scale).mul_(scale).div_(x.shape[-1])
-            grad_x = g.addcmul_(x, coef, value=-1).mul_(scale)
+        # grad * x serves both: its rows weighted by s sum to grad_weight, and its rows dotted with
+        # the weight are sum(g * x) below (two matrix-vector products)
+        product = (grad * x).reshape(-1, dim)
+        with torch.autocast(x.device.type, enabled=False):  # fp32 products, also in a mixed-precision backward
+            if ctx.needs_input_grad[1]:
+                grad_weight = torch.mv(product.t(), scale.reshape(-1))
+            if ctx.needs_input_grad[0]:
+                # d/dx of x * s(x) with s = rsqrt(mean(x^2) + eps), g = grad * weight:
+                # s * (g - x s * mean(g * x s)) = s * (g - x * s^2 * mean(g * x))
+                coef = torch.mv(product, weight).reshape(scale.shape).mul_(scale).mul_(scale).div_(dim)
+                grad_x = (grad * weight).addcmul_(x, coef, value=-1).mul_(scale)
         return grad_x, grad_weight, None
 
 
@@ -87,7 +91,8 @@ def fused_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[t
     product per row, which writes nothing full-size, and the two products write one tensor."""
     if HAS_FUSED_RMS_NORM and x.device.type != "cpu":
         return torch.ops.aten._fused_rms_norm(x, [x.shape[-1]], weight, eps)
-    scale = torch.linalg.vecdot(x, x).div_(x.shape[-1]).add_(eps).rsqrt_().unsqueeze(-1)
+    with torch.autocast(x.device.type, enabled=False):  # (CPU autocast would run the dot products in bf16)
+        scale = torch.linalg.vecdot(x, x).div_(x.shape[-1]).add_(eps).rsqrt_().unsqueeze(-1)
     return torch.mul(x, scale).mul_(weight), scale
 
 

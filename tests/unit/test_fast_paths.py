@@ -84,6 +84,26 @@ def test_rmsnorm_fast_path_on_a_strided_input_and_gradient():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+def test_rmsnorm_fast_path_keeps_fp32_under_cpu_autocast():
+    """bf16-mixed on CPU: the fp32 residual stream is normalized in fp32 (autocast would run the
+    dot products in bf16), and a bf16 gradient from the next product comes back as fp32."""
+    torch.manual_seed(2)
+    norm = RMSNorm(32)
+    norm.weight.data.uniform_(0.5, 1.5)
+    x = torch.randn(4, 6, 32, requires_grad=True)
+    upstream = torch.randn(4, 6, 32).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = norm(x)
+        assert out.dtype == torch.float32 and out.grad_fn.name().startswith("_RMSNormFP32")
+        fast = torch.autograd.grad(out, (x, norm.weight), upstream)
+    ref_out = reference_rmsnorm(x, norm.weight, norm.eps)
+    ref = torch.autograd.grad(ref_out, (x, norm.weight), upstream.float())
+    torch.testing.assert_close(out, ref_out, rtol=1e-6, atol=1e-6)
+    for a, b in zip(fast, ref):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_rmsnorm_takes_the_reference_path_for_half_precision_and_subclasses(no_fast_paths):
     norm = RMSNorm(16).to(torch.bfloat16)
     x = torch.randn(2, 16, dtype=torch.bfloat16, requires_grad=True)
