@@ -177,7 +177,7 @@ def test_merged_lora_gives_the_logits_of_the_unmerged_model(base):
     unmerged = lm.eval()(ids)
     merged = fold(lm)
     assert merged.peft_method is None and not any("lora" in k for k in merged.state_dict())
-    assert (merged(ids) - unmerged).abs().max() <= 1e-5
+    torch.testing.assert_close(merged(ids), unmerged)  # fp32's default tolerances: merging rounds the weights
     assert (unmerged - CausalLM(init_from=str(base.checkpoint)).eval()(ids)).abs().max() > 1e-2  # LoRA did something
 
 
