@@ -9,6 +9,7 @@ from torch import nn
 
 from llm_modules.nn.attention_backends import AttentionBackend, default_scale
 from llm_modules.nn.kv_cache import CacheEntry
+from llm_modules.nn.linear import Linear
 from llm_modules.nn.masks import AttentionMask
 from llm_modules.nn.positions import PositionEncoding
 from llm_modules.nn.tensor_parallel import COLWISE, ROWWISE, Divisible, TensorParallelPlan, TensorParallelRefusal
@@ -52,10 +53,10 @@ class Attention(nn.Module):
     ):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
-        self.q = nn.Linear(d_model, n_heads * head_dim, bias=bias)
-        self.k = nn.Linear(d_model, n_kv_heads * head_dim, bias=bias)
-        self.v = nn.Linear(d_model, n_kv_heads * head_dim, bias=bias)
-        self.o = nn.Linear(n_heads * head_dim, d_model, bias=bias if out_bias is None else out_bias)
+        self.q = Linear(d_model, n_heads * head_dim, bias=bias)
+        self.k = Linear(d_model, n_kv_heads * head_dim, bias=bias)
+        self.v = Linear(d_model, n_kv_heads * head_dim, bias=bias)
+        self.o = Linear(n_heads * head_dim, d_model, bias=bias if out_bias is None else out_bias)
         self.qk_norm = qk_norm
         self.q_norm = self.k_norm = None
         if qk_norm is not None:

@@ -39,6 +39,7 @@ from torch import nn
 
 from llm_modules.nn.fast import plain_tensors
 from llm_modules.nn.kv_cache import CacheEntry, KVCache
+from llm_modules.nn.linear import Linear
 from llm_modules.nn.mask_inputs import MaskInputs, self_attention_mask
 from llm_modules.nn.norms import fused_rms_norm
 
@@ -57,8 +58,9 @@ def lean_form(module: nn.Module | None) -> str | None:
 
 
 def plain_linear(module: nn.Module) -> bool:
-    """torch's own ``nn.Linear`` holding plain tensors (not quantized, adapted or sharded)."""
-    return type(module) is nn.Linear and plain_tensors(module.weight)
+    """torch's own ``nn.Linear`` or the model's ``nn.linear.Linear`` (the same product), holding plain
+    tensors (not quantized, adapted or sharded)."""
+    return type(module) in (nn.Linear, Linear) and plain_tensors(module.weight)
 
 
 def packing_available(weight: torch.Tensor) -> bool:

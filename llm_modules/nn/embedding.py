@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from llm_modules.nn.linear import Linear
+
 
 class TokenEmbedding(nn.Module):
     """Token (and optional token-type, BERT) embeddings.
@@ -63,8 +65,8 @@ class LMHead(nn.Module):
         super().__init__()
         self.transform = None
         if transform_norm is not None:
-            self.transform = nn.Sequential(nn.Linear(d_model, d_model), nn.GELU(), transform_norm)
-        self.proj = nn.Linear(d_model, vocab_size, bias=bias)
+            self.transform = nn.Sequential(Linear(d_model, d_model), nn.GELU(), transform_norm)
+        self.proj = Linear(d_model, vocab_size, bias=bias)
         if tied_to is not None:
             self.proj.weight = tied_to.weight
         self.scale = scale

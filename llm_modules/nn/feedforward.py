@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llm_modules.nn.linear import Linear
 from llm_modules.nn.tensor_parallel import COLWISE, ROWWISE, Divisible, TensorParallelPlan
 from llm_modules.registry import ACTIVATIONS, ConfigError
 
@@ -63,8 +64,8 @@ class MLP(nn.Module):
     def __init__(self, d_model: int, d_ff: int | None, bias: bool, dropout: float, act: Activation):
         super().__init__()
         hidden = d_ff or default_hidden(d_model, self.gated)
-        self.up = nn.Linear(d_model, hidden, bias=bias)
-        self.down = nn.Linear(hidden, d_model, bias=bias)
+        self.up = Linear(d_model, hidden, bias=bias)
+        self.down = Linear(hidden, d_model, bias=bias)
         self.act = act
         self.dropout = nn.Dropout(dropout)
 
@@ -88,9 +89,9 @@ class GatedMLP(nn.Module):
     def __init__(self, d_model: int, d_ff: int | None, bias: bool, dropout: float, act: Activation):
         super().__init__()
         hidden = d_ff or default_hidden(d_model, self.gated)
-        self.gate = nn.Linear(d_model, hidden, bias=bias)
-        self.up = nn.Linear(d_model, hidden, bias=bias)
-        self.down = nn.Linear(hidden, d_model, bias=bias)
+        self.gate = Linear(d_model, hidden, bias=bias)
+        self.up = Linear(d_model, hidden, bias=bias)
+        self.down = Linear(hidden, d_model, bias=bias)
         self.act = act
         self.dropout = nn.Dropout(dropout)
 

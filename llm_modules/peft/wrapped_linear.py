@@ -25,9 +25,9 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from llm_modules.nn import linear as linear_layer
 from llm_modules.peft.base import PeftMethod, forget_peft, switched_off
 from llm_modules.peft.targets import match_modules, refuse_shared, set_submodule
 from llm_modules.registry import ConfigError
@@ -56,7 +56,7 @@ class WrappedLinear(nn.Linear, abc.ABC):
 
     def base_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The base layer's output (a quantized base overrides this)."""
-        return F.linear(x, self.weight, self.bias)
+        return linear_layer.linear(x, self.weight, self.bias)
 
     @abc.abstractmethod
     def delta(self, x: torch.Tensor) -> torch.Tensor:
@@ -88,9 +88,10 @@ class WrappedLinear(nn.Linear, abc.ABC):
             self.merged = False
 
     def to_linear(self) -> nn.Linear:
-        """A plain ``nn.Linear`` holding this layer's (merged) Parameters."""
+        """A plain linear layer (the model's own ``nn.linear.Linear``) holding this layer's (merged)
+        Parameters."""
         self.merge()
-        plain = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
+        plain = linear_layer.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
         plain.weight = self.weight
         plain.bias = self.bias
         return plain

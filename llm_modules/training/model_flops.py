@@ -13,10 +13,10 @@ import time
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from llm_modules.nn.embedding import LMHead
+from llm_modules.nn.linear import linear
 from llm_modules.nn.lm import DecoderLM, EncoderDecoderLM
 
 
@@ -178,18 +178,18 @@ def measure_matmul_flops(dtype: torch.dtype = torch.float32, device: str | torch
     of repeated runs within ``budget_s``. The size doubles until one product takes a few ms, so
     timer resolution and call overhead do not hide the arithmetic rate.
 
-    The product is ``F.linear``, the kernel behind every ``nn.Linear`` of the model (nearly all of
-    its FLOPs): on a CPU without native bf16, ``torch.mm`` in bf16 takes a path about 6x slower
+    The product is ``nn.linear.linear``, the kernel behind every linear layer of the model (nearly
+    all of its FLOPs; oneDNN's for fp32 on a CPU, faster there than ``torch.mm``'s): on a CPU without native bf16, ``torch.mm`` in bf16 takes a path about 6x slower
     than ``F.linear``'s, and a peak measured that way would put MFU above 100%."""
     n, best = 256, 0.0
     generator = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(n, n, generator=generator, device=device).to(dtype)
     b = torch.randn(n, n, generator=generator, device=device).to(dtype)
-    F.linear(a, b)  # the first product of a dtype pays for kernel selection; not timed
+    linear(a, b)  # the first product of a dtype pays for kernel selection; not timed
     deadline = time.perf_counter() + budget_s
     while True:
         start = time.perf_counter()
-        F.linear(a, b)
+        linear(a, b)
         if torch.device(device).type == "cuda":
             torch.cuda.synchronize(device)
         elapsed = max(time.perf_counter() - start, 1e-9)
@@ -198,7 +198,7 @@ def measure_matmul_flops(dtype: torch.dtype = torch.float32, device: str | torch
             n *= 2
             a = torch.randn(n, n, generator=generator, device=device).to(dtype)
             b = torch.randn(n, n, generator=generator, device=device).to(dtype)
-            F.linear(a, b)
+            linear(a, b)
             best = 0.0  # a larger size reaches closer to the peak; forget the small one
             continue
         if time.perf_counter() > deadline:

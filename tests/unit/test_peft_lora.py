@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from llm_modules import ModelConfig
+from llm_modules.nn.linear import Linear
 from llm_modules.nn.lm import DecoderLM, EncoderDecoderLM, EncoderLM
 import torch.nn.functional as F
 
@@ -129,7 +130,7 @@ def test_unload_gives_plain_linears_with_the_base_layout():
         plain = model(**inputs)
     torch.testing.assert_close(plain, adapted, atol=1e-5, rtol=1e-5)
     assert list(model.state_dict()) == base_keys
-    assert type(model.stack.layers[0].attn.q) is nn.Linear
+    assert type(model.stack.layers[0].attn.q) is Linear
     assert model.stack.layers[0].attn.q.weight is q_weight  # same Parameter, merged in place
     assert not any(isinstance(m, LoRALinear) for m in model.modules())
     assert applied_peft(model) == ()
@@ -271,7 +272,7 @@ def test_a_new_linear_method_gets_wrap_merge_unmerge_unload_from_the_base():
         torch.testing.assert_close(q_weight, original, atol=1e-6, rtol=0)
         method.unload(model)
         torch.testing.assert_close(model(**inputs), adapted, atol=1e-5, rtol=1e-5)
-    assert list(model.state_dict()) == base_keys and type(model.stack.layers[0].attn.q) is nn.Linear
+    assert list(model.state_dict()) == base_keys and type(model.stack.layers[0].attn.q) is Linear
     assert model.stack.layers[0].attn.q.weight is q_weight and applied_peft(model) == ()
     apply_peft(model, FullDelta())
     with pytest.raises(ConfigError, match=r"layers\.0\.attn\.q already carries FullDelta"):
