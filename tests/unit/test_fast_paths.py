@@ -241,6 +241,16 @@ def test_fp32_cross_entropy_takes_one_log_softmax_and_keeps_no_logits():
     assert half.grad_fn.name() == "_CrossEntropyBackward"
 
 
+def test_fp32_cross_entropy_backward_twice_fails_loudly():
+    """The backward writes the gradient over the log-probabilities it kept: a second backward through
+    the same graph must fail autograd's version check, never read overwritten values."""
+    logits = torch.randn(3, 7, requires_grad=True)
+    loss = cross_entropy(logits, torch.tensor([1, 2, 3]))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
 def test_cross_entropy_edge_cases():
     all_ignored = cross_entropy(torch.randn(2, 5, requires_grad=True), torch.full((2,), -100))
     assert math.isnan(float(all_ignored))  # as F.cross_entropy: a mean over no tokens
