@@ -3,8 +3,8 @@
     python benchmarks/linear.py                       # cpu-llama's products and a sweep around the cut-over
     python benchmarks/linear.py --shape 2048x384x1024 --rounds 9 --json linear.json
 
-For each (rows x in x out) product it times the forward, the input gradient (grad @ weight) and a
-whole forward + backward, each side best of ``--rounds`` in alternation, and prints the speed-up.
+For each (rows x in x out) product it times the forward, the forward and input gradient with a
+frozen weight (grad @ weight, as under LoRA) and a whole forward + backward, each side best of ``--rounds`` in alternation, and prints the speed-up.
 ``nn.linear.MIN_MACS`` (the size from which the model takes oneDNN) is read off the sweep: below
 it oneDNN's per-call set-up outweighs its faster kernel. Rows marked ``F.linear`` are products below
 that size, which the model leaves to ``F.linear`` (both columns then time the same call).
@@ -67,8 +67,10 @@ def measure(rows: int, d_in: int, d_out: int, rounds: int) -> dict:
                 fn(x, weight)
         return call
 
+    frozen = weight.detach()  # a frozen weight: only the input gradient is computed, on both sides
+
     def input_grad(fn):
-        return lambda: torch.autograd.grad(fn(x, weight), x, grad)
+        return lambda: torch.autograd.grad(fn(x, frozen), x, grad)
 
     def both(fn):
         return lambda: torch.autograd.grad(fn(x, weight), (x, weight), grad)
@@ -88,7 +90,7 @@ def measure(rows: int, d_in: int, d_out: int, rounds: int) -> dict:
 
 def report(results: list[dict]) -> str:
     lines = [f"{'rows x in x out':>16}  {'MACs':>11}  {'path':>8}  "
-             f"{'forward GFLOP/s':>21}  {'input grad':>15}  {'fwd+bwd':>15}",
+             f"{'forward GFLOP/s':>21}  {'frozen weight':>15}  {'fwd+bwd':>15}",
              f"{'':>16}  {'':>11}  {'':>8}  {'F.linear/ours (x)':>21}  {'x':>15}  {'x':>15}"]
     for r in results:
         fwd = r["forward"]["gflops"]

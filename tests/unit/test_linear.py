@@ -23,8 +23,9 @@ from llm_modules.nn.linear import Linear, linear, onednn_serves
 ROOT = Path(__file__).resolve().parents[2]
 needs_onednn = pytest.mark.skipif(not linear_layer._ONEDNN, reason="oneDNN's linear is not available on this CPU")
 
-# 256 rows x 128 in x 1024 out: 2^25 multiply-adds, the smallest product that takes oneDNN
-ROWS, IN, OUT = 256, 128, 1024
+# 512 rows x 128 in x 1024 out: 2^26 multiply-adds, the smallest product that takes oneDNN
+ROWS, IN, OUT = 512, 128, 1024
+assert ROWS * IN * OUT == linear_layer.MIN_MACS
 
 
 def tensors(bias: bool, seed: int = 0):
