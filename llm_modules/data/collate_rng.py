@@ -13,13 +13,23 @@ The SIGKILL test in tests/integration/test_resume.py fails if that ever stops ho
 With ``num_workers > 0`` each worker collates with a generator of its own (re-seeded from the worker
 seed, see ``collators.Collator.generator``) that no checkpoint holds, so the masks after a resume
 differ from the uninterrupted run's; resuming warns about it.
+
+Validation draws apart from training (``validation_collate``): a copy of the collator that restarts
+its draws for every batch from its seed and the batch's own tokens. A held-out batch is then masked
+the same way on every validation pass, so ``val/loss`` moves only with the model, and identically
+whatever ran before it: how many passes, a resume, the order, the worker or the rank.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+import zlib
 from collections.abc import Callable
 from typing import Any
+
+import numpy as np
+import torch
 
 log = logging.getLogger(__name__)
 
@@ -58,3 +68,48 @@ class CollatorRNG:
             self._collate.load_state_dict(state)
         else:
             self._pending = state
+
+
+def validation_collate(collate: Callable) -> Callable:
+    """The collate function for held-out batches: a copy of ``collate`` (so validating never advances
+    training's random stream) whose draws restart for every batch, keyed by the batch, where the
+    collator can restart them (``restart_draws``); otherwise the plain copy."""
+    own = copy.deepcopy(collate)
+    return BatchKeyedDraws(own) if callable(getattr(own, "restart_draws", None)) else own
+
+
+class BatchKeyedDraws:
+    """Collates each batch with the collator's draws restarted from the batch's key (``batch_key``)."""
+
+    def __init__(self, collate: Callable):
+        self.collate = collate
+
+    def __call__(self, examples: Any) -> Any:
+        self.collate.restart_draws(batch_key(examples))
+        return self.collate(examples)
+
+
+def batch_key(examples: Any) -> int:
+    """A 32-bit digest of a batch's contents (token tensors, arrays, lists, dicts, numbers, strings)."""
+    digest = 0
+    for part in _parts(examples):
+        digest = zlib.crc32(part, digest)
+    return digest
+
+
+def _parts(value: Any):
+    if isinstance(value, torch.Tensor):
+        yield value.detach().cpu().contiguous().numpy().tobytes()
+    elif isinstance(value, np.ndarray):
+        yield np.ascontiguousarray(value).tobytes()
+    elif isinstance(value, dict):
+        for name in sorted(value, key=str):
+            yield str(name).encode()
+            yield from _parts(value[name])
+    elif isinstance(value, (list, tuple)):
+        yield b"["
+        for item in value:
+            yield from _parts(item)
+        yield b"]"
+    else:
+        yield repr(value).encode()

@@ -269,6 +269,14 @@ class Collator:
             self._generator = torch.Generator().manual_seed(mixed)
         return self._generator
 
+    def restart_draws(self, key: int) -> None:
+        """Draw from a generator seeded by ``seed`` and ``key`` from here on, in any process (a worker
+        keeps it too): validation restarts the draws for every batch, keyed by the batch itself
+        (``collate_rng.validation_collate``)."""
+        self._generator = torch.Generator().manual_seed((self.seed * 0x9E3779B97F4A7C15 + key) % (2**63 - 1))
+        info = torch.utils.data.get_worker_info()
+        self._worker_seed = None if info is None else info.seed
+
     def state_dict(self) -> dict[str, Any]:
         """The generator's position, so a resumed run continues the same random stream."""
         return {"seed": self.seed, "generator": self._generator.get_state()}

@@ -23,7 +23,8 @@ What happens, in order (``prepare_data`` does the first two once per node, ``set
    consumed, so a resumed run sees exactly the batches the uninterrupted run would have. Every loader
    has its own ``torch.Generator``, so starting an epoch or a validation pass never draws from the
    global RNG (dropout's stream does not depend on where epochs begin or how often validation runs),
-   and validation collates with a copy of the collator, so it never advances training's masks.
+   and validation collates with a copy of the collator whose draws restart for every batch, keyed by
+   the batch: it never advances training's masks, and masks a held-out batch the same way every time.
 7. **Batch-size ramp** (``batch_ramp``, see ``batch_ramp``): batches grow from ``start`` to
    ``batch_size`` over the first optimizer steps.
 
@@ -38,7 +39,6 @@ any callable that turns a list of 1-D LongTensor blocks into a batch dict. Colla
 
 from __future__ import annotations
 
-import copy
 import importlib
 import logging
 import os
@@ -54,7 +54,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
 from llm_modules.data.batch_ramp import BatchRamp, RampBatchSampler, Rows
-from llm_modules.data.collate_rng import CollatorRNG, has_rng_state
+from llm_modules.data.collate_rng import CollatorRNG, has_rng_state, validation_collate
 from llm_modules.data.packing import (
     PackedBlocks,
     WithDocumentIds,
@@ -340,8 +340,8 @@ class TextDataModule(L.LightningDataModule):
         if not vals:
             return []
         collate = self._collate()
-        if has_rng_state(collate):  # its own copy: evaluating never advances training's random stream
-            collate = copy.deepcopy(collate)
+        if has_rng_state(collate):  # its own draws, the same for a batch on every pass (collate_rng)
+            collate = validation_collate(collate)
         return self._loader(ConcatDataset(vals), self.val_batch_size, collate, shuffle=False)
 
     def test_dataloader(self):

@@ -530,3 +530,29 @@ def test_dataloader_workers_draw_different_but_reproducible_streams():
     first = run()
     assert not torch.equal(first[0], first[1])  # batches 0 and 1 come from different workers
     assert all(torch.equal(x, y) for x, y in zip(first, run()))
+
+
+def test_validation_draws_are_keyed_by_the_batch_not_by_what_ran_before():
+    """Validation's copy masks a batch the same way on every pass, whatever the training collator
+    drew before the copy was made, and never advances the training collator's stream."""
+    from llm_modules.data.collate_rng import batch_key, validation_collate
+
+    def masking():
+        return MaskingCollator(mask_id=3, vocab_size=64, special_ids=[0, 1, 2], seed=5)
+
+    batches = [[list(range(4, 36)), list(range(10, 40))], [list(range(20, 52)), list(range(8, 30))]]
+    early, late = masking(), masking()
+    for _ in range(3):
+        late(batches[0])  # training went on before this copy was made
+    training_state = late.state_dict()["generator"].clone()
+    first, second = validation_collate(early), validation_collate(late)
+    passes = [[first(b)["input_ids"] for b in batches] for _ in range(2)]
+    passes.append([second(b)["input_ids"] for b in reversed(batches)][::-1])
+    for other in passes[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(passes[0], other))
+    assert torch.equal(late.state_dict()["generator"], training_state)
+    assert (passes[0][0] == 3).any()  # it does mask
+    assert batch_key(batches[0]) != batch_key(batches[1])
+    assert batch_key(batches[0]) == batch_key([list(row) for row in batches[0]])
+    other_seed = validation_collate(MaskingCollator(mask_id=3, vocab_size=64, special_ids=[0, 1, 2], seed=6))
+    assert not torch.equal(other_seed(batches[0])["input_ids"], passes[0][0])
