@@ -60,13 +60,14 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 def onednn_serves(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
     """Whether this product takes oneDNN: fp32 plain CPU tensors, a product of at least
     ``MIN_MACS`` multiply-adds, no autocast, not while compiling, oneDNN present and enabled."""
-    if not _ONEDNN or x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
+    # the size first: the cheapest test, and the one that turns away decoding's one-row products
+    if not _ONEDNN or weight.dim() != 2 or x.numel() * weight.shape[0] < MIN_MACS:  # rows x in x out
         return False
-    if weight.dim() != 2 or not weight.is_contiguous() or x.dim() < 1 or x.shape[-1] != weight.shape[1]:
+    if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
+        return False
+    if not weight.is_contiguous() or x.dim() < 1 or x.shape[-1] != weight.shape[1]:
         return False
     if bias is not None and (bias.dtype != torch.float32 or bias.dim() != 1):
-        return False
-    if x.numel() * weight.shape[0] < MIN_MACS:  # rows x in x out
         return False
     if torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling() or not torch.backends.mkldnn.enabled:
         return False
