@@ -1,7 +1,7 @@
 """The model's linear layer: fp32 products on a CPU run on oneDNN where that is faster.
 
 torch computes an fp32 ``F.linear`` on an x86 CPU with MKL's sgemm. oneDNN, which torch ships too,
-computes the same product 5-20% faster at training sizes on the CPUs we measured (AMD EPYC, AVX-512:
+computes the same product 5-20% faster at training sizes on the CPU we measured (AMD EPYC, AVX-512:
 ``python benchmarks/linear.py``), for the forward product and for the input gradient; the weight
 gradient stays with MKL, which is as fast there. These products are about 80% of a CPU training
 step, so this is the largest single lever on it (``benchmarks/train_step.py``).
@@ -11,7 +11,7 @@ everything else takes ``F.linear`` as before: half precision and autocast (their
 anyway), GPUs, tensor subclasses (DTensor shards, quantized or fake weights; ``nn.fast``), a
 compiled graph (inductor picks its own kernels), and oneDNN switched off
 (``torch.backends.mkldnn.flags(enabled=False)``). The values equal ``F.linear``'s up to float
-rounding (``tests/unit/test_fast_paths.py``).
+rounding (``tests/unit/test_linear.py``).
 """
 
 from __future__ import annotations
