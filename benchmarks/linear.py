@@ -4,8 +4,8 @@
     python benchmarks/linear.py --shape 2048x384x1024 --rounds 9 --json linear.json
 
 For each (rows x in x out) product it times the forward, the forward and input gradient with a
-frozen weight (grad @ weight, as under LoRA) and a whole forward + backward, each side best of ``--rounds`` in alternation, and prints the speed-up.
-``nn.linear.MIN_MACS`` (the size from which the model takes oneDNN) is read off the sweep: below
+frozen weight (grad @ weight, as under LoRA) and a whole forward + backward, each side best of
+``--rounds`` in alternation, and prints the speed-up. ``nn.linear.MIN_MACS`` (the size from which the model takes oneDNN) is read off the sweep: below
 it oneDNN's per-call set-up outweighs its faster kernel. Rows marked ``F.linear`` are products below
 that size, which the model leaves to ``F.linear`` (both columns then time the same call).
 """

@@ -265,15 +265,18 @@ class Collator:
         info = torch.utils.data.get_worker_info()
         if info is not None and info.seed != self._worker_seed:
             self._worker_seed = info.seed
-            mixed = (self.seed * 0x9E3779B97F4A7C15 + info.seed) % (2**63 - 1)
-            self._generator = torch.Generator().manual_seed(mixed)
+            self._generator = self._seeded_with(info.seed)
         return self._generator
+
+    def _seeded_with(self, key: int) -> torch.Generator:
+        """A generator seeded by ``seed`` mixed with ``key`` (a worker's seed, a batch's digest)."""
+        return torch.Generator().manual_seed((self.seed * 0x9E3779B97F4A7C15 + key) % (2**63 - 1))
 
     def restart_draws(self, key: int) -> None:
         """Draw from a generator seeded by ``seed`` and ``key`` from here on, in any process (a worker
         keeps it too): validation restarts the draws for every batch, keyed by the batch itself
         (``collate_rng.validation_collate``)."""
-        self._generator = torch.Generator().manual_seed((self.seed * 0x9E3779B97F4A7C15 + key) % (2**63 - 1))
+        self._generator = self._seeded_with(key)
         info = torch.utils.data.get_worker_info()
         self._worker_seed = None if info is None else info.seed
 

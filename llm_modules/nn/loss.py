@@ -64,9 +64,9 @@ class _CrossEntropyFP32(torch.autograd.Function):
     """fp32 logits: there is no fp32 copy to avoid, so the forward is torch's one-pass log-softmax
     over all rows, kept for the backward in place of the logits (the same bytes: the logits
     themselves are freed once the caller drops them), and the backward one exp, one scale and
-    a scatter, in place over what it kept. The chunk loop of ``_CrossEntropy`` costs more here than it saves: it runs about
-    ten kernels per chunk over the same data, which on a few cores is slower than the single
-    fused one (``benchmarks/train_step.py``)."""
+    a scatter, in place over what it kept. The chunk loop of ``_CrossEntropy`` costs more here
+    than it saves: it runs about ten kernels per chunk over the same data, which on a few cores is
+    slower than the single fused one (``benchmarks/train_step.py``)."""
 
     @staticmethod
     def forward(ctx, logits, targets, ignore_index):
@@ -83,8 +83,8 @@ class _CrossEntropyFP32(torch.autograd.Function):
         # d loss / d logits = (softmax - onehot(target)) * grad / count, on valid rows only
         scale = torch.where(valid, grad_loss / count, 0.0).unsqueeze(1)
         # the gradient overwrites the kept log-probabilities, which nothing reads after this: no
-        # second (tokens x vocab) buffer at the backward's start, where a step's memory peaks (a
-        # second backward through this graph fails autograd's version check instead of reading them)
+        # second (tokens x vocab) buffer to allocate (a second backward through this graph fails
+        # autograd's version check instead of reading them)
         grad = log_probs.exp_().mul_(scale)
         grad.scatter_add_(1, safe.unsqueeze(1), -scale)
         return grad, None, None
