@@ -10,7 +10,10 @@ For a GPU target (``--device cuda``, the default) these differences are applied,
 - ``scaled_dot_product_attention`` with an additive bias that needs a gradient (T5's learned
   buckets): the CPU falls back to the math path (scaled q and k, v, the probabilities); CUDA's
   memory-efficient kernel keeps q, k, v, the bias, the output and an fp32 log-sum-exp per head
-  and query (``kernels``).
+  and query (``kernels``);
+- causal fp32 attention: the CPU takes ``nn.blocked_attention``, which keeps the softmax
+  probabilities; a GPU's fused kernel keeps a log-sum-exp instead, so the trace of a GPU run
+  turns that path off (``kernels``) and traces the fused kernel's.
 
 Attention backends that run only on CUDA (the ``flash_attn`` and ``xformers`` plugins) and
 ``flex`` (no CPU backward) declare so (``runs_on_cpu``, ``cpu_backward``) and cannot run in the
@@ -27,6 +30,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from llm_modules.estimate.trace import Storage
+from llm_modules.nn import blocked_attention
 from llm_modules.registry import ATTENTIONS, split_spec
 
 
@@ -71,7 +75,19 @@ class _EfficientAttention(torch.autograd.Function):
 
 
 class kernels(TorchFunctionMode):
-    """Sends sdpa with a bias that needs a gradient to ``_EfficientAttention`` (module doc)."""
+    """Sends sdpa with a bias that needs a gradient to ``_EfficientAttention``, and every causal
+    attention to sdpa rather than the CPU's ``nn.blocked_attention`` (module doc)."""
+
+    def __enter__(self):
+        self._cpu_path_off = blocked_attention.disabled()
+        self._cpu_path_off.__enter__()
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        try:
+            return super().__exit__(*exc)
+        finally:
+            self._cpu_path_off.__exit__(*exc)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}

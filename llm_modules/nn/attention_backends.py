@@ -14,6 +14,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from llm_modules.nn import blocked_attention
 from llm_modules.nn.masks import AttentionMask
 from llm_modules.registry import ATTENTIONS, ConfigError
 
@@ -129,7 +130,8 @@ class EagerAttention(AttentionBackend):
 
 @ATTENTIONS.register("sdpa")
 class SDPAttention(AttentionBackend):
-    """torch ``scaled_dot_product_attention``: fused kernels; a bias travels as a float mask."""
+    """torch ``scaled_dot_product_attention``: fused kernels; a bias travels as a float mask. Plain
+    causal self-attention in fp32 on a CPU takes ``nn.blocked_attention``, which is faster there."""
 
     #: the math ``nn.decode_step`` reproduces for this class itself (a subclass declares its own)
     lean_decode = "sdpa"
@@ -138,6 +140,8 @@ class SDPAttention(AttentionBackend):
 
     def __call__(self, q, k, v, mask, bias, scale, dropout=0.0):
         gqa = q.shape[1] != k.shape[1]
+        if bias is None and not dropout and mask.is_plain_causal and blocked_attention.serves(q, k, v):
+            return blocked_attention.causal_attention(q, k, v, scale)
         if bias is None and (mask.is_plain_causal or mask.is_empty):
             return F.scaled_dot_product_attention(
                 q, k, v, is_causal=mask.is_plain_causal, dropout_p=dropout, scale=scale, enable_gqa=gqa

@@ -36,7 +36,8 @@ def grads(fn, *tensors):
 
 
 #: the modules whose fast paths ask ``plain_tensors``
-FAST_PATH_MODULES = ("llm_modules.nn.norms", "llm_modules.nn.positions", "llm_modules.nn.loss", "llm_modules.nn.linear")
+FAST_PATH_MODULES = ("llm_modules.nn.norms", "llm_modules.nn.positions", "llm_modules.nn.loss", "llm_modules.nn.linear",
+                     "llm_modules.nn.blocked_attention")
 
 
 @pytest.fixture
