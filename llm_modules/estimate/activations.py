@@ -134,7 +134,7 @@ def _traced(cfg, kind: str, mode: str, training: Training, batch_size: int, seq_
             return logits
 
         return trace(model, run, autocast=HALF if mode == "autocast" else None,
-                     around=cuda.kernels if device == "cuda" else None)
+                     around=cuda.gpu_kernels if device == "cuda" else None)
 
 
 def _same_lora_in_every_block(cfg, kind: str, training: Training) -> bool:

@@ -13,7 +13,7 @@ For a GPU target (``--device cuda``, the default) these differences are applied,
   and query (``kernels``);
 - causal fp32 attention: the CPU takes ``nn.blocked_attention``, which keeps the softmax
   probabilities; a GPU's fused kernel keeps a log-sum-exp instead, so the trace of a GPU run
-  turns that path off (``kernels``) and traces the fused kernel's.
+  turns that path off (``gpu_kernels``) and traces the fused kernel's.
 
 Attention backends that run only on CUDA (the ``flash_attn`` and ``xformers`` plugins) and
 ``flex`` (no CPU backward) declare so (``runs_on_cpu``, ``cpu_backward``) and cannot run in the
@@ -24,6 +24,9 @@ estimate says so. Parameter counts are unchanged by it: a backend holds no param
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -74,20 +77,16 @@ class _EfficientAttention(torch.autograd.Function):
                            "runs backward; it is no attention implementation")
 
 
+@contextlib.contextmanager
+def gpu_kernels() -> Iterator[None]:
+    """What the trace of a GPU run wraps around the model: its attention as a GPU computes it
+    (``kernels``, and torch's fused kernel rather than the CPU's ``nn.blocked_attention``)."""
+    with blocked_attention.disabled(), kernels():
+        yield
+
+
 class kernels(TorchFunctionMode):
-    """Sends sdpa with a bias that needs a gradient to ``_EfficientAttention``, and every causal
-    attention to sdpa rather than the CPU's ``nn.blocked_attention`` (module doc)."""
-
-    def __enter__(self):
-        self._cpu_path_off = blocked_attention.disabled()
-        self._cpu_path_off.__enter__()
-        return super().__enter__()
-
-    def __exit__(self, *exc):
-        try:
-            return super().__exit__(*exc)
-        finally:
-            self._cpu_path_off.__exit__(*exc)
+    """Sends sdpa with a bias that needs a gradient to ``_EfficientAttention`` (module doc)."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}

@@ -125,8 +125,8 @@ class _BlockedCausal(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, scale):
-        # the (B * H, T, D) forms are kept: views of q, k, v when their layout allows, else the
-        # copies the forward made, which the backward would otherwise make again
+        # kept as (B * H, T, D): scale * q (a new tensor), and k, v as views when their layout allows,
+        # else the copies the forward made, which the backward would otherwise make again
         queries, keys, values = _scaled_rows(q, scale), _rows(k), _rows(v)
         out, probs = _forward(queries, keys, values, batch=q.shape[0])
         ctx.scale, ctx.shapes = scale, (q.shape, k.shape, v.shape)
