@@ -9,6 +9,7 @@ error at build time rather than a silently ignored option.
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import inspect
 import logging
@@ -152,8 +153,17 @@ class Registry:
             raise ConfigError(f"{self.slot} {entry.name!r}: {err}") from err
 
 
-def _parameters(factory: Callable) -> set[str] | None:
-    """Keyword parameter names of a factory, or None when it takes ``**kwargs`` (anything goes)."""
+def _parameters(factory: Callable) -> frozenset[str] | None:
+    """Keyword parameter names of a factory, or None when it takes ``**kwargs`` (anything goes).
+    Read once per factory: a model builds some components thousands of times (the experts of a
+    mixture), and reading a signature costs more than building a small module on the meta device."""
+    try:
+        return _cached_parameters(factory)
+    except TypeError:  # an unhashable callable: read it every time
+        return _read_parameters(factory)
+
+
+def _read_parameters(factory: Callable) -> frozenset[str] | None:
     try:
         sig = inspect.signature(factory)
     except (TypeError, ValueError):
@@ -165,7 +175,10 @@ def _parameters(factory: Callable) -> set[str] | None:
         if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
             names.add(p.name)
     names.discard("self")
-    return names
+    return frozenset(names)
+
+
+_cached_parameters = functools.lru_cache(maxsize=256)(_read_parameters)
 
 
 NORMS = Registry("norm", "normalization layers")

@@ -51,13 +51,13 @@ def estimate_flops(cfg, total_parameters: float, tokens: float, seq_len: int,
     """FLOPs of training on ``tokens`` tokens in rows of ``seq_len`` (encoder-decoder: ``seq_len``
     encoder and ``decoder_len`` decoder tokens per row, tokens counting both)."""
     from llm_modules.estimate.cuda import as_sdpa
-    from llm_modules.estimate.meta_cpu import refs_without_compiler
-    from llm_modules.estimate.trace import skip_init
+    from llm_modules.estimate.params import meta_model
     from llm_modules.training.model_flops import flops_per_token
 
-    with refs_without_compiler(), skip_init():  # it builds the model on the meta device: shapes only
-        # a CUDA-only attention backend cannot be built here; its FLOPs are sdpa's
-        per_token = flops_per_token(as_sdpa(cfg)[0], seq_len, decoder_len)
+    # the model flops_per_token would build (DecoderLM, or EncoderDecoderLM), on the meta device and
+    # with a CUDA-only attention backend built as sdpa: the one the parameter count already built
+    model = meta_model(cfg, "causal" if decoder_len is None else "seq2seq")
+    per_token = flops_per_token(as_sdpa(cfg)[0], seq_len, decoder_len, model=model)
     return FlopsEstimate(
         per_token=per_token,
         attention_per_token=attention_flops_per_token(cfg, seq_len, decoder_len),

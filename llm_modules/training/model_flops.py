@@ -45,7 +45,7 @@ def matmul_parameters(model: nn.Module) -> float:
     return sum(p.numel() * share.get(key, 1.0) for key, p in distinct.items() if key not in lookups)
 
 
-def flops_per_token(config, seq_len: int, decoder_len: int | None = None) -> float:
+def flops_per_token(config, seq_len: int, decoder_len: int | None = None, model=None) -> float:
     """Training FLOPs per token (forward + backward), PaLM's ``6N + 12·L·H·Q·T``.
 
     N: ``matmul_parameters``; L: blocks; H: query heads; Q: head dim; T: sequence length. The
@@ -59,10 +59,14 @@ def flops_per_token(config, seq_len: int, decoder_len: int | None = None) -> flo
     value projections, run over the encoder's T_e outputs rather than the decoder's tokens.
 
     The model is built on the meta device (shapes only), so any config works, at no memory cost,
-    and the count does not depend on how training shards the real one.
+    and the count does not depend on how training shards the real one. ``model``: that model
+    (``DecoderLM``, or ``EncoderDecoderLM`` with ``decoder_len``) already built from ``config``, on
+    any device, by a caller that has one (the estimator builds one per config and shares it: a
+    mixture-of-experts preset takes seconds to build).
     """
-    with torch.device("meta"):
-        model = DecoderLM(config) if decoder_len is None else EncoderDecoderLM(config)
+    if model is None:
+        with torch.device("meta"):
+            model = DecoderLM(config) if decoder_len is None else EncoderDecoderLM(config)
     heads, q = config.n_heads, config.dim_per_head
     if decoder_len is None:
         return 6 * matmul_parameters(model) + 12 * config.n_layers * heads * q * seq_len

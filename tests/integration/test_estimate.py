@@ -127,6 +127,21 @@ def test_gpt3_175b_on_300b_tokens_is_about_3_1e23_flops():
     assert flops.attention_per_token == 12 * 96 * 12288 * 2048
 
 
+@pytest.mark.parametrize("decoder_len", [None, 24])
+def test_the_estimators_flops_are_the_trainings_from_the_model_it_shares(decoder_len):
+    """``estimate_flops`` hands ``flops_per_token`` the meta model the parameter count built (one build
+    per plan); the figure is the one training logs, which builds its own, for decoder-only and
+    encoder-decoder models alike, and a CUDA-only backend counts as sdpa."""
+    from llm_modules.training.model_flops import flops_per_token
+
+    cfg = ModelConfig(vocab_size=100, d_model=32, n_layers=3, n_encoder_layers=2, n_heads=4, d_ff=64,
+                      activation={"name": "moe", "n_experts": 4, "top_k": 2}, tie_embeddings=False)
+    flops = estimate_flops(cfg, count(cfg).total, 1e6, seq_len=40, decoder_len=decoder_len)
+    assert flops.per_token == flops_per_token(cfg, 40, decoder_len)
+    if decoder_len is None:
+        assert flops.per_token == estimate_flops(cfg.replace(attention="flash_attn"), 1, 1, 40).per_token
+
+
 # ---- model states ------------------------------------------------------------------------------------------
 
 

@@ -104,6 +104,24 @@ def test_mapping_options_reach_the_component_and_override_model_supplied_values(
     assert scale.scale.item() == pytest.approx(4.0)
 
 
+def test_a_factory_gets_the_arguments_it_names_when_built_again_and_when_it_is_unhashable():
+    """The names a factory takes are read once per factory; a callable object that cannot be a
+    cache key (``__eq__`` without ``__hash__``) is read each time, with the same result."""
+    class Unhashable:
+        def __eq__(self, other):
+            return self is other
+
+        def __call__(self, dim: int, eps: float = 1e-5) -> nn.Module:
+            return RMSNorm(dim, eps)
+
+    registry = Registry("scratch", "a registry of this test's own")
+    registry.register("unhashable")(Unhashable())
+    registry.register("plain")(lambda dim: nn.Linear(dim, dim))
+    for _ in range(2):
+        assert registry.build("unhashable", dim=8, eps=1e-3, n_heads=4).eps == 1e-3
+        assert registry.build("plain", dim=8, eps=1e-3, n_heads=4).in_features == 8
+
+
 def test_unknown_option_names_slot_option_and_closest_match():
     with pytest.raises(ConfigError) as err:
         NORMS.validate({"name": "rmsnorm", "epsilon": 1e-6})
