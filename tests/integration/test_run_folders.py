@@ -78,8 +78,15 @@ class Barrier(PassThroughProfiler):
 '''
 
 
-def test_two_fits_started_together_into_one_folder_get_a_folder_each(corpus, cache, tmp_path):
-    main(fit_args(corpus, cache, steps=1))  # tokenizer and token cache ready, so both start at once
+def warm_up(corpus: Path, cache: Path, folder: Path, monkeypatch) -> None:
+    """One step in ``folder`` (not the folder pytest runs in): the tokenizer and the token cache
+    are then ready, so the runs the test times start at once."""
+    monkeypatch.chdir(folder)
+    assert main(fit_args(corpus, cache, steps=1)) == 0
+
+
+def test_two_fits_started_together_into_one_folder_get_a_folder_each(corpus, cache, tmp_path, monkeypatch):
+    warm_up(corpus, cache, tmp_path, monkeypatch)
     work, meet = tmp_path / "work", tmp_path / "meet"
     work.mkdir(), meet.mkdir()
     (tmp_path / "barrier.py").write_text(BARRIER)
@@ -217,12 +224,12 @@ class Where(Callback):
 '''
 
 
-def test_under_ddp_rank_zero_claims_and_every_rank_names_its_folder(corpus, cache, tmp_path):
+def test_under_ddp_rank_zero_claims_and_every_rank_names_its_folder(corpus, cache, tmp_path, monkeypatch):
     """Two processes: one new folder, after an older run's, and the second rank's loggers name it
     too (on their own they would list the folder after rank 0 made it and take the next number)."""
     from _fit_helpers import free_port
 
-    main(fit_args(corpus, cache, steps=1))  # tokenizer and token cache ready
+    warm_up(corpus, cache, tmp_path, monkeypatch)
     work = tmp_path / "work"
     (work / "runs" / "llm" / "version_0").mkdir(parents=True)
     (tmp_path / "where.py").write_text(WHERE)
