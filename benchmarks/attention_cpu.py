@@ -3,7 +3,9 @@
     python benchmarks/attention_cpu.py                            # cpu-llama's shape and a sweep of lengths
     python benchmarks/attention_cpu.py --shape 8x6x256x64 --rounds 9 --json attention_cpu.json
 
-Each shape is (batch x heads x length x head dim). q, k and v are views of (B, T, H, D) tensors, as the
+Each shape is (batch x heads x length x head dim), with ``/KV`` after it for grouped-query attention with
+KV key/value heads (``8x8x256x64/2``: four query heads per key/value head; torch's kernel then runs
+with ``enable_gqa``, as the model calls it). q, k and v are views of (B, T, H, D) tensors, as the
 attention module's projections give them, and the output is read back in that layout, as the output
 projection reads it; so the copies each kernel needs are in the time. What is timed is forward and
 backward (and the forward alone), each side best of ``--rounds`` in alternation, with the same thread
@@ -28,12 +30,13 @@ if str(ROOT) not in sys.path:
 
 from llm_modules.nn import blocked_attention  # noqa: E402
 
-SHAPES = ["8x6x256x64", "8x6x64x64", "8x6x128x64", "4x6x512x64", "4x8x256x128", "1x6x256x64", "2x6x1024x64"]
+SHAPES = ["8x6x256x64", "8x6x64x64", "8x6x128x64", "4x6x512x64", "4x8x256x128", "1x6x256x64", "2x6x1024x64",
+          "8x8x256x64/2", "8x6x256x64/2", "4x8x512x64/2"]
 
 
 def parse(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shape", nargs="+", default=SHAPES, help="BxHxTxD")
+    parser.add_argument("--shape", nargs="+", default=SHAPES, help="BxHxTxD, or BxHxTxD/KV with KV key/value heads")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None)
@@ -51,10 +54,12 @@ def best_seconds(fn, rounds: int) -> float:
 
 
 def measure(shape: str, rounds: int) -> dict:
-    batch, heads, length, dim = (int(n) for n in shape.split("x"))
+    sizes, _, kv = shape.partition("/")
+    batch, heads, length, dim = (int(n) for n in sizes.split("x"))
+    kv_heads = int(kv) if kv else heads
     gen = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(batch, length, heads, dim, generator=gen).transpose(1, 2).requires_grad_()
-               for _ in range(3))
+    q, k, v = (torch.randn(batch, length, h, dim, generator=gen).transpose(1, 2).requires_grad_()
+               for h in (heads, kv_heads, kv_heads))
     grad = torch.randn(batch, length, heads * dim, generator=gen)
     scale = dim ** -0.5
 
@@ -62,7 +67,7 @@ def measure(shape: str, rounds: int) -> dict:
         return blocked_attention.causal_attention(q, k, v, scale)
 
     def torchs():
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=kv_heads != heads)
 
     def step(attend):
         def run():
@@ -94,7 +99,7 @@ def main(argv=None) -> list[dict]:
     torch.set_num_threads(args.threads)
     rows = []
     print(f"causal fp32 attention, {args.threads} threads, best of {args.rounds} rounds (ms)")
-    print(f"{'B x H x T x D':16s} {'fwd+bwd torch':>14s} {'ours':>8s} {'speed-up':>9s}   {'fwd torch':>10s} {'ours':>8s}")
+    print(f"{'B x H x T x D/KV':16s} {'fwd+bwd torch':>14s} {'ours':>8s} {'speed-up':>9s}   {'fwd torch':>10s} {'ours':>8s}")
     for shape in args.shape:
         row = measure(shape, args.rounds)
         rows.append(row)

@@ -18,11 +18,16 @@ the fused kernel keeps one log-sum-exp per row and recomputes them. So this path
 length and its own speed catches up. ``llm-modules estimate`` counts what this path keeps, as it
 traces the real modules (``estimate.activations``); its trace of a GPU run turns the path off.
 
+Grouped-query attention (fewer key/value heads than query heads, each shared by a group of
+query heads) stacks a group's query rows into one product against the group's keys: no copy of
+the keys and values per query head, and the products over the stacked rows add the group's
+shares into the key and value gradients. There it takes 1.17-1.57x less time than the fused
+kernel with ``enable_gqa`` (4 or 2 query heads per key/value head, 128 to 512 tokens).
+
 It serves plain causal self-attention only (no bias, no dropout, no padding or other mask
-structure, as many key/value heads as query heads) of fp32 plain CPU tensors that need gradients,
-without autocast and outside a compiled graph; everything else takes
-``scaled_dot_product_attention`` as before. Values equal the fused kernel's up to float rounding
-(``tests/unit/test_blocked_attention.py``).
+structure) of fp32 plain CPU tensors that need gradients, without autocast and outside a compiled
+graph; everything else takes ``scaled_dot_product_attention`` as before. Values equal the fused
+kernel's up to float rounding (``tests/unit/test_blocked_attention.py``).
 """
 
 from __future__ import annotations
@@ -58,8 +63,11 @@ def disabled() -> Iterator[None]:
 
 
 def serves(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    """Whether causal attention over these (B, H, T, D) tensors takes this path (module doc)."""
-    if not _enabled or q.dim() != 4 or q.shape != k.shape or q.shape[:3] != v.shape[:3]:
+    """Whether causal attention of (B, H, T, D) queries over (B, H_kv, T, D) keys and values (H a
+    multiple of H_kv) takes this path (module doc)."""
+    if not _enabled or q.dim() != 4 or k.dim() != 4 or v.dim() != 4 or k.shape[:3] != v.shape[:3]:
+        return False
+    if q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:] or k.shape[1] < 1 or q.shape[1] % k.shape[1]:
         return False
     if not MIN_LEN <= q.shape[2] <= MAX_LEN or q.device.type != "cpu":
         return False
@@ -73,8 +81,10 @@ def serves(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """``softmax(scale * q k^T, causal) v`` of (B, H, T, D) tensors (of any length: :func:`serves`
-    says when the model takes it)."""
+    """``softmax(scale * q k^T, causal) v`` of (B, H, T, D) queries over (B, H_kv, T, D) keys and
+    values, query head ``h`` reading key/value head ``h // (H / H_kv)`` (grouped-query attention, as
+    ``scaled_dot_product_attention(enable_gqa=True)``); of any length: :func:`serves` says when the
+    model takes it."""
     return _BlockedCausal.apply(q, k, v, scale)
 
 
@@ -99,29 +109,41 @@ def _scaled_rows(q: torch.Tensor, scale: float) -> torch.Tensor:
     return torch.mul(q, scale, out=q.new_empty(q.shape)).view(-1, *q.shape[2:])
 
 
+def _group_rows(x: torch.Tensor, groups: int, start: int, end: int) -> torch.Tensor:
+    """Rows ``start:end`` of each head of a (B * H, T, D) tensor, the heads of a key/value group
+    stacked: (B * H_kv, groups * (end - start), D). A view when ``groups`` is 1, else a copy."""
+    rows = x.view(-1, groups, *x.shape[1:])[:, :, start:end]
+    return rows.reshape(rows.shape[0], -1, rows.shape[-1])
+
+
 def _forward(queries, keys, values, batch: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The outputs (B, H, T, D), laid out as (B, T, H, D) so that the output projection's
-    (B, T, H * D) input is a view of them, of (B * H, T, D) inputs (the queries scaled); and each
-    block's probabilities (B * H, rows, keys)."""
+    (B, T, H * D) input is a view of them, of (B * H, T, D) queries (scaled) and (B * H_kv, T, D)
+    keys and values; and each block's probabilities (B * H_kv, groups * rows, keys). The query heads
+    of a key/value group share each product: their rows are stacked against the group's keys."""
     heads, length, width = queries.shape[0] // batch, queries.shape[1], values.shape[2]
+    kv_heads = keys.shape[0] // batch
+    groups = heads // kv_heads
     out = queries.new_empty((batch, length, heads, width))
     probs = []
     for start, end in _blocks(length):
-        scores = torch.bmm(queries[:, start:end], keys[:, :end].transpose(1, 2))
+        size = end - start
+        scores = torch.bmm(_group_rows(queries, groups, start, end), keys[:, :end].transpose(1, 2))
         # the block's own keys are causal among themselves (key start + j hidden from row start + r
         # when j > r); the keys before the block are all visible
-        scores[:, :, start:end].masked_fill_(_upper(end - start, scores.device), float("-inf"))
+        scores.view(-1, groups, size, end)[..., start:end].masked_fill_(_upper(size, scores.device), float("-inf"))
         block_probs = torch.softmax(scores, dim=-1)
         del scores
-        block_out = torch.bmm(block_probs, values[:, :end])
-        out[:, start:end].copy_(block_out.view(batch, heads, end - start, width).transpose(1, 2))
+        block_out = torch.bmm(block_probs, values[:, :end]).view(batch, kv_heads, groups, size, width)
+        out[:, start:end].unflatten(2, (kv_heads, groups)).copy_(block_out.permute(0, 3, 1, 2, 4))
         probs.append(block_probs)
     return out.transpose(1, 2), probs
 
 
 class _BlockedCausal(torch.autograd.Function):
     """Keeps scale * q, k, v, the output and each block's probabilities; the backward is, per
-    block, dV += P^T dO, dS = P * (dO V^T - rowsum(dO * O)), dQ = scale * dS K, dK += dS^T (scale * Q)."""
+    block, dV += P^T dO, dS = P * (dO V^T - rowsum(dO * O)), dQ = scale * dS K, dK += dS^T (scale * Q)
+    (the products over a group's stacked rows add its query heads' shares into dK and dV)."""
 
     @staticmethod
     def forward(ctx, q, k, v, scale):
@@ -137,20 +159,24 @@ class _BlockedCausal(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad):
         queries, keys, values, out, *probs = ctx.saved_tensors
+        groups, length = queries.shape[0] // keys.shape[0], queries.shape[1]
         # rowsum(dO * O) = rowsum(P * dP): the softmax's backward, once per row
         delta = _rows(torch.linalg.vecdot(grad, out).unsqueeze(-1))
         grad_out = _rows(grad)
         grad_q, grad_k, grad_v = (t.new_empty(t.shape) for t in (queries, keys, values))
         # the last block sees every key, so it writes dK and dV whole (beta 0: the empty buffers are
         # not read); the blocks before it add to the keys they see
-        for start, end in reversed(_blocks(queries.shape[1])):
-            block_probs, beta = probs.pop(), 0 if end == queries.shape[1] else 1
-            rows_grad = grad_out[:, start:end]
+        for start, end in reversed(_blocks(length)):
+            block_probs, beta = probs.pop(), 0 if end == length else 1
+            rows_grad = _group_rows(grad_out, groups, start, end)
             _add_product(grad_v, end, block_probs.transpose(1, 2), rows_grad, beta)
-            grad_scores = torch.baddbmm(delta[:, start:end], rows_grad, values[:, :end].transpose(1, 2), beta=-1)
+            grad_scores = torch.baddbmm(_group_rows(delta, groups, start, end), rows_grad,
+                                        values[:, :end].transpose(1, 2), beta=-1)
             grad_scores.mul_(block_probs)
-            grad_q[:, start:end] = torch.bmm(grad_scores, keys[:, :end])
-            _add_product(grad_k, end, grad_scores.transpose(1, 2), queries[:, start:end], beta)
+            block_grad_q = torch.bmm(grad_scores, keys[:, :end])
+            grad_q.view(-1, groups, length, grad_q.shape[-1])[:, :, start:end] = block_grad_q.view(
+                -1, groups, end - start, grad_q.shape[-1])
+            _add_product(grad_k, end, grad_scores.transpose(1, 2), _group_rows(queries, groups, start, end), beta)
         grad_q.mul_(ctx.scale)
         q_shape, k_shape, v_shape = ctx.shapes
         return grad_q.view(q_shape), grad_k.view(k_shape), grad_v.view(v_shape), None

@@ -1,6 +1,7 @@
 """``nn.blocked_attention``: causal fp32 attention on a CPU, one block of queries at a time.
 
-Its outputs and gradients are compared with the closed form in float64; the ``sdpa`` backend is
+Its outputs and gradients, with as many key/value heads as query heads or fewer (grouped-query
+attention), are compared with the closed form in float64; the ``sdpa`` backend is
 checked to send plain causal self-attention there and everything else to torch's kernel; and the
 memory estimator counts what it keeps on a CPU and not on a GPU.
 """
@@ -23,33 +24,37 @@ from llm_modules.nn.masks import AttentionMask
 
 
 def reference(q, k, v, scale):
-    """softmax(scale q k^T, causal) v in float64."""
-    q, k, v = q.double(), k.double(), v.double()
+    """softmax(scale q k^T, causal) v in float64; fewer key/value heads are repeated for their group
+    of query heads (query head h reads key/value head h // group, as torch's ``enable_gqa``)."""
+    group = q.shape[1] // k.shape[1]
+    q, k, v = q.double(), k.double().repeat_interleave(group, 1), v.double().repeat_interleave(group, 1)
     scores = q @ k.transpose(-1, -2) * scale
     length = q.shape[-2]
     hidden = torch.ones(length, length, dtype=torch.bool).triu(1)
     return scores.masked_fill(hidden, -math.inf).softmax(-1) @ v
 
 
-def inputs(batch, heads, length, dim, value_dim=None, strided=False, seed=0):
-    """q, k, v (B, H, T, D) needing gradients; ``strided``: views of (B, T, H, D) tensors, as the
-    attention module's projections give them."""
+def inputs(batch, heads, length, dim, value_dim=None, strided=False, seed=0, kv_heads=None):
+    """q (B, H, T, D), k and v (B, H_kv, T, D) needing gradients; ``strided``: views of (B, T, H, D)
+    tensors, as the attention module's projections give them."""
     gen = torch.Generator().manual_seed(seed)
 
-    def one(d):
+    def one(h, d):
         if strided:
-            return torch.randn(batch, length, heads, d, generator=gen).transpose(1, 2).requires_grad_()
-        return torch.randn(batch, heads, length, d, generator=gen).requires_grad_()
+            return torch.randn(batch, length, h, d, generator=gen).transpose(1, 2).requires_grad_()
+        return torch.randn(batch, h, length, d, generator=gen).requires_grad_()
 
-    return one(dim), one(dim), one(value_dim or dim)
+    kv_heads = kv_heads or heads
+    return one(heads, dim), one(kv_heads, dim), one(kv_heads, value_dim or dim)
 
 
 @pytest.mark.parametrize("length", [1, 5, 63, 64, 65, 130, 512])
 @pytest.mark.parametrize("strided", [False, True])
-def test_outputs_and_gradients_equal_the_closed_form(length, strided):
-    q, k, v = inputs(2, 3, length, 16, strided=strided)
+@pytest.mark.parametrize("heads, kv_heads", [(3, 3), (6, 2), (4, 1)])
+def test_outputs_and_gradients_equal_the_closed_form(length, strided, heads, kv_heads):
+    q, k, v = inputs(2, heads, length, 16, strided=strided, kv_heads=kv_heads)
     assert blocked_attention.serves(q, k, v) == (blocked_attention.MIN_LEN <= length <= blocked_attention.MAX_LEN)
-    cotangent = torch.randn(2, 3, length, 16, generator=torch.Generator().manual_seed(1))
+    cotangent = torch.randn(2, heads, length, 16, generator=torch.Generator().manual_seed(1))
     out = blocked_attention.causal_attention(q, k, v, 0.3)
     grads = torch.autograd.grad(out, (q, k, v), cotangent)
     expected = reference(q, k, v, 0.3)
@@ -80,7 +85,10 @@ def test_it_takes_training_steps_within_its_lengths_only():
     assert not blocked_attention.serves(q.detach(), k.detach(), v.detach())
     short = inputs(1, 4, blocked_attention.MIN_LEN - 1, 8)
     assert not blocked_attention.serves(*short), "below MIN_LEN the fused kernel is as fast"
-    assert not blocked_attention.serves(q, k[:, :2], v[:, :2]), "grouped keys and values go to sdpa"
+    assert blocked_attention.serves(q, k[:, :2], v[:, :2]), "two query heads per key/value head"
+    assert not blocked_attention.serves(q, k[:, :3], v[:, :3]), "4 query heads cannot share 3 key/value heads"
+    assert not blocked_attention.serves(q, k[:, :, :150], v[:, :, :150]), "keys of another length"
+    assert not blocked_attention.serves(q[:1], k[:1].expand(2, -1, -1, -1), v[:1].expand(2, -1, -1, -1))
     assert not blocked_attention.serves(q.half(), k.half(), v.half())
     assert not blocked_attention.serves(q.double(), k.double(), v.double())
     long = inputs(1, 1, blocked_attention.MAX_LEN + 1, 8)
@@ -111,22 +119,24 @@ def test_the_sdpa_backend_takes_it_for_plain_causal_self_attention_only():
     padded = AttentionMask(q_len=140, k_len=140, causal=True, key_padding=torch.ones(2, 140, dtype=torch.bool))
     assert backend_grad_fn(q, k, v, padded) != "_BlockedCausalBackward"
     assert backend_grad_fn(q, k, v, AttentionMask(q_len=140, k_len=140, causal=False)) != "_BlockedCausalBackward"
-    assert backend_grad_fn(q, k[:, :2], v[:, :2], causal) != "_BlockedCausalBackward"
-    # and what it computes is what torch's kernel computes
-    with blocked_attention.disabled():
-        fused = SDPAttention()(q, k, v, causal, None, 0.25)
-    torch.testing.assert_close(SDPAttention()(q, k, v, causal, None, 0.25), fused, rtol=1e-5, atol=1e-6)
+    assert backend_grad_fn(q, k[:, :2], v[:, :2], causal) == "_BlockedCausalBackward"
+    # and what it computes is what torch's kernel computes, with grouped keys and values too
+    for keys, values in ((k, v), (k[:, :2], v[:, :2]), (k[:, :1], v[:, :1])):
+        with blocked_attention.disabled():
+            fused = SDPAttention()(q, keys, values, causal, None, 0.25)
+        torch.testing.assert_close(SDPAttention()(q, keys, values, causal, None, 0.25), fused, rtol=1e-5, atol=1e-6)
 
 
-def test_the_estimator_counts_its_probabilities_on_a_cpu_and_not_on_a_gpu():
-    cfg = ModelConfig(vocab_size=97, d_model=32, n_layers=2, n_heads=4, norm="rmsnorm", activation="swiglu",
-                      position="rope", attention="sdpa", bias=False, max_seq_len=160)
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_the_estimator_counts_its_probabilities_on_a_cpu_and_not_on_a_gpu(kv_heads):
+    cfg = ModelConfig(vocab_size=97, d_model=32, n_layers=2, n_heads=4, n_kv_heads=kv_heads, norm="rmsnorm",
+                      activation="swiglu", position="rope", attention="sdpa", bias=False, max_seq_len=160)
     batch, length = 3, 160
     common = dict(kind="causal", precision="32-true", params_half=False, batch_size=batch, seq_len=length)
     cpu = estimate_activations(cfg, device="cpu", **common)
     gpu = estimate_activations(cfg, device="cuda", **common)
-    # each block of 64 query rows keeps its rows x (keys up to its last row) probabilities, in fp32,
-    # where the fused kernel keeps one fp32 log-sum-exp per query row
+    # each block of 64 query rows keeps its rows x (keys up to its last row) probabilities, in fp32, for
+    # every query head (grouped or not), where the fused kernel keeps one fp32 log-sum-exp per query row
     kept = sum((end - start) * end for start, end in ((0, 64), (64, 128), (128, 160))) - length
     assert cpu.blocks - gpu.blocks == 4 * batch * cfg.n_heads * kept * cfg.n_layers
 
@@ -142,10 +152,10 @@ def test_the_benchmark_times_both_kernels(tmp_path):
     # test_fast_paths.test_train_step_benchmark_smoke)
     threads = torch.get_num_threads()
     try:
-        rows = attention_cpu.main(["--shape", "1x2x130x8", "1x1x600x4", "--rounds", "1", "--threads", "1",
-                                   "--json", str(tmp_path / "a.json")])
+        rows = attention_cpu.main(["--shape", "1x2x130x8", "1x1x600x4", "1x4x130x8/2", "--rounds", "1",
+                                   "--threads", "1", "--json", str(tmp_path / "a.json")])
     finally:
         torch.set_num_threads(threads)
-    assert [row["served"] for row in rows] == [True, False]
+    assert [row["served"] for row in rows] == [True, False, True]
     assert all(row["step_ms"]["ours"] > 0 and row["step_ms"]["torch"] > 0 for row in rows)
     assert json.loads((tmp_path / "a.json").read_text())["rows"][0]["shape"] == "1x2x130x8"
