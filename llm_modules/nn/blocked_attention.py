@@ -21,8 +21,8 @@ traces the real modules (``estimate.activations``); its trace of a GPU run turns
 Grouped-query attention (fewer key/value heads than query heads, each shared by a group of
 query heads) stacks a group's query rows into one product against the group's keys: no copy of
 the keys and values per query head, and the products over the stacked rows add the group's
-shares into the key and value gradients. There it takes 1.17-1.57x less time than the fused
-kernel with ``enable_gqa`` (4 or 2 query heads per key/value head, 128 to 512 tokens).
+shares into the key and value gradients. There it takes 1.17-1.73x less time than the fused
+kernel with ``enable_gqa`` (3 or 4 query heads per key/value head, 256 and 512 tokens).
 
 It serves plain causal self-attention only (no bias, no dropout, no padding or other mask
 structure) of fp32 plain CPU tensors that need gradients, without autocast and outside a compiled
