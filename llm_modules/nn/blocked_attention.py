@@ -69,6 +69,8 @@ def serves(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
         return False
     if q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:] or k.shape[1] < 1 or q.shape[1] % k.shape[1]:
         return False
+    if not (q.numel() and k.numel() and v.numel()):  # an empty batch (or width): nothing to gain
+        return False
     if not MIN_LEN <= q.shape[2] <= MAX_LEN or q.device.type != "cpu":
         return False
     if not torch.is_grad_enabled() or not (q.requires_grad or k.requires_grad or v.requires_grad):

@@ -89,6 +89,11 @@ def test_it_takes_training_steps_within_its_lengths_only():
     assert not blocked_attention.serves(q, k[:, :3], v[:, :3]), "4 query heads cannot share 3 key/value heads"
     assert not blocked_attention.serves(q, k[:, :, :150], v[:, :, :150]), "keys of another length"
     assert not blocked_attention.serves(q[:1], k[:1].expand(2, -1, -1, -1), v[:1].expand(2, -1, -1, -1))
+    empty = inputs(0, 4, 200, 8, kv_heads=2)
+    assert not blocked_attention.serves(*empty), "an empty batch goes to torch's kernel"
+    causal = AttentionMask(q_len=200, k_len=200, causal=True)
+    out = SDPAttention()(*empty, causal, None, 0.25)
+    assert out.shape == (0, 4, 200, 8) and torch.autograd.grad(out.sum(), empty)[0].shape == (0, 4, 200, 8)
     assert not blocked_attention.serves(q.half(), k.half(), v.half())
     assert not blocked_attention.serves(q.double(), k.double(), v.double())
     long = inputs(1, 1, blocked_attention.MAX_LEN + 1, 8)
