@@ -111,10 +111,16 @@ def _scaled_rows(q: torch.Tensor, scale: float) -> torch.Tensor:
     return torch.mul(q, scale, out=q.new_empty(q.shape)).view(-1, *q.shape[2:])
 
 
+def _by_group(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """A (B * H, T, D) tensor as (B * H_kv, groups, T, D): the query heads of each key/value head
+    together (a view)."""
+    return x.view(-1, groups, *x.shape[1:])
+
+
 def _group_rows(x: torch.Tensor, groups: int, start: int, end: int) -> torch.Tensor:
     """Rows ``start:end`` of each head of a (B * H, T, D) tensor, the heads of a key/value group
     stacked: (B * H_kv, groups * (end - start), D). A view when ``groups`` is 1, else a copy."""
-    rows = x.view(-1, groups, *x.shape[1:])[:, :, start:end]
+    rows = _by_group(x, groups)[:, :, start:end]
     return rows.reshape(rows.shape[0], -1, rows.shape[-1])
 
 
@@ -176,8 +182,9 @@ class _BlockedCausal(torch.autograd.Function):
                                         values[:, :end].transpose(1, 2), beta=-1)
             grad_scores.mul_(block_probs)
             block_grad_q = torch.bmm(grad_scores, keys[:, :end])
-            grad_q.view(-1, groups, length, grad_q.shape[-1])[:, :, start:end] = block_grad_q.view(
-                -1, groups, end - start, grad_q.shape[-1])
+            _by_group(grad_q, groups)[:, :, start:end] = block_grad_q.view(-1, groups, end - start, grad_q.shape[-1])
+            # the block's stacked queries are gathered again rather than kept from the forward: a copy
+            # of a few rows per head (none without groups) against keeping every block's
             _add_product(grad_k, end, grad_scores.transpose(1, 2), _group_rows(queries, groups, start, end), beta)
         grad_q.mul_(ctx.scale)
         q_shape, k_shape, v_shape = ctx.shapes
